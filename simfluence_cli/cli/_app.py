@@ -1,0 +1,110 @@
+"""The typer application, the shared options and the error-to-exit-code mapping.
+
+Exit codes: 0 ok; 1 data or runtime error (bad input, store problem, model problem);
+2 usage error (bad or contradictory options). Messages go to stderr as one line;
+tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+from rich.console import Console
+
+from ..errors import SimfluenceError
+
+app = typer.Typer(
+    name="simfluence",
+    help=(
+        "Learn training-run simulators (Simfluence) from logged runs, then simulate, evaluate "
+        "and design curricula. Data goes to stdout, messages to stderr. Exit codes: 0 ok, "
+        "1 data/runtime error, 2 usage error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False, "quiet": False}
+
+
+def stderr_console() -> Console:
+    """Console for messages and progress (stderr); honours NO_COLOR."""
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def stdout_console() -> Console:
+    """Console for tables on stdout; honours NO_COLOR."""
+    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def info(message: str) -> None:
+    """A progress/status message on stderr (silenced by --quiet)."""
+    if not _state["quiet"]:
+        stderr_console().print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (never silenced)."""
+    stderr_console().print(f"warning: {message}", markup=False, style="yellow")
+
+
+def show_progress() -> bool:
+    """Progress bars only when stderr is a terminal and not --quiet."""
+    return sys.stderr.isatty() and not _state["quiet"]
+
+
+@app.callback()
+def _main_options(
+    debug: Annotated[bool, typer.Option("--debug", envvar="SIMFLUENCE_DEBUG",
+                                        help="Show full tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                        help="No progress bars or status messages on stderr.")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["quiet"] = quiet
+
+
+def command(name: str | None = None, **kwargs) -> Callable:
+    """Register a CLI command whose SimfluenceErrors become one stderr line and an exit code."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            try:
+                return fn(*args, **kw)
+            except SimfluenceError as exc:
+                if _state["debug"]:
+                    raise
+                stderr_console().print(f"error: {exc}", markup=False, style="red", soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                stderr_console().print("interrupted", markup=False)
+                raise typer.Exit(130) from None
+
+        return app.command(name, **kwargs)(wrapper)
+
+    return decorate
+
+
+# Shared option types -------------------------------------------------------------------------
+
+StoreOpt = Annotated[
+    Path,
+    typer.Option("--store", "-s", envvar="SIMFLUENCE_STORE",
+                 help="Run store directory (env SIMFLUENCE_STORE).", show_default=True),
+]
+DEFAULT_STORE = Path("simfluence-store")
+
+RunsOpt = Annotated[
+    str,
+    typer.Option("--runs", "-r",
+                 help="Run selector: 'all', tag names, run-id globs, comma-separated; "
+                      "'-' before a term excludes it, e.g. 'fit,-run-07'. See README 'Selecting runs'."),
+]

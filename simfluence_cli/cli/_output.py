@@ -1,0 +1,145 @@
+"""One shared set of output options for every command that prints data.
+
+``--format csv|json|jsonl|table|parquet`` and ``-o PATH`` (``-`` = stdout). The default is a
+rich table when stdout is a terminal and CSV otherwise, so pipelines get machine-readable data.
+Writes to a file are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Sequence
+
+import typer
+from rich.table import Table
+
+from .._atomic import write_bytes_atomic
+from ..errors import UsageError
+from ._app import stdout_console
+
+
+class Format(str, Enum):
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+    table = "table"
+    parquet = "parquet"
+
+
+FormatOpt = Annotated[
+    Format | None,
+    typer.Option("--format", "-f",
+                 help="Output format; default: table on a terminal, csv otherwise."),
+]
+OutputOpt = Annotated[
+    str, typer.Option("--output", "-o", help="Write data here instead of stdout ('-' = stdout).")
+]
+
+
+def resolve_format(fmt: Format | None, output: str = "-") -> Format:
+    """Pick the default format: from the output file's suffix, else table on a TTY, else csv."""
+    if fmt is not None:
+        return fmt
+    if output != "-":
+        suffix = Path(output).suffix.lower().lstrip(".")
+        if suffix in Format.__members__ and suffix != "table":
+            return Format(suffix)
+        return Format.csv
+    return Format.table if sys.stdout.isatty() else Format.csv
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):  # numpy scalar
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _cell(v: Any) -> str:
+    v = _jsonable(v)
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def render_rows(rows: Sequence[dict], columns: Sequence[str], fmt: Format, output: str = "-",
+                *, title: str | None = None, document: dict | None = None,
+                column_help: dict[str, str] | None = None) -> None:
+    """Render records. ``document`` (for json) wraps rows in an object with extra keys."""
+    if fmt is Format.table:
+        if output != "-":
+            raise UsageError("--format table prints to the terminal; use csv/json/jsonl/parquet with -o")
+        table = Table(title=title, caption=None if not column_help else
+                      "; ".join(f"{k}: {v}" for k, v in column_help.items()))
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*[_fmt_cell(r.get(c)) for c in columns])
+        stdout_console().print(table)
+        return
+    if fmt is Format.parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tbl = pa.Table.from_pylist([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
+        if column_help:
+            tbl = tbl.replace_schema_metadata({f"column:{k}": v for k, v in column_help.items()})
+        buf = io.BytesIO()
+        pq.write_table(tbl, buf)
+        _emit_bytes(buf.getvalue(), output)
+        return
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in columns])
+        text = buf.getvalue()
+    elif fmt is Format.jsonl:
+        text = "".join(json.dumps({c: _jsonable(r.get(c)) for c in columns}) + "\n" for r in rows)
+    else:
+        recs = [{c: _jsonable(r.get(c)) for c in columns} for r in rows]
+        obj: Any = recs if document is None else {**document, "results": recs}
+        text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
+    _emit_text(text, output)
+
+
+def render_object(obj: dict, output: str = "-") -> None:
+    """Print one JSON object (for --json reports)."""
+    _emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
+
+
+def _fmt_cell(v: Any) -> str:
+    v = _jsonable(v)
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _emit_text(text: str, output: str) -> None:
+    if output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_bytes_atomic(output, text.encode())
+
+
+def _emit_bytes(data: bytes, output: str) -> None:
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write binary Parquet to a terminal; use -o FILE.parquet")
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        write_bytes_atomic(output, data)

@@ -1,0 +1,130 @@
+"""In-memory training runs: curricula and logged test losses in integer index space.
+
+A :class:`RunSet` is what the store hands to the simulator and metrics. IDs are strings
+(``example_ids`` for training examples, ``test_ids`` for test examples); each :class:`Run`
+refers to them by position, so all runs of a set share one index space.
+
+Conventions (the same as the store's):
+- steps are numbered 1..T; step t trains on ``run.batch(t)``; step 0 is the shared
+  starting checkpoint and has no batch;
+- ``losses[k, j]`` is the loss of test ``j`` measured after step ``loss_steps[k]``;
+  ``loss_steps[0] == 0``; NaN means "not evaluated at that step".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Run", "RunSet"]
+
+
+@dataclass(eq=False)
+class Run:
+    """One run: a CSR-encoded curriculum and a (logged steps x tests) loss matrix."""
+
+    run_id: str
+    batch_ptr: np.ndarray  # int64 (T+1,): step t's batch is batch_idx[batch_ptr[t-1]:batch_ptr[t]]
+    batch_idx: np.ndarray  # int64 (total batch entries,): indices into RunSet.example_ids
+    loss_steps: np.ndarray  # int64 (K,), strictly increasing, starts at 0
+    losses: np.ndarray  # float64 (K, M); NaN = not logged
+    tags: tuple[str, ...] = ()
+
+    @property
+    def n_steps(self) -> int:
+        """Number of training steps T."""
+        return len(self.batch_ptr) - 1
+
+    def batch(self, t: int) -> np.ndarray:
+        """Example indices trained on at step ``t`` (1-based)."""
+        return self.batch_idx[self.batch_ptr[t - 1]: self.batch_ptr[t]]
+
+    @property
+    def batch_sizes(self) -> np.ndarray:
+        return np.diff(self.batch_ptr)
+
+    def initial_loss(self) -> np.ndarray:
+        """Losses at step 0 (M,)."""
+        return self.losses[0]
+
+    def step_of_entry(self) -> np.ndarray:
+        """For each entry of ``batch_idx``, the (1-based) step it belongs to."""
+        return np.repeat(np.arange(1, self.n_steps + 1), self.batch_sizes)
+
+
+@dataclass(eq=False)
+class RunSet:
+    """Runs sharing one index space of training-example and test-example IDs."""
+
+    example_ids: np.ndarray  # str (N,)
+    test_ids: np.ndarray  # str (M,)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.example_ids)
+
+    @property
+    def n_tests(self) -> int:
+        return len(self.test_ids)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.runs]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def __getitem__(self, run_id: str) -> Run:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        raise KeyError(run_id)
+
+    def subset(self, run_ids: Sequence[str]) -> "RunSet":
+        """The same index space restricted to some runs (order as given)."""
+        by_id = {r.run_id: r for r in self.runs}
+        return RunSet(self.example_ids, self.test_ids, [by_id[r] for r in run_ids])
+
+    @classmethod
+    def from_batches(
+        cls,
+        runs: Mapping[str, tuple[Sequence[Sequence[str]], np.ndarray | Mapping[int, np.ndarray]]],
+        test_ids: Sequence[str],
+        example_ids: Sequence[str] | None = None,
+        tags: Mapping[str, Sequence[str]] | None = None,
+    ) -> "RunSet":
+        """Build from plain Python: ``{run_id: (batches, losses)}``.
+
+        ``batches[t-1]`` lists the example IDs of step t. ``losses`` is either a dense
+        (T+1, M) array (every step logged) or ``{step: (M,) array}`` for sparse logging.
+        """
+        if example_ids is None:
+            seen: dict[str, None] = {}
+            for batches, _ in runs.values():
+                for b in batches:
+                    for e in b:
+                        seen.setdefault(str(e), None)
+            example_ids = sorted(seen)
+        ex = np.asarray([str(e) for e in example_ids], dtype=object)
+        pos = {e: i for i, e in enumerate(ex)}
+        out = []
+        for run_id, (batches, losses) in runs.items():
+            sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
+            ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            idx = np.fromiter((pos[str(e)] for b in batches for e in b), dtype=np.int64,
+                              count=int(ptr[-1]))
+            if isinstance(losses, Mapping):
+                steps = np.asarray(sorted(losses), dtype=np.int64)
+                mat = np.vstack([np.asarray(losses[s], dtype=np.float64) for s in steps])
+            else:
+                mat = np.asarray(losses, dtype=np.float64)
+                steps = np.arange(mat.shape[0], dtype=np.int64)
+            out.append(Run(str(run_id), ptr, idx, steps, mat,
+                           tuple((tags or {}).get(run_id, ()))))
+        return cls(ex, np.asarray([str(t) for t in test_ids], dtype=object), out)
