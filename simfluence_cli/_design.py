@@ -1,0 +1,245 @@
+"""Normal equations of the Simfluence one-step regression, built for all test examples at once.
+
+Every logged pair of losses (L_s, L_t), s < t, of one test example in one run is an
+observation. With every-step logging (t = s + 1) it is exactly the paper's regression
+
+    L_t = alpha(c_t) L_{t-1} + beta(c_t),   alpha = sum_{i in c_t} A_i,  beta = sum_{i in c_t} B_i.
+
+**Gaps (sparse logging).** When losses were logged only at s and t > s + 1, the unlogged
+losses in between are replaced by the straight line between the logged ones,
+Lhat_u = (1 - lam_u) L_s + lam_u L_t with lam_u = (u - s) / (t - s), and the recurrence is
+telescoped over the gap:
+
+    L_t - L_s = sum_{u=s+1..t} [ (alpha(c_u) - 1) Lhat_{u-1} + beta(c_u) ]
+
+which stays linear in (A, B). For t = s + 1 it reduces to the exact one-step equation.
+Additive (alpha = 1) telescopes exactly: L_t - L_s = sum_u beta(c_u).
+
+The curriculum structure is shared by all test examples; only the loss weights differ.
+So the Gram matrix entries are sparse "pair x observation" coefficient matrices (built once
+from the curricula) times dense "observation x test" loss products: one sparse-dense
+product per block, with no loop over steps or tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .runs import RunSet
+
+METHODS = ("linear", "additive", "multiplicative")
+
+
+@dataclass
+class ObsBlock:
+    """Observations of one run for one group of tests sharing a logging pattern."""
+
+    tests: np.ndarray  # (Mg,) test indices
+    Ls: np.ndarray  # (nobs, Mg) loss at gap start
+    Lt: np.ndarray  # (nobs, Mg) loss at gap end
+    lam_a: np.ndarray  # (nobs,) sum over gap steps of (1 - lam_u)
+    lam_b: np.ndarray  # (nobs,) sum over gap steps of lam_u
+    ent_obs: np.ndarray  # (E,) observation of each (observation, example) entry
+    ent_ex: np.ndarray  # (E,) example index
+    ent_a: np.ndarray  # (E,) sum of (1 - lam_u) over the example's occurrences in the gap
+    ent_b: np.ndarray  # (E,) sum of lam_u
+    ent_n: np.ndarray  # (E,) occurrences in the gap
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.lam_a)
+
+    @property
+    def has_gaps(self) -> bool:
+        return bool(np.any(self.ent_b != 0))
+
+
+def _run_blocks(run, n_examples: int) -> list[ObsBlock]:
+    finite = np.isfinite(run.losses)  # (K, M)
+    # group tests by their logging pattern (usually a single group)
+    patterns, inverse = np.unique(finite.T, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    blocks = []
+    step_of_entry = run.step_of_entry()
+    for g, pattern in enumerate(patterns):
+        tests = np.flatnonzero(inverse == g)
+        rows = np.flatnonzero(pattern)
+        if len(rows) < 2:
+            continue
+        steps = run.loss_steps[rows]
+        L = run.losses[rows][:, tests]
+        s, t = steps[:-1], steps[1:]
+        # which gap (observation) each curriculum entry belongs to: steps in (s_k, t_k]
+        in_range = (step_of_entry > steps[0]) & (step_of_entry <= steps[-1])
+        u = step_of_entry[in_range]
+        ex = run.batch_idx[in_range]
+        obs = np.searchsorted(t, u, side="left")
+        width = (t - s)[obs]
+        lam = (u - 1 - s[obs]) / width  # weight of L_t in Lhat_{u-1}
+        code = obs.astype(np.int64) * n_examples + ex
+        ucode, inv = np.unique(code, return_inverse=True)
+        inv = inv.reshape(-1)
+        ent_a = np.bincount(inv, weights=1.0 - lam, minlength=len(ucode))
+        ent_b = np.bincount(inv, weights=lam, minlength=len(ucode))
+        ent_n = np.bincount(inv, minlength=len(ucode)).astype(np.float64)
+        # per-observation sums over gap steps (not entries): lam_u for u = s+1..t
+        w = (t - s).astype(np.float64)
+        lam_b = (w - 1) / 2.0  # sum_{j=0}^{w-1} j / w
+        lam_a = w - lam_b
+        blocks.append(ObsBlock(tests, L[:-1], L[1:], lam_a, lam_b,
+                               ucode // n_examples, ucode % n_examples, ent_a, ent_b, ent_n))
+    return blocks
+
+
+class Design:
+    """All observations of a RunSet, grouped per run; builds normal equations for run subsets."""
+
+    def __init__(self, runs: RunSet):
+        self.n_examples = runs.n_examples
+        self.n_tests = runs.n_tests
+        self.run_ids = runs.run_ids
+        self.blocks = {r.run_id: _run_blocks(r, self.n_examples) for r in runs.runs}
+
+    def n_params(self, method: str) -> int:
+        return 2 * self.n_examples if method == "linear" else self.n_examples
+
+    def equations(self, method: str, run_ids=None) -> "NormalEquations":
+        """Normal equations of ``method`` over ``run_ids`` (default: all runs)."""
+        groups: dict[tuple, list[ObsBlock]] = {}
+        for rid in (self.run_ids if run_ids is None else run_ids):
+            for b in self.blocks[rid]:
+                groups.setdefault(tuple(b.tests.tolist()), []).append(b)
+        return NormalEquations(method, self.n_examples, self.n_tests, groups)
+
+    def gram(self, method: str, tests, run_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Dense (G, r) for some test indices: G (m, P, P), r (m, P). Convenience for tests."""
+        eq = self.equations(method, run_ids)
+        tests = np.asarray(tests)
+        G = np.empty((len(tests), eq.n_params, eq.n_params))
+        r = np.empty((len(tests), eq.n_params))
+        eq.fill(tests, G, r)
+        return G, r
+
+
+class _Group:
+    """Coefficient matrices (pairs x observations) for runs that log the same tests."""
+
+    def __init__(self, tests: np.ndarray, blocks: list[ObsBlock], n: int, method: str):
+        self.tests = tests
+        Ls = np.vstack([b.Ls for b in blocks])
+        Lt = np.vstack([b.Lt for b in blocks])
+        offs = np.cumsum([0] + [b.n_obs for b in blocks])
+        lam_a = np.concatenate([b.lam_a for b in blocks])
+        lam_b = np.concatenate([b.lam_b for b in blocks])
+        eo = np.concatenate([b.ent_obs + o for b, o in zip(blocks, offs[:-1])])
+        ex = np.concatenate([b.ent_ex for b in blocks])
+        ea = np.concatenate([b.ent_a for b in blocks])
+        eb = np.concatenate([b.ent_b for b in blocks])
+        en = np.concatenate([b.ent_n for b in blocks])
+        n_obs = int(offs[-1])
+        self.Ls, self.Lt = Ls, Lt
+        self.y = Ls * (lam_a - 1.0)[:, None] + Lt * (1.0 + lam_b)[:, None]
+        self.gaps = bool(np.any(eb != 0))
+        left, right = _pairs(eo)
+        obs = eo[left]
+        code = ex[left].astype(np.int64) * n + ex[right]
+        ucodes = np.unique(code)
+        self.I, self.J = ucodes // n, ucodes % n
+        rows = np.searchsorted(ucodes, code)
+
+        def pm(vals):
+            return sp.csr_matrix((vals, (rows, obs)), shape=(len(ucodes), n_obs))
+
+        def em(vals):
+            return sp.csr_matrix((vals, (ex, eo)), shape=(n, n_obs))
+
+        self.mats = {}
+        if method in ("linear", "multiplicative"):
+            self.mats["aa"] = pm(ea[left] * ea[right])
+            self.mats["ea"] = em(ea)
+            if self.gaps:
+                self.mats["ab"] = pm(ea[left] * eb[right] + eb[left] * ea[right])
+                self.mats["bb"] = pm(eb[left] * eb[right])
+                self.mats["eb"] = em(eb)
+        if method in ("linear", "additive"):
+            self.nn = np.asarray(pm(en[left] * en[right]).sum(axis=1)).reshape(-1)
+            self.mats["en"] = em(en)
+        if method == "linear":
+            self.mats["an"] = pm(ea[left] * en[right])
+            if self.gaps:
+                self.mats["bn"] = pm(eb[left] * en[right])
+
+
+class NormalEquations:
+    """The normal equations of all test examples in sparse-coefficient form.
+
+    ``fill(tests, G, r)`` writes the dense systems of a chunk of tests into caller buffers,
+    so a fit streams over test chunks with bounded memory.
+    """
+
+    def __init__(self, method: str, n: int, n_tests: int, groups: dict[tuple, list[ObsBlock]]):
+        if method not in METHODS:
+            raise ValueError(method)
+        self.method, self.n = method, n
+        self.n_params = 2 * n if method == "linear" else n
+        self.n_tests = n_tests
+        self.groups = [_Group(np.asarray(k, dtype=np.int64), b, n, method) for k, b in groups.items()]
+
+    def fill(self, tests: np.ndarray, G: np.ndarray, r: np.ndarray) -> None:
+        n, P, method = self.n, self.n_params, self.method
+        m_ = len(tests)
+        G[:m_] = 0.0
+        r[:m_] = 0.0
+        Gflat = G.reshape(G.shape[0], P * P)
+        pos = np.full(self.n_tests, -1)
+        pos[tests] = np.arange(m_)
+        offB = n if method == "linear" else 0
+        for g in self.groups:
+            sel_all = pos[g.tests]
+            keep = np.flatnonzero(sel_all >= 0)
+            if len(keep) == 0:
+                continue
+            sel = sel_all[keep]
+            whole = len(sel) == m_ and np.array_equal(sel, np.arange(m_))
+            Ls, Lt, y = g.Ls[:, keep], g.Lt[:, keep], g.y[:, keep]
+            M = g.mats
+
+            def add(bi, bj, V):  # pairs are unique, so fancy-index add is exact
+                flat = bi * P + bj
+                if whole:
+                    Gflat[:m_, flat] += V.T
+                else:
+                    Gflat[sel[:, None], flat[None, :]] += V.T
+
+            if "aa" in M:
+                V = M["aa"] @ (Ls * Ls)
+                rA = M["ea"] @ (Ls * y)
+                if g.gaps:
+                    V += M["ab"] @ (Ls * Lt) + M["bb"] @ (Lt * Lt)
+                    rA += M["eb"] @ (Lt * y)
+                add(g.I, g.J, V)
+                r[sel, :n] += rA.T
+            if "en" in M:
+                add(g.I + offB, g.J + offB, np.broadcast_to(g.nn[:, None], (len(g.nn), len(sel))))
+                yy = y if method == "linear" else (Lt - Ls)
+                r[sel, offB:offB + n] += (M["en"] @ yy).T
+            if "an" in M:
+                V = M["an"] @ Ls
+                if g.gaps:
+                    V += M["bn"] @ Lt
+                add(g.I, g.J + n, V)
+                add(g.J + n, g.I, V)
+
+
+def _pairs(ent_obs: np.ndarray):
+    """All ordered pairs (left, right) of entries that share an observation (entries sorted by obs)."""
+    counts = np.bincount(ent_obs)
+    size = counts[ent_obs]  # block size of each entry's observation
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])[ent_obs]
+    left = np.repeat(np.arange(len(ent_obs)), size)
+    first = np.repeat(np.cumsum(size) - size, size)
+    right = np.repeat(start, size) + (np.arange(len(left)) - first)
+    return left, right

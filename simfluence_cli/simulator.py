@@ -1,0 +1,339 @@
+"""Simfluence simulators: fit per-(test, train) multipliers A and offsets B, roll curricula forward.
+
+    L_t(z) = alpha(c_t) L_{t-1}(z) + beta(c_t),  alpha(c_t) = sum_{i in c_t} A_i(z),
+                                                 beta(c_t)  = sum_{i in c_t} B_i(z)
+
+``method="linear"`` fits both; ``"additive"`` fixes alpha = 1 (fits B); ``"multiplicative"``
+fixes beta = 0 (fits A). The fit is ridge least squares on one-step predictions with the
+observed L_{t-1} as input (closed form, see ``_design``); the penalty ``l2 * ||theta - theta0||^2``
+pulls the parameters toward ``theta0``: ``prior="no-change"`` (A_i = 1/b, B_i = 0, so a batch of
+b examples predicts alpha = 1, beta = 0) or ``prior="zero"``.
+
+Rollouts are kept physically plausible by ``clip="observed"`` (default): every simulated loss
+is clamped to the test example's observed loss range in the fitting runs, widened by
+``clip_margin`` times that range on each side and never below 0. ``clip="none"`` switches it off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._design import METHODS, Design
+from ._solver import ridge_solve
+from .errors import ModelError, SelectionError, UsageError
+from .runs import RunSet
+
+__all__ = ["Simulator", "DEFAULT_L2_GRID"]
+
+DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
+UNSEEN_POLICIES = ("error", "prior", "skip")
+_GRAM_BYTES = 64 * 2**20  # memory for the stacked normal equations of one test chunk
+
+
+class Simulator:
+    """A Simfluence training-run simulator (scikit-learn style: ``Simulator(...).fit(runs)``).
+
+    Learned state (after ``fit``): ``A_``, ``B_`` (n_examples, n_tests) parameters;
+    ``example_ids_``, ``test_ids_``; ``l2_`` (penalty used) and ``cv_curve_`` (for ``l2="auto"``);
+    ``init_loss_mean_`` (n_tests,) mean observed L_0; ``loss_min_``, ``loss_max_`` observed range;
+    ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``.
+    """
+
+    def __init__(self, method: str = "linear", l2: float | str = 1.0, *, prior: str = "no-change",
+                 clip: str = "observed", clip_margin: float = 0.5, cv_folds: int = 5,
+                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, progress=None):
+        self.method = method
+        self.l2 = l2
+        self.prior = prior
+        self.clip = clip
+        self.clip_margin = clip_margin
+        self.cv_folds = cv_folds
+        self.l2_grid = tuple(l2_grid)
+        self.progress = progress
+        self._check_params()
+
+    # -- configuration ---------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.prior not in ("no-change", "zero"):
+            raise UsageError(f"unknown prior {self.prior!r}; choose 'no-change' or 'zero'")
+        if self.clip not in ("observed", "none"):
+            raise UsageError(f"unknown clip {self.clip!r}; choose 'observed' or 'none'")
+        if isinstance(self.l2, str):
+            if self.l2 != "auto":
+                raise UsageError(f"--l2 must be a number >= 0 or 'auto', got {self.l2!r}")
+        elif not (np.isfinite(self.l2) and self.l2 >= 0):
+            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2!r}")
+
+    def get_params(self) -> dict:
+        """The configuration (what a saved model's manifest records)."""
+        return {"method": self.method, "l2": self.l2, "prior": self.prior, "clip": self.clip,
+                "clip_margin": self.clip_margin, "cv_folds": self.cv_folds,
+                "l2_grid": list(self.l2_grid)}
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, runs: RunSet) -> "Simulator":
+        """Fit on the runs of ``runs``; returns self."""
+        if len(runs) == 0:
+            raise SelectionError("no runs to fit on; check --runs")
+        t0 = time.perf_counter()
+        self.example_ids_ = np.asarray(runs.example_ids, dtype=object)
+        self.test_ids_ = np.asarray(runs.test_ids, dtype=object)
+        self.run_ids_ = list(runs.run_ids)
+        n, m = runs.n_examples, runs.n_tests
+        sizes = np.concatenate([r.batch_sizes for r in runs.runs])
+        self.batch_size_ = float(np.median(sizes)) if len(sizes) else 1.0
+        self.example_counts_ = np.zeros(n, dtype=np.int64)
+        for r in runs.runs:
+            self.example_counts_ += np.bincount(r.batch_idx, minlength=n)
+        L0 = np.vstack([r.losses[0] for r in runs.runs])
+        self.init_loss_mean_ = np.nanmean(L0, axis=0)
+        allL = np.vstack([r.losses for r in runs.runs])
+        with np.errstate(all="ignore"):
+            self.loss_min_ = np.nanmin(allL, axis=0)
+            self.loss_max_ = np.nanmax(allL, axis=0)
+        design = Design(runs)
+        theta0 = self._theta0(n)
+        if self.l2 == "auto":
+            self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
+        else:
+            self.l2_, self.cv_curve_ = float(self.l2), None
+        eq = design.equations(self.method)
+        theta = np.empty((m, eq.n_params))
+        chunks = _chunks(m, eq.n_params)
+        G = np.empty((len(chunks[0]), eq.n_params, eq.n_params))
+        r = np.empty((len(chunks[0]), eq.n_params))
+        for chunk in chunks:
+            k = len(chunk)
+            eq.fill(chunk, G, r)
+            theta[chunk] = ridge_solve(G[:k], r[:k], self.l2_, theta0, overwrite=True)
+            self._tick(k)
+        self._set_theta(theta, n)
+        if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
+            raise ModelError("the fit produced non-finite parameters; raise --l2")
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _tick(self, k: int) -> None:
+        if self.progress is not None:
+            self.progress(k)
+
+    def _theta0(self, n: int) -> np.ndarray:
+        a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
+        if self.method == "linear":
+            return np.concatenate([np.full(n, a0), np.zeros(n)])
+        if self.method == "multiplicative":
+            return np.full(n, a0)
+        return np.zeros(n)
+
+    def _set_theta(self, theta: np.ndarray, n: int) -> None:
+        T = theta.T  # (P, m)
+        m = T.shape[1]
+        if self.method == "linear":
+            self.A_, self.B_ = np.ascontiguousarray(T[:n]), np.ascontiguousarray(T[n:])
+        elif self.method == "multiplicative":
+            self.A_, self.B_ = np.ascontiguousarray(T), np.zeros((n, m))
+        else:
+            self.A_, self.B_ = np.zeros((n, m)), np.ascontiguousarray(T)
+
+    def _select_l2(self, runs: RunSet, design: Design, theta0: np.ndarray):
+        """K-fold CV grouped by run: held-out all-steps rollout MSE for each penalty."""
+        ids = runs.run_ids
+        k = min(self.cv_folds, len(ids))
+        if k < 2:
+            raise UsageError("--l2 auto needs at least 2 fitting runs (cross-validation by run); "
+                             "give a number instead")
+        order = np.random.default_rng(0).permutation(len(ids))
+        folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
+        n, m = runs.n_examples, runs.n_tests
+        P = design.n_params(self.method)
+        sse = np.zeros(len(self.l2_grid))
+        count = np.zeros(len(self.l2_grid))
+        encoded = {rid: self._encode_run(runs[rid]) for rid in ids}
+        chunks = _chunks(m, P)
+        G = np.empty((len(chunks[0]), P, P))
+        r = np.empty((len(chunks[0]), P))
+        for f, fold in enumerate(folds):
+            train = [x for x in ids if x not in fold]
+            eq = design.equations(self.method, train)
+            lo_all, hi_all = self._bounds_from(runs.subset(train))
+            for chunk in chunks:
+                k = len(chunk)
+                eq.fill(chunk, G, r)
+                lo, hi = (None, None) if lo_all is None else (lo_all[chunk], hi_all[chunk])
+                for g, l2 in enumerate(self.l2_grid):
+                    th = ridge_solve(G[:k], r[:k], l2, theta0)
+                    A, B = self._split(th.T, n)
+                    for rid in fold:
+                        run = runs[rid]
+                        idx, L0 = encoded[rid], run.losses[0, chunk]
+                        traj = _rollout(A, B, idx[None], L0[None], self.method, lo, hi)[0]
+                        obs = run.losses[:, chunk]
+                        sim = traj[run.loss_steps]
+                        ok = np.isfinite(obs[1:])
+                        sse[g] += np.sum((sim[1:][ok] - obs[1:][ok]) ** 2)
+                        count[g] += ok.sum()
+                self._tick(k / len(folds))
+        mse = sse / np.maximum(count, 1)
+        best = int(np.argmin(mse))
+        curve = [{"l2": float(l2), "cv_mse": float(v)} for l2, v in zip(self.l2_grid, mse)]
+        return float(self.l2_grid[best]), curve
+
+    def _split(self, T: np.ndarray, n: int):
+        m = T.shape[1]
+        if self.method == "linear":
+            return T[:n], T[n:]
+        if self.method == "multiplicative":
+            return T, np.zeros((n, m))
+        return np.zeros((n, m)), T
+
+    def _bounds_from(self, runs: RunSet) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self.clip == "none":
+            return None, None
+        allL = np.vstack([r.losses for r in runs.runs])
+        with np.errstate(all="ignore"):
+            return self._widen(np.nanmin(allL, axis=0), np.nanmax(allL, axis=0))
+
+    def _widen(self, lo, hi):
+        span = hi - lo
+        return np.maximum(lo - self.clip_margin * span, 0.0), hi + self.clip_margin * span
+
+    # -- simulation ------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "A_"):
+            raise ModelError("this Simulator is not fitted yet; call fit(runs) first")
+
+    @property
+    def bounds_(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-test (lower, upper) clamp for simulated losses, or (None, None) with clip='none'."""
+        if self.clip == "none":
+            return None, None
+        return self._widen(self.loss_min_, self.loss_max_)
+
+    def encode(self, curricula: Sequence[Sequence[Sequence[str]]], unseen: str = "error") -> np.ndarray:
+        """Curricula of example-ID batches -> index array (C, T, b) padded with -1.
+
+        ``unseen``: what to do with IDs the model has no parameters for: ``error`` (raise),
+        ``prior`` (treat them as the shrink target: A = 1/b or 0, B = 0), ``skip`` (drop them
+        from their batch).
+        """
+        self._check_fitted()
+        if unseen not in UNSEEN_POLICIES:
+            raise UsageError(f"--unseen must be one of {', '.join(UNSEEN_POLICIES)}")
+        pos = {e: i for i, e in enumerate(self.example_ids_)}
+        n = len(self.example_ids_)
+        C = len(curricula)
+        T = max((len(c) for c in curricula), default=0)
+        b = max((len(batch) for c in curricula for batch in c), default=1)
+        idx = np.full((C, T, b), -1, dtype=np.int64)
+        missing: list[str] = []
+        for ci, cur in enumerate(curricula):
+            for t, batch in enumerate(cur):
+                codes = [pos.get(str(e), -2) for e in batch]
+                if -2 in codes:
+                    bad = [str(e) for e, c in zip(batch, codes) if c == -2]
+                    if unseen == "error":
+                        missing.extend(bad)
+                        continue
+                    codes = [c if c != -2 else (n if unseen == "prior" else -1) for c in codes]
+                idx[ci, t, : len(codes)] = codes
+        if missing:
+            uniq = sorted(set(missing))
+            raise ModelError(
+                f"{len(uniq)} training example(s) were never seen in the fitting runs: "
+                f"{', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
+        return idx
+
+    def _encode_run(self, run) -> np.ndarray:
+        """A run of the fitting RunSet (same index space) as a (T, b) index array."""
+        sizes = run.batch_sizes
+        b = int(sizes.max()) if len(sizes) else 1
+        idx = np.full((run.n_steps, b), -1, dtype=np.int64)
+        rows = np.repeat(np.arange(run.n_steps), sizes)
+        cols = np.arange(len(run.batch_idx)) - np.repeat(run.batch_ptr[:-1], sizes)
+        idx[rows, cols] = run.batch_idx
+        return idx
+
+    def simulate(self, curricula, init_loss, tests: Sequence[str] | None = None,
+                 unseen: str = "error", lengths: Sequence[int] | None = None) -> np.ndarray:
+        """Roll curricula forward from ``init_loss``.
+
+        curricula: list of curricula (each a list of batches of example IDs), or an index array
+        (C, T, b) from :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned
+        with ``tests`` (default: all of ``test_ids_``). Returns (C, T+1, M) losses, step 0 first;
+        steps past a shorter curriculum's end are NaN.
+        """
+        self._check_fitted()
+        if isinstance(curricula, np.ndarray):
+            idx = curricula
+        else:
+            idx = self.encode(curricula, unseen=unseen)
+            lengths = [len(c) for c in curricula]
+        cols = self._test_columns(tests)
+        L0 = np.asarray(init_loss, dtype=np.float64)
+        L0 = np.broadcast_to(L0, (idx.shape[0], len(cols))) if L0.ndim == 1 else L0
+        if L0.shape != (idx.shape[0], len(cols)):
+            raise UsageError(f"init_loss has shape {L0.shape}; expected ({idx.shape[0]}, {len(cols)})")
+        lo, hi = self.bounds_
+        if lo is not None:
+            lo, hi = lo[cols], hi[cols]
+        A, B = self.A_[:, cols], self.B_[:, cols]
+        if np.any(idx == len(self.example_ids_)):  # 'prior' rows for unseen examples
+            a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
+            A = np.vstack([A, np.full((1, len(cols)), a0)])
+            B = np.vstack([B, np.zeros((1, len(cols)))])
+        out = _rollout(A, B, idx, L0, self.method, lo, hi)
+        if lengths is not None:
+            for c, T in enumerate(lengths):
+                out[c, T + 1:] = np.nan
+        return out
+
+    def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
+        if tests is None:
+            return np.arange(len(self.test_ids_))
+        pos = {t: j for j, t in enumerate(self.test_ids_)}
+        bad = [t for t in tests if t not in pos]
+        if bad:
+            raise SelectionError(f"unknown test id(s): {', '.join(map(str, bad[:10]))}; "
+                                 "the model knows the test ids of its fitting runs")
+        return np.asarray([pos[t] for t in tests], dtype=np.int64)
+
+
+def _chunks(m: int, P: int) -> list[np.ndarray]:
+    """Test-index chunks whose stacked (P x P) systems fit the memory budget."""
+    size = max(1, min(m, int(_GRAM_BYTES // max(1, P * P * 8))))
+    return [np.arange(s, min(m, s + size)) for s in range(0, m, size)]
+
+
+def _rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
+             lo: np.ndarray | None, hi: np.ndarray | None) -> np.ndarray:
+    """Vectorised recurrence over curricula and tests; loops over steps only.
+
+    A, B: (n, m) parameters (an extra trailing row may be appended by the caller);
+    idx: (C, T, b) example indices, -1 = padding. Returns (C, T+1, m).
+    """
+    C, T, _ = idx.shape
+    m = A.shape[1]
+    Ap = np.vstack([A, np.zeros((1, m))])  # row -1 (padding) contributes nothing
+    Bp = np.vstack([B, np.zeros((1, m))])
+    out = np.empty((C, T + 1, m))
+    L = np.array(L0, dtype=np.float64, copy=True)
+    out[:, 0] = L
+    active = (idx >= 0).any(axis=2)  # (C, T): steps that exist
+    for t in range(T):
+        ix = idx[:, t, :]
+        beta = Bp[ix].sum(axis=1)
+        if method == "additive":
+            new = L + beta
+        else:
+            new = Ap[ix].sum(axis=1) * L + beta
+        if lo is not None:
+            np.clip(new, lo, hi, out=new)
+        L = np.where(active[:, t, None], new, L)
+        out[:, t + 1] = L
+    return out
