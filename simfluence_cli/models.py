@@ -1,0 +1,231 @@
+"""Fitted models stored next to the data they came from: ``<store>/models/<name>/``.
+
+Each model directory holds
+- ``parameters-<gen>.parquet``: one row per (test, training example): ``test_id, example_id,
+  A, B`` (A null for additive models, whose alpha is fixed at 1), sorted by test then example
+  and written in row groups of whole test examples;
+- ``tests-<gen>.parquet``: per test example the mean initial loss and the observed loss range;
+- ``examples-<gen>.parquet``: per training example its occurrences in the fitting curricula;
+- ``model.json``: the manifest (configuration, penalty chosen and CV curve, runs used, data
+  hash, tool version, fit time, file names). It is written last and is the commit point:
+  files it does not name are leftovers of an interrupted write and are removed on the next.
+
+Refitting a name with a different configuration or data is refused unless ``replace=True``
+(kronfluence-style: the configuration is saved next to the results).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._atomic import write_atomic, write_bytes_atomic
+from ._version import __version__
+from .errors import ConflictError, ModelError, UsageError
+from .simulator import Simulator
+
+MODEL_FORMAT = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+PARAM_COLUMNS = {
+    "test_id": "test example the parameter belongs to",
+    "example_id": "training example",
+    "A": "multiplier: alpha(c_t) = sum of A over the batch; L_t = alpha L_{t-1} + beta "
+         "(null for additive models: alpha = 1)",
+    "B": "offset: beta(c_t) = sum of B over the batch; negative B lowers the test loss",
+}
+
+
+def check_name(name: str) -> str:
+    """Model names are file-system safe by construction."""
+    if not _NAME.match(name or ""):
+        raise UsageError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def model_dir(store, name: str) -> Path:
+    return Path(store.path) / "models" / check_name(name)
+
+
+def list_models(store) -> list[dict]:
+    """Manifests of all models in the store, by name."""
+    root = Path(store.path) / "models"
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        mf = d / "model.json"
+        if mf.is_file():
+            out.append(json.loads(mf.read_text()))
+    return out
+
+
+def read_manifest(store, name: str) -> dict:
+    mf = model_dir(store, name) / "model.json"
+    if not mf.is_file():
+        names = [m["name"] for m in list_models(store)]
+        raise ModelError(f"no model named {name!r} in {store.path}; "
+                         + (f"available: {', '.join(names)}" if names else
+                            "fit one with `simfluence fit --name NAME`"))
+    return json.loads(mf.read_text())
+
+
+def describe_config(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: str,
+               selector: str | None = None, kind: str = "simfluence", replace: bool = False,
+               extra: dict | None = None) -> dict:
+    """Write a fitted simulator under ``name`` (call with the store's write lock held)."""
+    d = model_dir(store, name)
+    config = {"kind": kind, **sim.get_params(), "runs": list(runs), "data_hash": data_hash,
+              **({"source": extra["source"]} if extra and "source" in extra else {})}
+    old = d / "model.json"
+    if old.is_file() and not replace:
+        prev = json.loads(old.read_text())
+        if prev.get("config") != config:
+            raise ConflictError(
+                f"model {name!r} exists with a different configuration; pass --replace to "
+                f"overwrite it, or pick another --name. existing: {describe_config(prev.get('config'))} "
+                f"new: {describe_config(config)}")
+    gen = f"{int(time.time())}-{secrets.token_hex(3)}"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {"parameters": f"parameters-{gen}.parquet", "tests": f"tests-{gen}.parquet",
+             "examples": f"examples-{gen}.parquet"}
+    _write_parameters(d / files["parameters"], sim)
+    _write_table(d / files["tests"], pa.table({
+        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
+        "init_loss_mean": sim.init_loss_mean_,
+        "loss_min": sim.loss_min_, "loss_max": sim.loss_max_}),
+        {"init_loss_mean": "mean observed loss at step 0 over the fitting runs",
+         "loss_min": "smallest observed loss in the fitting runs",
+         "loss_max": "largest observed loss in the fitting runs"})
+    _write_table(d / files["examples"], pa.table({
+        "example_id": pa.array(sim.example_ids_.tolist(), pa.string()),
+        "count": sim.example_counts_}),
+        {"count": "occurrences of the example in the fitting runs' curricula"})
+    manifest = {
+        "format": MODEL_FORMAT,
+        "name": name,
+        "config": config,
+        "selector": selector,
+        "l2": sim.l2_,
+        "cv_curve": sim.cv_curve_,
+        "batch_size": sim.batch_size_,
+        "n_examples": int(len(sim.example_ids_)),
+        "n_tests": int(len(sim.test_ids_)),
+        "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
+        "tool_version": __version__,
+        "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        **(extra or {}),
+    }
+    write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    for f in d.iterdir():  # leftovers of earlier generations or interrupted writes
+        if f.name != "model.json" and f.name not in files.values():
+            f.unlink(missing_ok=True)
+    return manifest
+
+
+def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
+    meta = {b"simfluence.model_format": str(MODEL_FORMAT).encode(),
+            b"simfluence.columns": json.dumps(meanings).encode()}
+    table = table.replace_schema_metadata(meta)
+    write_atomic(path, lambda fh: pq.write_table(table, fh))
+
+
+def _write_parameters(path: Path, sim: Simulator) -> None:
+    n, m = sim.A_.shape
+    additive = sim.method == "additive"
+    ex_dict = pa.array(sim.example_ids_.tolist(), pa.string())
+    te_dict = pa.array(sim.test_ids_.tolist(), pa.string())
+    schema = pa.schema([
+        ("test_id", pa.dictionary(pa.int32(), pa.string())),
+        ("example_id", pa.dictionary(pa.int32(), pa.string())),
+        ("A", pa.float64()), ("B", pa.float64()),
+    ], metadata={b"simfluence.model_format": str(MODEL_FORMAT).encode(),
+                 b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode()})
+    per_group = max(1, 1_000_000 // max(n, 1))  # whole test examples per row group
+
+    def write(fh):
+        with pq.ParquetWriter(fh, schema) as w:
+            for s in range(0, m, per_group):
+                cols = np.arange(s, min(m, s + per_group))
+                te = np.repeat(cols, n).astype(np.int32)
+                ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
+                A = sim.A_[:, cols].T.reshape(-1)
+                w.write_table(pa.table({
+                    "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
+                    "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
+                    "A": pa.array(A, mask=np.ones(len(A), bool)) if additive else A,
+                    "B": sim.B_[:, cols].T.reshape(-1),
+                }, schema=schema))
+
+    write_atomic(path, write)
+
+
+def load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
+    """A fitted Simulator from the store (optionally only some test examples' parameters)."""
+    man = read_manifest(store, name)
+    if man.get("format", 0) > MODEL_FORMAT:
+        raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
+    d = model_dir(store, name)
+    cfg = man["config"]
+    sim = Simulator(method=cfg["method"], l2=cfg["l2"], prior=cfg["prior"], clip=cfg["clip"],
+                    clip_margin=cfg["clip_margin"], cv_folds=cfg["cv_folds"], l2_grid=cfg["l2_grid"])
+    tt = pq.read_table(d / man["files"]["tests"])
+    et = pq.read_table(d / man["files"]["examples"])
+    all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
+    cols = np.arange(len(all_tests))
+    if tests is not None:
+        pos = {t: j for j, t in enumerate(all_tests)}
+        bad = [t for t in tests if t not in pos]
+        if bad:
+            from .errors import SelectionError
+            raise SelectionError(f"model {name!r} has no test id(s) {', '.join(bad[:10])}")
+        cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
+    sim.test_ids_ = all_tests[cols]
+    sim.example_ids_ = np.asarray(et["example_id"].to_pylist(), dtype=object)
+    sim.example_counts_ = et["count"].to_numpy()
+    sim.init_loss_mean_ = tt["init_loss_mean"].to_numpy()[cols]
+    sim.loss_min_ = tt["loss_min"].to_numpy()[cols]
+    sim.loss_max_ = tt["loss_max"].to_numpy()[cols]
+    sim.l2_, sim.cv_curve_ = man["l2"], man.get("cv_curve")
+    sim.batch_size_ = man["batch_size"]
+    sim.run_ids_ = list(cfg["runs"])
+    n, m = len(sim.example_ids_), len(cols)
+    filt = None
+    if tests is not None:
+        filt = [("test_id", "in", list(sim.test_ids_))]
+    pt = pq.read_table(d / man["files"]["parameters"], filters=filt)
+    te = _dict_codes(pt["test_id"], all_tests)
+    ex = _dict_codes(pt["example_id"], sim.example_ids_)
+    colpos = np.full(len(all_tests), -1)
+    colpos[cols] = np.arange(m)
+    te = colpos[te]
+    sim.A_ = np.zeros((n, m))
+    sim.B_ = np.zeros((n, m))
+    if sim.method != "additive":
+        sim.A_[ex, te] = pt["A"].to_numpy()
+    sim.B_[ex, te] = pt["B"].to_numpy()
+    sim.manifest_ = man
+    return sim
+
+
+def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
+    """Positions in ``universe`` of a dictionary-encoded string column's values (vectorised)."""
+    column = column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    order = np.argsort(universe)
+    dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
+    where = order[np.searchsorted(universe[order], dict_vals)]
+    return where[column.indices.to_numpy(zero_copy_only=False)]
