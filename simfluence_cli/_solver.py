@@ -38,10 +38,10 @@ def ridge_solve(G: np.ndarray, r: np.ndarray, l2: float, theta0: np.ndarray,
         Hs *= s[None, :]
         b = rhs[k] * s
         try:
-            u = sl.cho_solve(sl.cho_factor(Hs, lower=True, overwrite_a=True, check_finite=False),
+            u = sl.cho_solve(sl.cho_factor(Hs, lower=True, overwrite_a=False, check_finite=False),
                              b, check_finite=False)
         except (np.linalg.LinAlgError, sl.LinAlgError):
-            Hs = H[k] if overwrite else (G[k] + l2 * np.eye(P)) * s[:, None] * s[None, :]
+            # singular (l2 = 0 with collinear examples): minimum-norm solution of the scaled system
             u = np.linalg.lstsq(Hs, b, rcond=None)[0]
         out[k] = u * s
     return out

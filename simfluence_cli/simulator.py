@@ -75,6 +75,35 @@ class Simulator:
                 "clip_margin": self.clip_margin, "cv_folds": self.cv_folds,
                 "l2_grid": list(self.l2_grid)}
 
+    @classmethod
+    def from_params(cls, A, B, example_ids, test_ids, *, method: str = "linear",
+                    prior: str = "no-change", clip: str = "observed", init_loss=None,
+                    loss_range=None, batch_size: float = 1.0, example_counts=None) -> "Simulator":
+        """A simulator with given parameters (e.g. additive with B = -TracIn score).
+
+        A, B: (n_examples, n_tests) (A is ignored for additive). ``loss_range`` = (min, max)
+        per test for clipping (default: no upper bound, lower bound 0 via clip='observed').
+        """
+        sim = cls(method=method, l2=0.0, prior=prior, clip=clip)
+        n, m = len(example_ids), len(test_ids)
+        sim.example_ids_ = np.asarray(list(example_ids), dtype=object)
+        sim.test_ids_ = np.asarray(list(test_ids), dtype=object)
+        B = np.zeros((n, m)) if B is None or method == "multiplicative" else np.asarray(B, float)
+        A = np.zeros((n, m)) if A is None or method == "additive" else np.asarray(A, float)
+        if A.shape != (n, m) or B.shape != (n, m):
+            raise UsageError(f"A and B must have shape ({n}, {m})")
+        sim.A_, sim.B_ = A.copy(), B.copy()
+        sim.l2_, sim.cv_curve_, sim.cv_folds_ = 0.0, None, None
+        sim.batch_size_ = float(batch_size)
+        sim.run_ids_ = []
+        sim.example_counts_ = (np.ones(n, np.int64) if example_counts is None
+                               else np.asarray(example_counts, np.int64))
+        sim.init_loss_mean_ = (np.full(m, np.nan) if init_loss is None
+                               else np.asarray(init_loss, float))
+        lo, hi = (np.zeros(m), np.full(m, np.inf)) if loss_range is None else loss_range
+        sim.loss_min_, sim.loss_max_ = np.asarray(lo, float), np.asarray(hi, float)
+        return sim
+
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, runs: RunSet) -> "Simulator":
         """Fit on the runs of ``runs``; returns self."""
@@ -101,7 +130,7 @@ class Simulator:
         if self.l2 == "auto":
             self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
         else:
-            self.l2_, self.cv_curve_ = float(self.l2), None
+            self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
         eq = design.equations(self.method)
         theta = np.empty((m, eq.n_params))
         chunks = _chunks(m, eq.n_params)
@@ -149,6 +178,7 @@ class Simulator:
                              "give a number instead")
         order = np.random.default_rng(0).permutation(len(ids))
         folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
+        self.cv_folds_ = folds
         n, m = runs.n_examples, runs.n_tests
         P = design.n_params(self.method)
         sse = np.zeros(len(self.l2_grid))
@@ -214,39 +244,50 @@ class Simulator:
             return None, None
         return self._widen(self.loss_min_, self.loss_max_)
 
-    def encode(self, curricula: Sequence[Sequence[Sequence[str]]], unseen: str = "error") -> np.ndarray:
+    def seen_mask(self) -> np.ndarray:
+        """(n_examples,) True where the model has fitted parameters (example occurs in a fitting run)."""
+        self._check_fitted()
+        return np.asarray(self.example_counts_) > 0
+
+    def unseen_ids(self, curricula) -> list[str]:
+        """IDs in ``curricula`` the model has no fitted parameters for (sorted, unique)."""
+        self._check_fitted()
+        pos = {e: i for i, e in enumerate(self.example_ids_)}
+        seen = self.seen_mask()
+        ids = {str(e) for cur in curricula for batch in _batches(cur) for e in batch}
+        return sorted(e for e in ids if e not in pos or not seen[pos[e]])
+
+    def encode(self, curricula, unseen: str = "error") -> np.ndarray:
         """Curricula of example-ID batches -> index array (C, T, b) padded with -1.
 
-        ``unseen``: what to do with IDs the model has no parameters for: ``error`` (raise),
-        ``prior`` (treat them as the shrink target: A = 1/b or 0, B = 0), ``skip`` (drop them
-        from their batch).
+        ``unseen``: what to do with IDs the model has no fitted parameters for (not in, or
+        never trained on in, the fitting runs): ``error`` (raise), ``prior`` (use the shrink
+        target: A = 1/b (prior 'no-change') or 0 (prior 'zero'), B = 0), ``skip`` (drop them
+        from their batch; with linear/multiplicative models a smaller batch has a smaller alpha).
         """
         self._check_fitted()
         if unseen not in UNSEEN_POLICIES:
             raise UsageError(f"--unseen must be one of {', '.join(UNSEEN_POLICIES)}")
-        pos = {e: i for i, e in enumerate(self.example_ids_)}
+        curricula = [_batches(c) for c in curricula]
+        bad = set(self.unseen_ids(curricula))
+        if bad and unseen == "error":
+            uniq = sorted(bad)
+            raise ModelError(
+                f"{len(uniq)} training example(s) have no fitted parameters (never trained on in "
+                f"the fitting runs): {', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
         n = len(self.example_ids_)
+        pos = {e: i for i, e in enumerate(self.example_ids_)}
+        for e in bad:
+            pos[e] = n if unseen == "prior" else -1
         C = len(curricula)
         T = max((len(c) for c in curricula), default=0)
         b = max((len(batch) for c in curricula for batch in c), default=1)
-        idx = np.full((C, T, b), -1, dtype=np.int64)
-        missing: list[str] = []
+        idx = np.full((C, T, max(b, 1)), -1, dtype=np.int64)
         for ci, cur in enumerate(curricula):
             for t, batch in enumerate(cur):
-                codes = [pos.get(str(e), -2) for e in batch]
-                if -2 in codes:
-                    bad = [str(e) for e, c in zip(batch, codes) if c == -2]
-                    if unseen == "error":
-                        missing.extend(bad)
-                        continue
-                    codes = [c if c != -2 else (n if unseen == "prior" else -1) for c in codes]
+                codes = [c for c in (pos[str(e)] for e in batch) if c != -1]
                 idx[ci, t, : len(codes)] = codes
-        if missing:
-            uniq = sorted(set(missing))
-            raise ModelError(
-                f"{len(uniq)} training example(s) were never seen in the fitting runs: "
-                f"{', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
-                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
         return idx
 
     def _encode_run(self, run) -> np.ndarray:
@@ -259,22 +300,26 @@ class Simulator:
         idx[rows, cols] = run.batch_idx
         return idx
 
-    def simulate(self, curricula, init_loss, tests: Sequence[str] | None = None,
+    def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
                  unseen: str = "error", lengths: Sequence[int] | None = None) -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
 
-        curricula: list of curricula (each a list of batches of example IDs), or an index array
-        (C, T, b) from :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned
-        with ``tests`` (default: all of ``test_ids_``). Returns (C, T+1, M) losses, step 0 first;
-        steps past a shorter curriculum's end are NaN.
+        curricula: list of curricula (each a list of batches of example IDs, or a
+        :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
+        :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned with ``tests``
+        (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
+        Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
         """
         self._check_fitted()
         if isinstance(curricula, np.ndarray):
             idx = curricula
         else:
+            curricula = [_batches(c) for c in curricula]
             idx = self.encode(curricula, unseen=unseen)
             lengths = [len(c) for c in curricula]
         cols = self._test_columns(tests)
+        if init_loss is None:
+            init_loss = self.init_loss_mean_[cols]
         L0 = np.asarray(init_loss, dtype=np.float64)
         L0 = np.broadcast_to(L0, (idx.shape[0], len(cols))) if L0.ndim == 1 else L0
         if L0.shape != (idx.shape[0], len(cols)):
@@ -325,7 +370,13 @@ def _rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, meth
     L = np.array(L0, dtype=np.float64, copy=True)
     out[:, 0] = L
     active = (idx >= 0).any(axis=2)  # (C, T): steps that exist
-    for t in range(T):
+    with np.errstate(over="ignore", invalid="ignore"):  # unclipped rollouts may diverge
+        _steps(out, L, Ap, Bp, idx, active, method, lo, hi)
+    return out
+
+
+def _steps(out, L, Ap, Bp, idx, active, method, lo, hi) -> None:
+    for t in range(idx.shape[1]):
         ix = idx[:, t, :]
         beta = Bp[ix].sum(axis=1)
         if method == "additive":
@@ -336,4 +387,8 @@ def _rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, meth
             np.clip(new, lo, hi, out=new)
         L = np.where(active[:, t, None], new, L)
         out[:, t + 1] = L
-    return out
+
+
+def _batches(cur):
+    """A curriculum as a list of batches (accepts Curriculum objects)."""
+    return cur.batches if hasattr(cur, "batches") else cur
