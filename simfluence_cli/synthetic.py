@@ -30,16 +30,19 @@ def make_params(n_examples: int, n_tests: int, batch: int, method: str = "linear
 def make_runs(n_examples: int, n_tests: int, n_runs: int, n_steps: int, batch: int,
               method: str = "linear", seed: int = 0, noise: float = 0.0, log_every: int = 1,
               params: tuple[np.ndarray, np.ndarray] | None = None,
-              init_loss: np.ndarray | None = None) -> tuple[RunSet, np.ndarray, np.ndarray]:
+              init_loss: np.ndarray | None = None,
+              spread: float = 0.02) -> tuple[RunSet, np.ndarray, np.ndarray]:
     """Generate ``n_runs`` random-curriculum runs. Returns (runs, A, B).
 
     Batches are drawn without replacement within a batch; losses start at ``init_loss``
     (default: uniform in [1, 3] per test) and follow the recurrence exactly (additive:
     alpha = 1). Logged losses carry N(0, noise^2) noise; steps not divisible by
-    ``log_every`` are not logged (the last step always is).
+    ``log_every`` are not logged (the last step always is). ``spread`` sets how far the drawn
+    parameters are from "no change" (see :func:`make_params`).
     """
     rng = np.random.default_rng(seed + 1)
-    A, B = params if params is not None else make_params(n_examples, n_tests, batch, method, seed)
+    A, B = params if params is not None else make_params(n_examples, n_tests, batch, method, seed,
+                                                                   spread)
     L0 = rng.uniform(1.0, 3.0, n_tests) if init_loss is None else np.asarray(init_loss, float)
     runs = []
     for r in range(n_runs):
