@@ -7,11 +7,15 @@ Each model directory holds
 - ``tests-<gen>.parquet``: per test example the mean initial loss and the observed loss range;
 - ``examples-<gen>.parquet``: per training example its occurrences in the fitting curricula;
 - ``model.json``: the manifest (configuration, penalty chosen and CV curve, runs used, data
-  hash, tool version, fit time, file names). It is written last and is the commit point:
-  files it does not name are leftovers of an interrupted write and are removed on the next.
+  hash, tool version, fit time, file names). It is written last and is the commit point.
+  After a save, files named neither by it nor by the previous manifest (leftovers of older
+  generations or interrupted writes) are removed; the previous generation is kept so a reader
+  that opened the old manifest can still read its files.
 
-Refitting a name with a different configuration or data is refused unless ``replace=True``
-(kronfluence-style: the configuration is saved next to the results).
+Refitting a name with a different configuration or data (method, penalty, prior, clip, runs,
+data hash) is refused unless ``replace=True``. The same configuration on the same data is
+detected by :func:`check_existing`; ``simfluence fit`` then leaves the model as it is
+(a no-op that prints "up to date"); ``--replace`` forces a refit.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pyarrow.parquet as pq
 from ._atomic import write_atomic, write_bytes_atomic
 from ._version import __version__
 from .errors import ConflictError, ModelError, UsageError
-from .simulator import Simulator
+from .simulator import DEFAULT_L2_GRID, Simulator
 
 MODEL_FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -81,21 +85,66 @@ def describe_config(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def model_config(sim: Simulator, runs: list[str], data_hash: str, kind: str = "simfluence",
+                 extra: dict | None = None) -> dict:
+    """What identifies a fit: configuration, runs used and their data hash."""
+    return {"kind": kind, **sim.get_params(), "runs": list(runs), "data_hash": data_hash,
+            **({"source": extra["source"]} if extra and "source" in extra else {})}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable 'key: old -> new' lines (run lists summarised)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a != b:
+            if k == "runs" and isinstance(a, list) and isinstance(b, list):
+                gone, added = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+                out.append(f"runs: {len(a)} -> {len(b)} (removed {gone[:5]}, added {added[:5]})")
+            else:
+                out.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
+def check_existing(store, name: str, config: dict, replace: bool = False) -> dict | None:
+    """Compare ``config`` with model ``name`` in the store.
+
+    Returns the existing manifest when it has exactly this configuration (same runs and data
+    hash: refitting would reproduce it), None when there is no such model or ``replace`` is set.
+    Raises ConflictError (listing both configurations) when it differs and ``replace`` is False.
+    """
+    mf = model_dir(store, name) / "model.json"
+    if not mf.is_file():
+        return None
+    prev = json.loads(mf.read_text())
+    if prev.get("config") == config:
+        return None if replace else prev
+    if replace:
+        return None
+    diff = config_differences(prev.get("config") or {}, config)
+    raise ConflictError(
+        f"model {name!r} exists with a different configuration ({'; '.join(diff)}); pass "
+        f"--replace to overwrite it, or pick another --name. existing: "
+        f"{describe_config(prev.get('config'))} new: {describe_config(config)}")
+
+
 def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: str,
                selector: str | None = None, kind: str = "simfluence", replace: bool = False,
                extra: dict | None = None) -> dict:
-    """Write a fitted simulator under ``name`` (call with the store's write lock held)."""
+    """Write a fitted simulator under ``name`` (call with the store's write lock held).
+
+    An existing model with a different configuration is a ConflictError unless ``replace``;
+    one with the same configuration is overwritten by the new fit.
+    """
     d = model_dir(store, name)
-    config = {"kind": kind, **sim.get_params(), "runs": list(runs), "data_hash": data_hash,
-              **({"source": extra["source"]} if extra and "source" in extra else {})}
-    old = d / "model.json"
-    if old.is_file() and not replace:
-        prev = json.loads(old.read_text())
-        if prev.get("config") != config:
-            raise ConflictError(
-                f"model {name!r} exists with a different configuration; pass --replace to "
-                f"overwrite it, or pick another --name. existing: {describe_config(prev.get('config'))} "
-                f"new: {describe_config(config)}")
+    config = model_config(sim, runs, data_hash, kind, extra)
+    check_existing(store, name, config, replace=replace)  # raises on a different configuration
+    prev_files: set[str] = set()
+    if (d / "model.json").is_file():
+        try:
+            prev_files = set(json.loads((d / "model.json").read_text()).get("files", {}).values())
+        except (ValueError, AttributeError):
+            prev_files = set()
     gen = f"{int(time.time())}-{secrets.token_hex(3)}"
     d.mkdir(parents=True, exist_ok=True)
     files = {"parameters": f"parameters-{gen}.parquet", "tests": f"tests-{gen}.parquet",
@@ -119,6 +168,7 @@ def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: 
         "selector": selector,
         "l2": sim.l2_,
         "cv_curve": sim.cv_curve_,
+        "cv_folds": getattr(sim, "cv_folds_", None),
         "batch_size": sim.batch_size_,
         "n_examples": int(len(sim.example_ids_)),
         "n_tests": int(len(sim.test_ids_)),
@@ -129,8 +179,9 @@ def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: 
         **(extra or {}),
     }
     write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    for f in d.iterdir():  # leftovers of earlier generations or interrupted writes
-        if f.name != "model.json" and f.name not in files.values():
+    keep = {"model.json", *files.values(), *prev_files}
+    for f in d.iterdir():  # leftovers of older generations or interrupted writes
+        if f.name not in keep:
             f.unlink(missing_ok=True)
     return manifest
 
@@ -179,8 +230,9 @@ def load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
     d = model_dir(store, name)
     cfg = man["config"]
-    sim = Simulator(method=cfg["method"], l2=cfg["l2"], prior=cfg["prior"], clip=cfg["clip"],
-                    clip_margin=cfg["clip_margin"], cv_folds=cfg["cv_folds"], l2_grid=cfg["l2_grid"])
+    sim = Simulator(method=cfg["method"], l2=cfg.get("l2", 0.0), prior=cfg.get("prior", "no-change"),
+                    clip=cfg.get("clip", "observed"), clip_margin=cfg.get("clip_margin", 0.5),
+                    cv_folds=cfg.get("cv_folds", 5), l2_grid=cfg.get("l2_grid", DEFAULT_L2_GRID))
     tt = pq.read_table(d / man["files"]["tests"])
     et = pq.read_table(d / man["files"]["examples"])
     all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
@@ -198,9 +250,10 @@ def load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
     sim.init_loss_mean_ = tt["init_loss_mean"].to_numpy()[cols]
     sim.loss_min_ = tt["loss_min"].to_numpy()[cols]
     sim.loss_max_ = tt["loss_max"].to_numpy()[cols]
-    sim.l2_, sim.cv_curve_ = man["l2"], man.get("cv_curve")
+    sim.l2_, sim.cv_curve_, sim.cv_folds_ = man["l2"], man.get("cv_curve"), man.get("cv_folds")
     sim.batch_size_ = man["batch_size"]
-    sim.run_ids_ = list(cfg["runs"])
+    sim.run_ids_ = list(cfg.get("runs", []))
+    sim.fit_seconds_ = man.get("fit_seconds", 0.0)
     n, m = len(sim.example_ids_), len(cols)
     filt = None
     if tests is not None:
