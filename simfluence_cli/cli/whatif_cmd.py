@@ -1,1 +1,354 @@
-"""Placeholder: filled in by its owner."""
+"""``whatif``, ``groups`` and ``design``: counterfactual curricula and curriculum search.
+
+Thin layer over :mod:`simfluence_cli.counterfactual` and :mod:`simfluence_cli.curriculum_search`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from .._atomic import write_bytes_atomic
+from ..counterfactual import (MODES, ORDERS, Edits, group_effects, read_groups, read_init_loss,
+                              run_batches, run_init_loss, whatif)
+from ..curriculum import read_curriculum, read_id_list
+from ..curriculum_search import OBJECTIVES, curriculum_text, design_curriculum
+from ..errors import SelectionError, UsageError
+from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, warn
+from ._output import FormatOpt, OutputOpt, Format, render_rows, resolve_format
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")]
+TestsOpt = Annotated[
+    str | None,
+    typer.Option("--tests", "-t", help="Test examples: IDS (a,b,c), @FILE or 'all' (default: all "
+                                       "test examples of the model)."),
+]
+InitOpt = Annotated[
+    str | None,
+    typer.Option("--init-loss",
+                 help="Initial losses L_0: 'mean' (the model's mean observed L_0), 'run:RUN' "
+                      "(that run's observed L_0) or a CSV file test_id,loss. Default: the base "
+                      "run's L_0 when --base is a run, else 'mean'."),
+]
+BaseOpt = Annotated[
+    str,
+    typer.Option("--base", "-b",
+                 help="The base curriculum: a run id in the store ('run:ID' forces it), or a "
+                      "curriculum text file (one line per step; '-' = stdin)."),
+]
+ModeOpt = Annotated[
+    str,
+    typer.Option("--mode",
+                 help="How an edited example stream becomes batches: 'repack' (remaining "
+                      "examples keep their order, re-cut into full batches of the base's batch "
+                      "size: fewer steps), 'keep-steps' (same, cycled to the base's number of "
+                      "steps: same compute), 'shrink' (remove in place: smaller batches)."),
+]
+UnseenOpt = Annotated[
+    str,
+    typer.Option("--unseen", help="Examples the model has no parameters for: error, prior "
+                                  "(no effect beyond the prior) or skip."),
+]
+
+
+def _open(store: Path, model: str, tests: str | None):
+    from ..models import load_model
+    from ..store import RunStore
+
+    st = RunStore(store)
+    test_list = None if tests in (None, "all") else read_id_list(tests, "test IDs")
+    sim = load_model(st, model, tests=test_list)
+    return st, sim
+
+
+def _base(st, sim, base: str, init: str | None):
+    """(batches, init_loss, description) of --base, with --init-loss applied."""
+    tests = list(sim.test_ids_)
+    batches, L0, desc = None, None, base
+    force_run = base.startswith("run:")
+    rid = base[4:] if force_run else base
+    if not force_run and (base == "-" or Path(base).is_file()):
+        batches = read_curriculum(base).batches
+        desc = f"curriculum {base}"
+    else:
+        ids = st.select(f"run:{rid}")
+        if len(ids) != 1:
+            raise SelectionError(f"--base {base!r} matches {len(ids)} runs; give one run id")
+        rs = st.load(ids)
+        batches = run_batches(rs, ids[0])
+        L0, missing = run_init_loss(rs, ids[0], tests)
+        if missing and init is None:
+            warn(f"run {ids[0]} has no step-0 loss for {len(missing)} test(s) "
+                 f"(e.g. {missing[0]}); using the model's mean L_0 for them")
+            L0 = np.where(np.isfinite(L0), L0, sim.init_loss_mean_)
+        desc = f"run {ids[0]}"
+    if init is not None:
+        L0 = _init_loss(st, sim, init)
+    elif L0 is None:
+        L0 = sim.init_loss_mean_.copy()
+    if not np.all(np.isfinite(L0)):
+        raise UsageError("no initial loss for some test examples; give --init-loss run:RUN or FILE")
+    return batches, L0, desc
+
+
+def _init_loss(st, sim, spec: str) -> np.ndarray:
+    tests = list(sim.test_ids_)
+    if spec == "mean":
+        return sim.init_loss_mean_.copy()
+    if spec.startswith("run:"):
+        ids = st.select(spec)
+        if len(ids) != 1:
+            raise SelectionError(f"--init-loss {spec!r} matches {len(ids)} runs; give one run id")
+        L0, missing = run_init_loss(st.load(ids), ids[0], tests)
+        if missing:
+            raise SelectionError(f"run {ids[0]} has no step-0 loss for test(s) "
+                                 f"{', '.join(missing[:10])}")
+        return L0
+    return read_init_loss(spec, tests)
+
+
+def _ids(spec: str | None, what: str):
+    return None if spec is None else read_id_list(spec, what)
+
+
+def _order(spec: str | None):
+    if spec is None or spec in ORDERS:
+        return spec
+    if spec.startswith("@"):
+        return read_id_list(spec, "example IDs for --order")
+    raise UsageError(f"--order must be one of {', '.join(ORDERS)} or @FILE, got {spec!r}")
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+@command("whatif")
+def whatif_cmd(
+    model: ModelOpt,
+    base: BaseOpt,
+    drop: Annotated[str | None, typer.Option("--drop", help="Remove these examples (IDS or @FILE) "
+                                                            "from every step.")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Keep only these examples (IDS or "
+                                                            "@FILE).")] = None,
+    repeat: Annotated[str | None, typer.Option("--repeat", help="Train twice on every occurrence "
+                                                                "of these examples (IDS or @FILE).")] = None,
+    order: Annotated[str | None, typer.Option(
+        "--order", help="Reorder: 'shuffle' (random order of the examples, re-batched), "
+                        "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
+                        "reversed), or @FILE (example IDs in the wanted order; stable sort).")] = None,
+    mode: ModeOpt = "repack",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --order shuffle*.")] = 0,
+    tests: TestsOpt = None,
+    init_loss: InitOpt = None,
+    unseen: UnseenOpt = "error",
+    trajectories: Annotated[bool, typer.Option(
+        "--trajectories", help="Print the step-wise trajectories side by side (long form "
+                               "step,test_id,base,edited) instead of the final-loss table.")] = False,
+    save_edited: Annotated[str | None, typer.Option(
+        "--save-edited", help="Also write the edited curriculum to this text file.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """Simulate a base curriculum and an edited one side by side.
+
+    Per test example: base_final and edited_final (simulated loss after the last step) and
+    change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
+    Edits are applied in the order --only, --drop, --repeat, --order; see README 'What if'.
+    """
+    st, sim = _open(store, model, tests)
+    edits = Edits(drop=_ids(drop, "example IDs for --drop"),
+                  only=_ids(only, "example IDs for --only"),
+                  repeat=_ids(repeat, "example IDs for --repeat"),
+                  order=_order(order), mode=_check_mode(mode), seed=seed)
+    if edits.is_empty():
+        warn("no edit given (--drop/--only/--repeat/--order): the edited curriculum is the base")
+    batches, L0, desc = _base(st, sim, base, init_loss)
+    for what, ids in (("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)):
+        if ids:
+            present = {e for b in batches for e in b}
+            n_in = sum(e in present for e in set(ids))
+            if n_in == 0:
+                warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
+    res = whatif(sim, batches, edits, L0, unseen=unseen)
+    s = res.summary()
+    if save_edited:
+        header = {"model": model, "base": desc, "edits": s["edits"]}
+        write_bytes_atomic(save_edited, curriculum_text(res.edited, header).encode())
+    info(f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
+         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
+         f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
+         f"{s['mean_change']:+.6g} (negative = the edit helps); tests helped {s['tests_helped']}, "
+         f"hurt {s['tests_hurt']} of {s['tests']}")
+    f = resolve_format(fmt, output)
+    doc = {"model": model, "base": desc, "summary": s}
+    if trajectories:
+        render_rows(res.trajectory_rows(), ["step", "test_id", "base", "edited"], f, output,
+                    title=f"simulated trajectories: {desc} vs edited", document=doc,
+                    column_help={"base": "simulated loss under the base curriculum",
+                                 "edited": "simulated loss under the edited curriculum (empty "
+                                           "after its last step)"})
+        return
+    rows = res.rows()
+    if f is Format.table:
+        rows = rows + [{"test_id": "(mean)", "base_final": s["mean_base_final"],
+                        "edited_final": s["mean_edited_final"], "change": s["mean_change"]}]
+    render_rows(rows, ["test_id", "base_final", "edited_final", "change"], f, output,
+                title=f"what if: {desc}", document=doc,
+                column_help={"change": "edited_final - base_final; negative = the edit helps"})
+
+
+@command("groups")
+def groups_cmd(
+    model: ModelOpt,
+    base: BaseOpt,
+    group: Annotated[list[str] | None, typer.Option(
+        "--group", "-g", help="A group: [NAME=]IDS or [NAME=]@FILE (repeatable).")] = None,
+    groups_from: Annotated[str | None, typer.Option(
+        "--groups-from", help="Example metadata table (CSV/Parquet) with an example_id column; "
+                              "one group per value of --column.")] = None,
+    column: Annotated[str | None, typer.Option("--column", help="Grouping column of "
+                                                                "--groups-from, e.g. label.")] = None,
+    id_column: Annotated[str, typer.Option("--id-column", help="Example-id column of "
+                                                               "--groups-from.")] = "example_id",
+    mode: ModeOpt = "repack",
+    by: Annotated[str, typer.Option("--by", help="'group': one row per group, averaged over "
+                                                 "tests; 'test': one row per group and test.")] = "group",
+    tests: TestsOpt = None,
+    init_loss: InitOpt = None,
+    unseen: UnseenOpt = "error",
+    store: StoreOpt = DEFAULT_STORE,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """Removal effect of whole groups of training examples next to the sum of their members'.
+
+    group_effect = simulated final loss without the group - with it (positive = the group
+    helps); sum_individual = sum of the members' one-at-a-time removal effects;
+    interaction = group_effect - sum_individual (0 = additive; for a helpful group, negative =
+    redundancy: removing all costs less than the parts suggest).
+    """
+    if by not in ("group", "test"):
+        raise UsageError("--by must be 'group' or 'test'")
+    groups: dict[str, list[str]] = {}
+    if groups_from:
+        if not column:
+            raise UsageError("--groups-from needs --column (the grouping column, e.g. label)")
+        groups.update({f"{column}={k}": v for k, v in
+                       read_groups(groups_from, column, id_column).items()})
+    elif column:
+        raise UsageError("--column needs --groups-from TABLE")
+    for k, spec in enumerate(group or []):
+        name, _, ids = spec.partition("=") if "=" in spec.split("@", 1)[0] else ("", "", spec)
+        name = name or (Path(ids[1:]).stem if ids.startswith("@") else f"group{k + 1}")
+        groups[name] = read_id_list(ids, f"example IDs of group {name}")
+    if not groups:
+        raise UsageError("give --group IDS|@FILE (repeatable) or --groups-from TABLE --column C")
+    st, sim = _open(store, model, tests)
+    batches, L0, desc = _base(st, sim, base, init_loss)
+    members = len({e for v in groups.values() for e in v})
+    info(f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
+         f"group removal(s), up to {members} single removals)")
+    res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen)
+    f = resolve_format(fmt, output)
+    doc = {"model": model, "base": desc, "mode": mode,
+           "mean_base_final": float(np.mean(res.base_final))}
+    helpt = {"group_effect": "final loss without the group - with it; positive = group helps",
+             "interaction": "group_effect - sum_individual; 0 = additive"}
+    if by == "test":
+        render_rows(res.test_rows(), ["group", "test_id", "group_effect", "sum_individual",
+                                      "interaction"], f, output, title=f"group effects: {desc}",
+                    document=doc, column_help=helpt)
+    else:
+        render_rows(res.rows(), ["group", "members", "in_base", "group_effect", "sum_individual",
+                                 "interaction", "ratio", "mean_abs_interaction"], f, output,
+                    title=f"group effects: {desc}", document=doc, column_help=helpt)
+
+
+@command("design")
+def design_cmd(
+    model: ModelOpt,
+    steps: Annotated[int, typer.Option("--steps", "-T", help="Number of training steps.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Write the curriculum text file "
+                                                               "here ('-' = stdout).")],
+    objective: Annotated[str, typer.Option(
+        "--objective", help="What to minimise: 'mean-final-loss' = mean simulated loss of "
+                            "the chosen tests after the last step.")] = "mean-final-loss",
+    tests: TestsOpt = None,
+    pool: Annotated[str | None, typer.Option(
+        "--pool", help="Candidate training examples (IDS or @FILE); default: every example "
+                       "the model was fitted on.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Examples per step (default: the model's median batch size).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the local search and the random "
+                                                     "reference curricula.")] = 0,
+    candidates: Annotated[int, typer.Option("--candidates", "-K", help="Variants simulated per "
+                                                                        "local-search round.")] = 64,
+    iters: Annotated[int, typer.Option("--iters", help="Local-search rounds.")] = 200,
+    max_uses: Annotated[int | None, typer.Option(
+        "--max-uses", help="Most times one example may appear (default: ceil(2 x steps x "
+                           "batch / pool)).")] = None,
+    n_random: Annotated[int, typer.Option("--random", help="Random curricula from the pool to "
+                                                           "compare with.")] = 100,
+    init_loss: Annotated[str, typer.Option(
+        "--init-loss", help="'mean', 'run:RUN' or a CSV file test_id,loss.")] = "mean",
+    report: Annotated[str | None, typer.Option(
+        "--report", help="Write the search report (JSON) here ('-' = stdout).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Search for a curriculum of --steps batches that minimises the simulated objective.
+
+    Greedy construction (each step: the examples with the lowest one-step contribution to the
+    loss) refined by local search (swap/replace moves, --candidates variants per round simulated
+    in one vectorised call). Reports the design's objective next to random curricula from the
+    same pool. Deterministic given --seed. See README 'Designing a curriculum'.
+    """
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    if report == "-" and output == "-":
+        raise UsageError("--report - and -o - both write to stdout; send one to a file")
+    st, sim = _open(store, model, tests)
+    L0 = _init_loss(st, sim, init_loss)
+    pool_ids = _ids(pool, "pool example IDs")
+    progress = None
+    bar = None
+    if show_progress():
+        from rich.progress import Progress
+
+        bar = Progress(console=stderr_console(), transient=True)
+        bar.start()
+        task = bar.add_task("local search", total=iters)
+        progress = lambda k: bar.advance(task, k)  # noqa: E731
+    try:
+        res = design_curriculum(sim, steps, objective=objective, tests=list(sim.test_ids_),
+                                pool=pool_ids, batch_size=batch_size, init_loss=L0, seed=seed,
+                                candidates=candidates, iters=iters, max_uses=max_uses,
+                                n_random=n_random, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    rep = {"model": model, **res.report()}
+    header = {"model": model, "objective": objective, "simulated_objective": f"{res.objective:.6g}",
+              "steps": steps, "batch_size": rep["batch_size"], "seed": seed,
+              "pool": rep["pool"], "tests": rep["tests"], "max_uses": rep["max_uses"]}
+    text = curriculum_text(res.batches, header)
+    if output == "-":
+        typer.echo(text, nl=False)
+    else:
+        write_bytes_atomic(output, text.encode())
+    msg = (f"design: {objective} {res.objective:.6g} (greedy {res.greedy_objective:.6g})")
+    if "random_mean" in rep:
+        msg += (f"; {rep['random_n']} random curricula from the same pool: mean "
+                f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
+                f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%")
+    info(msg + (f"; wrote {output}" if output != "-" else ""))
+    if report:
+        from ._output import render_object
+
+        render_object(rep, report)

@@ -1,0 +1,434 @@
+"""Counterfactual questions: edit a curriculum, simulate base and edit side by side, group effects.
+
+A curriculum is a list of batches (lists of example IDs), one per training step. The edits
+(:class:`Edits`) are applied in a fixed order: ``only``, ``drop``, ``repeat``, ``order``.
+Everything except ``--order shuffle-steps|reverse`` works on the *example stream*: the base's
+batches concatenated in step order. How an edited stream becomes batches again is the mode:
+
+``repack`` (default)
+    the remaining stream, in its original order, is cut into batches of the base's batch size
+    ``b`` (its most common batch size); an incomplete last batch is not trained on (a data
+    loader's ``drop_last``: a Linear model reads a small batch as a weak update, see
+    ``shrink``). Dropping k examples removes about k/b steps. This is "the same data order, without these examples", what a
+    fixed-order data loader over the reduced data set does, and the Simfluence leave-out
+    setting (remaining examples keep their schedule, batches stay full).
+``keep-steps``
+    like ``repack``, but the stream is cycled (or truncated) to the base's number of steps T:
+    the same compute budget, as in runs that train for a fixed number of steps on a smaller
+    (or larger) data set.
+``shrink``
+    each example is removed from (or repeated inside) its own batch; steps that become empty
+    are removed, no example changes step. Batches get smaller, which a Linear model (alpha is
+    a *sum* over the batch) reads as a weaker update, not only as "without these examples".
+
+Edits: ``only IDS`` keeps only occurrences of IDS; ``drop IDS`` removes every occurrence;
+``repeat IDS`` follows every occurrence by a second copy (in the stream, so in repack mode
+the copy usually lands in the same batch = double weight in that step); ``order`` is
+``shuffle`` (permute the stream with ``seed``, then batch: a random-order curriculum with the
+same examples), ``shuffle-steps`` (permute whole steps, batches intact), ``reverse`` (steps in
+reverse order, batches intact) or a list of example IDs (stable sort of the stream by rank in
+the list, unlisted examples last in their original order, then batch).
+
+Effects are ``edited - base`` simulated final losses: negative = the edit lowers the test loss
+(helps), positive = it hurts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError, SelectionError, UsageError
+
+__all__ = ["Edits", "MODES", "ORDERS", "apply_edits", "batch_size_of", "drop_examples",
+           "final_losses", "whatif", "WhatIf", "group_effects", "GroupEffects",
+           "read_groups", "run_batches", "run_init_loss", "read_init_loss"]
+
+MODES = ("repack", "keep-steps", "shrink")
+ORDERS = ("shuffle", "shuffle-steps", "reverse")
+_SIM_BYTES = 256 * 2**20  # memory for one chunk of simulated trajectories
+
+Batches = list[list[str]]
+
+
+@dataclass
+class Edits:
+    """Curriculum edits; see the module docstring for their exact meaning."""
+
+    drop: Sequence[str] | None = None
+    only: Sequence[str] | None = None
+    repeat: Sequence[str] | None = None
+    order: str | Sequence[str] | None = None  # 'shuffle' | 'shuffle-steps' | 'reverse' | ids
+    mode: str = "repack"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise UsageError(f"unknown edit mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(self.order, str) and self.order not in ORDERS:
+            raise UsageError(f"unknown --order {self.order!r}; choose {', '.join(ORDERS)} or @FILE")
+
+    def is_empty(self) -> bool:
+        return not (self.drop or self.only or self.repeat or self.order)
+
+    def describe(self) -> dict:
+        order = self.order if isinstance(self.order, str) or self.order is None else \
+            f"ids[{len(self.order)}]"
+        return {"drop": len(self.drop) if self.drop else 0,
+                "only": len(self.only) if self.only else 0,
+                "repeat": len(self.repeat) if self.repeat else 0,
+                "order": order, "mode": self.mode, "seed": self.seed}
+
+
+def batch_size_of(batches: Sequence[Sequence[str]]) -> int:
+    """The base's batch size: the most common batch size (ties: the larger)."""
+    sizes = Counter(len(b) for b in batches if len(b))
+    if not sizes:
+        return 1
+    return max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def _chunk(stream: Sequence[str], b: int, drop_last: bool = False) -> Batches:
+    out = [list(stream[i:i + b]) for i in range(0, len(stream), b)]
+    if drop_last and len(out) > 1 and len(out[-1]) < b:
+        out.pop()
+    return out
+
+
+def _cycle(stream: list[str], n: int) -> list[str]:
+    if not stream:
+        return []
+    reps = -(-n // len(stream))
+    return (stream * reps)[:n]
+
+
+def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
+    """The edited curriculum (a new list of batches; ``batches`` is not modified)."""
+    base = [list(map(str, b)) for b in batches]
+    b = batch_size_of(base)
+    T = len(base)
+    rng = np.random.default_rng(edits.seed)
+    only = set(map(str, edits.only)) if edits.only else None
+    drop = set(map(str, edits.drop)) if edits.drop else set()
+    rep = set(map(str, edits.repeat)) if edits.repeat else set()
+
+    def keep(e: str) -> bool:
+        return (only is None or e in only) and e not in drop
+
+    def expand(seq):
+        out = []
+        for e in seq:
+            if keep(e):
+                out.append(e)
+                if e in rep:
+                    out.append(e)
+        return out
+
+    if edits.mode == "shrink":
+        cur = [nb for nb in (expand(batch) for batch in base) if nb]
+    else:
+        stream = expand(e for batch in base for e in batch)
+        if edits.mode == "keep-steps":
+            stream = _cycle(stream, T * b)
+        changed = bool(only is not None or drop or rep)
+        cur = _chunk(stream, b, drop_last=changed)
+    order = edits.order
+    if order is None:
+        pass
+    elif isinstance(order, str) and order == "reverse":
+        cur = cur[::-1]
+    elif isinstance(order, str) and order == "shuffle-steps":
+        cur = [cur[i] for i in rng.permutation(len(cur))]
+    elif isinstance(order, str) and order == "shuffle":
+        stream = [e for batch in cur for e in batch]
+        cur = _chunk([stream[i] for i in rng.permutation(len(stream))], b)
+    else:
+        rank = {}
+        for i, e in enumerate(map(str, order)):
+            rank.setdefault(e, i)
+        stream = [e for batch in cur for e in batch]
+        big = len(rank)
+        stream = sorted(stream, key=lambda e: rank.get(e, big))  # stable
+        cur = _chunk(stream, b)
+    if not cur:
+        raise SelectionError("the edited curriculum is empty: the edits removed every example "
+                             "of the base; check --drop/--only")
+    return cur
+
+
+def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str], mode: str = "repack") -> Batches:
+    """Shorthand: ``apply_edits(batches, Edits(drop=ids, mode=mode))`` (may be empty)."""
+    try:
+        return apply_edits(batches, Edits(drop=ids, mode=mode))
+    except SelectionError:
+        return []
+
+
+# -- simulation helpers -----------------------------------------------------------------------
+
+def _chunk_size(T: int, M: int) -> int:
+    return max(1, int(_SIM_BYTES // max(1, (T + 1) * M * 8 * 3)))
+
+
+def final_losses(sim, curricula: Sequence[Sequence[Sequence[str]]], init_loss: np.ndarray,
+                 tests: Sequence[str] | None = None, unseen: str = "error",
+                 chunk: int | None = None) -> np.ndarray:
+    """Simulated final loss (C, M) of many curricula, in memory-bounded vectorised chunks.
+
+    An empty curriculum's final loss is its initial loss.
+    """
+    M = len(tests) if tests is not None else len(sim.test_ids_)
+    L0 = np.asarray(init_loss, dtype=np.float64)
+    out = np.empty((len(curricula), M))
+    T = max((len(c) for c in curricula), default=0)
+    step = chunk or _chunk_size(T, M)
+    for s in range(0, len(curricula), step):
+        part = list(curricula[s:s + step])
+        nonempty = [i for i, c in enumerate(part) if len(c)]
+        out[s:s + len(part)] = L0 if L0.ndim == 1 else L0[s:s + len(part)]
+        if not nonempty:
+            continue
+        sub = [part[i] for i in nonempty]
+        init = L0 if L0.ndim == 1 else L0[s:s + len(part)][nonempty]
+        traj = sim.simulate(sub, init, tests=tests, unseen=unseen)
+        lens = np.asarray([len(c) for c in sub])
+        out[s + np.asarray(nonempty)] = traj[np.arange(len(sub)), lens]
+    return out
+
+
+@dataclass
+class WhatIf:
+    """Base and edited curricula simulated together; ``change = edited - base`` final loss."""
+
+    test_ids: np.ndarray
+    base: Batches
+    edited: Batches
+    trajectories: np.ndarray  # (2, T+1, M): [0] base, [1] edited; NaN past a curriculum's end
+    base_final: np.ndarray
+    edited_final: np.ndarray
+    edits: dict = field(default_factory=dict)
+
+    @property
+    def change(self) -> np.ndarray:
+        return self.edited_final - self.base_final
+
+    def summary(self) -> dict:
+        ch = self.change
+        return {"tests": int(len(self.test_ids)), "base_steps": len(self.base),
+                "edited_steps": len(self.edited),
+                "base_examples": int(sum(len(b) for b in self.base)),
+                "edited_examples": int(sum(len(b) for b in self.edited)),
+                "mean_base_final": float(np.mean(self.base_final)),
+                "mean_edited_final": float(np.mean(self.edited_final)),
+                "mean_change": float(np.mean(ch)),
+                "tests_helped": int(np.sum(ch < 0)), "tests_hurt": int(np.sum(ch > 0)),
+                "edits": self.edits}
+
+    def rows(self) -> list[dict]:
+        return [{"test_id": t, "base_final": float(a), "edited_final": float(b),
+                 "change": float(b - a)}
+                for t, a, b in zip(self.test_ids, self.base_final, self.edited_final)]
+
+    def trajectory_rows(self) -> list[dict]:
+        """Long form: step, test_id, base, edited (NaN/empty once a curriculum has ended)."""
+        T1, M = self.trajectories.shape[1:]
+        steps = np.repeat(np.arange(T1), M)
+        tests = np.tile(self.test_ids, T1)
+        base = self.trajectories[0].reshape(-1)
+        ed = self.trajectories[1].reshape(-1)
+        return [{"step": int(s), "test_id": t, "base": float(a), "edited": float(b)}
+                for s, t, a, b in zip(steps, tests, base, ed)]
+
+
+def whatif(sim, base: Sequence[Sequence[str]], edited: Sequence[Sequence[str]] | Edits,
+           init_loss: np.ndarray, tests: Sequence[str] | None = None,
+           unseen: str = "error") -> WhatIf:
+    """Simulate the base and the edited curriculum in one vectorised call."""
+    base = [list(map(str, b)) for b in base]
+    edits = {}
+    if isinstance(edited, Edits):
+        edits = edited.describe()
+        edited = apply_edits(base, edited)
+    edited = [list(map(str, b)) for b in edited]
+    if not base:
+        raise SelectionError("the base curriculum is empty")
+    traj = sim.simulate([base, edited], init_loss, tests=tests, unseen=unseen)
+    test_ids = np.asarray(list(tests) if tests is not None else sim.test_ids_, dtype=object)
+    return WhatIf(test_ids, base, edited, traj, traj[0, len(base)].copy(),
+                  traj[1, len(edited)].copy(), edits)
+
+
+# -- group effects ----------------------------------------------------------------------------
+
+@dataclass
+class GroupEffects:
+    """Removal effects (edited - base final loss, per test) of whole groups and of members."""
+
+    test_ids: np.ndarray
+    groups: dict[str, list[str]]
+    present: dict[str, int]  # members that occur in the base curriculum
+    group_effect: np.ndarray  # (G, M)
+    sum_individual: np.ndarray  # (G, M)
+    base_final: np.ndarray  # (M,)
+    mode: str = "repack"
+
+    @property
+    def interaction(self) -> np.ndarray:
+        """group - sum of individual effects: 0 = additive; with helpful members (removal
+        effects > 0), interaction < 0 means redundancy (the group is worth less than its parts)."""
+        return self.group_effect - self.sum_individual
+
+    def rows(self) -> list[dict]:
+        out = []
+        for g, name in enumerate(self.groups):
+            ge, si = self.group_effect[g], self.sum_individual[g]
+            mg, ms = float(np.mean(ge)), float(np.mean(si))
+            out.append({"group": name, "members": len(self.groups[name]),
+                        "in_base": self.present[name], "group_effect": mg,
+                        "sum_individual": ms, "interaction": mg - ms,
+                        "ratio": mg / ms if ms != 0 else float("nan"),
+                        "mean_abs_interaction": float(np.mean(np.abs(ge - si)))})
+        return out
+
+    def test_rows(self) -> list[dict]:
+        out = []
+        for g, name in enumerate(self.groups):
+            for j, t in enumerate(self.test_ids):
+                ge, si = float(self.group_effect[g, j]), float(self.sum_individual[g, j])
+                out.append({"group": name, "test_id": t, "group_effect": ge,
+                            "sum_individual": si, "interaction": ge - si})
+        return out
+
+
+def group_effects(sim, base: Sequence[Sequence[str]], groups: Mapping[str, Sequence[str]],
+                  init_loss: np.ndarray, tests: Sequence[str] | None = None,
+                  mode: str = "repack", unseen: str = "error", chunk: int | None = None,
+                  progress=None) -> GroupEffects:
+    """Simulated removal effect of each whole group next to the sum of its members' effects.
+
+    All curricula (base, one per group, one per distinct member occurring in the base) are
+    simulated in memory-bounded vectorised chunks. Members absent from the base have effect 0.
+    """
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    base = [list(map(str, b)) for b in base]
+    if not groups:
+        raise SelectionError("no groups given")
+    in_base = {e for b in base for e in b}
+    groups = {str(k): list(dict.fromkeys(map(str, v))) for k, v in groups.items()}
+    members = sorted({e for v in groups.values() for e in v if e in in_base})
+    curricula: list[Batches] = [base]
+    curricula += [drop_examples(base, v, mode) for v in groups.values()]
+    curricula += [drop_examples(base, [e], mode) for e in members]
+    fin = final_losses(sim, curricula, init_loss, tests=tests, unseen=unseen, chunk=chunk)
+    base_final = fin[0]
+    G = len(groups)
+    gfx = fin[1:1 + G] - base_final
+    single = dict(zip(members, fin[1 + G:] - base_final))
+    M = fin.shape[1]
+    sums = np.zeros((G, M))
+    for g, v in enumerate(groups.values()):
+        for e in v:
+            if e in single:
+                sums[g] += single[e]
+    present = {k: sum(e in in_base for e in v) for k, v in groups.items()}
+    test_ids = np.asarray(list(tests) if tests is not None else sim.test_ids_, dtype=object)
+    return GroupEffects(test_ids, groups, present, gfx, sums, base_final, mode)
+
+
+def read_groups(path: str, column: str, id_column: str = "example_id") -> dict[str, list[str]]:
+    """Groups from an example metadata table (CSV, optionally .gz, or Parquet): one group per
+    distinct value of ``column``; members = the ``id_column`` values of its rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.endswith(".parquet"):
+            tbl = pq.read_table(path)
+        else:
+            tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                column_types={id_column: pa.string(), column: pa.string()},
+                strings_can_be_null=False))
+    except FileNotFoundError:
+        raise InputError("no such file", path=path) from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"cannot read the table: {str(exc).splitlines()[0]}", path=path,
+                         hint="give a CSV or Parquet table with an example_id column") from None
+    for c in (id_column, column):
+        if c not in tbl.column_names:
+            raise InputError(f"no column {c!r} (columns: {', '.join(tbl.column_names)})",
+                             path=path, field=c, hint="pick one with --column / --id-column")
+    ids = [str(x) for x in tbl[id_column].to_pylist()]
+    vals = [str(x) for x in tbl[column].to_pylist()]
+    out: dict[str, list[str]] = {}
+    for ex, val in zip(ids, vals):
+        out.setdefault(val, []).append(ex)
+    if not out:
+        raise InputError("the table has no rows", path=path)
+    return dict(sorted(out.items()))
+
+
+# -- inputs shared by the commands ------------------------------------------------------------
+
+def run_batches(runset, run_id: str) -> Batches:
+    """A stored run's curriculum as batches of example IDs."""
+    run = runset[run_id]
+    ex = runset.example_ids
+    return [[str(ex[i]) for i in run.batch(t)] for t in range(1, run.n_steps + 1)]
+
+
+def run_init_loss(runset, run_id: str, test_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """A run's observed step-0 losses aligned with ``test_ids``; NaN where the run has no
+    step-0 loss for a test. Returns (losses, missing test ids)."""
+    run = runset[run_id]
+    pos = {t: j for j, t in enumerate(runset.test_ids)}
+    out = np.full(len(test_ids), np.nan)
+    if len(run.loss_steps) and run.loss_steps[0] == 0:
+        row = run.losses[0]
+        for k, t in enumerate(test_ids):
+            j = pos.get(t)
+            if j is not None:
+                out[k] = row[j]
+    missing = [t for t, v in zip(test_ids, out) if not np.isfinite(v)]
+    return out, missing
+
+
+def read_init_loss(path: str, test_ids: Sequence[str]) -> np.ndarray:
+    """Initial losses from a CSV table ``test_id,loss`` aligned with ``test_ids``."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            column_types={"test_id": pa.string()}))
+    except FileNotFoundError:
+        raise InputError("no such file", path=path,
+                         hint="--init-loss is 'mean', 'run:RUN' or a CSV file test_id,loss") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"cannot read: {str(exc).splitlines()[0]}", path=path,
+                         hint="give a CSV table with columns test_id,loss") from None
+    for c in ("test_id", "loss"):
+        if c not in tbl.column_names:
+            raise InputError(f"missing column {c!r}", path=path, field=c,
+                             hint="give a CSV table with columns test_id,loss")
+    ids = [str(x) for x in tbl["test_id"].to_pylist()]
+    try:
+        vals = np.asarray(tbl["loss"].to_pylist(), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("non-numeric value", path=path, field="loss") from None
+    got = dict(zip(ids, vals))
+    missing = [t for t in test_ids if t not in got]
+    if missing:
+        raise InputError(f"no initial loss for {len(missing)} test(s): "
+                         f"{', '.join(missing[:10])}", path=path, field="test_id",
+                         hint="list every test example of the model (or pick them with --tests)")
+    out = np.asarray([got[t] for t in test_ids], dtype=np.float64)
+    bad = [t for t, v in zip(test_ids, out) if not np.isfinite(v) or v < 0]
+    if bad:
+        raise InputError(f"initial loss must be finite and >= 0 (test {bad[0]})", path=path,
+                         field="loss")
+    return out

@@ -1,0 +1,219 @@
+"""Curriculum edits, whatif and group effects (core, and the CLI over a real store)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simfluence_cli.counterfactual import (Edits, apply_edits, batch_size_of, drop_examples,
+                                           final_losses, group_effects, read_groups, whatif)
+from simfluence_cli.errors import InputError, SelectionError, UsageError
+from simfluence_cli.simulator import Simulator
+from simfluence_cli.synthetic import make_runs
+
+BASE = [["a", "b"], ["c", "d"], ["e", "f"]]
+
+
+def flat(batches):
+    return [e for b in batches for e in b]
+
+
+# -- edit semantics ---------------------------------------------------------------------------
+
+def test_drop_repack_keeps_order_and_full_batches():
+    # stream a b d e f -> [a b] [d e] [f]; the incomplete last batch is not trained on
+    assert apply_edits(BASE, Edits(drop=["c"])) == [["a", "b"], ["d", "e"]]
+    assert apply_edits(BASE, Edits(drop=["c", "d"])) == [["a", "b"], ["e", "f"]]
+
+
+def test_drop_shrink_removes_in_place_and_empty_steps():
+    assert apply_edits(BASE, Edits(drop=["c"], mode="shrink")) == [["a", "b"], ["d"], ["e", "f"]]
+    assert apply_edits(BASE, Edits(drop=["c", "d"], mode="shrink")) == [["a", "b"], ["e", "f"]]
+
+
+def test_drop_keep_steps_cycles_to_the_same_number_of_steps():
+    out = apply_edits(BASE, Edits(drop=["c"], mode="keep-steps"))
+    assert out == [["a", "b"], ["d", "e"], ["f", "a"]]
+    assert len(out) == len(BASE)
+
+
+def test_only_keeps_only_listed():
+    assert apply_edits(BASE, Edits(only=["a", "d", "f"], mode="shrink")) == [["a"], ["d"], ["f"]]
+    assert apply_edits(BASE, Edits(only=["a", "d"])) == [["a", "d"]]
+
+
+def test_repeat_duplicates_each_occurrence():
+    assert apply_edits(BASE, Edits(repeat=["a"], mode="shrink")) == [["a", "a", "b"], ["c", "d"],
+                                                                      ["e", "f"]]
+    out = apply_edits(BASE, Edits(repeat=["a", "f"]))
+    assert out == [["a", "a"], ["b", "c"], ["d", "e"], ["f", "f"]]
+
+
+def test_order_edits():
+    assert apply_edits(BASE, Edits(order="reverse")) == BASE[::-1]
+    steps = apply_edits(BASE, Edits(order="shuffle-steps", seed=3))
+    assert sorted(map(tuple, steps)) == sorted(map(tuple, BASE))
+    assert apply_edits(BASE, Edits(order=["f", "c"])) == [["f", "c"], ["a", "b"], ["d", "e"]]
+
+
+def test_shuffle_is_a_seeded_permutation_of_the_examples():
+    base = [[f"e{2 * t}", f"e{2 * t + 1}"] for t in range(20)]
+    a = apply_edits(base, Edits(order="shuffle", seed=1))
+    assert a == apply_edits(base, Edits(order="shuffle", seed=1))
+    assert a != apply_edits(base, Edits(order="shuffle", seed=2))
+    assert Counter(flat(a)) == Counter(flat(base)) and all(len(b) == 2 for b in a)
+
+
+def test_edits_apply_in_documented_order():
+    # only -> drop -> repeat -> order
+    out = apply_edits(BASE, Edits(only=["a", "b", "c", "d"], drop=["b"], repeat=["c"],
+                                  order="reverse", mode="shrink"))
+    assert out == [["c", "c", "d"], ["a"]]
+
+
+def test_edit_errors():
+    with pytest.raises(SelectionError):
+        apply_edits(BASE, Edits(drop=flat(BASE)))
+    with pytest.raises(UsageError):
+        Edits(mode="nope")
+    with pytest.raises(UsageError):
+        Edits(order="sideways")
+    assert drop_examples(BASE, flat(BASE)) == []
+
+
+def test_batch_size_is_the_most_common():
+    assert batch_size_of([["a", "b"], ["c", "d"], ["e"]]) == 2
+
+
+ids = st.lists(st.sampled_from([f"x{i}" for i in range(12)]), min_size=1, max_size=6, unique=True)
+curricula = st.lists(ids, min_size=1, max_size=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(curricula, st.lists(st.sampled_from([f"x{i}" for i in range(12)]), max_size=5))
+def test_drop_law_repack_and_shrink(base, drop):
+    kept = [e for e in flat(base) if e not in set(drop)]
+    shrink = drop_examples(base, drop, "shrink")
+    assert flat(shrink) == kept  # every occurrence removed, order and others untouched
+    rep = drop_examples(base, drop, "repack")
+    b = batch_size_of(base)
+    # remaining stream in order, full batches, at most b-1 tail examples left out
+    assert kept[:len(flat(rep))] == flat(rep)
+    assert all(len(x) == b for x in rep[:-1])
+    assert len(kept) - len(flat(rep)) < b or not rep
+
+
+@settings(max_examples=40, deadline=None)
+@given(curricula, st.integers(0, 5))
+def test_order_edits_keep_the_examples(base, seed):
+    for order in ("shuffle", "shuffle-steps", "reverse"):
+        out = apply_edits(base, Edits(order=order, seed=seed))
+        assert Counter(flat(out)) == Counter(flat(base))
+
+
+# -- whatif -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted():
+    runs, _, _ = make_runs(30, 6, 6, 25, 3, method="linear", seed=4, noise=0.001)
+    sim = Simulator("linear", l2=0.01).fit(runs)
+    run = runs.runs[0]
+    base = [[str(runs.example_ids[i]) for i in run.batch(t)] for t in range(1, run.n_steps + 1)]
+    return sim, base, run.losses[0]
+
+
+def test_whatif_matches_manual_simulate(fitted):
+    sim, base, L0 = fitted
+    edits = Edits(drop=["e1", "e2", "e7"], order="reverse")
+    res = whatif(sim, base, edits, L0)
+    edited = apply_edits(base, edits)
+    assert res.edited == edited
+    manual_b = sim.simulate([base], L0)[0, -1]
+    manual_e = sim.simulate([edited], L0)[0, -1]
+    np.testing.assert_allclose(res.base_final, manual_b, rtol=1e-12)
+    np.testing.assert_allclose(res.edited_final, manual_e, rtol=1e-12)
+    np.testing.assert_allclose(res.change, manual_e - manual_b, rtol=1e-12)
+    s = res.summary()
+    assert s["mean_change"] == pytest.approx(float(np.mean(manual_e - manual_b)))
+    assert s["edited_steps"] == len(edited) < len(base)
+    rows = res.trajectory_rows()
+    assert len(rows) == (len(base) + 1) * len(sim.test_ids_)
+    last_edit = [r for r in rows if r["step"] == len(edited)]
+    np.testing.assert_allclose([r["edited"] for r in last_edit], manual_e)
+
+
+def test_whatif_no_edit_is_zero_change(fitted):
+    sim, base, L0 = fitted
+    res = whatif(sim, base, Edits(), L0)
+    assert np.all(res.change == 0)
+
+
+def test_final_losses_chunks_agree(fitted):
+    sim, base, L0 = fitted
+    curs = [base, drop_examples(base, ["e3"]), [], base[:5]]
+    a = final_losses(sim, curs, L0)
+    b = final_losses(sim, curs, L0, chunk=1)
+    np.testing.assert_allclose(a, b)
+    np.testing.assert_allclose(a[2], L0)  # an empty curriculum leaves L_0
+
+
+# -- group effects ----------------------------------------------------------------------------
+
+def _param_sim(method, seed=0, n=16, m=5, b=2):
+    rng = np.random.default_rng(seed)
+    A = (1.0 / b) * (1 - rng.uniform(0, 0.05, (n, m)))
+    B = rng.normal(-0.01, 0.02, (n, m))
+    return Simulator.from_params(A, B, [f"e{i}" for i in range(n)], [f"t{j}" for j in range(m)],
+                                 method=method, clip="none", batch_size=b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 1000), st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=5),
+                                      min_size=1, max_size=3))
+def test_group_effect_is_additive_for_an_additive_model(seed, groups):
+    sim = _param_sim("additive", seed)
+    rng = np.random.default_rng(seed)
+    base = [[f"e{i}" for i in rng.choice(16, 2, replace=False)] for _ in range(12)]
+    G = {f"g{k}": [f"e{i}" for i in g] for k, g in enumerate(groups)}
+    L0 = np.full(5, 2.0)
+    res = group_effects(sim, base, G, L0, mode="shrink")
+    np.testing.assert_allclose(res.group_effect, res.sum_individual, atol=1e-12)
+    np.testing.assert_allclose(res.interaction, 0, atol=1e-12)
+
+
+def test_group_effect_is_not_additive_for_a_multiplicative_model():
+    sim = _param_sim("multiplicative", 1)
+    rng = np.random.default_rng(1)
+    base = [[f"e{i}" for i in rng.choice(16, 2, replace=False)] for _ in range(30)]
+    G = {"g": ["e0", "e1", "e2", "e3", "e4"]}
+    res = group_effects(sim, base, G, np.full(5, 2.0), mode="shrink")
+    assert np.max(np.abs(res.interaction)) > 1e-3
+    row = res.rows()[0]
+    assert row["members"] == 5 and row["interaction"] == pytest.approx(
+        row["group_effect"] - row["sum_individual"])
+
+
+def test_group_effect_matches_whatif_and_absent_members(fitted):
+    sim, base, L0 = fitted
+    present = sorted({e for b in base for e in b})
+    G = {"two": present[:2], "ghost": ["nope1", "nope2"]}
+    res = group_effects(sim, base, G, L0)
+    w = whatif(sim, base, Edits(drop=present[:2]), L0)
+    np.testing.assert_allclose(res.group_effect[0], w.change, rtol=1e-12)
+    assert res.present == {"two": 2, "ghost": 0}
+    single = sum(whatif(sim, base, Edits(drop=[e]), L0).change for e in present[:2])
+    np.testing.assert_allclose(res.sum_individual[0], single, rtol=1e-12)
+
+
+def test_read_groups(tmp_path):
+    p = tmp_path / "examples.csv"
+    p.write_text("example_id,label\ne0,1\ne1,0\ne2,1\n")
+    assert read_groups(str(p), "label") == {"0": ["e1"], "1": ["e0", "e2"]}
+    with pytest.raises(InputError, match="no column 'colour'"):
+        read_groups(str(p), "colour")
+    with pytest.raises(InputError, match="no such file"):
+        read_groups(str(tmp_path / "missing.csv"), "label")
