@@ -243,3 +243,213 @@ def _pairs(ent_obs: np.ndarray):
     first = np.repeat(np.cumsum(size) - size, size)
     right = np.repeat(start, size) + (np.arange(len(left)) - first)
     return left, right
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix-free form (for the iterative solver): never forms a Gram matrix.
+#
+# For one test example j the design matrix is, row = observation (gap),
+#     X_j = [ diag(Ls_j) Ea + diag(Lt_j) Eb ,  En ]       (linear; multiplicative: A part only;
+#                                                          additive: En only, y = Lt - Ls)
+# with Ea, Eb, En sparse (observations x examples) coefficient matrices shared by every test
+# that has the same logging pattern: each row has at most |batch| * gap-width nonzeros. So
+# X_j^T X_j v is two sparse products per block of tests, O(nnz(E) * tests) work, and the
+# 2x2 (A_i, B_i) diagonal blocks of the Gram (the preconditioner) are cheap column sums.
+# ---------------------------------------------------------------------------------------------
+
+
+class _SparseGroup:
+    """Sparse coefficient matrices of all observations of tests sharing a logging pattern."""
+
+    def __init__(self, tests: np.ndarray, blocks: list[ObsBlock], n: int, method: str):
+        self.tests = tests
+        self.blocks = blocks
+        self.pos = {int(t): i for i, t in enumerate(tests)}
+        offs = np.cumsum([0] + [b.n_obs for b in blocks])
+        self.n_obs = int(offs[-1])
+        self.lam_a = np.concatenate([b.lam_a for b in blocks])
+        self.lam_b = np.concatenate([b.lam_b for b in blocks])
+        eo = np.concatenate([b.ent_obs + o for b, o in zip(blocks, offs[:-1])]).astype(np.int64)
+        ex = np.concatenate([b.ent_ex for b in blocks]).astype(np.int64)
+        ea = np.concatenate([b.ent_a for b in blocks])
+        eb = np.concatenate([b.ent_b for b in blocks])
+        en = np.concatenate([b.ent_n for b in blocks])
+        self.gaps = bool(np.any(eb != 0))
+        shape = (self.n_obs, n)
+
+        def mat(vals):
+            m = sp.csr_matrix((vals, (eo, ex)), shape=shape)
+            m.sum_duplicates()
+            return m, m.T.tocsr()
+
+        # no gaps: Ea == En (one occurrence count per entry), Eb == 0: one matrix serves all
+        self.En, self.EnT = mat(en)
+        if self.gaps:
+            self.Ea, self.EaT = mat(ea)
+            self.Eb, self.EbT = mat(eb)
+        else:
+            self.Ea, self.EaT, self.Eb, self.EbT = self.En, self.EnT, None, None
+        # squared / cross entries for the diagonal blocks of the Gram
+        self.sq = {}
+        self.sq["nn"] = np.asarray(sp.csr_matrix((en * en, (ex, eo)), shape=shape[::-1]).sum(axis=1)).ravel()
+        if method != "additive":
+            self.sq["aa"] = sp.csr_matrix((ea * ea, (ex, eo)), shape=shape[::-1])
+            self.sq["an"] = sp.csr_matrix((ea * en, (ex, eo)), shape=shape[::-1])
+            if self.gaps:
+                self.sq["ab"] = sp.csr_matrix((2 * ea * eb, (ex, eo)), shape=shape[::-1])
+                self.sq["bb"] = sp.csr_matrix((eb * eb, (ex, eo)), shape=shape[::-1])
+                self.sq["bn"] = sp.csr_matrix((eb * en, (ex, eo)), shape=shape[::-1])
+
+    def losses(self, cols: np.ndarray):
+        """(Ls, Lt) (n_obs, k) of some of this group's tests (positions within the group)."""
+        Ls = np.empty((self.n_obs, len(cols)))
+        Lt = np.empty((self.n_obs, len(cols)))
+        o = 0
+        for b in self.blocks:
+            Ls[o:o + b.n_obs] = b.Ls[:, cols]
+            Lt[o:o + b.n_obs] = b.Lt[:, cols]
+            o += b.n_obs
+        return Ls, Lt
+
+
+class ChunkSystem:
+    """The ridge normal equations of a chunk of tests, matrix-free.
+
+    ``matvec(V, cols)`` computes (X_j^T X_j) v_j for the chunk's columns ``cols`` (V is (P, len
+    cols)); ``rhs`` (P, k) is X_j^T y_j; ``diag`` the (A_i, B_i) 2x2 diagonal blocks of the Gram
+    as arrays (daa, dab, dbb) of shape (n, k) (linear) or the diagonal (P, k).
+    """
+
+    def __init__(self, method: str, n: int, tests: np.ndarray, parts):
+        self.method, self.n, self.tests = method, n, tests
+        self.k = len(tests)
+        self.P = 2 * n if method == "linear" else n
+        self.parts = parts  # list of (group, chunk positions, Ls, Lt)
+        k = self.k
+        self.rhs = np.zeros((self.P, k))
+        self.daa = np.zeros((n, k)) if method != "additive" else None
+        self.dab = np.zeros((n, k)) if method == "linear" else None
+        self.dbb = np.zeros((n, k)) if method != "multiplicative" else None
+        for g, cpos, Ls, Lt in parts:
+            if method == "additive":
+                y = Lt - Ls
+            else:
+                y = Ls * (g.lam_a - 1.0)[:, None] + Lt * (1.0 + g.lam_b)[:, None]
+            if method != "additive":
+                rA = g.EaT @ (Ls * y)
+                if g.gaps:
+                    rA += g.EbT @ (Lt * y)
+                self.rhs[:n, cpos] += rA
+                d = g.sq["aa"] @ (Ls * Ls)
+                if g.gaps:
+                    d += g.sq["ab"] @ (Ls * Lt) + g.sq["bb"] @ (Lt * Lt)
+                self.daa[:, cpos] += d
+            if method != "multiplicative":
+                off = n if method == "linear" else 0
+                self.rhs[off:off + n, cpos] += g.EnT @ y
+                self.dbb[:, cpos] += g.sq["nn"][:, None]
+            if method == "linear":
+                d = g.sq["an"] @ Ls
+                if g.gaps:
+                    d += g.sq["bn"] @ Lt
+                self.dab[:, cpos] += d
+
+    def _parts_for(self, cols: np.ndarray, allcols: bool):
+        """Per group: (group, output columns, whole?, Ls, Lt) restricted to ``cols`` (cached:
+        the active columns of CG change rarely, the loss slices are large)."""
+        key = None if allcols else cols.tobytes()
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        lookup = np.full(self.k, -1)
+        lookup[cols] = np.arange(len(cols))
+        res = []
+        for g, cpos, Ls, Lt in self.parts:
+            li = lookup[cpos]
+            keep = np.flatnonzero(li >= 0)
+            if len(keep) == 0:
+                continue
+            w = li[keep]
+            whole = len(w) == len(cols) and np.array_equal(w, np.arange(len(cols)))
+            if len(keep) != len(cpos):
+                Ls, Lt = Ls[:, keep], Lt[:, keep]
+            res.append((g, w, whole, Ls, Lt))
+        self._cache = (key, res)
+        return res
+
+    def diagonal(self) -> np.ndarray:
+        """Diagonal of the Gram, (P, k)."""
+        if self.method == "linear":
+            return np.vstack([self.daa, self.dbb])
+        return self.daa if self.method == "multiplicative" else self.dbb
+
+    def matvec(self, V: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """Gram times V for the chunk columns ``cols`` (all if None); V (P, len(cols))."""
+        n, method = self.n, self.method
+        out = np.zeros_like(V)
+        allcols = cols is None
+        if allcols:
+            cols = np.arange(self.k)
+        for g, w, whole, Ls_, Lt_ in self._parts_for(cols, allcols):
+            Vw = V if whole else V[:, w]
+            if method == "linear" and not g.gaps:
+                kk = Vw.shape[1]
+                T = g.En @ np.hstack([Vw[:n], Vw[n:]])  # (n_obs, 2k)
+                U = T[:, :kk]
+                U *= Ls_
+                U += T[:, kk:]
+                T[:, kk:] = U
+                U *= Ls_
+                R = g.EnT @ T  # (n, 2k): [X_A^T U, X_B^T U]
+                res = np.vstack([R[:, :kk], R[:, kk:]])
+            elif method == "additive":
+                res = g.EnT @ (g.En @ Vw)
+            else:
+                VA = Vw[:n]
+                U = Ls_ * (g.Ea @ VA)
+                if g.gaps:
+                    U += Lt_ * (g.Eb @ VA)
+                if method == "linear":
+                    U += g.En @ Vw[n:]
+                rA = g.EaT @ (Ls_ * U)
+                if g.gaps:
+                    rA += g.EbT @ (Lt_ * U)
+                res = np.vstack([rA, g.EnT @ U]) if method == "linear" else rA
+            if whole:
+                out += res
+            else:
+                out[:, w] += res
+        return out
+
+
+class SparseDesign:
+    """Matrix-free normal equations of a method over some runs; ``chunk(tests)`` -> ChunkSystem."""
+
+    def __init__(self, design: Design, method: str, run_ids=None):
+        if method not in METHODS:
+            raise ValueError(method)
+        self.method, self.n, self.n_tests = method, design.n_examples, design.n_tests
+        self.n_params = design.n_params(method)
+        groups: dict[tuple, list[ObsBlock]] = {}
+        for rid in (design.run_ids if run_ids is None else run_ids):
+            for b in design.blocks[rid]:
+                groups.setdefault(tuple(b.tests.tolist()), []).append(b)
+        self.groups = [_SparseGroup(np.asarray(k, dtype=np.int64), b, self.n, method)
+                       for k, b in groups.items()]
+        self.nnz = sum(g.En.nnz for g in self.groups)  # per test, per coefficient matrix
+
+    def chunk(self, tests: np.ndarray) -> ChunkSystem:
+        tests = np.asarray(tests, dtype=np.int64)
+        where = {int(t): i for i, t in enumerate(tests)}
+        parts = []
+        for g in self.groups:
+            gi, ci = [], []
+            for t in tests:
+                p = g.pos.get(int(t))
+                if p is not None:
+                    gi.append(p)
+                    ci.append(where[int(t)])
+            if gi:
+                Ls, Lt = g.losses(np.asarray(gi))
+                parts.append((g, np.asarray(ci, dtype=np.int64), Ls, Lt))
+        return ChunkSystem(self.method, self.n, tests, parts)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._design import METHODS, Design
-from ._solver import ridge_solve
+from ._solver import CG_TOL, CV_TOL, choose_solver, solve_tests
 from .errors import ModelError, SelectionError, UsageError
 from .runs import RunSet
 
@@ -44,7 +44,12 @@ class Simulator:
 
     def __init__(self, method: str = "linear", l2: float | str = 1.0, *, prior: str = "no-change",
                  clip: str = "observed", clip_margin: float = 0.5, cv_folds: int = 5,
-                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, progress=None):
+                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, progress=None,
+                 solver: str = "auto", tol: float = CG_TOL, workers: int = 1, dask=None):
+        # execution options (not model configuration; see _solver / _parallel): solver
+        # "auto"|"direct"|"cg", CG relative-residual tol, local worker processes, Dask address
+        self.solver, self.tol, self.workers, self.dask = solver, tol, workers, dask
+        choose_solver(solver, 1)
         self.method = method
         self.l2 = l2
         self.prior = prior
@@ -131,17 +136,13 @@ class Simulator:
             self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
-        eq = design.equations(self.method)
-        theta = np.empty((m, eq.n_params))
-        chunks = _chunks(m, eq.n_params)
-        G = np.empty((len(chunks[0]), eq.n_params, eq.n_params))
-        r = np.empty((len(chunks[0]), eq.n_params))
-        for chunk in chunks:
-            k = len(chunk)
-            eq.fill(chunk, G, r)
-            theta[chunk] = ridge_solve(G[:k], r[:k], self.l2_, theta0, overwrite=True)
-            self._tick(k)
-        self._set_theta(theta, n)
+        from ._parallel import fit_theta  # sparse direct/CG solve, sharded over tests
+        self.solver_stats_ = {}
+        theta = fit_theta(runs, design, self.method, self.l2_, theta0, solver=self.solver,
+                          tol=self.tol, workers=self.workers, dask=self.dask,
+                          progress=self._tick, stats=self.solver_stats_)
+        self._set_theta(theta.T, n)
+        del theta
         if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
             raise ModelError("the fit produced non-finite parameters; raise --l2")
         self.fit_seconds_ = time.perf_counter() - t0
@@ -184,28 +185,36 @@ class Simulator:
         sse = np.zeros(len(self.l2_grid))
         count = np.zeros(len(self.l2_grid))
         encoded = {rid: self._encode_run(runs[rid]) for rid in ids}
-        chunks = _chunks(m, P)
-        G = np.empty((len(chunks[0]), P, P))
-        r = np.empty((len(chunks[0]), P))
+        grid = list(self.l2_grid)
+        G_ = len(grid)
+        chunks = [np.arange(s, min(m, s + 256)) for s in range(0, m, 256)]
         for f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
-            eq = design.equations(self.method, train)
             lo_all, hi_all = self._bounds_from(runs.subset(train))
+            # held-out runs as one padded (C, T, b) curriculum batch
+            T = max(runs[rid].n_steps for rid in fold)
+            b = max(encoded[rid].shape[1] for rid in fold)
+            idx = np.full((len(fold), T, b), -1, dtype=np.int64)
+            for c, rid in enumerate(fold):
+                e = encoded[rid]
+                idx[c, :e.shape[0], :e.shape[1]] = e
             for chunk in chunks:
                 k = len(chunk)
-                eq.fill(chunk, G, r)
-                lo, hi = (None, None) if lo_all is None else (lo_all[chunk], hi_all[chunk])
-                for g, l2 in enumerate(self.l2_grid):
-                    th = ridge_solve(G[:k], r[:k], l2, theta0)
-                    A, B = self._split(th.T, n)
-                    for rid in fold:
-                        run = runs[rid]
-                        idx, L0 = encoded[rid], run.losses[0, chunk]
-                        traj = _rollout(A, B, idx[None], L0[None], self.method, lo, hi)[0]
-                        obs = run.losses[:, chunk]
-                        sim = traj[run.loss_steps]
-                        ok = np.isfinite(obs[1:])
-                        sse[g] += np.sum((sim[1:][ok] - obs[1:][ok]) ** 2)
+                ths = solve_tests(design, self.method, grid, theta0, tests=chunk, run_ids=train,
+                                  solver=self.solver, tol=min(self.tol * 1e3, CV_TOL))
+                # all penalties side by side as columns: (n, G*k)
+                A, B = self._split(np.hstack(ths), n)
+                lo, hi = ((None, None) if lo_all is None else
+                          (np.tile(lo_all[chunk], G_), np.tile(hi_all[chunk], G_)))
+                L0 = np.vstack([np.tile(runs[rid].losses[0, chunk], G_) for rid in fold])
+                traj = _rollout(A, B, idx, L0, self.method, lo, hi)
+                for c, rid in enumerate(fold):
+                    run = runs[rid]
+                    sim = traj[c][run.loss_steps].reshape(len(run.loss_steps), G_, k)
+                    obs = run.losses[:, chunk]
+                    ok = np.isfinite(obs[1:])
+                    for g in range(G_):
+                        sse[g] += np.sum((sim[1:, g][ok] - obs[1:][ok]) ** 2)
                         count[g] += ok.sum()
                 self._tick(k / len(folds))
         mse = sse / np.maximum(count, 1)
