@@ -1,1 +1,419 @@
-"""Placeholder: filled in by its owner."""
+"""``simfluence eval``, ``import-scores``, ``top`` and ``plot``: thin wrappers over
+:mod:`simfluence_cli.evaluation`, :mod:`~simfluence_cli.scores`, :mod:`~simfluence_cli.influence`
+and :mod:`~simfluence_cli.plot`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..errors import SelectionError, UsageError
+from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, warn
+from ._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
+
+BASELINES = ("constant", "mean-trajectory")
+
+
+class By(str, Enum):
+    summary = "summary"
+    run = "run"
+    test = "test"
+
+
+class Unseen(str, Enum):
+    error = "error"
+    prior = "prior"
+    skip = "skip"
+
+
+class Measure(str, Enum):
+    removal = "removal"
+    coefficient = "coefficient"
+
+
+class ScaleOn(str, Enum):
+    step = "step"
+    cumulative = "cumulative"
+
+
+def _open_store(path: Path):
+    from ..store import RunStore
+
+    return RunStore(path)
+
+
+def _model_record(sim) -> dict:
+    man = getattr(sim, "manifest_", {}) or {}
+    cfg = man.get("config", {})
+    return {"name": man.get("name"), "kind": cfg.get("kind"), "config": cfg,
+            "data_hash": cfg.get("data_hash"), "fitted_at": man.get("fitted_at"),
+            "fitting_runs": list(cfg.get("runs", []))}
+
+
+def _present(store, ids: list[str]) -> list[str]:
+    have = set(store.select("all"))
+    return [r for r in ids if r in have]
+
+
+@command("eval")
+def eval_command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model name (repeat to compare several).")],
+    store: StoreOpt = DEFAULT_STORE,
+    runs: Annotated[Optional[str], typer.Option(
+        "--runs", "-r", help="Runs to evaluate on (selector). Default: every run in the store that "
+                             "none of the models was fitted on.")] = None,
+    allow_fitting_runs: Annotated[bool, typer.Option(
+        "--allow-fitting-runs", help="Also evaluate on runs a model was fitted on (flagged in the "
+                                     "output; in-sample numbers are optimistic).")] = False,
+    by: Annotated[By, typer.Option("--by", help="summary: one row per model; run: per model and "
+                                                "run; test: per model and test example.")] = By.summary,
+    tests: Annotated[Optional[str], typer.Option(
+        "--tests", help="Only these test examples: a,b,c or @FILE (default: all the models know).")] = None,
+    baseline_runs: Annotated[Optional[str], typer.Option(
+        "--baseline-runs", help="Runs the mean-trajectory baseline averages (default: the first "
+                                "model's fitting runs).")] = None,
+    unseen: Annotated[Unseen, typer.Option(
+        "--unseen", help="Training examples of the evaluated runs a model never saw: error, prior "
+                         "(no effect beyond the prior) or skip.")] = Unseen.error,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """Evaluate models against held-out runs, beside the constant and mean-trajectory baselines.
+
+    Each model is rolled from every run's observed step-0 loss through the run's curriculum.
+    Metrics: all_steps_mse (test examples x logged steps > 0), final_step_mse, final_spearman
+    (across test examples, mean and std over runs), run_spearman (per test example across runs,
+    averaged: counterfactual skill, 0 = none), mae. Lower MSE/MAE and higher Spearman are better.
+    """
+    from ..baselines import ConstantBaseline, MeanTrajectoryBaseline
+    from ..curriculum import read_id_list
+    from ..evaluation import METRIC_HELP, RUN_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS, evaluate
+    from ..models import load_model
+
+    out_fmt = resolve_format(fmt, output)
+    if len(set(model)) != len(model):
+        raise UsageError("each --model may be given once")
+    clash = [m for m in model if m in BASELINES]
+    if clash:
+        raise UsageError(f"model name {clash[0]!r} is reserved for a baseline; rename the model")
+    st = _open_store(store)
+    sims = {name: load_model(st, name) for name in model}
+    records = [_model_record(s) for s in sims.values()]
+    fit_by_model = {name: set(r["fitting_runs"]) for name, r in zip(model, records)}
+    fit_union = set().union(*fit_by_model.values())
+    selected = st.select(runs or "all")
+    overlap = [r for r in selected if r in fit_union]
+    if overlap and not allow_fitting_runs:
+        eval_ids = [r for r in selected if r not in fit_union]
+        if runs is not None:
+            warn(f"left out {len(overlap)} run(s) a model was fitted on; pass "
+                 "--allow-fitting-runs to include them")
+        if not eval_ids:
+            raise SelectionError(
+                f"all {len(selected)} selected run(s) were used to fit "
+                f"{'the model' if len(model) == 1 else 'the models'}; ingest held-out runs and "
+                "select them with --runs, or pass --allow-fitting-runs (in-sample, optimistic)")
+    else:
+        eval_ids = selected
+    if allow_fitting_runs and overlap:
+        warn(f"evaluating on {len(overlap)} run(s) a model was fitted on: in-sample, optimistic")
+    rs = st.load(eval_ids)
+    test_list = read_id_list(tests, "test ids") if tests else None
+
+    # baselines
+    if baseline_runs is not None:
+        base_ids = st.select(baseline_runs)
+    else:
+        base_ids = next((_present(st, r["fitting_runs"]) for r in records
+                         if _present(st, r["fitting_runs"])), [])
+        if not base_ids:
+            raise SelectionError("no model has fitting runs in the store for the mean-trajectory "
+                                 "baseline; pass --baseline-runs SELECTOR")
+    mean_traj = MeanTrajectoryBaseline().fit(st.load(base_ids))
+    all_models = {**sims, "constant": ConstantBaseline(), "mean-trajectory": mean_traj}
+    kinds = {name: r["kind"] or "simfluence" for name, r in zip(model, records)}
+    kinds.update({"constant": "baseline", "mean-trajectory": "baseline"})
+    fitting = {name: sorted(fit_by_model[name]) for name in model}
+    fitting["mean-trajectory"] = list(base_ids)
+    ev = evaluate(all_models, rs, tests=test_list, unseen=unseen.value, fitting_runs=fitting,
+                  kinds=kinds)
+    for note in ev.warnings:
+        warn(note)
+
+    evaluated_fit = sorted(set(eval_ids) & fit_union)
+    document = {
+        "store": str(st.path),
+        "by": by.value,
+        "runs": list(ev.run_ids),
+        "n_tests": int(len(ev.test_ids)),
+        "allow_fitting_runs": allow_fitting_runs,
+        "fitting_runs_evaluated": evaluated_fit,
+        "models": records,
+        "baselines": {"constant": {"definition": "L_t = L_0"},
+                      "mean-trajectory": {"definition": "per test example, mean over runs of "
+                                          "the loss at each step", "runs": list(base_ids)}},
+        "definitions": METRIC_HELP,
+        "warnings": list(ev.warnings),
+    }
+    if by is By.summary:
+        rows, cols = ev.summary_rows(), ["model", "kind"] + SUMMARY_COLUMNS[1:]
+    elif by is By.run:
+        rows, cols = ev.run_rows(), RUN_COLUMNS
+    else:
+        rows, cols = ev.test_rows(), TEST_COLUMNS
+    flag = " [INCLUDES FITTING RUNS: in-sample]" if evaluated_fit else ""
+    title = (f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples"
+             f"{flag}")
+    if out_fmt is Format.table and by is By.summary:
+        _summary_table(rows, title, bool(evaluated_fit))
+    else:
+        if out_fmt is Format.table:
+            cols = [c for c in cols if c not in ("kind", "all_steps_mae", "final_step_mae")]
+        render_rows(rows, cols, out_fmt, output, title=title, document=document)
+    if out_fmt is not Format.json:
+        _provenance(records, ev, base_ids, evaluated_fit)
+
+
+def _g(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
+    """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
+    from rich.table import Table
+
+    from ._app import stdout_console
+
+    t = Table(title=title, caption="all_steps_mse: over test examples and logged steps > 0; "
+              "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
+              "example across runs, averaged (counterfactual skill, 0 = none); mae: all steps. "
+              "Means over runs." + (" fit = evaluated runs the model was fitted on." if in_sample else ""))
+    t.add_column("model", no_wrap=True, min_width=max(len(r["model"]) for r in rows))
+    for c in ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman", "mae"):
+        t.add_column(c.replace("_", "_\n", 1) if c != "mae" else c, justify="right")
+    if in_sample:
+        t.add_column("fit", justify="right")
+    for r in rows:
+        sp = _g(r["final_spearman"], 3) + (f" ± {_g(r['final_spearman_std'], 2)}"
+                                            if r["final_spearman_std"] is not None
+                                            and np.isfinite(r["final_spearman_std"]) else "")
+        cells = [r["model"], _g(r["all_steps_mse"]), _g(r["final_step_mse"]), sp,
+                 _g(r["run_spearman"], 3), _g(r["mae"])]
+        if in_sample:
+            cells.append(str(r["on_fitting_runs"]))
+        t.add_row(*cells)
+    stdout_console().print(t)
+    sys.stdout.flush()
+
+
+def _provenance(records, ev, base_ids, evaluated_fit) -> None:
+    ids = ev.run_ids
+    shown = ", ".join(ids[:6]) + (f", ... ({len(ids)} in all)" if len(ids) > 6 else "")
+    info(f"evaluated on run(s): {shown}")
+    for r in records:
+        cfg = r["config"]
+        info(f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={cfg.get('l2')} "
+             f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
+             f"fitting runs={len(r['fitting_runs'])}")
+    info(f"mean-trajectory baseline from {len(base_ids)} run(s)")
+    if evaluated_fit:
+        warn(f"{len(evaluated_fit)} evaluated run(s) were fitting runs: {', '.join(evaluated_fit[:6])}")
+
+
+@command("import-scores")
+def import_scores_command(
+    file: Annotated[Path, typer.Argument(help="Table with columns test_id,example_id,score "
+                                              "(.csv, .csv.gz or .parquet).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the model to create.")],
+    store: StoreOpt = DEFAULT_STORE,
+    scale: Annotated[str, typer.Option(
+        "--scale", help="Multiply scores by this before use: 'fit' (one least-squares factor on "
+                        "the --runs loss changes, recorded), 'none' (= 1) or a number.")] = "fit",
+    scale_on: Annotated[ScaleOn, typer.Option(
+        "--scale-on", help="What --scale fit explains: 'step' = loss changes between consecutive "
+                           "logged steps, 'cumulative' = changes from step 0.")] = ScaleOn.step,
+    runs: Annotated[Optional[str], typer.Option(
+        "--runs", "-r", help="Fitting runs (selector): for --scale fit, the observed loss range "
+                             "(clipping) and the eval default of leaving them out.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a model of that name.")] = False,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """Turn TracIn-style scores into an additive simulator: B_i = -scale * score_i.
+
+    score = predicted decrease of the test loss from one update containing the example
+    (positive = helpful), so a positive score lowers the simulated loss.
+    """
+    from ..models import check_name, save_model
+    from ..scores import file_sha256, fit_scale, read_scores, scores_simulator
+
+    check_name(name)
+    out_fmt = resolve_format(fmt, output)
+    if scale == "fit":
+        if runs is None:
+            raise UsageError("--scale fit needs the fitting runs: add --runs SELECTOR (e.g. --runs fit)")
+    elif scale != "none":
+        try:
+            value = float(scale)
+        except ValueError:
+            raise UsageError(f"--scale must be 'fit', 'none' or a number, got {scale!r}") from None
+        if not np.isfinite(value):
+            raise UsageError("--scale must be finite")
+    table = read_scores(file)
+    st = _open_store(store)
+    rs = st.load(st.select(runs)) if runs is not None else None
+    fit_info = None
+    if scale == "fit":
+        sim0 = scores_simulator(table, 1.0, rs)
+        S = -sim0.B_
+        fit_info = fit_scale(S, sim0.example_ids_, sim0.test_ids_, rs, on=scale_on.value)
+        value = fit_info["scale"]
+        if value <= 0:
+            warn(f"the fitted scale is {value:.4g} <= 0: the scores predict loss changes with the "
+                 "wrong sign on these runs")
+    elif scale == "none":
+        value = 1.0
+    sim = scores_simulator(table, value, rs)
+    run_ids = list(rs.run_ids) if rs is not None else []
+    data_hash = st.data_hash(run_ids) if run_ids else f"scores-sha256:{file_sha256(file)}"
+    extra = {"source": str(file), "scale": value, "scale_mode": scale if scale in ("fit", "none") else "given",
+             "scale_on": scale_on.value if scale == "fit" else None,
+             "scale_fit": fit_info, "source_sha256": file_sha256(file),
+             "score_convention": "score = predicted decrease of the test loss from one update "
+                                 "containing the example; B = -scale * score"}
+    with st.write_lock():
+        save_model(st, name, sim, runs=run_ids, data_hash=data_hash, selector=runs,
+                   kind="tracin-scores", replace=replace, extra=extra)
+    info(f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
+         f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} missing pairs = 0)")
+    row = {"name": name, "kind": "tracin-scores", "scale": value,
+           "scale_mode": extra["scale_mode"], "scale_r2": (fit_info or {}).get("r2"),
+           "n_tests": int(len(sim.test_ids_)), "n_examples": int(len(sim.example_ids_)),
+           "rows": table.n_rows, "missing_pairs": table.n_missing, "fitting_runs": len(run_ids)}
+    render_rows([row], list(row), out_fmt, output, title="imported scores")
+
+
+@command("top")
+def top_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
+    test: Annotated[str, typer.Option(
+        "--test", "-t", help="Test example id, a,b,c / @FILE (averaged), or 'all' (mean over all "
+                             "test examples).")],
+    store: StoreOpt = DEFAULT_STORE,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many helpful and harmful examples.")] = 20,
+    measure: Annotated[Measure, typer.Option(
+        "--measure", help="removal (default): simulated change of the final loss when the example "
+                          "is taken out of the fitting curricula; coefficient: one-step predicted "
+                          "loss decrease per occurrence.")] = Measure.removal,
+    runs: Annotated[Optional[str], typer.Option(
+        "--runs", "-r", help="Curricula for --measure removal (default: the model's fitting runs).")] = None,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """The most helpful and most harmful training examples for a test example (or on average).
+
+    Sign: positive = helpful (the example lowers the test loss); the column header says which
+    measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
+    value, occurrences (in the fitting curricula).
+    """
+    from ..curriculum import read_id_list
+    from ..influence import MEASURE_HELP, coefficient_effect, removal_effect, top_examples
+    from ..models import load_model
+
+    if k < 1:
+        raise UsageError("--k must be at least 1")
+    out_fmt = resolve_format(fmt, output)
+    st = _open_store(store)
+    tests = None if test == "all" else read_id_list(test, "test ids")
+    sim = load_model(st, model)
+    if tests is not None:
+        sim._test_columns(tests)  # validates, SelectionError on unknown ids
+    only = None
+    if measure is Measure.removal:
+        ids = st.select(runs) if runs is not None else _present(st, list(sim.run_ids_))
+        if not ids:
+            raise SelectionError(f"model {model!r} has no fitting runs in the store to take examples "
+                                 "out of; pass --runs SELECTOR or --measure coefficient")
+        rs = st.load(ids)
+        progress, finish = _progress("removal effects", show_progress())
+        eff = removal_effect(sim, rs, tests, progress=progress)
+        finish()
+        value_name = "removal_effect"
+        only = np.asarray(sim.example_counts_) > 0
+    else:
+        eff = coefficient_effect(sim, tests)
+        value_name = "step_effect"
+    per_example = eff.mean(axis=1)
+    rows = top_examples(per_example, sim.example_ids_, k, value_name,
+                        counts=np.asarray(sim.example_counts_), only=only)
+    what = "all test examples (mean)" if tests is None else (
+        f"test {tests[0]}" if len(tests) == 1 else f"{len(tests)} test examples (mean)")
+    for r in rows:
+        r["test"] = "all" if tests is None else ",".join(tests)
+    cols = ["direction", "rank", "example_id", value_name, "occurrences", "test"]
+    if out_fmt is Format.table:
+        cols = cols[:-1]
+    help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1]}
+    render_rows(rows, cols, out_fmt, output, title=f"top {k} for {what}, model {model}",
+                column_help=help_text,
+                document={"model": model, "test": test, "measure": measure.value,
+                          "definition": MEASURE_HELP[measure.value],
+                          "model_manifest": _model_record(sim)})
+
+
+def _progress(label: str, enabled: bool):
+    if not enabled:
+        return None, lambda: None
+    from rich.progress import Progress
+
+    bar = Progress(console=stderr_console(), transient=True)
+    bar.start()
+    task = bar.add_task(label, total=1.0)
+    return (lambda x: bar.advance(task, x)), bar.stop
+
+
+@command("plot")
+def plot_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
+    run: Annotated[str, typer.Option("--run", help="Run id to replay (its curriculum and L_0).")],
+    store: StoreOpt = DEFAULT_STORE,
+    tests: Annotated[Optional[str], typer.Option(
+        "--tests", help="Test examples a,b,c or @FILE (default: 4 spread over the test ids).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write a .png/.svg/.pdf (needs the 'plot' extra). Without it: a "
+                               "terminal quick look.")] = None,
+    width: Annotated[int, typer.Option("--width", help="Terminal chart width in characters.")] = 60,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also draw the mean-trajectory baseline (file plots).")] = True,
+) -> None:
+    """Observed vs simulated loss trajectories of one run for a few test examples."""
+    from ..curriculum import read_id_list
+    from ..models import load_model
+    from ..plot import pick_tests, plot_file, sparklines, trajectories
+
+    st = _open_store(store)
+    sim = load_model(st, model)
+    rs = st.load([run]) if run in set(st.select("all")) else None
+    if rs is None:
+        raise SelectionError(f"no run {run!r} in {st.path}; list runs with `simfluence info`")
+    chosen = pick_tests(rs, sim, read_id_list(tests, "test ids") if tests else None)
+    tr = trajectories(sim, model, rs, run, chosen)
+    if output is None:
+        typer.echo(sparklines(tr, width), nl=False)
+        return
+    extra = None
+    fit_ids = _present(st, list(sim.run_ids_))
+    if baseline and fit_ids:
+        from ..baselines import MeanTrajectoryBaseline
+
+        mt = MeanTrajectoryBaseline().fit(st.load(fit_ids))
+        extra = {"mean-trajectory": trajectories(mt, "mean-trajectory", rs, run, chosen).simulated}
+    plot_file(tr, output, extra)
+    info(f"wrote {output}")

@@ -1,0 +1,248 @@
+"""Evaluate simulators on runs: roll each model from every run's observed L_0 through the run's
+curriculum and compare with the observed losses (definitions in :mod:`simfluence_cli.metrics`).
+
+Works with anything that has the Simulator's ``simulate(idx, init_loss, tests=...)`` interface
+(fitted :class:`~simfluence_cli.simulator.Simulator`, imported scores, the baselines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelError, SelectionError, UsageError
+from .metrics import run_errors, summarise_runs
+from .runs import Run, RunSet
+
+__all__ = ["evaluate", "Evaluation", "ModelEval", "encode_runs", "rollout_runs", "SUMMARY_COLUMNS",
+           "METRIC_HELP"]
+
+SUMMARY_COLUMNS = ["model", "all_steps_mse", "final_step_mse", "final_spearman",
+                   "final_spearman_std", "run_spearman", "mae", "final_step_mae", "n_runs",
+                   "n_tests", "on_fitting_runs"]
+RUN_COLUMNS = ["model", "run", "all_steps_mse", "final_step_mse", "final_spearman",
+               "all_steps_mae", "final_step_mae", "on_fitting_run"]
+TEST_COLUMNS = ["model", "test_id", "all_steps_mse", "final_step_mse", "run_spearman", "n_runs"]
+
+METRIC_HELP = {
+    "all_steps_mse": "mean over runs of the mean squared error over test examples and logged steps > 0",
+    "final_step_mse": "mean over runs of the squared error at the last logged step",
+    "final_spearman": "mean over runs of Spearman's rho across test examples of final losses",
+    "final_spearman_std": "std over runs of final_spearman",
+    "run_spearman": "mean over test examples of Spearman's rho across runs of final losses "
+                    "(counterfactual skill; 0 = none)",
+    "mae": "mean over runs of the mean absolute error over test examples and logged steps > 0",
+}
+
+_ROLL_BYTES = 256 * 2**20
+
+
+@dataclass
+class ModelEval:
+    """One model's (or baseline's) results on the evaluated runs."""
+
+    name: str
+    kind: str
+    per_run: list[dict]
+    summary: dict
+    on_fitting_runs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    run_ids: list[str]
+    test_ids: np.ndarray
+    results: list[ModelEval]
+    warnings: list[str] = field(default_factory=list)
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        for me in self.results:
+            s = me.summary
+            rows.append({"model": me.name, "kind": me.kind,
+                         **{k: s[k] for k in ("all_steps_mse", "final_step_mse", "final_spearman",
+                                              "final_spearman_std", "run_spearman", "mae",
+                                              "final_step_mae", "n_runs")},
+                         "n_tests": len(self.test_ids),
+                         "on_fitting_runs": len(me.on_fitting_runs)})
+        return rows
+
+    def run_rows(self) -> list[dict]:
+        rows = []
+        for me in self.results:
+            fit = set(me.on_fitting_runs)
+            for r in me.per_run:
+                rows.append({"model": me.name, "run": r["run"],
+                             **{k: r[k] for k in RUN_COLUMNS[2:-1]},
+                             "on_fitting_run": r["run"] in fit})
+        return rows
+
+    def test_rows(self) -> list[dict]:
+        rows = []
+        for me in self.results:
+            pr = me.per_run
+            sse = np.sum([r["sse"] for r in pr], axis=0)
+            cnt = np.sum([r["count"] for r in pr], axis=0)
+            fe = np.vstack([r["final_sim"] - r["final_obs"] for r in pr])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                all_mse = sse / cnt
+                fin = np.nanmean(fe ** 2, axis=0) if np.isfinite(fe).any() else np.full(len(sse), np.nan)
+            rs = me.summary["run_spearman_per_test"]
+            for j, t in enumerate(self.test_ids):
+                rows.append({"model": me.name, "test_id": str(t), "all_steps_mse": float(all_mse[j]),
+                             "final_step_mse": float(fin[j]), "run_spearman": float(rs[j]),
+                             "n_runs": len(pr)})
+        return rows
+
+
+def _model_tests(model) -> np.ndarray | None:
+    t = getattr(model, "test_ids_", None)
+    return None if t is None else np.asarray(t, dtype=object)
+
+
+def common_tests(models: Mapping[str, object], runs: RunSet,
+                 tests: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Test ids every model and the runs know (runs' order), and warnings about the rest."""
+    notes = []
+    have = list(runs.test_ids)
+    if tests is not None:
+        missing = [t for t in tests if t not in set(have)]
+        if missing:
+            raise SelectionError(f"the evaluated runs have no test id(s) {', '.join(missing[:10])}")
+        have = list(tests)
+    keep = have
+    for name, m in models.items():
+        mt = _model_tests(m)
+        if mt is None:
+            continue
+        s = set(mt.tolist())
+        dropped = [t for t in keep if t not in s]
+        if dropped:
+            if tests is not None:
+                raise SelectionError(f"model {name!r} has no test id(s) {', '.join(dropped[:10])}")
+            notes.append(f"model {name!r} does not know {len(dropped)} of the runs' test examples; "
+                         "they are left out for every model")
+        keep = [t for t in keep if t in s]
+    if not keep:
+        raise SelectionError("no test example is known to every model and present in the runs")
+    return np.asarray(keep, dtype=object), notes
+
+
+def _run_index_matrix(run: Run) -> np.ndarray:
+    sizes = run.batch_sizes
+    b = int(sizes.max()) if len(sizes) else 1
+    idx = np.full((run.n_steps, b), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(run.n_steps), sizes)
+    cols = np.arange(len(run.batch_idx)) - np.repeat(run.batch_ptr[:-1], sizes)
+    idx[rows, cols] = run.batch_idx
+    return idx
+
+
+def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.ndarray | None:
+    """Position in the model of each of ``example_ids`` (-1 skip, n = prior); None for baselines."""
+    ex = getattr(model, "example_ids_", None)
+    if ex is None:
+        return None
+    pos = {e: i for i, e in enumerate(ex)}
+    n = len(ex)
+    mp = np.fromiter((pos.get(e, -2) for e in example_ids), dtype=np.int64, count=len(example_ids))
+    counts = getattr(model, "example_counts_", None)
+    if counts is not None:  # like Simulator.encode: never trained on = unseen
+        seen = np.append(np.asarray(counts) > 0, False)
+        mp[(mp >= 0) & ~seen[np.maximum(mp, 0)]] = -2
+    if unseen == "prior":
+        mp[mp == -2] = n
+    elif unseen == "skip":
+        mp[mp == -2] = -1
+    elif unseen != "error":
+        raise UsageError("--unseen must be one of error, prior, skip")
+    return mp
+
+
+def encode_runs(model, runs: RunSet, run_list: Sequence[Run], unseen: str = "error",
+                mapping: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """Curricula of ``run_list`` as one padded (C, T, b) index array in the model's index space."""
+    mats = [_run_index_matrix(r) for r in run_list]
+    T = max((m.shape[0] for m in mats), default=0)
+    b = max((m.shape[1] for m in mats), default=1)
+    idx = np.full((len(mats), T, b), -1, dtype=np.int64)
+    for c, m in enumerate(mats):
+        idx[c, : m.shape[0], : m.shape[1]] = m
+    if mapping is not None:
+        pad = idx < 0
+        idx = np.where(pad, -1, mapping[np.where(pad, 0, idx)])
+        if unseen == "error" and (idx == -2).any():
+            bad = sorted({str(runs.example_ids[i]) for m in mats for i in m[m >= 0]
+                          if mapping[i] == -2})
+            raise ModelError(
+                f"{len(bad)} training example(s) of the evaluated runs were never seen in the "
+                f"model's fitting runs: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; "
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
+    return idx, [r.n_steps for r in run_list]
+
+
+def rollout_runs(model, runs: RunSet, run_list: Sequence[Run], tests: np.ndarray,
+                 test_cols: np.ndarray, unseen: str = "error", init_fallback=None):
+    """Yield (run, simulated losses at the run's logged steps (K, M)), chunking runs by memory."""
+    mapping = example_map(model, runs.example_ids, unseen)
+    M = len(tests)
+    T = max((r.n_steps for r in run_list), default=0)
+    per = max(1, int(_ROLL_BYTES // max(1, (T + 1) * M * 8)))
+    for s in range(0, len(run_list), per):
+        chunk = list(run_list[s: s + per])
+        idx, lengths = encode_runs(model, runs, chunk, unseen, mapping)
+        L0 = np.vstack([r.losses[0, test_cols] for r in chunk])
+        if init_fallback is not None and not np.isfinite(L0).all():
+            L0 = np.where(np.isfinite(L0), L0, init_fallback)
+        traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths)
+        for c, r in enumerate(chunk):
+            yield r, traj[c, r.loss_steps]
+
+
+def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str] | None = None,
+             unseen: str = "error", fitting_runs: Mapping[str, Sequence[str]] | None = None,
+             kinds: Mapping[str, str] | None = None) -> Evaluation:
+    """Metrics of every model on every run of ``runs``.
+
+    ``fitting_runs``: per model name, the runs it was fitted on (evaluated runs among them are
+    flagged). ``kinds``: per model name a label (e.g. 'simfluence', 'baseline').
+    """
+    if len(runs) == 0:
+        raise SelectionError("no runs to evaluate on; check --runs")
+    test_ids, notes = common_tests(models, runs, tests)
+    pos = {t: j for j, t in enumerate(runs.test_ids)}
+    cols = np.asarray([pos[t] for t in test_ids], dtype=np.int64)
+    notes = list(notes)
+    short = [r.run_id for r in runs.runs if r.loss_steps[-1] != r.n_steps]
+    if short:
+        notes.append(f"{len(short)} run(s) did not log their last step ({', '.join(short[:3])}); "
+                     "their final-step metrics use the last logged step")
+    nan0 = [r.run_id for r in runs.runs if not np.isfinite(r.losses[0, cols]).all()]
+    if nan0:
+        notes.append(f"{len(nan0)} run(s) miss some step-0 losses; those test examples start from "
+                     "the model's mean initial loss")
+    results = []
+    for name, model in models.items():
+        fallback = getattr(model, "init_loss_mean_", None)
+        if fallback is not None and _model_tests(model) is not None:
+            mpos = {t: j for j, t in enumerate(_model_tests(model))}
+            fallback = np.asarray(fallback)[[mpos[t] for t in test_ids]]
+        per_run = []
+        for run, sim in rollout_runs(model, runs, runs.runs, test_ids, cols, unseen, fallback):
+            obs = run.losses[:, cols]
+            e = run_errors(sim, obs)
+            e["run"] = run.run_id
+            per_run.append(e)
+        summary = summarise_runs(per_run)
+        if summary["n_constant_final"]:
+            notes.append(f"{name}: final-step Spearman undefined (constant losses) on "
+                         f"{summary['n_constant_final']} run(s); left out of the mean")
+        if len(per_run) < 3:
+            notes.append(f"{name}: run_spearman from {len(per_run)} run(s) is not meaningful; "
+                         "evaluate on 3 or more runs")
+        fit = set((fitting_runs or {}).get(name, ()))
+        results.append(ModelEval(name, (kinds or {}).get(name, getattr(model, "method", "")),
+                                 per_run, summary, [r for r in runs.run_ids if r in fit]))
+    return Evaluation(list(runs.run_ids), test_ids, results, notes)

@@ -1,0 +1,139 @@
+"""Which training examples help or hurt a test example, according to a simulator.
+
+Measures (sign: positive = helpful, i.e. the example lowers the test loss):
+
+- ``removal`` (default, counterfactual): for each curriculum (the model's fitting runs), the
+  simulated final loss with every occurrence of the example taken out of its batches minus the
+  simulated final loss of the curriculum as it is, averaged over the curricula (an example a
+  curriculum does not contain contributes 0 for it). Rolled from each run's observed L_0.
+  The batch keeps its size: the removed example's slot is filled by a *neutral* example
+  (A = 1/b, B = 0, i.e. "no change"), because in Simfluence alpha is a sum over the batch and
+  simply dropping one of b examples would shrink alpha by about 1/b, an artefact of the model
+  rather than the example's influence.
+- ``coefficient`` (cheap, one step): the predicted decrease of the test loss from one occurrence
+  of the example, at a reference loss L_ref (midpoint of the observed range):
+  -( (A_i - a0) L_ref + B_i ), with a0 = 1/batch size (the no-change multiplier) for models that
+  fit A, and -B_i for additive models.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ModelError, UsageError
+from .evaluation import _run_index_matrix, example_map
+from .runs import RunSet
+
+__all__ = ["removal_effect", "coefficient_effect", "top_examples", "MEASURE_HELP"]
+
+MEASURE_HELP = {
+    "removal": "removal_effect = simulated final loss without the example (slot filled by a "
+               "neutral no-change example) - with it, mean over the fitting curricula; "
+               "positive = helpful",
+    "coefficient": "step_effect = predicted decrease of the test loss from one occurrence of the "
+                   "example at the midpoint of the observed loss range; positive = helpful",
+}
+_CHUNK_BYTES = 128 * 2**20
+
+
+def _cols(sim, tests: Sequence[str] | None) -> np.ndarray:
+    return sim._test_columns(tests)
+
+
+def removal_effect(sim, runs: RunSet, tests: Sequence[str] | None = None, unseen: str = "skip",
+                   progress=None) -> np.ndarray:
+    """(n_examples_of_model, M) mean change of the final loss when each example is removed."""
+    cols = _cols(sim, tests)
+    test_names = list(np.asarray(sim.test_ids_)[cols])
+    tpos = {t: j for j, t in enumerate(runs.test_ids)}
+    missing = [t for t in test_names if t not in tpos]
+    if missing:
+        raise ModelError(f"the curricula's runs did not log test id(s) {', '.join(missing[:5])}")
+    rcols = np.asarray([tpos[t] for t in test_names], dtype=np.int64)
+    n = len(sim.example_ids_)
+    M = len(cols)
+    mapping = example_map(sim, runs.example_ids, unseen)
+    total = np.zeros((n, M))
+    # a copy of the model with one extra, neutral example (row n): A = 1/b, B = 0
+    neutral = copy.copy(sim)
+    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
+    neutral.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
+    neutral.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
+    neutral.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), "\x00neutral")
+    if len(runs) == 0:
+        raise ModelError("no curricula to remove examples from; give --runs")
+    for run in runs.runs:
+        raw = _run_index_matrix(run)
+        base = np.where(raw < 0, -1, mapping[np.maximum(raw, 0)])
+        if (base == -2).any():
+            raise ModelError("some examples of the runs are unknown to the model")
+        T, b = base.shape
+        L0 = run.losses[0, rcols]
+        if not np.isfinite(L0).all():
+            L0 = np.where(np.isfinite(L0), L0, np.asarray(sim.init_loss_mean_)[cols])
+        traj = sim.simulate(base[None], L0, tests=test_names, lengths=[T])[0]  # (T+1, M)
+        final = traj[T]
+        present = np.unique(base[(base >= 0) & (base < n)])
+        if len(present) == 0:
+            continue
+        # first step (0-based) at which each present example occurs
+        hit = np.zeros((T, n + 1), dtype=bool)
+        r_, c_ = np.nonzero(base >= 0)
+        hit[r_, base[r_, c_]] = True
+        first = np.argmax(hit[:, present], axis=0)
+        order = np.argsort(first, kind="stable")
+        present, first = present[order], first[order]
+        per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(M, b) * 8)))
+        for s in range(0, len(present), per):
+            ex = present[s: s + per]
+            t0 = int(first[s])
+            sub = base[t0:]
+            idx = np.where(sub[None] == ex[:, None, None], n, sub[None])
+            out = neutral.simulate(idx, traj[t0], tests=test_names, lengths=[T - t0] * len(ex))
+            total[ex] += out[:, T - t0] - final
+            if progress is not None:
+                progress(len(ex) / len(present) / len(runs))
+    return total / len(runs)
+
+
+def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:
+    """(n_examples, M) one-step predicted decrease of the test loss per occurrence."""
+    cols = _cols(sim, tests)
+    A, B = sim.A_[:, cols], sim.B_[:, cols]
+    if sim.method == "additive":
+        return -B
+    lref = 0.5 * (np.asarray(sim.loss_min_)[cols] + np.asarray(sim.loss_max_)[cols])
+    lref = np.where(np.isfinite(lref), lref, np.asarray(sim.init_loss_mean_)[cols])
+    a0 = 1.0 / sim.batch_size_
+    return -((A - a0) * lref + B)
+
+
+def top_examples(effect: np.ndarray, example_ids: np.ndarray, k: int, value_name: str,
+                 counts: np.ndarray | None = None, only: np.ndarray | None = None) -> list[dict]:
+    """Rows for the k most helpful (largest value) and k most harmful (smallest) examples.
+
+    ``effect``: (n,) one value per example (already averaged over tests). ``only``: boolean mask
+    of the examples to rank (e.g. those occurring in the curricula).
+    """
+    if k < 1:
+        raise UsageError("--k must be at least 1")
+    ids = np.asarray(example_ids, dtype=object)
+    cand = np.arange(len(ids)) if only is None else np.flatnonzero(only)
+    v = effect[cand]
+    name_order = np.argsort(ids[cand].astype(str), kind="stable")
+    # sort by value (desc) with example id as the tie-breaker
+    desc = name_order[np.argsort(-v[name_order], kind="stable")]
+    asc = name_order[np.argsort(v[name_order], kind="stable")]
+    rows = []
+    for direction, order in (("helpful", desc[:k]), ("harmful", asc[:k])):
+        for rank, j in enumerate(order, start=1):
+            i = cand[j]
+            row = {"direction": direction, "rank": rank, "example_id": str(ids[i]),
+                   value_name: float(effect[i])}
+            if counts is not None:
+                row["occurrences"] = int(counts[i])
+            rows.append(row)
+    return rows
