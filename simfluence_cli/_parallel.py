@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from ._solver import CG_TOL, solve_tests
+from ._solver import CG_TOL, plan_chunks, solve_tests
 from .errors import MissingExtraError, UsageError
 
 __all__ = ["fit_theta", "shards"]
@@ -40,13 +40,18 @@ def shards(m: int, n_shards: int) -> list[np.ndarray]:
             if bounds[i + 1] > bounds[i]]
 
 
+def chunk_shards(chunks: list[np.ndarray], n_shards: int) -> list[list[np.ndarray]]:
+    """Consecutive whole solver chunks grouped into at most ``n_shards`` shards."""
+    return [[chunks[i] for i in idx] for idx in shards(len(chunks), n_shards)]
+
+
 def fit_theta(runs, design, method: str, l2: float, theta0: np.ndarray, *, solver: str = "auto",
               tol: float = CG_TOL, workers: int = 1, dask=None, progress=None,
               threads: int | None = None, stats: dict | None = None) -> np.ndarray:
     """Ridge parameters (P, n_tests) of all test examples, sharded as configured."""
     m = design.n_tests
     if dask is not None:
-        return _fit_dask(runs, method, l2, theta0, solver, tol, dask, progress, stats)
+        return _fit_dask(runs, design, method, l2, theta0, solver, tol, dask, progress, stats)
     workers = int(workers or 1)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
@@ -58,11 +63,11 @@ def fit_theta(runs, design, method: str, l2: float, theta0: np.ndarray, *, solve
 
 # -- local processes ----------------------------------------------------------------------------
 
-def _shard_local(tests, method, l2, theta0, solver, tol):
+def _shard_local(chunks, method, l2, theta0, solver, tol):
     design = _SHARED["design"]
     st: dict = {}
-    th = solve_tests(design, method, l2, theta0, tests=tests, solver=solver, tol=tol,
-                     threads=1, stats=st)
+    th = solve_tests(design, method, l2, theta0, tests=np.concatenate(chunks), solver=solver,
+                     tol=tol, threads=1, stats=st, chunks=chunks)
     return th, st
 
 
@@ -73,7 +78,8 @@ def _init_spawned(runs):  # pragma: no cover - only without fork
 
 def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats):
     m = design.n_tests
-    parts = shards(m, workers * 4)  # several shards per worker: balance and progress
+    _, chunks = plan_chunks(design, method, solver)
+    parts = chunk_shards(chunks, workers * 4)  # several shards per worker: balance, progress
     P = design.n_params(method)
     out = np.empty((P, m))
     if "fork" in mp.get_all_start_methods():
@@ -86,8 +92,8 @@ def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progr
     iters = []
     try:
         with pool:
-            futs = {pool.submit(_shard_local, t, method, l2, theta0, solver, tol): t
-                    for t in parts}
+            futs = {pool.submit(_shard_local, c, method, l2, theta0, solver, tol): np.concatenate(c)
+                    for c in parts}
             for f in as_completed(futs):
                 th, st = f.result()
                 t = futs[f]
@@ -122,14 +128,16 @@ def _dask_design(source, run_ids):
     return design
 
 
-def _shard_dask(source, run_ids, tests, method, l2, theta0, solver, tol):
+def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol):
     design = _dask_design(source, run_ids)
     st: dict = {}
-    th = solve_tests(design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st)
+    tests = np.concatenate(chunks)
+    th = solve_tests(design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st,
+                     chunks=chunks)
     return tests, th, st
 
 
-def _fit_dask(runs, method, l2, theta0, solver, tol, address, progress, stats):
+def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats):
     try:
         from distributed import Client
     except ImportError as exc:
@@ -140,7 +148,8 @@ def _fit_dask(runs, method, l2, theta0, solver, tol, address, progress, stats):
     try:
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         m = runs.n_tests
-        parts = shards(m, nworkers * 4)
+        _, chunks = plan_chunks(design, method, solver)
+        parts = chunk_shards(chunks, nworkers * 4)
         store_path = getattr(runs, "store_path", None)
         if store_path is not None:
             source = os.fspath(store_path)

@@ -76,7 +76,7 @@ def choose_solver(solver: str, n_params: int) -> str:
     return solver
 
 
-def test_chunks(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> list[np.ndarray]:
+def chunk_tests(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> list[np.ndarray]:
     """Split test indices into chunks sized for the memory budget of ``solver``."""
     tests = np.asarray(tests, dtype=np.int64)
     if solver == "direct":
@@ -85,6 +85,23 @@ def test_chunks(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> li
         size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, 8 * (6 * n_obs + 8 * n_params))))
     size = max(1, min(len(tests), size, 256))
     return [tests[s:s + size] for s in range(0, len(tests), size)]
+
+
+def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=None):
+    """(solver kind, test chunks) for a fit. Results depend only on a test's chunk, so every
+    backend (threads, processes, Dask shards) solves exactly these chunks: identical numbers."""
+    P = design.n_params(method)
+    kind = choose_solver(solver, P)
+    tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
+    n_obs = 0
+    if kind == "cg":
+        per_group: dict = {}
+        for rid in (design.run_ids if run_ids is None else run_ids):
+            for b in design.blocks[rid]:
+                key = tuple(b.tests.tolist())
+                per_group[key] = per_group.get(key, 0) + b.n_obs
+        n_obs = max(per_group.values(), default=0)
+    return kind, chunk_tests(tests, kind, P, n_obs)
 
 
 def pcg(matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL,
@@ -194,29 +211,33 @@ def default_threads() -> int:
 
 def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solver: str = "auto",
                 tol: float = CG_TOL, run_ids=None, progress=None, out: np.ndarray | None = None,
-                stats: dict | None = None, threads: int | None = None) -> np.ndarray:
+                stats: dict | None = None, threads: int | None = None,
+                chunks: list | None = None) -> np.ndarray:
     """Ridge solutions of ``method`` for the test indices ``tests`` (default all).
 
     ``l2`` is a float, or a sequence of penalties (a regularisation path: then a list of
     (P, len(tests)) arrays is returned, in the order given; the CG path is warm-started from
     the neighbouring penalty). Returns theta as (P, len(tests)), written into ``out`` if given.
     ``progress(k)`` is called (in the calling thread) after each chunk of k tests. Chunks of
-    tests are solved on ``threads`` threads (default: the usable CPUs).
+    tests are solved on ``threads`` threads (default: the usable CPUs). ``chunks`` (from
+    :func:`plan_chunks`) overrides the chunking; their concatenation must equal ``tests``.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from ._design import SparseDesign
 
     P = design.n_params(method)
-    kind = choose_solver(solver, P)
     tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
+    if chunks is None:
+        kind, chunks = plan_chunks(design, method, solver, tests, run_ids)
+    else:
+        kind = choose_solver(solver, P)
     path = not np.isscalar(l2)
     grid = [float(v) for v in (l2 if path else [l2])]
     outs = [np.empty((P, len(tests))) for _ in grid] if (path or out is None) else [out]
     iters = []
     if kind == "direct":
         eq = design.equations(method, run_ids)
-        chunks = test_chunks(tests, kind, P, 0)
         G = np.empty((len(chunks[0]), P, P))
         r = np.empty((len(chunks[0]), P))
 
@@ -230,7 +251,6 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
         threads = 1  # LAPACK is threaded already; the Gram buffers are shared
     else:
         sd = SparseDesign(design, method, run_ids)
-        chunks = test_chunks(tests, kind, P, max(g.n_obs for g in sd.groups) if sd.groups else 0)
         # warm start: from the largest penalty (best conditioned) down
         order = sorted(range(len(grid)), key=lambda g: -grid[g])
 

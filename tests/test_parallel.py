@@ -1,0 +1,63 @@
+"""Sharding the fit over test examples: local processes and a real Dask LocalCluster."""
+
+import numpy as np
+import pytest
+
+from simfluence_cli._parallel import shards
+from simfluence_cli.simulator import Simulator
+from simfluence_cli.synthetic import make_runs
+
+
+@pytest.fixture(scope="module")
+def data():
+    rs, _, _ = make_runs(60, 13, 4, 60, 3, seed=2, noise=0.01, log_every=2)
+    ref = Simulator(l2=0.1, solver="cg").fit(rs)
+    return rs, ref
+
+
+def test_shards_cover_tests_once():
+    for m, k in [(1, 4), (10, 3), (13, 52), (100, 7)]:
+        s = shards(m, k)
+        assert np.array_equal(np.concatenate(s), np.arange(m))
+        assert all(len(x) > 0 for x in s)
+
+
+def test_workers_processes_equal_single_process(data):
+    rs, ref = data
+    seen = []
+    sim = Simulator(l2=0.1, solver="cg", workers=2, progress=seen.append).fit(rs)
+    np.testing.assert_array_equal(sim.A_, ref.A_)
+    np.testing.assert_array_equal(sim.B_, ref.B_)
+    assert sum(seen) == rs.n_tests
+    assert sim.solver_stats_["workers"] == 2
+
+
+def test_workers_direct_solver(data):
+    rs, _ = data
+    a = Simulator(l2=0.1, solver="direct").fit(rs)
+    b = Simulator(l2=0.1, solver="direct", workers=2).fit(rs)
+    np.testing.assert_array_equal(a.A_, b.A_)
+
+
+def test_dask_local_cluster_equals_single_process(data, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    rs, ref = data
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        # the RunSet is scattered to the workers
+        sim = Simulator(l2=0.1, solver="cg", dask=client).fit(rs)
+        np.testing.assert_array_equal(sim.A_, ref.A_)
+        np.testing.assert_array_equal(sim.B_, ref.B_)
+        assert sim.solver_stats_["dask_workers"] == 2
+        # workers read the same store path (shared file system)
+        store_mod = pytest.importorskip("simfluence_cli.store")
+        store = store_mod.RunStore(tmp_path / "store", create=True)
+        store.add_runset(rs, tags=("fit",))
+        loaded = store.load("all")
+        loaded.store_path = str(store.path)
+        local = Simulator(l2=0.1, solver="cg").fit(loaded)
+        sim2 = Simulator(l2=0.1, solver="cg", dask=cluster.scheduler_address).fit(loaded)
+        assert sim2.solver_stats_["source"] == "store"
+        np.testing.assert_array_equal(sim2.A_, local.A_)
+        np.testing.assert_array_equal(sim2.B_, local.B_)
