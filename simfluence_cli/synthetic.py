@@ -66,3 +66,106 @@ def make_runs(n_examples: int, n_tests: int, n_runs: int, n_steps: int, batch: i
     ex = np.asarray([f"e{i}" for i in range(n_examples)], dtype=object)
     te = np.asarray([f"t{j}" for j in range(n_tests)], dtype=object)
     return RunSet(ex, te, runs), A, B
+
+
+# Writing runs as training logs (encodings A, B, C) for tests and benchmarks -----------------
+
+def _open_out(path, text: bool = True):
+    import gzip
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "wt" if text else "wb", compresslevel=1)
+    return open(path, "w" if text else "wb")
+
+
+def write_jsonl(runs: RunSet, directory, gz: bool = False) -> list:
+    """Encoding A: one ``<run>.jsonl[.gz]`` per run (only logged, non-NaN losses are written)."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for run in runs.runs:
+        path = Path(directory) / f"{run.run_id}.jsonl{'.gz' if gz else ''}"
+        logged = dict(zip(run.loss_steps.tolist(), range(len(run.loss_steps))))
+        with _open_out(path) as fh:
+            for t in range(run.n_steps + 1):
+                rec = {"step": t,
+                       "batch": [] if t == 0 else runs.example_ids[run.batch(t)].tolist()}
+                k = logged.get(t)
+                if k is not None:
+                    row = run.losses[k]
+                    ok = ~np.isnan(row)
+                    rec["loss"] = dict(zip(runs.test_ids[ok].tolist(), row[ok].tolist()))
+                fh.write(json.dumps(rec) + "\n")
+        out.append(path)
+    return out
+
+
+def runs_to_tables(runs: RunSet):
+    """Encoding B as two pyarrow tables: curriculum (run, step, example_id) and losses."""
+    import pyarrow as pa
+
+    cr, cs, ce, lr, ls, lt, lv = [], [], [], [], [], [], []
+    for run in runs.runs:
+        n = len(run.batch_idx)
+        cr.append(np.full(n, run.run_id, dtype=object))
+        cs.append(run.step_of_entry())
+        ce.append(runs.example_ids[run.batch_idx])
+        k, j = np.nonzero(~np.isnan(run.losses))
+        lr.append(np.full(len(k), run.run_id, dtype=object))
+        ls.append(run.loss_steps[k])
+        lt.append(runs.test_ids[j])
+        lv.append(run.losses[k, j])
+    cur = pa.table({"run": pa.array(np.concatenate(cr).tolist(), pa.string()),
+                    "step": np.concatenate(cs).astype(np.int64),
+                    "example_id": pa.array(np.concatenate(ce).tolist(), pa.string())})
+    los = pa.table({"run": pa.array(np.concatenate(lr).tolist(), pa.string()),
+                    "step": np.concatenate(ls).astype(np.int64),
+                    "test_id": pa.array(np.concatenate(lt).tolist(), pa.string()),
+                    "loss": np.concatenate(lv)})
+    return cur, los
+
+
+def write_tables(runs: RunSet, curriculum_path, losses_path) -> None:
+    """Encoding B files; CSV (optionally .gz) or Parquet, chosen by each path's suffix."""
+    from pathlib import Path
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for table, path in zip(runs_to_tables(runs), (curriculum_path, losses_path)):
+        name = str(path)
+        if name.endswith((".parquet", ".pq")):
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, name)
+        else:
+            with _open_out(path, text=False) as fh:
+                pacsv.write_csv(table, fh)
+
+
+def write_gptdynamics(runs: RunSet, directory) -> list:
+    """Encoding C: one GPTDynamics directory per run (1-based training steps)."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for run in runs.runs:
+        d = Path(directory) / run.run_id
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "train_samples_id.json", "w") as fh:
+            for t in range(1, run.n_steps + 1):
+                fh.write(json.dumps({"step": t,
+                                     "samples_id": runs.example_ids[run.batch(t)].tolist()}) + "\n")
+        with open(d / "all_loss_trajectory.out", "w") as fh:
+            for j, tid in enumerate(runs.test_ids):
+                ok = ~np.isnan(run.losses[:, j])
+                if not ok.any():
+                    continue
+                traj = [{"step": int(s), "loss": float(v)}
+                        for s, v in zip(run.loss_steps[ok], run.losses[ok, j])]
+                fh.write(json.dumps({"id": tid, "loss_trajectory": traj}) + "\n")
+        out.append(d)
+    return out

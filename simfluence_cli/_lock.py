@@ -1,0 +1,139 @@
+"""The store's exclusive writer lock: ``<store>/.lock``, created with O_CREAT|O_EXCL.
+
+The lock file holds ``{"pid", "host", "since", "command"}``. A lock whose PID is dead (same
+host) is stale and is broken; breaking happens under ``flock`` on the store directory so two
+processes cannot both break it and then remove each other's fresh lock. A live lock is waited
+for a short while (``SIMFLUENCE_LOCK_TIMEOUT`` seconds, default 10), then
+:class:`StoreLockedError` names the holder. The lock is re-entrant within one process, so core
+functions can take it even when their caller already holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import StoreLockedError
+
+LOCK_NAME = ".lock"
+_held: dict[str, int] = {}  # resolved store path -> re-entrancy depth (this process)
+_mutex = threading.RLock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _read(lock: Path) -> dict | None:
+    try:
+        data = json.loads(lock.read_text() or "{}")
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(holder: dict) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+        return False  # cannot tell for another host or a foreign file: never break it
+    return not _pid_alive(pid)
+
+
+def _break_if_stale(store: Path, lock: Path) -> bool:
+    """Remove the lock if its holder is dead; serialised by flock on the store directory."""
+    fd = os.open(store, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        holder = _read(lock)  # re-read under flock: only a breaker may remove a stale lock
+        if holder is None:
+            return True
+        if _is_stale(holder):
+            lock.unlink(missing_ok=True)
+            return True
+        return False
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _describe(holder: dict | None, lock: Path) -> str:
+    holder = holder or {}
+    who = f"PID {holder.get('pid', '?')}"
+    if holder.get("host"):
+        who += f" on {holder['host']}"
+    extra = f" ({holder['command']})" if holder.get("command") else ""
+    since = f" since {holder['since']}" if holder.get("since") else ""
+    return (f"store is locked by {who}{extra}{since}; wait for it to finish and retry, "
+            f"or, if that process is gone, remove {lock}")
+
+
+@contextlib.contextmanager
+def write_lock(store: str | os.PathLike, timeout: float | None = None):
+    """Hold the store's exclusive writer lock for the duration of the block."""
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = str(store.resolve())
+    with _mutex:
+        nested = bool(_held.get(key))
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _mutex:
+                _held[key] -= 1
+        return
+    if timeout is None:
+        timeout = float(os.environ.get("SIMFLUENCE_LOCK_TIMEOUT", "10"))
+    lock = store / LOCK_NAME
+    payload = json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(os.path.basename(a) if i == 0 else a
+                            for i, a in enumerate(sys.argv[:4])),
+    }).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _break_if_stale(store, lock):
+                continue
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(_describe(_read(lock), lock)) from None
+            time.sleep(0.1)
+            continue
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    with _mutex:
+        _held[key] = 1
+    try:
+        yield
+    finally:
+        with _mutex:
+            _held.pop(key, None)
+        holder = _read(lock)
+        if holder is not None and holder.get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)

@@ -1,0 +1,569 @@
+"""The run store: a directory of Parquet tables plus a JSON manifest.
+
+Layout (format version 1)::
+
+    <store>/manifest.json                   commit point: format, generation, one entry per run
+    <store>/runs.parquet                    one row per run (derived from the manifest)
+    <store>/curriculum/<key>.g<N>.parquet   run, step, example_id   (one row per batch entry)
+    <store>/losses/<key>.g<N>.parquet       run, step, test_id, loss (one row per logged loss)
+    <store>/models/<name>/                  fitted models (see models.py)
+
+``<key>`` is a file-system-safe slug of the run id plus a hash of it (so run ids with ``/``,
+``..`` or unicode cannot escape the store) and ``g<N>`` the commit generation that wrote it:
+replacing a run writes new files, commits the manifest, then deletes the old ones. Files the
+manifest does not name are leftovers of an interrupted write: readers ignore them and the next
+writer deletes them. Temporary files start with ``.`` so ``losses/*.parquet`` globs never see
+partial files. Every write (ingest, add_runset) holds the store's write lock, validates all
+inputs, writes all partition files, then replaces ``manifest.json`` atomically: an error or a
+kill at any moment leaves the store as before or as after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import _lock
+from ._atomic import write_atomic, write_bytes_atomic
+from ._version import __version__
+from .errors import (ConflictError, InputError, SelectionError, StoreError, StoreVersionError,
+                     UsageError)
+from .runs import Run, RunSet
+from .selectors import resolve_selector
+
+__all__ = ["RunStore", "IngestReport", "STORE_FORMAT", "CURRICULUM_COLUMNS", "LOSS_COLUMNS",
+           "RUNS_COLUMNS"]
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+RUNS_TABLE = "runs.parquet"
+PARTS = ("curriculum", "losses")
+
+CURRICULUM_COLUMNS = {
+    "run": "run id",
+    "step": "training step t (1..T); the batch trained on at step t, in batch order",
+    "example_id": "training example in the batch of step t",
+}
+LOSS_COLUMNS = {
+    "run": "run id",
+    "step": "step t after whose update the loss was measured (0 = initial checkpoint)",
+    "test_id": "test example",
+    "loss": "loss of test_id after step t (float64); absent row = not evaluated at that step",
+}
+RUNS_COLUMNS = {
+    "run": "run id",
+    "tags": "tags given at ingest (selectors match them)",
+    "steps": "number of training steps T",
+    "batch_size_min": "smallest batch", "batch_size_max": "largest batch",
+    "n_examples": "distinct training examples in the curriculum",
+    "n_tests": "distinct test examples with losses",
+    "loss_steps": "number of steps with logged losses (including step 0)",
+    "curriculum_rows": "rows in the run's curriculum file", "loss_rows": "rows in its losses file",
+    "source_format": "jsonl | table | gptdynamics | python",
+    "source": "input path(s) the run was read from",
+    "source_sha256": "sha256 of the input file(s), comma-separated",
+    "content_hash": "sha256 of the canonical run content (same content = same hash, any format)",
+    "ingested_at": "UTC time of the ingest (ISO 8601)",
+    "curriculum_file": "curriculum file, relative to the store",
+    "losses_file": "losses file, relative to the store",
+}
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_id", _DICT)])
+LOSS_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("test_id", _DICT),
+                         ("loss", pa.float64())])
+_BAD_TAG = re.compile(r"[,\s*?\[\]:]")
+
+
+def _meta(table: str, columns: dict) -> dict:
+    return {b"simfluence.store_format": str(STORE_FORMAT).encode(),
+            b"simfluence.table": table.encode(),
+            b"simfluence.columns": json.dumps(columns).encode()}
+
+
+def run_key(run_id: str) -> str:
+    """File-system-safe, collision-free file stem for a run id."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._-")[:48] or "run"
+    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
+
+
+def check_tag(tag: str) -> str:
+    if not tag or tag.startswith("-") or _BAD_TAG.search(tag) or tag == "all":
+        raise UsageError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-' (not starting "
+                         "with '-', no commas, spaces, ':' or glob characters, not 'all')")
+    return tag
+
+
+def check_run_id(run_id: str, source: str) -> None:
+    if not run_id or not run_id.strip() or any(ord(c) < 32 for c in run_id) or "," in run_id:
+        raise InputError(f"invalid run id {run_id!r}", path=source, field="run",
+                         hint="run ids must be non-empty, without commas or control characters "
+                              "(rename the file or set the 'run' key/column)")
+
+
+@dataclass
+class IngestReport:
+    """What an ingest (or add_runset) did."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    retagged: list[str] = field(default_factory=list)
+    curriculum_rows: int = 0  # rows read from the inputs
+    loss_rows: int = 0
+    written_loss_rows: int = 0  # rows written (added + replaced runs)
+    sources: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    store: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.retagged)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["runs"] = len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.retagged)
+        d["loss_rows_per_second"] = round(self.loss_rows / self.seconds) if self.seconds else None
+        return d
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added", f"{len(self.replaced)} replaced",
+                 f"{len(self.unchanged)} unchanged"]
+        if self.retagged:
+            parts.append(f"{len(self.retagged)} retagged")
+        return (f"ingested {self.sources} source(s) into {self.store}: runs " + ", ".join(parts)
+                + f"; {self.loss_rows:,} loss rows, {self.curriculum_rows:,} curriculum rows "
+                  f"read in {self.seconds:.2f} s")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _dict_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(dictionary values as object array, int64 codes) of a string column, vectorised."""
+    if not pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string()).dictionary_encode()
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return np.asarray([], dtype=object), np.zeros(0, dtype=np.int64)
+    values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+    return values, codes.astype(np.int64, copy=False)
+
+
+class RunStore:
+    """A run store directory. ``RunStore(path)`` opens; ``create=True`` allows a new one."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = False):
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a run store directory; pass --store DIR")
+        if mf.is_file():
+            self._manifest()  # version check
+        elif not create:
+            raise StoreError(f"no run store at {self.path} (no {MANIFEST}); create one with "
+                             f"`simfluence ingest LOGS --store {self.path}`, or point --store / "
+                             "SIMFLUENCE_STORE at an existing store")
+        elif self.path.is_dir():
+            extra = [p.name for p in self.path.iterdir() if p.name not in (_lock.LOCK_NAME,)]
+            if extra:
+                raise StoreError(f"{self.path} exists and is not a run store (no {MANIFEST}; it "
+                                 f"holds {', '.join(sorted(extra)[:3])}...); choose a new or "
+                                 "empty directory for --store")
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    # ---- manifest ------------------------------------------------------------------------
+
+    def _manifest(self) -> dict:
+        mf = self.path / MANIFEST
+        try:
+            man = json.loads(mf.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"format": STORE_FORMAT, "generation": 0, "runs": {}}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{mf}: cannot read the store manifest ({exc}); restore it from a "
+                             "backup or re-ingest into a new store") from None
+        fmt = man.get("format")
+        if not isinstance(fmt, int):
+            raise StoreError(f"{mf}: not a simfluence store manifest (no integer 'format')")
+        if fmt > STORE_FORMAT:
+            raise StoreVersionError(
+                f"{self.path} has store format {fmt} (written by simfluence "
+                f"{man.get('tool_version', '?')}); this simfluence {__version__} reads format "
+                f"<= {STORE_FORMAT}: upgrade with `pip install -U simfluence-cli`")
+        man.setdefault("runs", {})
+        man.setdefault("generation", 0)
+        return man
+
+    def write_lock(self, timeout: float | None = None):
+        """Exclusive writer lock (re-entrant in this process); StoreLockedError when held."""
+        return _lock.write_lock(self.path, timeout)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def runs(self) -> list[dict]:
+        """Per-run metadata (sorted by run id)."""
+        man = self._manifest()
+        return [{"run": r, **{k: v for k, v in e.items() if k != "files"},
+                 "curriculum_file": e["files"]["curriculum"], "losses_file": e["files"]["losses"]}
+                for r, e in sorted(man["runs"].items())]
+
+    def run_ids(self) -> list[str]:
+        return sorted(self._manifest()["runs"])
+
+    def tags(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for e in self._manifest()["runs"].values():
+            for t in e.get("tags", []):
+                counts[t] = counts.get(t, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def select(self, selector: str | Sequence[str] = "all") -> list[str]:
+        """Run ids matching a selector (see selectors.py), sorted; SelectionError if none."""
+        man = self._manifest()
+        return resolve_selector(selector, {r: e.get("tags", []) for r, e in man["runs"].items()})
+
+    def data_hash(self, run_ids: Sequence[str]) -> str:
+        """Stable hash of these runs' content (order-independent)."""
+        man = self._manifest()
+        missing = [r for r in run_ids if r not in man["runs"]]
+        if missing:
+            raise SelectionError(f"no run(s) {', '.join(map(repr, missing[:5]))} in {self.path}")
+        pairs = sorted((r, man["runs"][r]["content_hash"]) for r in set(run_ids))
+        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+    def _read_part(self, man: dict, run_id: str, part: str, columns: list[str]) -> pa.Table:
+        rel = man["runs"][run_id]["files"][part]
+        try:
+            return pq.read_table(self.path / rel, columns=columns)
+        except FileNotFoundError:
+            raise _Retry() from None
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{self.path / rel}: cannot read ({exc}); the store is damaged: "
+                             f"re-ingest run {run_id!r} with --replace") from None
+
+    def load(self, selector: str | Sequence[str] = "all") -> RunSet:
+        """Selected runs as one RunSet in the union index space (IDs sorted)."""
+        for attempt in range(3):
+            man = self._manifest()
+            ids = resolve_selector(selector, {r: e.get("tags", []) for r, e in man["runs"].items()})
+            try:
+                return self._load(man, ids)
+            except _Retry:  # a writer replaced a run between our manifest read and file read
+                time.sleep(0.05 * (attempt + 1))
+        raise StoreError(f"{self.path}: run files keep disappearing while reading; is another "
+                         "process replacing runs? retry when it is done")
+
+    def _load(self, man: dict, ids: list[str]) -> RunSet:
+        raw = []
+        for rid in ids:
+            cur = self._read_part(man, rid, "curriculum", ["step", "example_id"])
+            los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
+            ex_vals, ex_codes = _dict_column(cur.column("example_id"))
+            te_vals, te_codes = _dict_column(los.column("test_id"))
+            raw.append((rid, cur.column("step").to_numpy(), ex_vals, ex_codes,
+                        los.column("step").to_numpy(), te_vals, te_codes,
+                        los.column("loss").to_numpy()))
+        ex_all = np.unique(np.concatenate([r[2] for r in raw])) if raw else np.asarray([], object)
+        te_all = np.unique(np.concatenate([r[5] for r in raw])) if raw else np.asarray([], object)
+        ex_all = np.asarray(ex_all, dtype=object)
+        te_all = np.asarray(te_all, dtype=object)
+        out = []
+        for rid, cstep, ex_vals, ex_codes, lstep, te_vals, te_codes, loss in raw:
+            entry = man["runs"][rid]
+            T = int(entry["steps"])
+            order = np.argsort(cstep, kind="stable")  # files are written sorted; be safe
+            ex_idx = np.searchsorted(ex_all, ex_vals)[ex_codes][order].astype(np.int64)
+            ptr = np.zeros(T + 1, dtype=np.int64)
+            np.cumsum(np.bincount(cstep, minlength=T + 1)[1:T + 1], out=ptr[1:])
+            steps, row = np.unique(lstep, return_inverse=True)
+            L = np.full((len(steps), len(te_all)), np.nan)
+            L[row, np.searchsorted(te_all, te_vals)[te_codes]] = loss
+            out.append(Run(rid, ptr, ex_idx, steps.astype(np.int64), L,
+                           tuple(entry.get("tags", []))))
+        return RunSet(ex_all, te_all, out)
+
+    def info(self) -> dict:
+        """Summary of the store (see `simfluence info`)."""
+        man = self._manifest()
+        entries = man["runs"]
+        ex_vals, ex_counts, te_vals = [], [], []
+        for rid in sorted(entries):
+            for attempt in range(3):
+                try:
+                    cur = self._read_part(man, rid, "curriculum", ["example_id"])
+                    los = self._read_part(man, rid, "losses", ["test_id"])
+                    break
+                except _Retry:
+                    man = self._manifest()
+                    if rid not in man["runs"]:
+                        break
+            else:
+                raise StoreError(f"{self.path}: run files keep disappearing while reading")
+            v, c = _dict_column(cur.column("example_id"))
+            ex_vals.append(v)
+            ex_counts.append(np.bincount(c, minlength=len(v)))
+            tv, _ = _dict_column(los.column("test_id"))
+            te_vals.append(tv)
+        coverage = None
+        n_train = n_test = 0
+        if ex_vals:
+            uniq, inv = np.unique(np.concatenate(ex_vals), return_inverse=True)
+            occ = np.bincount(inv, weights=np.concatenate(ex_counts)).astype(np.int64)
+            n_train = int(len(uniq))
+            n_test = int(len(np.unique(np.concatenate(te_vals))))
+            mean = float(occ.mean())
+            coverage = {"min": int(occ.min()), "median": float(np.median(occ)),
+                        "max": int(occ.max()), "mean": round(mean, 4),
+                        "cv": round(float(occ.std() / mean), 4) if mean else None}
+        sizes = [(e["batch_size_min"], e["batch_size_max"]) for e in entries.values()]
+        models_dir = self.path / "models"
+        models = sorted(d.name for d in models_dir.iterdir()
+                        if (d / "model.json").is_file()) if models_dir.is_dir() else []
+        return {
+            "store": str(self.path),
+            "format": man.get("format", STORE_FORMAT),
+            "runs": len(entries),
+            "tags": self.tags(),
+            "steps": int(sum(e["steps"] for e in entries.values())),
+            "train_examples": n_train,
+            "test_examples": n_test,
+            "loss_rows": int(sum(e["loss_rows"] for e in entries.values())),
+            "curriculum_rows": int(sum(e["curriculum_rows"] for e in entries.values())),
+            "logged_steps": int(sum(e["loss_steps"] for e in entries.values())),
+            "batch_size_min": min((s[0] for s in sizes), default=None),
+            "batch_size_max": max((s[1] for s in sizes), default=None),
+            "coverage": coverage,
+            "models": models,
+            "updated_at": man.get("updated_at"),
+        }
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def ingest(self, paths: Sequence[str | os.PathLike], tags: Sequence[str] = (),
+               format: str | None = None, replace: bool = False,
+               progress: Callable | None = None) -> IngestReport:
+        """Read training logs (files or directories, encodings A/B/C) into the store.
+
+        All inputs are parsed and validated before anything is committed; any error leaves the
+        store unchanged. Identical content (any format) is a no-op; a run id that exists with
+        different content raises ConflictError unless ``replace``. ``progress(done, total,
+        label)`` is called as sources are read.
+        """
+        from ._readers import iter_runs, plan_inputs
+
+        plan = plan_inputs(paths, format)
+        report = IngestReport(sources=plan.n_sources)
+        return self._commit(iter_runs(plan, progress=progress, notes=report.notes), tags,
+                            replace, report)
+
+    def add_runset(self, runset: RunSet, tags: Sequence[str] = (), replace: bool = False,
+                   source: str = "python") -> IngestReport:
+        """Write in-memory runs (e.g. generated or simulated) like an ingest."""
+        from ._readers import run_from_runset
+
+        report = IngestReport(sources=1)
+        return self._commit((run_from_runset(runset, r, source) for r in runset.runs), tags,
+                            replace, report)
+
+    def _commit(self, rundata: Iterable, tags: Sequence[str], replace: bool,
+                report: IngestReport) -> IngestReport:
+        tags = [check_tag(t) for t in dict.fromkeys(tags)]
+        t0 = time.perf_counter()
+        report.store = str(self.path)
+        created = not self.path.exists()
+        try:
+            with self.write_lock():
+                self._commit_locked(rundata, tags, replace, report)
+        except BaseException:
+            if created and not (self.path / MANIFEST).exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _commit_locked(self, rundata: Iterable, tags: list[str], replace: bool,
+                       report: IngestReport) -> None:
+        man = self._manifest()
+        if (self.path / MANIFEST).exists():
+            self._cleanup(man)
+        gen = int(man["generation"]) + 1
+        entries = dict(man["runs"])
+        pending: list[tuple[Path, Path]] = []
+        renamed: list[Path] = []
+        seen: dict[str, str] = {}
+        now = _now()
+        try:
+            for rd in rundata:
+                check_run_id(rd.run_id, rd.source)
+                if rd.run_id in seen:
+                    raise InputError(f"run {rd.run_id!r} appears twice in this ingest (also in "
+                                     f"{seen[rd.run_id]})", path=rd.source, field="run",
+                                     hint="give each run a distinct id (file name or 'run' key)")
+                seen[rd.run_id] = rd.source
+                st = rd.stats()
+                report.curriculum_rows += st["curriculum_rows"]
+                report.loss_rows += st["loss_rows"]
+                run_tags = sorted(set(tags) | set(rd.tags))
+                old = man["runs"].get(rd.run_id)
+                if old is not None and old["content_hash"] == rd.content_hash:
+                    merged = sorted(set(old.get("tags", [])) | set(run_tags))
+                    if merged != old.get("tags", []):
+                        entries[rd.run_id] = {**old, "tags": merged}
+                        report.retagged.append(rd.run_id)
+                    else:
+                        report.unchanged.append(rd.run_id)
+                    continue
+                if old is not None and not replace:
+                    raise ConflictError(
+                        f"run {rd.run_id!r} is already in {self.path} with different content "
+                        f"(stored {old['content_hash'][:12]} from {old.get('source')}, new "
+                        f"{rd.content_hash[:12]} from {rd.source}); pass --replace to overwrite "
+                        "it, or give the new run another id")
+                key = run_key(rd.run_id)
+                files = {p: f"{p}/{key}.g{gen}.parquet" for p in PARTS}
+                for part in PARTS:
+                    final = self.path / files[part]
+                    tmp = final.parent / f".{final.name}.pending"
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    pending.append((tmp, final))
+                    self._write_part(tmp, part, rd)
+                if old is not None:
+                    run_tags = sorted(set(old.get("tags", [])) | set(run_tags))
+                entries[rd.run_id] = {
+                    "key": key, "files": files, "tags": run_tags,
+                    "content_hash": rd.content_hash, **st,
+                    "source_format": rd.source_format, "source": rd.source,
+                    "sources": rd.sources, "ingested_at": now, "generation": gen,
+                }
+                report.written_loss_rows += st["loss_rows"]
+                (report.replaced if old is not None else report.added).append(rd.run_id)
+                report.notes.extend(rd.notes)
+            if not report.changed:
+                return
+            for tmp, final in pending:
+                os.replace(tmp, final)
+                renamed.append(final)
+            for part in PARTS:
+                if (self.path / part).is_dir():
+                    _fsync_dir(self.path / part)
+            new_man = {"format": STORE_FORMAT, "generation": gen, "tool_version": __version__,
+                       "updated_at": now, "columns": {"curriculum": CURRICULUM_COLUMNS,
+                                                      "losses": LOSS_COLUMNS},
+                       "runs": dict(sorted(entries.items()))}
+            write_bytes_atomic(self.path / MANIFEST,
+                               (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode())
+        except BaseException:
+            for tmp, final in pending:
+                tmp.unlink(missing_ok=True)
+            for final in renamed:
+                final.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path)
+        # committed: derived table, then old generations of replaced runs
+        try:
+            self._write_runs_table(new_man)
+        except OSError:
+            pass  # derived data; rewritten on the next commit
+        for rid in report.replaced:
+            for rel in man["runs"][rid]["files"].values():
+                (self.path / rel).unlink(missing_ok=True)
+
+    def _write_part(self, tmp: Path, part: str, rd) -> None:
+        if part == "curriculum":
+            n = len(rd.ex_codes)
+            step = np.repeat(np.arange(1, rd.n_steps + 1, dtype=np.int64), np.diff(rd.batch_ptr))
+            table = pa.Table.from_arrays([
+                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                               pa.array([rd.run_id], pa.string())),
+                pa.array(step),
+                pa.DictionaryArray.from_arrays(pa.array(rd.ex_codes.astype(np.int32)),
+                                               pa.array(rd.example_ids.tolist(), pa.string())),
+            ], schema=CURRICULUM_SCHEMA.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS)))
+        else:
+            n = len(rd.loss)
+            table = pa.Table.from_arrays([
+                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                               pa.array([rd.run_id], pa.string())),
+                pa.array(rd.loss_step),
+                pa.DictionaryArray.from_arrays(pa.array(rd.loss_test.astype(np.int32)),
+                                               pa.array(rd.test_ids.tolist(), pa.string())),
+                pa.array(rd.loss),
+            ], schema=LOSS_SCHEMA.with_metadata(_meta("losses", LOSS_COLUMNS)))
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd", row_group_size=1 << 20)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _write_runs_table(self, man: dict) -> None:
+        rows = []
+        for rid, e in man["runs"].items():
+            rows.append({
+                "run": rid, "tags": list(e.get("tags", [])),
+                **{k: int(e[k]) for k in ("steps", "batch_size_min", "batch_size_max",
+                                          "n_examples", "n_tests", "loss_steps",
+                                          "curriculum_rows", "loss_rows")},
+                "source_format": e.get("source_format"), "source": e.get("source"),
+                "source_sha256": ",".join(s.get("sha256") or "" for s in e.get("sources", [])),
+                "content_hash": e["content_hash"], "ingested_at": e.get("ingested_at"),
+                "curriculum_file": e["files"]["curriculum"], "losses_file": e["files"]["losses"],
+            })
+        schema = pa.schema([
+            ("run", pa.string()), ("tags", pa.list_(pa.string())),
+            *[(k, pa.int64()) for k in ("steps", "batch_size_min", "batch_size_max", "n_examples",
+                                        "n_tests", "loss_steps", "curriculum_rows", "loss_rows")],
+            *[(k, pa.string()) for k in ("source_format", "source", "source_sha256",
+                                         "content_hash", "ingested_at", "curriculum_file",
+                                         "losses_file")],
+        ], metadata={**_meta("runs", RUNS_COLUMNS),
+                     b"simfluence.generation": str(man["generation"]).encode()})
+        table = pa.Table.from_pylist(rows, schema=schema)
+        write_atomic(self.path / RUNS_TABLE, lambda fh: pq.write_table(table, fh))
+
+    def _cleanup(self, man: dict) -> None:
+        """Delete leftovers of interrupted writes (call with the lock held)."""
+        named = {rel for e in man["runs"].values() for rel in e["files"].values()}
+        for part in PARTS:
+            d = self.path / part
+            if not d.is_dir():
+                continue
+            for f in d.iterdir():
+                if f.is_file() and f"{part}/{f.name}" not in named:
+                    f.unlink(missing_ok=True)
+        for f in self.path.iterdir():
+            if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
+                f.unlink(missing_ok=True)
+
+
+class _Retry(Exception):
+    """A run file named by the manifest vanished (replaced concurrently): re-read and retry."""
