@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import numbers
 import os
 import tempfile
@@ -178,8 +177,12 @@ class RunLogger:
                 vals = np.asarray(losses, dtype=np.float64)
             except (TypeError, ValueError):
                 raise RunLogError(f"step {step}: losses must be numbers", path=path, field="loss") from None
-            vals = vals.reshape(-1) if vals.ndim <= 1 or vals.size == len(self.test_ids) else vals
-            if vals.ndim != 1 or vals.size != len(self.test_ids):
+            if vals.ndim != 1:  # accept (1, M) / (M, 1) rows and columns, and a scalar for M = 1
+                vals = vals.squeeze().reshape(-1) if vals.squeeze().ndim <= 1 else vals
+            if vals.ndim != 1:
+                raise RunLogError(f"step {step}: losses have shape {vals.shape}, expected ({len(self.test_ids)},)",
+                                  path=path, field="loss", hint="give one loss per test id, in test_ids order")
+            if vals.size != len(self.test_ids):
                 raise RunLogError(f"step {step}: {vals.size} losses for {len(self.test_ids)} test ids",
                                   path=path, field="loss", hint="give one loss per test id, in test_ids order")
             keys = self._keys

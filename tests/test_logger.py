@@ -171,6 +171,8 @@ def test_sequence_checks_against_test_ids(tmp_path):
         log.initial([1.0, 2.0, 3.0])
     with pytest.raises(RunLogError, match="unknown test id 'z'"):
         log.initial({"a": 1.0, "z": 2.0})
+    with pytest.raises(RunLogError, match=r"shape \(2, 2\), expected \(2,\)"):
+        RunLogger(tmp_path / "z.jsonl", test_ids=["a", "b"]).initial(np.ones((2, 2)))
     log.initial(np.array([[1.0, 2.0]]))  # a (1, M) row is fine
     log.abort()
     with pytest.raises(RunLogError, match="duplicates"):
