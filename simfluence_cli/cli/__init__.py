@@ -10,6 +10,7 @@ from . import ingest_cmd  # noqa: F401  (ingest, info)
 from . import fit_cmd  # noqa: F401  (fit, simulate)
 from . import eval_cmd  # noqa: F401  (eval, import-scores, top, plot)
 from . import whatif_cmd  # noqa: F401  (whatif, groups, design)
+from . import verify_cmd  # noqa: F401  (verify)
 
 
 def main() -> None:
