@@ -310,8 +310,12 @@ class Simulator:
         return idx
 
     def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
-                 unseen: str = "error", lengths: Sequence[int] | None = None) -> np.ndarray:
+                 unseen: str = "error", lengths: Sequence[int] | None = None,
+                 return_: str = "trajectory") -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
+
+        ``return_="final"`` returns only the losses after each curriculum's last step, (C, M),
+        without materialising the (C, T+1, M) trajectory (large C x T x M).
 
         curricula: list of curricula (each a list of batches of example IDs, or a
         :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
@@ -341,7 +345,12 @@ class Simulator:
             a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
             A = np.vstack([A, np.full((1, len(cols)), a0)])
             B = np.vstack([B, np.zeros((1, len(cols)))])
-        out = _rollout(A, B, idx, L0, self.method, lo, hi)
+        if return_ not in ("trajectory", "final"):
+            raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
+        from ._parallel import rollout  # chunked over test columns, threaded
+        out = rollout(A, B, idx, L0, self.method, lo, hi, final=return_ == "final")
+        if return_ == "final":
+            return out
         if lengths is not None:
             for c, T in enumerate(lengths):
                 out[c, T + 1:] = np.nan

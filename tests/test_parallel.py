@@ -61,3 +61,32 @@ def test_dask_local_cluster_equals_single_process(data, tmp_path):
         assert sim2.solver_stats_["source"] == "store"
         np.testing.assert_array_equal(sim2.A_, local.A_)
         np.testing.assert_array_equal(sim2.B_, local.B_)
+
+
+def test_chunked_rollout_equals_reference_and_final_mode():
+    from simfluence_cli._parallel import rollout
+    from simfluence_cli.simulator import _rollout
+
+    rng = np.random.default_rng(0)
+    n, m, C, T, b = 40, 300, 6, 30, 3  # m > one column chunk
+    A = rng.uniform(0.3, 0.34, (n + 1, m))
+    B = rng.normal(0, 0.02, (n + 1, m))
+    idx = rng.integers(-1, n + 1, (C, T, b))
+    idx[2, 12:] = -1  # a shorter curriculum
+    L0 = rng.uniform(1, 3, (C, m))
+    for method in ("linear", "additive", "multiplicative"):
+        for lo, hi in ((np.full(m, 0.5), np.full(m, 2.5)), (None, None)):
+            ref = _rollout(A, B, idx, L0, method, lo, hi)
+            np.testing.assert_array_equal(rollout(A, B, idx, L0, method, lo, hi, threads=2), ref)
+            np.testing.assert_array_equal(rollout(A, B, idx, L0, method, lo, hi, final=True),
+                                          ref[:, -1])
+
+
+def test_simulate_final_equals_last_trajectory_step(data):
+    rs, ref = data
+    cur = [[list(rs.example_ids[i:i + 3]) for i in range(0, 30, 3)],
+           [list(rs.example_ids[i:i + 3]) for i in range(30, 45, 3)]]
+    traj = ref.simulate(cur)
+    fin = ref.simulate(cur, return_="final")
+    np.testing.assert_array_equal(fin[0], traj[0, -1])
+    np.testing.assert_array_equal(fin[1], traj[1, 5])
