@@ -88,9 +88,10 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
         axes[j // ncol][j % ncol].axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=8, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(f"run {tr.run_id}: observed vs simulated test loss", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if nrow == 1 else 0.04, 1, 1))
 
     def write(fh):
         fig.savefig(fh, format=fmt, dpi=120)

@@ -224,6 +224,8 @@ def scores_simulator(table: ScoreTable, scale: float, runs: RunSet | None = None
     With ``runs`` (the fitting runs) the simulator also gets the observed loss ranges (for
     ``clip='observed'``), mean initial losses, example counts and batch size; test examples of
     the table that the runs never logged are dropped. Without runs, clipping is switched off.
+    ``example_counts_`` counts occurrences in the fitting runs, but at least 1 for every scored
+    example (so none of them is "unseen": the scores are its parameters).
     """
     test_ids, S = table.test_ids, table.S
     example_ids = table.example_ids
@@ -261,7 +263,8 @@ def scores_simulator(table: ScoreTable, scale: float, runs: RunSet | None = None
         rmap = np.asarray([epos[e] for e in runs.example_ids], dtype=np.int64)
         for r in runs.runs:
             counts += np.bincount(rmap[r.batch_idx], minlength=n)
-        sim.example_counts_ = counts
+        # every scored example has parameters: never count it as "unseen" (see Simulator.seen_mask)
+        sim.example_counts_ = np.maximum(counts, np.arange(n) < len(table.example_ids))
         sizes = np.concatenate([r.batch_sizes for r in runs.runs])
         sim.batch_size_ = float(np.median(sizes)) if len(sizes) else 1.0
         sim.run_ids_ = list(runs.run_ids)
@@ -269,7 +272,7 @@ def scores_simulator(table: ScoreTable, scale: float, runs: RunSet | None = None
         sim.init_loss_mean_ = np.full(m, np.nan)
         sim.loss_min_ = np.zeros(m)
         sim.loss_max_ = np.full(m, np.inf)
-        sim.example_counts_ = np.zeros(n, dtype=np.int64)
+        sim.example_counts_ = np.ones(n, dtype=np.int64)  # all scored: none is "unseen"
         sim.batch_size_ = 1.0
         sim.run_ids_ = []
     return sim
