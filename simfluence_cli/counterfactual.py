@@ -5,17 +5,18 @@ A curriculum is a list of batches (lists of example IDs), one per training step.
 Everything except ``--order shuffle-steps|reverse`` works on the *example stream*: the base's
 batches concatenated in step order. How an edited stream becomes batches again is the mode:
 
-``repack`` (default)
-    the remaining stream, in its original order, is cut into batches of the base's batch size
-    ``b`` (its most common batch size); an incomplete last batch is not trained on (a data
-    loader's ``drop_last``: a Linear model reads a small batch as a weak update, see
-    ``shrink``). Dropping k examples removes about k/b steps. This is "the same data order, without these examples", what a
-    fixed-order data loader over the reduced data set does, and the Simfluence leave-out
-    setting (remaining examples keep their schedule, batches stay full).
-``keep-steps``
-    like ``repack``, but the stream is cycled (or truncated) to the base's number of steps T:
-    the same compute budget, as in runs that train for a fixed number of steps on a smaller
-    (or larger) data set.
+``keep-steps`` (default)
+    the edited stream is cycled (or truncated) to the base's T steps of ``b`` examples (``b`` =
+    the base's most common batch size): the same compute budget and schedule of full batches,
+    with the dropped examples' slots taken by the remaining ones. This is how runs that train
+    for a fixed number of steps see a smaller data set (the sample runs' leave-30%-out family,
+    the leave-out setting of the Simfluence paper), and what ``bench/bench_counterfactual.py``
+    validates against real retraining.
+``repack``
+    the remaining stream, in its original order, is cut into batches of ``b``; an incomplete
+    last batch is not trained on (a data loader's ``drop_last``: a Linear model reads a small
+    batch as a weak update, see ``shrink``). Dropping k example occurrences removes about k/b
+    steps: "one pass over the same data order, without these examples".
 ``shrink``
     each example is removed from (or repeated inside) its own batch; steps that become empty
     are removed, no example changes step. Batches get smaller, which a Linear model (alpha is
@@ -28,6 +29,12 @@ the copy usually lands in the same batch = double weight in that step); ``order`
 same examples), ``shuffle-steps`` (permute whole steps, batches intact), ``reverse`` (steps in
 reverse order, batches intact) or a list of example IDs (stable sort of the stream by rank in
 the list, unlisted examples last in their original order, then batch).
+
+Additivity: in ``shrink`` mode an edit removes occurrences and moves nothing else, so for an
+additive model a group's removal effect is exactly the sum of its members' (tested with
+hypothesis); ``keep-steps`` and ``repack`` refill the freed slots with other examples, so
+even an additive model shows some interaction there. In ``keep-steps`` mode the cycled stream
+may, rarely, put an example twice into the batch where it wraps around.
 
 Effects are ``edited - base`` simulated final losses: negative = the edit lowers the test loss
 (helps), positive = it hurts.
@@ -62,7 +69,7 @@ class Edits:
     only: Sequence[str] | None = None
     repeat: Sequence[str] | None = None
     order: str | Sequence[str] | None = None  # 'shuffle' | 'shuffle-steps' | 'reverse' | ids
-    mode: str = "repack"
+    mode: str = "keep-steps"
     seed: int = 0
 
     def __post_init__(self):
@@ -131,10 +138,13 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
         cur = [nb for nb in (expand(batch) for batch in base) if nb]
     else:
         stream = expand(e for batch in base for e in batch)
-        if edits.mode == "keep-steps":
-            stream = _cycle(stream, T * b)
         changed = bool(only is not None or drop or rep)
-        cur = _chunk(stream, b, drop_last=changed)
+        if not changed:
+            cur = base  # order-only edit: the base's batches
+        elif edits.mode == "keep-steps":
+            cur = _chunk(_cycle(stream, T * b), b)
+        else:
+            cur = _chunk(stream, b, drop_last=True)
     order = edits.order
     if order is None:
         pass
@@ -159,7 +169,8 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
     return cur
 
 
-def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str], mode: str = "repack") -> Batches:
+def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str],
+                  mode: str = "keep-steps") -> Batches:
     """Shorthand: ``apply_edits(batches, Edits(drop=ids, mode=mode))`` (may be empty)."""
     try:
         return apply_edits(batches, Edits(drop=ids, mode=mode))
@@ -273,12 +284,13 @@ class GroupEffects:
     group_effect: np.ndarray  # (G, M)
     sum_individual: np.ndarray  # (G, M)
     base_final: np.ndarray  # (M,)
-    mode: str = "repack"
+    mode: str = "keep-steps"
 
     @property
     def interaction(self) -> np.ndarray:
-        """group - sum of individual effects: 0 = additive; with helpful members (removal
-        effects > 0), interaction < 0 means redundancy (the group is worth less than its parts)."""
+        """group - sum of individual effects: 0 = additive. For a helpful group (removal effects
+        > 0), interaction > 0 = redundancy: each member alone is replaceable (by the others),
+        the group is not; interaction < 0 = the parts' effects overlap (the whole costs less)."""
         return self.group_effect - self.sum_individual
 
     def rows(self) -> list[dict]:
@@ -305,7 +317,7 @@ class GroupEffects:
 
 def group_effects(sim, base: Sequence[Sequence[str]], groups: Mapping[str, Sequence[str]],
                   init_loss: np.ndarray, tests: Sequence[str] | None = None,
-                  mode: str = "repack", unseen: str = "error", chunk: int | None = None,
+                  mode: str = "keep-steps", unseen: str = "error", chunk: int | None = None,
                   progress=None) -> GroupEffects:
     """Simulated removal effect of each whole group next to the sum of its members' effects.
 

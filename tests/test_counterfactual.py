@@ -26,8 +26,8 @@ def flat(batches):
 
 def test_drop_repack_keeps_order_and_full_batches():
     # stream a b d e f -> [a b] [d e] [f]; the incomplete last batch is not trained on
-    assert apply_edits(BASE, Edits(drop=["c"])) == [["a", "b"], ["d", "e"]]
-    assert apply_edits(BASE, Edits(drop=["c", "d"])) == [["a", "b"], ["e", "f"]]
+    assert apply_edits(BASE, Edits(drop=["c"], mode="repack")) == [["a", "b"], ["d", "e"]]
+    assert apply_edits(BASE, Edits(drop=["c", "d"], mode="repack")) == [["a", "b"], ["e", "f"]]
 
 
 def test_drop_shrink_removes_in_place_and_empty_steps():
@@ -35,7 +35,8 @@ def test_drop_shrink_removes_in_place_and_empty_steps():
     assert apply_edits(BASE, Edits(drop=["c", "d"], mode="shrink")) == [["a", "b"], ["e", "f"]]
 
 
-def test_drop_keep_steps_cycles_to_the_same_number_of_steps():
+def test_drop_keep_steps_is_the_default_and_cycles_to_the_same_number_of_steps():
+    assert Edits().mode == "keep-steps"
     out = apply_edits(BASE, Edits(drop=["c"], mode="keep-steps"))
     assert out == [["a", "b"], ["d", "e"], ["f", "a"]]
     assert len(out) == len(BASE)
@@ -43,14 +44,16 @@ def test_drop_keep_steps_cycles_to_the_same_number_of_steps():
 
 def test_only_keeps_only_listed():
     assert apply_edits(BASE, Edits(only=["a", "d", "f"], mode="shrink")) == [["a"], ["d"], ["f"]]
-    assert apply_edits(BASE, Edits(only=["a", "d"])) == [["a", "d"]]
+    assert apply_edits(BASE, Edits(only=["a", "d"], mode="repack")) == [["a", "d"]]
+    assert apply_edits(BASE, Edits(only=["a", "d"])) == [["a", "d"]] * 3  # keep-steps: cycled
 
 
 def test_repeat_duplicates_each_occurrence():
     assert apply_edits(BASE, Edits(repeat=["a"], mode="shrink")) == [["a", "a", "b"], ["c", "d"],
                                                                       ["e", "f"]]
-    out = apply_edits(BASE, Edits(repeat=["a", "f"]))
+    out = apply_edits(BASE, Edits(repeat=["a", "f"], mode="repack"))
     assert out == [["a", "a"], ["b", "c"], ["d", "e"], ["f", "f"]]
+    assert apply_edits(BASE, Edits(repeat=["a"])) == [["a", "a"], ["b", "c"], ["d", "e"]]
 
 
 def test_order_edits():
@@ -100,6 +103,9 @@ def test_drop_law_repack_and_shrink(base, drop):
     shrink = drop_examples(base, drop, "shrink")
     assert flat(shrink) == kept  # every occurrence removed, order and others untouched
     rep = drop_examples(base, drop, "repack")
+    if not drop:
+        assert rep == base
+        return
     b = batch_size_of(base)
     # remaining stream in order, full batches, at most b-1 tail examples left out
     assert kept[:len(flat(rep))] == flat(rep)
@@ -128,7 +134,7 @@ def fitted():
 
 def test_whatif_matches_manual_simulate(fitted):
     sim, base, L0 = fitted
-    edits = Edits(drop=["e1", "e2", "e7"], order="reverse")
+    edits = Edits(drop=["e1", "e2", "e7"], order="reverse", mode="repack")
     res = whatif(sim, base, edits, L0)
     edited = apply_edits(base, edits)
     assert res.edited == edited
@@ -217,3 +223,107 @@ def test_read_groups(tmp_path):
         read_groups(str(p), "colour")
     with pytest.raises(InputError, match="no such file"):
         read_groups(str(tmp_path / "missing.csv"), "label")
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store_model(tmp_path_factory):
+    from simfluence_cli.models import save_model
+    from simfluence_cli.store import RunStore
+
+    root = tmp_path_factory.mktemp("cf")
+    runs, _, _ = make_runs(24, 5, 5, 20, 3, method="linear", seed=8, noise=0.001)
+    st = RunStore(root / "store", create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    sim = Simulator("linear", l2=0.01).fit(st.load(ids))
+    with st.write_lock():
+        save_model(st, "lin", sim, runs=ids, data_hash=st.data_hash(ids))
+    return root, st, runs
+
+
+def _cli(args, root):
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+
+    return CliRunner().invoke(app, [*args[:1], "--store", str(root / "store"), *args[1:]])
+
+
+def _csv(text):
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_cli_whatif_run_base_matches_core(store_model):
+    from simfluence_cli.models import load_model
+
+    root, st, runs = store_model
+    r = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "csv"], root)
+    assert r.exit_code == 0, r.stderr
+    rows = _csv(r.stdout)
+    sim = load_model(st, "lin")
+    base = [[str(runs.example_ids[i]) for i in runs["syn-000"].batch(t)] for t in range(1, 21)]
+    core = whatif(sim, base, Edits(drop=["e1", "e2"]), runs["syn-000"].losses[0])
+    assert [x["test_id"] for x in rows] == list(core.test_ids)
+    np.testing.assert_allclose([float(x["change"]) for x in rows], core.change, rtol=1e-12)
+    assert "negative = the edit helps" in " ".join(r.stderr.split())
+
+    j = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "json"],
+             root)
+    import json
+
+    doc = json.loads(j.stdout)
+    assert doc["summary"]["mean_change"] == pytest.approx(float(core.change.mean()))
+    assert doc["summary"]["edits"]["mode"] == "keep-steps" and len(doc["results"]) == 5
+
+
+def test_cli_whatif_curriculum_file_trajectories_and_save(store_model, tmp_path):
+    root, _, _ = store_model
+    cur = tmp_path / "c.txt"
+    cur.write_text("# two steps\ne1 e2 e3\ne4 e5 e6\n")
+    out = tmp_path / "edited.txt"
+    r = _cli(["whatif", "-m", "lin", "-b", str(cur), "--order", "reverse", "--trajectories",
+              "--save-edited", str(out), "-f", "csv", "--tests", "t0,t1"], root)
+    assert r.exit_code == 0, r.stderr
+    rows = _csv(r.stdout)
+    assert list(rows[0]) == ["step", "test_id", "base", "edited"]
+    assert len(rows) == 3 * 2 and rows[0]["base"] == rows[0]["edited"]
+    assert [ln for ln in out.read_text().splitlines() if not ln.startswith("#")] == \
+        ["e4 e5 e6", "e1 e2 e3"]
+
+
+def test_cli_whatif_errors(store_model):
+    root, _, _ = store_model
+    r = _cli(["whatif", "-m", "nope", "-b", "syn-000", "--drop", "e1"], root)
+    assert r.exit_code == 1 and "no model named 'nope'" in r.stderr
+    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--order", "sideways"], root)
+    assert r.exit_code == 2 and "--order" in r.stderr
+    r = _cli(["whatif", "-m", "lin", "-b", "no-such-run", "--drop", "e1"], root)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e1", "--mode", "fold"], root)
+    assert r.exit_code == 2
+
+
+def test_cli_groups(store_model, tmp_path):
+    root, _, _ = store_model
+    meta = tmp_path / "examples.csv"
+    meta.write_text("example_id,label\n" + "".join(f"e{i},{i % 3}\n" for i in range(24)))
+    r = _cli(["groups", "-m", "lin", "-b", "syn-001", "--groups-from", str(meta), "--column",
+              "label", "-f", "csv"], root)
+    assert r.exit_code == 0, r.stderr
+    rows = _csv(r.stdout)
+    assert [x["group"] for x in rows] == ["label=0", "label=1", "label=2"]
+    for x in rows:
+        assert float(x["interaction"]) == pytest.approx(
+            float(x["group_effect"]) - float(x["sum_individual"]))
+    r = _cli(["groups", "-m", "lin", "-b", "syn-001", "-g", "pair=e1,e2", "-g", "e3", "--by",
+              "test", "-f", "csv"], root)
+    assert r.exit_code == 0, r.stderr
+    rows = _csv(r.stdout)
+    assert {x["group"] for x in rows} == {"pair", "group2"} and len(rows) == 10
+    r = _cli(["groups", "-m", "lin", "-b", "syn-001"], root)
+    assert r.exit_code == 2

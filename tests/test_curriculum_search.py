@@ -100,3 +100,37 @@ def test_curriculum_text_round_trips():
     text = curriculum_text([["a", "b"], ["c", "d"]], {"model": "m", "seed": 3})
     assert text.startswith("# simfluence design\n# model: m\n# seed: 3\n")
     assert parse_curriculum(text).batches == [["a", "b"], ["c", "d"]]
+
+
+def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+    from simfluence_cli.curriculum import read_curriculum
+    from simfluence_cli.models import save_model
+    from simfluence_cli.store import RunStore
+
+    runs, _, _ = make_runs(20, 4, 4, 15, 2, method="linear", seed=3)
+    st = RunStore(tmp_path / "s", create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    with st.write_lock():
+        save_model(st, "lin", Simulator("linear", l2=0.1).fit(st.load(ids)), runs=ids,
+                   data_hash=st.data_hash(ids))
+    outs = []
+    for k in range(2):
+        out, rep = tmp_path / f"d{k}.txt", tmp_path / f"r{k}.json"
+        r = CliRunner().invoke(app, ["design", "--store", str(tmp_path / "s"), "-m", "lin",
+                                     "--steps", "12", "--seed", "4", "--iters", "10", "-K", "8",
+                                     "--random", "20", "-o", str(out), "--report", str(rep)])
+        assert r.exit_code == 0, r.stderr
+        assert "random curricula from the same pool" in " ".join(r.stderr.split())
+        outs.append(out.read_text())
+        report = json.loads(rep.read_text())
+    assert outs[0] == outs[1]
+    cur = read_curriculum(str(tmp_path / "d0.txt"))
+    assert len(cur) == 12 and all(len(b) == 2 for b in cur.batches)
+    assert "# model: lin" in outs[0] and "# seed: 4" in outs[0]
+    assert report["design"] <= report["greedy"] and report["random_n"] == 20

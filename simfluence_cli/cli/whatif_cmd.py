@@ -142,7 +142,7 @@ def whatif_cmd(
         "--order", help="Reorder: 'shuffle' (random order of the examples, re-batched), "
                         "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
                         "reversed), or @FILE (example IDs in the wanted order; stable sort).")] = None,
-    mode: ModeOpt = "repack",
+    mode: ModeOpt = "keep-steps",
     seed: Annotated[int, typer.Option("--seed", help="Seed for --order shuffle*.")] = 0,
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
@@ -217,7 +217,7 @@ def groups_cmd(
                                                                 "--groups-from, e.g. label.")] = None,
     id_column: Annotated[str, typer.Option("--id-column", help="Example-id column of "
                                                                "--groups-from.")] = "example_id",
-    mode: ModeOpt = "repack",
+    mode: ModeOpt = "keep-steps",
     by: Annotated[str, typer.Option("--by", help="'group': one row per group, averaged over "
                                                  "tests; 'test': one row per group and test.")] = "group",
     tests: TestsOpt = None,
@@ -231,8 +231,9 @@ def groups_cmd(
 
     group_effect = simulated final loss without the group - with it (positive = the group
     helps); sum_individual = sum of the members' one-at-a-time removal effects;
-    interaction = group_effect - sum_individual (0 = additive; for a helpful group, negative =
-    redundancy: removing all costs less than the parts suggest).
+    interaction = group_effect - sum_individual (0 = additive; for a helpful group, positive =
+    redundancy: each member alone is replaceable by the others, the whole group is not;
+    negative = the parts overlap, removing all costs less than their sum).
     """
     if by not in ("group", "test"):
         raise UsageError("--by must be 'group' or 'test'")
@@ -260,7 +261,7 @@ def groups_cmd(
     doc = {"model": model, "base": desc, "mode": mode,
            "mean_base_final": float(np.mean(res.base_final))}
     helpt = {"group_effect": "final loss without the group - with it; positive = group helps",
-             "interaction": "group_effect - sum_individual; 0 = additive"}
+             "interaction": "group_effect - sum_individual; 0 = additive, > 0 = redundant members"}
     if by == "test":
         render_rows(res.test_rows(), ["group", "test_id", "group_effect", "sum_individual",
                                       "interaction"], f, output, title=f"group effects: {desc}",
