@@ -240,7 +240,8 @@ def _walk(d: Path, forced: str | None, plan: Plan) -> None:
     try:
         entries = sorted(d.iterdir(), key=lambda p: p.name)
     except OSError as exc:
-        raise InputError(f"cannot list directory: {exc.strerror}", path=str(d)) from None
+        raise InputError(f"cannot list directory: {exc.strerror}", path=str(d),
+                         hint="check the permissions") from None
     for p in entries:
         if p.name.startswith("."):
             continue
@@ -287,7 +288,8 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
         if base in (C_TRAIN, C_LOSS) and forced in (None, "gptdynamics"):
             if not _is_c_dir(p.parent):
                 raise InputError(f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} "
-                                 f"and {C_LOSS}", path=str(p.parent))
+                                 f"and {C_LOSS}", path=str(p.parent),
+                                 hint="put both files in the run's directory")
             plan.gptdynamics.append(p.parent)
             continue
         if kind is None:
@@ -303,7 +305,8 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
                                   "--format jsonl|table|gptdynamics")
         if kind == "gptdynamics":
             raise InputError("--format gptdynamics expects run directories (or their "
-                             f"{C_TRAIN} / {C_LOSS})", path=str(p))
+                             f"{C_TRAIN} / {C_LOSS})", path=str(p),
+                             hint="pass the run directory, or drop --format to detect the encoding")
         (plan.jsonl if kind == "jsonl" else plan.tables).append(p)
     # the same file named twice (e.g. a file and its directory) is read once
     for name in ("jsonl", "tables", "gptdynamics"):
@@ -332,7 +335,8 @@ def _loads_line(raw: bytes, path: str, lineno: int):
                          path=path, line=lineno,
                          hint="each line must be one complete JSON object") from None
     except RecursionError:
-        raise InputError("malformed JSON (nested too deeply)", path=path, line=lineno) from None
+        raise InputError("malformed JSON (nested too deeply)", path=path, line=lineno,
+                         hint="each line must be one flat JSON object") from None
 
 
 def _idstr(v, path: str, lineno, fld: str) -> str:
@@ -428,7 +432,8 @@ def read_jsonl(path: Path) -> RunData:
     try:
         fh = _open_text(path)
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=label) from None
+        raise InputError(f"cannot read: {exc.strerror}", path=label,
+                         hint="check the path and its permissions") from None
     lineno = 0
     try:
         with fh:
@@ -534,7 +539,8 @@ def read_jsonl(path: Path) -> RunData:
         raise InputError(f"cannot read ({exc})", path=label, line=lineno or None,
                          hint="the file is truncated or not valid gzip/text") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=label, line=lineno) from None
+        raise InputError(f"not UTF-8 text ({exc.reason})", path=label, line=lineno,
+                         hint="logs are UTF-8 JSON Lines (optionally .gz)") from None
     if prev < 0:
         raise InputError("empty run: no steps", path=label,
                          hint='a run file holds {"step": 0, ...} then one line per training step')
@@ -586,7 +592,8 @@ def _json_lines(path: Path):
     try:
         fh = _open_text(path)
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=label) from None
+        raise InputError(f"cannot read: {exc.strerror}", path=label,
+                         hint="check the path and its permissions") from None
     lineno = 0
     try:
         with fh:
@@ -596,13 +603,15 @@ def _json_lines(path: Path):
                 obj = _loads_line(raw, label, lineno)
                 if type(obj) is not dict:
                     raise InputError(f"expected a JSON object, got {type(obj).__name__}",
-                                     path=label, line=lineno)
+                                     path=label, line=lineno,
+                                     hint="write one JSON object per line")
                 yield lineno, obj
     except (OSError, EOFError, zlib_error) as exc:
         raise InputError(f"cannot read ({exc})", path=label, line=lineno or None,
                          hint="the file is truncated or not valid gzip/text") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=label, line=lineno) from None
+        raise InputError(f"not UTF-8 text ({exc.reason})", path=label, line=lineno,
+                         hint="logs are UTF-8 JSON Lines (optionally .gz)") from None
 
 
 def read_gptdynamics(d: Path) -> RunData:
@@ -665,7 +674,8 @@ def read_gptdynamics(d: Path) -> RunData:
         for p in traj:
             if type(p) is not dict:
                 raise InputError("expected objects {\"step\", \"loss\"}", path=ll, line=lineno,
-                                 field="loss_trajectory")
+                                 field="loss_trajectory",
+                                 hint='write "loss_trajectory": [{"step": s, "loss": x}, ...]')
             st.append(_step_int(p.get("step", _MISSING), ll, lineno, "loss_trajectory.step"))
             v = p.get("loss", _MISSING)
             if type(v) not in _NUM:
@@ -755,12 +765,14 @@ def table_header(path: Path) -> tuple[list[str], bool]:
         try:
             return list(pq.read_schema(path).names), True
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"not a readable Parquet file ({exc})", path=label) from None
+            raise InputError(f"not a readable Parquet file ({exc})", path=label,
+                             hint="re-export the table, or name CSV files *.csv") from None
     try:
         with _open_text(path, "rt") as fh:
             first = fh.readline()
     except (OSError, EOFError, zlib_error, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({exc})", path=label) from None
+        raise InputError(f"cannot read ({exc})", path=label,
+                         hint="long tables are UTF-8 CSV (optionally .gz) or Parquet") from None
     if not first.strip():
         raise InputError("empty file: no header line", path=label, line=1, hint=_TABLE_HINT)
     return [c.strip() for c in next(csv.reader([first]))], False
@@ -787,7 +799,8 @@ def table_kind(path: Path, cols: list[str], is_parquet: bool) -> str:
                              hint=_TABLE_HINT)
     if len(cols) != len(s):
         dup = next(c for c in cols if cols.count(c) > 1)
-        raise InputError("column appears twice", path=label, line=line, field=dup)
+        raise InputError("column appears twice", path=label, line=line, field=dup,
+                         hint=_TABLE_HINT)
     return kind
 
 
@@ -894,12 +907,15 @@ class _TableReader:
                 bad = v != np.round(v)
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise self.error(self.gid + i, f"expected an integer step, got {v[i]!r}", fld)
+                    raise self.error(self.gid + i, f"expected an integer step, got {v[i]!r}", fld,
+                                     "steps are integers 0, 1, 2, ...")
                 return v.astype(np.int64)
-            raise self.error(self.gid, f"column type {col.type}, expected integers", fld)
+            raise self.error(self.gid, f"column type {col.type}, expected integers", fld,
+                             "store steps as an integer column")
         if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
             return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        raise self.error(self.gid, f"column type {col.type}, expected numbers", fld)
+        raise self.error(self.gid, f"column type {col.type}, expected numbers", fld,
+                         "store losses as a float column")
 
     # -- per-run validation --
     def finish(self) -> Iterator[RunData]:
@@ -1031,17 +1047,22 @@ def _locate_csv_problem(path: Path, kind: str, exc: Exception):
                             int(val)
                         except ValueError:
                             raise InputError(f"expected an integer step, got {val!r}", path=label,
-                                             line=line, field="step") from None
+                                             line=line, field="step",
+                                             hint="steps are integers 0, 1, 2, ...") from None
                     elif col == "loss":
                         try:
                             float(val)
                         except ValueError:
                             raise InputError(f"expected a number, got {val!r}", path=label,
-                                             line=line, field="loss") from None
+                                             line=line, field="loss",
+                                             hint="losses are decimal numbers; drop rows of "
+                                                  "tests not evaluated") from None
     except (OSError, EOFError, zlib_error, UnicodeDecodeError) as exc2:
-        raise InputError(f"cannot read ({exc2})", path=label) from None
+        raise InputError(f"cannot read ({exc2})", path=label,
+                         hint="long tables are UTF-8 CSV (optionally .gz)") from None
     except csv.Error as exc2:
-        raise InputError(f"malformed CSV ({exc2})", path=label) from None
+        raise InputError(f"malformed CSV ({exc2})", path=label,
+                         hint="check the quoting and delimiter (comma)") from None
     raise InputError(f"unreadable CSV ({str(exc).splitlines()[0]})", path=label,
                      hint=_TABLE_HINT)
 
@@ -1055,7 +1076,8 @@ def _parquet_batches(path: Path, kind: str):
         for batch in pf.iter_batches(batch_size=1 << 20, columns=list(_WANT[kind])):
             yield batch
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"cannot read Parquet ({exc})", path=str(path)) from None
+        raise InputError(f"cannot read Parquet ({exc})", path=str(path),
+                         hint="the file is truncated or not Parquet") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,1 +1,141 @@
-"""Placeholder: filled in by its owner."""
+"""`simfluence ingest` (training logs -> run store) and `simfluence info` (what a store holds)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..store import RunStore
+from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, \
+    stdout_console
+from ._output import FormatOpt, OutputOpt, render_object, render_rows, resolve_format
+
+
+class InputFormat(str, Enum):
+    jsonl = "jsonl"
+    table = "table"
+    gptdynamics = "gptdynamics"
+
+
+@command("ingest")
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Log files or directories (walked). Encodings: jsonl = A, one <run>.jsonl[.gz] per "
+             "run; table = B, long CSV/Parquet tables run,step,example_id and "
+             "run,step,test_id,loss; gptdynamics = C, directories with train_samples_id.json "
+             "and all_loss_trajectory.out (run id = directory name).",
+        show_default=False, metavar="PATH...")],
+    store: StoreOpt = DEFAULT_STORE,
+    tag: Annotated[list[str], typer.Option(
+        "--tag", "-t", metavar="TAG", help="Tag the ingested runs (repeatable); selectors match tags.")] = [],
+    input_format: Annotated[InputFormat | None, typer.Option(
+        "--format", help="Force the input encoding instead of detecting it from names/contents.",
+        case_sensitive=False)] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Overwrite runs whose id exists with different content.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the report (added/replaced/unchanged runs, rows) as JSON on stdout.")]
+    = False,
+) -> None:
+    """Read training logs into the run store (all-or-nothing; identical content is a no-op).
+
+    Every input is parsed and validated before anything is written; an error names FILE:LINE
+    and the field, exits 1 and leaves the store unchanged. A run id already stored with other
+    content is refused unless --replace.
+    """
+    rs = RunStore(store, create=True)
+    fmt = input_format.value if input_format else None
+    if show_progress():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+            TimeElapsedColumn
+
+        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                      console=stderr_console(), transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, description=Path(label).name)
+
+            report = rs.ingest(paths, tags=tag, format=fmt, replace=replace, progress=progress)
+    else:
+        report = rs.ingest(paths, tags=tag, format=fmt, replace=replace)
+    for note in report.notes:
+        info(f"note: {note}")
+    info(report.summary())
+    if json_out:
+        render_object(report.to_dict())
+
+
+def _info_lines(d: dict) -> list[tuple[str, str]]:
+    cov = d.get("coverage") or {}
+    tags = ", ".join(f"{t} ({n})" for t, n in d["tags"].items()) or "(none)"
+    rows = [
+        ("store", d["store"]),
+        ("runs", f"{d['runs']:,}"),
+        ("tags", tags),
+        ("steps", f"{d['steps']:,} training steps in total"),
+        ("train_examples", f"{d['train_examples']:,} distinct"),
+        ("test_examples", f"{d['test_examples']:,} distinct"),
+        ("loss_rows", f"{d['loss_rows']:,} (logged steps: {d['logged_steps']:,})"),
+        ("curriculum_rows", f"{d['curriculum_rows']:,}"),
+        ("batch_size", "-" if d["batch_size_min"] is None else
+         (f"{d['batch_size_min']}" if d["batch_size_min"] == d["batch_size_max"]
+          else f"{d['batch_size_min']}..{d['batch_size_max']}")),
+    ]
+    if cov:
+        rows.append(("coverage", f"occurrences per training example: min {cov['min']}, median "
+                                 f"{cov['median']:g}, max {cov['max']}, mean {cov['mean']:g}, "
+                                 f"CV {cov['cv']} (0 = perfectly even)"))
+    rows.append(("models", ", ".join(d["models"]) or "(none)"))
+    return rows
+
+
+@command("info")
+def info_cmd(
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (runs, train_examples, test_examples, steps, "
+                       "loss_rows, tags{tag: runs}, coverage, models, ...).")] = False,
+    list_runs: Annotated[bool, typer.Option(
+        "--list", "-l", help="List the runs (one row each) instead of the summary.")] = False,
+    fmt: FormatOpt = None,
+    output: OutputOpt = "-",
+) -> None:
+    """What the store holds: runs, tags, steps, examples, loss rows, coverage, models.
+
+    Coverage = how often each training example occurs across all curricula (min/median/max
+    and coefficient of variation; CV 0 = every example seen equally often).
+    """
+    rs = RunStore(store)
+    if list_runs:
+        cols = ["run", "tags", "steps", "batch_size_min", "batch_size_max", "n_examples",
+                "n_tests", "loss_steps", "loss_rows", "source_format", "source", "ingested_at"]
+        rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
+        render_rows(rows, cols, resolve_format(fmt, output), output, title=f"runs in {store}")
+        return
+    d = rs.info()
+    if json_out:
+        render_object(d, output)
+        return
+    lines = _info_lines(d)
+    if sys.stdout.isatty() and output == "-":
+        from rich.table import Table
+
+        table = Table(title=f"run store {d['store']}", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("", overflow="fold")
+        for k, v in lines:
+            table.add_row(k, v)
+        stdout_console().print(table)
+    else:
+        text = "".join(f"{k}: {v}\n" for k, v in lines)
+        if output == "-":
+            sys.stdout.write(text)
+        else:
+            from .._atomic import write_bytes_atomic
+            write_bytes_atomic(output, text.encode())
