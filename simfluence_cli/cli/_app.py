@@ -47,7 +47,7 @@ def stdout_console() -> Console:
 def info(message: str) -> None:
     """A progress/status message on stderr (silenced by --quiet)."""
     if not _state["quiet"]:
-        stderr_console().print(message, markup=False)
+        stderr_console().print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
