@@ -51,7 +51,7 @@ def _model_record(sim) -> dict:
     man = getattr(sim, "manifest_", {}) or {}
     cfg = man.get("config", {})
     return {"name": man.get("name"), "kind": cfg.get("kind"), "config": cfg,
-            "data_hash": cfg.get("data_hash"), "fitted_at": man.get("fitted_at"),
+            "l2": man.get("l2"), "data_hash": cfg.get("data_hash"), "fitted_at": man.get("fitted_at"),
             "fitting_runs": list(cfg.get("runs", []))}
 
 
@@ -219,7 +219,7 @@ def _provenance(records, ev, base_ids, evaluated_fit) -> None:
     info(f"evaluated on run(s): {shown}")
     for r in records:
         cfg = r["config"]
-        info(f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={cfg.get('l2')} "
+        info(f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={r['l2']} "
              f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
              f"fitting runs={len(r['fitting_runs'])}")
     info(f"mean-trajectory baseline from {len(base_ids)} run(s)")
