@@ -227,6 +227,7 @@ class Plan:
     jsonl: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     gptdynamics: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # files skipped while walking directories
 
     @property
     def n_sources(self) -> int:
@@ -252,9 +253,25 @@ def _walk(d: Path, forced: str | None, plan: Plan) -> None:
         if base.endswith(_JSONL_SUFFIXES) and forced in (None, "jsonl"):
             plan.jsonl.append(p)
         elif base.endswith(_TABLE_SUFFIXES) and forced in (None, "table"):
-            plan.tables.append(p)
+            if _walked_table_is_log(p, plan):
+                plan.tables.append(p)
         elif forced == "jsonl" and base.endswith(".json") and base != C_TRAIN:
             plan.jsonl.append(p)
+
+
+def _walked_table_is_log(p: Path, plan: Plan) -> bool:
+    """A table met while walking a directory is a run log only if it has a ``run`` column
+    (e.g. ``examples.csv`` or a TracIn score table next to the logs is skipped with a note);
+    unreadable tables are kept so the reader reports them. Named files are never skipped."""
+    try:
+        cols, _ = table_header(p)
+    except InputError:
+        return True
+    if "run" in cols:
+        return True
+    plan.notes.append(f"skipped {p}: columns {','.join(cols)[:80]} are not a run log table "
+                      "(no 'run' column)")
+    return False
 
 
 def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -> Plan:

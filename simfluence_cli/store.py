@@ -383,7 +383,7 @@ class RunStore:
         from ._readers import iter_runs, plan_inputs
 
         plan = plan_inputs(paths, format)
-        report = IngestReport(sources=plan.n_sources)
+        report = IngestReport(sources=plan.n_sources, notes=list(plan.notes))
         return self._commit(iter_runs(plan, progress=progress, notes=report.notes), tags,
                             replace, report)
 
