@@ -27,8 +27,11 @@ Edits: ``only IDS`` keeps only occurrences of IDS; ``drop IDS`` removes every oc
 the copy usually lands in the same batch = double weight in that step); ``order`` is
 ``shuffle`` (permute the stream with ``seed``, then batch: a random-order curriculum with the
 same examples), ``shuffle-steps`` (permute whole steps, batches intact), ``reverse`` (steps in
-reverse order, batches intact) or a list of example IDs (stable sort of the stream by rank in
-the list, unlisted examples last in their original order, then batch).
+reverse order, batches intact) or a list of example IDs: each *epoch* of the stream (its
+consecutive segments as long as the number of distinct examples in it: one pass over the data
+for a curriculum made of epochs) is stably sorted by rank in the list (unlisted examples last,
+in their original order), then batched; ``order_scope="run"`` sorts the whole stream at once.
+So a class-ordered ID list turns a random curriculum into a per-epoch class-ordered one.
 
 Additivity: in ``shrink`` mode an edit removes occurrences and moves nothing else, so for an
 additive model a group's removal effect is exactly the sum of its members' (tested with
@@ -71,10 +74,13 @@ class Edits:
     order: str | Sequence[str] | None = None  # 'shuffle' | 'shuffle-steps' | 'reverse' | ids
     mode: str = "keep-steps"
     seed: int = 0
+    order_scope: str = "epoch"  # for an ID-list order: sort each epoch ('epoch') or the whole run
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise UsageError(f"unknown edit mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.order_scope not in ("epoch", "run"):
+            raise UsageError(f"unknown order scope {self.order_scope!r}; choose 'epoch' or 'run'")
         if isinstance(self.order, str) and self.order not in ORDERS:
             raise UsageError(f"unknown --order {self.order!r}; choose {', '.join(ORDERS)} or @FILE")
 
@@ -87,7 +93,8 @@ class Edits:
         return {"drop": len(self.drop) if self.drop else 0,
                 "only": len(self.only) if self.only else 0,
                 "repeat": len(self.repeat) if self.repeat else 0,
-                "order": order, "mode": self.mode, "seed": self.seed}
+                "order": order, "order_scope": self.order_scope, "mode": self.mode,
+                "seed": self.seed}
 
 
 def batch_size_of(batches: Sequence[Sequence[str]]) -> int:
@@ -161,7 +168,9 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
             rank.setdefault(e, i)
         stream = [e for batch in cur for e in batch]
         big = len(rank)
-        stream = sorted(stream, key=lambda e: rank.get(e, big))  # stable
+        span = len(set(stream)) if edits.order_scope == "epoch" else len(stream)
+        stream = [e for s in range(0, len(stream), span)  # stable sort of each epoch
+                  for e in sorted(stream[s:s + span], key=lambda e: rank.get(e, big))]
         cur = _chunk(stream, b)
     if not cur:
         raise SelectionError("the edited curriculum is empty: the edits removed every example "

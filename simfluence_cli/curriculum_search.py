@@ -4,10 +4,11 @@ Objective ``mean-final-loss``: the mean over the chosen test examples of the sim
 after the last step, rolled out from ``init_loss`` (default: the model's mean observed L_0).
 
 The search space: ``steps`` batches of ``batch_size`` distinct examples from the pool, each
-pool example used at most ``max_uses`` times (default ``ceil(2 * steps * batch_size /
-|pool|)``: twice the uniform coverage of a random curriculum, so the design may favour helpful
-examples and leave out harmful ones without training on a handful of examples over and over,
-far outside what the fitting runs showed the simulator).
+pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch_size /
+|pool|)``: 1.5 times the uniform coverage of a random curriculum, so the design may favour
+helpful examples and leave out harmful ones without training on a handful of examples over
+and over, far outside what the fitting runs showed the simulator; on the sample runs a looser
+cap (2x) gave a better simulated but a worse real final loss, see bench/RESULTS.md).
 
 1. **Greedy construction**: step by step, pick the ``batch_size`` available examples with the
    smallest one-step contribution ``mean_z(A_i(z) L_{t-1}(z) + B_i(z))`` to the next loss
@@ -183,7 +184,7 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
     if len(pool_idx) < b:
         raise SelectionError(f"the pool has {len(pool_idx)} example(s), fewer than the batch "
                              f"size {b}; batches hold distinct examples")
-    auto_uses = max(1, math.ceil(2 * steps * b / len(pool_idx)))
+    auto_uses = max(1, math.ceil(1.5 * steps * b / len(pool_idx)))
     max_uses = auto_uses if max_uses is None else int(max_uses)
     if max_uses * len(pool_idx) < steps * b:
         raise UsageError(f"--max-uses {max_uses} x pool {len(pool_idx)} < {steps} steps x batch "

@@ -63,6 +63,14 @@ def test_order_edits():
     assert apply_edits(BASE, Edits(order=["f", "c"])) == [["f", "c"], ["a", "b"], ["d", "e"]]
 
 
+def test_order_list_sorts_each_epoch_or_the_whole_run():
+    base = [["b", "a"], ["c", "b"], ["a", "c"]]  # two epochs over {a, b, c}
+    by = ["c", "b", "a"]
+    assert apply_edits(base, Edits(order=by)) == [["c", "b"], ["a", "c"], ["b", "a"]]
+    assert apply_edits(base, Edits(order=by, order_scope="run")) == [["c", "c"], ["b", "b"],
+                                                                     ["a", "a"]]
+
+
 def test_shuffle_is_a_seeded_permutation_of_the_examples():
     base = [[f"e{2 * t}", f"e{2 * t + 1}"] for t in range(20)]
     a = apply_edits(base, Edits(order="shuffle", seed=1))
@@ -326,4 +334,20 @@ def test_cli_groups(store_model, tmp_path):
     rows = _csv(r.stdout)
     assert {x["group"] for x in rows} == {"pair", "group2"} and len(rows) == 10
     r = _cli(["groups", "-m", "lin", "-b", "syn-001"], root)
+    assert r.exit_code == 2
+
+
+def test_cli_whatif_edited_curriculum(store_model):
+    from simfluence_cli.models import load_model
+
+    root, st, runs = store_model
+    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--edited", "syn-001", "-f", "csv"], root)
+    assert r.exit_code == 0, r.stderr
+    sim = load_model(st, "lin")
+    b0 = [[str(runs.example_ids[i]) for i in runs["syn-000"].batch(t)] for t in range(1, 21)]
+    b1 = [[str(runs.example_ids[i]) for i in runs["syn-001"].batch(t)] for t in range(1, 21)]
+    fin = sim.simulate([b0, b1], runs["syn-000"].losses[0])[:, -1]
+    np.testing.assert_allclose([float(x["change"]) for x in _csv(r.stdout)], fin[1] - fin[0],
+                               rtol=1e-12)
+    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--edited", "syn-001", "--drop", "e1"], root)
     assert r.exit_code == 2

@@ -33,7 +33,7 @@ def test_design_picks_the_helpful_examples_and_beats_random():
     sim = known_sim()
     res = design_curriculum(sim, 20, seed=0, iters=30, candidates=16, n_random=50)
     used = Counter(e for b in res.batches for e in b)
-    assert res.params["max_uses"] == 2  # ceil(2 * 20 * 2 / 40)
+    assert res.params["max_uses"] == 2  # ceil(1.5 * 20 * 2 / 40)
     assert all(used[e] == 2 for e in HELPFUL)
     assert max(used.values()) <= 2
     assert all(len(set(b)) == len(b) == B for b in res.batches)

@@ -64,27 +64,31 @@ def _open(store: Path, model: str, tests: str | None):
     return st, sim
 
 
+def _curriculum(st, spec: str, what: str = "--base"):
+    """(batches, RunSet or None, run id or None, description) of a run id or curriculum file."""
+    force_run = spec.startswith("run:")
+    rid = spec[4:] if force_run else spec
+    if not force_run and (spec == "-" or Path(spec).is_file()):
+        return read_curriculum(spec).batches, None, None, f"curriculum {spec}"
+    ids = st.select(f"run:{rid}")
+    if len(ids) != 1:
+        raise SelectionError(f"{what} {spec!r} matches {len(ids)} runs; give one run id")
+    rs = st.load(ids)
+    return run_batches(rs, ids[0]), rs, ids[0], f"run {ids[0]}"
+
+
 def _base(st, sim, base: str, init: str | None):
     """(batches, init_loss, description) of --base, with --init-loss applied."""
     tests = list(sim.test_ids_)
-    batches, L0, desc = None, None, base
-    force_run = base.startswith("run:")
-    rid = base[4:] if force_run else base
-    if not force_run and (base == "-" or Path(base).is_file()):
-        batches = read_curriculum(base).batches
-        desc = f"curriculum {base}"
-    else:
-        ids = st.select(f"run:{rid}")
-        if len(ids) != 1:
-            raise SelectionError(f"--base {base!r} matches {len(ids)} runs; give one run id")
-        rs = st.load(ids)
-        batches = run_batches(rs, ids[0])
+    L0 = None
+    batches, rs, rid, desc = _curriculum(st, base)
+    if rs is not None:
+        ids = [rid]
         L0, missing = run_init_loss(rs, ids[0], tests)
         if missing and init is None:
             warn(f"run {ids[0]} has no step-0 loss for {len(missing)} test(s) "
                  f"(e.g. {missing[0]}); using the model's mean L_0 for them")
             L0 = np.where(np.isfinite(L0), L0, sim.init_loss_mean_)
-        desc = f"run {ids[0]}"
     if init is not None:
         L0 = _init_loss(st, sim, init)
     elif L0 is None:
@@ -141,9 +145,16 @@ def whatif_cmd(
     order: Annotated[str | None, typer.Option(
         "--order", help="Reorder: 'shuffle' (random order of the examples, re-batched), "
                         "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
-                        "reversed), or @FILE (example IDs in the wanted order; stable sort).")] = None,
+                        "reversed), or @FILE (example IDs in the wanted order; each epoch is "
+                        "stably sorted by it, see --order-scope).")] = None,
+    order_scope: Annotated[str, typer.Option(
+        "--order-scope", help="For --order @FILE: sort each epoch (one pass over the data) "
+                              "by the file's order ('epoch'), or the whole run ('run').")] = "epoch",
     mode: ModeOpt = "keep-steps",
     seed: Annotated[int, typer.Option("--seed", help="Seed for --order shuffle*.")] = 0,
+    edited_spec: Annotated[str | None, typer.Option(
+        "--edited", help="Compare the base with this curriculum (a run id or curriculum file) "
+                         "instead of applying edit options.")] = None,
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
     unseen: UnseenOpt = "error",
@@ -166,17 +177,27 @@ def whatif_cmd(
     edits = Edits(drop=_ids(drop, "example IDs for --drop"),
                   only=_ids(only, "example IDs for --only"),
                   repeat=_ids(repeat, "example IDs for --repeat"),
-                  order=_order(order), mode=_check_mode(mode), seed=seed)
-    if edits.is_empty():
-        warn("no edit given (--drop/--only/--repeat/--order): the edited curriculum is the base")
+                  order=_order(order), mode=_check_mode(mode), seed=seed,
+                  order_scope=order_scope)
+    if edited_spec is not None and not edits.is_empty():
+        raise UsageError("--edited replaces the edit options; drop --drop/--only/--repeat/--order")
+    if edited_spec is None and edits.is_empty():
+        warn("no edit given (--drop/--only/--repeat/--order/--edited): the edited curriculum "
+             "is the base")
     batches, L0, desc = _base(st, sim, base, init_loss)
-    for what, ids in (("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)):
+    if edited_spec is not None:
+        edits, _, _, edesc = _curriculum(st, edited_spec, "--edited")
+    checks = [] if edited_spec is not None else [
+        ("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)]
+    for what, ids in checks:
         if ids:
             present = {e for b in batches for e in b}
             n_in = sum(e in present for e in set(ids))
             if n_in == 0:
                 warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
     res = whatif(sim, batches, edits, L0, unseen=unseen)
+    if edited_spec is not None:
+        res.edits = {"edited": edesc}
     s = res.summary()
     if save_edited:
         header = {"model": model, "base": desc, "edits": s["edits"]}
@@ -293,8 +314,8 @@ def design_cmd(
                                                                         "local-search round.")] = 64,
     iters: Annotated[int, typer.Option("--iters", help="Local-search rounds.")] = 200,
     max_uses: Annotated[int | None, typer.Option(
-        "--max-uses", help="Most times one example may appear (default: ceil(2 x steps x "
-                           "batch / pool)).")] = None,
+        "--max-uses", help="Most times one example may appear (default: ceil(1.5 x steps x "
+                           "batch / pool), 1.5x the coverage of a random curriculum).")] = None,
     n_random: Annotated[int, typer.Option("--random", help="Random curricula from the pool to "
                                                            "compare with.")] = 100,
     init_loss: Annotated[str, typer.Option(
