@@ -37,4 +37,24 @@ __all__ = [
     "ModelError",
     "MissingExtraError",
     "UsageError",
+    "RunStore",
+    "Simulator",
+    "Curriculum",
+    "read_curriculum",
+    "save_model",
+    "load_model",
+    "list_models",
 ]
+
+# Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
+_LAZY = {"RunStore": ".store", "Simulator": ".simulator", "Curriculum": ".curriculum",
+         "read_curriculum": ".curriculum", "save_model": ".models", "load_model": ".models",
+         "list_models": ".models"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
