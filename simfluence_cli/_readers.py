@@ -106,16 +106,22 @@ class RunData:
 
 
 def canon_ids(codes: np.ndarray, universe) -> tuple[np.ndarray, np.ndarray]:
-    """Re-code ``codes`` (indices into ``universe``) to indices into the sorted used ids."""
-    codes = np.asarray(codes, dtype=np.int64)
-    used = np.unique(codes)
+    """Re-code ``codes`` (indices into ``universe``) to indices into the sorted used ids.
+
+    O(len(codes) + len(universe)) with a lookup table; only the used ids are sorted.
+    """
+    codes = np.asarray(codes)
     uni = universe if isinstance(universe, np.ndarray) else np.asarray(universe, dtype=object)
-    ids = uni[used] if len(used) else np.asarray([], dtype=object)
-    ids = np.asarray(ids, dtype=object)
+    if not len(codes):
+        return np.asarray([], dtype=object), np.zeros(0, dtype=np.int32)
+    present = np.zeros(len(uni), dtype=bool)
+    present[codes] = True
+    used = np.flatnonzero(present)
+    ids = np.asarray(uni[used], dtype=object)
     order = np.argsort(ids, kind="stable")
-    rank = np.empty(len(used), dtype=np.int32)
-    rank[order] = np.arange(len(used), dtype=np.int32)
-    return ids[order], rank[np.searchsorted(used, codes)] if len(codes) else codes.astype(np.int32)
+    lut = np.empty(len(uni), dtype=np.int32)
+    lut[used[order]] = np.arange(len(used), dtype=np.int32)
+    return ids[order], lut[codes]
 
 
 def make_rundata(run_id: str, ex_codes, ex_universe, batch_ptr, loss_step, test_codes,
@@ -124,10 +130,13 @@ def make_rundata(run_id: str, ex_codes, ex_universe, batch_ptr, loss_step, test_
     ex_ids, ex_c = canon_ids(ex_codes, ex_universe)
     te_ids, te_c = canon_ids(test_codes, test_universe)
     loss_step = np.asarray(loss_step, dtype=np.int64)
-    order = np.lexsort((te_c, loss_step))
-    return RunData(run_id, ex_ids, ex_c.astype(np.int32), np.asarray(batch_ptr, dtype=np.int64),
-                   te_ids, loss_step[order], te_c[order].astype(np.int32),
-                   np.asarray(loss, dtype=np.float64)[order], **meta)
+    loss = np.asarray(loss, dtype=np.float64)
+    key = loss_step * max(len(te_ids), 1) + te_c
+    if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):  # logs are usually in order
+        order = np.argsort(key, kind="stable")
+        loss_step, te_c, loss = loss_step[order], te_c[order], loss[order]
+    return RunData(run_id, ex_ids, ex_c, np.asarray(batch_ptr, dtype=np.int64),
+                   te_ids, loss_step, te_c, loss, **meta)
 
 
 def run_from_runset(runset, run, source: str = "python") -> RunData:
@@ -821,6 +830,12 @@ def table_kind(path: Path, cols: list[str], is_parquet: bool) -> str:
     return kind
 
 
+def _gids(chunk) -> np.ndarray:
+    """Global row numbers of a buffered chunk (an int start for contiguous blocks)."""
+    g = chunk[-1]
+    return np.arange(g, g + len(chunk[0]), dtype=np.int64) if isinstance(g, int) else g
+
+
 class _TableReader:
     """Streams long tables into compact per-run numpy chunks, then validates per run."""
 
@@ -853,7 +868,8 @@ class _TableReader:
         self.files.append((str(path), is_parquet, kind))
         self.bases.append(self.gid)
         fidx = len(self.files) - 1
-        batches = _parquet_batches(path, kind) if is_parquet else _csv_batches(path, kind)
+        batches = _prefetch(_parquet_batches(path, kind) if is_parquet
+                            else _csv_batches(path, kind))
         idcol = "example_id" if kind == "curriculum" else "test_id"
         ids = self.ex if kind == "curriculum" else self.te
         store = self.cur if kind == "curriculum" else self.los
@@ -865,21 +881,25 @@ class _TableReader:
             idc = self._codes(batch.column(idcol), ids, idcol)
             step = self._numbers(batch.column("step"), "step")
             loss = self._numbers(batch.column("loss"), "loss") if kind == "losses" else None
-            gid = np.arange(self.gid, self.gid + n, dtype=np.int64)
+            if n and int(step.max()) < 2**31 and int(step.min()) >= -2**31:
+                step = step.astype(np.int32)  # compact while buffered (16 B per loss row)
+            idc = idc.astype(np.int32)
             lo, hi = int(run.min()), int(run.max())
-            if lo == hi:
-                groups = [(lo, slice(None))]
+            if lo == hi:  # the common case: a block of one run; row ids = a range
+                chunk = (step, idc, self.gid) if loss is None else (step, idc, loss, self.gid)
+                store.setdefault(lo, []).append(chunk)
+                self.run_files.setdefault(lo, set()).add(fidx)
             else:
                 order = np.argsort(run, kind="stable")
                 sr = run[order]
                 cuts = np.flatnonzero(np.diff(sr)) + 1
-                groups = [(int(sr[a]), order[a:b]) for a, b in
-                          zip(np.r_[0, cuts], np.r_[cuts, n])]
-            for code, sel in groups:
-                chunk = (step[sel], idc[sel].astype(np.int32), gid[sel]) if loss is None else \
-                    (step[sel], idc[sel].astype(np.int32), loss[sel], gid[sel])
-                store.setdefault(code, []).append(chunk)
-                self.run_files.setdefault(code, set()).add(fidx)
+                for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
+                    code, sel = int(sr[a]), order[a:b]
+                    gid = self.gid + sel.astype(np.int64)
+                    chunk = (step[sel], idc[sel], gid) if loss is None else \
+                        (step[sel], idc[sel], loss[sel], gid)
+                    store.setdefault(code, []).append(chunk)
+                    self.run_files.setdefault(code, set()).add(fidx)
             self.gid += n
 
     def _codes(self, col, ids: _Ids, fld: str) -> np.ndarray:
@@ -901,7 +921,7 @@ class _TableReader:
         if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
             d = pc.cast(d, pa.string())
         values = d.to_pylist()
-        idx = col.indices.to_numpy(zero_copy_only=False)
+        idx = _indices(col)
         if "" in values:
             hit = np.flatnonzero(idx == values.index(""))
             if len(hit):
@@ -940,23 +960,24 @@ class _TableReader:
             cur = self.cur.pop(code, None)
             los = self.los.pop(code, None)
             if cur is None:
-                raise self.error(min(c[-1][0] for c in los), f"run {rid!r} has losses but no "
+                raise self.error(min(_gids(c)[0] for c in los), f"run {rid!r} has losses but no "
                                  "curriculum rows", "run",
                                  "ingest its curriculum table (run,step,example_id) in the same "
                                  "command")
             if los is None:
-                raise self.error(min(c[-1][0] for c in cur), f"run {rid!r} has a curriculum but "
+                raise self.error(min(_gids(c)[0] for c in cur), f"run {rid!r} has a curriculum but "
                                  "no losses", "run",
                                  "ingest its loss table (run,step,test_id,loss, with step-0 "
                                  "losses) in the same command")
             yield self._finish_run(code, rid, cur, los)
 
     def _finish_run(self, code: int, rid: str, cur: list, los: list) -> RunData:
-        cstep = np.concatenate([c[0] for c in cur])
+        cstep = np.concatenate([c[0] for c in cur]).astype(np.int64)
         cex = np.concatenate([c[1] for c in cur])
-        cgid = np.concatenate([c[2] for c in cur])
-        o = np.argsort(cgid, kind="stable")  # file order (chunks were grouped per batch)
-        cstep, cex, cgid = cstep[o], cex[o], cgid[o]
+        cgid = np.concatenate([_gids(c) for c in cur])
+        if len(cgid) > 1 and not bool(np.all(cgid[1:] > cgid[:-1])):
+            o = np.argsort(cgid, kind="stable")  # back to file order
+            cstep, cex, cgid = cstep[o], cex[o], cgid[o]
         if (cstep < 1).any():
             i = int(np.argmax(cstep < 1))
             if cstep[i] == 0:
@@ -975,10 +996,10 @@ class _TableReader:
         ptr = np.zeros(T + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
 
-        lstep = np.concatenate([c[0] for c in los])
+        lstep = np.concatenate([c[0] for c in los]).astype(np.int64)
         lte = np.concatenate([c[1] for c in los])
         lval = np.concatenate([c[2] for c in los])
-        lgid = np.concatenate([c[3] for c in los])
+        lgid = np.concatenate([_gids(c) for c in los])
         del los
         bad = ~np.isfinite(lval)
         if bad.any():
@@ -992,9 +1013,12 @@ class _TableReader:
                              "training steps)", "step", "loss steps count updates: 0..T")
         m = len(self.te.list)
         key = lstep * m + lte
-        o = np.argsort(key, kind="stable")
-        ks = key[o]
-        dup = np.flatnonzero(ks[1:] == ks[:-1])
+        if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):  # fast path: sorted, unique
+            o = np.argsort(key, kind="stable")
+            ks = key[o]
+            dup = np.flatnonzero(ks[1:] == ks[:-1])
+        else:
+            dup = ()
         if len(dup):
             later = np.maximum(lgid[o][dup], lgid[o][dup + 1])
             j = int(np.argmin(later))
@@ -1022,20 +1046,74 @@ class _TableReader:
                             sources=srcs)
 
 
+def _indices(col) -> np.ndarray:
+    """The int codes of a null-free DictionaryArray, without a copy (``to_numpy`` is slow)."""
+    ind = col.indices
+    dt = np.dtype(ind.type.to_pandas_dtype())
+    return np.frombuffer(ind.buffers()[1], dtype=dt, count=len(ind), offset=ind.offset * dt.itemsize)
+
+
+def _prefetch(gen, depth: int = 2):
+    """Run a batch generator on a background thread (Arrow parsing releases the GIL), so the
+    next block is parsed while this one is validated; at most ``depth`` blocks are buffered."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as exc:  # re-raised in the consumer
+            q.put((False, exc))
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
+
+
 def _csv_batches(path: Path, kind: str):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    # run ids repeat in long stretches: dictionary-encoded while parsing (reader threads);
+    # example/test ids are parsed as strings and hashed on the consumer thread, which balances
+    # the work of the two cores
     dict_t = pa.dictionary(pa.int32(), pa.string())
     types = {"run": dict_t, "step": pa.int64()}
     if kind == "curriculum":
-        types["example_id"] = dict_t
+        types["example_id"] = pa.string()
     else:
-        types.update(test_id=dict_t, loss=pa.float64())
+        types.update(test_id=pa.string(), loss=pa.float64())
     try:
         stream = pa.input_stream(str(path), compression="detect")
         reader = pacsv.open_csv(
-            stream, read_options=pacsv.ReadOptions(block_size=16 << 20),
+            stream, read_options=pacsv.ReadOptions(block_size=4 << 20),
             convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""],
                                                  strings_can_be_null=False,
                                                  quoted_strings_can_be_null=False))

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from . import _lock
 from ._atomic import write_atomic, write_bytes_atomic
+from ._readers import _indices
 from ._version import __version__
 from .errors import (ConflictError, InputError, SelectionError, StoreError, StoreVersionError,
                      UsageError)
@@ -174,7 +175,7 @@ def _dict_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     if col.num_chunks == 0:
         return np.asarray([], dtype=object), np.zeros(0, dtype=np.int64)
     values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+    codes = np.concatenate([_indices(c) for c in col.chunks])
     return values, codes.astype(np.int64, copy=False)
 
 
@@ -471,6 +472,12 @@ class RunStore:
                 report.notes.extend(rd.notes)
             if not report.changed:
                 return
+            for tmp, _ in pending:  # durable before they become visible (writeback overlapped)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             for tmp, final in pending:
                 os.replace(tmp, final)
                 renamed.append(final)
@@ -500,6 +507,7 @@ class RunStore:
                 (self.path / rel).unlink(missing_ok=True)
 
     def _write_part(self, tmp: Path, part: str, rd) -> None:
+        id_col = "example_id" if part == "curriculum" else "test_id"
         if part == "curriculum":
             n = len(rd.ex_codes)
             step = np.repeat(np.arange(1, rd.n_steps + 1, dtype=np.int64), np.diff(rd.batch_ptr))
@@ -521,9 +529,10 @@ class RunStore:
                 pa.array(rd.loss),
             ], schema=LOSS_SCHEMA.with_metadata(_meta("losses", LOSS_COLUMNS)))
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd", row_group_size=1 << 20)
-            fh.flush()
-            os.fsync(fh.fileno())
+            pq.write_table(table, fh, compression="zstd", compression_level=1,
+                           row_group_size=1 << 20, use_dictionary=["run", id_col],
+                           column_encoding={"step": "DELTA_BINARY_PACKED", **(
+                               {"loss": "PLAIN"} if part == "losses" else {})})
 
     def _write_runs_table(self, man: dict) -> None:
         rows = []
