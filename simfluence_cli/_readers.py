@@ -466,7 +466,7 @@ def read_jsonl(path: Path) -> RunData:
             for lineno, raw in enumerate(fh, 1):
                 try:
                     obj = loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
                     if not raw.strip():
                         continue
                     _loads_line(raw, label, lineno)
