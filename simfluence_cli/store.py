@@ -150,6 +150,18 @@ class IngestReport:
                   f"read in {self.seconds:.2f} s")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _share(path: Path) -> None:
+    """Atomic writes create 0600 temp files; give store files the usual umask permissions."""
+    try:
+        os.chmod(path, 0o666 & ~_UMASK)
+    except OSError:
+        pass
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -266,7 +278,7 @@ class RunStore:
     def _read_part(self, man: dict, run_id: str, part: str, columns: list[str]) -> pa.Table:
         rel = man["runs"][run_id]["files"][part]
         try:
-            return pq.read_table(self.path / rel, columns=columns)
+            return pq.read_table(self.path / rel, columns=columns, use_threads=False)
         except FileNotFoundError:
             raise _Retry() from None
         except (OSError, pa.ArrowException) as exc:
@@ -286,15 +298,22 @@ class RunStore:
                          "process replacing runs? retry when it is done")
 
     def _load(self, man: dict, ids: list[str]) -> RunSet:
-        raw = []
-        for rid in ids:
+        def read(rid: str):
             cur = self._read_part(man, rid, "curriculum", ["step", "example_id"])
             los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
-            raw.append((rid, cur.column("step").to_numpy(), ex_vals, ex_codes,
-                        los.column("step").to_numpy(), te_vals, te_codes,
-                        los.column("loss").to_numpy()))
+            return (rid, cur.column("step").to_numpy(), ex_vals, ex_codes,
+                    los.column("step").to_numpy(), te_vals, te_codes,
+                    los.column("loss").to_numpy())
+
+        if len(ids) > 1:  # Parquet decoding releases the GIL: read runs concurrently
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+                raw = list(pool.map(read, ids))
+        else:
+            raw = [read(rid) for rid in ids]
         ex_all = np.unique(np.concatenate([r[2] for r in raw])) if raw else np.asarray([], object)
         te_all = np.unique(np.concatenate([r[5] for r in raw])) if raw else np.asarray([], object)
         ex_all = np.asarray(ex_all, dtype=object)
@@ -490,6 +509,7 @@ class RunStore:
                        "runs": dict(sorted(entries.items()))}
             write_bytes_atomic(self.path / MANIFEST,
                                (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode())
+            _share(self.path / MANIFEST)
         except BaseException:
             for tmp, final in pending:
                 tmp.unlink(missing_ok=True)
@@ -558,6 +578,7 @@ class RunStore:
                      b"simfluence.generation": str(man["generation"]).encode()})
         table = pa.Table.from_pylist(rows, schema=schema)
         write_atomic(self.path / RUNS_TABLE, lambda fh: pq.write_table(table, fh))
+        _share(self.path / RUNS_TABLE)
 
     def _cleanup(self, man: dict) -> None:
         """Delete leftovers of interrupted writes (call with the lock held)."""

@@ -378,3 +378,27 @@ def test_progress_callback(tmp_path, runs):
     RunStore(tmp_path / "st", create=True).ingest(
         [tmp_path / "a"], progress=lambda done, total, label: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_tables_in_any_row_order(tmp_path, runs):
+    """Long tables may interleave runs and steps; batch order = file order within a step."""
+    import pyarrow.csv as pacsv
+
+    from simfluence_cli.synthetic import runs_to_tables
+
+    cur, los = runs_to_tables(runs)
+    rng = np.random.default_rng(0)
+    los = los.take(rng.permutation(los.num_rows))
+    steps = cur.column("step").to_numpy()
+    order = np.lexsort((np.arange(len(steps)), -steps))  # later steps first, batches intact
+    cur = cur.take(order)
+    d = tmp_path / "shuffled"
+    d.mkdir()
+    pacsv.write_csv(cur, d / "cur.csv")
+    pacsv.write_csv(los, d / "loss.csv")
+    r = cli("ingest", d, "--store", tmp_path / "st", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert_same_runs(runs, RunStore(tmp_path / "st").load())
+    write_jsonl(runs, tmp_path / "a")  # same content as the ordered encoding-A logs
+    r = cli("ingest", tmp_path / "a", "--store", tmp_path / "st", "--json")
+    assert json.loads(r.stdout)["unchanged"] == runs.run_ids
