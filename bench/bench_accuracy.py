@@ -8,9 +8,10 @@ Drives the real CLI (subprocess) and prints every command it runs:
     simfluence import-scores sample_runs/tracin_scores.csv.gz --name tracin --scale fit --runs fit
     simfluence eval -m linear -m additive -m multiplicative -m tracin --runs <heldout family> --format json
 
-then prints markdown tables (one per held-out family) and the headline ratios: final-step
-Spearman of Simfluence-Linear over TracIn (scaled), all-steps MSE reduction vs TracIn, and the
-same against the other simulators and baselines.
+(and a second TracIn import, ``tracin-cum``, with ``--scale-on cumulative``), then prints markdown
+tables (one per held-out family) and the headline ratios: final-step Spearman of
+Simfluence-Linear over TracIn (scaled), all-steps MSE reduction vs TracIn, and the same against
+the other simulators and baselines.
 
     .venv/bin/python bench/bench_accuracy.py [--store DIR] [--keep] [--markdown OUT.md]
 """
@@ -34,15 +35,20 @@ EXE = str(Path(sys.executable).with_name("simfluence"))
 SAMPLES = ROOT / "sample_runs"
 FAMILIES = ["fit", "heldout-random", "heldout-leave30", "heldout-classordered"]
 HELDOUT = FAMILIES[1:]
-MODELS = ["linear", "additive", "multiplicative", "tracin"]
+MODELS = ["linear", "additive", "multiplicative", "tracin", "tracin-cum"]
 COLS = ["all_steps_mse", "final_step_mse", "final_spearman", "final_spearman_std", "run_spearman", "mae"]
 HIGHER = {"final_spearman", "run_spearman"}
 
 LOG: list[str] = []
 
 
+STORE_SHOWN: dict[str, str] = {}
+
+
 def sh(args: list[str], capture: bool = False) -> str:
     shown = "simfluence " + " ".join(shlex.quote(a) for a in args)
+    for path, name in STORE_SHOWN.items():
+        shown = shown.replace(path, name)
     LOG.append(shown)
     print(f"$ {shown}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -80,7 +86,7 @@ def table(results: list[dict]) -> str:
 def headline(by: dict[str, dict]) -> list[str]:
     lin = by["linear"]
     out = []
-    for other in ("tracin", "additive", "multiplicative", "mean-trajectory", "constant"):
+    for other in ("tracin", "tracin-cum", "additive", "multiplicative", "mean-trajectory", "constant"):
         o = by[other]
         sp = (f"{lin['final_spearman'] / o['final_spearman']:.2f}x" if o["final_spearman"]
               and o["final_spearman"] > 0 else f"{fmt(lin['final_spearman'], 3)} vs {fmt(o['final_spearman'], 3)}")
@@ -107,6 +113,7 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="simfluence-bench-acc-"))
         store = tmp / "store"
     S = ["--store", str(store)]
+    STORE_SHOWN[str(store)] = "$STORE"
     t_all = time.perf_counter()
     for fam in FAMILIES:
         sh(["ingest", f"sample_runs/{fam}", "--tag", fam, *S])
@@ -114,7 +121,10 @@ def main() -> None:
         sh(["fit", "--runs", "fit", "--method", m, "--name", m, *S])
     sh(["import-scores", "sample_runs/tracin_scores.csv.gz", "--name", "tracin", "--scale", "fit",
         "--runs", "fit", "--format", "json", *S], capture=True)
+    sh(["import-scores", "sample_runs/tracin_scores.csv.gz", "--name", "tracin-cum", "--scale", "fit",
+        "--scale-on", "cumulative", "--runs", "fit", "--format", "json", *S], capture=True)
     tracin = json.loads((store / "models" / "tracin" / "model.json").read_text())
+    tracin_cum = json.loads((store / "models" / "tracin-cum" / "model.json").read_text())
     mans = {m: json.loads((store / "models" / m / "model.json").read_text()) for m in MODELS[:3]}
     reports = {}
     for fam in HELDOUT:
@@ -126,11 +136,15 @@ def main() -> None:
     md = ["# Accuracy on the sample runs (bench/bench_accuracy.py)", "",
           f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{platform.system()}; whole bench {elapsed:.0f} s.", "",
-          "Commands (run from the repository root):", "", "```", *LOG, "```", "",
+          "Commands (run from the repository root; `$STORE` = a fresh store directory):", "",
+          "```", *LOG, "```", "",
           "Models fitted on the 48 `fit` runs (random curricula); penalties chosen by `--l2 auto` "
           "(5-fold CV grouped by run): " + ", ".join(f"{m} l2={mans[m]['l2']:g}" for m in mans)
-          + f"; TracIn scale fitted by least squares = {tracin['scale']:.4g} "
-          f"(R² {tracin['scale_fit']['r2']:.3f} on one-step loss changes).", "",
+          + f"; TracIn scores as additive simulators B = -scale * score, scale fitted by least "
+          f"squares on the fit runs: `tracin` on one-step loss changes (scale "
+          f"{tracin['scale']:.4g}, R² {tracin['scale_fit']['r2']:.3f}), `tracin-cum` on cumulative "
+          f"changes from step 0 (scale {tracin_cum['scale']:.4g}, R² "
+          f"{tracin_cum['scale_fit']['r2']:.3f}).", "",
           "Lower MSE/MAE and higher Spearman are better; best per column in bold. "
           "`run_spearman`: per test example, Spearman across the held-out runs of simulated vs "
           "observed final loss, averaged over test examples (0 = no counterfactual skill).", ""]

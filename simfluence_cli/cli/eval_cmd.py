@@ -292,12 +292,17 @@ def import_scores_command(
         save_model(st, name, sim, runs=run_ids, data_hash=data_hash, selector=runs,
                    kind="tracin-scores", replace=replace, extra=extra)
     info(f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
-         f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} missing pairs = 0)")
+         f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
+         "from the table: score 0)")
     row = {"name": name, "kind": "tracin-scores", "scale": value,
            "scale_mode": extra["scale_mode"], "scale_r2": (fit_info or {}).get("r2"),
            "n_tests": int(len(sim.test_ids_)), "n_examples": int(len(sim.example_ids_)),
            "rows": table.n_rows, "missing_pairs": table.n_missing, "fitting_runs": len(run_ids)}
-    render_rows([row], list(row), out_fmt, output, title="imported scores")
+    if out_fmt is Format.table:  # one record: print it vertically
+        render_rows([{"field": k, "value": v} for k, v in row.items()], ["field", "value"],
+                    out_fmt, output, title="imported scores")
+    else:
+        render_rows([row], list(row), out_fmt, output, title="imported scores")
 
 
 @command("top")
