@@ -156,6 +156,10 @@ def fit(
     if sim.cv_curve_:
         info("CV rollout MSE by l2: " + ", ".join(f"{c['l2']:g}: {c['cv_mse']:.4g}"
                                                for c in sim.cv_curve_))
+        grid = [c["l2"] for c in sim.cv_curve_]
+        if len(grid) > 1 and sim.l2_ in (min(grid), max(grid)):
+            warn(f"the chosen l2={sim.l2_:g} is at the edge of the searched range "
+                 f"{min(grid):g}..{max(grid):g}; a value beyond it may fit better: try --l2 X")
     if json_out:
         render_object(man)
 
