@@ -99,7 +99,7 @@ class RunData:
             "batch_size_max": int(sizes.max()) if len(sizes) else 0,
             "n_examples": int(len(self.example_ids)),
             "n_tests": int(len(self.test_ids)),
-            "loss_steps": int(len(np.unique(self.loss_step))),
+            "loss_steps": int(len(self.loss_step) and 1 + np.count_nonzero(np.diff(self.loss_step))),
             "curriculum_rows": int(len(self.ex_codes)),
             "loss_rows": int(len(self.loss)),
         }

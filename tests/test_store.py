@@ -291,3 +291,92 @@ def test_lock_is_reentrant_and_released(tmp_path, runs):
         assert (tmp_path / "s" / ".lock").exists()
     assert not (tmp_path / "s" / ".lock").exists()
     assert not _lock._held
+
+
+# ---- laws -------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+@st.composite
+def runsets(draw):
+    n_ex = draw(st.integers(1, 6))
+    n_te = draw(st.integers(1, 4))
+    ex = [draw(st.text("abcé/._-", min_size=1, max_size=4)) for _ in range(n_ex)]
+    ex = list(dict.fromkeys(ex))
+    te = list(dict.fromkeys(draw(st.text("tu0", min_size=1, max_size=3)) for _ in range(n_te)))
+    runs = {}
+    for r in range(draw(st.integers(1, 3))):
+        T = draw(st.integers(1, 5))
+        batches = [draw(st.lists(st.sampled_from(ex), min_size=1, max_size=3)) for _ in range(T)]
+        L = np.asarray(draw(st.lists(st.lists(st.floats(-5, 5, allow_nan=False), min_size=len(te),
+                                              max_size=len(te)), min_size=T + 1, max_size=T + 1)))
+        mask = np.asarray(draw(st.lists(st.lists(st.booleans(), min_size=len(te),
+                                                 max_size=len(te)), min_size=T + 1,
+                                        max_size=T + 1)))
+        mask[0] = True  # step 0 logs every test
+        L[~mask] = np.nan
+        keep = ~np.isnan(L).all(axis=1)
+        runs[f"r{r}"] = (batches, {int(s): L[s] for s in np.flatnonzero(keep)})
+    return RunSet.from_batches(runs, te)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rs=runsets())
+def test_round_trip_law(tmp_path_factory, rs):
+    """load(add_runset(x)) == x, and the content hash does not depend on the ID order."""
+    root = tmp_path_factory.mktemp("law")
+    store = RunStore(root / "s", create=True)
+    store.add_runset(rs)
+    back = store.load()
+    # all-NaN test columns are not stored; compare on the tests that were logged
+    for run in rs:
+        rb = back[run.run_id]
+        np.testing.assert_array_equal(rs.example_ids[run.batch_idx], back.example_ids[rb.batch_idx])
+        np.testing.assert_array_equal(run.loss_steps, rb.loss_steps)
+        for j, t in enumerate(rs.test_ids):
+            k = np.searchsorted(back.test_ids, t)
+            if k < len(back.test_ids) and back.test_ids[k] == t:
+                np.testing.assert_array_equal(run.losses[:, j], rb.losses[:, k])
+    perm = RunSet(rs.example_ids[::-1].copy(), rs.test_ids, [
+        Run(r.run_id, r.batch_ptr, len(rs.example_ids) - 1 - r.batch_idx, r.loss_steps, r.losses)
+        for r in rs])
+    rep = store.add_runset(perm)  # same content in another index order: a no-op
+    assert rep.unchanged == rs.run_ids
+
+
+def test_kill_at_any_moment(tmp_path, runs):
+    """SIGKILL an ingest at several moments: the store is always as before or as after."""
+    import signal
+    import time
+
+    from simfluence_cli.synthetic import write_jsonl
+
+    root = tmp_path / "s"
+    store = RunStore(root, create=True)
+    seed = runs["syn-000"]
+    store.add_runset(RunSet(runs.example_ids, runs.test_ids, [
+        Run("seed", seed.batch_ptr, seed.batch_idx, seed.loss_steps, seed.losses)]))
+    big, _, _ = make_runs(30, 40, 6, 200, 4, seed=11)
+    write_jsonl(big, tmp_path / "logs")
+    before = store.select("all")
+    code = ("import sys; from simfluence_cli.store import RunStore; "
+            f"RunStore({str(root)!r}).ingest([{str(tmp_path / 'logs')!r}], "
+            "progress=lambda d, t, l: print(d, flush=True))")
+    for after, extra in ((2, 0.0), (6, 0.0), (6, 0.03)):
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(after):  # kill after `after` runs were parsed (6 = during the commit)
+            p.stdout.readline()
+        time.sleep(extra)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        ids = RunStore(root).select("all")
+        assert ids in (before, sorted(before + big.run_ids))
+        RunStore(root).load()  # every file the manifest names is readable
+    RunStore(root).ingest([tmp_path / "logs"])  # breaks a stale lock, cleans leftovers
+    assert_same_runs(big, RunStore(root).load(), big.run_ids)
+    named = {r[f] for r in RunStore(root).runs() for f in ("curriculum_file", "losses_file")}
+    on_disk = {f"{d}/{p.name}" for d in ("curriculum", "losses") for p in (root / d).iterdir()}
+    assert on_disk == named and not (root / ".lock").exists()
