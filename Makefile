@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SF := $(BIN)/simfluence
 DEMO_STORE ?= demo-store
 
 .PHONY: install demo test bench samples clean
@@ -17,11 +18,20 @@ $(STAMP): pyproject.toml
 
 demo: install
 	rm -rf $(DEMO_STORE)
-	$(BIN)/simfluence ingest sample_runs/fit --tag fit --store $(DEMO_STORE)
-	$(BIN)/simfluence ingest sample_runs/heldout-random --tag heldout-random --store $(DEMO_STORE)
-	$(BIN)/simfluence ingest sample_runs/heldout-leave30 --tag heldout-leave30 --store $(DEMO_STORE)
-	$(BIN)/simfluence ingest sample_runs/heldout-classordered --tag heldout-classordered --store $(DEMO_STORE)
-	$(BIN)/simfluence info --store $(DEMO_STORE)
+	$(SF) ingest sample_runs/fit --tag fit --store $(DEMO_STORE)
+	$(SF) ingest sample_runs/heldout-random --tag heldout-random --store $(DEMO_STORE)
+	$(SF) ingest sample_runs/heldout-leave30 --tag heldout-leave30 --store $(DEMO_STORE)
+	$(SF) ingest sample_runs/heldout-classordered --tag heldout-classordered --store $(DEMO_STORE)
+	$(SF) info --store $(DEMO_STORE) --format table
+	$(SF) fit --store $(DEMO_STORE) --runs fit --method linear --l2 auto --name linear
+	$(SF) import-scores sample_runs/tracin_scores.csv.gz --store $(DEMO_STORE) --name tracin --scale fit --runs fit
+	$(SF) curriculum heldout-classordered-000 --store $(DEMO_STORE) \
+	  | $(SF) simulate - --store $(DEMO_STORE) --model linear --init-loss run:heldout-classordered-000 \
+	    --tests t000,t001,t002 -o $(DEMO_STORE)/simulated-classordered-000.csv
+	@echo "simulated trajectory (last steps) -> $(DEMO_STORE)/simulated-classordered-000.csv"
+	@tail -n 3 $(DEMO_STORE)/simulated-classordered-000.csv
+	$(SF) eval --store $(DEMO_STORE) --model linear --model tracin --runs heldout-random --format table
+	$(SF) top --store $(DEMO_STORE) --model linear --test all --k 5 --format table
 
 test: install
 	$(BIN)/python -m pytest
