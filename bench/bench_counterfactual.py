@@ -231,6 +231,115 @@ def design_check(sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: i
     return res
 
 
+def exact_edits(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path) -> dict:
+    """Edits of fit-000 (drop a class, drop a leave-30 set, class order per epoch, reverse),
+    each retrained for real from the same checkpoint: the observed change is an exact
+    counterfactual (no curriculum noise), compared with whatif's predicted change."""
+    import csv
+
+    work.mkdir(parents=True, exist_ok=True)
+    base_id = [r for r in rs.run_ids if tags[r] == ["fit"]][0]
+    base = batches_of(rs, base_id)
+    L0 = rs[base_id].losses[0]
+    obs_base = rs[base_id].losses[-1]
+    with open(samples / "examples.csv") as fh:
+        labels = {row["example_id"]: int(row["label"]) for row in csv.DictReader(fh)}
+    removed = json.loads((samples / "heldout-leave30" / "removed.json").read_text())
+    orders = json.loads((samples / "heldout-classordered" / "class_order.json").read_text())
+    edits = {}
+    for c in range(10):
+        edits[f"drop class {c}"] = Edits(drop=[e for e, v in labels.items() if v == c])
+    for k, (h, ids) in enumerate(sorted(removed.items())[:8]):
+        edits[f"drop leave30 set {k}"] = Edits(drop=ids)
+    for k, (h, order) in enumerate(sorted(orders.items())[:4]):
+        rank = {c: i for i, c in enumerate(order)}
+        edits[f"class order {k} per epoch"] = Edits(order=sorted(labels, key=lambda e: (
+            rank[labels[e]], e)))
+    edits["reverse"] = Edits(order="reverse")
+    real = {}
+    t0 = time.perf_counter()
+    for name, e in edits.items():
+        path = work / (name.replace(" ", "_") + ".txt")
+        path.write_text(curriculum_text(apply_edits(base, e), {"edit": name}))
+        out = work / (name.replace(" ", "_") + ".jsonl.gz")
+        subprocess.run([sys.executable, str(ROOT / "sample_runs" / "generate.py"),
+                        "train-curriculum", str(path), "-o", str(out)], check=True,
+                       capture_output=True)
+        with gzip.open(out, "rt") as fh:
+            loss = json.loads(fh.readlines()[-1])["loss"]
+        real[name] = np.asarray([loss[t] for t in rs.test_ids]) - obs_base
+    res = {"base": base_id, "n_edits": len(edits),
+           "retrain_seconds": round(time.perf_counter() - t0, 1), "edits": {}}
+    obs = np.stack([real[n] for n in edits])
+    for mname, sim in sims.items():
+        fin = final_losses(sim, [base] + [apply_edits(base, e) for e in edits.values()], L0)
+        pred = fin[1:] - fin[0]
+        per = spearman(pred, obs, axis=1)
+        kinds = {"drop class": [], "drop leave30": [], "class order": [], "reverse": []}
+        for i, n in enumerate(edits):
+            for k in kinds:
+                if n.startswith(k):
+                    kinds[k].append(i)
+        res[mname] = {
+            k: {"n": len(ix),
+                "change_spearman_across_tests": float(np.nanmean(per[ix])),
+                "change_mse": float(np.mean((pred[ix] - obs[ix]) ** 2)),
+                "no_change_mse": float(np.mean(obs[ix] ** 2)),
+                "mean_change_pred": float(pred[ix].mean()),
+                "mean_change_real": float(obs[ix].mean())} for k, ix in kinds.items()}
+        res[mname]["mean_change_spearman_across_edits"] = float(
+            spearman(pred.mean(1), obs.mean(1)))
+        for i, n in enumerate(edits):
+            res["edits"].setdefault(n, {"real_mean_change": float(obs[i].mean())})
+            res["edits"][n][f"{mname}_mean_change"] = float(pred[i].mean())
+    return res
+
+
+def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path,
+                label: int) -> dict:
+    """Group effect vs sum of single removals for one class, simulated (``group_effects``) and
+    real (1 + members retrains of fit-000 with keep-steps drops)."""
+    import csv
+
+    from simfluence_cli.counterfactual import group_effects
+
+    work.mkdir(parents=True, exist_ok=True)
+    base_id = [r for r in rs.run_ids if tags[r] == ["fit"]][0]
+    base = batches_of(rs, base_id)
+    L0, obs_base = rs[base_id].losses[0], rs[base_id].losses[-1]
+    with open(samples / "examples.csv") as fh:
+        members = [row["example_id"] for row in csv.DictReader(fh) if int(row["label"]) == label]
+
+    def real(ids, name):
+        path = work / f"{name}.txt"
+        path.write_text(curriculum_text(apply_edits(base, Edits(drop=ids)), {"drop": name}))
+        out = work / f"{name}.jsonl.gz"
+        subprocess.run([sys.executable, str(ROOT / "sample_runs" / "generate.py"),
+                        "train-curriculum", str(path), "-o", str(out)], check=True,
+                       capture_output=True)
+        with gzip.open(out, "rt") as fh:
+            loss = json.loads(fh.readlines()[-1])["loss"]
+        return np.asarray([loss[t] for t in rs.test_ids]) - obs_base
+
+    t0 = time.perf_counter()
+    g_real = real(members, f"class{label}")
+    singles = np.stack([real([e], e) for e in members])
+    res = {"class": label, "members": len(members),
+           "retrain_seconds": round(time.perf_counter() - t0, 1),
+           "real": {"group_effect": float(g_real.mean()),
+                    "sum_individual": float(singles.sum(0).mean()),
+                    "interaction": float((g_real - singles.sum(0)).mean())}}
+    for name, sim in sims.items():
+        t1 = time.perf_counter()
+        ge = group_effects(sim, base, {"g": members}, L0)
+        res[name] = {"group_effect": float(ge.group_effect.mean()),
+                     "sum_individual": float(ge.sum_individual.mean()),
+                     "interaction": float(ge.interaction.mean()),
+                     "group_effect_spearman_across_tests": spearman(ge.group_effect[0], g_real),
+                     "seconds": round(time.perf_counter() - t1, 2)}
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", default=str(ROOT / "sample_runs"))
@@ -239,6 +348,9 @@ def main() -> int:
     ap.add_argument("--design-iters", type=int, default=200)
     ap.add_argument("--n-random-train", type=int, default=5)
     ap.add_argument("--skip-design", action="store_true")
+    ap.add_argument("--skip-exact", action="store_true")
+    ap.add_argument("--group-class", type=int, default=5,
+                    help="class whose group effect is checked by real retraining (-1: skip)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ns = ap.parse_args()
     samples = Path(ns.samples)
@@ -255,6 +367,14 @@ def main() -> int:
     print(json.dumps(info), file=sys.stderr)
     out = {"info": info, "validation": validate({"linear": lin, "tracin": tr}, rs, tags, samples)}
     print(json.dumps(out["validation"], indent=1), file=sys.stderr)
+    if not ns.skip_exact:
+        out["exact_edits"] = exact_edits({"linear": lin, "tracin": tr}, rs, tags, samples,
+                                         Path(ns.work) / "exact")
+        print(json.dumps(out["exact_edits"], indent=1), file=sys.stderr)
+    if ns.group_class >= 0:
+        out["group_check"] = group_check({"linear": lin, "tracin": tr}, rs, tags, samples,
+                                         Path(ns.work) / "group", ns.group_class)
+        print(json.dumps(out["group_check"], indent=1), file=sys.stderr)
     if not ns.skip_design:
         out["design"] = design_check(lin, rs, tags, Path(ns.work), ns.design_iters,
                                      ns.n_random_train)
