@@ -62,10 +62,9 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
         raise UsageError(f"-o must end in .png, .svg or .pdf, got {path.name!r}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a bare Figure on the Agg canvas: no pyplot, no global backend switch
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise MissingExtraError("plotting to a file needs matplotlib: "
                                 "pip install 'simfluence-cli[plot]' "
@@ -73,8 +72,9 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
     m = len(tr.test_ids)
     ncol = min(m, 2)
     nrow = -(-m // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.2 * nrow), squeeze=False,
-                             sharex=True)
+    fig = Figure(figsize=(5.2 * ncol, 3.2 * nrow))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True)
     for j, t in enumerate(tr.test_ids):
         ax = axes[j // ncol][j % ncol]
         ax.plot(tr.steps, tr.observed[:, j], ".", ms=3, color="0.25", label="observed")
@@ -86,7 +86,9 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
         ax.grid(alpha=0.3)
     for j in range(m, nrow * ncol):
         axes[j // ncol][j % ncol].axis("off")
-    for ax in axes[-1]:
+    for j in range(max(0, m - ncol), m):  # the lowest panel of each column gets the step axis
+        ax = axes[j // ncol][j % ncol]
+        ax.tick_params(labelbottom=True)
         ax.set_xlabel("step")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
@@ -96,10 +98,7 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
     def write(fh):
         fig.savefig(fh, format=fmt, dpi=120)
 
-    try:
-        write_atomic(path, write)
-    finally:
-        plt.close(fig)
+    write_atomic(path, write)
 
 
 def _spark(values: np.ndarray, lo: float, hi: float) -> str:

@@ -56,7 +56,8 @@ def test_plot_png_and_svg(setup, tmp_path):
 def test_missing_matplotlib_names_the_extra(setup, tmp_path, monkeypatch):
     rs, sim, path = setup
     tr = trajectories(sim, "lin", rs, "syn-004", ["t0"])
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, mod, None)  # any matplotlib import -> ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'simfluence-cli\[plot\]'"):
         plot_file(tr, tmp_path / "a.png")
     r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004",

@@ -170,6 +170,8 @@ def eval_command(
     title = (f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples"
              f"{flag}")
     if out_fmt is Format.table and by is By.summary:
+        if output != "-":
+            raise UsageError("--format table prints to the terminal; use csv/json/jsonl/parquet with -o")
         _summary_table(rows, title, bool(evaluated_fit))
     else:
         if out_fmt is Format.table:
