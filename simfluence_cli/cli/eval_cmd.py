@@ -316,9 +316,10 @@ def top_command(
     store: StoreOpt = DEFAULT_STORE,
     k: Annotated[int, typer.Option("--k", "-k", help="How many helpful and harmful examples.")] = 20,
     measure: Annotated[Measure, typer.Option(
-        "--measure", help="removal (default): simulated change of the final loss when the example "
-                          "is taken out of the fitting curricula; coefficient: one-step predicted "
-                          "loss decrease per occurrence.")] = Measure.removal,
+        "--measure", help="removal (default): simulated final loss without the example (its slot "
+                          "filled by a neutral no-change example) minus with it, mean over the "
+                          "fitting curricula; coefficient: one-step predicted loss decrease per "
+                          "occurrence. Both: positive = helpful.")] = Measure.removal,
     runs: Annotated[Optional[str], typer.Option(
         "--runs", "-r", help="Curricula for --measure removal (default: the model's fitting runs).")] = None,
     fmt: FormatOpt = None,
