@@ -27,6 +27,7 @@ __all__ = [
     "ModelError",
     "MissingExtraError",
     "UsageError",
+    "SimfluenceWarning",
 ]
 
 
@@ -81,3 +82,9 @@ class UsageError(SimfluenceError):
     """Contradictory or malformed options (exit code 2, like click's usage errors)."""
 
     exit_code = 2
+
+
+class SimfluenceWarning(UserWarning):
+    """Something the user should know that does not stop the command (a stale lock broken,
+    examples whose parameters are not identifiable, ...). The CLI prints it as one
+    ``warning: ...`` line on stderr; library users get a normal Python warning."""
