@@ -18,10 +18,11 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import StoreLockedError
+from .errors import SimfluenceWarning, StoreLockedError
 
 LOCK_NAME = ".lock"
 _held: dict[str, int] = {}  # resolved store path -> re-entrancy depth (this process)
@@ -67,6 +68,10 @@ def _break_if_stale(store: Path, lock: Path) -> bool:
             return True
         if _is_stale(holder):
             lock.unlink(missing_ok=True)
+            warnings.warn(f"broke a stale write lock of PID {holder.get('pid')}"
+                          + (f" ({holder['command']})" if holder.get("command") else "")
+                          + (f" since {holder['since']}" if holder.get("since") else "")
+                          + ": that process no longer exists", SimfluenceWarning, stacklevel=2)
             return True
         return False
     finally:
@@ -114,6 +119,9 @@ def write_lock(store: str | os.PathLike, timeout: float | None = None):
     while True:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:  # the directory vanished (a failed first ingest removed it)
+            store.mkdir(parents=True, exist_ok=True)
+            continue
         except FileExistsError:
             if _break_if_stale(store, lock):
                 continue
