@@ -206,7 +206,11 @@ class RunStore:
                              f"`simfluence ingest LOGS --store {self.path}`, or point --store / "
                              "SIMFLUENCE_STORE at an existing store")
         elif self.path.is_dir():
-            extra = [p.name for p in self.path.iterdir() if p.name not in (_lock.LOCK_NAME,)]
+            # a store being created by a concurrent writer, or whose first write was killed,
+            # holds only layout entries (and hidden temp files): it is one of ours
+            layout = {_lock.LOCK_NAME, RUNS_TABLE, "models", *PARTS}
+            extra = [p.name for p in self.path.iterdir()
+                     if p.name not in layout and not p.name.startswith(".")]
             if extra:
                 raise StoreError(f"{self.path} exists and is not a run store (no {MANIFEST}; it "
                                  f"holds {', '.join(sorted(extra)[:3])}...); choose a new or "
@@ -421,22 +425,23 @@ class RunStore:
         tags = [check_tag(t) for t in dict.fromkeys(tags)]
         t0 = time.perf_counter()
         report.store = str(self.path)
-        created = not self.path.exists()
-        try:
-            with self.write_lock():
+        created = not (self.path / MANIFEST).exists()
+        with self.write_lock():
+            try:
                 self._commit_locked(rundata, tags, replace, report)
-        except BaseException:
-            if created and not (self.path / MANIFEST).exists():
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
+            except BaseException:
+                # only while holding the lock: a writer that merely timed out waiting must not
+                # delete the store another process is creating
+                if created and not (self.path / MANIFEST).exists():
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
         report.seconds = time.perf_counter() - t0
         return report
 
     def _commit_locked(self, rundata: Iterable, tags: list[str], replace: bool,
                        report: IngestReport) -> None:
         man = self._manifest()
-        if (self.path / MANIFEST).exists():
-            self._cleanup(man)
+        self._cleanup(man)  # also after a killed first write (no manifest yet)
         gen = int(man["generation"]) + 1
         entries = dict(man["runs"])
         pending: list[tuple[Path, Path]] = []
