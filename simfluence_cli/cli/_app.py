@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Callable
 
 import typer
 from rich.console import Console
 
-from ..errors import SimfluenceError
+from ..errors import SimfluenceError, SimfluenceWarning
 
 app = typer.Typer(
     name="simfluence",
@@ -78,7 +79,13 @@ def command(name: str | None = None, **kwargs) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             try:
-                return fn(*args, **kw)
+                with warnings.catch_warnings():
+                    shown = warnings.showwarning
+                    warnings.simplefilter("always", SimfluenceWarning)
+                    warnings.showwarning = lambda message, category, *a, **k: (
+                        warn(str(message)) if issubclass(category, SimfluenceWarning)
+                        else shown(message, category, *a, **k))
+                    return fn(*args, **kw)
             except SimfluenceError as exc:
                 if _state["debug"]:
                     raise
