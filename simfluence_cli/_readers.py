@@ -907,7 +907,7 @@ class _TableReader:
         import pyarrow.compute as pc
 
         if col.null_count:
-            i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+            i = int(np.argmax(np.asarray(col.is_null().to_pylist())))
             raise self.error(self.gid + i, "empty value", fld, "every row needs a value here")
         if not pa.types.is_dictionary(col.type):
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -933,14 +933,14 @@ class _TableReader:
         import pyarrow as pa
 
         if col.null_count:
-            i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+            i = int(np.argmax(np.asarray(col.is_null().to_pylist())))
             raise self.error(self.gid + i, "empty value", fld,
                              "every row needs a number here (drop rows of tests not evaluated)")
         if fld == "step":
             if pa.types.is_integer(col.type):
-                return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                return np_view(col).astype(np.int64, copy=False)
             if pa.types.is_floating(col.type):
-                v = col.to_numpy(zero_copy_only=False)
+                v = np_view(col)
                 bad = v != np.round(v)
                 if bad.any():
                     i = int(np.argmax(bad))
@@ -950,7 +950,7 @@ class _TableReader:
             raise self.error(self.gid, f"column type {col.type}, expected integers", fld,
                              "store steps as an integer column")
         if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
-            return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            return np_view(col).astype(np.float64, copy=False)
         raise self.error(self.gid, f"column type {col.type}, expected numbers", fld,
                          "store losses as a float column")
 
@@ -1046,11 +1046,30 @@ class _TableReader:
                             sources=srcs)
 
 
+def np_view(arr) -> np.ndarray:
+    """A numpy view of a null-free numeric Arrow array or chunked array.
+
+    (pyarrow's ``to_numpy`` imports pandas when it is installed, which costs ~0.5 s.)
+    """
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        parts = [np_view(c) for c in arr.chunks]
+        if len(parts) == 1:
+            return parts[0]
+        dt = np.dtype(arr.type.to_pandas_dtype()) if not pa.types.is_boolean(arr.type) else bool
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
+    t = arr.type
+    if arr.null_count or not (pa.types.is_integer(t) or pa.types.is_floating(t)) \
+            or pa.types.is_float16(t):
+        return arr.to_numpy(zero_copy_only=False)
+    dt = np.dtype(t.to_pandas_dtype())
+    return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize)
+
+
 def _indices(col) -> np.ndarray:
-    """The int codes of a null-free DictionaryArray, without a copy (``to_numpy`` is slow)."""
-    ind = col.indices
-    dt = np.dtype(ind.type.to_pandas_dtype())
-    return np.frombuffer(ind.buffers()[1], dtype=dt, count=len(ind), offset=ind.offset * dt.itemsize)
+    """The int codes of a null-free DictionaryArray, without a copy."""
+    return np_view(col.indices)
 
 
 def _prefetch(gen, depth: int = 2):

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from . import _lock
 from ._atomic import write_atomic, write_bytes_atomic
-from ._readers import _indices
+from ._readers import _indices, np_view
 from ._version import __version__
 from .errors import (ConflictError, InputError, SelectionError, StoreError, StoreVersionError,
                      UsageError)
@@ -282,7 +282,7 @@ class RunStore:
     def _read_part(self, man: dict, run_id: str, part: str, columns: list[str]) -> pa.Table:
         rel = man["runs"][run_id]["files"][part]
         try:
-            return pq.read_table(self.path / rel, columns=columns, use_threads=False)
+            return pq.ParquetFile(self.path / rel).read(columns=columns, use_threads=False)
         except FileNotFoundError:
             raise _Retry() from None
         except (OSError, pa.ArrowException) as exc:
@@ -307,9 +307,9 @@ class RunStore:
             los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
-            return (rid, cur.column("step").to_numpy(), ex_vals, ex_codes,
-                    los.column("step").to_numpy(), te_vals, te_codes,
-                    los.column("loss").to_numpy())
+            return (rid, np_view(cur.column("step")), ex_vals, ex_codes,
+                    np_view(los.column("step")), te_vals, te_codes,
+                    np_view(los.column("loss")))
 
         if len(ids) > 1:  # Parquet decoding releases the GIL: read runs concurrently
             from concurrent.futures import ThreadPoolExecutor
@@ -448,6 +448,13 @@ class RunStore:
         renamed: list[Path] = []
         seen: dict[str, str] = {}
         now = _now()
+        # partition files are written (and fsynced) on a background thread while the next run
+        # is parsed; at most two runs are in flight, so memory stays bounded by the largest run
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        writer = ThreadPoolExecutor(max_workers=1)
+        inflight: deque = deque()
         try:
             for rd in rundata:
                 check_run_id(rd.run_id, rd.source)
@@ -482,7 +489,9 @@ class RunStore:
                     tmp = final.parent / f".{final.name}.pending"
                     final.parent.mkdir(parents=True, exist_ok=True)
                     pending.append((tmp, final))
-                    self._write_part(tmp, part, rd)
+                    inflight.append(writer.submit(self._write_part, tmp, part, rd))
+                while len(inflight) > 2:
+                    inflight.popleft().result()
                 if old is not None:
                     run_tags = sorted(set(old.get("tags", [])) | set(run_tags))
                 entries[rd.run_id] = {
@@ -494,14 +503,11 @@ class RunStore:
                 report.written_loss_rows += st["loss_rows"]
                 (report.replaced if old is not None else report.added).append(rd.run_id)
                 report.notes.extend(rd.notes)
+            while inflight:
+                inflight.popleft().result()
             if not report.changed:
+                writer.shutdown()
                 return
-            for tmp, _ in pending:  # durable before they become visible (writeback overlapped)
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
             for tmp, final in pending:
                 os.replace(tmp, final)
                 renamed.append(final)
@@ -516,11 +522,15 @@ class RunStore:
                                (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode())
             _share(self.path / MANIFEST)
         except BaseException:
+            for fut in inflight:
+                fut.cancel()
+            writer.shutdown(wait=True)
             for tmp, final in pending:
                 tmp.unlink(missing_ok=True)
             for final in renamed:
                 final.unlink(missing_ok=True)
             raise
+        writer.shutdown(wait=True)
         _fsync_dir(self.path)
         # committed: derived table, then old generations of replaced runs
         try:
@@ -558,6 +568,8 @@ class RunStore:
                            row_group_size=1 << 20, use_dictionary=["run", id_col],
                            column_encoding={"step": "DELTA_BINARY_PACKED", **(
                                {"loss": "PLAIN"} if part == "losses" else {})})
+            fh.flush()
+            os.fsync(fh.fileno())  # durable before the rename makes it visible
 
     def _write_runs_table(self, man: dict) -> None:
         rows = []
