@@ -24,7 +24,7 @@ demo: install
 	$(SF) ingest sample_runs/heldout-classordered --tag heldout-classordered --store $(DEMO_STORE)
 	$(SF) info --store $(DEMO_STORE) --format table
 	$(SF) fit --store $(DEMO_STORE) --runs fit --method linear --l2 auto --name linear
-	$(SF) import-scores sample_runs/tracin_scores.csv.gz --store $(DEMO_STORE) --name tracin --scale fit --runs fit
+	$(SF) import-scores sample_runs/tracin_scores.csv.gz --store $(DEMO_STORE) --name tracin --scale fit --runs fit --format table
 	$(SF) curriculum heldout-classordered-000 --store $(DEMO_STORE) \
 	  | $(SF) simulate - --store $(DEMO_STORE) --model linear --init-loss run:heldout-classordered-000 \
 	    --tests t000,t001,t002 -o $(DEMO_STORE)/simulated-classordered-000.csv
