@@ -489,6 +489,9 @@ def read_jsonl(path: Path) -> RunData:
                         raise InputError(f"run {r!r} differs from {run_id!r} on earlier lines",
                                          path=label, line=lineno, field="run",
                                          hint="one file holds one run; split the file per run")
+                if step < 0:
+                    raise InputError(f"negative step {step}", path=label, line=lineno,
+                                     field="step", hint="steps are 0 (initial losses), 1, 2, ...")
                 if step <= prev:
                     what = "duplicate" if step == prev else "decreasing"
                     raise InputError(f"{what} step {step} after step {prev}", path=label,

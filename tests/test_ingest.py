@@ -186,6 +186,7 @@ BAD_A = {
     "gap": (_jsonl([S0, {"step": 2, "batch": ["e1"]}]), 2, "step", "no batch"),
     "batch-on-step-0": (_jsonl([{**S0, "batch": ["e1"]}, S1]), 1, "batch", "a batch on step 0"),
     "no-step-0": (_jsonl([S1]), 1, "step", "missing step 0"),
+    "negative-step": (_jsonl([{**S0, "step": -1}]), 1, "step", "negative step"),
     "no-step-0-losses": (_jsonl([{"step": 0, "batch": []}, S1]), 1, "loss", "missing step 0 losses"),
     "missing-batch": (_jsonl([S0, {"step": 1, "loss": {"t0": 1.0}}]), 2, "batch", "missing"),
     "empty-batch": (_jsonl([S0, {"step": 1, "batch": []}]), 2, "batch", "empty"),
