@@ -53,7 +53,7 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning on stderr (never silenced)."""
-    stderr_console().print(f"warning: {message}", markup=False, style="yellow")
+    stderr_console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def show_progress() -> bool:
