@@ -70,7 +70,10 @@ def _run_blocks(run, n_examples: int) -> list[ObsBlock]:
         if len(rows) < 2:
             continue
         steps = run.loss_steps[rows]
-        L = run.losses[rows][:, tests]
+        if len(rows) == finite.shape[0] and len(tests) == finite.shape[1]:
+            L = run.losses  # every step of every test logged: a view, no copy
+        else:
+            L = run.losses[rows][:, tests]
         s, t = steps[:-1], steps[1:]
         # which gap (observation) each curriculum entry belongs to: steps in (s_k, t_k]
         in_range = (step_of_entry > steps[0]) & (step_of_entry <= steps[-1])

@@ -126,10 +126,9 @@ class Simulator:
             self.example_counts_ += np.bincount(r.batch_idx, minlength=n)
         L0 = np.vstack([r.losses[0] for r in runs.runs])
         self.init_loss_mean_ = np.nanmean(L0, axis=0)
-        allL = np.vstack([r.losses for r in runs.runs])
-        with np.errstate(all="ignore"):
-            self.loss_min_ = np.nanmin(allL, axis=0)
-            self.loss_max_ = np.nanmax(allL, axis=0)
+        with np.errstate(all="ignore"):  # per run: no stacked copy of all losses
+            self.loss_min_ = np.nanmin([np.nanmin(r.losses, axis=0) for r in runs.runs], axis=0)
+            self.loss_max_ = np.nanmax([np.nanmax(r.losses, axis=0) for r in runs.runs], axis=0)
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto":
