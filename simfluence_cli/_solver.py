@@ -57,7 +57,18 @@ SOLVERS = ("auto", "direct", "cg")
 CG_TOL = 1e-10
 CG_MAXITER = 5000
 #: looser tolerance of the fits inside ``l2="auto"`` cross-validation: they only rank penalties
-CV_TOL = 1e-7
+CV_TOL = 1e-6
+#: ``l2="auto"`` estimates the CV error of each penalty on at most this many test examples,
+#: evenly spread over the test set (the penalty is one scalar shared by all test examples)
+CV_MAX_TESTS = 48
+
+
+def cv_test_subset(m: int, max_tests: int | None = None) -> np.ndarray:
+    """Indices of the test examples the l2 cross-validation uses (all when m <= max_tests)."""
+    k = CV_MAX_TESTS if max_tests is None else int(max_tests)
+    if m <= k:
+        return np.arange(m)
+    return np.unique(np.linspace(0, m - 1, k).round().astype(np.int64))
 #: ``solver="auto"`` uses the exact dense solve up to this many parameters per test example
 #: (P = 2 N for linear, N otherwise), the preconditioned conjugate gradient above it.
 DIRECT_MAX_PARAMS = 400

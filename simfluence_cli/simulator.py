@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._design import METHODS, Design
-from ._solver import CG_TOL, CV_TOL, choose_solver, solve_tests
+from ._solver import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
 from .errors import ModelError, SelectionError, UsageError
 from .runs import RunSet
 
@@ -186,7 +186,10 @@ class Simulator:
         encoded = {rid: self._encode_run(runs[rid]) for rid in ids}
         grid = list(self.l2_grid)
         G_ = len(grid)
-        chunks = [np.arange(s, min(m, s + 256)) for s in range(0, m, 256)]
+        # the penalty is one scalar shared by all tests: its CV error is estimated on at most
+        # CV_MAX_TESTS tests spread over the test set (all tests when there are fewer)
+        sub = cv_test_subset(m)
+        chunks = [sub[s:s + 256] for s in range(0, len(sub), 256)]
         for f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
             lo_all, hi_all = self._bounds_from(runs.subset(train))
@@ -200,7 +203,7 @@ class Simulator:
             for chunk in chunks:
                 k = len(chunk)
                 ths = solve_tests(design, self.method, grid, theta0, tests=chunk, run_ids=train,
-                                  solver=self.solver, tol=min(self.tol * 1e3, CV_TOL))
+                                  solver=self.solver, tol=max(self.tol, CV_TOL))
                 # all penalties side by side as columns: (n, G*k)
                 A, B = self._split(np.hstack(ths), n)
                 lo, hi = ((None, None) if lo_all is None else
@@ -215,7 +218,7 @@ class Simulator:
                     for g in range(G_):
                         sse[g] += np.sum((sim[1:, g][ok] - obs[1:][ok]) ** 2)
                         count[g] += ok.sum()
-                self._tick(k / len(folds))
+                self._tick(k * m / len(sub) / len(folds))
         mse = sse / np.maximum(count, 1)
         best = int(np.argmin(mse))
         curve = [{"l2": float(l2), "cv_mse": float(v)} for l2, v in zip(self.l2_grid, mse)]
