@@ -86,6 +86,8 @@ CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_i
 LOSS_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("test_id", _DICT),
                          ("loss", pa.float64())])
 _BAD_TAG = re.compile(r"[,\s*?\[\]:]")
+# partition file names this store writes: <slug>-<hash10>.g<N>.parquet (+ ".<name>.pending")
+_PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pending)?$")
 
 
 def _meta(table: str, columns: dict) -> dict:
@@ -211,6 +213,9 @@ class RunStore:
             layout = {_lock.LOCK_NAME, RUNS_TABLE, "models", *PARTS}
             extra = [p.name for p in self.path.iterdir()
                      if p.name not in layout and not p.name.startswith(".")]
+            # ... but never adopt (and later clean) a user's own curriculum/ or losses/ folder
+            extra += [f"{part}/{f.name}" for part in PARTS if (self.path / part).is_dir()
+                      for f in (self.path / part).iterdir() if not _PART_FILE.match(f.name)]
             if extra:
                 raise StoreError(f"{self.path} exists and is not a run store (no {MANIFEST}; it "
                                  f"holds {', '.join(sorted(extra)[:3])}...); choose a new or "
@@ -604,11 +609,12 @@ class RunStore:
             d = self.path / part
             if not d.is_dir():
                 continue
-            for f in d.iterdir():
-                if f.is_file() and f"{part}/{f.name}" not in named:
+            for f in d.iterdir():  # only files named like ours: never a user's file
+                if f.is_file() and f"{part}/{f.name}" not in named and _PART_FILE.match(f.name):
                     f.unlink(missing_ok=True)
-        for f in self.path.iterdir():
-            if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
+        for f in self.path.iterdir():  # write_atomic temp files of the manifest / runs table
+            if f.is_file() and f.name.startswith((f".{MANIFEST}.", f".{RUNS_TABLE}.")) \
+                    and f.name.endswith(".tmp"):
                 f.unlink(missing_ok=True)
 
 

@@ -130,6 +130,11 @@ def test_missing_and_foreign_and_newer_store(tmp_path, runs):
     (tmp_path / "foreign" / "notes.txt").write_text("x")
     with pytest.raises(StoreError, match="not a run store"):
         RunStore(tmp_path / "foreign", create=True)
+    (tmp_path / "mine" / "losses").mkdir(parents=True)  # a user's folder, not a store
+    (tmp_path / "mine" / "losses" / "data.parquet").write_text("precious")
+    with pytest.raises(StoreError, match="not a run store"):
+        RunStore(tmp_path / "mine", create=True)
+    assert (tmp_path / "mine" / "losses" / "data.parquet").read_text() == "precious"
     store = RunStore(tmp_path / "s", create=True)
     store.add_runset(runs)
     man = json.loads((tmp_path / "s" / "manifest.json").read_text())
