@@ -137,3 +137,22 @@ def test_sigkill_fit_at_random_moments(setup, tmp_path):
     check_after_kill(store, [base_ids])
     p = run_to_completion(cli("verify", "--store", store))
     assert "is consistent" in p.stderr and p.stdout == ""
+
+
+def test_sigkill_first_ingest_into_a_new_store(tmp_path):
+    """Killed before its first commit, a new store is 'no store yet'; re-running completes."""
+    logs = tmp_path / "logs"
+    ids = set(make_logs(logs, 8, 60, seed=3, prefix="n"))
+    probe = timed(cli("ingest", logs, "--store", tmp_path / "probe"))
+    rng = random.Random(8)
+    store = tmp_path / "s"
+    cmd = cli("ingest", logs, "--store", store)
+    for _ in range(3):
+        kill_at(cmd, rng.uniform(0.3, 1.0) * probe)
+        if (store / "manifest.json").exists():
+            check_after_kill(store, [ids])
+            break
+    run_to_completion(cmd)
+    check_after_kill(store, [ids])
+    rep = verify_store(store)
+    assert rep.ok and not rep.findings, [f.line() for f in rep.findings]
