@@ -616,6 +616,16 @@ class RunStore:
             if f.is_file() and f.name.startswith((f".{MANIFEST}.", f".{RUNS_TABLE}.")) \
                     and f.name.endswith(".tmp"):
                 f.unlink(missing_ok=True)
+        if man["runs"]:  # a kill between the manifest and the derived runs table left it stale
+            try:
+                meta = pq.read_schema(self.path / RUNS_TABLE).metadata or {}
+            except (OSError, pa.ArrowException):
+                meta = {}
+            if meta.get(b"simfluence.generation") != str(man["generation"]).encode():
+                try:
+                    self._write_runs_table(man)
+                except OSError:
+                    pass
 
 
 class _Retry(Exception):
