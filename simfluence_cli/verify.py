@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from .errors import StoreError, StoreVersionError
 __all__ = ["Finding", "VerifyReport", "verify_store"]
 
 ERROR, WARNING = "error", "warning"
+_PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pending)?$")
 _MODEL_FILE_PREFIXES = ("parameters-", "tests-", "examples-")
 
 
@@ -328,7 +330,11 @@ def _check_leftovers(root: Path, named: set[str], rep: VerifyReport) -> None:
             rel = f"{part}/{f.name}"
             if rel in named:
                 continue
-            if f.name.startswith("."):
+            if not _PART_FILE.match(f.name):
+                rep.add(WARNING, rel, "a file the store did not write, in its partition directory: "
+                        "simfluence ignores it, but a glob over the directory would read it",
+                        "move it out of the store")
+            elif f.name.startswith("."):
                 rep.add(WARNING, rel, "temporary file of an interrupted write (hidden; never read)",
                         "`simfluence verify --repair` (or the next ingest) removes it")
             else:
@@ -337,7 +343,8 @@ def _check_leftovers(root: Path, named: set[str], rep: VerifyReport) -> None:
                         f"'{part}/*.parquet' in duckdb/pandas would read it",
                         "`simfluence verify --repair` (or the next ingest) removes it")
     for f in sorted(root.iterdir()):
-        if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
+        if f.is_file() and f.name.startswith((".manifest.json.", ".runs.parquet.")) and \
+                f.name.endswith(".tmp"):
             rep.add(WARNING, f.name, "temporary file of an interrupted write",
                     "`simfluence verify --repair` (or the next ingest) removes it")
 
@@ -530,21 +537,14 @@ def _repair(store) -> list[str]:
     """Remove leftovers and rewrite runs.parquet, holding the write lock."""
     done: list[str] = []
     root = store.path
+    def listing() -> set[str]:
+        return {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()}
+
     with store.write_lock():
         man = store._manifest()
-        named = {rel for e in man["runs"].values() for rel in e["files"].values()}
-        from .store import PARTS
-
-        for part in PARTS:
-            d = root / part
-            for f in sorted(d.iterdir()) if d.is_dir() else []:
-                if f.is_file() and f"{part}/{f.name}" not in named:
-                    f.unlink(missing_ok=True)
-                    done.append(f"removed {part}/{f.name}")
-        for f in sorted(root.iterdir()):
-            if f.is_file() and f.name.startswith(".") and f.name.endswith(".tmp"):
-                f.unlink(missing_ok=True)
-                done.append(f"removed {f.name}")
+        before = listing()
+        store._cleanup(man)  # the store's own leftover removal (partition and temp files)
+        done += [f"removed {rel}" for rel in sorted(before - listing())]
         for d in _model_dirs(root):
             if (d / "model.json").is_file():
                 for f in d.iterdir():

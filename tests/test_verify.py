@@ -102,10 +102,11 @@ def test_truncated_parquet_is_an_error(store):
 
 def test_orphans_are_warnings_strict_fails_and_repair_removes_them(store):
     (store.path / "losses" / "zzz-0000000000.g9.parquet").write_bytes(b"PAR1junk")
-    (store.path / "curriculum" / ".x.g9.parquet.pending").write_bytes(b"partial")
+    (store.path / "curriculum" / ".zzz-0000000000.g9.parquet.pending").write_bytes(b"partial")
+    (store.path / ".manifest.json.abc.tmp").write_bytes(b"{")
     (store.path / "runs.parquet").unlink()
     rep, fs = findings(store)
-    assert rep.ok and len(rep.warnings) == 3
+    assert rep.ok and len(rep.warnings) == 4
     assert all("--repair" in fix for _, _, fix in fs)
     assert run_cli("verify", "--store", store.path).exit_code == 0
     assert run_cli("verify", "--store", store.path, "--strict").exit_code == 1
@@ -114,6 +115,11 @@ def test_orphans_are_warnings_strict_fails_and_repair_removes_them(store):
     rep, fs = findings(store)
     assert fs == []
     assert not (store.path / "losses" / "zzz-0000000000.g9.parquet").exists()
+    # a user's own file in a partition directory is reported but never deleted
+    (store.path / "losses" / "notes.txt").write_text("mine")
+    rep, fs = findings(store, repair=True)
+    assert [f.where for f in rep.findings] == ["losses/notes.txt"]
+    assert (store.path / "losses" / "notes.txt").exists()
 
 
 def test_outdated_runs_table_is_reported(store, runs):
