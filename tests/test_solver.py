@@ -178,3 +178,12 @@ def test_sparse_design_has_no_gram():
     sd = SparseDesign(Design(rs), "linear")
     # one coefficient matrix with |batch| nonzeros per observation (every-step logging)
     assert sd.nnz == 2 * 50 * 4
+
+
+def test_cv_test_subset_spread_and_complete_when_small():
+    from simfluence_cli._solver import CV_MAX_TESTS, cv_test_subset
+
+    assert np.array_equal(cv_test_subset(10), np.arange(10))
+    sub = cv_test_subset(1000)
+    assert len(sub) == CV_MAX_TESTS and sub[0] == 0 and sub[-1] == 999
+    assert np.all(np.diff(sub) > 0)
