@@ -93,7 +93,7 @@ def fit(
     store: StoreOpt = DEFAULT_STORE,
     runs: RunsOpt = "all",
     method: Annotated[Method, typer.Option(
-        "--method", "-m",
+        "--method",
         help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
              "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
              "fixed at 0 (fits A).")] = Method.linear,
@@ -284,7 +284,7 @@ def simulate(
              "example IDs separated by whitespace; blank lines and '#' comments are ignored.")],
     store: StoreOpt = DEFAULT_STORE,
     model: Annotated[str | None, typer.Option(
-        "--model", "-M", help="Fitted model name (default: the store's only model).")] = None,
+        "--model", "-m", help="Fitted model name (default: the store's only model).")] = None,
     tests: Annotated[str | None, typer.Option(
         "--tests", "-t", help="Test example IDs to simulate: 'a,b,c' or @FILE (default: all of "
                               "the model's).")] = None,
