@@ -127,7 +127,7 @@ def test_l2_auto_same_choice_for_both_solvers():
     b = Simulator(l2="auto", solver="cg").fit(rs)
     assert a.l2_ == b.l2_
     np.testing.assert_allclose([c["cv_mse"] for c in a.cv_curve_],
-                               [c["cv_mse"] for c in b.cv_curve_], rtol=1e-5)
+                               [c["cv_mse"] for c in b.cv_curve_], rtol=1e-3)  # CV_TOL
 
 
 def test_threads_do_not_change_results():
