@@ -21,13 +21,14 @@ random and leave-30% curricula it changes RMSE by < 0.1% (bench/bench_prior_clip
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from ._design import METHODS, Design
 from ._solver import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
-from .errors import ModelError, SelectionError, UsageError
+from .errors import ModelError, SelectionError, SimfluenceWarning, UsageError
 from .runs import RunSet
 
 __all__ = ["Simulator", "DEFAULT_L2_GRID"]
@@ -133,9 +134,15 @@ class Simulator:
         with np.errstate(all="ignore"):  # per run: no stacked copy of all losses
             self.loss_min_ = np.nanmin([np.nanmin(r.losses, axis=0) for r in runs.runs], axis=0)
             self.loss_max_ = np.nanmax([np.nanmax(r.losses, axis=0) for r in runs.runs], axis=0)
+        from .verify import fit_warnings  # identifiability: never-seen / co-occurring / constant
+        self.warnings_ = fit_warnings(runs, self)
         design = Design(runs)
         theta0 = self._theta0(n)
-        if self.l2 == "auto":
+        if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
+            self.l2_, self.cv_curve_, self.cv_folds_ = 1.0, None, None
+            self.warnings_.append("--l2 auto needs at least 2 fitting runs to cross-validate; "
+                                  "with 1 run l2 = 1 was used (pass --l2 to choose another)")
+        elif self.l2 == "auto":
             self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
@@ -149,6 +156,8 @@ class Simulator:
         if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
             raise ModelError("the fit produced non-finite parameters; raise --l2")
         self.fit_seconds_ = time.perf_counter() - t0
+        for msg in self.warnings_:  # the CLI prints each as one "warning:" line
+            warnings.warn(msg, SimfluenceWarning, stacklevel=2)
         return self
 
     def _tick(self, k: int) -> None:
