@@ -81,8 +81,15 @@ def read_manifest(store, name: str) -> dict:
     return json.loads(mf.read_text())
 
 
-def describe_config(config: dict) -> str:
-    return json.dumps(config, sort_keys=True)
+def describe_config(config: dict | None) -> str:
+    """One-line JSON of a configuration; long run lists and hashes are abbreviated."""
+    c = dict(config or {})
+    runs = c.get("runs")
+    if isinstance(runs, list) and len(runs) > 6:
+        c["runs"] = f"{len(runs)} runs: {', '.join(runs[:3])}, ..., {runs[-1]}"
+    if isinstance(c.get("data_hash"), str) and len(c["data_hash"]) > 12:
+        c["data_hash"] = c["data_hash"][:12] + "..."
+    return json.dumps(c, sort_keys=True)
 
 
 def model_config(sim: Simulator, runs: list[str], data_hash: str, kind: str = "simfluence",
