@@ -240,8 +240,12 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
     return DesignResult(batches, best, greedy_obj, rnd, history, params)
 
 
-def curriculum_text(batches: Sequence[Sequence[str]], header: dict) -> str:
+def curriculum_text(batches: Sequence[Sequence[str]], header: dict,
+                    title: str = "simfluence design") -> str:
     """The curriculum file format with a ``#`` comment header (key: value lines)."""
-    lines = ["# simfluence design"] + [f"# {k}: {v}" for k, v in header.items()]
+    import json
+
+    lines = [f"# {title}"] + [f"# {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                              for k, v in header.items()]
     lines += [" ".join(b) for b in batches]
     return "\n".join(lines) + "\n"

@@ -201,7 +201,8 @@ def whatif_cmd(
     s = res.summary()
     if save_edited:
         header = {"model": model, "base": desc, "edits": s["edits"]}
-        write_bytes_atomic(save_edited, curriculum_text(res.edited, header).encode())
+        write_bytes_atomic(save_edited, curriculum_text(
+            res.edited, header, title="simfluence whatif: edited curriculum").encode())
     info(f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
          f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
          f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
