@@ -136,6 +136,9 @@ class Simulator:
             self.loss_max_ = np.nanmax([np.nanmax(r.losses, axis=0) for r in runs.runs], axis=0)
         from .verify import fit_warnings  # identifiability: never-seen / co-occurring / constant
         self.warnings_ = fit_warnings(runs, self)
+        scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
+        if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
+            runs = _rescaled(runs, scale)  # else the penalty on A swamps losses of 1e-8
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
@@ -153,6 +156,7 @@ class Simulator:
                           progress=self._tick, stats=self.solver_stats_)
         self._set_theta(theta.T, n)
         del theta
+        self.B_ *= scale
         if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
             raise ModelError("the fit produced non-finite parameters; raise --l2")
         self.fit_seconds_ = time.perf_counter() - t0
@@ -380,6 +384,23 @@ class Simulator:
             raise SelectionError(f"unknown test id(s): {', '.join(map(str, bad[:10]))}; "
                                  "the model knows the test ids of its fitting runs")
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
+
+
+def _loss_scale(L0: np.ndarray) -> np.ndarray:
+    """(m,) per-test power of ten of the typical initial loss; 1 when it lies within about
+    [0.03, 30) (ordinary losses are fitted unchanged)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        k = np.round(np.log10(np.nanmedian(np.abs(L0), axis=0)))
+    return 10.0 ** np.where(np.isfinite(k) & (np.abs(k) >= 2), k, 0.0)
+
+
+def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
+    """The same runs with each test's losses divided by its scale."""
+    from dataclasses import replace
+
+    return RunSet(runs.example_ids, runs.test_ids,
+                  [replace(r, losses=r.losses / scale) for r in runs.runs])
 
 
 def _chunks(m: int, P: int) -> list[np.ndarray]:
