@@ -262,8 +262,12 @@ def test_l2_auto_records_choice_and_curve_and_groups_by_run(monkeypatch):
     for fold, train in zip(folds, train_sets):  # whole runs held out, never split
         assert train == set(runs.run_ids) - set(fold)
     assert calls[-1] is None  # final fit on all runs with the chosen penalty
-    with pytest.raises(UsageError):
-        Simulator(l2="auto").fit(runs.subset(runs.run_ids[:1]))
+    from simfluence_cli.errors import SimfluenceWarning
+
+    # one run cannot be cross-validated by run: l2 = 1 with a warning (issue 6), not an error
+    with pytest.warns(SimfluenceWarning, match="at least 2 fitting runs"):
+        one = Simulator(l2="auto").fit(runs.subset(runs.run_ids[:1]))
+    assert one.l2_ == 1.0 and one.cv_curve_ is None
 
 
 def test_prior_is_the_shrink_target():
