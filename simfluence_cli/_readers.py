@@ -852,6 +852,53 @@ class _TableReader:
         self.bases: list[int] = []
         self.run_files: dict[int, set] = {}
         self.gid = 0
+        # rows are buffered compactly (~16-20 bytes each); beyond this budget they are spilled
+        # per run to a temporary directory, so memory is bounded by the budget plus the largest
+        # run rather than by the input size
+        self.budget = int(float(os.environ.get("SIMFLUENCE_INGEST_BUFFER_MB", "256")) * 2**20)
+        self.buffered = 0
+        self.spill_dir: str | None = None
+        self.spilled: dict[tuple[str, int], int] = {}  # (kind, run code) -> chunks on disk
+
+    def _spill(self) -> None:
+        import tempfile
+
+        if self.spill_dir is None:
+            self.spill_dir = tempfile.mkdtemp(prefix="simfluence-ingest-")
+        for kind, store in (("curriculum", self.cur), ("losses", self.los)):
+            for code, chunks in store.items():
+                if not chunks:
+                    continue
+                arrays = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]) - 1)]
+                arrays.append(np.concatenate([_gids(c) for c in chunks]))
+                with open(os.path.join(self.spill_dir, f"{kind}-{code}.npy"), "ab") as fh:
+                    for a in arrays:
+                        np.save(fh, a, allow_pickle=False)
+                self.spilled[(kind, code)] = self.spilled.get((kind, code), 0) + 1
+                chunks.clear()
+        self.buffered = 0
+
+    def _take(self, kind: str, code: int) -> list | None:
+        """All chunks of one run (spilled ones first, in file order), or None if it has none."""
+        store = self.cur if kind == "curriculum" else self.los
+        chunks = store.pop(code, None) or []
+        n = self.spilled.pop((kind, code), 0)
+        if n:
+            width = 3 if kind == "curriculum" else 4
+            loaded = []
+            with open(os.path.join(self.spill_dir, f"{kind}-{code}.npy"), "rb") as fh:
+                for _ in range(n):
+                    loaded.append(tuple(np.load(fh, allow_pickle=False) for _ in range(width)))
+            os.unlink(os.path.join(self.spill_dir, f"{kind}-{code}.npy"))
+            chunks = loaded + chunks
+        return chunks or None
+
+    def close(self) -> None:
+        if self.spill_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self.spill_dir = None
 
     # -- locating rows for messages --
     def where(self, gid: int) -> tuple[str, object]:
@@ -888,6 +935,7 @@ class _TableReader:
                 step = step.astype(np.int32)  # compact while buffered (16 B per loss row)
             idc = idc.astype(np.int32)
             lo, hi = int(run.min()), int(run.max())
+            self.buffered += step.nbytes + idc.nbytes + (0 if loss is None else loss.nbytes)
             if lo == hi:  # the common case: a block of one run; row ids = a range
                 chunk = (step, idc, self.gid) if loss is None else (step, idc, loss, self.gid)
                 store.setdefault(lo, []).append(chunk)
@@ -903,7 +951,10 @@ class _TableReader:
                         (step[sel], idc[sel], loss[sel], gid)
                     store.setdefault(code, []).append(chunk)
                     self.run_files.setdefault(code, set()).add(fidx)
+                self.buffered += 8 * n  # explicit row numbers
             self.gid += n
+            if self.buffered > self.budget:
+                self._spill()
 
     def _codes(self, col, ids: _Ids, fld: str) -> np.ndarray:
         import pyarrow as pa
@@ -960,8 +1011,8 @@ class _TableReader:
     # -- per-run validation --
     def finish(self) -> Iterator[RunData]:
         for code, rid in enumerate(self.runs.list):
-            cur = self.cur.pop(code, None)
-            los = self.los.pop(code, None)
+            cur = self._take("curriculum", code)
+            los = self._take("losses", code)
             if cur is None:
                 raise self.error(min(_gids(c)[0] for c in los), f"run {rid!r} has losses but no "
                                  "curriculum rows", "run",
@@ -1232,13 +1283,16 @@ def iter_runs(plan: Plan, progress: Callable | None = None,
             yield rd
         if plan.tables:
             tr = _TableReader()
-            futs = {str(p): pool.submit(file_sha256, p) for p in plan.tables}
-            for p in plan.tables:
-                tr.read(p)
-                done += 1
-                if progress:
-                    progress(done, total, str(p))
-            for rd in tr.finish():
-                rd.sources = [{"path": s["path"], "sha256": futs[s["path"]].result()}
-                              for s in rd.sources]
-                yield rd
+            try:
+                futs = {str(p): pool.submit(file_sha256, p) for p in plan.tables}
+                for p in plan.tables:
+                    tr.read(p)
+                    done += 1
+                    if progress:
+                        progress(done, total, str(p))
+                for rd in tr.finish():
+                    rd.sources = [{"path": s["path"], "sha256": futs[s["path"]].result()}
+                                  for s in rd.sources]
+                    yield rd
+            finally:
+                tr.close()

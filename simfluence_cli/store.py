@@ -527,6 +527,9 @@ class RunStore:
                                (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode())
             _share(self.path / MANIFEST)
         except BaseException:
+            close = getattr(rundata, "close", None)
+            if close is not None:  # let the readers remove their temporary files now
+                close()
             for fut in inflight:
                 fut.cancel()
             writer.shutdown(wait=True)

@@ -403,3 +403,24 @@ def test_tables_in_any_row_order(tmp_path, runs):
     write_jsonl(runs, tmp_path / "a")  # same content as the ordered encoding-A logs
     r = cli("ingest", tmp_path / "a", "--store", tmp_path / "st", "--json")
     assert json.loads(r.stdout)["unchanged"] == runs.run_ids
+
+
+def test_tables_spill_to_disk_beyond_the_buffer_budget(tmp_path, runs, monkeypatch):
+    """With a tiny buffer budget every block is spilled per run; the result is the same."""
+    import tempfile
+
+    monkeypatch.setenv("SIMFLUENCE_INGEST_BUFFER_MB", "0.0001")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    write_tables(runs, tmp_path / "b" / "cur.csv", tmp_path / "b" / "loss.parquet")
+    r = cli("ingest", tmp_path / "b", "--store", tmp_path / "st")
+    assert r.exit_code == 0, r.stderr
+    assert_same_runs(runs, RunStore(tmp_path / "st").load())
+    assert list((tmp_path / "tmp").iterdir()) == []  # spill directory removed
+    bad = tmp_path / "bad"
+    write_tables(runs, bad / "cur.csv", bad / "loss.csv")
+    with open(bad / "loss.csv", "a") as fh:
+        fh.write("syn-001,0,t0,1.0\n")  # duplicate of a spilled row
+    r = cli("ingest", bad, "--store", tmp_path / "st")
+    assert r.exit_code == 1 and "duplicate loss" in r.stderr and "loss.csv:" in r.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
