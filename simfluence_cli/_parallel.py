@@ -180,6 +180,7 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
 # -- rollouts -----------------------------------------------------------------------------------
 
 ROLLOUT_COLS = 128  # test columns per rollout chunk: the (C, 2 * cols) state stays in cache
+_FMAX = float(np.finfo(np.float64).max)
 
 
 def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
@@ -239,6 +240,8 @@ def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, metho
                     new += acc[:, k:]
                 if lo_c is not None:
                     np.clip(new, lo_c, hi_c, out=new)
+                else:  # unclipped: saturate at the largest float, never inf (then 0 * inf = NaN)
+                    np.clip(new, -_FMAX, _FMAX, out=new)
                 if all_active:
                     L, new = new, L
                 else:
