@@ -430,15 +430,23 @@ class RunStore:
         tags = [check_tag(t) for t in dict.fromkeys(tags)]
         t0 = time.perf_counter()
         report.store = str(self.path)
+        existed = self.path.exists()
         created = not (self.path / MANIFEST).exists()
         with self.write_lock():
             try:
                 self._commit_locked(rundata, tags, replace, report)
             except BaseException:
                 # only while holding the lock: a writer that merely timed out waiting must not
-                # delete the store another process is creating
+                # delete the store another process is creating; and only what this call made
                 if created and not (self.path / MANIFEST).exists():
-                    shutil.rmtree(self.path, ignore_errors=True)
+                    if not existed:
+                        shutil.rmtree(self.path, ignore_errors=True)
+                    else:
+                        for part in PARTS:
+                            try:
+                                (self.path / part).rmdir()  # only if empty
+                            except OSError:
+                                pass
                 raise
         report.seconds = time.perf_counter() - t0
         return report

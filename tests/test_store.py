@@ -390,3 +390,15 @@ def test_kill_at_any_moment(tmp_path, runs):
     named = {r[f] for r in RunStore(root).runs() for f in ("curriculum_file", "losses_file")}
     on_disk = {f"{d}/{p.name}" for d in ("curriculum", "losses") for p in (root / d).iterdir()}
     assert on_disk == named and not (root / ".lock").exists()
+
+
+def test_failed_first_ingest_keeps_a_directory_the_user_made(tmp_path):
+    from simfluence_cli.errors import InputError
+
+    d = tmp_path / "mystore"
+    d.mkdir()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{")
+    with pytest.raises(InputError):
+        RunStore(d, create=True).ingest([bad])
+    assert d.is_dir() and list(d.iterdir()) == []
