@@ -179,3 +179,14 @@ def test_fit_cli_prints_named_warnings_on_stderr(tmp_path):
     assert r.exit_code == 0, r.stderr
     rows = list(csv.reader(io.StringIO(r.stdout)))[1:]
     assert rows and all(np.isfinite(float(x[2])) for x in rows)
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_unclipped_divergence_saturates_instead_of_nan(final):
+    """clip='none': 1e308 * 2 overflows; a later alpha of 0 must not turn inf into NaN."""
+    sim = Simulator.from_params(np.array([[2.0], [0.0]]), np.zeros((2, 1)), ["e0", "e1"], ["t0"],
+                                clip="none")
+    out = sim.simulate([[["e0"], ["e1"]]], init_loss=np.array([1e308]),
+                       return_="final" if final else "trajectory")
+    assert not np.isnan(out).any() and np.isfinite(out).all()
+    assert out.ravel()[-1] == 0.0
