@@ -100,9 +100,13 @@ def render_rows(rows: Sequence[dict], columns: Sequence[str], fmt: Format, outpu
     if fmt is Format.csv:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        # csv quotes fields holding the delimiter, the quote char or "\n", not a lone "\r",
+        # which readers take as a line break: quote every field of such rows
+        wq = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
         w.writerow(columns)
         for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
+            cells = [_cell(r.get(c)) for c in columns]
+            (wq if any("\r" in v for v in cells) else w).writerow(cells)
         text = buf.getvalue()
     elif fmt is Format.jsonl:
         text = "".join(json.dumps({c: _jsonable(r.get(c)) for c in columns}) + "\n" for r in rows)
