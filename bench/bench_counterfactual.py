@@ -190,24 +190,28 @@ def train(curriculum: Path, out: Path) -> float:
     return float(np.mean(list(json.loads(last)["loss"].values())))
 
 
-def design_check(sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: int) -> dict:
+def design_check(sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: int,
+                 tracin=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     steps, b = 250, 4
     L0 = rs.runs[0].losses[0]
     res = {"designs": {}, "random": []}
     existing = [float(rs[r].losses[-1].mean()) for r in rs.run_ids
                 if tags[r][0] in ("fit", "heldout-random")]
-    plan = [(f"design --seed {s}", None, s) for s in (0, 1, 2)]
-    plan += [("design --seed 0 --max-uses 4", 4, 0), ("design --seed 0 --max-uses 7", 7, 0)]
-    for label, mu, seed in plan:
+    plan = [(f"design --seed {s}", None, s, sim) for s in (0, 1, 2)]
+    plan += [("design --seed 0 --max-uses 4", 4, 0, sim), ("design --seed 0 --max-uses 7", 7, 0, sim)]
+    if tracin is not None:
+        plan.append(("design --model tracin --seed 0", None, 0, tracin))
+    for label, mu, seed, model in plan:
         t0 = time.perf_counter()
-        d = design_curriculum(sim, steps, init_loss=L0, seed=seed, iters=iters, candidates=64,
+        d = design_curriculum(model, steps, init_loss=L0, seed=seed, iters=iters, candidates=64,
                               max_uses=mu, n_random=100)
         secs = time.perf_counter() - t0
-        path = work / f"design-mu{mu or 'auto'}-s{seed}.txt"
+        tag = "tracin-" if model is tracin else ""
+        path = work / f"design-{tag}mu{mu or 'auto'}-s{seed}.txt"
         path.write_text(curriculum_text(d.batches, {"objective": "mean-final-loss",
                                                     "seed": seed}))
-        real = train(path, work / f"design-mu{mu or 'auto'}-s{seed}.jsonl.gz")
+        real = train(path, work / f"design-{tag}mu{mu or 'auto'}-s{seed}.jsonl.gz")
         rep = d.report()
         res["designs"][label] = {"simulated": d.objective, "greedy": d.greedy_objective,
                                  "beats_existing_random_runs": int(np.sum(real < np.asarray(existing))),
@@ -349,6 +353,7 @@ def main() -> int:
     ap.add_argument("--n-random-train", type=int, default=5)
     ap.add_argument("--skip-design", action="store_true")
     ap.add_argument("--skip-exact", action="store_true")
+    ap.add_argument("--skip-validation", action="store_true")
     ap.add_argument("--group-class", type=int, default=5,
                     help="class whose group effect is checked by real retraining (-1: skip)")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -365,8 +370,10 @@ def main() -> int:
             "linear_l2": lin.l2_, "tracin_scale": scale,
             "load_fit_seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(info), file=sys.stderr)
-    out = {"info": info, "validation": validate({"linear": lin, "tracin": tr}, rs, tags, samples)}
-    print(json.dumps(out["validation"], indent=1), file=sys.stderr)
+    out = {"info": info}
+    if not ns.skip_validation:
+        out["validation"] = validate({"linear": lin, "tracin": tr}, rs, tags, samples)
+        print(json.dumps(out["validation"], indent=1), file=sys.stderr)
     if not ns.skip_exact:
         out["exact_edits"] = exact_edits({"linear": lin, "tracin": tr}, rs, tags, samples,
                                          Path(ns.work) / "exact")
@@ -377,7 +384,7 @@ def main() -> int:
         print(json.dumps(out["group_check"], indent=1), file=sys.stderr)
     if not ns.skip_design:
         out["design"] = design_check(lin, rs, tags, Path(ns.work), ns.design_iters,
-                                     ns.n_random_train)
+                                     ns.n_random_train, tracin=tr)
     print(json.dumps(out, indent=1))
     if ns.json:
         Path(ns.json).write_text(json.dumps(out, indent=1) + "\n")
