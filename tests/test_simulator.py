@@ -321,3 +321,18 @@ def test_unpenalised_singular_fit_falls_back_to_min_norm():
     rs = RunSet.from_batches({"r": (batches, L)}, ["z"])
     sim = Simulator(method="additive", l2=0.0).fit(rs)
     np.testing.assert_allclose(sim.B_[:, 0].sum(), L[1, 0] - L[0, 0], rtol=1e-9)
+
+
+def test_runs_with_different_test_sets_and_batch_sizes():
+    """A test logged in only some runs is fitted from those; batch sizes may vary."""
+    rs, _, B = make_runs(6, 2, 4, 30, 2, method="additive", seed=3)
+    rs2, _, _ = make_runs(6, 2, 2, 20, 3, method="additive", seed=4,
+                          params=(np.full((6, 2), 1 / 3), B))
+    for r in rs2.runs:
+        r.run_id = "b-" + r.run_id
+        r.losses = r.losses.copy()
+        r.losses[:, 1] = np.nan  # test t1 never logged in these runs
+    both = RunSet(rs.example_ids, rs.test_ids, rs.runs + rs2.runs)
+    sim = Simulator(method="additive", l2=TINY).fit(both)
+    assert _rel(sim.B_, B) < 1e-6
+    assert sim.batch_size_ == 2.0 and np.all(np.isfinite(sim.init_loss_mean_))
