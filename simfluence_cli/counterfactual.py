@@ -21,6 +21,13 @@ batches concatenated in step order. How an edited stream becomes batches again i
     each example is removed from (or repeated inside) its own batch; steps that become empty
     are removed, no example changes step. Batches get smaller, which a Linear model (alpha is
     a *sum* over the batch) reads as a weaker update, not only as "without these examples".
+``neutral``
+    each removed occurrence is replaced in place by a *neutral* placeholder with the "no
+    change" parameters (A = 1/b, B = 0; alpha is unchanged in expectation, beta gets nothing):
+    no batch shrinks, nothing moves. This isolates the simulator's own effect of the examples
+    (the measure ``simfluence top`` uses) from the re-batching noise of ``keep-steps`` and the
+    batch-size artefact of ``shrink``. Repeats are added inside the batch as in ``shrink``.
+    The placeholder is not a real example, so such a curriculum cannot be retrained on.
 
 Edits: ``only IDS`` keeps only occurrences of IDS; ``drop IDS`` removes every occurrence;
 ``repeat IDS`` follows every occurrence by a second copy (in the stream, so in repack mode
@@ -33,9 +40,9 @@ for a curriculum made of epochs) is stably sorted by rank in the list (unlisted 
 in their original order), then batched; ``order_scope="run"`` sorts the whole stream at once.
 So a class-ordered ID list turns a random curriculum into a per-epoch class-ordered one.
 
-Additivity: in ``shrink`` mode an edit removes occurrences and moves nothing else, so for an
-additive model a group's removal effect is exactly the sum of its members' (tested with
-hypothesis); ``keep-steps`` and ``repack`` refill the freed slots with other examples, so
+Additivity: in ``shrink`` and ``neutral`` modes an edit removes occurrences and moves nothing
+else, so for an additive model a group's removal effect is exactly the sum of its members'
+(tested with hypothesis); ``keep-steps`` and ``repack`` refill the freed slots with other examples, so
 even an additive model shows some interaction there. In ``keep-steps`` mode the cycled stream
 may, rarely, put an example twice into the batch where it wraps around.
 
@@ -57,7 +64,8 @@ __all__ = ["Edits", "MODES", "ORDERS", "apply_edits", "batch_size_of", "drop_exa
            "final_losses", "whatif", "WhatIf", "group_effects", "GroupEffects",
            "read_groups", "run_batches", "run_init_loss", "read_init_loss"]
 
-MODES = ("repack", "keep-steps", "shrink")
+MODES = ("keep-steps", "repack", "shrink", "neutral")
+NEUTRAL = "<neutral>"  # placeholder example of mode 'neutral' (A = 1/b, B = 0)
 ORDERS = ("shuffle", "shuffle-steps", "reverse")
 _SIM_BYTES = 256 * 2**20  # memory for one chunk of simulated trajectories
 
@@ -132,17 +140,23 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
     def keep(e: str) -> bool:
         return (only is None or e in only) and e not in drop
 
-    def expand(seq):
+    def expand(seq, filler=None):
         out = []
         for e in seq:
             if keep(e):
                 out.append(e)
                 if e in rep:
                     out.append(e)
+            elif filler is not None:
+                out.append(filler)
         return out
 
     if edits.mode == "shrink":
         cur = [nb for nb in (expand(batch) for batch in base) if nb]
+    elif edits.mode == "neutral":
+        cur = [expand(batch, NEUTRAL) for batch in base]
+        if all(e == NEUTRAL for batch in cur for e in batch):
+            cur = []
     else:
         stream = expand(e for batch in base for e in batch)
         changed = bool(only is not None or drop or rep)
@@ -189,6 +203,22 @@ def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str],
 
 # -- simulation helpers -----------------------------------------------------------------------
 
+def with_neutral(sim, curricula) -> object:
+    """``sim``, or a shallow copy with the neutral placeholder as an extra example
+    (A = 1/b for models that fit A, B = 0) when some curriculum uses it."""
+    if not any(e == NEUTRAL for c in curricula for batch in c for e in batch):
+        return sim
+    import copy
+
+    ext = copy.copy(sim)
+    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
+    ext.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
+    ext.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
+    ext.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), NEUTRAL)
+    ext.example_counts_ = np.append(np.asarray(sim.example_counts_), 1)
+    return ext
+
+
 def _chunk_size(T: int, M: int) -> int:
     return max(1, int(_SIM_BYTES // max(1, (T + 1) * M * 8 * 3)))
 
@@ -203,6 +233,7 @@ def final_losses(sim, curricula: Sequence[Sequence[Sequence[str]]], init_loss: n
     M = len(tests) if tests is not None else len(sim.test_ids_)
     L0 = np.asarray(init_loss, dtype=np.float64)
     out = np.empty((len(curricula), M))
+    sim = with_neutral(sim, curricula)
     T = max((len(c) for c in curricula), default=0)
     step = chunk or _chunk_size(T, M)
     for s in range(0, len(curricula), step):
@@ -275,7 +306,8 @@ def whatif(sim, base: Sequence[Sequence[str]], edited: Sequence[Sequence[str]] |
     edited = [list(map(str, b)) for b in edited]
     if not base:
         raise SelectionError("the base curriculum is empty")
-    traj = sim.simulate([base, edited], init_loss, tests=tests, unseen=unseen)
+    traj = with_neutral(sim, [edited]).simulate([base, edited], init_loss, tests=tests,
+                                                unseen=unseen)
     test_ids = np.asarray(list(tests) if tests is not None else sim.test_ids_, dtype=object)
     return WhatIf(test_ids, base, edited, traj, traj[0, len(base)].copy(),
                   traj[1, len(edited)].copy(), edits)

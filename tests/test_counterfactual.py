@@ -42,6 +42,14 @@ def test_drop_keep_steps_is_the_default_and_cycles_to_the_same_number_of_steps()
     assert len(out) == len(BASE)
 
 
+def test_drop_neutral_replaces_in_place():
+    from simfluence_cli.counterfactual import NEUTRAL
+
+    out = apply_edits(BASE, Edits(drop=["c", "f"], mode="neutral"))
+    assert out == [["a", "b"], [NEUTRAL, "d"], ["e", NEUTRAL]]
+    assert apply_edits(BASE, Edits(repeat=["a"], mode="neutral"))[0] == ["a", "a", "b"]
+
+
 def test_only_keeps_only_listed():
     assert apply_edits(BASE, Edits(only=["a", "d", "f"], mode="shrink")) == [["a"], ["d"], ["f"]]
     assert apply_edits(BASE, Edits(only=["a", "d"], mode="repack")) == [["a", "d"]]
@@ -187,14 +195,14 @@ def _param_sim(method, seed=0, n=16, m=5, b=2):
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 1000), st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=5),
-                                      min_size=1, max_size=3))
-def test_group_effect_is_additive_for_an_additive_model(seed, groups):
+                                      min_size=1, max_size=3), st.sampled_from(["shrink", "neutral"]))
+def test_group_effect_is_additive_for_an_additive_model(seed, groups, mode):
     sim = _param_sim("additive", seed)
     rng = np.random.default_rng(seed)
     base = [[f"e{i}" for i in rng.choice(16, 2, replace=False)] for _ in range(12)]
     G = {f"g{k}": [f"e{i}" for i in g] for k, g in enumerate(groups)}
     L0 = np.full(5, 2.0)
-    res = group_effects(sim, base, G, L0, mode="shrink")
+    res = group_effects(sim, base, G, L0, mode=mode)
     np.testing.assert_allclose(res.group_effect, res.sum_individual, atol=1e-12)
     np.testing.assert_allclose(res.interaction, 0, atol=1e-12)
 
@@ -209,6 +217,20 @@ def test_group_effect_is_not_additive_for_a_multiplicative_model():
     row = res.rows()[0]
     assert row["members"] == 5 and row["interaction"] == pytest.approx(
         row["group_effect"] - row["sum_individual"])
+
+
+def test_neutral_single_removals_match_the_top_removal_effect():
+    from simfluence_cli.influence import removal_effect
+
+    runs, _, _ = make_runs(20, 4, 3, 15, 2, method="linear", seed=11, noise=0.001)
+    sim = Simulator("linear", l2=0.01).fit(runs)
+    run = runs.runs[0]
+    base = [[str(runs.example_ids[i]) for i in run.batch(t)] for t in range(1, run.n_steps + 1)]
+    present = sorted({e for b in base for e in b})
+    res = group_effects(sim, base, {e: [e] for e in present}, run.losses[0], mode="neutral")
+    ref = removal_effect(sim, runs.subset([run.run_id]))
+    pos = {e: i for i, e in enumerate(sim.example_ids_)}
+    np.testing.assert_allclose(res.group_effect, ref[[pos[e] for e in present]], atol=1e-12)
 
 
 def test_group_effect_matches_whatif_and_absent_members(fitted):
@@ -314,6 +336,9 @@ def test_cli_whatif_errors(store_model):
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e1", "--mode", "fold"], root)
     assert r.exit_code == 2
+    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e1", "--mode", "neutral",
+              "--save-edited", str(root / "x.txt")], root)
+    assert r.exit_code == 2 and "placeholder" in r.stderr and not (root / "x.txt").exists()
 
 
 def test_cli_groups(store_model, tmp_path):

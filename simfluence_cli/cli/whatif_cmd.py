@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from .._atomic import write_bytes_atomic
-from ..counterfactual import (MODES, ORDERS, Edits, group_effects, read_groups, read_init_loss,
+from ..counterfactual import (MODES, NEUTRAL, ORDERS, Edits, group_effects, read_groups, read_init_loss,
                               run_batches, run_init_loss, whatif)
 from ..curriculum import read_curriculum, read_id_list
 from ..curriculum_search import OBJECTIVES, curriculum_text, design_curriculum
@@ -45,7 +45,8 @@ ModeOpt = Annotated[
                  help="How an edited example stream becomes batches: 'repack' (remaining "
                       "examples keep their order, re-cut into full batches of the base's batch "
                       "size: fewer steps), 'keep-steps' (same, cycled to the base's number of "
-                      "steps: same compute), 'shrink' (remove in place: smaller batches)."),
+                      "steps: same compute), 'shrink' (remove in place: smaller batches), "
+                      "'neutral' (replace in place by a no-change placeholder, A = 1/b, B = 0)."),
 ]
 UnseenOpt = Annotated[
     str,
@@ -200,6 +201,9 @@ def whatif_cmd(
         res.edits = {"edited": edesc}
     s = res.summary()
     if save_edited:
+        if any(e == NEUTRAL for b in res.edited for e in b):
+            raise UsageError("--save-edited: a --mode neutral curriculum holds placeholders, "
+                             "not real examples; use --mode keep-steps to retrain on it")
         header = {"model": model, "base": desc, "edits": s["edits"]}
         write_bytes_atomic(save_edited, curriculum_text(
             res.edited, header, title="simfluence whatif: edited curriculum").encode())
