@@ -4,7 +4,7 @@
 
 Each round starts from a copy of a store holding 3 runs and a fitted model, then either
 kills an ingest of 8 new runs, or kills a refit (``fit --replace``) of the model, at a moment
-drawn uniformly over the command's measured duration. After each kill it checks the
+drawn uniformly over the command's measured duration (or a ``--window`` of it). After each kill it checks the
 invariants of tests/test_crash.py (the store opens, verify finds no error, all-or-nothing
 runs, load reads exactly the manifest's runs, visible files are complete, models load); every
 few rounds it re-runs the command to completion and checks that verify is then clean with no
@@ -37,6 +37,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100, help="kills to attempt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                    help="kill moments as fractions of the full command duration (default 0 1; "
+                         "e.g. 0.6 1 concentrates kills on the write phase)")
     ap.add_argument("--rerun-every", type=int, default=3,
                     help="re-run the killed command to completion every N rounds")
     args = ap.parse_args()
@@ -75,7 +78,7 @@ def main() -> int:
         shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(template, store)
         cmd = commands(store)[kind]
-        delay = rng.uniform(0.0, 1.0) * durations[kind]
+        delay = rng.uniform(*args.window) * durations[kind]
         code = cr.kill_at(cmd, delay)
         landed = code is None
         allowed = [base_ids, base_ids | new_ids] if kind == "ingest" else [base_ids]
