@@ -60,6 +60,18 @@ def model_dir(store, name: str) -> Path:
     return Path(store.path) / "models" / check_name(name)
 
 
+def _json(mf: Path) -> dict:
+    """A model manifest; a damaged one is a ModelError naming the fix, not a traceback."""
+    try:
+        man = json.loads(mf.read_text())
+        if not isinstance(man, dict):
+            raise ValueError("not a JSON object")
+        return man
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{mf}: unreadable model manifest ({exc}); refit with `simfluence fit "
+                         f"--name {mf.parent.name} --replace` (see `simfluence verify`)") from None
+
+
 def list_models(store) -> list[dict]:
     """Manifests of all models in the store, by name."""
     root = Path(store.path) / "models"
@@ -67,7 +79,7 @@ def list_models(store) -> list[dict]:
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         mf = d / "model.json"
         if mf.is_file():
-            out.append(json.loads(mf.read_text()))
+            out.append(_json(mf))
     return out
 
 
@@ -78,7 +90,7 @@ def read_manifest(store, name: str) -> dict:
         raise ModelError(f"no model named {name!r} in {store.path}; "
                          + (f"available: {', '.join(names)}" if names else
                             "fit one with `simfluence fit --name NAME`"))
-    return json.loads(mf.read_text())
+    return _json(mf)
 
 
 def describe_config(config: dict | None) -> str:
@@ -123,7 +135,7 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
     mf = model_dir(store, name) / "model.json"
     if not mf.is_file():
         return None
-    prev = json.loads(mf.read_text())
+    prev = _json(mf)
     if prev.get("config") == config:
         return None if replace else prev
     if replace:
@@ -232,6 +244,15 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
 
 def load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
     """A fitted Simulator from the store (optionally only some test examples' parameters)."""
+    try:
+        return _load_model(store, name, tests)
+    except (OSError, KeyError, TypeError, IndexError, ValueError, pa.ArrowException) as exc:
+        raise ModelError(f"model {name!r} in {store.path} is damaged ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); refit with `simfluence fit --name {name} --replace` "
+                         "(see `simfluence verify`)") from None
+
+
+def _load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
     man = read_manifest(store, name)
     if man.get("format", 0) > MODEL_FORMAT:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
