@@ -138,6 +138,7 @@ class IngestReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
         d["runs"] = len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.retagged)
         d["loss_rows_per_second"] = round(self.loss_rows / self.seconds) if self.seconds else None
         return d
