@@ -135,7 +135,12 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
     mf = model_dir(store, name) / "model.json"
     if not mf.is_file():
         return None
-    prev = _json(mf)
+    try:
+        prev = _json(mf)
+    except ModelError:
+        if replace:  # a damaged model is what --replace is for
+            return None
+        raise
     if prev.get("config") == config:
         return None if replace else prev
     if replace:
