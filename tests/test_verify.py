@@ -245,3 +245,24 @@ def test_python_api_refuses_newer_format(store):
         verify_store(store.path)
     with pytest.raises(StoreVersionError):
         RunStore(store.path, create=True)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "parameters"])
+def test_damaged_model_is_one_line_error_and_replace_fixes_it(store, tmp_path, damage):
+    d = store.path / "models" / "lin"
+    if damage == "manifest":
+        (d / "model.json").write_text("{broken")
+    else:
+        man = json.loads((d / "model.json").read_text())
+        (d / man["files"]["parameters"]).unlink()
+    cur = tmp_path / "cur.txt"
+    cur.write_text("e0 e1 e2\n")
+    for args in (["simulate", cur], ["simulate", cur, "--model", "lin"], ["eval", "-m", "lin"]):
+        r = run_cli(*args, "--store", store.path)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "--replace" in r.stderr
+    assert run_cli("verify", "--store", store.path).exit_code == 1
+    r = run_cli("fit", "--store", store.path, "--runs", "fit", "--l2", "1", "--name", "lin",
+                "--replace")
+    assert r.exit_code == 0, r.stderr
+    assert findings(store)[1] == []
