@@ -190,3 +190,26 @@ def test_unclipped_divergence_saturates_instead_of_nan(final):
                        return_="final" if final else "trajectory")
     assert not np.isnan(out).any() and np.isfinite(out).all()
     assert out.ravel()[-1] == 0.0
+
+
+def test_walking_a_directory_skips_tables_that_are_not_run_logs(tmp_path):
+    """sample_runs/ layout: run logs next to examples.csv and a TracIn score table."""
+    import gzip
+
+    from simfluence_cli.synthetic import write_jsonl
+
+    rs, _, _ = make_runs(8, 3, 2, 5, 2, seed=4)
+    write_jsonl(rs, tmp_path / "logs" / "fit")
+    (tmp_path / "logs" / "examples.csv").write_text("example_id,label\ne0,1\n")
+    with gzip.open(tmp_path / "logs" / "tracin_scores.csv.gz", "wt") as fh:
+        fh.write("test_id,example_id,score\nt0,e0,0.1\n")
+    store = tmp_path / "s"
+    r = CliRunner().invoke(app, ["ingest", str(tmp_path / "logs"), "--store", str(store)])
+    assert r.exit_code == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: skipped")]
+    assert len(notes) == 2 and any("examples.csv" in n for n in notes)
+    assert RunStore(store).run_ids() == sorted(rs.run_ids)
+    # named explicitly, the same file is an error (exit 1, one line)
+    r = CliRunner().invoke(app, ["ingest", str(tmp_path / "logs" / "examples.csv"), "--store",
+                                 str(store)])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "examples.csv" in r.stderr
