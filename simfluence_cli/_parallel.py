@@ -128,8 +128,14 @@ def _dask_design(source, run_ids):
     return design
 
 
-def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol):
+def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol, shape=None):
     design = _dask_design(source, run_ids)
+    if shape is not None and (design.n_examples, design.n_tests) != tuple(shape):
+        from .errors import StoreError
+        raise StoreError(f"a Dask worker loaded {design.n_examples} training x {design.n_tests} "
+                         f"test examples from {source!r}, the coordinator has {shape[0]} x "
+                         f"{shape[1]}: the workers must see the same store (shared path) and it "
+                         "must not change during the fit")
     st: dict = {}
     tests = np.concatenate(chunks)
     th = solve_tests(design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st,
@@ -156,7 +162,8 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         else:
             source = client.scatter(runs, broadcast=True)
         futs = [client.submit(_shard_dask, source, list(runs.run_ids), t, method, float(l2),
-                              theta0, solver, tol, pure=False) for t in parts]
+                              theta0, solver, tol, (runs.n_examples, runs.n_tests), pure=False)
+                for t in parts]
         from distributed import as_completed as das_completed
         P = len(theta0)
         out = np.empty((P, m))
