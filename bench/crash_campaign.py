@@ -4,7 +4,8 @@
 
 Each round starts from a copy of a store holding 3 runs and a fitted model, then either
 kills an ingest of 8 new runs, or kills a refit (``fit --replace``) of the model, at a moment
-drawn uniformly over the command's measured duration (or a ``--window`` of it). After each kill it checks the
+drawn uniformly over the time the command holds the write lock (``--mode lock``, default: the
+phase that reads, writes and commits) or since its start (``--mode start``). After each kill it checks the
 invariants of tests/test_crash.py (the store opens, verify finds no error, all-or-nothing
 runs, load reads exactly the manifest's runs, visible files are complete, models load); every
 few rounds it re-runs the command to completion and checks that verify is then clean with no
@@ -37,9 +38,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100, help="kills to attempt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=["lock", "start"], default="lock",
+                    help="lock: kill at a uniform moment while the command holds the write lock "
+                         "(the phase that writes); start: at a uniform moment since its start")
     ap.add_argument("--window", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
-                    help="kill moments as fractions of the full command duration (default 0 1; "
-                         "e.g. 0.6 1 concentrates kills on the write phase)")
+                    help="kill moments as fractions of that phase's measured duration")
     ap.add_argument("--rerun-every", type=int, default=3,
                     help="re-run the killed command to completion every N rounds")
     args = ap.parse_args()
@@ -64,10 +67,14 @@ def main() -> int:
         shutil.rmtree(work / "probe", ignore_errors=True)
         shutil.copytree(template, work / "probe")
         t = time.perf_counter()
-        cr.run_to_completion(cmd)
-        durations[kind] = time.perf_counter() - t
-    print("full command durations: " + ", ".join(f"{k} {v:.2f} s" for k, v in durations.items()),
-          flush=True)
+        if args.mode == "lock":
+            durations[kind] = cr.locked_time(cmd, work / "probe")
+        else:
+            cr.run_to_completion(cmd)
+            durations[kind] = time.perf_counter() - t
+    print(f"mode {args.mode}, window {args.window}; measured "
+          + ("time holding the lock: " if args.mode == "lock" else "full durations: ")
+          + ", ".join(f"{k} {v:.2f} s" for k, v in durations.items()), flush=True)
 
     counts = Counter()
     failures: list[str] = []
@@ -79,7 +86,8 @@ def main() -> int:
         shutil.copytree(template, store)
         cmd = commands(store)[kind]
         delay = rng.uniform(*args.window) * durations[kind]
-        code = cr.kill_at(cmd, delay)
+        code = (cr.kill_after_lock(cmd, store, delay) if args.mode == "lock"
+                else cr.kill_at(cmd, delay))
         landed = code is None
         allowed = [base_ids, base_ids | new_ids] if kind == "ingest" else [base_ids]
         try:

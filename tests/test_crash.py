@@ -1,5 +1,8 @@
 """Crash safety: SIGKILL `ingest` and `fit` (real subprocesses) at random moments.
 
+Kills land at a random moment while the command holds the write lock (ingest reads, validates
+and writes under it; fit loads, fits and saves under it), i.e. in the phase that can corrupt.
+
 After every kill: the store opens (``RunStore(path).info()``), ``verify`` finds no error
 (leftovers of the interrupted write are at most warnings), the runs are either all those of
 before or all those of after (ingest is all-or-nothing), ``load`` reads exactly the manifest's
@@ -21,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from simfluence_cli import _lock
 from simfluence_cli.models import list_models, load_model
 from simfluence_cli.store import PARTS, RunStore
 from simfluence_cli.synthetic import make_runs, write_jsonl
@@ -57,6 +61,37 @@ def kill_at(cmd: list[str], delay: float) -> int | None:
         p.send_signal(signal.SIGKILL)
         p.wait()
         return None
+
+
+def holds_lock(store: Path, pid: int) -> bool:
+    holder = _lock._read(Path(store) / _lock.LOCK_NAME)
+    return bool(holder) and holder.get("pid") == pid
+
+
+def kill_after_lock(cmd: list[str], store: Path, delay: float) -> int | None:
+    """Start cmd, wait until it holds the store's write lock (its write phase: ingest reads
+    and writes, fit loads, fits and saves under the lock), then SIGKILL it ``delay`` s later."""
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and not holds_lock(store, p.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    try:
+        p.wait(timeout=delay)
+        return p.returncode
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        return None
+
+
+def locked_time(cmd: list[str], store: Path) -> float:
+    """Seconds a complete run of cmd holds the write lock (for choosing kill delays)."""
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while p.poll() is None and not holds_lock(store, p.pid):
+        time.sleep(0.002)
+    t = time.perf_counter()
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    return time.perf_counter() - t
 
 
 def check_after_kill(store: Path, allowed: list[set[str]]) -> set[str]:
@@ -106,12 +141,12 @@ def test_sigkill_ingest_at_random_moments(setup, tmp_path):
     # how long a complete run takes, measured on a copy (then kills spread over that time)
     import shutil
     shutil.copytree(store, tmp_path / "probe")
-    full = timed(cli("ingest", new, "--store", tmp_path / "probe"))
+    full = locked_time(cli("ingest", new, "--store", tmp_path / "probe"), tmp_path / "probe")
     rng = random.Random(6)
     allowed = [base_ids, base_ids | new_ids]
     kills = 0
     for _ in range(5):
-        code = kill_at(cmd, rng.uniform(0.3, 1.0) * full)
+        code = kill_after_lock(cmd, store, rng.uniform(0.0, 1.0) * full)
         if code is None:
             kills += 1
         ids = check_after_kill(store, allowed)
@@ -127,10 +162,10 @@ def test_sigkill_ingest_at_random_moments(setup, tmp_path):
 def test_sigkill_fit_at_random_moments(setup, tmp_path):
     store, new, base_ids, _ = setup
     cmd = cli("fit", "--store", store, "--l2", "1", "--name", "m", "--replace")
-    full = timed(cmd)  # a first complete fit: later kills interrupt a refit over it
+    full = locked_time(cmd, store)  # a first complete fit: later kills interrupt a refit
     rng = random.Random(7)
     for _ in range(4):
-        kill_at(cmd, rng.uniform(0.3, 1.0) * full)
+        kill_after_lock(cmd, store, rng.uniform(0.0, 1.0) * full)
         check_after_kill(store, [base_ids])
         assert [m["name"] for m in list_models(RunStore(store))] == ["m"]
     run_to_completion(cmd)
@@ -143,12 +178,12 @@ def test_sigkill_first_ingest_into_a_new_store(tmp_path):
     """Killed before its first commit, a new store is 'no store yet'; re-running completes."""
     logs = tmp_path / "logs"
     ids = set(make_logs(logs, 8, 60, seed=3, prefix="n"))
-    probe = timed(cli("ingest", logs, "--store", tmp_path / "probe"))
+    probe = locked_time(cli("ingest", logs, "--store", tmp_path / "probe"), tmp_path / "probe")
     rng = random.Random(8)
     store = tmp_path / "s"
     cmd = cli("ingest", logs, "--store", store)
     for _ in range(3):
-        kill_at(cmd, rng.uniform(0.3, 1.0) * probe)
+        kill_after_lock(cmd, store, rng.uniform(0.0, 1.0) * probe)
         if (store / "manifest.json").exists():
             check_after_kill(store, [ids])
             break
