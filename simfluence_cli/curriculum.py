@@ -71,6 +71,9 @@ def read_id_list(spec: str, what: str = "IDs") -> list[str]:
             text = sys.stdin.read() if src == "-" else Path(src).read_text()
         except OSError as exc:
             raise InputError(f"cannot read {what} file: {exc.strerror}", path=src) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{what} file is not UTF-8 text (byte {exc.start})", path=src,
+                             hint="list one ID per line in a UTF-8 text file") from None
         ids = [tok for line in text.splitlines() for tok in line.split("#", 1)[0].split()]
     else:
         ids = [t.strip() for t in spec.split(",") if t.strip()]
