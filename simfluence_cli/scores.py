@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import zlib
 import hashlib
 import io
 from dataclasses import dataclass
@@ -99,7 +100,11 @@ def _read_table(path: Path) -> pa.Table:
         with path.open("rb") as fh:
             raw = fh.read()
         if path.suffix.lower() == ".gz":
-            raw = gzip.decompress(raw)
+            try:
+                raw = gzip.decompress(raw)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise InputError(f"not a valid gzip file ({exc})", path=str(path),
+                                 hint="the file is truncated or not gzip; re-export it") from None
         head = raw[:65536].decode("utf-8", errors="replace").splitlines()
         header = [h.strip() for h in head[0].split(",")] if head else []
         missing = [c for c in REQUIRED if c not in header]
