@@ -227,6 +227,7 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
         history.append(best)
         if progress is not None:
             progress(1)
+    at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
     rnd = np.empty(0)
     if n_random:
         ridx = random_curricula(pool_idx, steps, b, n_random, np.random.default_rng(seed + 1))
@@ -236,6 +237,7 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
     params = {"objective": objective, "steps": steps, "batch_size": b, "pool": int(len(pool_idx)),
               "tests": int(len(cols)), "max_uses": max_uses, "candidates": candidates,
               "iters": iters, "seed": seed, "distinct_examples": int(len(np.unique(cur))),
+              "tests_at_clip_floor": at_floor,
               "seconds": round(time.perf_counter() - t0, 3)}
     return DesignResult(batches, best, greedy_obj, rnd, history, params)
 

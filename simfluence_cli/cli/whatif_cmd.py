@@ -375,6 +375,10 @@ def design_cmd(
                 f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
                 f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%")
     info(msg + (f"; wrote {output}" if output != "-" else ""))
+    if rep["tests_at_clip_floor"]:
+        warn(f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "
+             "clip bound: their simulated loss is saturated there, so the objective overstates "
+             "the gain (the search exploits extrapolation); check with real training")
     if report:
         from ._output import render_object
 
