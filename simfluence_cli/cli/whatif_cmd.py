@@ -12,8 +12,8 @@ import numpy as np
 import typer
 
 from .._atomic import write_bytes_atomic
-from ..counterfactual import (MODES, NEUTRAL, ORDERS, Edits, group_effects, read_groups, read_init_loss,
-                              run_batches, run_init_loss, whatif)
+from ..counterfactual import (MODES, NEUTRAL, ORDERS, Edits, group_effects, read_groups,
+                              read_init_loss, run_batches, run_init_loss, whatif)
 from ..curriculum import read_curriculum, read_id_list
 from ..curriculum_search import OBJECTIVES, curriculum_text, design_curriculum
 from ..errors import SelectionError, UsageError
@@ -42,11 +42,11 @@ BaseOpt = Annotated[
 ModeOpt = Annotated[
     str,
     typer.Option("--mode",
-                 help="How an edited example stream becomes batches: 'repack' (remaining "
-                      "examples keep their order, re-cut into full batches of the base's batch "
-                      "size: fewer steps), 'keep-steps' (same, cycled to the base's number of "
-                      "steps: same compute), 'shrink' (remove in place: smaller batches), "
-                      "'neutral' (replace in place by a no-change placeholder, A = 1/b, B = 0)."),
+                 help="How removed/added examples change the batches: 'keep-steps' (the edited "
+                      "example stream, in order, cut into full batches of the base's size and "
+                      "cycled to the base's number of steps: same compute), 'repack' (same, "
+                      "not cycled: fewer steps), 'shrink' (removed in place: smaller batches), "
+                      "'neutral' (replaced in place by a no-change placeholder, A = 1/b, B = 0)."),
 ]
 UnseenOpt = Annotated[
     str,
@@ -84,10 +84,9 @@ def _base(st, sim, base: str, init: str | None):
     L0 = None
     batches, rs, rid, desc = _curriculum(st, base)
     if rs is not None:
-        ids = [rid]
-        L0, missing = run_init_loss(rs, ids[0], tests)
+        L0, missing = run_init_loss(rs, rid, tests)
         if missing and init is None:
-            warn(f"run {ids[0]} has no step-0 loss for {len(missing)} test(s) "
+            warn(f"run {rid} has no step-0 loss for {len(missing)} test(s) "
                  f"(e.g. {missing[0]}); using the model's mean L_0 for them")
             L0 = np.where(np.isfinite(L0), L0, sim.init_loss_mean_)
     if init is not None:
