@@ -450,3 +450,40 @@ def test_unicode_and_whitespace_ids_round_trip(template, tmp_path):
     rs = RunStore(store).load("fz")
     assert " é x\u00a0" in set(rs.example_ids) and "t\u200b" in set(rs.test_ids)
     assert verify_store(store).ok
+
+
+@pytest.mark.parametrize("name,mangle", [
+    ("fz.jsonl.gz", "truncate"), ("fz.jsonl.gz", "random"), ("cur.csv.gz", "truncate"),
+    ("cur.csv.gz", "random"), ("fz.parquet", "random"), ("fz.parquet", "truncate"),
+])
+def test_corrupt_compressed_and_parquet_inputs(template, name, mangle):
+    import gzip
+    rng = np.random.default_rng(len(name) + len(mangle))
+    if name.endswith(".gz"):
+        body = ("\n".join(BASE_JSONL) if "jsonl" in name else
+                "\n".join(",".join(r) for r in BASE_CUR)).encode()
+        data = gzip.compress(body)
+    else:
+        buf = io.BytesIO()
+        pq.write_table(_loss_t, buf)
+        data = buf.getvalue()
+    data = data[: len(data) // 2] if mangle == "truncate" else rng.bytes(300)
+    files = {name: data}
+    if name.startswith("cur"):
+        files["loss.csv"] = "\n".join(",".join(r) for r in BASE_LOSS).encode()
+    assert check_ingest(template, files, True) == 1
+
+
+@pytest.mark.parametrize("option", ["--tests", "--init-loss"])
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00garbage", b"t0\n" * 3])
+def test_bad_simulate_option_files(template, tmp_path, option, content):
+    (tmp_path / "cur.txt").write_text("e0 e1\n")
+    (tmp_path / "opt").write_bytes(content)
+    arg = f"@{tmp_path / 'opt'}" if option == "--tests" else str(tmp_path / "opt")
+    before = tree_hash(template)
+    r = _cli(["simulate", str(tmp_path / "cur.txt"), "--store", str(template), option, arg])
+    assert tree_hash(template) == before
+    if r.exit_code != 0:
+        _one_line_error(r)
+    else:  # "t0\nt0\nt0" is a valid test list
+        assert option == "--tests" and content.startswith(b"t0")
