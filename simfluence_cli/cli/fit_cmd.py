@@ -399,6 +399,11 @@ def curriculum(
     rs = st.load([ids[0]])
     r = rs.runs[0]
     ex = rs.example_ids
+    bad = [e for e in ex if any(c.isspace() for c in e) or "#" in e]
+    if bad:  # they would be split or cut when the file is read back
+        raise InputError(f"run {ids[0]!r} has example IDs the curriculum text format cannot hold "
+                         f"(whitespace or '#'): {', '.join(map(repr, bad[:5]))}",
+                         hint="read its curriculum from the store's Parquet files instead")
     lines = [f"# curriculum of run {ids[0]}: {r.n_steps} steps (line k+1 = step k)"]
     lines += [" ".join(ex[r.batch(t)]) for t in range(1, r.n_steps + 1)]
     text = "\n".join(lines) + "\n"
