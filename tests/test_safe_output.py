@@ -184,3 +184,19 @@ def test_render_rows_csv_round_trips_any_text(values):
     assert rows[0] == ["id", "x"]
     assert [r[0] for r in rows[1:]] == values
     assert [int(r[1]) for r in rows[1:]] == list(range(len(values)))
+
+
+def test_curriculum_output_refuses_ids_it_cannot_round_trip(tmp_path):
+    lines = [{"step": 0, "batch": [], "loss": {"t0": 2.0}},
+             {"step": 1, "batch": ["a b", "c#d"], "loss": {"t0": 1.9}}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    store = tmp_path / "s"
+    assert cli("ingest", tmp_path / "r.jsonl", "--store", store).exit_code == 0
+    r = cli("curriculum", "r", "--store", store)
+    assert r.exit_code == 1 and "'a b'" in r.stderr and r.stdout == ""
+    # plain IDs round-trip through the text format
+    lines[1]["batch"] = ["a", "b"]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert cli("ingest", tmp_path / "p.jsonl", "--store", store).exit_code == 0
+    r = cli("curriculum", "p", "--store", store)
+    assert r.exit_code == 0 and r.stdout.splitlines()[1:] == ["a b"]
