@@ -192,7 +192,7 @@ _FMAX = float(np.finfo(np.float64).max)
 
 def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
             lo: np.ndarray | None, hi: np.ndarray | None, *, final: bool = False,
-            threads: int | None = None) -> np.ndarray:
+            threads: int | None = None, precision: str = "float64") -> np.ndarray:
     """The Simfluence recurrence for C curricula x m tests, chunked over test columns.
 
     Same semantics as ``simulator._rollout`` (A, B: (n, m), an extra trailing row allowed;
@@ -201,7 +201,14 @@ def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, metho
     the losses after the last step, (C, m), with ``final=True`` (no (C, T+1, m) array: at
     1,000 curricula x 2,000 steps x 1,000 tests that would be 16 GB). Each column chunk
     gathers the rows of [A | B] for every batch, so memory is O(C * cols) per thread.
+    ``precision="float32"`` gathers and sums the parameters of each batch in float32 (half the
+    memory traffic, about 2.5x faster; alpha and beta then carry a relative rounding error of
+    ~1e-7 per step) while the loss recurrence itself stays in float64.
     """
+    if precision not in ("float64", "float32"):
+        from .errors import UsageError
+        raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor
 
     from ._solver import default_threads
@@ -221,14 +228,14 @@ def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, metho
     def run(cols):
         k = len(cols)
         if additive:
-            P = np.vstack([B[:, cols], np.zeros((1, k))])  # row -1 (padding): no effect
+            P = np.vstack([B[:, cols], np.zeros((1, k))]).astype(pdt, copy=False)  # row -1: pad
         else:
-            P = np.zeros((A.shape[0] + 1, 2 * k))
+            P = np.zeros((A.shape[0] + 1, 2 * k), dtype=pdt)
             P[:-1, :k] = A[:, cols]
             P[:-1, k:] = B[:, cols]
         w = P.shape[1]
-        acc = np.empty((C, w))
-        tmp = np.empty((C, w))
+        acc = np.empty((C, w), dtype=pdt)
+        tmp = np.empty((C, w), dtype=pdt)
         L = np.array(L0[:, cols], copy=True)
         new = np.empty_like(L)
         lo_c = None if lo is None else lo[cols]

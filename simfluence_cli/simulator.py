@@ -332,11 +332,13 @@ class Simulator:
 
     def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
                  unseen: str = "error", lengths: Sequence[int] | None = None,
-                 return_: str = "trajectory") -> np.ndarray:
+                 return_: str = "trajectory", precision: str = "float64") -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
 
         ``return_="final"`` returns only the losses after each curriculum's last step, (C, M),
         without materialising the (C, T+1, M) trajectory (large C x T x M).
+        ``precision="float32"`` sums each batch's parameters in float32 (faster; ~1e-7 relative
+        rounding per step), the recurrence stays float64 (see ``_parallel.rollout``).
 
         curricula: list of curricula (each a list of batches of example IDs, or a
         :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
@@ -369,7 +371,8 @@ class Simulator:
         if return_ not in ("trajectory", "final"):
             raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
         from ._parallel import rollout  # chunked over test columns, threaded
-        out = rollout(A, B, idx, L0, self.method, lo, hi, final=return_ == "final")
+        out = rollout(A, B, idx, L0, self.method, lo, hi, final=return_ == "final",
+                      precision=precision)
         if return_ == "final":
             return out
         if lengths is not None:
