@@ -1,0 +1,47 @@
+"""Run every benchmark in sequence (``make bench``); each prints its own markdown report.
+
+    python bench/run_all.py                 # all of them (tens of minutes on 2 cores)
+    python bench/run_all.py fit accuracy    # only some, by name (bench_<name>.py / <name>_campaign.py)
+
+Figures recorded from earlier runs, with their commands and machine facts, are in
+bench/RESULTS.md and bench/RELIABILITY.md. This machine is shared and noisy: read the ratios
+against the baseline measured in the same run, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["ingest", "fit", "prior_clip", "sparse_logging", "scale", "accuracy", "counterfactual",
+         "fuzz", "crash"]
+
+
+def script(name: str) -> Path:
+    for candidate in (HERE / f"bench_{name}.py", HERE / f"{name}_campaign.py"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"no benchmark named {name!r}; choose from {', '.join(ORDER)}")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or ORDER
+    failed = []
+    for name in names:
+        path = script(name)
+        print(f"\n## {path.name}\n", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, str(path)])
+        print(f"\n({path.name}: exit {rc}, {time.perf_counter() - t0:.0f} s wall)", flush=True)
+        if rc != 0:
+            failed.append(path.name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
