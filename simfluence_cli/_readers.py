@@ -849,9 +849,11 @@ class _TableReader:
         self.cur: dict[int, list] = {}
         self.los: dict[int, list] = {}
         self.files: list[tuple[str, bool, str]] = []  # (label, is_parquet, kind)
-        self.bases: list[int] = []
+        # a segment = one file, or one byte range of a CSV parsed in parallel; its rows get the
+        # global row ids base, base+1, ... (bases 2**40 apart), mapped back to FILE:LINE on error
+        self.segments: list[tuple[int, int, int | None]] = []  # (base, file index, byte start)
         self.run_files: dict[int, set] = {}
-        self.gid = 0
+        self.gid = 0  # global id of the first row of the block being processed
         # rows are buffered compactly (~16-20 bytes each); beyond this budget they are spilled
         # per run to a temporary directory, so memory is bounded by the budget plus the largest
         # run rather than by the input size
@@ -902,10 +904,19 @@ class _TableReader:
 
     # -- locating rows for messages --
     def where(self, gid: int) -> tuple[str, object]:
-        k = int(np.searchsorted(np.asarray(self.bases), gid, side="right")) - 1
-        label, is_parquet, _ = self.files[k]
-        row = gid - self.bases[k]
-        return label, (f"row {row + 1}" if is_parquet else row + 2)
+        bases = np.asarray([seg[0] for seg in self.segments], dtype=np.int64)
+        k = int(np.searchsorted(bases, gid, side="right")) - 1
+        base, fidx, start = self.segments[k]
+        label, is_parquet, _ = self.files[fidx]
+        row = int(gid) - base
+        if is_parquet:
+            return label, f"row {row + 1}"
+        return label, (1 if start is None else _count_lines(label, start)) + row + 1
+
+    def _segment(self, fidx: int, start: int | None) -> int:
+        base = (len(self.segments)) << 40
+        self.segments.append((base, fidx, start))
+        return base
 
     def error(self, gid: int, message: str, fld: str | None = None, hint: str | None = None):
         label, line = self.where(int(gid))
@@ -916,17 +927,24 @@ class _TableReader:
         cols, is_parquet = table_header(path)
         kind = table_kind(path, cols, is_parquet)
         self.files.append((str(path), is_parquet, kind))
-        self.bases.append(self.gid)
         fidx = len(self.files) - 1
-        batches = _prefetch(_parquet_batches(path, kind) if is_parquet
-                            else _csv_batches(path, kind))
+        ranges = None if is_parquet else _csv_ranges(path)
+        if ranges is None:
+            sources = [_parquet_batches(path, kind) if is_parquet else _csv_batches(path, kind)]
+            bases = [self._segment(fidx, None)]
+        else:  # a large plain CSV: byte ranges parsed concurrently, one thread each
+            sources = [_csv_batches(path, kind, rng, cols) for rng in ranges]
+            bases = [self._segment(fidx, a) for a, _ in ranges]
+        seen = [0] * len(sources)
         idcol = "example_id" if kind == "curriculum" else "test_id"
         ids = self.ex if kind == "curriculum" else self.te
         store = self.cur if kind == "curriculum" else self.los
-        for batch in batches:
+        for r, batch in _prefetch_many(sources):
             n = batch.num_rows
             if n == 0:
                 continue
+            self.gid = bases[r] + seen[r]
+            seen[r] += n
             run = self._codes(batch.column("run"), self.runs, "run")
             idc = self._codes(batch.column(idcol), ids, idcol)
             step = self._numbers(batch.column("step"), "step")
@@ -952,7 +970,6 @@ class _TableReader:
                     store.setdefault(code, []).append(chunk)
                     self.run_files.setdefault(code, set()).add(fidx)
                 self.buffered += 8 * n  # explicit row numbers
-            self.gid += n
             if self.buffered > self.budget:
                 self._spill()
 
@@ -1170,7 +1187,133 @@ def _prefetch(gen, depth: int = 2):
                 th.join(0.05)
 
 
-def _csv_batches(path: Path, kind: str):
+def _prefetch_many(gens: list, depth: int = 2):
+    """Like :func:`_prefetch` for several generators, each on its own thread; yields
+    ``(index, item)`` in arrival order (each generator's items stay in order)."""
+    if len(gens) == 1:
+        for item in _prefetch(gens[0], depth):
+            yield 0, item
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth * len(gens))
+    stop = threading.Event()
+    done = object()
+
+    def work(i, gen):
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((i, True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((i, True, done))
+        except BaseException as exc:
+            q.put((i, False, exc))
+
+    threads = [threading.Thread(target=work, args=(i, g), daemon=True) for i, g in enumerate(gens)]
+    for th in threads:
+        th.start()
+    try:
+        live = len(gens)
+        while live:
+            i, ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                live -= 1
+                continue
+            yield i, item
+    finally:
+        stop.set()
+        while any(th.is_alive() for th in threads):
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                for th in threads:
+                    th.join(0.02)
+
+
+_SPLIT_MIN_BYTES = 48 << 20  # plain CSV files at least this big are parsed in parallel ranges
+
+
+def _csv_ranges(path: Path) -> list[tuple[int, int]] | None:
+    """Byte ranges (line-aligned, after the header) to parse concurrently, or None.
+
+    Only for plain (not gzip) files. Splitting at newlines is exact because the reader does not
+    accept newlines inside values anyway (``newlines_in_values=False``, Arrow's default)."""
+    k = min(os.cpu_count() or 1, 4)
+    if k < 2 or path.name.lower().endswith(".gz"):
+        return None
+    try:
+        size = path.stat().st_size
+        if size < _SPLIT_MIN_BYTES:
+            return None
+        with open(path, "rb") as fh:
+            fh.readline()
+            start = fh.tell()
+            bounds = [start]
+            for j in range(1, k):
+                fh.seek(max(start + (size - start) * j // k - 1, bounds[-1]))
+                fh.readline()
+                bounds.append(min(fh.tell(), size))
+            bounds.append(size)
+    except OSError:
+        return None
+    ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return ranges if len(ranges) > 1 else None
+
+
+class _Slice:
+    """A read-only file object over bytes [start, end) of a file (for pyarrow.PythonFile)."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        self._fh = open(path, "rb")
+        self._fh.seek(start)
+        self._left = end - start
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._left:
+            n = self._left
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._fh.close()
+        self.closed = True
+
+
+def _count_lines(path: str, upto: int) -> int:
+    """Newlines in the first ``upto`` bytes (for line numbers of parallel CSV ranges)."""
+    n = 0
+    with open(path, "rb") as fh:
+        while upto > 0:
+            chunk = fh.read(min(upto, 16 << 20))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            upto -= len(chunk)
+    return n
+
+
+def _csv_batches(path: Path, kind: str, rng: tuple[int, int] | None = None,
+                 names: list[str] | None = None):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -1184,9 +1327,14 @@ def _csv_batches(path: Path, kind: str):
     else:
         types.update(test_id=pa.string(), loss=pa.float64())
     try:
-        stream = pa.input_stream(str(path), compression="detect")
+        if rng is None:
+            stream = pa.input_stream(str(path), compression="detect")
+            ro = pacsv.ReadOptions(block_size=4 << 20)
+        else:
+            stream = pa.PythonFile(_Slice(path, *rng), mode="r")
+            ro = pacsv.ReadOptions(block_size=4 << 20, column_names=names)
         reader = pacsv.open_csv(
-            stream, read_options=pacsv.ReadOptions(block_size=4 << 20),
+            stream, read_options=ro,
             convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""],
                                                  strings_can_be_null=False,
                                                  quoted_strings_can_be_null=False))

@@ -424,3 +424,25 @@ def test_tables_spill_to_disk_beyond_the_buffer_budget(tmp_path, runs, monkeypat
     r = cli("ingest", bad, "--store", tmp_path / "st")
     assert r.exit_code == 1 and "duplicate loss" in r.stderr and "loss.csv:" in r.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("case", sorted(BAD_B))
+def test_bad_tables_parsed_in_parallel_ranges(tmp_path, store, case, monkeypatch):
+    """Large plain CSVs are parsed as concurrent byte ranges: messages keep exact lines."""
+    import simfluence_cli._readers as readers
+
+    monkeypatch.setattr(readers, "_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(readers.os, "cpu_count", lambda: 3)
+    test_bad_tables(tmp_path, store, case)
+
+
+def test_parallel_ranges_round_trip(tmp_path, runs, monkeypatch):
+    import simfluence_cli._readers as readers
+
+    monkeypatch.setattr(readers, "_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(readers.os, "cpu_count", lambda: 4)
+    write_tables(runs, tmp_path / "b" / "cur.csv", tmp_path / "b" / "loss.csv")
+    assert len(readers._csv_ranges(tmp_path / "b" / "loss.csv")) == 4
+    r = cli("ingest", tmp_path / "b", "--store", tmp_path / "st")
+    assert r.exit_code == 0, r.stderr
+    assert_same_runs(runs, RunStore(tmp_path / "st").load())
