@@ -22,12 +22,9 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
-import math
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -923,7 +920,7 @@ class _TableReader:
         return InputError(message, path=label, line=line, field=fld, hint=hint)
 
     # -- reading --
-    def read(self, path: Path, sha=None) -> None:
+    def read(self, path: Path) -> None:
         cols, is_parquet = table_header(path)
         kind = table_kind(path, cols, is_parquet)
         self.files.append((str(path), is_parquet, kind))
