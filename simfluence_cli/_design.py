@@ -315,6 +315,9 @@ class _SparseGroup:
         return Ls, Lt
 
 
+SPLIT_PRODUCTS = True
+
+
 class ChunkSystem:
     """The ridge normal equations of a chunk of tests, matrix-free.
 
@@ -396,15 +399,23 @@ class ChunkSystem:
         for g, w, whole, Ls_, Lt_ in self._parts_for(cols, allcols):
             Vw = V if whole else V[:, w]
             if method == "linear" and not g.gaps:
-                kk = Vw.shape[1]
-                T = g.En @ np.hstack([Vw[:n], Vw[n:]])  # (n_obs, 2k)
-                U = T[:, :kk]
-                U *= Ls_
-                U += T[:, kk:]
-                T[:, kk:] = U
-                U *= Ls_
-                R = g.EnT @ T  # (n, 2k): [X_A^T U, X_B^T U]
-                res = np.vstack([R[:, :kk], R[:, kk:]])
+                if SPLIT_PRODUCTS:
+                    U = g.En @ Vw[:n]  # contiguous (n_obs, k) buffers, no stacking copies
+                    U *= Ls_
+                    U += g.En @ Vw[n:]
+                    rB = g.EnT @ U
+                    U *= Ls_
+                    res = np.vstack([g.EnT @ U, rB])
+                else:
+                    kk = Vw.shape[1]
+                    T = g.En @ np.hstack([Vw[:n], Vw[n:]])  # (n_obs, 2k)
+                    U = T[:, :kk]
+                    U *= Ls_
+                    U += T[:, kk:]
+                    T[:, kk:] = U
+                    U *= Ls_
+                    R = g.EnT @ T  # (n, 2k): [X_A^T U, X_B^T U]
+                    res = np.vstack([R[:, :kk], R[:, kk:]])
             elif method == "additive":
                 res = g.EnT @ (g.En @ Vw)
             else:
