@@ -90,3 +90,32 @@ def test_simulate_final_equals_last_trajectory_step(data):
     fin = ref.simulate(cur, return_="final")
     np.testing.assert_array_equal(fin[0], traj[0, -1])
     np.testing.assert_array_equal(fin[1], traj[1, 5])
+
+
+def test_cli_fit_solver_workers_and_dask(tmp_path, data):
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+    from simfluence_cli.models import load_model
+    from simfluence_cli.store import RunStore
+
+    rs, _ = data
+    store = RunStore(tmp_path / "st", create=True)
+    store.add_runset(rs, tags=("fit",))
+    runner = CliRunner()
+    base = ["--quiet", "fit", "--store", str(store.path), "--l2", "0.1"]
+    r = runner.invoke(app, base + ["--solver", "cg", "--name", "one"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, base + ["--solver", "cg", "--workers", "2", "--name", "two"])
+    assert r.exit_code == 0, r.stderr
+    one, two = load_model(store, "one"), load_model(store, "two")
+    np.testing.assert_array_equal(one.A_, two.A_)
+    r = runner.invoke(app, base + ["--solver", "lu"])
+    assert r.exit_code == 2
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        r = runner.invoke(app, base + ["--solver", "cg", "--dask", cluster.scheduler_address,
+                                       "--name", "dask"])
+        assert r.exit_code == 0, r.stderr
+    np.testing.assert_array_equal(load_model(store, "dask").B_, one.B_)

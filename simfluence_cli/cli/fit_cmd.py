@@ -34,6 +34,12 @@ class Clip(str, Enum):
     none = "none"
 
 
+class Solver(str, Enum):
+    auto = "auto"
+    direct = "direct"
+    cg = "cg"
+
+
 class Unseen(str, Enum):
     error = "error"
     prior = "prior"
@@ -116,6 +122,19 @@ def fit(
                           "configuration or data; with the same one, refit anyway.")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the model manifest as JSON on stdout.")] = False,
+    solver: Annotated[Solver, typer.Option(
+        "--solver", help="auto: exact dense solve when a test example has <= 400 parameters "
+                         "(2 x training examples for linear), preconditioned conjugate gradient "
+                         "(relative residual 1e-10) above; direct | cg force one. Both give the "
+                         "same parameters to 1e-6.")] = Solver.auto,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Local processes to shard the fit over (by test example); "
+                                 "results are identical to --workers 1.")] = 1,
+    dask: Annotated[str | None, typer.Option(
+        "--dask", help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
+                       "tcp://host:8786); its workers read this store's path, so it must be on "
+                       "a shared file system. One model is written here. Needs the "
+                       "simfluence[dask] extra.")] = None,
 ) -> None:
     """Fit a Simfluence simulator on runs of the store and save it under a name.
 
@@ -129,7 +148,8 @@ def fit(
     name = check_name(name or method.value)
     st = _open_store(store)
     ids = st.select(runs)
-    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value)
+    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value,
+                    solver=solver.value, workers=workers, dask=dask)
     with st.write_lock():
         data_hash = st.data_hash(ids)
         prev = check_existing(st, name, model_config(sim, ids, data_hash), replace=replace)
@@ -140,6 +160,7 @@ def fit(
                 render_object(prev)
             return
         rs = st.load(ids)
+        rs.store_path = str(st.path)  # Dask workers load the same runs from the store path
         info(f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
              f"{rs.n_tests} test examples" + (" (l2 by cross-validation)" if sim.l2 == "auto" else ""))
         total = rs.n_tests * (2 if sim.l2 == "auto" else 1)
