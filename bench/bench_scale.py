@@ -139,11 +139,15 @@ def bench_sim(C=1000, M=1000, T=2000, N=20_000, b=8):
     small = Simulator.from_params(A[:, :50], B[:, :50], sim.example_ids_, sim.test_ids_[:50],
                                   batch_size=b, loss_range=(np.zeros(50), np.full(50, 10.0)))
     traj = small.simulate(idx[:20], L0[:50])
+    line("simulate", curricula=C, tests=M, steps=T, n_examples=N, batch=b,
+         mode="final", precision="float64", seconds=round(t, 2), cpu_s=round(c, 2),
+         steps_x_curricula_x_tests_per_s=f"{C * T * M / t:.3g}",
+         matches_trajectory_mode=bool(np.array_equal(traj[:, -1], fin[:20, :50])),
+         target="<= 30 s")
+    f32, t32, c32 = timed(lambda: sim.simulate(idx, L0, return_="final", precision="float32"))
     return line("simulate", curricula=C, tests=M, steps=T, n_examples=N, batch=b,
-                mode="final", seconds=round(t, 2), cpu_s=round(c, 2),
-                steps_x_curricula_x_tests_per_s=f"{C * T * M / t:.3g}",
-                matches_trajectory_mode=bool(np.array_equal(traj[:, -1], fin[:20, :50])),
-                target="<= 30 s")
+                mode="final", precision="float32", seconds=round(t32, 2), cpu_s=round(c32, 2),
+                max_rel_diff_vs_float64=rel(f32, fin), target="<= 30 s")
 
 
 # -- size L: logs -> ingest -> fit, in child processes -----------------------------------------
