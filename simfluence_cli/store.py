@@ -482,7 +482,11 @@ class RunStore:
                 report.loss_rows += st["loss_rows"]
                 run_tags = sorted(set(tags) | set(rd.tags))
                 old = man["runs"].get(rd.run_id)
-                if old is not None and old["content_hash"] == rd.content_hash:
+                if old is not None and old["content_hash"] == rd.content_hash and \
+                        replace and not self._intact(rd.run_id, old):
+                    report.notes.append(f"run {rd.run_id!r}: its stored files were missing or "
+                                        "damaged; rewritten from the source (--replace)")
+                elif old is not None and old["content_hash"] == rd.content_hash:
                     merged = sorted(set(old.get("tags", [])) | set(run_tags))
                     if merged != old.get("tags", []):
                         entries[rd.run_id] = {**old, "tags": merged}
@@ -557,6 +561,12 @@ class RunStore:
         for rid in report.replaced:
             for rel in man["runs"][rid]["files"].values():
                 (self.path / rel).unlink(missing_ok=True)
+
+    def _intact(self, run_id: str, entry: dict) -> bool:
+        """Whether a run's stored files are present and hash to its content (see verify)."""
+        from .verify import VerifyReport, _check_run
+
+        return _check_run(self, run_id, entry, VerifyReport(store=str(self.path)), set())
 
     def _write_part(self, tmp: Path, part: str, rd) -> None:
         id_col = "example_id" if part == "curriculum" else "test_id"
