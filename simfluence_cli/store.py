@@ -304,7 +304,9 @@ class RunStore:
                 return self._load(man, ids)
             except _Retry:  # a writer replaced a run between our manifest read and file read
                 time.sleep(0.05 * (attempt + 1))
-        raise StoreError(f"{self.path}: run files keep disappearing while reading; is another "
+        raise StoreError(f"{self.path}: run files named by the manifest are missing (check the "
+                         f"store with `simfluence verify --store {self.path}`) or keep "
+                         "disappearing while reading; is another "
                          "process replacing runs? retry when it is done")
 
     def _load(self, man: dict, ids: list[str]) -> RunSet:
@@ -359,7 +361,8 @@ class RunStore:
                     if rid not in man["runs"]:
                         break
             else:
-                raise StoreError(f"{self.path}: run files keep disappearing while reading")
+                raise StoreError(f"{self.path}: files of run {rid!r} are missing; check the store "
+                                 f"with `simfluence verify --store {self.path}`")
             v, c = _dict_column(cur.column("example_id"))
             ex_vals.append(v)
             ex_counts.append(np.bincount(c, minlength=len(v)))
