@@ -266,3 +266,19 @@ def test_damaged_model_is_one_line_error_and_replace_fixes_it(store, tmp_path, d
                 "--replace")
     assert r.exit_code == 0, r.stderr
     assert findings(store)[1] == []
+
+
+def test_lost_partition_is_named_and_replace_of_the_same_source_repairs_it(store, runs, tmp_path):
+    from simfluence_cli.synthetic import write_jsonl
+
+    rid = runs.run_ids[2]
+    (store.path / store.runs()[2]["losses_file"]).unlink()
+    r = run_cli("info", "--store", store.path)
+    assert r.exit_code == 1 and repr(rid) in r.stderr and "simfluence verify" in r.stderr
+    (path,) = write_jsonl(runs.subset([rid]), tmp_path / "src")
+    r = run_cli("ingest", path, "--store", store.path)  # identical content: a no-op ...
+    assert r.exit_code == 0 and "1 unchanged" in r.stderr
+    assert not verify_store(store.path).ok
+    r = run_cli("ingest", path, "--store", store.path, "--replace")  # ... unless --replace
+    assert r.exit_code == 0 and "rewritten" in r.stderr, r.stderr
+    assert findings(store)[1] == []  # and the model is still current (same content hash)
