@@ -182,3 +182,22 @@ def test_readers_never_see_a_half_written_run(tmp_path):
     assert reader.returncode == 0, err
     assert int(out) == 150 and k > 3
     assert verify_store(store).ok
+
+
+def test_failing_and_succeeding_first_ingests_at_once(tmp_path):
+    """A bad ingest that created the new store removes it only while holding the lock; the
+    good one (waiting, or first) still completes."""
+    store = tmp_path / "s"
+    good = make_logs(tmp_path / "good", "g", seed=1)
+    bad = tmp_path / "bad"
+    make_logs(bad, "b", n_runs=3, seed=2)
+    (bad / "zz-broken.jsonl").write_text('{"step": 0, "batch": [], "loss": {"t0": NaN}}\n'
+                                         '{"step": 1, "batch": ["e1"]}\n')
+    for order in ((bad, tmp_path / "good"), (tmp_path / "good", bad)):
+        import shutil
+        shutil.rmtree(store, ignore_errors=True)
+        procs = [start(cli("ingest", d, "--store", store)) for d in order]
+        codes = {d.name: finish(p) for d, p in zip(order, procs)}
+        assert codes["bad"][0] == 1 and "non-finite loss" in codes["bad"][1]
+        assert codes["good"][0] == 0, codes["good"][1]
+        assert_clean(store, good)
