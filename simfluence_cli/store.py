@@ -182,6 +182,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Arrow arrays built from buffers: pa.array() imports pandas when it is installed (~0.5 s)
+def _num(a: np.ndarray) -> pa.Array:
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
+
+
+def _str(values: list[str]) -> pa.Array:
+    enc = [v.encode("utf-8") for v in values]
+    off = np.zeros(len(enc) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in enc], out=off[1:])
+    return pa.Array.from_buffers(pa.large_string(), len(enc),
+                                 [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
+                                 ).cast(pa.string())
+
+
 def _dict_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(dictionary values as object array, int64 codes) of a string column, vectorised."""
     if not pa.types.is_dictionary(col.type):
@@ -577,21 +592,19 @@ class RunStore:
             n = len(rd.ex_codes)
             step = np.repeat(np.arange(1, rd.n_steps + 1, dtype=np.int64), np.diff(rd.batch_ptr))
             table = pa.Table.from_arrays([
-                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
-                                               pa.array([rd.run_id], pa.string())),
-                pa.array(step),
-                pa.DictionaryArray.from_arrays(pa.array(rd.ex_codes.astype(np.int32)),
-                                               pa.array(rd.example_ids.tolist(), pa.string())),
+                pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
+                _num(step),
+                pa.DictionaryArray.from_arrays(_num(rd.ex_codes.astype(np.int32)),
+                                               _str(rd.example_ids.tolist())),
             ], schema=CURRICULUM_SCHEMA.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS)))
         else:
             n = len(rd.loss)
             table = pa.Table.from_arrays([
-                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
-                                               pa.array([rd.run_id], pa.string())),
-                pa.array(rd.loss_step),
-                pa.DictionaryArray.from_arrays(pa.array(rd.loss_test.astype(np.int32)),
-                                               pa.array(rd.test_ids.tolist(), pa.string())),
-                pa.array(rd.loss),
+                pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
+                _num(rd.loss_step),
+                pa.DictionaryArray.from_arrays(_num(rd.loss_test.astype(np.int32)),
+                                               _str(rd.test_ids.tolist())),
+                _num(rd.loss),
             ], schema=LOSS_SCHEMA.with_metadata(_meta("losses", LOSS_COLUMNS)))
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd", compression_level=1,
@@ -623,7 +636,18 @@ class RunStore:
                                          "losses_file")],
         ], metadata={**_meta("runs", RUNS_COLUMNS),
                      b"simfluence.generation": str(man["generation"]).encode()})
-        table = pa.Table.from_pylist(rows, schema=schema)
+        cols = []
+        for f in schema:
+            vals = [r[f.name] for r in rows]
+            if f.name == "tags":
+                off = np.zeros(len(vals) + 1, dtype=np.int32)
+                np.cumsum([len(v) for v in vals], out=off[1:])
+                cols.append(pa.ListArray.from_arrays(_num(off), _str([t for v in vals for t in v])))
+            elif pa.types.is_integer(f.type):
+                cols.append(_num(np.asarray(vals, dtype=np.int64)))
+            else:
+                cols.append(_str(["" if v is None else str(v) for v in vals]))
+        table = pa.Table.from_arrays(cols, schema=schema)
         write_atomic(self.path / RUNS_TABLE, lambda fh: pq.write_table(table, fh))
         _share(self.path / RUNS_TABLE)
 
