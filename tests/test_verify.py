@@ -211,6 +211,8 @@ def test_not_a_store(tmp_path):
     ["simulate", "CUR"], ["ingest", "LOGS"], ["eval", "-m", "lin"], ["top", "-m", "lin", "-t", "t0"],
     ["import-scores", "SCORES", "-n", "tr", "--runs", "fit"], ["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e0"],
     ["plot", "-m", "lin", "--run", "syn-000", "-o", "OUT"],
+    ["groups", "-m", "lin", "-b", "syn-000", "-g", "e0,e1"], ["design", "-m", "lin", "-T", "3", "-o", "OUT"],
+    ["verify", "--repair"],
 ])
 def test_newer_store_format_is_refused_by_every_command(store, tmp_path, runs, cmd):
     mf = store.path / "manifest.json"
