@@ -75,6 +75,7 @@ DIRECT_MAX_PARAMS = 400
 _GRAM_BYTES = 64 * 2**20  # memory for the stacked dense normal equations of one test chunk
 _CG_CHUNK_BYTES = 36 * 2**20  # working set of one CG chunk (measured best: fits in L3)
 CG_MIN_CHUNK = 4
+MIN_CHUNKS = 8
 
 
 def choose_solver(solver: str, n_params: int) -> str:
@@ -94,6 +95,9 @@ def chunk_tests(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> li
         size = int(_GRAM_BYTES // max(1, n_params * n_params * 8))
     else:  # small chunks keep the working set (losses, products, CG vectors) in cache
         size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, 8 * (6 * n_obs + 8 * n_params))))
+        # and at least MIN_CHUNKS chunks, so threads / workers have work to share (a fixed
+        # number, not the CPU count: the numbers must not depend on the machine)
+        size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // MIN_CHUNKS)))
     size = max(1, min(len(tests), size, 256))
     return [tests[s:s + size] for s in range(0, len(tests), size)]
 
