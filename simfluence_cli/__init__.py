@@ -6,6 +6,9 @@ Public API::
     runs = RunStore("simfluence-store").load("fit")
     sim = Simulator(method="linear", l2="auto").fit(runs)
     traj = sim.simulate(curricula, init_loss)
+
+Errors derive from SimfluenceError (tree in ``simfluence_cli.errors``); fit diagnostics are
+emitted as SimfluenceWarning. Modules starting with ``_`` are private.
 """
 
 from ._version import __version__
@@ -16,6 +19,7 @@ from .errors import (
     ModelError,
     SelectionError,
     SimfluenceError,
+    SimfluenceWarning,
     StoreError,
     StoreLockedError,
     StoreVersionError,
@@ -28,6 +32,7 @@ __all__ = [
     "Run",
     "RunSet",
     "SimfluenceError",
+    "SimfluenceWarning",
     "InputError",
     "SelectionError",
     "StoreError",
@@ -44,12 +49,13 @@ __all__ = [
     "save_model",
     "load_model",
     "list_models",
+    "RunLogger",
 ]
 
 # Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
 _LAZY = {"RunStore": ".store", "Simulator": ".simulator", "Curriculum": ".curriculum",
          "read_curriculum": ".curriculum", "save_model": ".models", "load_model": ".models",
-         "list_models": ".models"}
+         "list_models": ".models", "RunLogger": ".logger"}
 
 
 def __getattr__(name):
