@@ -97,7 +97,8 @@ def bench_S(baseline_tests: int | None = None):
                 speedup_vs_baseline=round(t_base / t_fit, 1),
                 cpu_speedup_vs_baseline=round(c_base / c_fit, 1),
                 rel_diff_vs_baseline=rel(theta, base),
-                rel_diff_direct_vs_auto=rel(np.vstack([direct.A_, direct.B_]).T, theta),
+                rel_diff_direct_vs_auto=rel(np.vstack([direct.A_, direct.B_]).T,
+                                            np.vstack([sim.A_, sim.B_]).T),
                 target="speedup >= 100, rel diff <= 1e-6")
 
 
