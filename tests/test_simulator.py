@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simfluence_cli import _design
-from simfluence_cli.errors import ModelError, UsageError
+from simfluence_cli.errors import ModelError, SimfluenceWarning, UsageError
 from simfluence_cli.runs import RunSet
 from simfluence_cli.simulator import Simulator
 from simfluence_cli.synthetic import make_runs
@@ -289,7 +289,8 @@ def _runs_with_unused_example():
 
 def test_unseen_policies():
     rs = _runs_with_unused_example()
-    sim = Simulator(l2=0.1, clip="none").fit(rs)
+    with pytest.warns(SimfluenceWarning, match="never occur"):
+        sim = Simulator(l2=0.1, clip="none").fit(rs)
     assert sim.example_counts_[-1] == 0 and sim.unseen_ids([[["e0", "never", "ghost"]]]) == ["ghost", "never"]
     cur = [["e0", "never"], ["e1", "e2"]]
     with pytest.raises(ModelError, match="never"):
@@ -319,7 +320,8 @@ def test_unpenalised_singular_fit_falls_back_to_min_norm():
     batches = [["a", "b"]] * 6
     L = np.linspace(2, 1, 7)[:, None]
     rs = RunSet.from_batches({"r": (batches, L)}, ["z"])
-    sim = Simulator(method="additive", l2=0.0).fit(rs)
+    with pytest.warns(SimfluenceWarning, match="always occur together"):
+        sim = Simulator(method="additive", l2=0.0).fit(rs)
     np.testing.assert_allclose(sim.B_[:, 0].sum(), L[1, 0] - L[0, 0], rtol=1e-9)
 
 
