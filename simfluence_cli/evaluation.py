@@ -130,16 +130,6 @@ def common_tests(models: Mapping[str, object], runs: RunSet,
     return np.asarray(keep, dtype=object), notes
 
 
-def _run_index_matrix(run: Run) -> np.ndarray:
-    sizes = run.batch_sizes
-    b = int(sizes.max()) if len(sizes) else 1
-    idx = np.full((run.n_steps, b), -1, dtype=np.int64)
-    rows = np.repeat(np.arange(run.n_steps), sizes)
-    cols = np.arange(len(run.batch_idx)) - np.repeat(run.batch_ptr[:-1], sizes)
-    idx[rows, cols] = run.batch_idx
-    return idx
-
-
 def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.ndarray | None:
     """Position in the model of each of ``example_ids`` (-1 skip, n = prior); None for baselines."""
     ex = getattr(model, "example_ids_", None)
@@ -164,7 +154,7 @@ def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.nda
 def encode_runs(model, runs: RunSet, run_list: Sequence[Run], unseen: str = "error",
                 mapping: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
     """Curricula of ``run_list`` as one padded (C, T, b) index array in the model's index space."""
-    mats = [_run_index_matrix(r) for r in run_list]
+    mats = [r.index_matrix() for r in run_list]
     T = max((m.shape[0] for m in mats), default=0)
     b = max((m.shape[1] for m in mats), default=1)
     idx = np.full((len(mats), T, b), -1, dtype=np.int64)

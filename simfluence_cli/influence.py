@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import ModelError, UsageError
-from .evaluation import _run_index_matrix, example_map
+from .evaluation import example_map
 from .runs import RunSet
 
 __all__ = ["removal_effect", "coefficient_effect", "top_examples", "MEASURE_HELP"]
@@ -66,7 +66,7 @@ def removal_effect(sim, runs: RunSet, tests: Sequence[str] | None = None, unseen
     if len(runs) == 0:
         raise ModelError("no curricula to remove examples from; give --runs")
     for run in runs.runs:
-        raw = _run_index_matrix(run)
+        raw = run.index_matrix()
         base = np.where(raw < 0, -1, mapping[np.maximum(raw, 0)])
         if (base == -2).any():
             raise ModelError("some examples of the runs are unknown to the model")

@@ -49,6 +49,16 @@ class Run:
         """Losses at step 0 (M,)."""
         return self.losses[0]
 
+    def index_matrix(self) -> np.ndarray:
+        """The curriculum as a (T, b) array of example indices, b = largest batch, -1 = padding."""
+        sizes = self.batch_sizes
+        b = int(sizes.max()) if len(sizes) else 1
+        idx = np.full((self.n_steps, b), -1, dtype=np.int64)
+        rows = np.repeat(np.arange(self.n_steps), sizes)
+        cols = np.arange(len(self.batch_idx)) - np.repeat(self.batch_ptr[:-1], sizes)
+        idx[rows, cols] = self.batch_idx
+        return idx
+
     def step_of_entry(self) -> np.ndarray:
         """For each entry of ``batch_idx``, the (1-based) step it belongs to."""
         return np.repeat(np.arange(1, self.n_steps + 1), self.batch_sizes)

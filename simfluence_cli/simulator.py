@@ -35,7 +35,6 @@ __all__ = ["Simulator", "DEFAULT_L2_GRID"]
 
 DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
 UNSEEN_POLICIES = ("error", "prior", "skip")
-_GRAM_BYTES = 64 * 2**20  # memory for the stacked normal equations of one test chunk
 
 
 class Simulator:
@@ -123,7 +122,7 @@ class Simulator:
         self.example_ids_ = np.asarray(runs.example_ids, dtype=object)
         self.test_ids_ = np.asarray(runs.test_ids, dtype=object)
         self.run_ids_ = list(runs.run_ids)
-        n, m = runs.n_examples, runs.n_tests
+        n = runs.n_examples
         sizes = np.concatenate([r.batch_sizes for r in runs.runs])
         self.batch_size_ = float(np.median(sizes)) if len(sizes) else 1.0
         self.example_counts_ = np.zeros(n, dtype=np.int64)
@@ -199,10 +198,9 @@ class Simulator:
         folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
         self.cv_folds_ = folds
         n, m = runs.n_examples, runs.n_tests
-        P = design.n_params(self.method)
         sse = np.zeros(len(self.l2_grid))
         count = np.zeros(len(self.l2_grid))
-        encoded = {rid: self._encode_run(runs[rid]) for rid in ids}
+        encoded = {rid: runs[rid].index_matrix() for rid in ids}
         grid = list(self.l2_grid)
         G_ = len(grid)
         # the penalty is one scalar shared by all tests: its CV error is estimated on at most
@@ -320,16 +318,6 @@ class Simulator:
                 idx[ci, t, : len(codes)] = codes
         return idx
 
-    def _encode_run(self, run) -> np.ndarray:
-        """A run of the fitting RunSet (same index space) as a (T, b) index array."""
-        sizes = run.batch_sizes
-        b = int(sizes.max()) if len(sizes) else 1
-        idx = np.full((run.n_steps, b), -1, dtype=np.int64)
-        rows = np.repeat(np.arange(run.n_steps), sizes)
-        cols = np.arange(len(run.batch_idx)) - np.repeat(run.batch_ptr[:-1], sizes)
-        idx[rows, cols] = run.batch_idx
-        return idx
-
     def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
                  unseen: str = "error", lengths: Sequence[int] | None = None,
                  return_: str = "trajectory", precision: str = "float64") -> np.ndarray:
@@ -406,12 +394,6 @@ def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
 
     return RunSet(runs.example_ids, runs.test_ids,
                   [replace(r, losses=r.losses / scale) for r in runs.runs])
-
-
-def _chunks(m: int, P: int) -> list[np.ndarray]:
-    """Test-index chunks whose stacked (P x P) systems fit the memory budget."""
-    size = max(1, min(m, int(_GRAM_BYTES // max(1, P * P * 8))))
-    return [np.arange(s, min(m, s + size)) for s in range(0, m, size)]
 
 
 def _rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,

@@ -206,7 +206,7 @@ def test_simulate_is_vectorised_over_curricula():
 
 
 def test_clip_keeps_losses_nonnegative_and_finite():
-    n, m = 4, 2
+    n = 4
     ex, te = [f"e{i}" for i in range(n)], ["a", "b"]
     A = np.array([[1.5, 0.5], [0.5, 0.5], [0.2, 0.2], [0.5, 0.5]])
     B = np.array([[0.0, -1.0], [0.0, -1.0], [0.0, 0.0], [0.0, 0.0]])

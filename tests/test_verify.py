@@ -1,10 +1,8 @@
 """`simfluence verify`: every kind of damage is found and named with its fix; newer stores refused."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
