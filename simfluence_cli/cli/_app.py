@@ -8,6 +8,7 @@ tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
 from __future__ import annotations
 
 import functools
+from enum import Enum
 import os
 import sys
 import warnings
@@ -114,4 +115,21 @@ RunsOpt = Annotated[
     typer.Option("--runs", "-r",
                  help="Run selector: 'all', tag names, run-id globs, comma-separated; "
                       "'-' before a term excludes it, e.g. 'fit,-run-07'. See README 'Selecting runs'."),
+]
+
+
+class Unseen(str, Enum):
+    """What to do with training examples a model has no fitted parameters for."""
+
+    error = "error"
+    prior = "prior"
+    skip = "skip"
+
+
+UnseenOpt = Annotated[
+    Unseen,
+    typer.Option("--unseen",
+                 help="Training examples the model has no fitted parameters for (absent from its "
+                      "fitting runs): error (stop); prior = they act as the shrink target (no "
+                      "change); skip = drop them from their batch."),
 ]

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from ..errors import SelectionError, UsageError
-from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, warn
+from ._app import DEFAULT_STORE, StoreOpt, Unseen, UnseenOpt, command, info, show_progress, stderr_console, warn
 from ._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 
 BASELINES = ("constant", "mean-trajectory")
@@ -23,12 +23,6 @@ class By(str, Enum):
     summary = "summary"
     run = "run"
     test = "test"
-
-
-class Unseen(str, Enum):
-    error = "error"
-    prior = "prior"
-    skip = "skip"
 
 
 class Measure(str, Enum):
@@ -77,9 +71,7 @@ def eval_command(
     baseline_runs: Annotated[Optional[str], typer.Option(
         "--baseline-runs", help="Runs the mean-trajectory baseline averages (default: the first "
                                 "model's fitting runs).")] = None,
-    unseen: Annotated[Unseen, typer.Option(
-        "--unseen", help="Training examples of the evaluated runs a model never saw: error, prior "
-                         "(no effect beyond the prior) or skip.")] = Unseen.error,
+    unseen: UnseenOpt = Unseen.error,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:

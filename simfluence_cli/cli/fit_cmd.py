@@ -14,7 +14,8 @@ import numpy as np
 import typer
 
 from ..errors import InputError, ModelError, SelectionError, UsageError
-from ._app import DEFAULT_STORE, RunsOpt, StoreOpt, command, info, show_progress, stderr_console, warn
+from ._app import (DEFAULT_STORE, RunsOpt, StoreOpt, Unseen, UnseenOpt, command, info, show_progress,
+                   stderr_console, warn)
 from ._output import Format, FormatOpt, OutputOpt, render_object, render_rows, resolve_format
 
 
@@ -38,12 +39,6 @@ class Solver(str, Enum):
     auto = "auto"
     direct = "direct"
     cg = "cg"
-
-
-class Unseen(str, Enum):
-    error = "error"
-    prior = "prior"
-    skip = "skip"
 
 
 LOSS_HELP = {"step": "training step (0 = the initial loss, before any update)",
@@ -312,11 +307,7 @@ def simulate(
     init_loss: Annotated[str, typer.Option(
         "--init-loss", help="Step-0 losses: mean (mean over the fitting runs), run:RUN (that "
                             "run's step-0 losses) or FILE (CSV test_id,loss).")] = "mean",
-    unseen: Annotated[Unseen, typer.Option(
-        "--unseen", help="Examples with no fitted parameters (in the store but not in the "
-                         "model's fitting runs): error; prior = they act as the shrink target "
-                         "(no change); skip = drop them from their batch. IDs unknown to the "
-                         "store are always an error.")] = Unseen.error,
+    unseen: UnseenOpt = Unseen.error,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:

@@ -17,7 +17,7 @@ from ..counterfactual import (MODES, NEUTRAL, ORDERS, Edits, group_effects, read
 from ..curriculum import read_curriculum, read_id_list
 from ..curriculum_search import OBJECTIVES, curriculum_text, design_curriculum
 from ..errors import SelectionError, UsageError
-from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, warn
+from ._app import DEFAULT_STORE, StoreOpt, Unseen, UnseenOpt, command, info, show_progress, stderr_console, warn
 from ._output import FormatOpt, OutputOpt, Format, render_rows, resolve_format
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")]
@@ -47,11 +47,6 @@ ModeOpt = Annotated[
                       "cycled to the base's number of steps: same compute), 'repack' (same, "
                       "not cycled: fewer steps), 'shrink' (removed in place: smaller batches), "
                       "'neutral' (replaced in place by a no-change placeholder, A = 1/b, B = 0)."),
-]
-UnseenOpt = Annotated[
-    str,
-    typer.Option("--unseen", help="Examples the model has no parameters for: error, prior "
-                                  "(no effect beyond the prior) or skip."),
 ]
 
 
@@ -157,7 +152,7 @@ def whatif_cmd(
                          "instead of applying edit options.")] = None,
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
-    unseen: UnseenOpt = "error",
+    unseen: UnseenOpt = Unseen.error,
     trajectories: Annotated[bool, typer.Option(
         "--trajectories", help="Print the step-wise trajectories side by side (long form "
                                "step,test_id,base,edited) instead of the final-loss table.")] = False,
@@ -195,7 +190,7 @@ def whatif_cmd(
             n_in = sum(e in present for e in set(ids))
             if n_in == 0:
                 warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
-    res = whatif(sim, batches, edits, L0, unseen=unseen)
+    res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     if edited_spec is not None:
         res.edits = {"edited": edesc}
     s = res.summary()
@@ -247,7 +242,7 @@ def groups_cmd(
                                                  "tests; 'test': one row per group and test.")] = "group",
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
-    unseen: UnseenOpt = "error",
+    unseen: UnseenOpt = Unseen.error,
     store: StoreOpt = DEFAULT_STORE,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
@@ -281,7 +276,7 @@ def groups_cmd(
     members = len({e for v in groups.values() for e in v})
     info(f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
          f"group removal(s), up to {members} single removals)")
-    res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen)
+    res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen.value)
     f = resolve_format(fmt, output)
     doc = {"model": model, "base": desc, "mode": mode,
            "mean_base_final": float(np.mean(res.base_final))}
