@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ModelError, SelectionError, UsageError
-from .metrics import run_errors, summarise_runs
+from .metrics import run_errors, run_errors_from_parts, summarise_runs
 from .runs import Run, RunSet
 
 __all__ = ["evaluate", "Evaluation", "ModelEval", "encode_runs", "rollout_runs", "SUMMARY_COLUMNS",
@@ -219,12 +219,7 @@ def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str]
         if fallback is not None and _model_tests(model) is not None:
             mpos = {t: j for j, t in enumerate(_model_tests(model))}
             fallback = np.asarray(fallback)[[mpos[t] for t in test_ids]]
-        per_run = []
-        for run, sim in rollout_runs(model, runs, runs.runs, test_ids, cols, unseen, fallback):
-            obs = run.losses[:, cols]
-            e = run_errors(sim, obs)
-            e["run"] = run.run_id
-            per_run.append(e)
+        per_run = _chunked_run_errors(model, runs, test_ids, cols, unseen, fallback)
         summary = summarise_runs(per_run)
         if summary["n_constant_final"]:
             notes.append(f"{name}: final-step Spearman undefined (constant losses) on "
@@ -236,3 +231,36 @@ def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str]
         results.append(ModelEval(name, (kinds or {}).get(name, getattr(model, "method", "")),
                                  per_run, summary, [r for r in runs.run_ids if r in fit]))
     return Evaluation(list(runs.run_ids), test_ids, results, notes)
+
+
+def model_chunks(model, tests: np.ndarray):
+    """(test ids, model) pieces: a :class:`~simfluence_cli.models.StoredModel` loads its
+    parameters one chunk of test examples at a time; anything else is one piece."""
+    if hasattr(model, "chunks"):
+        yield from model.chunks(list(tests))
+    else:
+        yield list(tests), model
+
+
+def _chunked_run_errors(model, runs: RunSet, test_ids: np.ndarray, cols: np.ndarray,
+                        unseen: str, fallback) -> list[dict]:
+    """Per-run errors, rolling the model one chunk of test examples at a time and pooling the
+    per-test pieces (sums, counts, final losses), so the metrics equal the unchunked ones."""
+    parts: dict[str, list[dict]] = {r.run_id: [] for r in runs.runs}
+    s = 0
+    for chunk, sim in model_chunks(model, test_ids):
+        c = slice(s, s + len(chunk))
+        s += len(chunk)
+        fb = None if fallback is None else np.asarray(fallback)[c]
+        for run, traj in rollout_runs(sim, runs, runs.runs, np.asarray(chunk, dtype=object),
+                                      cols[c], unseen, fb):
+            parts[run.run_id].append(run_errors(traj, run.losses[:, cols[c]]))
+    per_run = []
+    for run in runs.runs:
+        ps = parts[run.run_id]
+        e = ps[0] if len(ps) == 1 else run_errors_from_parts(
+            *(np.concatenate([p[k] for p in ps]) for k in ("sse", "sae", "count", "final_sim",
+                                                             "final_obs")))
+        e["run"] = run.run_id
+        per_run.append(e)
+    return per_run

@@ -27,7 +27,7 @@ from .errors import ModelError, UsageError
 from .evaluation import example_map
 from .runs import RunSet
 
-__all__ = ["removal_effect", "coefficient_effect", "top_examples", "MEASURE_HELP"]
+__all__ = ["removal_effect", "coefficient_effect", "mean_effect", "top_examples", "MEASURE_HELP"]
 
 MEASURE_HELP = {
     "removal": "removal_effect = simulated final loss without the example (slot filled by a "
@@ -109,6 +109,31 @@ def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:
     lref = np.where(np.isfinite(lref), lref, np.asarray(sim.init_loss_mean_)[cols])
     a0 = 1.0 / sim.batch_size_
     return -((A - a0) * lref + B)
+
+
+def mean_effect(model, measure: str, tests: Sequence[str] | None = None, runs: RunSet | None = None,
+                progress=None) -> np.ndarray:
+    """(n_examples,) ``removal`` or ``coefficient`` effect averaged over ``tests`` (None = all).
+
+    A :class:`~simfluence_cli.models.StoredModel` is used one chunk of test examples at a time
+    (sums over each chunk's tests, divided by their number at the end), so the whole
+    N_train x N_test parameter matrix is never in memory; a Simulator is one chunk.
+    """
+    from .evaluation import model_chunks
+
+    names = list(np.asarray(model.test_ids_)[model._test_columns(tests)])
+    total = np.zeros(len(model.example_ids_))
+    for chunk, sim in model_chunks(model, np.asarray(names, dtype=object)):
+        if measure == "removal":
+            share = len(chunk) / len(names)
+            prog = None if progress is None else (lambda x, f=share: progress(x * f))
+            eff = removal_effect(sim, runs, chunk, progress=prog)
+        elif measure == "coefficient":
+            eff = coefficient_effect(sim, chunk)
+        else:
+            raise UsageError("--measure must be removal or coefficient")
+        total += eff.sum(axis=1)
+    return total / len(names)
 
 
 def top_examples(effect: np.ndarray, example_ids: np.ndarray, k: int, value_name: str,

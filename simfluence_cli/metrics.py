@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["spearman", "run_errors", "run_spearman", "summarise_runs"]
+__all__ = ["spearman", "run_errors", "run_errors_from_parts", "run_spearman", "summarise_runs"]
 
 
 def _spearman_rows(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -79,18 +79,28 @@ def run_errors(sim: np.ndarray, obs: np.ndarray) -> dict:
     ok = np.isfinite(err)
     e2 = np.where(ok, err * err, 0.0)
     e1 = np.where(ok, np.abs(err), 0.0)
-    count = ok.sum(axis=0)
+    return run_errors_from_parts(e2.sum(axis=0), e1.sum(axis=0), ok.sum(axis=0), sim[-1], obs[-1])
+
+
+def run_errors_from_parts(sse, sae, count, final_sim, final_obs) -> dict:
+    """:func:`run_errors` from its per-test pieces (over test examples: (M,) each).
+
+    Pieces of column chunks concatenated give the same result as the whole run at once (how
+    eval uses a model's parameters one chunk of test examples at a time).
+    """
+    sse, sae, count = (np.asarray(v) for v in (sse, sae, count))
+    fs = np.asarray(final_sim, dtype=np.float64)
+    fo = np.asarray(final_obs, dtype=np.float64)
     n = count.sum()
-    fs, fo = sim[-1], obs[-1]
     fe = fs - fo
     fok = np.isfinite(fe)
     return {
-        "all_steps_mse": float(e2.sum() / n) if n else np.nan,
-        "all_steps_mae": float(e1.sum() / n) if n else np.nan,
+        "all_steps_mse": float(sse.sum() / n) if n else np.nan,
+        "all_steps_mae": float(sae.sum() / n) if n else np.nan,
         "final_step_mse": float(np.mean(fe[fok] ** 2)) if fok.any() else np.nan,
         "final_step_mae": float(np.mean(np.abs(fe[fok]))) if fok.any() else np.nan,
         "final_spearman": spearman(fs, fo),
-        "sse": e2.sum(axis=0), "sae": e1.sum(axis=0), "count": count,
+        "sse": sse, "sae": sae, "count": count,
         "final_sim": fs, "final_obs": fo,
     }
 

@@ -228,7 +228,7 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
         ("A", pa.float64()), ("B", pa.float64()),
     ], metadata={b"simfluence.model_format": str(MODEL_FORMAT).encode(),
                  b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode()})
-    per_group = max(1, 1_000_000 // max(n, 1))  # whole test examples per row group
+    per_group = max(1, ROW_GROUP_ROWS // max(n, 1))  # whole test examples per row group
 
     def write(fh):
         with pq.ParquetWriter(fh, schema) as w:
@@ -247,18 +247,85 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
     write_atomic(path, write)
 
 
-def load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
-    """A fitted Simulator from the store (optionally only some test examples' parameters)."""
+ROW_GROUP_ROWS = 1_000_000  # parameter rows per row group (rounded down to whole tests)
+TEST_CHUNK_ENV = "SIMFLUENCE_TEST_CHUNK"
+PARAM_CHUNK_BYTES = 256 * 2**20
+
+
+def param_chunk_size(n_examples: int, n_tests: int | None = None) -> int:
+    """Test examples per chunk when a model's parameters are used chunk by chunk.
+
+    ``$SIMFLUENCE_TEST_CHUNK`` (a positive integer) sets it; the default keeps one chunk's
+    A and B (2 x 8 bytes x n_examples per test) within about 256 MB:
+    max(1, 256 MB // (16 n_examples)) (2,000 tests at 8,000 training examples, 838 at 20,000).
+    """
+    import os
+
+    env = os.environ.get(TEST_CHUNK_ENV, "").strip()
+    if env:
+        try:
+            size = int(env)
+        except ValueError:
+            raise UsageError(f"${TEST_CHUNK_ENV} must be a positive integer, got {env!r}") from None
+        if size < 1:
+            raise UsageError(f"${TEST_CHUNK_ENV} must be a positive integer, got {env!r}")
+    else:
+        size = max(1, PARAM_CHUNK_BYTES // (16 * max(1, int(n_examples))))
+    return size if n_tests is None else max(1, min(size, int(n_tests)))
+
+
+def split_tests(tests, n_examples: int):
+    """``tests`` (a sequence) split into consecutive chunks of :func:`param_chunk_size`."""
+    tests = list(tests)
+    size = param_chunk_size(n_examples, len(tests))
+    return [tests[s: s + size] for s in range(0, len(tests), size)]
+
+
+class StoredModel:
+    """A stored model whose parameters are loaded one chunk of test examples at a time.
+
+    Everything but A_ and B_ (test and example ids, counts, loss ranges, manifest) is loaded
+    up front; attribute access falls through to that metadata-only Simulator (``meta``).
+    :meth:`chunks` yields ``(test_ids, Simulator)`` with that chunk's parameters only, so
+    eval, top and simulate never hold the whole N_train x N_test matrix.
+    """
+
+    def __init__(self, store, name: str, tests: list[str] | None = None):
+        self.store, self.name = store, name
+        self.meta = load_model(store, name, tests=tests, parameters=False)
+
+    def __getattr__(self, attr):
+        if attr in ("meta", "store", "name"):
+            raise AttributeError(attr)
+        return getattr(self.meta, attr)
+
+    def chunks(self, tests=None):
+        """Yield (test ids, Simulator with only those tests' parameters), memory-bounded."""
+        tests = list(self.meta.test_ids_) if tests is None else list(tests)
+        for chunk in split_tests(tests, len(self.meta.example_ids_)):
+            yield chunk, load_model(self.store, self.name, tests=chunk,
+                                    manifest=self.meta.manifest_)
+
+
+def load_model(store, name: str, tests: list[str] | None = None,
+               parameters: bool = True, manifest: dict | None = None) -> Simulator:
+    """A fitted Simulator from the store (optionally only some test examples' parameters).
+
+    ``parameters=False`` loads everything but A_ and B_ (set to None): ids, counts, ranges.
+    ``manifest``: read the files of this (already read) manifest, so the chunks of one
+    :class:`StoredModel` come from one generation even if the model is refitted meanwhile.
+    """
     try:
-        return _load_model(store, name, tests)
+        return _load_model(store, name, tests, parameters, manifest)
     except (OSError, KeyError, TypeError, IndexError, ValueError, pa.ArrowException) as exc:
         raise ModelError(f"model {name!r} in {store.path} is damaged ({type(exc).__name__}: "
                          f"{str(exc)[:200]}); refit with `simfluence fit --name {name} --replace` "
                          "(see `simfluence verify`)") from None
 
 
-def _load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
-    man = read_manifest(store, name)
+def _load_model(store, name: str, tests: list[str] | None = None,
+                parameters: bool = True, manifest: dict | None = None) -> Simulator:
+    man = manifest if manifest is not None else read_manifest(store, name)
     if man.get("format", 0) > MODEL_FORMAT:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
     d = model_dir(store, name)
@@ -287,11 +354,14 @@ def _load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
     sim.batch_size_ = man["batch_size"]
     sim.run_ids_ = list(cfg.get("runs", []))
     sim.fit_seconds_ = man.get("fit_seconds", 0.0)
+    sim.manifest_ = man
     n, m = len(sim.example_ids_), len(cols)
-    filt = None
-    if tests is not None:
-        filt = [("test_id", "in", list(sim.test_ids_))]
-    pt = pq.read_table(d / man["files"]["parameters"], filters=filt)
+    if not parameters:  # check the parameters file is there and readable (its footer only)
+        pq.ParquetFile(d / man["files"]["parameters"]).metadata
+        sim.A_ = sim.B_ = None
+        return sim
+    pt = _read_parameters(d / man["files"]["parameters"], all_tests, n,
+                          None if tests is None else cols)
     te = _dict_codes(pt["test_id"], all_tests)
     ex = _dict_codes(pt["example_id"], sim.example_ids_)
     colpos = np.full(len(all_tests), -1)
@@ -302,8 +372,38 @@ def _load_model(store, name: str, tests: list[str] | None = None) -> Simulator:
     if sim.method != "additive":
         sim.A_[ex, te] = pt["A"].to_numpy()
     sim.B_[ex, te] = pt["B"].to_numpy()
-    sim.manifest_ = man
     return sim
+
+
+def _read_parameters(path: Path, all_tests: np.ndarray, n: int, cols: np.ndarray | None) -> pa.Table:
+    """The parameter rows of test columns ``cols`` (None = all).
+
+    The file holds n rows per test in the tests file's order (rows sorted by test, row groups
+    of whole tests), so the row groups holding the wanted tests follow from the row-group sizes
+    in the footer: only those are read, then filtered on the dictionary codes of test_id.
+    A file not laid out like that falls back to a Parquet filter on test_id.
+    """
+    if cols is None:
+        return pq.read_table(path)
+    wanted = np.unique(cols)
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    if md.num_rows != n * len(all_tests) or n == 0:
+        return pq.read_table(path, filters=[("test_id", "in", list(all_tests[wanted]))])
+    sizes = np.asarray([md.row_group(i).num_rows for i in range(md.num_row_groups)], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    first_test, last_test = starts // n, (ends - 1) // n  # tests each row group touches
+    lo = np.searchsorted(wanted, first_test, side="left")
+    hi = np.searchsorted(wanted, last_test, side="right")
+    groups = [int(g) for g in np.flatnonzero((hi > lo) & (sizes > 0))]
+    if not groups:
+        return pq.read_table(path).slice(0, 0)
+    pt = pf.read_row_groups(groups)
+    keep = np.zeros(len(all_tests), dtype=bool)
+    keep[wanted] = True
+    te = _dict_codes(pt["test_id"], all_tests)
+    return pt.filter(pa.array(keep[te]))
 
 
 def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:

@@ -85,7 +85,7 @@ def eval_command(
     from ..baselines import ConstantBaseline, MeanTrajectoryBaseline
     from ..curriculum import read_id_list
     from ..evaluation import METRIC_HELP, RUN_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS, evaluate
-    from ..models import load_model
+    from ..models import StoredModel
 
     out_fmt = resolve_format(fmt, output)
     if len(set(model)) != len(model):
@@ -94,7 +94,7 @@ def eval_command(
     if clash:
         raise UsageError(f"model name {clash[0]!r} is reserved for a baseline; rename the model")
     st = _open_store(store)
-    sims = {name: load_model(st, name) for name in model}
+    sims = {name: StoredModel(st, name) for name in model}  # parameters by test chunk
     records = [_model_record(s) for s in sims.values()]
     fit_by_model = {name: set(r["fitting_runs"]) for name, r in zip(model, records)}
     fit_union = set().union(*fit_by_model.values())
@@ -324,15 +324,15 @@ def top_command(
     value, occurrences (in the fitting curricula).
     """
     from ..curriculum import read_id_list
-    from ..influence import MEASURE_HELP, coefficient_effect, removal_effect, top_examples
-    from ..models import load_model
+    from ..influence import MEASURE_HELP, mean_effect, top_examples
+    from ..models import StoredModel
 
     if k < 1:
         raise UsageError("--k must be at least 1")
     out_fmt = resolve_format(fmt, output)
     st = _open_store(store)
     tests = None if test == "all" else read_id_list(test, "test ids")
-    sim = load_model(st, model)
+    sim = StoredModel(st, model)  # parameters loaded one chunk of test examples at a time
     if tests is not None:
         sim._test_columns(tests)  # validates, SelectionError on unknown ids
     only = None
@@ -343,14 +343,13 @@ def top_command(
                                  "out of; pass --runs SELECTOR or --measure coefficient")
         rs = st.load(ids)
         progress, finish = _progress("removal effects", show_progress())
-        eff = removal_effect(sim, rs, tests, progress=progress)
+        per_example = mean_effect(sim, "removal", tests, rs, progress=progress)
         finish()
         value_name = "removal_effect"
         only = np.asarray(sim.example_counts_) > 0
     else:
-        eff = coefficient_effect(sim, tests)
+        per_example = mean_effect(sim, "coefficient", tests)
         value_name = "step_effect"
-    per_example = eff.mean(axis=1)
     rows = top_examples(per_example, sim.example_ids_, k, value_name,
                         counts=np.asarray(sim.example_counts_), only=only)
     what = "all test examples (mean)" if tests is None else (

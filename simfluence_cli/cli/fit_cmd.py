@@ -141,10 +141,11 @@ def fit(
     from ..simulator import Simulator
 
     name = check_name(name or method.value)
-    st = _open_store(store)
-    ids = st.select(runs)
+    # options first: a malformed option is a usage error (exit 2) whatever the store holds
     sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value,
                     solver=solver.value, workers=workers, dask=dask)
+    st = _open_store(store)
+    ids = st.select(runs)
     with st.write_lock():
         data_hash = st.data_hash(ids)
         prev = check_existing(st, name, model_config(sim, ids, data_hash), replace=replace)
@@ -317,21 +318,27 @@ def simulate(
     fitted model; losses are clamped by the model's --clip safeguard.
     """
     from ..curriculum import read_curriculum, read_id_list
-    from ..models import load_model
+    from ..models import StoredModel
 
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
     st = _open_store(store)
     name = model or _default_model(st)
     test_ids = read_id_list(tests, "test IDs") if tests else None
-    sim = load_model(st, name, tests=test_ids)
+    sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
     _check_ids(cur, sim, st, unseen.value)
     L0 = _init_loss(init_loss, sim, st)
     sizes = {len(b) for b in cur.batches}
     if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
         warn(f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
              f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it")
-    traj = sim.simulate([cur.batches], init_loss=L0, unseen=unseen.value)[0]  # (T+1, M)
+    idx = sim.encode([cur.batches], unseen=unseen.value)
+    traj = np.empty((len(cur) + 1, len(sim.test_ids_)))  # (T+1, M), filled chunk by chunk
+    s = 0
+    for chunk, part in sim.chunks():
+        traj[:, s: s + len(chunk)] = part.simulate(idx, init_loss=L0[s: s + len(chunk)],
+                                                   lengths=[len(cur)])[0]
+        s += len(chunk)
     lo, hi = sim.bounds_
     clamped = 0 if lo is None else int(np.sum((traj[1:] <= lo) | (traj[1:] >= hi)))
     info(f"simulated {len(cur)} step(s) x {traj.shape[1]} test(s) with model {name!r} "
