@@ -47,18 +47,25 @@ def chunk_shards(chunks: list[np.ndarray], n_shards: int) -> list[list[np.ndarra
 
 def fit_theta(runs, design, method: str, l2: float, theta0: np.ndarray, *, solver: str = "auto",
               tol: float = CG_TOL, workers: int = 1, dask=None, progress=None,
-              threads: int | None = None, stats: dict | None = None) -> np.ndarray:
-    """Ridge parameters (P, n_tests) of all test examples, sharded as configured."""
+              threads: int | None = None, stats: dict | None = None,
+              sink=None) -> np.ndarray | None:
+    """Ridge parameters (P, n_tests) of all test examples, sharded as configured.
+
+    ``sink(test_indices, theta (P, k))``: hand each finished chunk or shard over as it
+    arrives (in any order) instead of collecting them; then None is returned.
+    """
     m = design.n_tests
     if dask is not None:
-        return _fit_dask(runs, design, method, l2, theta0, solver, tol, dask, progress, stats)
+        return _fit_dask(runs, design, method, l2, theta0, solver, tol, dask, progress, stats,
+                         sink)
     workers = int(workers or 1)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     if workers == 1 or m < 2:
         return solve_tests(design, method, l2, theta0, solver=solver, tol=tol,
-                           progress=progress, threads=threads, stats=stats)
-    return _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats)
+                           progress=progress, threads=threads, stats=stats, sink=sink)
+    return _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats,
+                          sink)
 
 
 # -- local processes ----------------------------------------------------------------------------
@@ -76,12 +83,13 @@ def _init_spawned(runs):  # pragma: no cover - only without fork
     _SHARED["design"] = Design(runs)
 
 
-def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats):
+def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats,
+                   sink=None):
     m = design.n_tests
     _, chunks = plan_chunks(design, method, solver)
     parts = chunk_shards(chunks, workers * 4)  # several shards per worker: balance, progress
     P = design.n_params(method)
-    out = np.empty((P, m))
+    out = None if sink is not None else np.empty((P, m))
     if "fork" in mp.get_all_start_methods():
         ctx = mp.get_context("fork")
         _SHARED["design"] = design  # inherited by the forked workers, not pickled
@@ -97,7 +105,10 @@ def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progr
             for f in as_completed(futs):
                 th, st = f.result()
                 t = futs[f]
-                out[:, t] = th
+                if sink is not None:
+                    sink(t, th)
+                else:
+                    out[:, t] = th
                 iters.append(st.get("cg_iterations_max", 0))
                 if progress is not None:
                     progress(len(t))
@@ -143,7 +154,8 @@ def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol, shape=
     return tests, th, st
 
 
-def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats):
+def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats,
+              sink=None):
     try:
         from distributed import Client
     except ImportError as exc:
@@ -166,11 +178,14 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
                 for t in parts]
         from distributed import as_completed as das_completed
         P = len(theta0)
-        out = np.empty((P, m))
+        out = None if sink is not None else np.empty((P, m))
         iters = []
         for f in das_completed(futs):
             tests, th, st = f.result()
-            out[:, tests] = th
+            if sink is not None:
+                sink(tests, th)
+            else:
+                out[:, tests] = th
             iters.append(st.get("cg_iterations_max", 0))
             if progress is not None:
                 progress(len(tests))

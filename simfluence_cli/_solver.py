@@ -227,8 +227,11 @@ def default_threads() -> int:
 def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solver: str = "auto",
                 tol: float = CG_TOL, run_ids=None, progress=None, out: np.ndarray | None = None,
                 stats: dict | None = None, threads: int | None = None,
-                chunks: list | None = None) -> np.ndarray:
+                chunks: list | None = None, sink=None) -> np.ndarray | None:
     """Ridge solutions of ``method`` for the test indices ``tests`` (default all).
+
+    ``sink(test_indices, theta_chunk (P, k))``: hand each chunk's solution over (in the calling
+    thread) instead of collecting them; then nothing is returned (one penalty only).
 
     ``l2`` is a float, or a sequence of penalties (a regularisation path: then a list of
     (P, len(tests)) arrays is returned, in the order given; the CG path is warm-started from
@@ -249,7 +252,10 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
         kind = choose_solver(solver, P)
     path = not np.isscalar(l2)
     grid = [float(v) for v in (l2 if path else [l2])]
-    outs = [np.empty((P, len(tests))) for _ in grid] if (path or out is None) else [out]
+    if sink is not None and path:
+        raise ValueError("sink needs a single penalty")
+    outs = ([None] if sink is not None else
+            [np.empty((P, len(tests))) for _ in grid] if (path or out is None) else [out])
     iters = []
     if kind == "direct":
         eq = design.equations(method, run_ids)
@@ -261,7 +267,10 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
             eq.fill(chunk, G, r)
             for g, lam in enumerate(grid):
                 last = g == len(grid) - 1
-                outs[g][:, o:o + k] = ridge_solve(G[:k], r[:k], lam, theta0, overwrite=last).T
+                x = ridge_solve(G[:k], r[:k], lam, theta0, overwrite=last).T
+                if sink is not None:
+                    return np.array(x)  # a copy: G and r are reused by the next chunk
+                outs[g][:, o:o + k] = x
 
         threads = 1  # LAPACK is threaded already; the Gram buffers are shared
     else:
@@ -275,26 +284,35 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
             x = None
             for g in order:
                 x, it = cs.solve(grid[g], x0=x, tol=tol)
-                outs[g][:, o:o + k] = x
                 iters.append(int(it.max()) if len(it) else 0)
+                if sink is not None:
+                    return np.array(x)
+                outs[g][:, o:o + k] = x
 
         threads = default_threads() if threads is None else max(1, int(threads))
     offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
     if threads == 1 or len(chunks) == 1:
         for o, chunk in zip(offsets, chunks):
-            run(o, chunk)
+            x = run(o, chunk)
+            if sink is not None:
+                sink(tests[o:o + len(chunk)], x)
             if progress is not None:
                 progress(len(chunk))
     else:
         with ThreadPoolExecutor(threads) as ex:
-            futs = {ex.submit(run, o, c): len(c) for o, c in zip(offsets, chunks)}
+            futs = {ex.submit(run, o, c): (o, len(c)) for o, c in zip(offsets, chunks)}
             from concurrent.futures import as_completed
             for f in as_completed(futs):
-                f.result()
+                x = f.result()
+                o, k = futs[f]
+                if sink is not None:
+                    sink(tests[o:o + k], x)
                 if progress is not None:
-                    progress(futs[f])
+                    progress(k)
     if stats is not None:
         stats.update(solver=kind, n_params=P, chunks=len(chunks), threads=threads,
                      cg_iterations_max=max(iters) if iters else 0,
                      cg_iterations_mean=float(np.mean(iters)) if iters else 0.0)
+    if sink is not None:
+        return None
     return outs if path else outs[0]

@@ -154,12 +154,24 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
 
 def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: str,
                selector: str | None = None, kind: str = "simfluence", replace: bool = False,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, parameters: "ParameterWriter | None" = None) -> dict:
     """Write a fitted simulator under ``name`` (call with the store's write lock held).
 
     An existing model with a different configuration is a ConflictError unless ``replace``;
-    one with the same configuration is overwritten by the new fit.
+    one with the same configuration is overwritten by the new fit. ``parameters``: the
+    :class:`ParameterWriter` the fit streamed the parameters into (``sim.A_`` is then unused);
+    it is committed here (or aborted on an error).
     """
+    try:
+        return _save_model(store, name, sim, runs=runs, data_hash=data_hash, selector=selector,
+                           kind=kind, replace=replace, extra=extra, parameters=parameters)
+    finally:
+        if parameters is not None:
+            parameters.abort()  # no-op once committed
+
+
+def _save_model(store, name, sim, *, runs, data_hash, selector, kind, replace, extra,
+                parameters) -> dict:
     d = model_dir(store, name)
     config = model_config(sim, runs, data_hash, kind, extra)
     check_existing(store, name, config, replace=replace)  # raises on a different configuration
@@ -169,11 +181,14 @@ def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: 
             prev_files = set(json.loads((d / "model.json").read_text()).get("files", {}).values())
         except (ValueError, AttributeError):
             prev_files = set()
-    gen = f"{int(time.time())}-{secrets.token_hex(3)}"
+    gen = f"{int(time.time())}-{secrets.token_hex(3)}" if parameters is None else parameters.gen
     d.mkdir(parents=True, exist_ok=True)
     files = {"parameters": f"parameters-{gen}.parquet", "tests": f"tests-{gen}.parquet",
              "examples": f"examples-{gen}.parquet"}
-    _write_parameters(d / files["parameters"], sim)
+    if parameters is None:
+        _write_parameters(d / files["parameters"], sim)
+    else:
+        files["parameters"] = parameters.commit()
     _write_table(d / files["tests"], pa.table({
         "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
         "init_loss_mean": sim.init_loss_mean_,
@@ -217,34 +232,132 @@ def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
     write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
-def _write_parameters(path: Path, sim: Simulator) -> None:
-    n, m = sim.A_.shape
-    additive = sim.method == "additive"
-    ex_dict = pa.array(sim.example_ids_.tolist(), pa.string())
-    te_dict = pa.array(sim.test_ids_.tolist(), pa.string())
-    schema = pa.schema([
+def _param_schema() -> pa.Schema:
+    return pa.schema([
         ("test_id", pa.dictionary(pa.int32(), pa.string())),
         ("example_id", pa.dictionary(pa.int32(), pa.string())),
         ("A", pa.float64()), ("B", pa.float64()),
     ], metadata={b"simfluence.model_format": str(MODEL_FORMAT).encode(),
                  b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode()})
-    per_group = max(1, ROW_GROUP_ROWS // max(n, 1))  # whole test examples per row group
+
+
+def _tests_per_group(n: int) -> int:
+    return max(1, ROW_GROUP_ROWS // max(n, 1))  # whole test examples per row group
+
+
+def _param_group(cols: np.ndarray, A: np.ndarray, B: np.ndarray, te_dict, ex_dict, additive: bool,
+                 schema: pa.Schema) -> pa.Table:
+    """Rows of test columns ``cols`` (A, B: (n, len(cols))), test-major."""
+    n = A.shape[0]
+    te = np.repeat(cols, n).astype(np.int32)
+    ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
+    a = A.T.reshape(-1)
+    return pa.table({
+        "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
+        "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
+        "A": pa.array(a, mask=np.ones(len(a), bool)) if additive else a,
+        "B": B.T.reshape(-1),
+    }, schema=schema)
+
+
+def _write_parameters(path: Path, sim: Simulator) -> None:
+    n, m = sim.A_.shape
+    additive = sim.method == "additive"
+    ex_dict = pa.array(sim.example_ids_.tolist(), pa.string())
+    te_dict = pa.array(sim.test_ids_.tolist(), pa.string())
+    schema = _param_schema()
+    per_group = _tests_per_group(n)
 
     def write(fh):
         with pq.ParquetWriter(fh, schema) as w:
             for s in range(0, m, per_group):
                 cols = np.arange(s, min(m, s + per_group))
-                te = np.repeat(cols, n).astype(np.int32)
-                ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
-                A = sim.A_[:, cols].T.reshape(-1)
-                w.write_table(pa.table({
-                    "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
-                    "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
-                    "A": pa.array(A, mask=np.ones(len(A), bool)) if additive else A,
-                    "B": sim.B_[:, cols].T.reshape(-1),
-                }, schema=schema))
+                w.write_table(_param_group(cols, sim.A_[:, cols], sim.B_[:, cols], te_dict,
+                                           ex_dict, additive, schema))
 
     write_atomic(path, write)
+
+
+class ParameterWriter:
+    """Streams a fit's parameters into the next generation's parameter file as they come.
+
+    Use as ``Simulator.fit(runs, param_sink=writer, keep_params=False)``, then
+    ``save_model(..., parameters=writer)``. Chunks of tests may arrive in any order; they are
+    written as row groups of whole tests in test order (the layout :func:`save_model` writes),
+    each as soon as every earlier test is written, into a hidden temp file in the model
+    directory (fsynced and renamed by ``save_model`` before the manifest, the commit point).
+    Call with the store's write lock held (for the whole fit). :meth:`abort` removes the temp.
+    """
+
+    def __init__(self, store, name: str, example_ids, test_ids, method: str):
+        self.dir = model_dir(store, name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.gen = f"{int(time.time())}-{secrets.token_hex(3)}"
+        self.file_name = f"parameters-{self.gen}.parquet"
+        self.tmp = self.dir / f".{self.file_name}.{secrets.token_hex(4)}.tmp"
+        self.n, self.m = len(example_ids), len(test_ids)
+        self.additive = method == "additive"
+        self.ex_dict = pa.array([str(e) for e in example_ids], pa.string())
+        self.te_dict = pa.array([str(t) for t in test_ids], pa.string())
+        self.schema = _param_schema()
+        self.per_group = _tests_per_group(self.n)
+        self.pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.next = 0  # first test not written yet
+        self.ready: list[int] = []
+        self._fh = open(self.tmp, "wb")
+        self._writer = pq.ParquetWriter(self._fh, self.schema)
+        self.done = False
+
+    def __call__(self, tests, A: np.ndarray, B: np.ndarray) -> None:
+        for j, t in enumerate(np.asarray(tests, dtype=np.int64)):
+            self.pending[int(t)] = (A[:, j], B[:, j])
+        while self.next in self.pending:
+            self.ready.append(self.next)
+            self.next += 1
+            if len(self.ready) == self.per_group:
+                self._flush()
+
+    def _flush(self) -> None:
+        cols = np.asarray(self.ready, dtype=np.int64)
+        parts = [self.pending.pop(int(t)) for t in cols]
+        A = np.column_stack([p[0] for p in parts])
+        B = np.column_stack([p[1] for p in parts])
+        self._writer.write_table(_param_group(cols, A, B, self.te_dict, self.ex_dict,
+                                              self.additive, self.schema))
+        self.ready = []
+
+    def commit(self) -> str:
+        """Finish the file and move it to its final name; returns that name."""
+        if self.ready:
+            self._flush()
+        if self.next != self.m or self.pending:
+            raise ModelError(f"internal: streamed parameters of {self.next} of {self.m} tests")
+        import os
+
+        self._writer.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.replace(self.tmp, self.dir / self.file_name)
+        self.done = True
+        return self.file_name
+
+    def abort(self) -> None:
+        if not self.done:
+            try:
+                self._writer.close()
+                self._fh.close()
+            except Exception:  # noqa: BLE001 - best effort on the error path
+                pass
+            self.tmp.unlink(missing_ok=True)
+            self.done = True
+
+
+def _umask() -> int:
+    from ._atomic import _UMASK
+
+    return _UMASK
 
 
 ROW_GROUP_ROWS = 1_000_000  # parameter rows per row group (rounded down to whole tests)

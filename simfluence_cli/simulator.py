@@ -114,8 +114,17 @@ class Simulator:
         return sim
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, runs: RunSet) -> "Simulator":
-        """Fit on the runs of ``runs``; returns self."""
+    def fit(self, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> "Simulator":
+        """Fit on the runs of ``runs``; returns self.
+
+        ``param_sink(test_indices, A_chunk, B_chunk)`` (each (n_examples, k)) receives the
+        parameters of each chunk of test examples as soon as it is solved (in any order of
+        tests; e.g. :class:`~simfluence_cli.models.ParameterWriter` streams them to Parquet).
+        ``keep_params=False`` (with a sink) does not keep ``A_``/``B_`` (set to None), so the
+        whole n_examples x n_tests matrix is never in memory.
+        """
+        if not keep_params and param_sink is None:
+            raise UsageError("keep_params=False needs a param_sink")
         if len(runs) == 0:
             raise SelectionError("no runs to fit on; check --runs")
         t0 = time.perf_counter()
@@ -152,14 +161,32 @@ class Simulator:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
         from ._parallel import fit_theta  # sparse direct/CG solve, sharded over tests
         self.solver_stats_ = {}
+        sink = None
+        if param_sink is not None:
+            m = runs.n_tests
+            if keep_params:
+                self.A_, self.B_ = np.empty((n, m)), np.empty((n, m))
+
+            def sink(tests, th):  # same arithmetic as the collected path below
+                A, B = self._split(th, n)
+                B = B * scale[tests]
+                if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
+                    raise ModelError("the fit produced non-finite parameters; raise --l2")
+                if keep_params:
+                    self.A_[:, tests], self.B_[:, tests] = A, B
+                param_sink(np.asarray(tests), A, B)
+
         theta = fit_theta(runs, design, self.method, self.l2_, theta0, solver=self.solver,
                           tol=self.tol, workers=self.workers, dask=self.dask,
-                          progress=self._tick, stats=self.solver_stats_)
-        self._set_theta(theta.T, n)
-        del theta
-        self.B_ *= scale
-        if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
-            raise ModelError("the fit produced non-finite parameters; raise --l2")
+                          progress=self._tick, stats=self.solver_stats_, sink=sink)
+        if sink is None:
+            self._set_theta(theta.T, n)
+            del theta
+            self.B_ *= scale
+            if not (np.all(np.isfinite(self.A_)) and np.all(np.isfinite(self.B_))):
+                raise ModelError("the fit produced non-finite parameters; raise --l2")
+        elif not keep_params:
+            self.A_ = self.B_ = None
         self.fit_seconds_ = time.perf_counter() - t0
         for msg in self.warnings_:  # the CLI prints each as one "warning:" line
             warnings.warn(msg, SimfluenceWarning, stacklevel=2)

@@ -137,7 +137,7 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
-    from ..models import check_existing, check_name, model_config, save_model
+    from ..models import ParameterWriter, check_existing, check_name, model_config, save_model
     from ..simulator import Simulator
 
     name = check_name(name or method.value)
@@ -160,12 +160,19 @@ def fit(
         info(f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
              f"{rs.n_tests} test examples" + (" (l2 by cross-validation)" if sim.l2 == "auto" else ""))
         total = rs.n_tests * (2 if sim.l2 == "auto" else 1)
-        with _Progress(total, "fitting") as bar:
-            sim.progress = bar
-            sim.fit(rs)
-            sim.progress = None
+        # parameters stream into the model's next parameter file as test chunks are solved:
+        # the whole training x test matrix is never in memory; the manifest still commits last
+        writer = ParameterWriter(st, name, rs.example_ids, rs.test_ids, sim.method)
+        try:
+            with _Progress(total, "fitting") as bar:
+                sim.progress = bar
+                sim.fit(rs, param_sink=writer, keep_params=False)
+                sim.progress = None
+        except BaseException:
+            writer.abort()
+            raise
         man = save_model(st, name, sim, runs=ids, data_hash=data_hash, selector=runs,
-                         replace=replace)
+                         replace=replace, parameters=writer)
     how = "chosen by CV" if sim.cv_curve_ else "given"
     info(f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
          f"clip {clip.value}; {len(ids)} run(s), {rs.n_examples} examples x {rs.n_tests} tests, "
