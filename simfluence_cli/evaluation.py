@@ -255,6 +255,7 @@ def _chunked_run_errors(model, runs: RunSet, test_ids: np.ndarray, cols: np.ndar
         for run, traj in rollout_runs(sim, runs, runs.runs, np.asarray(chunk, dtype=object),
                                       cols[c], unseen, fb):
             parts[run.run_id].append(run_errors(traj, run.losses[:, cols[c]]))
+        sim = traj = None  # free this chunk's parameters before the next one is loaded
     per_run = []
     for run in runs.runs:
         ps = parts[run.run_id]

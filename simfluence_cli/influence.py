@@ -133,6 +133,7 @@ def mean_effect(model, measure: str, tests: Sequence[str] | None = None, runs: R
         else:
             raise UsageError("--measure must be removal or coefficient")
         total += eff.sum(axis=1)
+        sim = eff = None  # free this chunk's parameters before the next one is loaded
     return total / len(names)
 
 

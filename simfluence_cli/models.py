@@ -362,15 +362,16 @@ def _umask() -> int:
 
 ROW_GROUP_ROWS = 1_000_000  # parameter rows per row group (rounded down to whole tests)
 TEST_CHUNK_ENV = "SIMFLUENCE_TEST_CHUNK"
-PARAM_CHUNK_BYTES = 256 * 2**20
+PARAM_CHUNK_BYTES = 128 * 2**20
 
 
 def param_chunk_size(n_examples: int, n_tests: int | None = None) -> int:
     """Test examples per chunk when a model's parameters are used chunk by chunk.
 
     ``$SIMFLUENCE_TEST_CHUNK`` (a positive integer) sets it; the default keeps one chunk's
-    A and B (2 x 8 bytes x n_examples per test) within about 256 MB:
-    max(1, 256 MB // (16 n_examples)) (2,000 tests at 8,000 training examples, 838 at 20,000).
+    A and B (2 x 8 bytes x n_examples per test) within 128 MB:
+    max(1, 128 MB // (16 n_examples)) (1,048 tests at 8,000 training examples, 419 at 20,000).
+    Working memory is a few times that (loading one row group, rollout/effect temporaries).
     """
     import os
 
@@ -473,6 +474,11 @@ def _load_model(store, name: str, tests: list[str] | None = None,
         pq.ParquetFile(d / man["files"]["parameters"]).metadata
         sim.A_ = sim.B_ = None
         return sim
+    sim.A_ = np.zeros((n, m))
+    sim.B_ = np.zeros((n, m))
+    if _fill_parameters(d / man["files"]["parameters"], all_tests, sim.example_ids_, cols,
+                        sim.A_, sim.B_, sim.method != "additive"):
+        return sim
     pt = _read_parameters(d / man["files"]["parameters"], all_tests, n,
                           None if tests is None else cols)
     te = _dict_codes(pt["test_id"], all_tests)
@@ -486,6 +492,52 @@ def _load_model(store, name: str, tests: list[str] | None = None,
         sim.A_[ex, te] = pt["A"].to_numpy()
     sim.B_[ex, te] = pt["B"].to_numpy()
     return sim
+
+
+def _fill_parameters(path: Path, all_tests: np.ndarray, example_ids: np.ndarray, cols: np.ndarray,
+                     A: np.ndarray, B: np.ndarray, with_a: bool) -> bool:
+    """Fill A, B (n, len(cols)) with the parameters of test columns ``cols``, one row group at a
+    time (memory: the output plus one row group). Only row groups holding wanted tests are read.
+
+    Relies on the layout save_model writes (n rows per test, tests in the tests file's order,
+    examples in the examples file's order, row groups of whole tests) and checks it on every
+    row group read; returns False (nothing trusted) when the file is laid out otherwise.
+    """
+    n = len(example_ids)
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    if n == 0 or md.num_rows != n * len(all_tests):
+        return False
+    sizes = np.asarray([md.row_group(i).num_rows for i in range(md.num_row_groups)], dtype=np.int64)
+    if np.any(sizes % n):
+        return False
+    first = (np.cumsum(sizes) - sizes) // n  # first test of each row group
+    where: dict[int, list[int]] = {}  # test column -> output positions (a test may repeat)
+    for j, c in enumerate(np.asarray(cols, dtype=np.int64).tolist()):
+        where.setdefault(c, []).append(j)
+    group_of = np.searchsorted(first, np.fromiter(where, dtype=np.int64), side="right") - 1
+    ex_expect = None
+    for g in np.unique(group_of).tolist():
+        k = int(sizes[g] // n)
+        t = pf.read_row_group(g, columns=["test_id", "example_id", "A", "B"])
+        te = _dict_codes(t["test_id"], all_tests)
+        if ex_expect is None:
+            ex_expect = np.arange(n)
+        if not (np.array_equal(te, np.repeat(np.arange(first[g], first[g] + k), n))
+                and np.array_equal(_dict_codes(t["example_id"], example_ids).reshape(k, n),
+                                   np.broadcast_to(ex_expect, (k, n)))):
+            A[:] = 0.0
+            B[:] = 0.0
+            return False
+        a = t["A"].to_numpy().reshape(k, n) if with_a else None
+        b = t["B"].to_numpy().reshape(k, n)
+        del t, te
+        for c in range(int(first[g]), int(first[g]) + k):
+            for j in where.get(c, ()):
+                if with_a:
+                    A[:, j] = a[c - first[g]]
+                B[:, j] = b[c - first[g]]
+    return True
 
 
 def _read_parameters(path: Path, all_tests: np.ndarray, n: int, cols: np.ndarray | None) -> pa.Table:

@@ -44,7 +44,7 @@ def _chunk(monkeypatch, k):
 
 def test_chunk_size_default_and_env(monkeypatch):
     monkeypatch.delenv("SIMFLUENCE_TEST_CHUNK", raising=False)
-    assert param_chunk_size(20_000) == 256 * 2**20 // (16 * 20_000) == 838
+    assert param_chunk_size(20_000) == 128 * 2**20 // (16 * 20_000) == 419
     assert param_chunk_size(10**9) == 1 and param_chunk_size(10, n_tests=5) == 5
     _chunk(monkeypatch, 3)
     assert param_chunk_size(20_000) == 3

@@ -346,6 +346,7 @@ def simulate(
         traj[:, s: s + len(chunk)] = part.simulate(idx, init_loss=L0[s: s + len(chunk)],
                                                    lengths=[len(cur)])[0]
         s += len(chunk)
+        part = None  # free this chunk's parameters before the next one is loaded
     lo, hi = sim.bounds_
     clamped = 0 if lo is None else int(np.sum((traj[1:] <= lo) | (traj[1:] >= hi)))
     info(f"simulated {len(cur)} step(s) x {traj.shape[1]} test(s) with model {name!r} "
