@@ -12,7 +12,7 @@ reported: wall seconds and the child's peak RSS (``ru_maxrss`` from ``wait4``). 
 mean-trajectory baseline from the same runs (so the baseline's loss table does not dominate);
 simulate replays the first run's curriculum and writes Parquet. ``--fit`` also times
 ``simfluence fit`` (into a model named ``<model>-mem``). ``--synthetic DIR`` first builds a
-store of size L (N=20,000, M=1,000; 4 runs x 200 steps, batch 8) and fits model ``--model``.
+store of size L (N=20,000, M=1,000; 4 runs x 2,500 steps, batch 8: every example occurs) and fits model ``--model``.
 """
 
 from __future__ import annotations
@@ -48,15 +48,15 @@ def run_child(args: list[str], src: Path, env_extra: dict | None = None) -> dict
 
 
 def make_store(path: Path, model: str, src: Path) -> Path:
-    """A store of size L with few short runs, and a fitted model (parameters 20,000 x 1,000)."""
+    """A store of size L with 4 runs, and a fitted model (parameters 20,000 x 1,000)."""
     sys.path.insert(0, str(src))
     from simfluence_cli.store import RunStore
     from simfluence_cli.synthetic import make_runs
 
-    rs, _, _ = make_runs(20_000, 1_000, 4, 200, 8, seed=0, noise=1e-3, spread=0.05)
+    rs, _, _ = make_runs(20_000, 1_000, 4, 2_500, 8, seed=0, noise=1e-3, spread=0.05)
     store = RunStore(path / "store", create=True)
     store.add_runset(rs, tags=["fit"])
-    run_child(["fit", "--store", str(store.path), "--l2", "1", "--name", model, "--quiet"], src)
+    run_child(["--quiet", "fit", "--store", str(store.path), "--l2", "1", "--name", model], src)
     return store.path
 
 
@@ -98,8 +98,8 @@ def main() -> None:
                          "-o", str(Path(tmp) / "sim.parquet")],
         }
         if a.fit:
-            cmds["fit"] = ["fit", *s, "--runs", runs, "--l2", "1", "--name", f"{a.model}-mem",
-                           "--replace", "--quiet"]
+            cmds["fit"] = ["--quiet", "fit", *s, "--runs", runs, "--l2", "1", "--name", f"{a.model}-mem",
+                           "--replace"]
         for name, args in cmds.items():
             out["results"][name] = run_child(args, src, env)
             if not a.json:
