@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["ingest", "fit", "prior_clip", "sparse_logging", "scale", "accuracy", "counterfactual",
-         "fuzz", "crash"]
+ORDER = ["ingest", "fit", "prior_clip", "sparse_logging", "scale", "memory", "accuracy",
+         "counterfactual", "fuzz", "crash"]
+# arguments for scripts whose defaults expect data made by an earlier run
+ARGS = {"memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"]}
 
 
 def script(name: str) -> Path:
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> int:
         path = script(name)
         print(f"\n## {path.name}\n", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(path)])
+        rc = subprocess.call([sys.executable, str(path), *ARGS.get(name, [])])
         print(f"\n({path.name}: exit {rc}, {time.perf_counter() - t0:.0f} s wall)", flush=True)
         if rc != 0:
             failed.append(path.name)
