@@ -28,16 +28,11 @@ from baseline import dense_lstsq_fit  # noqa: E402
 from simfluence_cli.simulator import Simulator  # noqa: E402
 from simfluence_cli.synthetic import make_runs  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     blas = ""
     try:
         from threadpoolctl import threadpool_info

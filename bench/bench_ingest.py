@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 
 def gen_tables(d: Path, runs: int, steps: int, tests: int, batch: int, pool: int, seed: int = 0):
     """Encoding B: curriculum.csv and losses.csv, written run by run (bounded memory)."""
@@ -91,14 +93,7 @@ def run_ingest(src: Path, store: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import pyarrow
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "numpy": np.__version__, "pyarrow": pyarrow.__version__,

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _machine import cpu_model  # noqa: E402
 from baseline import dense_lstsq_fit  # noqa: E402
 
 from simfluence_cli.simulator import Simulator  # noqa: E402
@@ -51,14 +52,7 @@ def rel(a, b) -> float:
 def facts() -> dict:
     import numpy
     import scipy
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gb": round(mem, 1),
             "python": platform.python_version(), "numpy": numpy.__version__,
