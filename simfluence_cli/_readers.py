@@ -450,123 +450,99 @@ def read_jsonl(path: Path) -> RunData:
     prev = -1
     prev_keys = None
     prev_codes = None
-    loads = json.loads
     ex_map = ex.map
-    try:
-        fh = _open_text(path)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=label,
-                         hint="check the path and its permissions") from None
-    lineno = 0
-    try:
-        with fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    obj = loads(raw)
-                except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
-                    if not raw.strip():
-                        continue
-                    _loads_line(raw, label, lineno)
-                if type(obj) is not dict:
-                    raise InputError(f"expected a JSON object, got {type(obj).__name__}",
-                                     path=label, line=lineno,
-                                     hint='write {"step": t, "batch": [...], "loss": {...}} per line')
-                step = obj.get("step", _MISSING)
-                if type(step) is not int:
-                    step = _step_int(step, label, lineno)
-                r = obj.get("run")
-                if r is not None:
-                    if type(r) is not str or not r:
-                        raise InputError("expected a non-empty string", path=label, line=lineno,
-                                         field="run", hint="\"run\" names the run; omit it to use "
-                                                           "the file name")
-                    if run_id is None:
-                        run_id = r
-                    elif r != run_id:
-                        raise InputError(f"run {r!r} differs from {run_id!r} on earlier lines",
-                                         path=label, line=lineno, field="run",
-                                         hint="one file holds one run; split the file per run")
-                if step < 0:
-                    raise InputError(f"negative step {step}", path=label, line=lineno,
-                                     field="step", hint="steps are 0 (initial losses), 1, 2, ...")
-                if step <= prev:
-                    what = "duplicate" if step == prev else "decreasing"
-                    raise InputError(f"{what} step {step} after step {prev}", path=label,
-                                     line=lineno, field="step",
-                                     hint="write one line per training step, in order")
-                batch = obj.get("batch")
-                if prev < 0:
-                    if step != 0:
-                        raise InputError(f"first step is {step}: missing step 0 (initial losses)",
-                                         path=label, line=lineno, field="step",
-                                         hint='start with {"step": 0, "batch": [], "loss": {...}} '
-                                              "measured before training")
-                    if batch:
-                        raise InputError("a batch on step 0", path=label, line=lineno,
-                                         field="batch",
-                                         hint="step 0 is the starting checkpoint: use \"batch\": [] "
-                                              "and log the first batch as step 1")
-                else:
-                    if step != prev + 1:
-                        raise InputError(f"step {step} follows step {prev}: step(s) "
-                                         f"{prev + 1}..{step - 1} have no batch", path=label,
-                                         line=lineno, field="step",
-                                         hint="log every training step's batch (omit \"loss\" on "
-                                              "steps without evaluation)")
-                    if type(batch) is not list or not batch:
-                        got = "missing" if batch is None else (
-                            "empty" if batch == [] else f"expected a list of IDs, got "
-                                                        f"{json.dumps(batch)[:40]}")
-                        raise InputError(got, path=label, line=lineno, field="batch",
-                                         hint="every step t >= 1 lists the IDs it trained on, "
-                                              'e.g. "batch": ["e17", "e203"]')
-                    for e in batch:
-                        if type(e) is not str or not e:
-                            e = _idstr(e, label, lineno, "batch")
-                        c = ex_map.get(e)
-                        if c is None:
-                            c = ex.code(e)
-                        batch_codes.append(c)
-                    sizes.append(len(batch))
-                prev = step
-                loss = obj.get("loss")
-                if loss is None or (type(loss) is dict and not loss):
-                    if step == 0:
-                        raise InputError("missing step 0 losses", path=label, line=lineno,
-                                         field="loss",
-                                         hint='step 0 must log every test\'s initial loss: '
-                                              '"loss": {"t0": 2.31, ...}')
-                    continue
-                if type(loss) is not dict:
-                    raise InputError(f"expected an object {{test_id: loss}}, got "
-                                     f"{json.dumps(loss)[:40]}", path=label, line=lineno,
-                                     field="loss", hint='write "loss": {"t0": 2.31, "t1": 0.7}')
-                keys = tuple(loss)
-                if keys != prev_keys:
-                    prev_codes = np.fromiter((te.code(k) for k in keys), dtype=np.int64,
-                                             count=len(keys))
-                    for k in keys:
-                        if not k:
-                            raise InputError("empty test ID", path=label, line=lineno,
-                                             field="loss", hint="test IDs must be non-empty")
-                    prev_keys = keys
-                v = list(loss.values())
-                if not set(map(type, v)) <= {float, int}:
-                    _check_numbers(v, keys, label, lineno)
-                vals.extend(v)
-                if len(vals) > (1 << 20):
-                    val_chunks.append(np.asarray(vals, dtype=np.float64))
-                    vals = []
-                code_chunks.append(prev_codes)
-                lstep.append(step)
-                lcount.append(len(v))
-                lline.append(lineno)
-    except (OSError, EOFError, gzip.BadGzipFile, zlib_error) as exc:
-        raise InputError(f"cannot read ({exc})", path=label, line=lineno or None,
-                         hint="the file is truncated or not valid gzip/text") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path=label, line=lineno,
-                         hint="logs are UTF-8 JSON Lines (optionally .gz)") from None
+    for lineno, obj in _json_lines(path, object_hint='write {"step": t, "batch": [...], '
+                                                     '"loss": {...}} per line'):
+        step = obj.get("step", _MISSING)
+        if type(step) is not int:
+            step = _step_int(step, label, lineno)
+        r = obj.get("run")
+        if r is not None:
+            if type(r) is not str or not r:
+                raise InputError("expected a non-empty string", path=label, line=lineno,
+                                 field="run", hint="\"run\" names the run; omit it to use "
+                                                   "the file name")
+            if run_id is None:
+                run_id = r
+            elif r != run_id:
+                raise InputError(f"run {r!r} differs from {run_id!r} on earlier lines",
+                                 path=label, line=lineno, field="run",
+                                 hint="one file holds one run; split the file per run")
+        if step < 0:
+            raise InputError(f"negative step {step}", path=label, line=lineno,
+                             field="step", hint="steps are 0 (initial losses), 1, 2, ...")
+        if step <= prev:
+            what = "duplicate" if step == prev else "decreasing"
+            raise InputError(f"{what} step {step} after step {prev}", path=label,
+                             line=lineno, field="step",
+                             hint="write one line per training step, in order")
+        batch = obj.get("batch")
+        if prev < 0:
+            if step != 0:
+                raise InputError(f"first step is {step}: missing step 0 (initial losses)",
+                                 path=label, line=lineno, field="step",
+                                 hint='start with {"step": 0, "batch": [], "loss": {...}} '
+                                      "measured before training")
+            if batch:
+                raise InputError("a batch on step 0", path=label, line=lineno,
+                                 field="batch",
+                                 hint="step 0 is the starting checkpoint: use \"batch\": [] "
+                                      "and log the first batch as step 1")
+        else:
+            if step != prev + 1:
+                raise InputError(f"step {step} follows step {prev}: step(s) "
+                                 f"{prev + 1}..{step - 1} have no batch", path=label,
+                                 line=lineno, field="step",
+                                 hint="log every training step's batch (omit \"loss\" on "
+                                      "steps without evaluation)")
+            if type(batch) is not list or not batch:
+                got = "missing" if batch is None else (
+                    "empty" if batch == [] else f"expected a list of IDs, got "
+                                                f"{json.dumps(batch)[:40]}")
+                raise InputError(got, path=label, line=lineno, field="batch",
+                                 hint="every step t >= 1 lists the IDs it trained on, "
+                                      'e.g. "batch": ["e17", "e203"]')
+            for e in batch:
+                if type(e) is not str or not e:
+                    e = _idstr(e, label, lineno, "batch")
+                c = ex_map.get(e)
+                if c is None:
+                    c = ex.code(e)
+                batch_codes.append(c)
+            sizes.append(len(batch))
+        prev = step
+        loss = obj.get("loss")
+        if loss is None or (type(loss) is dict and not loss):
+            if step == 0:
+                raise InputError("missing step 0 losses", path=label, line=lineno,
+                                 field="loss",
+                                 hint='step 0 must log every test\'s initial loss: '
+                                      '"loss": {"t0": 2.31, ...}')
+            continue
+        if type(loss) is not dict:
+            raise InputError(f"expected an object {{test_id: loss}}, got "
+                             f"{json.dumps(loss)[:40]}", path=label, line=lineno,
+                             field="loss", hint='write "loss": {"t0": 2.31, "t1": 0.7}')
+        keys = tuple(loss)
+        if keys != prev_keys:
+            prev_codes = np.fromiter((te.code(k) for k in keys), dtype=np.int64,
+                                     count=len(keys))
+            for k in keys:
+                if not k:
+                    raise InputError("empty test ID", path=label, line=lineno,
+                                     field="loss", hint="test IDs must be non-empty")
+            prev_keys = keys
+        v = list(loss.values())
+        if not set(map(type, v)) <= {float, int}:
+            _check_numbers(v, keys, label, lineno)
+        vals.extend(v)
+        if len(vals) > (1 << 20):
+            val_chunks.append(np.asarray(vals, dtype=np.float64))
+            vals = []
+        code_chunks.append(prev_codes)
+        lstep.append(step)
+        lcount.append(len(v))
+        lline.append(lineno)
     if prev < 0:
         raise InputError("empty run: no steps", path=label,
                          hint='a run file holds {"step": 0, ...} then one line per training step')
@@ -613,7 +589,9 @@ except ImportError:  # pragma: no cover
 # encoding C: GPTDynamics run directories
 # --------------------------------------------------------------------------------------------
 
-def _json_lines(path: Path):
+def _json_lines(path: Path, object_hint: str = "write one JSON object per line"):
+    """(line number, object) for each non-blank line of a JSON Lines file (plain or .gz);
+    unreadable, truncated, non-UTF-8 or malformed input raises InputError at FILE:LINE."""
     label = str(path)
     try:
         fh = _open_text(path)
@@ -629,8 +607,7 @@ def _json_lines(path: Path):
                 obj = _loads_line(raw, label, lineno)
                 if type(obj) is not dict:
                     raise InputError(f"expected a JSON object, got {type(obj).__name__}",
-                                     path=label, line=lineno,
-                                     hint="write one JSON object per line")
+                                     path=label, line=lineno, hint=object_hint)
                 yield lineno, obj
     except (OSError, EOFError, zlib_error) as exc:
         raise InputError(f"cannot read ({exc})", path=label, line=lineno or None,
