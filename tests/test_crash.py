@@ -129,12 +129,6 @@ def setup(tmp_path):
     return store, new, set(base_ids), set(new_ids)
 
 
-def timed(cmd: list[str]) -> float:
-    t = time.perf_counter()
-    run_to_completion(cmd)
-    return time.perf_counter() - t
-
-
 def test_sigkill_ingest_at_random_moments(setup, tmp_path):
     store, new, base_ids, new_ids = setup
     cmd = cli("ingest", new, "--store", store, "--tag", "fit")
