@@ -44,12 +44,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simfluence_cli.counterfactual import Edits, apply_edits, final_losses  # noqa: E402
-from simfluence_cli.curriculum_search import (curriculum_text, design_curriculum,  # noqa: E402
-                                              random_curricula)
-from simfluence_cli.metrics import spearman  # noqa: E402
+from simfluence_cli.analysis.whatif import Edits, apply_edits, final_losses  # noqa: E402
+from simfluence_cli.analysis.curriculum_design import (
+    curriculum_text,
+    design_curriculum,
+    random_curricula,
+)
+from simfluence_cli.analysis.metrics import spearman  # noqa: E402
 from simfluence_cli.runs import RunSet  # noqa: E402
-from simfluence_cli.simulator import Simulator  # noqa: E402
+from simfluence_cli.model.simulator import Simulator  # noqa: E402
 
 FAMILIES = ("fit", "heldout-random", "heldout-leave30", "heldout-classordered")
 
@@ -83,7 +86,8 @@ def batches_of(rs: RunSet, rid: str):
 
 def tracin_sim(samples: Path, fit: RunSet):
     try:
-        from simfluence_cli.scores import fit_scale, read_scores, scores_simulator
+        from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+        from simfluence_cli.io.score_files import read_scores
 
         tab = read_scores(samples / "tracin_scores.csv.gz")
         sc = fit_scale(tab.S, tab.example_ids, tab.test_ids, fit)
@@ -305,7 +309,7 @@ def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path,
     real (1 + members retrains of fit-000 with keep-steps drops)."""
     import csv
 
-    from simfluence_cli.counterfactual import group_effects
+    from simfluence_cli.analysis.groups import group_effects
 
     work.mkdir(parents=True, exist_ok=True)
     base_id = [r for r in rs.run_ids if tags[r] == ["fit"]][0]

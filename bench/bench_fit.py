@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_fit.py [--methods linear] [--repeat 3] [--l2 1.0]
 
 Issue-3 size: N=400 training examples, M=100 test examples, 64 runs x 200 steps, batch 4,
-synthetic runs (``simfluence_cli.synthetic.make_runs``, noise 0.01). Both solve the same
+synthetic runs (``simfluence_cli.io.synthetic.make_runs``, noise 0.01). Both solve the same
 ridge problem (penalty l2 toward the no-change prior); parameters must agree to 1e-6 relative
 (max |ours - baseline| / max |baseline|). Prints markdown; exit code 1 if a check fails.
 """
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from baseline import dense_lstsq_fit  # noqa: E402
 
-from simfluence_cli.simulator import Simulator  # noqa: E402
-from simfluence_cli.synthetic import make_runs  # noqa: E402
+from simfluence_cli.model.simulator import Simulator  # noqa: E402
+from simfluence_cli.io.synthetic import make_runs  # noqa: E402
 
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 

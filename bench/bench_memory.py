@@ -50,8 +50,8 @@ def run_child(args: list[str], src: Path, env_extra: dict | None = None) -> dict
 def make_store(path: Path, model: str, src: Path) -> Path:
     """A store of size L with 4 runs, and a fitted model (parameters 20,000 x 1,000)."""
     sys.path.insert(0, str(src))
-    from simfluence_cli.store import RunStore
-    from simfluence_cli.synthetic import make_runs
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.io.synthetic import make_runs
 
     rs, _, _ = make_runs(20_000, 1_000, 4, 2_500, 8, seed=0, noise=1e-3, spread=0.05)
     store = RunStore(path / "store", create=True)
@@ -74,7 +74,7 @@ def main() -> None:
     src = a.src.resolve()
     store = make_store(a.synthetic, a.model, src) if a.synthetic else a.store
     sys.path.insert(0, str(ROOT))
-    from simfluence_cli.store import RunStore
+    from simfluence_cli.store.run_store import RunStore
 
     ids = RunStore(store).select("all")
     runs = a.eval_runs or ",".join(ids[:4])

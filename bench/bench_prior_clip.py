@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simfluence_cli.runs import RunSet  # noqa: E402
-from simfluence_cli.simulator import Simulator  # noqa: E402
+from simfluence_cli.model.simulator import Simulator  # noqa: E402
 
 FAMILIES = ("fit", "heldout-random", "heldout-leave30", "heldout-classordered")
 HELDOUT = FAMILIES[1:]
@@ -56,7 +56,7 @@ def _parse_family(d: Path) -> RunSet:
 def load_samples(samples: Path) -> dict[str, RunSet]:
     """Each family as a RunSet, read through the run store (ingest into a temp store)."""
     try:
-        from simfluence_cli.store import RunStore
+        from simfluence_cli.store.run_store import RunStore
 
         tmp = tempfile.mkdtemp(prefix="simfluence-bench-")
         st = RunStore(Path(tmp) / "store", create=True)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _machine import cpu_model  # noqa: E402
 from baseline import dense_lstsq_fit  # noqa: E402
 
-from simfluence_cli.simulator import Simulator  # noqa: E402
-from simfluence_cli.synthetic import make_params, make_runs  # noqa: E402
+from simfluence_cli.model.simulator import Simulator  # noqa: E402
+from simfluence_cli.io.synthetic import make_params, make_runs  # noqa: E402
 
 SIZES = {  # N train, M test, runs, steps, batch
     "S": (400, 100, 64, 200, 4),
@@ -206,8 +206,8 @@ _FIT_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from simfluence_cli.store import RunStore
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.models import save_model
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.saved_models import save_model
 store = RunStore(sys.argv[1]); workers = int(sys.argv[2])
 t0 = time.perf_counter(); runs = store.load("all"); t_load = time.perf_counter() - t0
 t0, c0 = time.perf_counter(), time.process_time()

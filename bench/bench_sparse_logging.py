@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_prior_clip import HELDOUT, fmt, load_samples, machine, rollout_errors  # noqa: E402
 
 from simfluence_cli.runs import Run, RunSet  # noqa: E402
-from simfluence_cli.simulator import Simulator  # noqa: E402
+from simfluence_cli.model.simulator import Simulator  # noqa: E402
 
 
 def thin(rs: RunSet, k: int | str, seed: int = 0) -> RunSet:

@@ -47,7 +47,7 @@ def main() -> int:
                     help="re-run the killed command to completion every N rounds")
     args = ap.parse_args()
     cr = load_crash_module()
-    from simfluence_cli.verify import verify_store
+    from simfluence_cli.store.integrity import verify_store
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="crashcampaign"))

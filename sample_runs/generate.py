@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Generate simfluence's bundled sample runs: real SGD fine-tuning runs of a small numpy MLP
-on scikit-learn's bundled digits (no downloads), logged with :class:`simfluence_cli.logger.RunLogger`.
+on scikit-learn's bundled digits (no downloads), logged with :class:`simfluence_cli.RunLogger`.
 
     python sample_runs/generate.py                      # regenerate sample_runs/ in place
     python sample_runs/generate.py --out /tmp/s --pool 40 --tests 10 --steps 20 --n-fit 2 ...
@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from simfluence_cli._atomic import write_bytes_atomic  # noqa: E402
 from simfluence_cli.errors import InputError, SimfluenceError  # noqa: E402
-from simfluence_cli.logger import RunLogger  # noqa: E402
+from simfluence_cli.io.run_logger import RunLogger  # noqa: E402
 
 FAMILIES = ("fit", "heldout-random", "heldout-leave30", "heldout-classordered")
 FAMILY_CODE = {name: i + 1 for i, name in enumerate(FAMILIES)}  # curriculum seed = [seed, code, k]
@@ -343,7 +343,7 @@ def _cli_args(cfg: Config) -> str:
 
 def train_curriculum(cfg: Config, curriculum: str, out: Path, run_id: str | None = None) -> np.ndarray:
     """Fine-tune the shared checkpoint on a curriculum file (one line per step of example IDs)."""
-    from simfluence_cli.curriculum import read_curriculum
+    from simfluence_cli.io.curriculum import read_curriculum
 
     cur = read_curriculum(curriculum)
     ex = Experiment(cfg)

@@ -11,8 +11,8 @@ Errors derive from SimfluenceError (tree in ``simfluence_cli.errors``); fit diag
 emitted as SimfluenceWarning. Modules starting with ``_`` are private.
 """
 
-from ._version import __version__
-from .errors import (
+from simfluence_cli._version import __version__
+from simfluence_cli.errors import (
     ConflictError,
     InputError,
     MissingExtraError,
@@ -25,7 +25,7 @@ from .errors import (
     StoreVersionError,
     UsageError,
 )
-from .runs import Run, RunSet
+from simfluence_cli.runs import Run, RunSet
 
 __all__ = [
     "__version__",
@@ -53,9 +53,10 @@ __all__ = [
 ]
 
 # Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
-_LAZY = {"RunStore": ".store", "Simulator": ".simulator", "Curriculum": ".curriculum",
-         "read_curriculum": ".curriculum", "save_model": ".models", "load_model": ".models",
-         "list_models": ".models", "RunLogger": ".logger"}
+_LAZY = {"RunStore": ".store.run_store", "Simulator": ".model.simulator",
+         "Curriculum": ".io.curriculum", "read_curriculum": ".io.curriculum",
+         "save_model": ".store.saved_models", "load_model": ".store.saved_models",
+         "list_models": ".store.saved_models", "RunLogger": ".io.run_logger"}
 
 
 def __getattr__(name):

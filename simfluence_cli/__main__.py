@@ -1,3 +1,3 @@
-from .cli import main
+from simfluence_cli.cli import main
 
 main()

@@ -71,6 +71,9 @@ class RunSet:
     example_ids: np.ndarray  # str (N,)
     test_ids: np.ndarray  # str (M,)
     runs: list[Run] = field(default_factory=list)
+    # where workers can load these runs themselves (picklable, ``load(run_ids) -> RunSet``);
+    # set by ``RunStore.load``; None = hand the runs over
+    source: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_examples(self) -> int:

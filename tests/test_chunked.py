@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli import models as models_mod
+from simfluence_cli.store import saved_models as models_mod
 from simfluence_cli.cli import app
-from simfluence_cli.evaluation import evaluate
-from simfluence_cli.influence import mean_effect
-from simfluence_cli.models import StoredModel, load_model, save_model, param_chunk_size
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.analysis.evaluation import evaluate
+from simfluence_cli.analysis.effects import mean_effect
+from simfluence_cli.store.saved_models import StoredModel, load_model, save_model, param_chunk_size
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 N, M = 30, 7
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from simfluence_cli.synthetic import make_runs, write_jsonl
+from simfluence_cli.io.synthetic import make_runs, write_jsonl
 
 
 def run(*args, env_extra=None, drop=("NO_COLOR",)):

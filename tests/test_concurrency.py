@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs, write_jsonl
-from simfluence_cli.verify import verify_store
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs, write_jsonl
+from simfluence_cli.store.integrity import verify_store
 
 
 def cli(*args) -> list[str]:

@@ -9,11 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simfluence_cli.counterfactual import (Edits, apply_edits, batch_size_of, drop_examples,
-                                           final_losses, group_effects, read_groups, whatif)
+from simfluence_cli.analysis.whatif import (
+    Edits,
+    apply_edits,
+    batch_size_of,
+    drop_examples,
+    final_losses,
+    whatif,
+)
+from simfluence_cli.analysis.groups import group_effects, read_groups
 from simfluence_cli.errors import InputError, SelectionError, UsageError
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 BASE = [["a", "b"], ["c", "d"], ["e", "f"]]
 
@@ -43,7 +50,7 @@ def test_drop_keep_steps_is_the_default_and_cycles_to_the_same_number_of_steps()
 
 
 def test_drop_neutral_replaces_in_place():
-    from simfluence_cli.counterfactual import NEUTRAL
+    from simfluence_cli.analysis.whatif import NEUTRAL
 
     out = apply_edits(BASE, Edits(drop=["c", "f"], mode="neutral"))
     assert out == [["a", "b"], [NEUTRAL, "d"], ["e", NEUTRAL]]
@@ -220,7 +227,7 @@ def test_group_effect_is_not_additive_for_a_multiplicative_model():
 
 
 def test_neutral_single_removals_match_the_top_removal_effect():
-    from simfluence_cli.influence import removal_effect
+    from simfluence_cli.analysis.effects import removal_effect
 
     runs, _, _ = make_runs(20, 4, 3, 15, 2, method="linear", seed=11, noise=0.001)
     sim = Simulator("linear", l2=0.01).fit(runs)
@@ -259,8 +266,8 @@ def test_read_groups(tmp_path):
 
 @pytest.fixture(scope="module")
 def store_model(tmp_path_factory):
-    from simfluence_cli.models import save_model
-    from simfluence_cli.store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+    from simfluence_cli.store.run_store import RunStore
 
     root = tmp_path_factory.mktemp("cf")
     runs, _, _ = make_runs(24, 5, 5, 20, 3, method="linear", seed=8, noise=0.001)
@@ -289,7 +296,7 @@ def _csv(text):
 
 
 def test_cli_whatif_run_base_matches_core(store_model):
-    from simfluence_cli.models import load_model
+    from simfluence_cli.store.saved_models import load_model
 
     root, st, runs = store_model
     r = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "csv"], root)
@@ -363,7 +370,7 @@ def test_cli_groups(store_model, tmp_path):
 
 
 def test_cli_whatif_edited_curriculum(store_model):
-    from simfluence_cli.models import load_model
+    from simfluence_cli.store.saved_models import load_model
 
     root, st, runs = store_model
     r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--edited", "syn-001", "-f", "csv"], root)

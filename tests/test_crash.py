@@ -24,11 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from simfluence_cli import _lock
-from simfluence_cli.models import list_models, load_model
-from simfluence_cli.store import PARTS, RunStore
-from simfluence_cli.synthetic import make_runs, write_jsonl
-from simfluence_cli.verify import verify_store
+from simfluence_cli.store import _lock
+from simfluence_cli.store.saved_models import list_models, load_model
+from simfluence_cli.store.run_store import PARTS, RunStore
+from simfluence_cli.io.synthetic import make_runs, write_jsonl
+from simfluence_cli.store.integrity import verify_store
 
 ENV = {**os.environ, "SIMFLUENCE_LOCK_TIMEOUT": "30", "NO_COLOR": "1"}
 

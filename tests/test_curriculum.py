@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simfluence_cli.curriculum import parse_curriculum, read_curriculum, read_id_list
+from simfluence_cli.io.curriculum import parse_curriculum, read_curriculum, read_id_list
 from simfluence_cli.errors import InputError
 
 ID = st.text(alphabet="abcxyz0129_-./", min_size=1, max_size=6)

@@ -7,12 +7,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from simfluence_cli.curriculum import parse_curriculum
-from simfluence_cli.curriculum_search import (curriculum_text, design_curriculum,
-                                              random_curricula)
+from simfluence_cli.io.curriculum import parse_curriculum
+from simfluence_cli.analysis.curriculum_design import (
+    curriculum_text,
+    design_curriculum,
+    random_curricula,
+)
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 N, M, B = 40, 6, 2
 HELPFUL = [f"e{i}" for i in range(10)]
@@ -108,9 +111,9 @@ def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
     from typer.testing import CliRunner
 
     from simfluence_cli.cli import app
-    from simfluence_cli.curriculum import read_curriculum
-    from simfluence_cli.models import save_model
-    from simfluence_cli.store import RunStore
+    from simfluence_cli.io.curriculum import read_curriculum
+    from simfluence_cli.store.saved_models import save_model
+    from simfluence_cli.store.run_store import RunStore
 
     runs, _, _ = make_runs(20, 4, 4, 15, 2, method="linear", seed=3)
     st = RunStore(tmp_path / "s", create=True)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli.baselines import ConstantBaseline, MeanTrajectoryBaseline
+from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
 from simfluence_cli.cli import app
-from simfluence_cli.evaluation import evaluate
-from simfluence_cli.models import save_model
+from simfluence_cli.analysis.evaluation import evaluate
+from simfluence_cli.store.saved_models import save_model
 from simfluence_cli.runs import RunSet
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 RESULT_KEYS = {"model", "all_steps_mse", "final_step_mse", "final_spearman", "final_spearman_std",
                "run_spearman", "n_runs", "mae"}

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from simfluence_cli import RunStore
 from simfluence_cli.cli import app
-from simfluence_cli.models import load_model
+from simfluence_cli.store.saved_models import load_model
 from simfluence_cli.runs import RunSet
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.io.synthetic import make_runs
 
 runner = CliRunner()
 
@@ -125,7 +125,7 @@ def test_simulate_long_csv_matches_python_api(fitted, tmp_path):
     assert len(rows) == 31 * 3 and rows[0]["step"] == "0" and rows[-1]["step"] == "30"
     sim = load_model(fitted, "linear")
     run = fitted.load(["syn-001"]).runs[0]
-    from simfluence_cli.curriculum import read_curriculum
+    from simfluence_cli.io.curriculum import read_curriculum
 
     ref = sim.simulate([read_curriculum(str(cur))], init_loss=run.losses[0])[0]
     got = np.array([float(r["loss"]) for r in rows]).reshape(31, 3)

@@ -35,11 +35,11 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import SimfluenceError
-from simfluence_cli.models import save_model
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs, runs_to_tables, write_jsonl
-from simfluence_cli.verify import verify_store
+from simfluence_cli.store.saved_models import save_model
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs, runs_to_tables, write_jsonl
+from simfluence_cli.store.integrity import verify_store
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))

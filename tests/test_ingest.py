@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import InputError
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs, write_gptdynamics, write_jsonl, write_tables
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs, write_gptdynamics, write_jsonl, write_tables
 
 from test_store import assert_same_runs, tree_hash
 
@@ -384,7 +384,7 @@ def test_tables_in_any_row_order(tmp_path, runs):
     """Long tables may interleave runs and steps; batch order = file order within a step."""
     import pyarrow.csv as pacsv
 
-    from simfluence_cli.synthetic import runs_to_tables
+    from simfluence_cli.io.synthetic import runs_to_tables
 
     cur, los = runs_to_tables(runs)
     rng = np.random.default_rng(0)
@@ -428,7 +428,7 @@ def test_tables_spill_to_disk_beyond_the_buffer_budget(tmp_path, runs, monkeypat
 @pytest.mark.parametrize("case", sorted(BAD_B))
 def test_bad_tables_parsed_in_parallel_ranges(tmp_path, store, case, monkeypatch):
     """Large plain CSVs are parsed as concurrent byte ranges: messages keep exact lines."""
-    import simfluence_cli._readers as readers
+    import simfluence_cli.io.tables as readers
 
     monkeypatch.setattr(readers, "_SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(readers.os, "cpu_count", lambda: 3)
@@ -436,7 +436,7 @@ def test_bad_tables_parsed_in_parallel_ranges(tmp_path, store, case, monkeypatch
 
 
 def test_parallel_ranges_round_trip(tmp_path, runs, monkeypatch):
-    import simfluence_cli._readers as readers
+    import simfluence_cli.io.tables as readers
 
     monkeypatch.setattr(readers, "_SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(readers.os, "cpu_count", lambda: 4)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simfluence_cli.errors import InputError
-from simfluence_cli.logger import RunLogError, RunLogger
+from simfluence_cli.io.run_logger import RunLogError, RunLogger
 
 
 def read_lines(path):

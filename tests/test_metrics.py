@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import spearmanr
 
-from simfluence_cli.metrics import run_errors, run_spearman, spearman, summarise_runs
+from simfluence_cli.analysis.metrics import run_errors, run_spearman, spearman, summarise_runs
 
 
 def test_spearman_hand_case():

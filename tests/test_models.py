@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simfluence_cli.errors import ConflictError, ModelError, SelectionError, UsageError
-from simfluence_cli.models import (
+from simfluence_cli.store.saved_models import (
     check_existing,
     list_models,
     load_model,
@@ -17,8 +17,8 @@ from simfluence_cli.models import (
     read_manifest,
     save_model,
 )
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from simfluence_cli._parallel import shards
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.sharding import shards
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +51,20 @@ def test_dask_local_cluster_equals_single_process(data, tmp_path):
         np.testing.assert_array_equal(sim.B_, ref.B_)
         assert sim.solver_stats_["dask_workers"] == 2
         # workers read the same store path (shared file system)
-        store_mod = pytest.importorskip("simfluence_cli.store")
+        store_mod = pytest.importorskip("simfluence_cli.store.run_store")
         store = store_mod.RunStore(tmp_path / "store", create=True)
         store.add_runset(rs, tags=("fit",))
         loaded = store.load("all")
-        loaded.store_path = str(store.path)
         local = Simulator(l2=0.1, solver="cg").fit(loaded)
         sim2 = Simulator(l2=0.1, solver="cg", dask=cluster.scheduler_address).fit(loaded)
-        assert sim2.solver_stats_["source"] == "store"
+        assert sim2.solver_stats_["source"] == "loaded by workers"
         np.testing.assert_array_equal(sim2.A_, local.A_)
         np.testing.assert_array_equal(sim2.B_, local.B_)
 
 
 def test_chunked_rollout_equals_reference_and_final_mode():
-    from simfluence_cli._parallel import rollout
-    from simfluence_cli.simulator import _rollout
+    from simfluence_cli.model.rollout import rollout
+    from simfluence_cli.model.simulator import _rollout
 
     rng = np.random.default_rng(0)
     n, m, C, T, b = 40, 300, 6, 30, 3  # m > one column chunk
@@ -96,8 +95,8 @@ def test_cli_fit_solver_workers_and_dask(tmp_path, data):
     from typer.testing import CliRunner
 
     from simfluence_cli.cli import app
-    from simfluence_cli.models import load_model
-    from simfluence_cli.store import RunStore
+    from simfluence_cli.store.saved_models import load_model
+    from simfluence_cli.store.run_store import RunStore
 
     rs, _ = data
     store = RunStore(tmp_path / "st", create=True)

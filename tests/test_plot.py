@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import MissingExtraError
-from simfluence_cli.models import save_model
-from simfluence_cli.plot import plot_file, sparklines, trajectories
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.store.saved_models import save_model
+from simfluence_cli.analysis.plots import plot_file, sparklines, trajectories
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 
 @pytest.fixture(scope="module")

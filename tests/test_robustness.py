@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from simfluence_cli.cli import app
 from simfluence_cli.errors import SimfluenceWarning
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 METHODS = ["linear", "additive", "multiplicative"]
 
@@ -196,7 +196,7 @@ def test_walking_a_directory_skips_tables_that_are_not_run_logs(tmp_path):
     """sample_runs/ layout: run logs next to examples.csv and a TracIn score table."""
     import gzip
 
-    from simfluence_cli.synthetic import write_jsonl
+    from simfluence_cli.io.synthetic import write_jsonl
 
     rs, _, _ = make_runs(8, 3, 2, 5, 2, seed=4)
     write_jsonl(rs, tmp_path / "logs" / "fit")

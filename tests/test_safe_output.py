@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from simfluence_cli.cli import app
 from simfluence_cli.cli._output import Format, render_rows
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store import RunStore
-from simfluence_cli.verify import verify_store
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.integrity import verify_store
 
 
 def cli(*args, input=None):

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import InputError
-from simfluence_cli.models import load_model
-from simfluence_cli.scores import fit_scale, read_scores, scores_simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.store.saved_models import load_model
+from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+from simfluence_cli.io.score_files import read_scores
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 N, M, TRUE_SCALE = 12, 3, 0.7
 

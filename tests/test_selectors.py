@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simfluence_cli.errors import SelectionError
-from simfluence_cli.selectors import Term, parse_selector, resolve_selector
+from simfluence_cli.store.selectors import Term, parse_selector, resolve_selector
 
 RUNS = {
     "fit-000": ["fit"],

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simfluence_cli import _design
+from simfluence_cli.model import normal_equations as _design
 from simfluence_cli.errors import ModelError, SimfluenceWarning, UsageError
 from simfluence_cli.runs import RunSet
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 TINY = 1e-9  # a negligible penalty
 

@@ -5,13 +5,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simfluence_cli import _solver
-from simfluence_cli._design import Design, SparseDesign
-from simfluence_cli._solver import choose_solver, pcg, solve_tests, chunk_tests
+from simfluence_cli.model import solvers as _solver
+from simfluence_cli.model.normal_equations import Design, SparseDesign
+from simfluence_cli.model.solvers import choose_solver, pcg, solve_tests, chunk_tests
 from simfluence_cli.errors import UsageError
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.synthetic import make_runs
 
 
 def _theta0(method, n, b):
@@ -181,7 +181,7 @@ def test_sparse_design_has_no_gram():
 
 
 def test_cv_test_subset_spread_and_complete_when_small():
-    from simfluence_cli._solver import CV_MAX_TESTS, cv_test_subset
+    from simfluence_cli.model.solvers import CV_MAX_TESTS, cv_test_subset
 
     assert np.array_equal(cv_test_subset(10), np.arange(10))
     sub = cv_test_subset(1000)

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from simfluence_cli import _lock
+from simfluence_cli.store import _lock
 from simfluence_cli.errors import (ConflictError, SelectionError, StoreError, StoreLockedError,
                                    StoreVersionError)
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store import RunStore, run_key
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.store.run_store import RunStore, run_key
+from simfluence_cli.io.synthetic import make_runs
 
 
 def tree_hash(root: Path) -> str:
@@ -161,7 +161,7 @@ def test_failed_commit_leaves_store_unchanged(tmp_path, runs, monkeypatch):
     store = RunStore(root, create=True)
     store.add_runset(runs.subset(runs.run_ids[:2]))
     before = tree_hash(root)
-    import simfluence_cli.store as store_mod
+    import simfluence_cli.store.run_store as store_mod
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")
@@ -357,7 +357,7 @@ def test_kill_at_any_moment(tmp_path, runs):
     import signal
     import time
 
-    from simfluence_cli.synthetic import write_jsonl
+    from simfluence_cli.io.synthetic import write_jsonl
 
     root = tmp_path / "s"
     store = RunStore(root, create=True)

@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli import models as models_mod
+from simfluence_cli.store import saved_models as models_mod
 from simfluence_cli.cli import app
-from simfluence_cli.models import ParameterWriter, load_model, read_manifest, save_model
+from simfluence_cli.store.saved_models import ParameterWriter, load_model, read_manifest, save_model
 from simfluence_cli.runs import RunSet
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
 
 N, M = 12, 9
 

@@ -7,11 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
-from simfluence_cli.influence import coefficient_effect, removal_effect, top_examples
-from simfluence_cli.models import save_model
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_params, make_runs
+from simfluence_cli.analysis.effects import coefficient_effect, removal_effect, top_examples
+from simfluence_cli.store.saved_models import save_model
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_params, make_runs
 
 N, M, B = 10, 3, 2
 

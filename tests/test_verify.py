@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
-from simfluence_cli.models import save_model
-from simfluence_cli.simulator import Simulator
-from simfluence_cli.store import RunStore
-from simfluence_cli.synthetic import make_runs
-from simfluence_cli.verify import verify_store
+from simfluence_cli.store.saved_models import save_model
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.store.integrity import verify_store
 
 
 def run_cli(*args):
@@ -221,7 +221,7 @@ def test_newer_store_format_is_refused_by_every_command(store, tmp_path, runs, c
     cur = tmp_path / "cur.txt"
     cur.write_text("e0 e1 e2\n")
     logs = tmp_path / "logs"
-    from simfluence_cli.synthetic import write_jsonl
+    from simfluence_cli.io.synthetic import write_jsonl
     write_jsonl(runs.subset(runs.run_ids[:1]), logs)
     scores = tmp_path / "scores.csv"
     scores.write_text("test_id,example_id,score\nt0,e0,0.1\n")
@@ -269,7 +269,7 @@ def test_damaged_model_is_one_line_error_and_replace_fixes_it(store, tmp_path, d
 
 
 def test_lost_partition_is_named_and_replace_of_the_same_source_repairs_it(store, runs, tmp_path):
-    from simfluence_cli.synthetic import write_jsonl
+    from simfluence_cli.io.synthetic import write_jsonl
 
     rid = runs.run_ids[2]
     (store.path / store.runs()[2]["losses_file"]).unlink()

@@ -18,7 +18,7 @@ from typing import Annotated, Callable
 import typer
 from rich.console import Console
 
-from ..errors import SimfluenceError, SimfluenceWarning
+from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
 app = typer.Typer(
     name="simfluence",

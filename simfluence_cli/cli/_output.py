@@ -19,9 +19,9 @@ from typing import Annotated, Any, Sequence
 import typer
 from rich.table import Table
 
-from .._atomic import write_bytes_atomic
-from ..errors import UsageError
-from ._app import stdout_console
+from simfluence_cli._atomic import write_bytes_atomic
+from simfluence_cli.errors import UsageError
+from simfluence_cli.cli._app import stdout_console
 
 
 class Format(str, Enum):

@@ -12,9 +12,19 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..errors import SelectionError, UsageError
-from ._app import DEFAULT_STORE, StoreOpt, Unseen, UnseenOpt, command, info, show_progress, stderr_console, warn
-from ._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
+from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.cli._app import (
+    DEFAULT_STORE,
+    StoreOpt,
+    Unseen,
+    UnseenOpt,
+    command,
+    info,
+    show_progress,
+    stderr_console,
+    warn,
+)
+from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 
 BASELINES = ("constant", "mean-trajectory")
 
@@ -36,7 +46,7 @@ class ScaleOn(str, Enum):
 
 
 def _open_store(path: Path):
-    from ..store import RunStore
+    from simfluence_cli.store.run_store import RunStore
 
     return RunStore(path)
 
@@ -82,10 +92,16 @@ def eval_command(
     (across test examples, mean and std over runs), run_spearman (per test example across runs,
     averaged: counterfactual skill, 0 = none), mae. Lower MSE/MAE and higher Spearman are better.
     """
-    from ..baselines import ConstantBaseline, MeanTrajectoryBaseline
-    from ..curriculum import read_id_list
-    from ..evaluation import METRIC_HELP, RUN_COLUMNS, SUMMARY_COLUMNS, TEST_COLUMNS, evaluate
-    from ..models import StoredModel
+    from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
+    from simfluence_cli.io.curriculum import read_id_list
+    from simfluence_cli.analysis.evaluation import (
+        METRIC_HELP,
+        RUN_COLUMNS,
+        SUMMARY_COLUMNS,
+        TEST_COLUMNS,
+        evaluate,
+    )
+    from simfluence_cli.store.saved_models import StoredModel
 
     out_fmt = resolve_format(fmt, output)
     if len(set(model)) != len(model):
@@ -183,7 +199,7 @@ def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
     """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
     from rich.table import Table
 
-    from ._app import stdout_console
+    from simfluence_cli.cli._app import stdout_console
 
     t = Table(title=title, caption="all_steps_mse: over test examples and logged steps > 0; "
               "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
@@ -245,8 +261,10 @@ def import_scores_command(
     score = predicted decrease of the test loss from one update containing the example
     (positive = helpful), so a positive score lowers the simulated loss.
     """
-    from ..models import check_name, save_model
-    from ..scores import file_sha256, fit_scale, read_scores, scores_simulator
+    from simfluence_cli.store.saved_models import check_name, save_model
+    from simfluence_cli._hashing import file_sha256
+    from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+    from simfluence_cli.io.score_files import read_scores
 
     check_name(name)
     out_fmt = resolve_format(fmt, output)
@@ -323,9 +341,9 @@ def top_command(
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
     value, occurrences (in the fitting curricula).
     """
-    from ..curriculum import read_id_list
-    from ..influence import MEASURE_HELP, mean_effect, top_examples
-    from ..models import StoredModel
+    from simfluence_cli.io.curriculum import read_id_list
+    from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
+    from simfluence_cli.store.saved_models import StoredModel
 
     if k < 1:
         raise UsageError("--k must be at least 1")
@@ -393,9 +411,9 @@ def plot_command(
         "--baseline/--no-baseline", help="Also draw the mean-trajectory baseline (file plots).")] = True,
 ) -> None:
     """Observed vs simulated loss trajectories of one run for a few test examples."""
-    from ..curriculum import read_id_list
-    from ..models import load_model
-    from ..plot import pick_tests, plot_file, sparklines, trajectories
+    from simfluence_cli.io.curriculum import read_id_list
+    from simfluence_cli.store.saved_models import load_model
+    from simfluence_cli.analysis.plots import pick_tests, plot_file, sparklines, trajectories
 
     st = _open_store(store)
     sim = load_model(st, model)
@@ -410,7 +428,7 @@ def plot_command(
     extra = None
     fit_ids = _present(st, list(sim.run_ids_))
     if baseline and fit_ids:
-        from ..baselines import MeanTrajectoryBaseline
+        from simfluence_cli.model.baselines import MeanTrajectoryBaseline
 
         mt = MeanTrajectoryBaseline().fit(st.load(fit_ids))
         extra = {"mean-trajectory": trajectories(mt, "mean-trajectory", rs, run, chosen).simulated}

@@ -13,10 +13,27 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ..errors import InputError, ModelError, SelectionError, UsageError
-from ._app import (DEFAULT_STORE, RunsOpt, StoreOpt, Unseen, UnseenOpt, command, info, show_progress,
-                   stderr_console, warn)
-from ._output import Format, FormatOpt, OutputOpt, render_object, render_rows, resolve_format
+from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
+from simfluence_cli.cli._app import (
+    DEFAULT_STORE,
+    RunsOpt,
+    StoreOpt,
+    Unseen,
+    UnseenOpt,
+    command,
+    info,
+    show_progress,
+    stderr_console,
+    warn,
+)
+from simfluence_cli.cli._output import (
+    Format,
+    FormatOpt,
+    OutputOpt,
+    render_object,
+    render_rows,
+    resolve_format,
+)
 
 
 class Method(str, Enum):
@@ -47,7 +64,7 @@ LOSS_HELP = {"step": "training step (0 = the initial loss, before any update)",
 
 
 def _open_store(path: Path):
-    from ..store import RunStore
+    from simfluence_cli.store.run_store import RunStore
 
     return RunStore(path)
 
@@ -137,8 +154,14 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
-    from ..models import ParameterWriter, check_existing, check_name, model_config, save_model
-    from ..simulator import Simulator
+    from simfluence_cli.store.saved_models import (
+        ParameterWriter,
+        check_existing,
+        check_name,
+        model_config,
+        save_model,
+    )
+    from simfluence_cli.model.simulator import Simulator
 
     name = check_name(name or method.value)
     # options first: a malformed option is a usage error (exit 2) whatever the store holds
@@ -156,7 +179,6 @@ def fit(
                 render_object(prev)
             return
         rs = st.load(ids)
-        rs.store_path = str(st.path)  # Dask workers load the same runs from the store path
         info(f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
              f"{rs.n_tests} test examples" + (" (l2 by cross-validation)" if sim.l2 == "auto" else ""))
         total = rs.n_tests * (2 if sim.l2 == "auto" else 1)
@@ -189,7 +211,7 @@ def fit(
 
 
 def _default_model(st) -> str:
-    from ..models import list_models
+    from simfluence_cli.store.saved_models import list_models
 
     names = [m["name"] for m in list_models(st)]
     if len(names) == 1:
@@ -324,8 +346,8 @@ def simulate(
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
     """
-    from ..curriculum import read_curriculum, read_id_list
-    from ..models import StoredModel
+    from simfluence_cli.io.curriculum import read_curriculum, read_id_list
+    from simfluence_cli.store.saved_models import StoredModel
 
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
@@ -371,7 +393,7 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
 
             import pyarrow.parquet as pq
 
-            from .._atomic import write_atomic
+            from simfluence_cli._atomic import write_atomic
 
             table = table.replace_schema_metadata({b"simfluence.columns": json.dumps(LOSS_HELP).encode()})
             if output == "-":
@@ -397,7 +419,7 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
                 sys.stdout.buffer.write(data)
                 sys.stdout.flush()
             else:
-                from .._atomic import write_bytes_atomic
+                from simfluence_cli._atomic import write_bytes_atomic
 
                 write_bytes_atomic(output, data)
             return
@@ -416,7 +438,7 @@ def curriculum(
 
     One line per training step with the batch's example IDs; a leading '#' comment names the run.
     """
-    from .._atomic import write_bytes_atomic
+    from simfluence_cli._atomic import write_bytes_atomic
 
     st = _open_store(store)
     ids = [run] if run in st.run_ids() else st.select(run)

@@ -9,10 +9,23 @@ from typing import Annotated
 
 import typer
 
-from ..store import RunStore
-from ._app import DEFAULT_STORE, StoreOpt, command, info, show_progress, stderr_console, \
-    stdout_console
-from ._output import FormatOpt, OutputOpt, render_object, render_rows, resolve_format
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.cli._app import (
+    DEFAULT_STORE,
+    StoreOpt,
+    command,
+    info,
+    show_progress,
+    stderr_console,
+    stdout_console,
+)
+from simfluence_cli.cli._output import (
+    FormatOpt,
+    OutputOpt,
+    render_object,
+    render_rows,
+    resolve_format,
+)
 
 
 class InputFormat(str, Enum):
@@ -137,5 +150,5 @@ def info_cmd(
         if output == "-":
             sys.stdout.write(text)
         else:
-            from .._atomic import write_bytes_atomic
+            from simfluence_cli._atomic import write_bytes_atomic
             write_bytes_atomic(output, text.encode())

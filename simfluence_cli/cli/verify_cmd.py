@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ..verify import verify_store
-from ._app import DEFAULT_STORE, StoreOpt, command, info
-from ._output import render_object
+from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info
+from simfluence_cli.cli._output import render_object
 
 
 @command("verify")

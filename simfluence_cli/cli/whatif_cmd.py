@@ -11,14 +11,25 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from .._atomic import write_bytes_atomic
-from ..counterfactual import (MODES, NEUTRAL, ORDERS, Edits, group_effects, read_groups,
-                              read_init_loss, run_batches, run_init_loss, whatif)
-from ..curriculum import read_curriculum, read_id_list
-from ..curriculum_search import OBJECTIVES, curriculum_text, design_curriculum
-from ..errors import SelectionError, UsageError
-from ._app import DEFAULT_STORE, StoreOpt, Unseen, UnseenOpt, command, info, show_progress, stderr_console, warn
-from ._output import FormatOpt, OutputOpt, Format, render_rows, resolve_format
+from simfluence_cli._atomic import write_bytes_atomic
+from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
+from simfluence_cli.analysis.groups import group_effects, read_groups
+from simfluence_cli.analysis.initial_losses import read_init_loss, run_init_loss
+from simfluence_cli.io.curriculum import read_curriculum, read_id_list
+from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
+from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.cli._app import (
+    DEFAULT_STORE,
+    StoreOpt,
+    Unseen,
+    UnseenOpt,
+    command,
+    info,
+    show_progress,
+    stderr_console,
+    warn,
+)
+from simfluence_cli.cli._output import FormatOpt, OutputOpt, Format, render_rows, resolve_format
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")]
 TestsOpt = Annotated[
@@ -51,8 +62,8 @@ ModeOpt = Annotated[
 
 
 def _open(store: Path, model: str, tests: str | None):
-    from ..models import load_model
-    from ..store import RunStore
+    from simfluence_cli.store.saved_models import load_model
+    from simfluence_cli.store.run_store import RunStore
 
     st = RunStore(store)
     test_list = None if tests in (None, "all") else read_id_list(tests, "test IDs")
@@ -374,6 +385,6 @@ def design_cmd(
              "clip bound: their simulated loss is saturated there, so the objective overstates "
              "the gain (the search exploits extrapolation); check with real training")
     if report:
-        from ._output import render_object
+        from simfluence_cli.cli._output import render_object
 
         render_object(rep, report)

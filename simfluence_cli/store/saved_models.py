@@ -31,21 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._atomic import write_atomic, write_bytes_atomic
-from ._version import __version__
-from .errors import ConflictError, ModelError, UsageError
-from .simulator import DEFAULT_L2_GRID, Simulator
+from simfluence_cli._atomic import write_atomic, write_bytes_atomic
+from simfluence_cli._version import __version__
+from simfluence_cli.errors import ConflictError, ModelError, UsageError
+from simfluence_cli.model.simulator import DEFAULT_L2_GRID, Simulator
+from simfluence_cli.store.format import MODEL_FORMAT, PARAM_COLUMNS
 
-MODEL_FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-PARAM_COLUMNS = {
-    "test_id": "test example the parameter belongs to",
-    "example_id": "training example",
-    "A": "multiplier: alpha(c_t) = sum of A over the batch; L_t = alpha L_{t-1} + beta "
-         "(null for additive models: alpha = 1)",
-    "B": "offset: beta(c_t) = sum of B over the batch; negative B lowers the test loss",
-}
 
 
 def check_name(name: str) -> str:
@@ -355,7 +347,7 @@ class ParameterWriter:
 
 
 def _umask() -> int:
-    from ._atomic import _UMASK
+    from simfluence_cli._atomic import _UMASK
 
     return _UMASK
 
@@ -455,7 +447,7 @@ def _load_model(store, name: str, tests: list[str] | None = None,
         pos = {t: j for j, t in enumerate(all_tests)}
         bad = [t for t in tests if t not in pos]
         if bad:
-            from .errors import SelectionError
+            from simfluence_cli.errors import SelectionError
             raise SelectionError(f"model {name!r} has no test id(s) {', '.join(bad[:10])}")
         cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
     sim.test_ids_ = all_tests[cols]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import write_atomic
-from .errors import MissingExtraError, SelectionError, UsageError
-from .evaluation import rollout_runs
-from .runs import RunSet
+from simfluence_cli._atomic import write_atomic
+from simfluence_cli.errors import MissingExtraError, SelectionError, UsageError
+from simfluence_cli.analysis.evaluation import rollout_runs
+from simfluence_cli.runs import RunSet
 
 __all__ = ["Trajectories", "trajectories", "plot_file", "sparklines", "pick_tests"]
 

@@ -26,78 +26,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import _lock
-from .errors import StoreError, StoreVersionError
-
-__all__ = ["Finding", "VerifyReport", "verify_store"]
-
-ERROR, WARNING = "error", "warning"
-_PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pending)?$")
-_MODEL_FILE_PREFIXES = ("parameters-", "tests-", "examples-")
-
-
-@dataclass
-class Finding:
-    """One problem: where, what, and the command or action that fixes it."""
-
-    severity: str  # "error" | "warning"
-    where: str  # path relative to the store (or the store itself)
-    message: str
-    fix: str
-    run: str | None = None
-    model: str | None = None
-
-    def line(self) -> str:
-        return f"{self.severity}: {self.where}: {self.message}; fix: {self.fix}"
-
-
-@dataclass
-class VerifyReport:
-    store: str
-    format: int | None = None
-    generation: int | None = None
-    runs_checked: int = 0
-    models_checked: int = 0
-    files_checked: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == ERROR]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == WARNING]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def summary(self) -> str:
-        state = "consistent" if self.ok else "NOT consistent"
-        return (f"store {self.store} is {state}: {self.runs_checked} run(s), "
-                f"{self.models_checked} model(s), {self.files_checked} file(s) checked; "
-                f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
-                + (f"; repaired {len(self.repaired)}" if self.repaired else ""))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ok"] = self.ok
-        d["errors"] = len(self.errors)
-        d["warnings"] = len(self.warnings)
-        return d
-
-    def add(self, severity: str, where: str, message: str, fix: str, **kw) -> None:
-        self.findings.append(Finding(severity, where, message, fix, **kw))
+from simfluence_cli.store import _lock
+from simfluence_cli.errors import StoreError, StoreVersionError
+from simfluence_cli.store.run_check import ERROR, VerifyReport, WARNING, _check_run, _dict_values
+from simfluence_cli.store.format import MANIFEST, MODEL_FILE_PREFIXES, MODEL_FORMAT, PARTS, RUNS_COLUMNS, RUNS_TABLE, STORE_FORMAT, _PART_FILE
+from simfluence_cli.store.run_store import RunStore
 
 
 def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
@@ -106,7 +45,6 @@ def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
     Raises StoreError when ``path`` is not a store at all and StoreVersionError when it was
     written by a newer format; everything else is reported as findings.
     """
-    from .store import MANIFEST, RunStore
 
     root = Path(path)
     store = RunStore(root)  # not a store / newer format: raises with the fix
@@ -133,7 +71,6 @@ def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
 # --------------------------------------------------------------------------------------------
 
 def _verify_once(store) -> VerifyReport:
-    from .store import MANIFEST, STORE_FORMAT
 
     root = store.path
     rep = VerifyReport(store=str(root))
@@ -170,157 +107,7 @@ def _verify_once(store) -> VerifyReport:
     return rep
 
 
-def _replace_fix(rid: str) -> str:
-    return (f"re-ingest run {rid!r} from its source log with `simfluence ingest SOURCE --replace` "
-            "(or restore the store from a backup)")
-
-
-def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bool:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from ._readers import make_rundata
-    from .store import CURRICULUM_SCHEMA, LOSS_SCHEMA, PARTS, STORE_FORMAT, run_key
-
-    where = f"{MANIFEST_NAME} run {rid!r}"
-    need = ("files", "content_hash", "steps", "loss_rows", "curriculum_rows")
-    if not isinstance(entry, dict) or any(k not in entry for k in need) or \
-            not isinstance(entry.get("files"), dict) or \
-            any(not isinstance(entry["files"].get(p), str) for p in PARTS):
-        rep.add(ERROR, where, "malformed manifest entry (missing files/content_hash/counts)",
-                _replace_fix(rid), run=rid)
-        return False
-    files = entry["files"]
-    for part in PARTS:
-        named.add(files[part])
-    for part in PARTS:
-        rel = files[part]
-        p = (store.path / rel)
-        try:
-            inside = p.resolve().is_relative_to(store.path.resolve())
-        except OSError:
-            inside = False
-        if not inside or not rel.startswith(f"{part}/"):
-            rep.add(ERROR, where, f"{part} file {rel!r} is outside the store's {part}/ directory",
-                    _replace_fix(rid), run=rid)
-            return False
-    if entry.get("key") not in (None, run_key(rid)):
-        rep.add(WARNING, where, f"file key {entry.get('key')!r} is not the key of the run id",
-                "harmless; the next --replace of this run rewrites it", run=rid)
-    tables = {}
-    schemas = {"curriculum": CURRICULUM_SCHEMA, "losses": LOSS_SCHEMA}
-    ok = True
-    for part in PARTS:
-        rel = files[part]
-        p = store.path / rel
-        if not p.is_file():
-            rep.add(ERROR, rel, f"missing {part} file of run {rid!r}", _replace_fix(rid), run=rid)
-            ok = False
-            continue
-        rep.files_checked += 1
-        try:
-            pf = pq.ParquetFile(p)
-            schema = pf.schema_arrow
-            table = pf.read()
-        except (OSError, pa.ArrowException) as exc:
-            rep.add(ERROR, rel, f"unreadable Parquet ({str(exc).splitlines()[0]})",
-                    _replace_fix(rid), run=rid)
-            ok = False
-            continue
-        want = schemas[part]
-        if not schema.remove_metadata().equals(want):
-            rep.add(ERROR, rel, f"schema {_schema_str(schema)} differs from the store's "
-                    f"{part} schema {_schema_str(want)}", _replace_fix(rid), run=rid)
-            ok = False
-            continue
-        meta = schema.metadata or {}
-        fmt = meta.get(b"simfluence.store_format")
-        if fmt is None or not fmt.isdigit() or int(fmt) > STORE_FORMAT or \
-                meta.get(b"simfluence.table") != part.encode():
-            rep.add(ERROR, rel, f"missing or wrong schema metadata (store_format={fmt!r}, "
-                    f"table={meta.get(b'simfluence.table')!r})", _replace_fix(rid), run=rid)
-            ok = False
-            continue
-        run_col = table.column("run")
-        if run_col.null_count or set(pc.unique(run_col).to_pylist()) - {rid}:
-            rep.add(ERROR, rel, f"holds rows of another run than {rid!r}", _replace_fix(rid),
-                    run=rid)
-            ok = False
-            continue
-        tables[part] = table
-    if not ok:
-        return False
-    cur, los = tables["curriculum"], tables["losses"]
-    T = int(entry["steps"])
-    counts = [("curriculum_rows", cur.num_rows), ("loss_rows", los.num_rows)]
-    for key, got in counts:
-        if int(entry[key]) != got:
-            rep.add(ERROR, f"{MANIFEST_NAME} run {rid!r}", f"{key} is {entry[key]} in the manifest "
-                    f"but the file holds {got} rows", _replace_fix(rid), run=rid)
-            return False
-    try:
-        cstep = cur.column("step").to_numpy()
-        lstep = los.column("step").to_numpy()
-        loss = los.column("loss").to_numpy()
-        if len(cstep) == 0 or cstep.min() < 1 or cstep.max() != T:
-            raise ValueError(f"curriculum steps must cover 1..{T}")
-        sizes = np.bincount(cstep, minlength=T + 1)[1:]
-        if (sizes == 0).any():
-            raise ValueError(f"step {int(np.argmax(sizes == 0)) + 1} has no batch")
-        if len(lstep) == 0 or lstep.min() != 0 or lstep.max() > T:
-            raise ValueError(f"loss steps must lie in 0..{T} and include step 0")
-        if not np.isfinite(loss).all():
-            raise ValueError("non-finite loss values")
-        ex_vals, ex_codes = _dict_column(cur.column("example_id"))
-        te_vals, te_codes = _dict_column(los.column("test_id"))
-        order = np.argsort(cstep, kind="stable")
-        ptr = np.zeros(T + 1, dtype=np.int64)
-        np.cumsum(sizes, out=ptr[1:])
-        rd = make_rundata(rid, ex_codes[order], ex_vals, ptr, lstep, te_codes, te_vals, loss)
-    except (ValueError, TypeError, IndexError) as exc:
-        rep.add(ERROR, files["losses"], f"run {rid!r} content is invalid ({exc})",
-                _replace_fix(rid), run=rid)
-        return False
-    if rd.content_hash != entry["content_hash"]:
-        rep.add(ERROR, f"{files['curriculum']} + {files['losses']}",
-                f"content hash of run {rid!r} recomputed from its files is "
-                f"{rd.content_hash[:12]}, the manifest records {str(entry['content_hash'])[:12]} "
-                "(files modified or damaged)", _replace_fix(rid), run=rid)
-        return False
-    st = rd.stats()
-    for key in ("steps", "n_examples", "n_tests", "loss_steps", "batch_size_min",
-                "batch_size_max"):
-        if key in entry and int(entry[key]) != st[key]:
-            rep.add(ERROR, f"{MANIFEST_NAME} run {rid!r}", f"{key} is {entry[key]} in the "
-                    f"manifest but {st[key]} in the files", _replace_fix(rid), run=rid)
-            return False
-    return True
-
-
-MANIFEST_NAME = "manifest.json"
-
-
-def _schema_str(schema) -> str:
-    return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
-
-
-def _dict_values(col) -> list:
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(col.type):
-        return col.dictionary.to_pylist()
-    return list(dict.fromkeys(col.to_pylist()))
-
-
-def _dict_column(col):
-    from .store import _dict_column as dc
-
-    return dc(col)
-
-
 def _check_leftovers(root: Path, named: set[str], rep: VerifyReport) -> None:
-    from .store import PARTS
 
     for part in PARTS:
         d = root / part
@@ -353,7 +140,6 @@ def _check_runs_table(root: Path, man: dict, rep: VerifyReport) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .store import RUNS_COLUMNS, RUNS_TABLE
 
     fix = "`simfluence verify --repair` rewrites it from the manifest (it is a derived table)"
     p = root / RUNS_TABLE
@@ -415,7 +201,6 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .models import MODEL_FORMAT
 
     name = d.name
     rel = f"models/{name}"
@@ -522,7 +307,6 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
                 f"repair the runs, then refit with simfluence fit --name {name} --replace",
                 model=name)
         return
-    from .store import RunStore
 
     current = RunStore.data_hash(store, run_ids)
     if current != cfg.get("data_hash"):
@@ -552,7 +336,7 @@ def _repair(store) -> list[str]:
                         f.unlink(missing_ok=True)
                         done.append(f"removed models/{d.name}/{f.name}")
                 continue
-            ours = all(f.is_file() and (f.name.startswith(_MODEL_FILE_PREFIXES) or
+            ours = all(f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or
                                         f.name.startswith(".")) for f in d.iterdir())
             if ours:
                 shutil.rmtree(d, ignore_errors=True)
@@ -561,66 +345,3 @@ def _repair(store) -> list[str]:
             store._write_runs_table(man)
             done.append("rewrote runs.parquet")
     return done
-
-
-# ---- fit diagnostics ------------------------------------------------------------------------
-
-def _names(ids, limit: int = 10) -> str:
-    ids = [str(i) for i in ids]
-    return ", ".join(map(repr, ids[:limit])) + (f" and {len(ids) - limit} more"
-                                                 if len(ids) > limit else "")
-
-
-def fit_warnings(runs, sim) -> list[str]:
-    """Identifiability problems of a fit, each naming the affected examples.
-
-    Called by ``Simulator.fit`` after it has counted example occurrences and the loss range:
-    - training examples that never occur in the fitting curricula (their parameters stay at
-      the prior: the fit knows nothing about them);
-    - groups of examples that always occur together (same steps of the same runs): only the
-      sum of their parameters is determined; the penalty splits it evenly among them;
-    - test examples whose loss never changes in the fitting runs (nothing to learn: the fit
-      predicts "no change").
-    Vectorised: one random fingerprint per (run, step), summed per example.
-    """
-    out: list[str] = []
-    n = len(sim.example_ids_)
-    counts = np.asarray(sim.example_counts_)
-    never = np.flatnonzero(counts == 0)
-    if len(never):
-        out.append(f"{len(never)} training example(s) never occur in the fitting runs; their "
-                   f"parameters are the prior (no effect): {_names(sim.example_ids_[never])}")
-    if n and len(runs.runs):
-        rng = np.random.default_rng(12345)
-        prints = np.zeros((n, 2))
-        for r in runs.runs:
-            w = rng.random((r.n_steps, 2)) + 1.0
-            step = np.repeat(np.arange(r.n_steps), np.diff(r.batch_ptr))
-            for k in range(2):
-                prints[:, k] += np.bincount(r.batch_idx, weights=w[step, k], minlength=n)
-        seen = np.flatnonzero(counts > 0)
-        if len(seen) > 1:
-            _, inv, size = np.unique(prints[seen], axis=0, return_inverse=True,
-                                     return_counts=True)
-            inv = inv.reshape(-1)
-            shared = np.flatnonzero(size[inv] > 1)
-            if len(shared):
-                groups: dict[int, list] = {}
-                for j in shared:
-                    groups.setdefault(int(inv[j]), []).append(sim.example_ids_[seen[j]])
-                shown = "; ".join("{" + ", ".join(map(str, g[:5])) + (", ..." if len(g) > 5
-                                                                      else "") + "}"
-                                  for g in list(groups.values())[:5])
-                out.append(f"{len(shared)} training example(s) in {len(groups)} group(s) always "
-                           "occur together (same steps of the same runs): only each group's "
-                           "summed effect is identified, split evenly among its members: "
-                           + shown + (" ..." if len(groups) > 5 else ""))
-    lo, hi = np.asarray(sim.loss_min_, float), np.asarray(sim.loss_max_, float)
-    with np.errstate(invalid="ignore"):
-        const = np.flatnonzero(np.isfinite(lo) & (hi - lo <= 1e-12 * np.maximum(np.abs(hi),
-                                                                               1e-300)))
-    if len(const):
-        out.append(f"{len(const)} test example(s) have a constant loss in every fitting run "
-                   f"(nothing to learn; the fit predicts no change): "
-                   f"{_names(sim.test_ids_[const])}")
-    return out

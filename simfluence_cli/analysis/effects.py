@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ModelError, UsageError
-from .evaluation import example_map
-from .runs import RunSet
+from simfluence_cli.errors import ModelError, UsageError
+from simfluence_cli.analysis.evaluation import example_map
+from simfluence_cli.runs import RunSet
 
 __all__ = ["removal_effect", "coefficient_effect", "mean_effect", "top_examples", "MEASURE_HELP"]
 
@@ -119,7 +119,7 @@ def mean_effect(model, measure: str, tests: Sequence[str] | None = None, runs: R
     (sums over each chunk's tests, divided by their number at the end), so the whole
     N_train x N_test parameter matrix is never in memory; a Simulator is one chunk.
     """
-    from .evaluation import model_chunks
+    from simfluence_cli.analysis.evaluation import model_chunks
 
     names = list(np.asarray(model.test_ids_)[model._test_columns(tests)])
     total = np.zeros(len(model.example_ids_))

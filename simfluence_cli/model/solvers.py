@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sl
 
-
 def ridge_solve(G: np.ndarray, r: np.ndarray, l2: float, theta0: np.ndarray,
                 overwrite: bool = False) -> np.ndarray:
     """Solve the stacked systems G (m, P, P), r (m, P); theta0 (P,). Returns (m, P).
@@ -81,7 +80,7 @@ MIN_CHUNKS = 8
 def choose_solver(solver: str, n_params: int) -> str:
     """'direct' or 'cg' for ``solver`` in SOLVERS and the number of parameters per test."""
     if solver not in SOLVERS:
-        from .errors import UsageError
+        from simfluence_cli.errors import UsageError
         raise UsageError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if solver == "auto":
         return "direct" if n_params <= DIRECT_MAX_PARAMS else "cg"
@@ -242,7 +241,7 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from ._design import SparseDesign
+    from simfluence_cli.model.normal_equations import SparseDesign
 
     P = design.n_params(method)
     tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)

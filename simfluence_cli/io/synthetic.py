@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runs import Run, RunSet
-
+from simfluence_cli.runs import Run, RunSet
 
 def make_params(n_examples: int, n_tests: int, batch: int, method: str = "linear",
                 seed: int = 0, spread: float = 0.02) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._design import METHODS, Design
-from ._solver import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
-from .errors import ModelError, SelectionError, SimfluenceWarning, UsageError
-from .runs import RunSet
+from simfluence_cli.model.normal_equations import METHODS, Design
+from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
+from simfluence_cli.errors import ModelError, SelectionError, SimfluenceWarning, UsageError
+from simfluence_cli.runs import RunSet
 
 __all__ = ["Simulator", "DEFAULT_L2_GRID"]
 
@@ -144,7 +144,7 @@ class Simulator:
             # per run: no stacked copy of all losses
             self.loss_min_ = np.nanmin([np.nanmin(r.losses, axis=0) for r in runs.runs], axis=0)
             self.loss_max_ = np.nanmax([np.nanmax(r.losses, axis=0) for r in runs.runs], axis=0)
-        from .verify import fit_warnings  # identifiability: never-seen / co-occurring / constant
+        from simfluence_cli.model.diagnostics import fit_warnings  # identifiability: never-seen / co-occurring / constant
         self.warnings_ = fit_warnings(runs, self)
         scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
         if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
@@ -159,7 +159,7 @@ class Simulator:
             self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
-        from ._parallel import fit_theta  # sparse direct/CG solve, sharded over tests
+        from simfluence_cli.model.sharding import fit_theta  # sparse direct/CG solve, sharded over tests
         self.solver_stats_ = {}
         sink = None
         if param_sink is not None:
@@ -385,7 +385,7 @@ class Simulator:
             B = np.vstack([B, np.zeros((1, len(cols)))])
         if return_ not in ("trajectory", "final"):
             raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
-        from ._parallel import rollout  # chunked over test columns, threaded
+        from simfluence_cli.model.rollout import rollout  # chunked over test columns, threaded
         out = rollout(A, B, idx, L0, self.method, lo, hi, final=return_ == "final",
                       precision=precision)
         if return_ == "final":

@@ -53,16 +53,12 @@ Effects are ``edited - base`` simulated final losses: negative = the edit lowers
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, SelectionError, UsageError
-
-__all__ = ["Edits", "MODES", "ORDERS", "apply_edits", "batch_size_of", "drop_examples",
-           "final_losses", "whatif", "WhatIf", "group_effects", "GroupEffects",
-           "read_groups", "run_batches", "run_init_loss", "read_init_loss"]
+from simfluence_cli.errors import SelectionError, UsageError
 
 MODES = ("keep-steps", "repack", "shrink", "neutral")
 NEUTRAL = "<neutral>"  # placeholder example of mode 'neutral' (A = 1/b, B = 0)
@@ -313,118 +309,6 @@ def whatif(sim, base: Sequence[Sequence[str]], edited: Sequence[Sequence[str]] |
                   traj[1, len(edited)].copy(), edits)
 
 
-# -- group effects ----------------------------------------------------------------------------
-
-@dataclass
-class GroupEffects:
-    """Removal effects (edited - base final loss, per test) of whole groups and of members."""
-
-    test_ids: np.ndarray
-    groups: dict[str, list[str]]
-    present: dict[str, int]  # members that occur in the base curriculum
-    group_effect: np.ndarray  # (G, M)
-    sum_individual: np.ndarray  # (G, M)
-    base_final: np.ndarray  # (M,)
-    mode: str = "keep-steps"
-
-    @property
-    def interaction(self) -> np.ndarray:
-        """group - sum of individual effects: 0 = additive. For a helpful group (removal effects
-        > 0), interaction > 0 = redundancy: each member alone is replaceable (by the others),
-        the group is not; interaction < 0 = the parts' effects overlap (the whole costs less)."""
-        return self.group_effect - self.sum_individual
-
-    def rows(self) -> list[dict]:
-        out = []
-        for g, name in enumerate(self.groups):
-            ge, si = self.group_effect[g], self.sum_individual[g]
-            mg, ms = float(np.mean(ge)), float(np.mean(si))
-            out.append({"group": name, "members": len(self.groups[name]),
-                        "in_base": self.present[name], "group_effect": mg,
-                        "sum_individual": ms, "interaction": mg - ms,
-                        "ratio": mg / ms if ms != 0 else float("nan"),
-                        "mean_abs_interaction": float(np.mean(np.abs(ge - si)))})
-        return out
-
-    def test_rows(self) -> list[dict]:
-        out = []
-        for g, name in enumerate(self.groups):
-            for j, t in enumerate(self.test_ids):
-                ge, si = float(self.group_effect[g, j]), float(self.sum_individual[g, j])
-                out.append({"group": name, "test_id": t, "group_effect": ge,
-                            "sum_individual": si, "interaction": ge - si})
-        return out
-
-
-def group_effects(sim, base: Sequence[Sequence[str]], groups: Mapping[str, Sequence[str]],
-                  init_loss: np.ndarray, tests: Sequence[str] | None = None,
-                  mode: str = "keep-steps", unseen: str = "error", chunk: int | None = None,
-                  progress=None) -> GroupEffects:
-    """Simulated removal effect of each whole group next to the sum of its members' effects.
-
-    All curricula (base, one per group, one per distinct member occurring in the base) are
-    simulated in memory-bounded vectorised chunks. Members absent from the base have effect 0.
-    """
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    base = [list(map(str, b)) for b in base]
-    if not groups:
-        raise SelectionError("no groups given")
-    in_base = {e for b in base for e in b}
-    groups = {str(k): list(dict.fromkeys(map(str, v))) for k, v in groups.items()}
-    members = sorted({e for v in groups.values() for e in v if e in in_base})
-    curricula: list[Batches] = [base]
-    curricula += [drop_examples(base, v, mode) for v in groups.values()]
-    curricula += [drop_examples(base, [e], mode) for e in members]
-    fin = final_losses(sim, curricula, init_loss, tests=tests, unseen=unseen, chunk=chunk)
-    base_final = fin[0]
-    G = len(groups)
-    gfx = fin[1:1 + G] - base_final
-    single = dict(zip(members, fin[1 + G:] - base_final))
-    M = fin.shape[1]
-    sums = np.zeros((G, M))
-    for g, v in enumerate(groups.values()):
-        for e in v:
-            if e in single:
-                sums[g] += single[e]
-    present = {k: sum(e in in_base for e in v) for k, v in groups.items()}
-    test_ids = np.asarray(list(tests) if tests is not None else sim.test_ids_, dtype=object)
-    return GroupEffects(test_ids, groups, present, gfx, sums, base_final, mode)
-
-
-def read_groups(path: str, column: str, id_column: str = "example_id") -> dict[str, list[str]]:
-    """Groups from an example metadata table (CSV, optionally .gz, or Parquet): one group per
-    distinct value of ``column``; members = the ``id_column`` values of its rows."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    try:
-        if path.endswith(".parquet"):
-            tbl = pq.read_table(path)
-        else:
-            tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                column_types={id_column: pa.string(), column: pa.string()},
-                strings_can_be_null=False))
-    except FileNotFoundError:
-        raise InputError("no such file", path=path) from None
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read the table: {str(exc).splitlines()[0]}", path=path,
-                         hint="give a CSV or Parquet table with an example_id column") from None
-    for c in (id_column, column):
-        if c not in tbl.column_names:
-            raise InputError(f"no column {c!r} (columns: {', '.join(tbl.column_names)})",
-                             path=path, field=c, hint="pick one with --column / --id-column")
-    ids = [str(x) for x in tbl[id_column].to_pylist()]
-    vals = [str(x) for x in tbl[column].to_pylist()]
-    out: dict[str, list[str]] = {}
-    for ex, val in zip(ids, vals):
-        out.setdefault(val, []).append(ex)
-    if not out:
-        raise InputError("the table has no rows", path=path)
-    return dict(sorted(out.items()))
-
-
 # -- inputs shared by the commands ------------------------------------------------------------
 
 def run_batches(runset, run_id: str) -> Batches:
@@ -432,56 +316,3 @@ def run_batches(runset, run_id: str) -> Batches:
     run = runset[run_id]
     ex = runset.example_ids
     return [[str(ex[i]) for i in run.batch(t)] for t in range(1, run.n_steps + 1)]
-
-
-def run_init_loss(runset, run_id: str, test_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """A run's observed step-0 losses aligned with ``test_ids``; NaN where the run has no
-    step-0 loss for a test. Returns (losses, missing test ids)."""
-    run = runset[run_id]
-    pos = {t: j for j, t in enumerate(runset.test_ids)}
-    out = np.full(len(test_ids), np.nan)
-    if len(run.loss_steps) and run.loss_steps[0] == 0:
-        row = run.losses[0]
-        for k, t in enumerate(test_ids):
-            j = pos.get(t)
-            if j is not None:
-                out[k] = row[j]
-    missing = [t for t, v in zip(test_ids, out) if not np.isfinite(v)]
-    return out, missing
-
-
-def read_init_loss(path: str, test_ids: Sequence[str]) -> np.ndarray:
-    """Initial losses from a CSV table ``test_id,loss`` aligned with ``test_ids``."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    try:
-        tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            column_types={"test_id": pa.string()}))
-    except FileNotFoundError:
-        raise InputError("no such file", path=path,
-                         hint="--init-loss is 'mean', 'run:RUN' or a CSV file test_id,loss") from None
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read: {str(exc).splitlines()[0]}", path=path,
-                         hint="give a CSV table with columns test_id,loss") from None
-    for c in ("test_id", "loss"):
-        if c not in tbl.column_names:
-            raise InputError(f"missing column {c!r}", path=path, field=c,
-                             hint="give a CSV table with columns test_id,loss")
-    ids = [str(x) for x in tbl["test_id"].to_pylist()]
-    try:
-        vals = np.asarray(tbl["loss"].to_pylist(), dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError("non-numeric value", path=path, field="loss") from None
-    got = dict(zip(ids, vals))
-    missing = [t for t in test_ids if t not in got]
-    if missing:
-        raise InputError(f"no initial loss for {len(missing)} test(s): "
-                         f"{', '.join(missing[:10])}", path=path, field="test_id",
-                         hint="list every test example of the model (or pick them with --tests)")
-    out = np.asarray([got[t] for t in test_ids], dtype=np.float64)
-    bad = [t for t, v in zip(test_ids, out) if not np.isfinite(v) or v < 0]
-    if bad:
-        raise InputError(f"initial loss must be finite and >= 0 (test {bad[0]})", path=path,
-                         field="loss")
-    return out

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ModelError, SelectionError
-from .runs import RunSet
+from simfluence_cli.errors import ModelError, SelectionError
+from simfluence_cli.runs import RunSet
 
 __all__ = ["ConstantBaseline", "MeanTrajectoryBaseline", "interpolate_run"]
 

@@ -9,8 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-
+from simfluence_cli.errors import InputError
 
 @dataclass
 class Curriculum:

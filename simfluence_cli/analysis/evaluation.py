@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ModelError, SelectionError, UsageError
-from .metrics import run_errors, run_errors_from_parts, summarise_runs
-from .runs import Run, RunSet
+from simfluence_cli.errors import ModelError, SelectionError, UsageError
+from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
+from simfluence_cli.runs import Run, RunSet
 
 __all__ = ["evaluate", "Evaluation", "ModelEval", "encode_runs", "rollout_runs", "SUMMARY_COLUMNS",
            "METRIC_HELP"]

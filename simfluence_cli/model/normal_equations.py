@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .runs import RunSet
+from simfluence_cli.runs import RunSet
 
 METHODS = ("linear", "additive", "multiplicative")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from simfluence_cli.errors import InputError
 
 __all__ = ["RunLogger", "RunLogError"]
 

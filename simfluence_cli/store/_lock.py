@@ -22,7 +22,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import SimfluenceWarning, StoreLockedError
+from simfluence_cli.errors import SimfluenceWarning, StoreLockedError
 
 LOCK_NAME = ".lock"
 _held: dict[str, int] = {}  # resolved store path -> re-entrancy depth (this process)

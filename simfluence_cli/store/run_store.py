@@ -35,71 +35,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import _lock
-from ._atomic import write_atomic, write_bytes_atomic
-from ._readers import _indices, np_view
-from ._version import __version__
-from .errors import (ConflictError, InputError, SelectionError, StoreError, StoreVersionError,
-                     UsageError)
-from .runs import Run, RunSet
-from .selectors import resolve_selector
+from simfluence_cli.store import _lock
+from simfluence_cli._atomic import write_atomic, write_bytes_atomic
+from simfluence_cli.io._arrow import np_view
+from simfluence_cli._version import __version__
+from simfluence_cli.errors import (
+    ConflictError,
+    InputError,
+    SelectionError,
+    StoreError,
+    StoreVersionError,
+    UsageError,
+)
+from simfluence_cli.runs import Run, RunSet
+from simfluence_cli.store.selectors import resolve_selector
+from simfluence_cli.store.format import CURRICULUM_COLUMNS, CURRICULUM_SCHEMA, LOSS_COLUMNS, LOSS_SCHEMA, MANIFEST, PARTS, RUNS_COLUMNS, RUNS_TABLE, STORE_FORMAT, _PART_FILE, run_key
+from simfluence_cli.store.run_check import VerifyReport, _check_run
+from simfluence_cli.io._arrow import _dict_column
 
 __all__ = ["RunStore", "IngestReport", "STORE_FORMAT", "CURRICULUM_COLUMNS", "LOSS_COLUMNS",
            "RUNS_COLUMNS"]
 
-STORE_FORMAT = 1
-MANIFEST = "manifest.json"
-RUNS_TABLE = "runs.parquet"
-PARTS = ("curriculum", "losses")
 
-CURRICULUM_COLUMNS = {
-    "run": "run id",
-    "step": "training step t (1..T); the batch trained on at step t, in batch order",
-    "example_id": "training example in the batch of step t",
-}
-LOSS_COLUMNS = {
-    "run": "run id",
-    "step": "step t after whose update the loss was measured (0 = initial checkpoint)",
-    "test_id": "test example",
-    "loss": "loss of test_id after step t (float64); absent row = not evaluated at that step",
-}
-RUNS_COLUMNS = {
-    "run": "run id",
-    "tags": "tags given at ingest (selectors match them)",
-    "steps": "number of training steps T",
-    "batch_size_min": "smallest batch", "batch_size_max": "largest batch",
-    "n_examples": "distinct training examples in the curriculum",
-    "n_tests": "distinct test examples with losses",
-    "loss_steps": "number of steps with logged losses (including step 0)",
-    "curriculum_rows": "rows in the run's curriculum file", "loss_rows": "rows in its losses file",
-    "source_format": "jsonl | table | gptdynamics | python",
-    "source": "input path(s) the run was read from",
-    "source_sha256": "sha256 of the input file(s), comma-separated",
-    "content_hash": "sha256 of the canonical run content (same content = same hash, any format)",
-    "ingested_at": "UTC time of the ingest (ISO 8601)",
-    "curriculum_file": "curriculum file, relative to the store",
-    "losses_file": "losses file, relative to the store",
-}
-
-_DICT = pa.dictionary(pa.int32(), pa.string())
-CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_id", _DICT)])
-LOSS_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("test_id", _DICT),
-                         ("loss", pa.float64())])
 _BAD_TAG = re.compile(r"[,\s*?\[\]:]")
-# partition file names this store writes: <slug>-<hash10>.g<N>.parquet (+ ".<name>.pending")
-_PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pending)?$")
 
 
 def _meta(table: str, columns: dict) -> dict:
     return {b"simfluence.store_format": str(STORE_FORMAT).encode(),
             b"simfluence.table": table.encode(),
             b"simfluence.columns": json.dumps(columns).encode()}
-
-
-def run_key(run_id: str) -> str:
-    """File-system-safe, collision-free file stem for a run id."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._-")[:48] or "run"
-    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
 
 
 def check_tag(tag: str) -> str:
@@ -197,16 +161,15 @@ def _str(values: list[str]) -> pa.Array:
                                  ).cast(pa.string())
 
 
-def _dict_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(dictionary values as object array, int64 codes) of a string column, vectorised."""
-    if not pa.types.is_dictionary(col.type):
-        col = col.cast(pa.string()).dictionary_encode()
-    col = col.unify_dictionaries()
-    if col.num_chunks == 0:
-        return np.asarray([], dtype=object), np.zeros(0, dtype=np.int64)
-    values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
-    codes = np.concatenate([_indices(c) for c in col.chunks])
-    return values, codes.astype(np.int64, copy=False)
+@dataclass(frozen=True)
+class StoreSource:
+    """A picklable recipe for the runs of a store path: Dask workers call ``load(run_ids)``
+    on a shared file system instead of receiving the runs themselves."""
+
+    path: str
+
+    def load(self, run_ids: Sequence[str]) -> RunSet:
+        return RunStore(self.path).load(list(run_ids))
 
 
 class RunStore:
@@ -316,9 +279,12 @@ class RunStore:
             man = self._manifest()
             ids = resolve_selector(selector, {r: e.get("tags", []) for r, e in man["runs"].items()})
             try:
-                return self._load(man, ids)
+                runs = self._load(man, ids)
             except _Retry:  # a writer replaced a run between our manifest read and file read
                 time.sleep(0.05 * (attempt + 1))
+                continue
+            runs.source = StoreSource(str(self.path))  # Dask workers load the same runs
+            return runs
         raise StoreError(f"{self.path}: run files named by the manifest are missing (check the "
                          f"store with `simfluence verify --store {self.path}`) or keep "
                          "disappearing while reading; is another "
@@ -428,7 +394,7 @@ class RunStore:
         different content raises ConflictError unless ``replace``. ``progress(done, total,
         label)`` is called as sources are read.
         """
-        from ._readers import iter_runs, plan_inputs
+        from simfluence_cli.io.inputs import iter_runs, plan_inputs
 
         plan = plan_inputs(paths, format)
         report = IngestReport(sources=plan.n_sources, notes=list(plan.notes))
@@ -438,7 +404,7 @@ class RunStore:
     def add_runset(self, runset: RunSet, tags: Sequence[str] = (), replace: bool = False,
                    source: str = "python") -> IngestReport:
         """Write in-memory runs (e.g. generated or simulated) like an ingest."""
-        from ._readers import run_from_runset
+        from simfluence_cli.io.rundata import run_from_runset
 
         report = IngestReport(sources=1)
         return self._commit((run_from_runset(runset, r, source) for r in runset.runs), tags,
@@ -582,8 +548,6 @@ class RunStore:
 
     def _intact(self, run_id: str, entry: dict) -> bool:
         """Whether a run's stored files are present and hash to its content (see verify)."""
-        from .verify import VerifyReport, _check_run
-
         return _check_run(self, run_id, entry, VerifyReport(store=str(self.path)), set())
 
     def _write_part(self, tmp: Path, part: str, rd) -> None:

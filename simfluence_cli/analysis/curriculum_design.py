@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ModelError, SelectionError, UsageError
+from simfluence_cli.errors import ModelError, SelectionError, UsageError
 
 __all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula",
            "curriculum_text"]

@@ -16,7 +16,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import SelectionError
+from simfluence_cli.errors import SelectionError
 
 __all__ = ["Term", "parse_selector", "resolve_selector"]
 

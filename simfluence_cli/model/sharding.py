@@ -10,24 +10,21 @@ parameters do not depend on the backend or the number of workers.
 - ``workers=N``: N local processes (fork start method where available: the runs and the
   sparse design are shared copy-on-write, nothing is pickled but the results).
 - ``dask=ADDRESS``: an existing ``distributed`` scheduler (``tcp://host:8786``) or a
-  ``distributed.Client``. If the RunSet came from a store (it has a ``store_path``
-  attribute, set by ``RunStore.load`` callers such as ``simfluence fit``), each Dask worker
-  opens the same store path (a shared file system) and loads the runs itself, once per worker
-  process; otherwise the RunSet is scattered to the workers.
+  ``distributed.Client``. If the RunSet has a ``source`` attribute (a picklable object whose
+  ``load(run_ids)`` returns the runs; ``RunStore.load`` sets one that reopens the store path,
+  on a shared file system), each Dask worker loads the runs itself, once per worker process;
+  otherwise the RunSet is scattered to the workers.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from ._solver import CG_TOL, plan_chunks, solve_tests
-from .errors import MissingExtraError, UsageError
-
-__all__ = ["fit_theta", "shards"]
+from simfluence_cli.model.solvers import CG_TOL, plan_chunks, solve_tests
+from simfluence_cli.errors import MissingExtraError, UsageError
 
 _SHARED: dict = {}  # per process: design (and runs) for the local workers / dask tasks
 
@@ -79,7 +76,7 @@ def _shard_local(chunks, method, l2, theta0, solver, tol):
 
 
 def _init_spawned(runs):  # pragma: no cover - only without fork
-    from ._design import Design
+    from simfluence_cli.model.normal_equations import Design
     _SHARED["design"] = Design(runs)
 
 
@@ -124,16 +121,12 @@ def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progr
 
 def _dask_design(source, run_ids):
     """The Design of the runs on a Dask worker, built once per worker process."""
-    key = (source if isinstance(source, str) else id(source), tuple(run_ids))
+    key = (repr(source), tuple(run_ids))
     hit = _SHARED.get("dask")
     if hit is not None and hit[0] == key:
         return hit[1]
-    from ._design import Design
-    if isinstance(source, str):
-        from .store import RunStore
-        runs = RunStore(source).load(list(run_ids))
-    else:
-        runs = source
+    from simfluence_cli.model.normal_equations import Design
+    runs = source.load(run_ids) if hasattr(source, "load") else source
     design = Design(runs)
     _SHARED["dask"] = (key, design)
     return design
@@ -142,7 +135,7 @@ def _dask_design(source, run_ids):
 def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol, shape=None):
     design = _dask_design(source, run_ids)
     if shape is not None and (design.n_examples, design.n_tests) != tuple(shape):
-        from .errors import StoreError
+        from simfluence_cli.errors import StoreError
         raise StoreError(f"a Dask worker loaded {design.n_examples} training x {design.n_tests} "
                          f"test examples from {source!r}, the coordinator has {shape[0]} x "
                          f"{shape[1]}: the workers must see the same store (shared path) and it "
@@ -168,10 +161,8 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         m = runs.n_tests
         _, chunks = plan_chunks(design, method, solver)
         parts = chunk_shards(chunks, nworkers * 4)
-        store_path = getattr(runs, "store_path", None)
-        if store_path is not None:
-            source = os.fspath(store_path)
-        else:
+        source = getattr(runs, "source", None)
+        if source is None:
             source = client.scatter(runs, broadcast=True)
         futs = [client.submit(_shard_dask, source, list(runs.run_ids), t, method, float(l2),
                               theta0, solver, tol, (runs.n_examples, runs.n_tests), pure=False)
@@ -192,99 +183,8 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         if stats is not None:
             stats.update(solver=st.get("solver"), n_params=P, dask_workers=nworkers,
                          shards=len(parts), cg_iterations_max=max(iters) if iters else 0,
-                         source="store" if store_path is not None else "scattered")
+                         source="loaded by workers" if hasattr(source, "load") else "scattered")
         return out
     finally:
         if own:
             client.close()
-
-
-# -- rollouts -----------------------------------------------------------------------------------
-
-ROLLOUT_COLS = 128  # test columns per rollout chunk: the (C, 2 * cols) state stays in cache
-_FMAX = float(np.finfo(np.float64).max)
-
-
-def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
-            lo: np.ndarray | None, hi: np.ndarray | None, *, final: bool = False,
-            threads: int | None = None, precision: str = "float64") -> np.ndarray:
-    """The Simfluence recurrence for C curricula x m tests, chunked over test columns.
-
-    Same semantics as ``simulator._rollout`` (A, B: (n, m), an extra trailing row allowed;
-    idx (C, T, b) with -1 = padding; steps whose batch is all padding leave the loss
-    unchanged; losses clamped to [lo, hi] per test when given). Returns (C, T+1, m), or only
-    the losses after the last step, (C, m), with ``final=True`` (no (C, T+1, m) array: at
-    1,000 curricula x 2,000 steps x 1,000 tests that would be 16 GB). Each column chunk
-    gathers the rows of [A | B] for every batch, so memory is O(C * cols) per thread.
-    ``precision="float32"`` gathers and sums the parameters of each batch in float32 (half the
-    memory traffic, about 2.5x faster; alpha and beta then carry a relative rounding error of
-    ~1e-7 per step) while the loss recurrence itself stays in float64.
-    """
-    if precision not in ("float64", "float32"):
-        from .errors import UsageError
-        raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
-    pdt = np.float32 if precision == "float32" else np.float64
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ._solver import default_threads
-
-    C, T, _ = idx.shape
-    m = A.shape[1]
-    idx = np.ascontiguousarray(idx.transpose(1, 2, 0))  # (T, b, C): one contiguous gather list
-    active = (idx >= 0).any(axis=1)  # (T, C)
-    all_active = bool(active.all())
-    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
-    out = np.empty((C, m) if final else (C, T + 1, m))
-    if not final:
-        out[:, 0] = L0
-    additive = method == "additive"
-    chunks = [np.arange(s, min(m, s + ROLLOUT_COLS)) for s in range(0, m, ROLLOUT_COLS)]
-
-    def run(cols):
-        k = len(cols)
-        if additive:
-            P = np.vstack([B[:, cols], np.zeros((1, k))]).astype(pdt, copy=False)  # row -1: pad
-        else:
-            P = np.zeros((A.shape[0] + 1, 2 * k), dtype=pdt)
-            P[:-1, :k] = A[:, cols]
-            P[:-1, k:] = B[:, cols]
-        w = P.shape[1]
-        acc = np.empty((C, w), dtype=pdt)
-        tmp = np.empty((C, w), dtype=pdt)
-        L = np.array(L0[:, cols], copy=True)
-        new = np.empty_like(L)
-        lo_c = None if lo is None else lo[cols]
-        hi_c = None if hi is None else hi[cols]
-        with np.errstate(over="ignore", invalid="ignore"):  # unclipped rollouts may diverge
-            for t in range(T):
-                ix = idx[t]
-                np.take(P, ix[0], axis=0, out=acc)
-                for j in range(1, ix.shape[0]):
-                    np.take(P, ix[j], axis=0, out=tmp)
-                    acc += tmp
-                if additive:
-                    np.add(L, acc, out=new)
-                else:
-                    np.multiply(acc[:, :k], L, out=new)
-                    new += acc[:, k:]
-                if lo_c is not None:
-                    np.clip(new, lo_c, hi_c, out=new)
-                else:  # unclipped: saturate at the largest float, never inf (then 0 * inf = NaN)
-                    np.clip(new, -_FMAX, _FMAX, out=new)
-                if all_active:
-                    L, new = new, L
-                else:
-                    np.copyto(L, new, where=active[t][:, None])
-                if not final:
-                    out[:, t + 1, cols] = L
-        if final:
-            out[:, cols] = L
-
-    threads = default_threads() if threads is None else max(1, int(threads))
-    if threads == 1 or len(chunks) == 1:
-        for c in chunks:
-            run(c)
-    else:
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(run, chunks))
-    return out

@@ -1,0 +1,46 @@
+"""Zero-copy numpy views of Arrow arrays.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pyarrow as pa
+
+
+def np_view(arr) -> np.ndarray:
+    """A numpy view of a null-free numeric Arrow array or chunked array.
+
+    (pyarrow's ``to_numpy`` imports pandas when it is installed, which costs ~0.5 s.)
+    """
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        parts = [np_view(c) for c in arr.chunks]
+        if len(parts) == 1:
+            return parts[0]
+        dt = np.dtype(arr.type.to_pandas_dtype()) if not pa.types.is_boolean(arr.type) else bool
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
+    t = arr.type
+    if arr.null_count or not (pa.types.is_integer(t) or pa.types.is_floating(t)) \
+            or pa.types.is_float16(t):
+        return arr.to_numpy(zero_copy_only=False)
+    dt = np.dtype(t.to_pandas_dtype())
+    return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize)
+
+
+def _indices(col) -> np.ndarray:
+    """The int codes of a null-free DictionaryArray, without a copy."""
+    return np_view(col.indices)
+
+
+def _dict_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(dictionary values as object array, int64 codes) of a string column, vectorised."""
+    if not pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string()).dictionary_encode()
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return np.asarray([], dtype=object), np.zeros(0, dtype=np.int64)
+    values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
+    codes = np.concatenate([_indices(c) for c in col.chunks])
+    return values, codes.astype(np.int64, copy=False)

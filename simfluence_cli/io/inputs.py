@@ -1,0 +1,217 @@
+"""Which input paths hold which log encoding (:func:`plan_inputs`), and reading a plan run by run
+(:func:`iter_runs`: every source parsed, validated and hashed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from simfluence_cli.errors import InputError, UsageError
+from simfluence_cli._hashing import file_sha256
+from simfluence_cli.io.gptdynamics import C_LOSS, C_TRAIN, _is_c_dir, read_gptdynamics
+from simfluence_cli.io.rundata import RunData
+from simfluence_cli.io.tables import _TableReader, table_header
+from simfluence_cli.io._fields import _base, _open_text
+from simfluence_cli.io.jsonl import read_jsonl
+
+FORMATS = {"jsonl": "A: JSON Lines, one file per run",
+           "table": "B: long tables (CSV/Parquet): run,step,example_id and run,step,test_id,loss",
+           "gptdynamics": "C: GPTDynamics run directories"}
+FORMAT_ALIASES = {"a": "jsonl", "jsonl": "jsonl", "b": "table", "table": "table", "csv": "table",
+                  "parquet": "table", "c": "gptdynamics", "gptdynamics": "gptdynamics"}
+
+
+# --------------------------------------------------------------------------------------------
+# input planning: which files are which encoding
+# --------------------------------------------------------------------------------------------
+
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+
+
+
+def _sniff(path: Path) -> str | None:
+    try:
+        with _open_text(path) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if head[:4] == b"PAR1":
+        return "table"
+    text = head.lstrip()
+    if text.startswith(b"{"):
+        return "jsonl"
+    first = text.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if "," in first and "run" in [c.strip().strip('"') for c in first.split(",")]:
+        return "table"
+    return None
+
+
+@dataclass
+class Plan:
+    jsonl: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    gptdynamics: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # files skipped while walking directories
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.jsonl) + len(self.tables) + len(self.gptdynamics)
+
+
+def _walk(d: Path, forced: str | None, plan: Plan) -> None:
+    if forced in (None, "gptdynamics") and _is_c_dir(d):
+        plan.gptdynamics.append(d)
+        return
+    try:
+        entries = sorted(d.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise InputError(f"cannot list directory: {exc.strerror}", path=str(d),
+                         hint="check the permissions") from None
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            _walk(p, forced, plan)
+            continue
+        base = _base(p.name)
+        if base.endswith(_JSONL_SUFFIXES) and forced in (None, "jsonl"):
+            plan.jsonl.append(p)
+        elif base.endswith(_TABLE_SUFFIXES) and forced in (None, "table"):
+            if _walked_table_is_log(p, plan):
+                plan.tables.append(p)
+        elif forced == "jsonl" and base.endswith(".json") and base != C_TRAIN:
+            plan.jsonl.append(p)
+
+
+def _walked_table_is_log(p: Path, plan: Plan) -> bool:
+    """A table met while walking a directory is a run log only if it has a ``run`` column
+    (e.g. ``examples.csv`` or a TracIn score table next to the logs is skipped with a note);
+    unreadable tables are kept so the reader reports them. Named files are never skipped."""
+    try:
+        cols, _ = table_header(p)
+    except InputError:
+        return True
+    if "run" in cols:
+        return True
+    plan.notes.append(f"skipped {p}: columns {','.join(cols)[:80]} are not a run log table "
+                      "(no 'run' column)")
+    return False
+
+
+def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -> Plan:
+    """Expand paths (files and directories) into the sources of each encoding."""
+    forced = None
+    if format is not None:
+        forced = FORMAT_ALIASES.get(str(format).lower())
+        if forced is None:
+            raise UsageError(f"unknown --format {format!r}; use jsonl (A), table (B) or "
+                             "gptdynamics (C)")
+    if not paths:
+        raise UsageError("no input paths; give log files or directories to ingest")
+    plan = Plan()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError("no such file or directory", path=str(p),
+                             hint="check the path (directories are walked for *.jsonl[.gz], "
+                                  "*.csv[.gz], *.parquet and GPTDynamics run directories)")
+        if p.is_dir():
+            before = plan.n_sources
+            _walk(p, forced, plan)
+            if plan.n_sources == before:
+                raise InputError("no training logs found in this directory", path=str(p),
+                                 hint="expected *.jsonl[.gz] (one run per file), *.csv[.gz] / "
+                                      "*.parquet long tables, or GPTDynamics run directories "
+                                      f"({C_TRAIN} + {C_LOSS}); use --format to force one")
+            continue
+        base = _base(p.name)
+        kind = forced
+        if base in (C_TRAIN, C_LOSS) and forced in (None, "gptdynamics"):
+            if not _is_c_dir(p.parent):
+                raise InputError(f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} "
+                                 f"and {C_LOSS}", path=str(p.parent),
+                                 hint="put both files in the run's directory")
+            plan.gptdynamics.append(p.parent)
+            continue
+        if kind is None:
+            if base.endswith(_JSONL_SUFFIXES):
+                kind = "jsonl"
+            elif base.endswith(_TABLE_SUFFIXES):
+                kind = "table"
+            else:
+                kind = _sniff(p)
+        if kind is None:
+            raise InputError("cannot tell the log encoding from the name or contents", path=str(p),
+                             hint="name files *.jsonl / *.csv / *.parquet, or pass "
+                                  "--format jsonl|table|gptdynamics")
+        if kind == "gptdynamics":
+            raise InputError("--format gptdynamics expects run directories (or their "
+                             f"{C_TRAIN} / {C_LOSS})", path=str(p),
+                             hint="pass the run directory, or drop --format to detect the encoding")
+        (plan.jsonl if kind == "jsonl" else plan.tables).append(p)
+    # the same file named twice (e.g. a file and its directory) is read once
+    for name in ("jsonl", "tables", "gptdynamics"):
+        seen: dict[Path, Path] = {}
+        for p in getattr(plan, name):
+            seen.setdefault(p.resolve(), p)
+        setattr(plan, name, list(seen.values()))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------
+
+def iter_runs(plan: Plan, progress: Callable | None = None,
+              notes: list | None = None) -> Iterator[RunData]:
+    """Parse and validate every source of ``plan``, yielding one RunData per run.
+
+    Source files are hashed (sha256) on a background thread while they are parsed.
+    """
+    total = plan.n_sources
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def hashed(rd: RunData, paths: list[str]) -> RunData:
+            futs = {p: pool.submit(file_sha256, p) for p in paths}
+            rd.sources = [{"path": p, "sha256": f.result()} for p, f in futs.items()]
+            return rd
+
+        for p in plan.jsonl:
+            fut = pool.submit(file_sha256, p)
+            rd = read_jsonl(p)
+            rd.sources = [{"path": str(p), "sha256": fut.result()}]
+            done += 1
+            if progress:
+                progress(done, total, str(p))
+            yield rd
+        for d in plan.gptdynamics:
+            rd = read_gptdynamics(d)
+            rd = hashed(rd, [s["path"] for s in rd.sources])
+            done += 1
+            if progress:
+                progress(done, total, str(d))
+            yield rd
+        if plan.tables:
+            tr = _TableReader()
+            try:
+                futs = {str(p): pool.submit(file_sha256, p) for p in plan.tables}
+                for p in plan.tables:
+                    tr.read(p)
+                    done += 1
+                    if progress:
+                        progress(done, total, str(p))
+                for rd in tr.finish():
+                    rd.sources = [{"path": s["path"], "sha256": futs[s["path"]].result()}
+                                  for s in rd.sources]
+                    yield rd
+            finally:
+                tr.close()

@@ -1,0 +1,70 @@
+"""Fit diagnostics: identifiability problems of a fit, each naming the affected examples.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+
+# ---- fit diagnostics ------------------------------------------------------------------------
+
+def _names(ids, limit: int = 10) -> str:
+    ids = [str(i) for i in ids]
+    return ", ".join(map(repr, ids[:limit])) + (f" and {len(ids) - limit} more"
+                                                 if len(ids) > limit else "")
+
+
+def fit_warnings(runs, sim) -> list[str]:
+    """Identifiability problems of a fit, each naming the affected examples.
+
+    Called by ``Simulator.fit`` after it has counted example occurrences and the loss range:
+    - training examples that never occur in the fitting curricula (their parameters stay at
+      the prior: the fit knows nothing about them);
+    - groups of examples that always occur together (same steps of the same runs): only the
+      sum of their parameters is determined; the penalty splits it evenly among them;
+    - test examples whose loss never changes in the fitting runs (nothing to learn: the fit
+      predicts "no change").
+    Vectorised: one random fingerprint per (run, step), summed per example.
+    """
+    out: list[str] = []
+    n = len(sim.example_ids_)
+    counts = np.asarray(sim.example_counts_)
+    never = np.flatnonzero(counts == 0)
+    if len(never):
+        out.append(f"{len(never)} training example(s) never occur in the fitting runs; their "
+                   f"parameters are the prior (no effect): {_names(sim.example_ids_[never])}")
+    if n and len(runs.runs):
+        rng = np.random.default_rng(12345)
+        prints = np.zeros((n, 2))
+        for r in runs.runs:
+            w = rng.random((r.n_steps, 2)) + 1.0
+            step = np.repeat(np.arange(r.n_steps), np.diff(r.batch_ptr))
+            for k in range(2):
+                prints[:, k] += np.bincount(r.batch_idx, weights=w[step, k], minlength=n)
+        seen = np.flatnonzero(counts > 0)
+        if len(seen) > 1:
+            _, inv, size = np.unique(prints[seen], axis=0, return_inverse=True,
+                                     return_counts=True)
+            inv = inv.reshape(-1)
+            shared = np.flatnonzero(size[inv] > 1)
+            if len(shared):
+                groups: dict[int, list] = {}
+                for j in shared:
+                    groups.setdefault(int(inv[j]), []).append(sim.example_ids_[seen[j]])
+                shown = "; ".join("{" + ", ".join(map(str, g[:5])) + (", ..." if len(g) > 5
+                                                                      else "") + "}"
+                                  for g in list(groups.values())[:5])
+                out.append(f"{len(shared)} training example(s) in {len(groups)} group(s) always "
+                           "occur together (same steps of the same runs): only each group's "
+                           "summed effect is identified, split evenly among its members: "
+                           + shown + (" ..." if len(groups) > 5 else ""))
+    lo, hi = np.asarray(sim.loss_min_, float), np.asarray(sim.loss_max_, float)
+    with np.errstate(invalid="ignore"):
+        const = np.flatnonzero(np.isfinite(lo) & (hi - lo <= 1e-12 * np.maximum(np.abs(hi),
+                                                                               1e-300)))
+    if len(const):
+        out.append(f"{len(const)} test example(s) have a constant loss in every fitting run "
+                   f"(nothing to learn; the fit predicts no change): "
+                   f"{_names(sim.test_ids_[const])}")
+    return out

@@ -1,0 +1,93 @@
+"""The store's on-disk format in one place: versions, file names, column meanings, schemas.
+
+Readers of the store (pandas, polars, duckdb) can rely on what is written here; every module of
+the store imports its constants from this leaf module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow as pa
+
+
+STORE_FORMAT = 1
+
+
+MANIFEST = "manifest.json"
+
+
+RUNS_TABLE = "runs.parquet"
+
+
+PARTS = ("curriculum", "losses")
+
+
+CURRICULUM_COLUMNS = {
+    "run": "run id",
+    "step": "training step t (1..T); the batch trained on at step t, in batch order",
+    "example_id": "training example in the batch of step t",
+}
+
+
+LOSS_COLUMNS = {
+    "run": "run id",
+    "step": "step t after whose update the loss was measured (0 = initial checkpoint)",
+    "test_id": "test example",
+    "loss": "loss of test_id after step t (float64); absent row = not evaluated at that step",
+}
+
+
+RUNS_COLUMNS = {
+    "run": "run id",
+    "tags": "tags given at ingest (selectors match them)",
+    "steps": "number of training steps T",
+    "batch_size_min": "smallest batch", "batch_size_max": "largest batch",
+    "n_examples": "distinct training examples in the curriculum",
+    "n_tests": "distinct test examples with losses",
+    "loss_steps": "number of steps with logged losses (including step 0)",
+    "curriculum_rows": "rows in the run's curriculum file", "loss_rows": "rows in its losses file",
+    "source_format": "jsonl | table | gptdynamics | python",
+    "source": "input path(s) the run was read from",
+    "source_sha256": "sha256 of the input file(s), comma-separated",
+    "content_hash": "sha256 of the canonical run content (same content = same hash, any format)",
+    "ingested_at": "UTC time of the ingest (ISO 8601)",
+    "curriculum_file": "curriculum file, relative to the store",
+    "losses_file": "losses file, relative to the store",
+}
+
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_id", _DICT)])
+
+
+LOSS_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("test_id", _DICT),
+                         ("loss", pa.float64())])
+
+
+# partition file names this store writes: <slug>-<hash10>.g<N>.parquet (+ ".<name>.pending")
+_PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pending)?$")
+
+
+def run_key(run_id: str) -> str:
+    """File-system-safe, collision-free file stem for a run id."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._-")[:48] or "run"
+    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
+
+
+MODEL_FORMAT = 1
+
+
+PARAM_COLUMNS = {
+    "test_id": "test example the parameter belongs to",
+    "example_id": "training example",
+    "A": "multiplier: alpha(c_t) = sum of A over the batch; L_t = alpha L_{t-1} + beta "
+         "(null for additive models: alpha = 1)",
+    "B": "offset: beta(c_t) = sum of B over the batch; negative B lowers the test loss",
+}
+
+
+MODEL_FILE_PREFIXES = ("parameters-", "tests-", "examples-")
