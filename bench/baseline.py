@@ -27,10 +27,10 @@ def dense_lstsq_fit(runs, l2: float, theta0: np.ndarray, method: str = "linear")
     sq = np.sqrt(l2)
     for j in range(runs.n_tests):
         if method == "linear":
-            X = np.hstack([Cnt * Lp[:, j:j + 1], Cnt])
+            X = np.hstack([Cnt * Lp[:, j : j + 1], Cnt])
             y = Ln[:, j]
         elif method == "multiplicative":
-            X, y = Cnt * Lp[:, j:j + 1], Ln[:, j]
+            X, y = Cnt * Lp[:, j : j + 1], Ln[:, j]
         else:
             X, y = Cnt, Ln[:, j] - Lp[:, j]
         Xa = np.vstack([X, sq * np.eye(P)])

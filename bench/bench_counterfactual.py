@@ -44,15 +44,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simfluence_cli.analysis.whatif import Edits, apply_edits, final_losses  # noqa: E402
 from simfluence_cli.analysis.curriculum_design import (
     curriculum_text,
     design_curriculum,
     random_curricula,
 )
-from simfluence_cli.analysis.metrics import spearman  # noqa: E402
-from simfluence_cli.runs import RunSet  # noqa: E402
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
+from simfluence_cli.analysis.metrics import spearman
+from simfluence_cli.analysis.whatif import Edits, apply_edits, final_losses
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
 
 FAMILIES = ("fit", "heldout-random", "heldout-leave30", "heldout-classordered")
 
@@ -65,8 +65,10 @@ def read_family(d: Path):
             rows = [json.loads(line) for line in fh]
         tests = tests or sorted(rows[0]["loss"])
         rid = os.path.basename(f).split(".")[0]
-        out[rid] = ([r["batch"] for r in rows[1:]],
-                    np.array([[r["loss"][t] for t in tests] for r in rows]))
+        out[rid] = (
+            [r["batch"] for r in rows[1:]],
+            np.array([[r["loss"][t] for t in tests] for r in rows]),
+        )
     return out, tests
 
 
@@ -86,8 +88,8 @@ def batches_of(rs: RunSet, rid: str):
 
 def tracin_sim(samples: Path, fit: RunSet):
     try:
-        from simfluence_cli.model.external_scores import fit_scale, scores_simulator
         from simfluence_cli.io.score_files import read_scores
+        from simfluence_cli.model.external_scores import fit_scale, scores_simulator
 
         tab = read_scores(samples / "tracin_scores.csv.gz")
         sc = fit_scale(tab.S, tab.example_ids, tab.test_ids, fit)
@@ -105,16 +107,26 @@ def tracin_sim(samples: Path, fit: RunSet):
             S[epos[r["example_id"]], tpos[r["test_id"]]] = float(r["score"])
         num = den = 0.0
         for run in fit.runs:
-            X = np.stack([S[[epos[fit.example_ids[i]] for i in run.batch(t)]].sum(0)
-                          for t in range(1, run.n_steps + 1)])
+            X = np.stack(
+                [
+                    S[[epos[fit.example_ids[i]] for i in run.batch(t)]].sum(0)
+                    for t in range(1, run.n_steps + 1)
+                ]
+            )
             y = np.diff(run.losses, axis=0)
             num += float((X * y).sum())
             den += float((X * X).sum())
         scale = -num / den
         allL = np.vstack([r.losses for r in fit.runs])
-        return Simulator.from_params(None, -scale * S, ex, te, method="additive",
-                                     init_loss=fit.runs[0].losses[0],
-                                     loss_range=(allL.min(0), allL.max(0))), scale
+        return Simulator.from_params(
+            None,
+            -scale * S,
+            ex,
+            te,
+            method="additive",
+            init_loss=fit.runs[0].losses[0],
+            loss_range=(allL.min(0), allL.max(0)),
+        ), scale
 
 
 def metrics(pred: np.ndarray, obs: np.ndarray) -> dict:
@@ -159,27 +171,37 @@ def validate(sims: dict, rs: RunSet, tags: dict, samples: Path) -> dict:
         res["no_change_baseline"] = {
             "change_mse_vs_fit-000": float(np.mean((obs - base_obs0) ** 2)),
             "change_mse_vs_mean": float(np.mean((obs - base_obs_mean) ** 2)),
-            "final_mse_mean_fit_final": float(np.mean((obs - base_obs_mean) ** 2))}
+            "final_mse_mean_fit_final": float(np.mean((obs - base_obs_mean) ** 2)),
+        }
         for name, sim in sims.items():
             t0 = time.perf_counter()
             direct = final_losses(sim, [batches_of(rs, h) for h in hids], L0)
             base_fit = final_losses(sim, [fit_cur[r] for r in fit_ids], L0)
             ed0 = final_losses(sim, [apply_edits(fit_cur[fit_ids[0]], e) for e in edits], L0)
-            edm = np.stack([final_losses(sim, [apply_edits(fit_cur[r], e) for r in fit_ids],
-                                         L0).mean(0) for e in edits])
+            edm = np.stack(
+                [
+                    final_losses(sim, [apply_edits(fit_cur[r], e) for r in fit_ids], L0).mean(0)
+                    for e in edits
+                ]
+            )
             secs = time.perf_counter() - t0
             r = {}
-            r["direct"] = {"final": metrics(direct, obs),
-                           "final_across_runs": across_runs(direct, obs),
-                           "change_vs_fit-000": metrics(direct - base_fit[0], obs - base_obs0),
-                           "change_vs_mean": metrics(direct - base_fit.mean(0),
-                                                     obs - base_obs_mean)}
-            r["edit fit-000"] = {"final": metrics(ed0, obs),
-                                 "final_across_runs": across_runs(ed0, obs),
-                                 "change": metrics(ed0 - base_fit[0], obs - base_obs0)}
-            r["edit mean"] = {"final": metrics(edm, obs),
-                              "final_across_runs": across_runs(edm, obs),
-                              "change": metrics(edm - base_fit.mean(0), obs - base_obs_mean)}
+            r["direct"] = {
+                "final": metrics(direct, obs),
+                "final_across_runs": across_runs(direct, obs),
+                "change_vs_fit-000": metrics(direct - base_fit[0], obs - base_obs0),
+                "change_vs_mean": metrics(direct - base_fit.mean(0), obs - base_obs_mean),
+            }
+            r["edit fit-000"] = {
+                "final": metrics(ed0, obs),
+                "final_across_runs": across_runs(ed0, obs),
+                "change": metrics(ed0 - base_fit[0], obs - base_obs0),
+            }
+            r["edit mean"] = {
+                "final": metrics(edm, obs),
+                "final_across_runs": across_runs(edm, obs),
+                "change": metrics(edm - base_fit.mean(0), obs - base_obs_mean),
+            }
             r["seconds"] = round(secs, 2)
             res[name] = r
         out[fam] = res
@@ -187,44 +209,72 @@ def validate(sims: dict, rs: RunSet, tags: dict, samples: Path) -> dict:
 
 
 def train(curriculum: Path, out: Path) -> float:
-    subprocess.run([sys.executable, str(ROOT / "sample_runs" / "generate.py"), "train-curriculum",
-                    str(curriculum), "-o", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sample_runs" / "generate.py"),
+            "train-curriculum",
+            str(curriculum),
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with gzip.open(out, "rt") as fh:
         last = fh.readlines()[-1]
     return float(np.mean(list(json.loads(last)["loss"].values())))
 
 
-def design_check(sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: int,
-                 tracin=None) -> dict:
+def design_check(
+    sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: int, tracin=None
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     steps, b = 250, 4
     L0 = rs.runs[0].losses[0]
     res = {"designs": {}, "random": []}
-    existing = [float(rs[r].losses[-1].mean()) for r in rs.run_ids
-                if tags[r][0] in ("fit", "heldout-random")]
+    existing = [
+        float(rs[r].losses[-1].mean())
+        for r in rs.run_ids
+        if tags[r][0] in ("fit", "heldout-random")
+    ]
     plan = [(f"design --seed {s}", None, s, sim) for s in (0, 1, 2)]
-    plan += [("design --seed 0 --max-uses 4", 4, 0, sim), ("design --seed 0 --max-uses 7", 7, 0, sim)]
+    plan += [
+        ("design --seed 0 --max-uses 4", 4, 0, sim),
+        ("design --seed 0 --max-uses 7", 7, 0, sim),
+    ]
     if tracin is not None:
         plan.append(("design --model tracin --seed 0", None, 0, tracin))
     for label, mu, seed, model in plan:
         t0 = time.perf_counter()
-        d = design_curriculum(model, steps, init_loss=L0, seed=seed, iters=iters, candidates=64,
-                              max_uses=mu, n_random=100)
+        d = design_curriculum(
+            model,
+            steps,
+            init_loss=L0,
+            seed=seed,
+            iters=iters,
+            candidates=64,
+            max_uses=mu,
+            n_random=100,
+        )
         secs = time.perf_counter() - t0
         tag = "tracin-" if model is tracin else ""
         path = work / f"design-{tag}mu{mu or 'auto'}-s{seed}.txt"
-        path.write_text(curriculum_text(d.batches, {"objective": "mean-final-loss",
-                                                    "seed": seed}))
+        path.write_text(curriculum_text(d.batches, {"objective": "mean-final-loss", "seed": seed}))
         real = train(path, work / f"design-{tag}mu{mu or 'auto'}-s{seed}.jsonl.gz")
         rep = d.report()
-        res["designs"][label] = {"simulated": d.objective, "greedy": d.greedy_objective,
-                                 "beats_existing_random_runs": int(np.sum(real < np.asarray(existing))),
-                                 "random_sim_mean": rep["random_mean"],
-                                 "random_sim_best": rep["random_best"],
-                                 "max_uses": rep["max_uses"],
-                                 "distinct_examples": rep["distinct_examples"],
-                                 "seconds": round(secs, 2), "real_final_mean_loss": real,
-                                 "curriculum": str(path)}
+        res["designs"][label] = {
+            "simulated": d.objective,
+            "greedy": d.greedy_objective,
+            "beats_existing_random_runs": int(np.sum(real < np.asarray(existing))),
+            "random_sim_mean": rep["random_mean"],
+            "random_sim_best": rep["random_best"],
+            "max_uses": rep["max_uses"],
+            "distinct_examples": rep["distinct_examples"],
+            "seconds": round(secs, 2),
+            "real_final_mean_loss": real,
+            "curriculum": str(path),
+        }
     pool = np.flatnonzero(np.asarray(sim.example_counts_) > 0)
     R = random_curricula(pool, steps, b, n_train, np.random.default_rng(2024))
     for k in range(n_train):
@@ -234,8 +284,12 @@ def design_check(sim, rs: RunSet, tags: dict, work: Path, iters: int, n_train: i
         simv = float(sim.simulate([batches], L0)[0, -1].mean())
         real = train(path, work / f"random-{k}.jsonl.gz")
         res["random"].append({"simulated": simv, "real_final_mean_loss": real})
-    res["existing_random_runs"] = {"n": len(existing), "mean": float(np.mean(existing)),
-                                   "min": float(np.min(existing)), "max": float(np.max(existing))}
+    res["existing_random_runs"] = {
+        "n": len(existing),
+        "mean": float(np.mean(existing)),
+        "min": float(np.min(existing)),
+        "max": float(np.max(existing)),
+    }
     return res
 
 
@@ -257,12 +311,13 @@ def exact_edits(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path) -
     edits = {}
     for c in range(10):
         edits[f"drop class {c}"] = Edits(drop=[e for e, v in labels.items() if v == c])
-    for k, (h, ids) in enumerate(sorted(removed.items())[:8]):
+    for k, (_h, ids) in enumerate(sorted(removed.items())[:8]):
         edits[f"drop leave30 set {k}"] = Edits(drop=ids)
-    for k, (h, order) in enumerate(sorted(orders.items())[:4]):
+    for k, (_h, order) in enumerate(sorted(orders.items())[:4]):
         rank = {c: i for i, c in enumerate(order)}
-        edits[f"class order {k} per epoch"] = Edits(order=sorted(labels, key=lambda e: (
-            rank[labels[e]], e)))
+        edits[f"class order {k} per epoch"] = Edits(
+            order=sorted(labels, key=lambda e: (rank[labels[e]], e))
+        )
     edits["reverse"] = Edits(order="reverse")
     real = {}
     t0 = time.perf_counter()
@@ -270,14 +325,27 @@ def exact_edits(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path) -
         path = work / (name.replace(" ", "_") + ".txt")
         path.write_text(curriculum_text(apply_edits(base, e), {"edit": name}))
         out = work / (name.replace(" ", "_") + ".jsonl.gz")
-        subprocess.run([sys.executable, str(ROOT / "sample_runs" / "generate.py"),
-                        "train-curriculum", str(path), "-o", str(out)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "sample_runs" / "generate.py"),
+                "train-curriculum",
+                str(path),
+                "-o",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
         with gzip.open(out, "rt") as fh:
             loss = json.loads(fh.readlines()[-1])["loss"]
         real[name] = np.asarray([loss[t] for t in rs.test_ids]) - obs_base
-    res = {"base": base_id, "n_edits": len(edits),
-           "retrain_seconds": round(time.perf_counter() - t0, 1), "edits": {}}
+    res = {
+        "base": base_id,
+        "n_edits": len(edits),
+        "retrain_seconds": round(time.perf_counter() - t0, 1),
+        "edits": {},
+    }
     obs = np.stack([real[n] for n in edits])
     for mname, sim in sims.items():
         fin = final_losses(sim, [base] + [apply_edits(base, e) for e in edits.values()], L0)
@@ -289,22 +357,24 @@ def exact_edits(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path) -
                 if n.startswith(k):
                     kinds[k].append(i)
         res[mname] = {
-            k: {"n": len(ix),
+            k: {
+                "n": len(ix),
                 "change_spearman_across_tests": float(np.nanmean(per[ix])),
                 "change_mse": float(np.mean((pred[ix] - obs[ix]) ** 2)),
                 "no_change_mse": float(np.mean(obs[ix] ** 2)),
                 "mean_change_pred": float(pred[ix].mean()),
-                "mean_change_real": float(obs[ix].mean())} for k, ix in kinds.items()}
-        res[mname]["mean_change_spearman_across_edits"] = float(
-            spearman(pred.mean(1), obs.mean(1)))
+                "mean_change_real": float(obs[ix].mean()),
+            }
+            for k, ix in kinds.items()
+        }
+        res[mname]["mean_change_spearman_across_edits"] = float(spearman(pred.mean(1), obs.mean(1)))
         for i, n in enumerate(edits):
             res["edits"].setdefault(n, {"real_mean_change": float(obs[i].mean())})
             res["edits"][n][f"{mname}_mean_change"] = float(pred[i].mean())
     return res
 
 
-def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path,
-                label: int) -> dict:
+def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path, label: int) -> dict:
     """Group effect vs sum of single removals for one class, simulated (``group_effects``) and
     real (1 + members retrains of fit-000 with keep-steps drops)."""
     import csv
@@ -322,9 +392,18 @@ def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path,
         path = work / f"{name}.txt"
         path.write_text(curriculum_text(apply_edits(base, Edits(drop=ids)), {"drop": name}))
         out = work / f"{name}.jsonl.gz"
-        subprocess.run([sys.executable, str(ROOT / "sample_runs" / "generate.py"),
-                        "train-curriculum", str(path), "-o", str(out)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "sample_runs" / "generate.py"),
+                "train-curriculum",
+                str(path),
+                "-o",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
         with gzip.open(out, "rt") as fh:
             loss = json.loads(fh.readlines()[-1])["loss"]
         return np.asarray([loss[t] for t in rs.test_ids]) - obs_base
@@ -332,19 +411,26 @@ def group_check(sims: dict, rs: RunSet, tags: dict, samples: Path, work: Path,
     t0 = time.perf_counter()
     g_real = real(members, f"class{label}")
     singles = np.stack([real([e], e) for e in members])
-    res = {"class": label, "members": len(members),
-           "retrain_seconds": round(time.perf_counter() - t0, 1),
-           "real": {"group_effect": float(g_real.mean()),
-                    "sum_individual": float(singles.sum(0).mean()),
-                    "interaction": float((g_real - singles.sum(0)).mean())}}
+    res = {
+        "class": label,
+        "members": len(members),
+        "retrain_seconds": round(time.perf_counter() - t0, 1),
+        "real": {
+            "group_effect": float(g_real.mean()),
+            "sum_individual": float(singles.sum(0).mean()),
+            "interaction": float((g_real - singles.sum(0)).mean()),
+        },
+    }
     for name, sim in sims.items():
         t1 = time.perf_counter()
         ge = group_effects(sim, base, {"g": members}, L0)
-        res[name] = {"group_effect": float(ge.group_effect.mean()),
-                     "sum_individual": float(ge.sum_individual.mean()),
-                     "interaction": float(ge.interaction.mean()),
-                     "group_effect_spearman_across_tests": spearman(ge.group_effect[0], g_real),
-                     "seconds": round(time.perf_counter() - t1, 2)}
+        res[name] = {
+            "group_effect": float(ge.group_effect.mean()),
+            "sum_individual": float(ge.sum_individual.mean()),
+            "interaction": float(ge.interaction.mean()),
+            "group_effect_spearman_across_tests": spearman(ge.group_effect[0], g_real),
+            "seconds": round(time.perf_counter() - t1, 2),
+        }
     return res
 
 
@@ -358,8 +444,12 @@ def main() -> int:
     ap.add_argument("--skip-design", action="store_true")
     ap.add_argument("--skip-exact", action="store_true")
     ap.add_argument("--skip-validation", action="store_true")
-    ap.add_argument("--group-class", type=int, default=5,
-                    help="class whose group effect is checked by real retraining (-1: skip)")
+    ap.add_argument(
+        "--group-class",
+        type=int,
+        default=5,
+        help="class whose group effect is checked by real retraining (-1: skip)",
+    )
     ap.add_argument("--json", default=None, help="also write the figures here")
     ns = ap.parse_args()
     samples = Path(ns.samples)
@@ -369,26 +459,37 @@ def main() -> int:
     l2 = ns.l2 if ns.l2 == "auto" else float(ns.l2)
     lin = Simulator("linear", l2=l2).fit(fit)
     tr, scale = tracin_sim(samples, fit)
-    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                       f"{platform.python_version()}, numpy {np.__version__}",
-            "linear_l2": lin.l2_, "tracin_scale": scale,
-            "load_fit_seconds": round(time.perf_counter() - t0, 2)}
+    info = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, numpy {np.__version__}",
+        "linear_l2": lin.l2_,
+        "tracin_scale": scale,
+        "load_fit_seconds": round(time.perf_counter() - t0, 2),
+    }
     print(json.dumps(info), file=sys.stderr)
     out = {"info": info}
     if not ns.skip_validation:
         out["validation"] = validate({"linear": lin, "tracin": tr}, rs, tags, samples)
         print(json.dumps(out["validation"], indent=1), file=sys.stderr)
     if not ns.skip_exact:
-        out["exact_edits"] = exact_edits({"linear": lin, "tracin": tr}, rs, tags, samples,
-                                         Path(ns.work) / "exact")
+        out["exact_edits"] = exact_edits(
+            {"linear": lin, "tracin": tr}, rs, tags, samples, Path(ns.work) / "exact"
+        )
         print(json.dumps(out["exact_edits"], indent=1), file=sys.stderr)
     if ns.group_class >= 0:
-        out["group_check"] = group_check({"linear": lin, "tracin": tr}, rs, tags, samples,
-                                         Path(ns.work) / "group", ns.group_class)
+        out["group_check"] = group_check(
+            {"linear": lin, "tracin": tr},
+            rs,
+            tags,
+            samples,
+            Path(ns.work) / "group",
+            ns.group_class,
+        )
         print(json.dumps(out["group_check"], indent=1), file=sys.stderr)
     if not ns.skip_design:
-        out["design"] = design_check(lin, rs, tags, Path(ns.work), ns.design_iters,
-                                     ns.n_random_train, tracin=tr)
+        out["design"] = design_check(
+            lin, rs, tags, Path(ns.work), ns.design_iters, ns.n_random_train, tracin=tr
+        )
     print(json.dumps(out, indent=1))
     if ns.json:
         Path(ns.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -23,12 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from baseline import dense_lstsq_fit  # noqa: E402
+from _machine import cpu_model
+from baseline import dense_lstsq_fit
 
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
-from simfluence_cli.io.synthetic import make_runs  # noqa: E402
-
-from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 
 
 def machine() -> str:
@@ -37,11 +36,15 @@ def machine() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
+        blas = ", ".join(
+            f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info()
+        )
     except ImportError:
         pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy "
-            f"{np.__version__}" + (f", BLAS: {blas}" if blas else ""))
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy "
+        f"{np.__version__}" + (f", BLAS: {blas}" if blas else "")
+    )
 
 
 def main(argv=None) -> int:
@@ -56,15 +59,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     a = ap.parse_args(argv)
     print(f"Machine: {machine()}\n")
-    print(f"Size: N={a.n} training, M={a.m} test examples, {a.runs} runs x {a.steps} steps, "
-          f"batch {a.batch}; l2={a.l2:g} toward the no-change prior.\n")
-    print("| method | parameters | solver | ours (best of %d) | baseline: per-test dense lstsq | "
-          "speed-up | max rel. difference |" % a.repeat)
+    print(
+        f"Size: N={a.n} training, M={a.m} test examples, {a.runs} runs x {a.steps} steps, "
+        f"batch {a.batch}; l2={a.l2:g} toward the no-change prior.\n"
+    )
+    print(
+        f"| method | parameters | solver | ours (best of {a.repeat}) | baseline: per-test dense "
+        "lstsq | speed-up | max rel. difference |"
+    )
     print("|---|---|---|---|---|---|---|")
     ok = True
     for method in a.methods.split(","):
-        rs, _, _ = make_runs(a.n, a.m, a.runs, a.steps, a.batch, method=method, seed=0,
-                             noise=0.01)
+        rs, _, _ = make_runs(a.n, a.m, a.runs, a.steps, a.batch, method=method, seed=0, noise=0.01)
         times = []
         for _ in range(a.repeat):
             t = time.perf_counter()
@@ -75,16 +81,24 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         ref = dense_lstsq_fit(rs, a.l2, theta0, method=method)
         base = time.perf_counter() - t
-        mine = {"linear": lambda: np.vstack([sim.A_, sim.B_]),
-                "multiplicative": lambda: sim.A_, "additive": lambda: sim.B_}[method]().T
+        mine = {
+            "linear": lambda: np.vstack([sim.A_, sim.B_]),
+            "multiplicative": lambda: sim.A_,
+            "additive": lambda: sim.B_,
+        }[method]().T
         rel = float(np.max(np.abs(mine - ref)) / np.max(np.abs(ref)))
         speed = base / ours
         ok &= rel <= 1e-6 and speed >= 30
         kind = getattr(sim, "solver_stats_", {}).get("solver", "direct")
-        print(f"| {method} | {ref.shape[1]} x {a.m} | {kind} | {ours:.2f} s | {base:.1f} s | "
-              f"{speed:.0f}x | {rel:.1e} |", flush=True)
-    print("\nTargets: issue 3 >= 30x (issue 5: >= 100x), parameters equal to 1e-6 relative: "
-          + ("met" if ok else "NOT met"))
+        print(
+            f"| {method} | {ref.shape[1]} x {a.m} | {kind} | {ours:.2f} s | {base:.1f} s | "
+            f"{speed:.0f}x | {rel:.1e} |",
+            flush=True,
+        )
+    print(
+        "\nTargets: issue 3 >= 30x (issue 5: >= 100x), parameters equal to 1e-6 relative: "
+        + ("met" if ok else "NOT met")
+    )
     return 0 if ok else 1
 
 

@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simfluence_cli.runs import RunSet  # noqa: E402
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
 
 FAMILIES = ("fit", "heldout-random", "heldout-leave30", "heldout-classordered")
 HELDOUT = FAMILIES[1:]
@@ -48,8 +48,10 @@ def _parse_family(d: Path) -> RunSet:
                 if rec.get("loss"):
                     losses[rec["step"]] = rec["loss"]
         tests = tests or sorted(losses[0])
-        runs[f.name.split(".")[0]] = (batches, {s: np.array([v.get(t, np.nan) for t in tests])
-                                                for s, v in losses.items()})
+        runs[f.name.split(".")[0]] = (
+            batches,
+            {s: np.array([v.get(t, np.nan) for t in tests]) for s, v in losses.items()},
+        )
     return RunSet.from_batches(runs, tests)
 
 
@@ -90,11 +92,13 @@ def rollout_errors(sim: Simulator, rs: RunSet) -> dict:
         last = np.isfinite(obs[-1])
         ae_final.append(np.abs(sim_at[-1][last] - obs[-1][last]))
     fin = traj[np.isfinite(traj)]
-    return {"rmse": float(np.sqrt(se / max(n, 1))),
-            "final_mae": float(np.mean(np.concatenate(ae_final))),
-            "nonfinite": float(np.mean(~np.isfinite(traj))),
-            "min": float(fin.min()) if fin.size else float("nan"),
-            "max": float(fin.max()) if fin.size else float("nan")}
+    return {
+        "rmse": float(np.sqrt(se / max(n, 1))),
+        "final_mae": float(np.mean(np.concatenate(ae_final))),
+        "nonfinite": float(np.mean(~np.isfinite(traj))),
+        "min": float(fin.min()) if fin.size else float("nan"),
+        "max": float(fin.max()) if fin.size else float("nan"),
+    }
 
 
 def constant_baseline(rs: RunSet) -> dict:
@@ -118,8 +122,10 @@ def fmt(x: float) -> str:
 def machine() -> str:
     import numpy
 
-    return (f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, numpy {numpy.__version__}").replace("  ", " ")
+    return (
+        f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, numpy {numpy.__version__}"
+    ).replace("  ", " ")
 
 
 def main(argv=None) -> int:
@@ -130,9 +136,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     data = load_samples(a.samples)
     fit = data["fit"]
-    print(f"Fitting runs: {len(fit)} x {fit.runs[0].n_steps} steps, {fit.n_examples} training x "
-          f"{fit.n_tests} test examples. Held-out: " +
-          ", ".join(f"{f} {len(data[f])} runs" for f in HELDOUT) + f". Machine: {machine()}.\n")
+    print(
+        f"Fitting runs: {len(fit)} x {fit.runs[0].n_steps} steps, {fit.n_examples} training x "
+        f"{fit.n_tests} test examples. Held-out: "
+        + ", ".join(f"{f} {len(data[f])} runs" for f in HELDOUT)
+        + f". Machine: {machine()}.\n"
+    )
 
     print("Reference, no model ('loss stays at its step-0 value'):\n")
     print("| family | RMSE | final MAE |\n|---|---|---|")
@@ -156,14 +165,17 @@ def main(argv=None) -> int:
                 for fam in HELDOUT:
                     e = rollout_errors(sim, data[fam])
                     cells.append(f"{fmt(e['rmse'])} ({fmt(e['final_mae'])})")
-                print(f"| {method} | {prior} | {clip} | {sim.l2_:g} | " + " | ".join(cells)
-                      + f" | {sim.fit_seconds_:.1f} |")
+                print(
+                    f"| {method} | {prior} | {clip} | {sim.l2_:g} | "
+                    + " | ".join(cells)
+                    + f" | {sim.fit_seconds_:.1f} |"
+                )
 
     print("\nSame, fixed penalties (linear, clip observed):\n")
     print("| prior | l2 | " + " | ".join(HELDOUT) + " |")
     print("|---|---|" + "---|" * len(HELDOUT))
     for prior in ("no-change", "zero"):
-        for l2 in ((1.0,) if a.quick else (0.01, 1.0, 100.0)):
+        for l2 in (1.0,) if a.quick else (0.01, 1.0, 100.0):
             sim = Simulator(method="linear", l2=l2, prior=prior).fit(fit)
             cells = [fmt(rollout_errors(sim, data[f])["rmse"]) for f in HELDOUT]
             print(f"| {prior} | {l2:g} | " + " | ".join(cells) + " |")
@@ -175,12 +187,25 @@ def main(argv=None) -> int:
     base = fitted[("linear", "no-change", "observed")]
     for fam in HELDOUT:
         for clip in ("observed", "none"):
-            sim = base if clip == "observed" else Simulator.from_params(
-                base.A_, base.B_, base.example_ids_, base.test_ids_, method="linear",
-                prior=base.prior, clip="none", batch_size=base.batch_size_)
+            sim = (
+                base
+                if clip == "observed"
+                else Simulator.from_params(
+                    base.A_,
+                    base.B_,
+                    base.example_ids_,
+                    base.test_ids_,
+                    method="linear",
+                    prior=base.prior,
+                    clip="none",
+                    batch_size=base.batch_size_,
+                )
+            )
             e = rollout_errors(sim, data[fam])
-            print(f"| {fam} | {clip} | {fmt(e['rmse'])} | {fmt(e['final_mae'])} | {fmt(e['min'])} "
-                  f"| {fmt(e['max'])} | {e['nonfinite']:.2%} |")
+            print(
+                f"| {fam} | {clip} | {fmt(e['rmse'])} | {fmt(e['final_mae'])} | {fmt(e['min'])} "
+                f"| {fmt(e['max'])} | {e['nonfinite']:.2%} |"
+            )
     if not a.quick:
         print("\nWith the zero prior (same fit, clip switched):\n")
         print("| family | clip | RMSE | final MAE | min loss | max loss | non-finite |")
@@ -188,12 +213,25 @@ def main(argv=None) -> int:
         z = fitted[("linear", "zero", "observed")]
         for fam in HELDOUT:
             for clip in ("observed", "none"):
-                sim = z if clip == "observed" else Simulator.from_params(
-                    z.A_, z.B_, z.example_ids_, z.test_ids_, method="linear", prior="zero",
-                    clip="none", batch_size=z.batch_size_)
+                sim = (
+                    z
+                    if clip == "observed"
+                    else Simulator.from_params(
+                        z.A_,
+                        z.B_,
+                        z.example_ids_,
+                        z.test_ids_,
+                        method="linear",
+                        prior="zero",
+                        clip="none",
+                        batch_size=z.batch_size_,
+                    )
+                )
                 e = rollout_errors(sim, data[fam])
-                print(f"| {fam} | {clip} | {fmt(e['rmse'])} | {fmt(e['final_mae'])} | "
-                      f"{fmt(e['min'])} | {fmt(e['max'])} | {e['nonfinite']:.2%} |")
+                print(
+                    f"| {fam} | {clip} | {fmt(e['rmse'])} | {fmt(e['final_mae'])} | "
+                    f"{fmt(e['min'])} | {fmt(e['max'])} | {e['nonfinite']:.2%} |"
+                )
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

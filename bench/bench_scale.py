@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _machine import cpu_model  # noqa: E402
-from baseline import dense_lstsq_fit  # noqa: E402
+from _machine import cpu_model
+from baseline import dense_lstsq_fit
 
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
-from simfluence_cli.io.synthetic import make_params, make_runs  # noqa: E402
+from simfluence_cli.io.synthetic import make_params, make_runs
+from simfluence_cli.model.simulator import Simulator
 
 SIZES = {  # N train, M test, runs, steps, batch
     "S": (400, 100, 64, 200, 4),
@@ -52,11 +52,18 @@ def rel(a, b) -> float:
 def facts() -> dict:
     import numpy
     import scipy
+
     cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gb": round(mem, 1),
-            "python": platform.python_version(), "numpy": numpy.__version__,
-            "scipy": scipy.__version__, "loadavg": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gb": round(mem, 1),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "loadavg": os.getloadavg(),
+    }
 
 
 def line(name, **kw):
@@ -78,22 +85,37 @@ def bench_S(baseline_tests: int | None = None):
     direct, t_dir, _ = timed(lambda: Simulator(l2=L2, solver="direct").fit(runs))
     theta0 = sim._theta0(n)
     k = m if baseline_tests is None else min(m, baseline_tests)
-    sub = runs.__class__(runs.example_ids, runs.test_ids[:k],
-                         [r.__class__(r.run_id, r.batch_ptr, r.batch_idx, r.loss_steps,
-                                      r.losses[:, :k]) for r in runs.runs])
+    sub = runs.__class__(
+        runs.example_ids,
+        runs.test_ids[:k],
+        [
+            r.__class__(r.run_id, r.batch_ptr, r.batch_idx, r.loss_steps, r.losses[:, :k])
+            for r in runs.runs
+        ],
+    )
     base, t_base_k, c_base_k = timed(lambda: dense_lstsq_fit(sub, L2, theta0))
     t_base, c_base = t_base_k * m / k, c_base_k * m / k  # per-test cost is uniform
     theta = np.vstack([sim.A_, sim.B_]).T[:k]
-    return line("S", size=SIZES["S"], l2=L2, solver=sim.solver_stats_["solver"],
-                fit_s=round(t_fit, 3), fit_cpu_s=round(c_fit, 3), cg_s=round(t_cg, 3),
-                direct_s=round(t_dir, 3), baseline_tests_timed=k,
-                baseline_lstsq_s=round(t_base, 2), baseline_lstsq_cpu_s=round(c_base, 2),
-                speedup_vs_baseline=round(t_base / t_fit, 1),
-                cpu_speedup_vs_baseline=round(c_base / c_fit, 1),
-                rel_diff_vs_baseline=rel(theta, base),
-                rel_diff_direct_vs_auto=rel(np.vstack([direct.A_, direct.B_]).T,
-                                            np.vstack([sim.A_, sim.B_]).T),
-                target="speedup >= 100, rel diff <= 1e-6")
+    return line(
+        "S",
+        size=SIZES["S"],
+        l2=L2,
+        solver=sim.solver_stats_["solver"],
+        fit_s=round(t_fit, 3),
+        fit_cpu_s=round(c_fit, 3),
+        cg_s=round(t_cg, 3),
+        direct_s=round(t_dir, 3),
+        baseline_tests_timed=k,
+        baseline_lstsq_s=round(t_base, 2),
+        baseline_lstsq_cpu_s=round(c_base, 2),
+        speedup_vs_baseline=round(t_base / t_fit, 1),
+        cpu_speedup_vs_baseline=round(c_base / c_fit, 1),
+        rel_diff_vs_baseline=rel(theta, base),
+        rel_diff_direct_vs_auto=rel(
+            np.vstack([direct.A_, direct.B_]).T, np.vstack([sim.A_, sim.B_]).T
+        ),
+        target="speedup >= 100, rel diff <= 1e-6",
+    )
 
 
 def bench_M(l2auto: bool = True):
@@ -101,51 +123,104 @@ def bench_M(l2auto: bool = True):
     runs, A, B = make_runs(n, m, R, T, b, seed=0)
     sim, t_fit, c_fit = timed(lambda: Simulator(l2=L2).fit(runs))
     # exact dense direct solve on a few test examples, same run
-    sub = runs.__class__(runs.example_ids, runs.test_ids[:2],
-                         [r.__class__(r.run_id, r.batch_ptr, r.batch_idx, r.loss_steps,
-                                      r.losses[:, :2]) for r in runs.runs])
+    sub = runs.__class__(
+        runs.example_ids,
+        runs.test_ids[:2],
+        [
+            r.__class__(r.run_id, r.batch_ptr, r.batch_idx, r.loss_steps, r.losses[:, :2])
+            for r in runs.runs
+        ],
+    )
     direct, t_dir, _ = timed(lambda: Simulator(l2=L2, solver="direct").fit(sub))
-    out = line("M", size=SIZES["M"], l2=L2, solver=sim.solver_stats_["solver"],
-               cg_iterations_max=sim.solver_stats_.get("cg_iterations_max"),
-               fit_s=round(t_fit, 3), fit_cpu_s=round(c_fit, 3),
-               direct_2_tests_s=round(t_dir, 2),
-               direct_extrapolated_all_tests_s=round(t_dir / 2 * m, 1),
-               speedup_vs_direct=round(t_dir / 2 * m / t_fit, 1),
-               rel_diff_vs_direct=max(rel(sim.A_[:, :2], direct.A_), rel(sim.B_[:, :2], direct.B_)),
-               target="fit <= 10 s")
+    out = line(
+        "M",
+        size=SIZES["M"],
+        l2=L2,
+        solver=sim.solver_stats_["solver"],
+        cg_iterations_max=sim.solver_stats_.get("cg_iterations_max"),
+        fit_s=round(t_fit, 3),
+        fit_cpu_s=round(c_fit, 3),
+        direct_2_tests_s=round(t_dir, 2),
+        direct_extrapolated_all_tests_s=round(t_dir / 2 * m, 1),
+        speedup_vs_direct=round(t_dir / 2 * m / t_fit, 1),
+        rel_diff_vs_direct=max(rel(sim.A_[:, :2], direct.A_), rel(sim.B_[:, :2], direct.B_)),
+        target="fit <= 10 s",
+    )
     if l2auto:
         auto, t_auto, _ = timed(lambda: Simulator(l2="auto").fit(runs))
-        line("M-l2auto", size=SIZES["M"], fit_s=round(t_fit, 3), l2auto_s=round(t_auto, 3),
-             ratio=round(t_auto / t_fit, 2), chosen_l2=auto.l2_,
-             grid=len(auto.l2_grid), folds=auto.cv_folds, target="ratio <= 5")
+        line(
+            "M-l2auto",
+            size=SIZES["M"],
+            fit_s=round(t_fit, 3),
+            l2auto_s=round(t_auto, 3),
+            ratio=round(t_auto / t_fit, 2),
+            chosen_l2=auto.l2_,
+            grid=len(auto.l2_grid),
+            folds=auto.cv_folds,
+            target="ratio <= 5",
+        )
     return out
 
 
 def bench_sim(C=1000, M=1000, T=2000, N=20_000, b=8):
     A, B = make_params(N, M, b, seed=0)
-    sim = Simulator.from_params(A, B, [f"e{i}" for i in range(N)], [f"t{j}" for j in range(M)],
-                                batch_size=b, loss_range=(np.zeros(M), np.full(M, 10.0)))
+    sim = Simulator.from_params(
+        A,
+        B,
+        [f"e{i}" for i in range(N)],
+        [f"t{j}" for j in range(M)],
+        batch_size=b,
+        loss_range=(np.zeros(M), np.full(M, 10.0)),
+    )
     rng = np.random.default_rng(1)
     idx = rng.integers(0, N, (C, T, b))
     L0 = rng.uniform(1, 3, M)
     fin, t, c = timed(lambda: sim.simulate(idx, L0, return_="final"))
     assert fin.shape == (C, M) and np.isfinite(fin).all()
     # reference: the trajectory rollout on a slice of curricula/tests (same numbers)
-    small = Simulator.from_params(A[:, :50], B[:, :50], sim.example_ids_, sim.test_ids_[:50],
-                                  batch_size=b, loss_range=(np.zeros(50), np.full(50, 10.0)))
+    small = Simulator.from_params(
+        A[:, :50],
+        B[:, :50],
+        sim.example_ids_,
+        sim.test_ids_[:50],
+        batch_size=b,
+        loss_range=(np.zeros(50), np.full(50, 10.0)),
+    )
     traj = small.simulate(idx[:20], L0[:50])
-    line("simulate", curricula=C, tests=M, steps=T, n_examples=N, batch=b,
-         mode="final", precision="float64", seconds=round(t, 2), cpu_s=round(c, 2),
-         steps_x_curricula_x_tests_per_s=f"{C * T * M / t:.3g}",
-         matches_trajectory_mode=bool(np.array_equal(traj[:, -1], fin[:20, :50])),
-         target="<= 30 s")
+    line(
+        "simulate",
+        curricula=C,
+        tests=M,
+        steps=T,
+        n_examples=N,
+        batch=b,
+        mode="final",
+        precision="float64",
+        seconds=round(t, 2),
+        cpu_s=round(c, 2),
+        steps_x_curricula_x_tests_per_s=f"{C * T * M / t:.3g}",
+        matches_trajectory_mode=bool(np.array_equal(traj[:, -1], fin[:20, :50])),
+        target="<= 30 s",
+    )
     f32, t32, c32 = timed(lambda: sim.simulate(idx, L0, return_="final", precision="float32"))
-    return line("simulate", curricula=C, tests=M, steps=T, n_examples=N, batch=b,
-                mode="final", precision="float32", seconds=round(t32, 2), cpu_s=round(c32, 2),
-                max_rel_diff_vs_float64=rel(f32, fin), target="<= 30 s")
+    return line(
+        "simulate",
+        curricula=C,
+        tests=M,
+        steps=T,
+        n_examples=N,
+        batch=b,
+        mode="final",
+        precision="float32",
+        seconds=round(t32, 2),
+        cpu_s=round(c32, 2),
+        max_rel_diff_vs_float64=rel(f32, fin),
+        target="<= 30 s",
+    )
 
 
 # -- size L: logs -> ingest -> fit, in child processes -----------------------------------------
+
 
 def write_logs(work: Path):
     import pyarrow as pa
@@ -162,24 +237,40 @@ def write_logs(work: Path):
     t0 = time.perf_counter()
     for r in runs.runs:
         steps = np.repeat(np.arange(1, r.n_steps + 1), r.batch_sizes)
-        cur = pa.table({"run": pa.array([r.run_id] * len(steps)), "step": steps,
-                        "example_id": pa.array(ex[r.batch_idx].tolist(), pa.string())})
+        cur = pa.table(
+            {
+                "run": pa.array([r.run_id] * len(steps)),
+                "step": steps,
+                "example_id": pa.array(ex[r.batch_idx].tolist(), pa.string()),
+            }
+        )
         pacsv.write_csv(cur, logs / f"{r.run_id}.curriculum.csv")
         K, M = r.losses.shape
         tix = np.tile(np.arange(M, dtype=np.int32), K)
-        loss = pa.table({
-            "run": pa.DictionaryArray.from_arrays(pa.array(np.zeros(K * M, np.int32)),
-                                                  pa.array([r.run_id])).cast(pa.string()),
-            "step": np.repeat(r.loss_steps, M),
-            "test_id": te.take(pa.array(tix)),
-            "loss": r.losses.reshape(-1)})
+        loss = pa.table(
+            {
+                "run": pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(K * M, np.int32)), pa.array([r.run_id])
+                ).cast(pa.string()),
+                "step": np.repeat(r.loss_steps, M),
+                "test_id": te.take(pa.array(tix)),
+                "loss": r.losses.reshape(-1),
+            }
+        )
         pacsv.write_csv(loss, logs / f"{r.run_id}.losses.csv")
     t_write = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in logs.iterdir())
     np.save(work / "A.npy", A)
     np.save(work / "B.npy", B)
-    return line("L-logs", size=SIZES["L"], generate_s=round(t_gen, 1), write_csv_s=round(t_write, 1),
-                files=len(list(logs.iterdir())), bytes=size, encoding="B (CSV)")
+    return line(
+        "L-logs",
+        size=SIZES["L"],
+        generate_s=round(t_gen, 1),
+        write_csv_s=round(t_write, 1),
+        files=len(list(logs.iterdir())),
+        bytes=size,
+        encoding="B (CSV)",
+    )
 
 
 def child(cmd: list[str]) -> tuple[float, float, str]:
@@ -248,13 +339,25 @@ def bench_L(work: Path, workers: int = 1, skip_logs: bool = False, skip_ingest: 
     store = work / "store"
     if not skip_ingest:
         wall, rss, out = child([py, "-c", _INGEST_CHILD, str(store), str(work / "logs")])
-        line("L-ingest", seconds=round(wall, 1), cpu_s=round(child.cpu, 1), peak_rss_gb=round(rss, 2),
-             detail=json.loads(out.splitlines()[0]), target="<= 120 s")
+        line(
+            "L-ingest",
+            seconds=round(wall, 1),
+            cpu_s=round(child.cpu, 1),
+            peak_rss_gb=round(rss, 2),
+            detail=json.loads(out.splitlines()[0]),
+            target="<= 120 s",
+        )
     wall, rss, out = child([py, "-c", _FIT_CHILD, str(store), str(workers), str(work)])
-    return line("L-fit", size=SIZES["L"], workers=workers, seconds_total=round(wall, 1),
-                cpu_s_total=round(child.cpu, 1),
-                peak_rss_gb=round(rss, 2), detail=json.loads(out.splitlines()[0]),
-                target="fit <= 180 s, peak RSS <= 6 GB")
+    return line(
+        "L-fit",
+        size=SIZES["L"],
+        workers=workers,
+        seconds_total=round(wall, 1),
+        cpu_s_total=round(child.cpu, 1),
+        peak_rss_gb=round(rss, 2),
+        detail=json.loads(out.splitlines()[0]),
+        target="fit <= 180 s, peak RSS <= 6 GB",
+    )
 
 
 def main(argv=None):
@@ -262,9 +365,13 @@ def main(argv=None):
     ap.add_argument("--only", default="S,M,l2auto,sim,L")
     ap.add_argument("--workdir", default="/tmp/simfluence-scale-L")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--baseline-tests", type=int, default=None,
-                    help="S: time the lstsq baseline on the first K tests and scale to all "
-                         "(per-test cost is uniform); default all")
+    ap.add_argument(
+        "--baseline-tests",
+        type=int,
+        default=None,
+        help="S: time the lstsq baseline on the first K tests and scale to all "
+        "(per-test cost is uniform); default all",
+    )
     ap.add_argument("--skip-logs", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     a = ap.parse_args(argv)
@@ -278,8 +385,11 @@ def main(argv=None):
         bench_sim()
     if "L" in only:
         bench_L(Path(a.workdir), a.workers, a.skip_logs, a.skip_ingest)
-    line("done", loadavg=os.getloadavg(),
-         self_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    line(
+        "done",
+        loadavg=os.getloadavg(),
+        self_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    )
 
 
 if __name__ == "__main__":

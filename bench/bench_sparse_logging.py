@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_prior_clip import HELDOUT, fmt, load_samples, machine, rollout_errors  # noqa: E402
+from bench_prior_clip import HELDOUT, fmt, load_samples, machine, rollout_errors
 
-from simfluence_cli.runs import Run, RunSet  # noqa: E402
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import Run, RunSet
 
 
 def thin(rs: RunSet, k: int | str, seed: int = 0) -> RunSet:
@@ -53,13 +53,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     data = load_samples(a.samples)
     fit = data["fit"]
-    print(f"Fitting runs: {len(fit)} x {fit.runs[0].n_steps} steps ({fit.n_examples} x "
-          f"{fit.n_tests}); held-out families fully logged. Machine: {machine()}.\n")
-    print("Held-out rollout RMSE (final-step MAE in parentheses); l2 by 5-fold CV grouped by "
-          "run; prior no-change, clip observed. 'lost' = RMSE increase vs k = 1, in % "
-          "(mean over families).\n")
-    print("| method | logging | logged losses/run | l2 (CV) | " + " | ".join(HELDOUT)
-          + " | lost | fit s |")
+    print(
+        f"Fitting runs: {len(fit)} x {fit.runs[0].n_steps} steps ({fit.n_examples} x "
+        f"{fit.n_tests}); held-out families fully logged. Machine: {machine()}.\n"
+    )
+    print(
+        "Held-out rollout RMSE (final-step MAE in parentheses); l2 by 5-fold CV grouped by "
+        "run; prior no-change, clip observed. 'lost' = RMSE increase vs k = 1, in % "
+        "(mean over families).\n"
+    )
+    print(
+        "| method | logging | logged losses/run | l2 (CV) | "
+        + " | ".join(HELDOUT)
+        + " | lost | fit s |"
+    )
     print("|---|---|---|---|" + "---|" * len(HELDOUT) + "---|---|")
     for method in a.methods.split(","):
         ref = None
@@ -72,9 +79,11 @@ def main(argv=None) -> int:
             lost = float(np.mean(rm / ref - 1) * 100)
             label = f"every {k}" if k != "irregular" else "irregular (gaps 1-9)"
             per_run = np.mean([len(r.loss_steps) for r in rs.runs])
-            print(f"| {method} | {label} | {per_run:.0f} | {sim.l2_:g} | "
-                  + " | ".join(f"{fmt(e['rmse'])} ({fmt(e['final_mae'])})" for e in errs)
-                  + f" | {lost:+.1f}% | {sim.fit_seconds_:.1f} |")
+            print(
+                f"| {method} | {label} | {per_run:.0f} | {sim.l2_:g} | "
+                + " | ".join(f"{fmt(e['rmse'])} ({fmt(e['final_mae'])})" for e in errs)
+                + f" | {lost:+.1f}% | {sim.fit_seconds_:.1f} |"
+            )
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -38,13 +38,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100, help="kills to attempt")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mode", choices=["lock", "start"], default="lock",
-                    help="lock: kill at a uniform moment while the command holds the write lock "
-                         "(the phase that writes); start: at a uniform moment since its start")
-    ap.add_argument("--window", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
-                    help="kill moments as fractions of that phase's measured duration")
-    ap.add_argument("--rerun-every", type=int, default=3,
-                    help="re-run the killed command to completion every N rounds")
+    ap.add_argument(
+        "--mode",
+        choices=["lock", "start"],
+        default="lock",
+        help="lock: kill at a uniform moment while the command holds the write lock "
+        "(the phase that writes); start: at a uniform moment since its start",
+    )
+    ap.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        default=(0.0, 1.0),
+        metavar=("LO", "HI"),
+        help="kill moments as fractions of that phase's measured duration",
+    )
+    ap.add_argument(
+        "--rerun-every",
+        type=int,
+        default=3,
+        help="re-run the killed command to completion every N rounds",
+    )
     args = ap.parse_args()
     cr = load_crash_module()
     from simfluence_cli.store.integrity import verify_store
@@ -58,9 +72,21 @@ def main() -> int:
     cr.run_to_completion(cr.cli("fit", "--store", template, "--l2", "1", "--name", "m"))
 
     def commands(store):
-        return {"ingest": cr.cli("ingest", work / "new", "--store", store, "--tag", "fit"),
-                "fit": cr.cli("fit", "--store", store, "--runs", "base-*", "--l2", "0.5",
-                              "--name", "m", "--replace")}
+        return {
+            "ingest": cr.cli("ingest", work / "new", "--store", store, "--tag", "fit"),
+            "fit": cr.cli(
+                "fit",
+                "--store",
+                store,
+                "--runs",
+                "base-*",
+                "--l2",
+                "0.5",
+                "--name",
+                "m",
+                "--replace",
+            ),
+        }
 
     durations = {}
     for kind, cmd in commands(work / "probe").items():
@@ -72,9 +98,12 @@ def main() -> int:
         else:
             cr.run_to_completion(cmd)
             durations[kind] = time.perf_counter() - t
-    print(f"mode {args.mode}, window {args.window}; measured "
-          + ("time holding the lock: " if args.mode == "lock" else "full durations: ")
-          + ", ".join(f"{k} {v:.2f} s" for k, v in durations.items()), flush=True)
+    print(
+        f"mode {args.mode}, window {args.window}; measured "
+        + ("time holding the lock: " if args.mode == "lock" else "full durations: ")
+        + ", ".join(f"{k} {v:.2f} s" for k, v in durations.items()),
+        flush=True,
+    )
 
     counts = Counter()
     failures: list[str] = []
@@ -86,8 +115,9 @@ def main() -> int:
         shutil.copytree(template, store)
         cmd = commands(store)[kind]
         delay = rng.uniform(*args.window) * durations[kind]
-        code = (cr.kill_after_lock(cmd, store, delay) if args.mode == "lock"
-                else cr.kill_at(cmd, delay))
+        code = (
+            cr.kill_after_lock(cmd, store, delay) if args.mode == "lock" else cr.kill_at(cmd, delay)
+        )
         landed = code is None
         allowed = [base_ids, base_ids | new_ids] if kind == "ingest" else [base_ids]
         try:
@@ -102,19 +132,22 @@ def main() -> int:
                 rep = verify_store(store)
                 assert rep.ok and not rep.findings, [f.line() for f in rep.findings]
                 counts["re-runs completed clean"] += 1
-        except Exception as exc:  # noqa: BLE001 - count and report every broken invariant
+        except Exception as exc:
             counts["FAILED"] += 1
             counts[f"{kind} kills landed" if landed else f"{kind} finished before kill"] += 1
-            failures.append(f"round {i} {kind} delay {delay:.3f}s: {type(exc).__name__}: "
-                            f"{str(exc)[:300]}")
+            failures.append(
+                f"round {i} {kind} delay {delay:.3f}s: {type(exc).__name__}: {str(exc)[:300]}"
+            )
             shutil.copytree(store, work / f"failed-{i}")
         if (i + 1) % 10 == 0:
             print(f"{i + 1} rounds, {time.perf_counter() - t0:.0f} s: {dict(counts)}", flush=True)
     landed = counts["ingest kills landed"] + counts["fit kills landed"]
-    print(f"TOTAL rounds {args.kills}; kills landed {landed} (ingest "
-          f"{counts['ingest kills landed']}, fit {counts['fit kills landed']}); survived "
-          f"{counts['kills survived']}; failures {counts['FAILED']}; "
-          f"{dict(counts)}; {time.perf_counter() - t0:.0f} s")
+    print(
+        f"TOTAL rounds {args.kills}; kills landed {landed} (ingest "
+        f"{counts['ingest kills landed']}, fit {counts['fit kills landed']}); survived "
+        f"{counts['kills survived']}; failures {counts['FAILED']}; "
+        f"{dict(counts)}; {time.perf_counter() - t0:.0f} s"
+    )
     for f in failures[:20]:
         print("FAIL", f)
     if not failures:

@@ -20,7 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, seed as hseed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hseed
 from hypothesis.errors import HypothesisException
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +43,25 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fuzzcampaign"))
     template = fz.make_template(work / "store")
     targets = {
-        "ingest-jsonl-cli": (fz.jsonl_input(),
-                             lambda c: fz.check_ingest(template, {"fz.jsonl": c[1]}, c[2])),
+        "ingest-jsonl-cli": (
+            fz.jsonl_input(),
+            lambda c: fz.check_ingest(template, {"fz.jsonl": c[1]}, c[2]),
+        ),
         "ingest-tables-cli": (fz.table_input(), lambda c: fz.check_ingest(template, c[1], c[2])),
-        "ingest-library": (fz.jsonl_input() | fz.table_input(),
-                           lambda c: fz.check_ingest_library(
-                               template, c[1] if isinstance(c[1], dict) else {"fz.jsonl": c[1]},
-                               c[2])),
-        "ingest-new-store": (fz.jsonl_input(),
-                             lambda c: fz.check_ingest(template, {"fz.jsonl": c[1]}, c[2],
-                                                       fresh=True)),
-        "simulate": (fz.curriculum_input(),
-                     lambda c: fz.check_simulate(template, c[1], c[2], c[3])),
+        "ingest-library": (
+            fz.jsonl_input() | fz.table_input(),
+            lambda c: fz.check_ingest_library(
+                template, c[1] if isinstance(c[1], dict) else {"fz.jsonl": c[1]}, c[2]
+            ),
+        ),
+        "ingest-new-store": (
+            fz.jsonl_input(),
+            lambda c: fz.check_ingest(template, {"fz.jsonl": c[1]}, c[2], fresh=True),
+        ),
+        "simulate": (
+            fz.curriculum_input(),
+            lambda c: fz.check_simulate(template, c[1], c[2], c[3]),
+        ),
     }
     total = Counter()
     failures: list[str] = []
@@ -62,8 +70,12 @@ def main() -> int:
         outcome = Counter()
 
         @hseed(args.seed)
-        @settings(max_examples=args.examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=args.examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=strategy)
         def run(case):
             try:
@@ -81,15 +93,28 @@ def main() -> int:
         except HypothesisException as exc:
             failures.append(f"{name}: hypothesis: {exc}")
         tried = outcome["rejected"] + outcome["accepted"] + outcome["failed"]
-        kinds = ", ".join(f"{k[5:]} {v}" for k, v in sorted(outcome.items()) if k.startswith("kind:"))
-        print(f"{name:18s} tried {tried:6d}  rejected (exit 1) {outcome['rejected']:6d}  "
-              f"accepted {outcome['accepted']:5d}  failed {outcome['failed']:3d}  "
-              f"{time.perf_counter() - t:6.1f} s  [{kinds}]", flush=True)
-        total.update({"tried": tried, "rejected": outcome["rejected"],
-                      "accepted": outcome["accepted"], "failed": outcome["failed"]})
+        kinds = ", ".join(
+            f"{k[5:]} {v}" for k, v in sorted(outcome.items()) if k.startswith("kind:")
+        )
+        print(
+            f"{name:18s} tried {tried:6d}  rejected (exit 1) {outcome['rejected']:6d}  "
+            f"accepted {outcome['accepted']:5d}  failed {outcome['failed']:3d}  "
+            f"{time.perf_counter() - t:6.1f} s  [{kinds}]",
+            flush=True,
+        )
+        total.update(
+            {
+                "tried": tried,
+                "rejected": outcome["rejected"],
+                "accepted": outcome["accepted"],
+                "failed": outcome["failed"],
+            }
+        )
     shutil.rmtree(work, ignore_errors=True)
-    print(f"TOTAL inputs tried {total['tried']}, rejected {total['rejected']}, accepted "
-          f"{total['accepted']}, failures {total['failed']} in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"TOTAL inputs tried {total['tried']}, rejected {total['rejected']}, accepted "
+        f"{total['accepted']}, failures {total['failed']} in {time.perf_counter() - t0:.0f} s"
+    )
     for f in failures[:20]:
         print("FAIL", f)
     return 1 if failures else 0

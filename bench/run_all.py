@@ -16,8 +16,18 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["ingest", "fit", "prior_clip", "sparse_logging", "scale", "memory", "accuracy",
-         "counterfactual", "fuzz", "crash"]
+ORDER = [
+    "ingest",
+    "fit",
+    "prior_clip",
+    "sparse_logging",
+    "scale",
+    "memory",
+    "accuracy",
+    "counterfactual",
+    "fuzz",
+    "crash",
+]
 # arguments for scripts whose defaults expect data made by an earlier run
 ARGS = {"memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"]}
 

@@ -53,10 +53,16 @@ __all__ = [
 ]
 
 # Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
-_LAZY = {"RunStore": ".store.run_store", "Simulator": ".model.simulator",
-         "Curriculum": ".io.curriculum", "read_curriculum": ".io.curriculum",
-         "save_model": ".store.saved_models", "load_model": ".store.saved_models",
-         "list_models": ".store.saved_models", "RunLogger": ".io.run_logger"}
+_LAZY = {
+    "RunStore": ".store.run_store",
+    "Simulator": ".model.simulator",
+    "Curriculum": ".io.curriculum",
+    "read_curriculum": ".io.curriculum",
+    "save_model": ".store.saved_models",
+    "load_model": ".store.saved_models",
+    "list_models": ".store.saved_models",
+    "RunLogger": ".io.run_logger",
+}
 
 
 def __getattr__(name):

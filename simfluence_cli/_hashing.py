@@ -1,11 +1,9 @@
-"""The sha256 of a file, read in blocks (one helper for runs, scores and models).
-"""
+"""The sha256 of a file, read in blocks (one helper for runs, scores and models)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -40,8 +40,15 @@ class SimfluenceError(Exception):
 class InputError(SimfluenceError):
     """Malformed input. The message reads ``FILE:LINE: field 'F': what was wrong; how to fix it``."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ):
         self.path, self.line, self.field, self.hint, self.detail = path, line, field, hint, message
         where = ""
         if path is not None:

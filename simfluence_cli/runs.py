@@ -39,7 +39,7 @@ class Run:
 
     def batch(self, t: int) -> np.ndarray:
         """Example indices trained on at step ``t`` (1-based)."""
-        return self.batch_idx[self.batch_ptr[t - 1]: self.batch_ptr[t]]
+        return self.batch_idx[self.batch_ptr[t - 1] : self.batch_ptr[t]]
 
     @property
     def batch_sizes(self) -> np.ndarray:
@@ -99,7 +99,7 @@ class RunSet:
                 return r
         raise KeyError(run_id)
 
-    def subset(self, run_ids: Sequence[str]) -> "RunSet":
+    def subset(self, run_ids: Sequence[str]) -> RunSet:
         """The same index space restricted to some runs (order as given)."""
         by_id = {r.run_id: r for r in self.runs}
         return RunSet(self.example_ids, self.test_ids, [by_id[r] for r in run_ids])
@@ -111,7 +111,7 @@ class RunSet:
         test_ids: Sequence[str],
         example_ids: Sequence[str] | None = None,
         tags: Mapping[str, Sequence[str]] | None = None,
-    ) -> "RunSet":
+    ) -> RunSet:
         """Build from plain Python: ``{run_id: (batches, losses)}``.
 
         ``batches[t-1]`` lists the example IDs of step t. ``losses`` is either a dense
@@ -130,14 +130,14 @@ class RunSet:
         for run_id, (batches, losses) in runs.items():
             sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
             ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-            idx = np.fromiter((pos[str(e)] for b in batches for e in b), dtype=np.int64,
-                              count=int(ptr[-1]))
+            idx = np.fromiter(
+                (pos[str(e)] for b in batches for e in b), dtype=np.int64, count=int(ptr[-1])
+            )
             if isinstance(losses, Mapping):
                 steps = np.asarray(sorted(losses), dtype=np.int64)
                 mat = np.vstack([np.asarray(losses[s], dtype=np.float64) for s in steps])
             else:
                 mat = np.asarray(losses, dtype=np.float64)
                 steps = np.arange(mat.shape[0], dtype=np.int64)
-            out.append(Run(str(run_id), ptr, idx, steps, mat,
-                           tuple((tags or {}).get(run_id, ()))))
+            out.append(Run(str(run_id), ptr, idx, steps, mat, tuple((tags or {}).get(run_id, ()))))
         return cls(ex, np.asarray([str(t) for t in test_ids], dtype=object), out)

@@ -14,5 +14,6 @@ os.environ.pop("SIMFLUENCE_STORE", None)
 
 settings.register_profile("deterministic", derandomize=True, deadline=None, database=None)
 settings.register_profile("explore", deadline=None)
-settings.load_profile("explore" if os.environ.get("SIMFLUENCE_HYPOTHESIS") == "explore"
-                      else "deterministic")
+settings.load_profile(
+    "explore" if os.environ.get("SIMFLUENCE_HYPOTHESIS") == "explore" else "deterministic"
+)

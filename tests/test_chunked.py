@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli.store import saved_models as models_mod
-from simfluence_cli.cli import app
-from simfluence_cli.analysis.evaluation import evaluate
 from simfluence_cli.analysis.effects import mean_effect
-from simfluence_cli.store.saved_models import StoredModel, load_model, save_model, param_chunk_size
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.analysis.evaluation import evaluate
+from simfluence_cli.cli import app
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store import saved_models as models_mod
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import StoredModel, load_model, param_chunk_size, save_model
 
 N, M = 30, 7
 
@@ -55,8 +55,12 @@ def test_chunk_size_default_and_env(monkeypatch):
 
 def test_subset_load_reads_only_needed_row_groups(setup):
     path, st, sim, _ = setup
-    pf = pq.ParquetFile(path / "models" / "lin" / load_model(st, "lin", parameters=False)
-                        .manifest_["files"]["parameters"])
+    pf = pq.ParquetFile(
+        path
+        / "models"
+        / "lin"
+        / load_model(st, "lin", parameters=False).manifest_["files"]["parameters"]
+    )
     assert pf.metadata.num_row_groups == 4  # 2 tests per group, 7 tests
     full = load_model(st, "lin")
     np.testing.assert_array_equal(full.A_, sim.A_)
@@ -98,8 +102,10 @@ def test_evaluate_chunked_equals_unchunked(setup, monkeypatch, k):
     _close(ev.test_rows(), ref.test_rows())
     _close(ev.run_rows(), ref.run_rows())
     sub = ["t4", "t1", "t2"]
-    _close(evaluate({"lin": StoredModel(st, "lin")}, held, tests=sub).summary_rows(),
-           evaluate({"lin": load_model(st, "lin")}, held, tests=sub).summary_rows())
+    _close(
+        evaluate({"lin": StoredModel(st, "lin")}, held, tests=sub).summary_rows(),
+        evaluate({"lin": load_model(st, "lin")}, held, tests=sub).summary_rows(),
+    )
 
 
 @pytest.mark.parametrize("measure", ["removal", "coefficient"])
@@ -135,8 +141,21 @@ def test_cli_eval_chunked_equals_one_chunk(setup, monkeypatch, by):
 def test_cli_top_chunked_equals_one_chunk(setup, monkeypatch, measure):
     path = setup[0]
     for test in ("all", "t1,t4,t6"):
-        args = ["top", "--store", str(path), "-m", "lin", "--test", test, "--k", "5",
-                "--measure", measure, "--format", "json"]
+        args = [
+            "top",
+            "--store",
+            str(path),
+            "-m",
+            "lin",
+            "--test",
+            test,
+            "--k",
+            "5",
+            "--measure",
+            measure,
+            "--format",
+            "json",
+        ]
         one = json.loads(_cli(args, monkeypatch, 1000))["results"]
         two = json.loads(_cli(args, monkeypatch, 3))["results"]
         assert [r["example_id"] for r in two] == [r["example_id"] for r in one]
@@ -147,15 +166,18 @@ def test_cli_simulate_chunked_equals_one_chunk(setup, monkeypatch, tmp_path):
     path, st, sim, _ = setup
     run = st.load(list(sim.run_ids_)[:1]).runs[0]
     cur = tmp_path / "cur.txt"
-    cur.write_text("\n".join(" ".join(str(sim.example_ids_[j]) for j in row)
-                             for row in run.index_matrix()) + "\n")
+    cur.write_text(
+        "\n".join(" ".join(str(sim.example_ids_[j]) for j in row) for row in run.index_matrix())
+        + "\n"
+    )
     for extra in ([], ["--tests", "t6,t2,t3"], ["--init-loss", f"run:{run.run_id}"]):
         args = ["simulate", str(cur), "--store", str(path), "-m", "lin", "--format", "csv", *extra]
         one = _cli(args, monkeypatch, 1000)
         two = _cli(args, monkeypatch, 2)
         assert two == one
-        ref = load_model(st, "lin").simulate([[[str(sim.example_ids_[j]) for j in row]
-                                                for row in run.index_matrix()]])
+        ref = load_model(st, "lin").simulate(
+            [[[str(sim.example_ids_[j]) for j in row] for row in run.index_matrix()]]
+        )
         if not extra:
             vals = np.loadtxt(io.StringIO(one), delimiter=",", skiprows=1, usecols=2)
             np.testing.assert_array_equal(vals, ref[0].reshape(-1))

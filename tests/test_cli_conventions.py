@@ -15,8 +15,12 @@ from simfluence_cli.io.synthetic import make_runs, write_jsonl
 def run(*args, env_extra=None, drop=("NO_COLOR",)):
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "simfluence_cli", *map(str, args)],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "simfluence_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,13 @@ def logs(tmp_path_factory):
 def test_no_color_is_honoured(tmp_path):
     missing = tmp_path / "missing.jsonl"
     coloured = run("ingest", missing, "--store", tmp_path / "s", env_extra={"FORCE_COLOR": "1"})
-    plain = run("ingest", missing, "--store", tmp_path / "s",
-                env_extra={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    plain = run(
+        "ingest",
+        missing,
+        "--store",
+        tmp_path / "s",
+        env_extra={"FORCE_COLOR": "1", "NO_COLOR": "1"},
+    )
     assert coloured.returncode == plain.returncode == 1
     assert "\x1b[31m" in coloured.stderr  # red error line when colour is forced
     assert "\x1b[" not in plain.stderr and plain.stderr.startswith(f"error: {missing}")

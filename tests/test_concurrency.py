@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs, write_jsonl
 from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.store.run_store import RunStore
 
 
 def cli(*args) -> list[str]:
@@ -34,8 +34,9 @@ def env(timeout: float = 60) -> dict:
     return {**os.environ, "SIMFLUENCE_LOCK_TIMEOUT": str(timeout), "NO_COLOR": "1"}
 
 
-def make_logs(directory: Path, prefix: str, n_runs: int = 4, n_steps: int = 40,
-              seed: int = 0) -> set[str]:
+def make_logs(
+    directory: Path, prefix: str, n_runs: int = 4, n_steps: int = 40, seed: int = 0
+) -> set[str]:
     rs, _, _ = make_runs(40, 30, n_runs, n_steps, 4, seed=seed, noise=0.01)
     for r in rs.runs:
         r.run_id = f"{prefix}-{r.run_id}"
@@ -44,8 +45,9 @@ def make_logs(directory: Path, prefix: str, n_runs: int = 4, n_steps: int = 40,
 
 
 def start(cmd, timeout: float = 60) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env(timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        cmd, env=env(timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(p: subprocess.Popen) -> tuple[int, str]:
@@ -109,27 +111,43 @@ def test_second_writer_fails_fast_with_the_holder_pid(tmp_path):
     base = make_logs(tmp_path / "base", "base", n_runs=1, seed=1)
     make_logs(tmp_path / "more", "more", n_runs=1, seed=2)
     RunStore(store, create=True).ingest([tmp_path / "base"])
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(store), "30"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store), "30"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
-        p = subprocess.run(cli("ingest", tmp_path / "more", "--store", store), env=env(0.3),
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            cli("ingest", tmp_path / "more", "--store", store),
+            env=env(0.3),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 1
         assert f"store is locked by PID {holder.pid}" in p.stderr
         assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
         assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
         # a fit fails fast the same way
-        p = subprocess.run(cli("fit", "--store", store, "--l2", "1"), env=env(0.3),
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            cli("fit", "--store", store, "--l2", "1"),
+            env=env(0.3),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 1 and f"store is locked by PID {holder.pid}" in p.stderr
     finally:
         holder.kill()
         holder.wait()
     # the holder was killed: its lock is stale; the retry succeeds and nothing was lost
-    p = subprocess.run(cli("ingest", tmp_path / "more", "--store", store), env=env(5),
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        cli("ingest", tmp_path / "more", "--store", store),
+        env=env(5),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert "stale" in p.stderr and f"PID {holder.pid}" in p.stderr
     assert_clean(store, base | {"more-syn-000"})
@@ -141,9 +159,16 @@ def test_stale_lock_of_dead_pid_is_broken_with_a_warning(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     store.mkdir()
-    (store / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
-                                             "since": "2026-01-01T00:00:00+00:00",
-                                             "command": "simfluence ingest"}))
+    (store / ".lock").write_text(
+        json.dumps(
+            {
+                "pid": dead.pid,
+                "host": socket.gethostname(),
+                "since": "2026-01-01T00:00:00+00:00",
+                "command": "simfluence ingest",
+            }
+        )
+    )
     r = CliRunner().invoke(app, ["ingest", str(tmp_path / "logs"), "--store", str(store)])
     assert r.exit_code == 0, r.stderr
     assert f"warning: broke a stale write lock of PID {dead.pid}" in r.stderr
@@ -171,8 +196,12 @@ def test_readers_never_see_a_half_written_run(tmp_path):
     rs, _, _ = make_runs(30, 20, 2, 30, 3, seed=1)
     st = RunStore(store, create=True)
     st.add_runset(rs)
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(store), "150"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(store), "150"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     k = 0
     while reader.poll() is None and k < 200:
         rs.runs[k % 2].losses[-1, 0] += 0.01  # new content: each commit replaces a run
@@ -191,10 +220,12 @@ def test_failing_and_succeeding_first_ingests_at_once(tmp_path):
     good = make_logs(tmp_path / "good", "g", seed=1)
     bad = tmp_path / "bad"
     make_logs(bad, "b", n_runs=3, seed=2)
-    (bad / "zz-broken.jsonl").write_text('{"step": 0, "batch": [], "loss": {"t0": NaN}}\n'
-                                         '{"step": 1, "batch": ["e1"]}\n')
+    (bad / "zz-broken.jsonl").write_text(
+        '{"step": 0, "batch": [], "loss": {"t0": NaN}}\n{"step": 1, "batch": ["e1"]}\n'
+    )
     for order in ((bad, tmp_path / "good"), (tmp_path / "good", bad)):
         import shutil
+
         shutil.rmtree(store, ignore_errors=True)
         procs = [start(cli("ingest", d, "--store", store)) for d in order]
         codes = {d.name: finish(p) for d, p in zip(order, procs)}

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simfluence_cli.analysis.groups import group_effects, read_groups
 from simfluence_cli.analysis.whatif import (
     Edits,
     apply_edits,
@@ -17,10 +18,9 @@ from simfluence_cli.analysis.whatif import (
     final_losses,
     whatif,
 )
-from simfluence_cli.analysis.groups import group_effects, read_groups
 from simfluence_cli.errors import InputError, SelectionError, UsageError
-from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 
 BASE = [["a", "b"], ["c", "d"], ["e", "f"]]
 
@@ -30,6 +30,7 @@ def flat(batches):
 
 
 # -- edit semantics ---------------------------------------------------------------------------
+
 
 def test_drop_repack_keeps_order_and_full_batches():
     # stream a b d e f -> [a b] [d e] [f]; the incomplete last batch is not trained on
@@ -64,8 +65,11 @@ def test_only_keeps_only_listed():
 
 
 def test_repeat_duplicates_each_occurrence():
-    assert apply_edits(BASE, Edits(repeat=["a"], mode="shrink")) == [["a", "a", "b"], ["c", "d"],
-                                                                      ["e", "f"]]
+    assert apply_edits(BASE, Edits(repeat=["a"], mode="shrink")) == [
+        ["a", "a", "b"],
+        ["c", "d"],
+        ["e", "f"],
+    ]
     out = apply_edits(BASE, Edits(repeat=["a", "f"], mode="repack"))
     assert out == [["a", "a"], ["b", "c"], ["d", "e"], ["f", "f"]]
     assert apply_edits(BASE, Edits(repeat=["a"])) == [["a", "a"], ["b", "c"], ["d", "e"]]
@@ -82,8 +86,11 @@ def test_order_list_sorts_each_epoch_or_the_whole_run():
     base = [["b", "a"], ["c", "b"], ["a", "c"]]  # two epochs over {a, b, c}
     by = ["c", "b", "a"]
     assert apply_edits(base, Edits(order=by)) == [["c", "b"], ["a", "c"], ["b", "a"]]
-    assert apply_edits(base, Edits(order=by, order_scope="run")) == [["c", "c"], ["b", "b"],
-                                                                     ["a", "a"]]
+    assert apply_edits(base, Edits(order=by, order_scope="run")) == [
+        ["c", "c"],
+        ["b", "b"],
+        ["a", "a"],
+    ]
 
 
 def test_shuffle_is_a_seeded_permutation_of_the_examples():
@@ -96,8 +103,10 @@ def test_shuffle_is_a_seeded_permutation_of_the_examples():
 
 def test_edits_apply_in_documented_order():
     # only -> drop -> repeat -> order
-    out = apply_edits(BASE, Edits(only=["a", "b", "c", "d"], drop=["b"], repeat=["c"],
-                                  order="reverse", mode="shrink"))
+    out = apply_edits(
+        BASE,
+        Edits(only=["a", "b", "c", "d"], drop=["b"], repeat=["c"], order="reverse", mode="shrink"),
+    )
     assert out == [["c", "c", "d"], ["a"]]
 
 
@@ -131,7 +140,7 @@ def test_drop_law_repack_and_shrink(base, drop):
         return
     b = batch_size_of(base)
     # remaining stream in order, full batches, at most b-1 tail examples left out
-    assert kept[:len(flat(rep))] == flat(rep)
+    assert kept[: len(flat(rep))] == flat(rep)
     assert all(len(x) == b for x in rep[:-1])
     assert len(kept) - len(flat(rep)) < b or not rep
 
@@ -145,6 +154,7 @@ def test_order_edits_keep_the_examples(base, seed):
 
 
 # -- whatif -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fitted():
@@ -192,17 +202,28 @@ def test_final_losses_chunks_agree(fitted):
 
 # -- group effects ----------------------------------------------------------------------------
 
+
 def _param_sim(method, seed=0, n=16, m=5, b=2):
     rng = np.random.default_rng(seed)
     A = (1.0 / b) * (1 - rng.uniform(0, 0.05, (n, m)))
     B = rng.normal(-0.01, 0.02, (n, m))
-    return Simulator.from_params(A, B, [f"e{i}" for i in range(n)], [f"t{j}" for j in range(m)],
-                                 method=method, clip="none", batch_size=b)
+    return Simulator.from_params(
+        A,
+        B,
+        [f"e{i}" for i in range(n)],
+        [f"t{j}" for j in range(m)],
+        method=method,
+        clip="none",
+        batch_size=b,
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 1000), st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=5),
-                                      min_size=1, max_size=3), st.sampled_from(["shrink", "neutral"]))
+@given(
+    st.integers(0, 1000),
+    st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=5), min_size=1, max_size=3),
+    st.sampled_from(["shrink", "neutral"]),
+)
 def test_group_effect_is_additive_for_an_additive_model(seed, groups, mode):
     sim = _param_sim("additive", seed)
     rng = np.random.default_rng(seed)
@@ -223,7 +244,8 @@ def test_group_effect_is_not_additive_for_a_multiplicative_model():
     assert np.max(np.abs(res.interaction)) > 1e-3
     row = res.rows()[0]
     assert row["members"] == 5 and row["interaction"] == pytest.approx(
-        row["group_effect"] - row["sum_individual"])
+        row["group_effect"] - row["sum_individual"]
+    )
 
 
 def test_neutral_single_removals_match_the_top_removal_effect():
@@ -264,10 +286,11 @@ def test_read_groups(tmp_path):
 
 # -- CLI --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def store_model(tmp_path_factory):
-    from simfluence_cli.store.saved_models import save_model
     from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
 
     root = tmp_path_factory.mktemp("cf")
     runs, _, _ = make_runs(24, 5, 5, 20, 3, method="linear", seed=8, noise=0.001)
@@ -299,7 +322,9 @@ def test_cli_whatif_run_base_matches_core(store_model):
     from simfluence_cli.store.saved_models import load_model
 
     root, st, runs = store_model
-    r = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "csv"], root)
+    r = _cli(
+        ["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "csv"], root
+    )
     assert r.exit_code == 0, r.stderr
     rows = _csv(r.stdout)
     sim = load_model(st, "lin")
@@ -309,8 +334,9 @@ def test_cli_whatif_run_base_matches_core(store_model):
     np.testing.assert_allclose([float(x["change"]) for x in rows], core.change, rtol=1e-12)
     assert "negative = the edit helps" in " ".join(r.stderr.split())
 
-    j = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "json"],
-             root)
+    j = _cli(
+        ["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1,e2", "-f", "json"], root
+    )
     import json
 
     doc = json.loads(j.stdout)
@@ -323,14 +349,33 @@ def test_cli_whatif_curriculum_file_trajectories_and_save(store_model, tmp_path)
     cur = tmp_path / "c.txt"
     cur.write_text("# two steps\ne1 e2 e3\ne4 e5 e6\n")
     out = tmp_path / "edited.txt"
-    r = _cli(["whatif", "-m", "lin", "-b", str(cur), "--order", "reverse", "--trajectories",
-              "--save-edited", str(out), "-f", "csv", "--tests", "t0,t1"], root)
+    r = _cli(
+        [
+            "whatif",
+            "-m",
+            "lin",
+            "-b",
+            str(cur),
+            "--order",
+            "reverse",
+            "--trajectories",
+            "--save-edited",
+            str(out),
+            "-f",
+            "csv",
+            "--tests",
+            "t0,t1",
+        ],
+        root,
+    )
     assert r.exit_code == 0, r.stderr
     rows = _csv(r.stdout)
     assert list(rows[0]) == ["step", "test_id", "base", "edited"]
     assert len(rows) == 3 * 2 and rows[0]["base"] == rows[0]["edited"]
-    assert [ln for ln in out.read_text().splitlines() if not ln.startswith("#")] == \
-        ["e4 e5 e6", "e1 e2 e3"]
+    assert [ln for ln in out.read_text().splitlines() if not ln.startswith("#")] == [
+        "e4 e5 e6",
+        "e1 e2 e3",
+    ]
 
 
 def test_cli_whatif_errors(store_model):
@@ -343,8 +388,22 @@ def test_cli_whatif_errors(store_model):
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e1", "--mode", "fold"], root)
     assert r.exit_code == 2
-    r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e1", "--mode", "neutral",
-              "--save-edited", str(root / "x.txt")], root)
+    r = _cli(
+        [
+            "whatif",
+            "-m",
+            "lin",
+            "-b",
+            "syn-000",
+            "--drop",
+            "e1",
+            "--mode",
+            "neutral",
+            "--save-edited",
+            str(root / "x.txt"),
+        ],
+        root,
+    )
     assert r.exit_code == 2 and "placeholder" in r.stderr and not (root / "x.txt").exists()
 
 
@@ -352,16 +411,47 @@ def test_cli_groups(store_model, tmp_path):
     root, _, _ = store_model
     meta = tmp_path / "examples.csv"
     meta.write_text("example_id,label\n" + "".join(f"e{i},{i % 3}\n" for i in range(24)))
-    r = _cli(["groups", "-m", "lin", "-b", "syn-001", "--groups-from", str(meta), "--column",
-              "label", "-f", "csv"], root)
+    r = _cli(
+        [
+            "groups",
+            "-m",
+            "lin",
+            "-b",
+            "syn-001",
+            "--groups-from",
+            str(meta),
+            "--column",
+            "label",
+            "-f",
+            "csv",
+        ],
+        root,
+    )
     assert r.exit_code == 0, r.stderr
     rows = _csv(r.stdout)
     assert [x["group"] for x in rows] == ["label=0", "label=1", "label=2"]
     for x in rows:
         assert float(x["interaction"]) == pytest.approx(
-            float(x["group_effect"]) - float(x["sum_individual"]))
-    r = _cli(["groups", "-m", "lin", "-b", "syn-001", "-g", "pair=e1,e2", "-g", "e3", "--by",
-              "test", "-f", "csv"], root)
+            float(x["group_effect"]) - float(x["sum_individual"])
+        )
+    r = _cli(
+        [
+            "groups",
+            "-m",
+            "lin",
+            "-b",
+            "syn-001",
+            "-g",
+            "pair=e1,e2",
+            "-g",
+            "e3",
+            "--by",
+            "test",
+            "-f",
+            "csv",
+        ],
+        root,
+    )
     assert r.exit_code == 0, r.stderr
     rows = _csv(r.stdout)
     assert {x["group"] for x in rows} == {"pair", "group2"} and len(rows) == 10
@@ -379,7 +469,8 @@ def test_cli_whatif_edited_curriculum(store_model):
     b0 = [[str(runs.example_ids[i]) for i in runs["syn-000"].batch(t)] for t in range(1, 21)]
     b1 = [[str(runs.example_ids[i]) for i in runs["syn-001"].batch(t)] for t in range(1, 21)]
     fin = sim.simulate([b0, b1], runs["syn-000"].losses[0])[:, -1]
-    np.testing.assert_allclose([float(x["change"]) for x in _csv(r.stdout)], fin[1] - fin[0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        [float(x["change"]) for x in _csv(r.stdout)], fin[1] - fin[0], rtol=1e-12
+    )
     r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--edited", "syn-001", "--drop", "e1"], root)
     assert r.exit_code == 2

@@ -24,11 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from simfluence_cli.store import _lock
-from simfluence_cli.store.saved_models import list_models, load_model
-from simfluence_cli.store.run_store import PARTS, RunStore
 from simfluence_cli.io.synthetic import make_runs, write_jsonl
+from simfluence_cli.store import _lock
 from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.store.run_store import PARTS, RunStore
+from simfluence_cli.store.saved_models import list_models, load_model
 
 ENV = {**os.environ, "SIMFLUENCE_LOCK_TIMEOUT": "30", "NO_COLOR": "1"}
 
@@ -134,6 +134,7 @@ def test_sigkill_ingest_at_random_moments(setup, tmp_path):
     cmd = cli("ingest", new, "--store", store, "--tag", "fit")
     # how long a complete run takes, measured on a copy (then kills spread over that time)
     import shutil
+
     pristine = tmp_path / "pristine"
     shutil.copytree(store, pristine)
     shutil.copytree(store, tmp_path / "probe")

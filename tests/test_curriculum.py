@@ -6,14 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simfluence_cli.io.curriculum import parse_curriculum, read_curriculum, read_id_list
 from simfluence_cli.errors import InputError
+from simfluence_cli.io.curriculum import parse_curriculum, read_curriculum, read_id_list
 
 ID = st.text(alphabet="abcxyz0129_-./", min_size=1, max_size=6)
 
 
-@given(st.lists(st.lists(ID, min_size=1, max_size=4), min_size=1, max_size=20),
-       st.lists(st.sampled_from(["", "# note", "   ", "\t# x"]), max_size=20))
+@given(
+    st.lists(st.lists(ID, min_size=1, max_size=4), min_size=1, max_size=20),
+    st.lists(st.sampled_from(["", "# note", "   ", "\t# x"]), max_size=20),
+)
 def test_round_trip_with_comments_and_blanks(batches, noise):
     lines, expect_lines = [], []
     for k, b in enumerate(batches):

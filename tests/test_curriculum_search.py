@@ -7,15 +7,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from simfluence_cli.io.curriculum import parse_curriculum
 from simfluence_cli.analysis.curriculum_design import (
     curriculum_text,
     design_curriculum,
     random_curricula,
 )
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
-from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.io.curriculum import parse_curriculum
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 
 N, M, B = 40, 6, 2
 HELPFUL = [f"e{i}" for i in range(10)]
@@ -27,9 +27,16 @@ def known_sim(method="additive"):
     Bm = np.full((N, M), 0.01) + rng.uniform(0, 0.002, (N, M))
     Bm[:10] = -0.05 - rng.uniform(0, 0.01, (10, M))
     A = np.full((N, M), 1.0 / B)
-    return Simulator.from_params(A, Bm, [f"e{i}" for i in range(N)], [f"t{j}" for j in range(M)],
-                                 method=method, clip="none", init_loss=np.full(M, 2.0),
-                                 batch_size=B)
+    return Simulator.from_params(
+        A,
+        Bm,
+        [f"e{i}" for i in range(N)],
+        [f"t{j}" for j in range(M)],
+        method=method,
+        clip="none",
+        init_loss=np.full(M, 2.0),
+        batch_size=B,
+    )
 
 
 def test_design_picks_the_helpful_examples_and_beats_random():
@@ -72,8 +79,9 @@ def test_design_is_deterministic_given_the_seed():
 def test_pool_and_tests_restrict_the_search():
     sim = known_sim()
     pool = [f"e{i}" for i in range(5, 25)]
-    res = design_curriculum(sim, 10, pool=pool, tests=["t0", "t1"], seed=0, iters=5,
-                            candidates=4, n_random=5)
+    res = design_curriculum(
+        sim, 10, pool=pool, tests=["t0", "t1"], seed=0, iters=5, candidates=4, n_random=5
+    )
     assert {e for b in res.batches for e in b} <= set(pool)
     assert res.params["tests"] == 2 and res.params["pool"] == 20
 
@@ -112,22 +120,48 @@ def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
 
     from simfluence_cli.cli import app
     from simfluence_cli.io.curriculum import read_curriculum
-    from simfluence_cli.store.saved_models import save_model
     from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
 
     runs, _, _ = make_runs(20, 4, 4, 15, 2, method="linear", seed=3)
     st = RunStore(tmp_path / "s", create=True)
     st.add_runset(runs, tags=["fit"])
     ids = st.select("fit")
     with st.write_lock():
-        save_model(st, "lin", Simulator("linear", l2=0.1).fit(st.load(ids)), runs=ids,
-                   data_hash=st.data_hash(ids))
+        save_model(
+            st,
+            "lin",
+            Simulator("linear", l2=0.1).fit(st.load(ids)),
+            runs=ids,
+            data_hash=st.data_hash(ids),
+        )
     outs = []
     for k in range(2):
         out, rep = tmp_path / f"d{k}.txt", tmp_path / f"r{k}.json"
-        r = CliRunner().invoke(app, ["design", "--store", str(tmp_path / "s"), "-m", "lin",
-                                     "--steps", "12", "--seed", "4", "--iters", "10", "-K", "8",
-                                     "--random", "20", "-o", str(out), "--report", str(rep)])
+        r = CliRunner().invoke(
+            app,
+            [
+                "design",
+                "--store",
+                str(tmp_path / "s"),
+                "-m",
+                "lin",
+                "--steps",
+                "12",
+                "--seed",
+                "4",
+                "--iters",
+                "10",
+                "-K",
+                "8",
+                "--random",
+                "20",
+                "-o",
+                str(out),
+                "--report",
+                str(rep),
+            ],
+        )
         assert r.exit_code == 0, r.stderr
         assert "random curricula from the same pool" in " ".join(r.stderr.split())
         outs.append(out.read_text())

@@ -6,17 +6,25 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
-from simfluence_cli.cli import app
 from simfluence_cli.analysis.evaluation import evaluate
-from simfluence_cli.store.saved_models import save_model
-from simfluence_cli.runs import RunSet
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.cli import app
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import save_model
 
-RESULT_KEYS = {"model", "all_steps_mse", "final_step_mse", "final_spearman", "final_spearman_std",
-               "run_spearman", "n_runs", "mae"}
+RESULT_KEYS = {
+    "model",
+    "all_steps_mse",
+    "final_step_mse",
+    "final_spearman",
+    "final_spearman_std",
+    "run_spearman",
+    "n_runs",
+    "mae",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +42,12 @@ def test_run_spearman_separates_true_simulator_from_mean_trajectory(synth):
     rs, A, B = synth
     fit, held = _split(rs)
     true = Simulator.from_params(A, B, rs.example_ids, rs.test_ids, batch_size=2, clip="none")
-    models = {"true": true, "linear": Simulator(l2=1e-3).fit(fit),
-              "constant": ConstantBaseline(), "mean-trajectory": MeanTrajectoryBaseline().fit(fit)}
+    models = {
+        "true": true,
+        "linear": Simulator(l2=1e-3).fit(fit),
+        "constant": ConstantBaseline(),
+        "mean-trajectory": MeanTrajectoryBaseline().fit(fit),
+    }
     ev = evaluate(models, held)
     s = {r["model"]: r for r in ev.summary_rows()}
     assert s["true"]["run_spearman"] > 0.99
@@ -44,23 +56,32 @@ def test_run_spearman_separates_true_simulator_from_mean_trajectory(synth):
     # ... although mean-trajectory ranks test examples well (it knows which are hard)
     assert s["mean-trajectory"]["final_spearman"] > 0.5
     assert s["true"]["all_steps_mse"] < 1e-6
-    assert s["linear"]["all_steps_mse"] < s["mean-trajectory"]["all_steps_mse"] < s["constant"]["all_steps_mse"]
+    assert (
+        s["linear"]["all_steps_mse"]
+        < s["mean-trajectory"]["all_steps_mse"]
+        < s["constant"]["all_steps_mse"]
+    )
     assert all(r["n_runs"] == 20 and r["n_tests"] == 8 for r in s.values())
     assert len(ev.run_rows()) == 4 * 20
     assert len(ev.test_rows()) == 4 * 8
 
 
 def test_constant_baseline_repeats_l0():
-    out = ConstantBaseline().simulate(np.zeros((2, 3, 1), dtype=np.int64), np.array([[1.0, 2.0], [3.0, 4.0]]))
+    out = ConstantBaseline().simulate(
+        np.zeros((2, 3, 1), dtype=np.int64), np.array([[1.0, 2.0], [3.0, 4.0]])
+    )
     assert out.shape == (2, 4, 2)
     np.testing.assert_array_equal(out[1, 3], [3.0, 4.0])
 
 
 def test_mean_trajectory_interpolates_sparse_logging_and_holds_the_end():
-    rs = RunSet.from_batches({
-        "a": ([["x"]] * 4, {0: [1.0], 2: [3.0], 4: [5.0]}),
-        "b": ([["x"]] * 2, np.array([[3.0], [3.0], [3.0]])),
-    }, test_ids=["t"])
+    rs = RunSet.from_batches(
+        {
+            "a": ([["x"]] * 4, {0: [1.0], 2: [3.0], 4: [5.0]}),
+            "b": ([["x"]] * 2, np.array([[3.0], [3.0], [3.0]])),
+        },
+        test_ids=["t"],
+    )
     mt = MeanTrajectoryBaseline().fit(rs)
     np.testing.assert_allclose(mt.mean_[:, 0], [2.0, 2.5, 3.0, 4.0, 5.0])
     out = mt.simulate([[["x"]] * 6], None)
@@ -68,6 +89,7 @@ def test_mean_trajectory_interpolates_sparse_logging_and_holds_the_end():
 
 
 # ---- CLI --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, synth):
@@ -80,8 +102,9 @@ def store(tmp_path_factory, synth):
     for name, method in (("lin", "linear"), ("add", "additive")):
         sim = Simulator(method=method, l2=1e-3).fit(fit)
         with st.write_lock():
-            save_model(st, name, sim, runs=fit.run_ids, data_hash=st.data_hash(fit.run_ids),
-                       selector="fit")
+            save_model(
+                st, name, sim, runs=fit.run_ids, data_hash=st.data_hash(fit.run_ids), selector="fit"
+            )
     return path
 
 
@@ -91,7 +114,9 @@ def _run(args):
 
 
 def test_eval_json_defaults_to_runs_not_fitted_on(store):
-    res = _run(["eval", "--store", str(store), "--model", "lin", "--model", "add", "--format", "json"])
+    res = _run(
+        ["eval", "--store", str(store), "--model", "lin", "--model", "add", "--format", "json"]
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     names = [r["model"] for r in doc["results"]]
@@ -121,8 +146,20 @@ def test_eval_on_fitting_runs_needs_the_flag_and_is_flagged(store):
     res = _run(["eval", "--store", str(store), "-m", "lin", "--runs", "fit", "--format", "json"])
     assert res.exit_code == 1
     assert "--allow-fitting-runs" in res.stderr
-    res = _run(["eval", "--store", str(store), "-m", "lin", "--runs", "fit",
-                "--allow-fitting-runs", "--format", "json"])
+    res = _run(
+        [
+            "eval",
+            "--store",
+            str(store),
+            "-m",
+            "lin",
+            "--runs",
+            "fit",
+            "--allow-fitting-runs",
+            "--format",
+            "json",
+        ]
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert len(doc["fitting_runs_evaluated"]) == 40

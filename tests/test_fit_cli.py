@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from simfluence_cli import RunStore
 from simfluence_cli.cli import app
-from simfluence_cli.store.saved_models import load_model
-from simfluence_cli.runs import RunSet
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.runs import RunSet
+from simfluence_cli.store.saved_models import load_model
 
 runner = CliRunner()
 
@@ -79,12 +79,20 @@ def test_refit_same_is_noop_and_different_is_refused(store):
     assert res.exit_code == 1 and "runs: 5 -> 6" in res.stderr
     res = invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1", "--prior", "zero", "--replace")
     assert res.exit_code == 0
-    assert json.loads((store.path / "models/linear/model.json").read_text())["config"]["prior"] == "zero"
+    assert (
+        json.loads((store.path / "models/linear/model.json").read_text())["config"]["prior"]
+        == "zero"
+    )
 
 
 def test_fit_usage_errors(store, tmp_path):
-    for args, code in ((["--l2", "-1"], 2), (["--l2", "lots"], 2), (["--method", "cubic"], 2),
-                       (["--name", "../x"], 2), (["--runs", "nosuchtag"], 1)):
+    for args, code in (
+        (["--l2", "-1"], 2),
+        (["--l2", "lots"], 2),
+        (["--method", "cubic"], 2),
+        (["--name", "../x"], 2),
+        (["--runs", "nosuchtag"], 1),
+    ):
         res = invoke("fit", "-s", store.path, *args)
         assert res.exit_code == code, (args, res.stderr)
         assert "Traceback" not in res.stderr
@@ -117,8 +125,18 @@ def test_curriculum_command_round_trips(fitted):
 def test_simulate_long_csv_matches_python_api(fitted, tmp_path):
     cur = tmp_path / "c.txt"
     cur.write_text(_curriculum(fitted))
-    res = invoke("simulate", cur, "-s", fitted.path, "--model", "linear", "-f", "csv",
-                 "--init-loss", "run:syn-001")
+    res = invoke(
+        "simulate",
+        cur,
+        "-s",
+        fitted.path,
+        "--model",
+        "linear",
+        "-f",
+        "csv",
+        "--init-loss",
+        "run:syn-001",
+    )
     assert res.exit_code == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert list(rows[0]) == ["step", "test_id", "loss"]
@@ -161,8 +179,9 @@ def test_simulate_formats(fitted, tmp_path, fmt):
 def test_simulate_stdin_and_init_file(fitted, tmp_path):
     init = tmp_path / "init.csv"
     init.write_text("test_id,loss\nt0,1.0\nt1,2.0\nt2,3.0\nzz,9\n")
-    res = invoke("simulate", "-", "-s", fitted.path, "--init-loss", init, "-f", "csv",
-                 input="e0 e1\ne4 e5\n")
+    res = invoke(
+        "simulate", "-", "-s", fitted.path, "--init-loss", init, "-f", "csv", input="e0 e1\ne4 e5\n"
+    )
     assert res.exit_code == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [float(r["loss"]) for r in rows[:3]] == [1.0, 2.0, 3.0]

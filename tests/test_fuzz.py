@@ -35,14 +35,15 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import SimfluenceError
-from simfluence_cli.store.saved_models import save_model
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs, runs_to_tables, write_jsonl
+from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import save_model
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 
 # --------------------------------------------------------------------------------------------
 # fixtures shared with bench/fuzz_campaign.py
@@ -54,8 +55,11 @@ def tree_hash(root: Path) -> dict[str, str]:
     root = Path(root)
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def make_template(dest: Path) -> Path:
@@ -75,10 +79,12 @@ _BASE.runs[0].run_id = "fz"
 _tmp = Path(tempfile.mkdtemp(prefix="fuzzbase"))
 BASE_JSONL = write_jsonl(_BASE, _tmp)[0].read_text().splitlines()
 _cur_t, _loss_t = runs_to_tables(_BASE)
-BASE_CUR = [["run", "step", "example_id"]] + [[str(v) for v in r.values()]
-                                              for r in _cur_t.to_pylist()]
-BASE_LOSS = [["run", "step", "test_id", "loss"]] + [[str(v) for v in r.values()]
-                                                    for r in _loss_t.to_pylist()]
+BASE_CUR = [["run", "step", "example_id"]] + [
+    [str(v) for v in r.values()] for r in _cur_t.to_pylist()
+]
+BASE_LOSS = [["run", "step", "test_id", "loss"]] + [
+    [str(v) for v in r.values()] for r in _loss_t.to_pylist()
+]
 shutil.rmtree(_tmp)
 
 BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
@@ -86,24 +92,63 @@ BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
 
 def _json_values():
     return st.recursive(
-        st.none() | st.booleans() | st.integers(-2**70, 2**70)
-        | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=8),
         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
-        max_leaves=6)
+        max_leaves=6,
+    )
 
 
-_weird_text = st.text(alphabet=st.characters(codec="utf-8"), min_size=0, max_size=10) | \
-    st.sampled_from(["", " ", "\t", "a b", " e1", "e1 ", "\u00a0", "é", "ø\u200b", "e1\n",
-                     "\x00", "..", "../../x", "/abs", "a,b", '"', "\u2028"])
+_weird_text = st.text(
+    alphabet=st.characters(codec="utf-8"), min_size=0, max_size=10
+) | st.sampled_from(
+    [
+        "",
+        " ",
+        "\t",
+        "a b",
+        " e1",
+        "e1 ",
+        "\u00a0",
+        "é",
+        "ø\u200b",
+        "e1\n",
+        "\x00",
+        "..",
+        "../../x",
+        "/abs",
+        "a,b",
+        '"',
+        "\u2028",
+    ]
+)
 
 
 @st.composite
 def jsonl_input(draw):
     """(kind, file bytes, must_fail) for an encoding-A log named fz.jsonl."""
     lines = [json.loads(x) for x in BASE_JSONL]
-    kind = draw(st.sampled_from(["field", "bad_number", "huge_number", "id", "truncate",
-                                 "garbage", "binary", "empty", "lines", "enormous", "deep",
-                                 "whitespace"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "field",
+                "bad_number",
+                "huge_number",
+                "id",
+                "truncate",
+                "garbage",
+                "binary",
+                "empty",
+                "lines",
+                "enormous",
+                "deep",
+                "whitespace",
+            ]
+        )
+    )
     must_fail = False
     i = draw(st.integers(0, len(lines) - 1))
     text = None
@@ -114,7 +159,8 @@ def jsonl_input(draw):
         t = draw(st.sampled_from(sorted(lines[i]["loss"])))
         lines[i]["loss"][t] = "@@BAD@@"
         text = "\n".join(json.dumps(x) for x in lines).replace(
-            '"@@BAD@@"', draw(st.sampled_from(BAD_NUMBERS)))
+            '"@@BAD@@"', draw(st.sampled_from(BAD_NUMBERS))
+        )
         must_fail = True
     elif kind == "huge_number":
         t = draw(st.sampled_from(sorted(lines[i]["loss"])))
@@ -137,8 +183,9 @@ def jsonl_input(draw):
             j = draw(st.integers(0, len(lines) - 1))
             lines[i], lines[j] = lines[j], lines[i]
     elif kind == "whitespace":
-        text = draw(st.sampled_from(["\n\n", "  \n", "\r\n", "\t"])).join(json.dumps(x)
-                                                                          for x in lines)
+        text = draw(st.sampled_from(["\n\n", "  \n", "\r\n", "\t"])).join(
+            json.dumps(x) for x in lines
+        )
     if text is None:
         text = "\n".join(json.dumps(x, ensure_ascii=draw(st.booleans())) for x in lines) + "\n"
     data = text.encode("utf-8", "surrogatepass")
@@ -171,9 +218,32 @@ def jsonl_input(draw):
     return kind, data, must_fail
 
 
-_cells = st.sampled_from(["", "nan", "NaN", "inf", "-inf", "1e400", "1e308", "-1", "0", "1.5",
-                          "99999999999999999999999", "abc", '"', '"a,b"', " ", "\t", "e1",
-                          "fz", "\u00e9", "0x10", "1_000", "true"]) | st.text(max_size=6)
+_cells = st.sampled_from(
+    [
+        "",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e400",
+        "1e308",
+        "-1",
+        "0",
+        "1.5",
+        "99999999999999999999999",
+        "abc",
+        '"',
+        '"a,b"',
+        " ",
+        "\t",
+        "e1",
+        "fz",
+        "\u00e9",
+        "0x10",
+        "1_000",
+        "true",
+    ]
+) | st.text(max_size=6)
 
 
 @st.composite
@@ -181,8 +251,22 @@ def table_input(draw):
     """(kind, {name: bytes}, must_fail) for encoding B: cur.csv + loss.csv (or .parquet)."""
     cur = [list(r) for r in BASE_CUR]
     loss = [list(r) for r in BASE_LOSS]
-    kind = draw(st.sampled_from(["cell", "bad_loss", "header", "truncate", "garbage", "empty",
-                                 "raw", "parquet_types", "extra_column", "no_curriculum"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "cell",
+                "bad_loss",
+                "header",
+                "truncate",
+                "garbage",
+                "empty",
+                "raw",
+                "parquet_types",
+                "extra_column",
+                "no_curriculum",
+            ]
+        )
+    )
     must_fail = False
     target = draw(st.sampled_from(["cur", "loss"]))
     tab = cur if target == "cur" else loss
@@ -191,8 +275,9 @@ def table_input(draw):
     if kind == "cell":
         tab[i][j] = draw(_cells)
     elif kind == "bad_loss":
-        loss[draw(st.integers(1, len(loss) - 1))][3] = draw(st.sampled_from(
-            ["nan", "NaN", "inf", "-inf", "1e400", "-1e400", "Infinity"]))
+        loss[draw(st.integers(1, len(loss) - 1))][3] = draw(
+            st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1e400", "Infinity"])
+        )
         must_fail = True
     elif kind == "header":
         tab[0][j] = draw(_cells)
@@ -254,8 +339,9 @@ def table_input(draw):
 def curriculum_input(draw):
     """(kind, curriculum bytes, init-loss CSV bytes or None, must_fail) for `simulate`."""
     ids = [f"e{k}" for k in range(8)]
-    kind = draw(st.sampled_from(["ids", "unknown", "binary", "empty", "comments", "init_loss",
-                                 "enormous"]))
+    kind = draw(
+        st.sampled_from(["ids", "unknown", "binary", "empty", "comments", "init_loss", "enormous"])
+    )
     must_fail = kind in ("unknown", "binary", "empty")
     tok = st.sampled_from(ids)
     batches = draw(st.lists(st.lists(tok, min_size=1, max_size=4), min_size=1, max_size=8))
@@ -275,9 +361,28 @@ def curriculum_input(draw):
     elif kind == "enormous":
         data = (" ".join(ids * 20_000) + "\n").encode()
     elif kind == "init_loss":
-        vals = draw(st.lists(st.sampled_from(["1e308", "1e-308", "0", "2.5", "1e400", "nan",
-                                              "inf", "-1", "", "x", "1e4", "1e-8"]),
-                             min_size=3, max_size=3))
+        vals = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        "1e308",
+                        "1e-308",
+                        "0",
+                        "2.5",
+                        "1e400",
+                        "nan",
+                        "inf",
+                        "-1",
+                        "",
+                        "x",
+                        "1e4",
+                        "1e-8",
+                    ]
+                ),
+                min_size=3,
+                max_size=3,
+            )
+        )
         rows = ["test_id,loss"] + [f"t{k},{v}" for k, v in enumerate(vals)]
         init = ("\n".join(rows) + "\n").encode()
         must_fail = any(v in ("1e400", "nan", "inf", "-1", "", "x") for v in vals)
@@ -287,6 +392,7 @@ def curriculum_input(draw):
 # --------------------------------------------------------------------------------------------
 # checks (also used by bench/fuzz_campaign.py)
 # --------------------------------------------------------------------------------------------
+
 
 def _cli(args: list[str]):
     r = CliRunner().invoke(app, args)
@@ -303,8 +409,9 @@ def _one_line_error(r) -> None:
     assert "Traceback" not in r.stderr
 
 
-def check_ingest(template: Path, files: dict[str, bytes], must_fail: bool,
-                 fresh: bool = False) -> int:
+def check_ingest(
+    template: Path, files: dict[str, bytes], must_fail: bool, fresh: bool = False
+) -> int:
     """Ingest ``files`` (named explicitly) through the CLI into a copy of ``template``."""
     work = Path(tempfile.mkdtemp(prefix="fz"))
     try:
@@ -385,6 +492,7 @@ def check_simulate(template: Path, cur: bytes, init: bytes | None, must_fail: bo
 # the tests
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     return make_template(tmp_path_factory.mktemp("fuzz") / "store")
@@ -426,13 +534,18 @@ def test_fuzz_simulate(template, case):
     check_simulate(template, cur, init, must_fail)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x00\x01\x02\xff" * 50, b"\n\n\n",
-                                  b'{"step": 0, "batch": [], "loss": {"t0": NaN}}\n'
-                                  b'{"step": 1, "batch": ["e1"]}\n',
-                                  b'{"step": 0, "batch": [], "loss": {"t0": 1e400}}\n'
-                                  b'{"step": 1, "batch": ["e1"]}\n',
-                                  b'{"step": "0", "batch": [], "loss": {"t0": 1}}\n',
-                                  b"[" * 200_000])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x00\x01\x02\xff" * 50,
+        b"\n\n\n",
+        b'{"step": 0, "batch": [], "loss": {"t0": NaN}}\n{"step": 1, "batch": ["e1"]}\n',
+        b'{"step": 0, "batch": [], "loss": {"t0": 1e400}}\n{"step": 1, "batch": ["e1"]}\n',
+        b'{"step": "0", "batch": [], "loss": {"t0": 1}}\n',
+        b"[" * 200_000,
+    ],
+)
 def test_known_bad_jsonl_inputs(template, data):
     assert check_ingest(template, {"fz.jsonl": data}, True) == 1
 
@@ -452,16 +565,25 @@ def test_unicode_and_whitespace_ids_round_trip(template, tmp_path):
     assert verify_store(store).ok
 
 
-@pytest.mark.parametrize("name,mangle", [
-    ("fz.jsonl.gz", "truncate"), ("fz.jsonl.gz", "random"), ("cur.csv.gz", "truncate"),
-    ("cur.csv.gz", "random"), ("fz.parquet", "random"), ("fz.parquet", "truncate"),
-])
+@pytest.mark.parametrize(
+    "name,mangle",
+    [
+        ("fz.jsonl.gz", "truncate"),
+        ("fz.jsonl.gz", "random"),
+        ("cur.csv.gz", "truncate"),
+        ("cur.csv.gz", "random"),
+        ("fz.parquet", "random"),
+        ("fz.parquet", "truncate"),
+    ],
+)
 def test_corrupt_compressed_and_parquet_inputs(template, name, mangle):
     import gzip
+
     rng = np.random.default_rng(len(name) + len(mangle))
     if name.endswith(".gz"):
-        body = ("\n".join(BASE_JSONL) if "jsonl" in name else
-                "\n".join(",".join(r) for r in BASE_CUR)).encode()
+        body = (
+            "\n".join(BASE_JSONL) if "jsonl" in name else "\n".join(",".join(r) for r in BASE_CUR)
+        ).encode()
         data = gzip.compress(body)
     else:
         buf = io.BytesIO()

@@ -8,14 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+from test_store import assert_same_runs, tree_hash
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import InputError
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs, write_gptdynamics, write_jsonl, write_tables
-
-from test_store import assert_same_runs, tree_hash
+from simfluence_cli.store.run_store import RunStore
 
 runner = CliRunner()
 
@@ -40,6 +39,7 @@ def store(tmp_path, runs):
 
 
 # ---- round trips ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("encoding", ["jsonl", "jsonl.gz", "csv", "csv.gz", "parquet", "gptdyn"])
 def test_round_trip_each_encoding(tmp_path, runs, encoding):
@@ -128,11 +128,17 @@ def test_undetectable_file_asks_for_format(tmp_path):
 
 def test_integer_ids_and_run_key(tmp_path):
     f = tmp_path / "stem.jsonl"
-    f.write_text("\n".join(json.dumps(o) for o in [
-        {"step": 0, "batch": [], "loss": {"1": 2.0, "2": 3.0}, "run": "named"},
-        {"step": 1, "batch": [17, 5], "loss": {"1": 1.5}},
-        {"step": 2, "batch": ["17", 3]},
-    ]) + "\n")
+    f.write_text(
+        "\n".join(
+            json.dumps(o)
+            for o in [
+                {"step": 0, "batch": [], "loss": {"1": 2.0, "2": 3.0}, "run": "named"},
+                {"step": 1, "batch": [17, 5], "loss": {"1": 1.5}},
+                {"step": 2, "batch": ["17", 3]},
+            ]
+        )
+        + "\n"
+    )
     r = cli("ingest", f, "--store", tmp_path / "st")
     assert r.exit_code == 0, r.stderr
     rs = RunStore(tmp_path / "st").load("named")
@@ -146,10 +152,20 @@ def test_gptdynamics_without_step0_starts_at_first_checkpoint(tmp_path):
     d = tmp_path / "gd-run"
     d.mkdir()
     (d / "train_samples_id.json").write_text(
-        "".join(json.dumps({"step": s, "samples_id": [s, s + 1]}) + "\n" for s in range(4)))
-    (d / "all_loss_trajectory.out").write_text("".join(
-        json.dumps({"id": t, "loss_trajectory": [{"step": s, "loss": 1.0 + t + s / 10}
-                                                 for s in range(1, 5)]}) + "\n" for t in (7, 8)))
+        "".join(json.dumps({"step": s, "samples_id": [s, s + 1]}) + "\n" for s in range(4))
+    )
+    (d / "all_loss_trajectory.out").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": t,
+                    "loss_trajectory": [{"step": s, "loss": 1.0 + t + s / 10} for s in range(1, 5)],
+                }
+            )
+            + "\n"
+            for t in (7, 8)
+        )
+    )
     r = cli("ingest", d, "--store", tmp_path / "st")
     assert r.exit_code == 0, r.stderr
     assert "starts at checkpoint 1" in r.stderr
@@ -162,6 +178,7 @@ def test_gptdynamics_without_step0_starts_at_first_checkpoint(tmp_path):
 
 # ---- bad input: one line naming FILE:LINE and the field, exit 1, store unchanged ---------------
 
+
 def _jsonl(lines):
     return "".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines)
 
@@ -170,28 +187,60 @@ S0 = {"step": 0, "batch": [], "loss": {"t0": 1.0, "t1": 2.0}}
 S1 = {"step": 1, "batch": ["e1", "e2"], "loss": {"t0": 0.9}}
 
 BAD_A = {
-    "malformed-json": (_jsonl([S0, '{"step": 1, "batch": ["e1"'],), 2, None, "malformed JSON"),
+    "malformed-json": (
+        _jsonl(
+            [S0, '{"step": 1, "batch": ["e1"'],
+        ),
+        2,
+        None,
+        "malformed JSON",
+    ),
     "missing-step": (_jsonl([S0, {"batch": ["e1"]}]), 2, "step", "missing"),
     "mistyped-step": (_jsonl([S0, {"step": "1", "batch": ["e1"]}]), 2, "step", "integer"),
-    "nan-loss": (_jsonl([S0, '{"step": 1, "batch": ["e1"], "loss": {"t0": NaN}}']), 2, "loss.t0",
-                 "non-finite"),
-    "inf-loss": (_jsonl([S0, S1, '{"step": 2, "batch": ["e1"], "loss": {"t1": Infinity}}']), 3,
-                 "loss.t1", "non-finite"),
-    "string-loss": (_jsonl([S0, {"step": 1, "batch": ["e1"], "loss": {"t0": "0.5"}}]), 2,
-                    "loss.t0", "expected a number"),
+    "nan-loss": (
+        _jsonl([S0, '{"step": 1, "batch": ["e1"], "loss": {"t0": NaN}}']),
+        2,
+        "loss.t0",
+        "non-finite",
+    ),
+    "inf-loss": (
+        _jsonl([S0, S1, '{"step": 2, "batch": ["e1"], "loss": {"t1": Infinity}}']),
+        3,
+        "loss.t1",
+        "non-finite",
+    ),
+    "string-loss": (
+        _jsonl([S0, {"step": 1, "batch": ["e1"], "loss": {"t0": "0.5"}}]),
+        2,
+        "loss.t0",
+        "expected a number",
+    ),
     "duplicate-step": (_jsonl([S0, S1, S1]), 3, "step", "duplicate step 1"),
-    "decreasing-step": (_jsonl([S0, S1, {"step": 2, "batch": ["e1"]}, S1]), 4, "step",
-                        "decreasing"),
+    "decreasing-step": (
+        _jsonl([S0, S1, {"step": 2, "batch": ["e1"]}, S1]),
+        4,
+        "step",
+        "decreasing",
+    ),
     "gap": (_jsonl([S0, {"step": 2, "batch": ["e1"]}]), 2, "step", "no batch"),
     "batch-on-step-0": (_jsonl([{**S0, "batch": ["e1"]}, S1]), 1, "batch", "a batch on step 0"),
     "no-step-0": (_jsonl([S1]), 1, "step", "missing step 0"),
     "negative-step": (_jsonl([{**S0, "step": -1}]), 1, "step", "negative step"),
-    "no-step-0-losses": (_jsonl([{"step": 0, "batch": []}, S1]), 1, "loss", "missing step 0 losses"),
+    "no-step-0-losses": (
+        _jsonl([{"step": 0, "batch": []}, S1]),
+        1,
+        "loss",
+        "missing step 0 losses",
+    ),
     "missing-batch": (_jsonl([S0, {"step": 1, "loss": {"t0": 1.0}}]), 2, "batch", "missing"),
     "empty-batch": (_jsonl([S0, {"step": 1, "batch": []}]), 2, "batch", "empty"),
     "bad-id": (_jsonl([S0, {"step": 1, "batch": [1.5]}]), 2, "batch", "string or integer"),
-    "test-without-step0": (_jsonl([S0, {"step": 1, "batch": ["e1"], "loss": {"t9": 1.0}}]), 2,
-                           "loss.t9", "no step-0 loss"),
+    "test-without-step0": (
+        _jsonl([S0, {"step": 1, "batch": ["e1"], "loss": {"t9": 1.0}}]),
+        2,
+        "loss.t9",
+        "no step-0 loss",
+    ),
     "not-an-object": (_jsonl([S0, "[1, 2]"]), 2, None, "expected a JSON object"),
     "two-runs": (_jsonl([{**S0, "run": "a"}, {**S1, "run": "b"}]), 2, "run", "differs"),
 }
@@ -219,26 +268,61 @@ CUR = "run,step,example_id\nr,1,e1\nr,1,e2\nr,2,e3\n"
 LOS = "run,step,test_id,loss\nr,0,t0,1.0\nr,0,t1,2.0\nr,2,t0,0.5\n"
 
 BAD_B = {
-    "unknown-column": ({"c.csv": CUR.replace("example_id", "example_id,weight").replace(
-        "e1\n", "e1,1\n")}, "c.csv", 1, "weight", "unknown column"),
-    "missing-column": ({"l.csv": "run,test_id,loss\nr,t0,1.0\n"}, "l.csv", 1, "step",
-                       "missing column"),
+    "unknown-column": (
+        {"c.csv": CUR.replace("example_id", "example_id,weight").replace("e1\n", "e1,1\n")},
+        "c.csv",
+        1,
+        "weight",
+        "unknown column",
+    ),
+    "missing-column": (
+        {"l.csv": "run,test_id,loss\nr,t0,1.0\n"},
+        "l.csv",
+        1,
+        "step",
+        "missing column",
+    ),
     "loss-without-curriculum": ({"l.csv": LOS}, "l.csv", 2, "run", "no curriculum"),
     "curriculum-without-losses": ({"c.csv": CUR}, "c.csv", 2, "run", "no losses"),
     "nan-loss": ({"c.csv": CUR, "l.csv": LOS + "r,1,t1,nan\n"}, "l.csv", 5, "loss", "non-finite"),
     "bad-step": ({"c.csv": CUR, "l.csv": LOS + "r,x,t1,1.0\n"}, "l.csv", 5, "step", "integer"),
     "bad-loss": ({"c.csv": CUR, "l.csv": LOS + "r,1,t1,abc\n"}, "l.csv", 5, "loss", "number"),
     "empty-loss": ({"c.csv": CUR, "l.csv": LOS + "r,1,t1,\n"}, "l.csv", 5, "loss", "empty value"),
-    "duplicate": ({"c.csv": CUR, "l.csv": LOS + "r,0,t1,2.5\n"}, "l.csv", 5, "test_id",
-                  "duplicate loss"),
-    "batch-on-step-0": ({"c.csv": CUR + "r,0,e9\n", "l.csv": LOS}, "c.csv", 5, "step",
-                        "a batch on step 0"),
-    "step-gap": ({"c.csv": CUR + "r,4,e9\n", "l.csv": LOS}, "c.csv", 5, "step",
-                 "step 3 has no curriculum"),
-    "no-step-0": ({"c.csv": CUR, "l.csv": "run,step,test_id,loss\nr,1,t0,1.0\n"}, "l.csv", 2,
-                  "step", "missing step 0"),
-    "loss-after-end": ({"c.csv": CUR, "l.csv": LOS + "r,3,t0,0.1\n"}, "l.csv", 5, "step",
-                       "outside 0..2"),
+    "duplicate": (
+        {"c.csv": CUR, "l.csv": LOS + "r,0,t1,2.5\n"},
+        "l.csv",
+        5,
+        "test_id",
+        "duplicate loss",
+    ),
+    "batch-on-step-0": (
+        {"c.csv": CUR + "r,0,e9\n", "l.csv": LOS},
+        "c.csv",
+        5,
+        "step",
+        "a batch on step 0",
+    ),
+    "step-gap": (
+        {"c.csv": CUR + "r,4,e9\n", "l.csv": LOS},
+        "c.csv",
+        5,
+        "step",
+        "step 3 has no curriculum",
+    ),
+    "no-step-0": (
+        {"c.csv": CUR, "l.csv": "run,step,test_id,loss\nr,1,t0,1.0\n"},
+        "l.csv",
+        2,
+        "step",
+        "missing step 0",
+    ),
+    "loss-after-end": (
+        {"c.csv": CUR, "l.csv": LOS + "r,3,t0,0.1\n"},
+        "l.csv",
+        5,
+        "step",
+        "outside 0..2",
+    ),
     "ragged-row": ({"c.csv": CUR, "l.csv": LOS + "r,1,t0\n"}, "l.csv", 5, None, "fields"),
 }
 
@@ -260,20 +344,42 @@ def test_bad_parquet_row(tmp_path, store):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "c.csv").write_text(CUR)
-    pq.write_table(pa.table({"run": ["r"] * 3, "step": [0, 0, 1], "test_id": ["t0", "t1", "t0"],
-                             "loss": [1.0, float("inf"), 0.5]}), d / "l.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "run": ["r"] * 3,
+                "step": [0, 0, 1],
+                "test_id": ["t0", "t1", "t0"],
+                "loss": [1.0, float("inf"), 0.5],
+            }
+        ),
+        d / "l.parquet",
+    )
     _expect_failure(store, [d], d / "l.parquet", "row 2", "loss", "non-finite")
 
 
 BAD_C = {
-    "malformed": ("all_loss_trajectory.out", '{"id": 1, "loss_trajectory": [\n', 1, None,
-                  "malformed JSON"),
-    "nan": ("all_loss_trajectory.out",
-            '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": NaN}]}\n',
-            1, "loss_trajectory.loss", "non-finite"),
-    "dup-step": ("train_samples_id.json",
-                 '{"step": 1, "samples_id": [1]}\n{"step": 1, "samples_id": [2]}\n', 2, "step",
-                 "duplicate"),
+    "malformed": (
+        "all_loss_trajectory.out",
+        '{"id": 1, "loss_trajectory": [\n',
+        1,
+        None,
+        "malformed JSON",
+    ),
+    "nan": (
+        "all_loss_trajectory.out",
+        '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": NaN}]}\n',
+        1,
+        "loss_trajectory.loss",
+        "non-finite",
+    ),
+    "dup-step": (
+        "train_samples_id.json",
+        '{"step": 1, "samples_id": [1]}\n{"step": 1, "samples_id": [2]}\n',
+        2,
+        "step",
+        "duplicate",
+    ),
     "missing-samples": ("train_samples_id.json", '{"step": 1}\n', 1, "samples_id", "missing"),
 }
 
@@ -285,7 +391,8 @@ def test_bad_gptdynamics(tmp_path, store, case):
     d.mkdir()
     (d / "train_samples_id.json").write_text('{"step": 1, "samples_id": [1, 2]}\n')
     (d / "all_loss_trajectory.out").write_text(
-        '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]}\n')
+        '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]}\n'
+    )
     (d / name).write_text(text)
     _expect_failure(store, [d], d / name, line, fld, what)
 
@@ -333,6 +440,7 @@ def test_debug_shows_traceback(tmp_path, store):
 
 # ---- info -----------------------------------------------------------------------------------
 
+
 def test_info_json_and_text(tmp_path, store, runs):
     write_jsonl(runs, tmp_path / "all")
     assert cli("ingest", tmp_path / "all", "--store", store, "--tag", "fit").exit_code == 0
@@ -355,19 +463,41 @@ def test_cli_subprocess(tmp_path, runs):
     """The real entry point (python -m simfluence_cli), as a user would run it."""
     write_tables(runs, tmp_path / "logs" / "cur.csv.gz", tmp_path / "logs" / "loss.csv.gz")
     env = {**os.environ, "SIMFLUENCE_STORE": str(tmp_path / "st")}
-    p = subprocess.run([sys.executable, "-m", "simfluence_cli", "ingest", str(tmp_path / "logs"),
-                        "--tag", "fit", "--json"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simfluence_cli",
+            "ingest",
+            str(tmp_path / "logs"),
+            "--tag",
+            "fit",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["added"] == runs.run_ids
     assert "3 added" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "simfluence_cli", "info", "--json"],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "simfluence_cli", "info", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0 and json.loads(p.stdout)["loss_rows"] == sum(
-        int((~np.isnan(r.losses)).sum()) for r in runs)
+        int((~np.isnan(r.losses)).sum()) for r in runs
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{nope\n")
-    p = subprocess.run([sys.executable, "-m", "simfluence_cli", "ingest", str(bad)],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "simfluence_cli", "ingest", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 1 and p.stderr.startswith(f"error: {bad}:1:")
     assert "Traceback" not in p.stderr
 
@@ -376,7 +506,8 @@ def test_progress_callback(tmp_path, runs):
     write_jsonl(runs, tmp_path / "a")
     seen = []
     RunStore(tmp_path / "st", create=True).ingest(
-        [tmp_path / "a"], progress=lambda done, total, label: seen.append((done, total)))
+        [tmp_path / "a"], progress=lambda done, total, label: seen.append((done, total))
+    )
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 

@@ -27,9 +27,9 @@ def test_round_trip_dict_and_sequence_losses(tmp_path):
     with RunLogger(path, test_ids=["t0", "t1"]) as log:
         log.initial({"t0": 2.31, "t1": 1.87})
         assert log.step(["e17", "e203", "e5", "e88"], [2.28, 1.9]) == 1
-        assert log.step(["e4"]) == 2                       # test set not evaluated
+        assert log.step(["e4"]) == 2  # test set not evaluated
         assert log.step(["e9", "e9"], np.array([2.0, 1.5]), step=3) == 3
-        log.step(["e1"], {"t1": 0.5})                      # partial losses
+        log.step(["e1"], {"t1": 0.5})  # partial losses
     rows = read_lines(path)
     assert rows == [
         {"step": 0, "batch": [], "loss": {"t0": 2.31, "t1": 1.87}},
@@ -39,7 +39,9 @@ def test_round_trip_dict_and_sequence_losses(tmp_path):
         {"step": 4, "batch": ["e1"], "loss": {"t1": 0.5}},
     ]
     # one object per line, step first, as in the example
-    assert path.read_text().splitlines()[0].startswith('{"step": 0, "batch": [], "loss": {"t0": 2.31')
+    assert (
+        path.read_text().splitlines()[0].startswith('{"step": 0, "batch": [], "loss": {"t0": 2.31')
+    )
 
 
 def test_ids_written_as_strings(tmp_path):
@@ -61,9 +63,9 @@ def test_gzip_output_is_deterministic(tmp_path):
             log.step(["x"], [0.5, 1.5])
         return p.read_bytes()
 
-    b1 = write(tmp_path / "one" / "r.jsonl.gz")   # parent directories are created
+    b1 = write(tmp_path / "one" / "r.jsonl.gz")  # parent directories are created
     b2 = write(tmp_path / "two" / "r.jsonl.gz")
-    assert b1[:2] == b"\x1f\x8b" and b1 == b2     # gzip, mtime 0 and no embedded file name
+    assert b1[:2] == b"\x1f\x8b" and b1 == b2  # gzip, mtime 0 and no embedded file name
     rows = read_lines(tmp_path / "one" / "r.jsonl.gz")
     assert [r["run"] for r in rows] == ["my-run", "my-run"]
     assert rows[1] == {"step": 1, "batch": ["x"], "loss": {"a": 0.5, "b": 1.5}, "run": "my-run"}
@@ -109,7 +111,7 @@ def test_existing_file_kept_until_close_and_on_failure(tmp_path):
         with RunLogger(path, test_ids=["a"]) as log:
             log.initial([1.0])
             log.step(["e"], [0.9])
-            assert path.read_text() == "old\n"          # nothing visible before close
+            assert path.read_text() == "old\n"  # nothing visible before close
             raise KeyboardInterrupt
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
@@ -143,20 +145,35 @@ def test_non_finite_loss_rejected(tmp_path, bad):
         RunLogger(tmp_path / "d.jsonl").initial({"t": bad})
 
 
-@pytest.mark.parametrize("action, match", [
-    (lambda log: log.step(["e"], {"t0": 1.0}), "before initial"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step(["e"], step=0)), "step 0 cannot have a batch"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step([])), "empty batch at step 1"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step(["e"], step=2)), "step 2 out of order: expected 1"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step(["e"]), log.step(["e"], step=1)), "step 1 out of order"),
-    (lambda log: (log.initial({"t0": 1.0}), log.initial({"t0": 1.0})), "initial\\(\\) called twice"),
-    (lambda log: log.initial(None), "step 0 needs the initial losses"),
-    (lambda log: log.initial([1.0]), "no test_ids"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step("e17")), "single string"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step([1.5])), "type float"),
-    (lambda log: (log.initial({"t0": 1.0}), log.step([""])), "empty ID"),
-    (lambda log: log.initial({"t0": "high"}), "must be numbers"),
-])
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (lambda log: log.step(["e"], {"t0": 1.0}), "before initial"),
+        (
+            lambda log: (log.initial({"t0": 1.0}), log.step(["e"], step=0)),
+            "step 0 cannot have a batch",
+        ),
+        (lambda log: (log.initial({"t0": 1.0}), log.step([])), "empty batch at step 1"),
+        (
+            lambda log: (log.initial({"t0": 1.0}), log.step(["e"], step=2)),
+            "step 2 out of order: expected 1",
+        ),
+        (
+            lambda log: (log.initial({"t0": 1.0}), log.step(["e"]), log.step(["e"], step=1)),
+            "step 1 out of order",
+        ),
+        (
+            lambda log: (log.initial({"t0": 1.0}), log.initial({"t0": 1.0})),
+            "initial\\(\\) called twice",
+        ),
+        (lambda log: log.initial(None), "step 0 needs the initial losses"),
+        (lambda log: log.initial([1.0]), "no test_ids"),
+        (lambda log: (log.initial({"t0": 1.0}), log.step("e17")), "single string"),
+        (lambda log: (log.initial({"t0": 1.0}), log.step([1.5])), "type float"),
+        (lambda log: (log.initial({"t0": 1.0}), log.step([""])), "empty ID"),
+        (lambda log: log.initial({"t0": "high"}), "must be numbers"),
+    ],
+)
 def test_invalid_calls(tmp_path, action, match):
     log = RunLogger(tmp_path / "r.jsonl")
     with pytest.raises(RunLogError, match=match):

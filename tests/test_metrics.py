@@ -28,7 +28,9 @@ def test_spearman_constant_is_nan():
 
 
 def test_spearman_drops_nan_pairs():
-    assert spearman([1, 2, np.nan, 4], [1, 2, 100, 3]) == pytest.approx(spearman([1, 2, 4], [1, 2, 3]))
+    assert spearman([1, 2, np.nan, 4], [1, 2, 100, 3]) == pytest.approx(
+        spearman([1, 2, 4], [1, 2, 3])
+    )
 
 
 def test_spearman_vectorised_over_axis():
@@ -44,8 +46,7 @@ def test_spearman_vectorised_over_axis():
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.int8, st.integers(3, 12), elements=st.integers(-3, 3)),
-       st.integers(0, 2**31 - 1))
+@given(arrays(np.int8, st.integers(3, 12), elements=st.integers(-3, 3)), st.integers(0, 2**31 - 1))
 def test_spearman_equals_scipy_with_ties(x, seed):
     y = np.random.default_rng(seed).integers(-2, 3, len(x))
     ours = spearman(x, y)
@@ -87,8 +88,12 @@ def test_run_spearman_conventions():
 
 
 def test_summarise_runs_means_and_std():
-    a = run_errors(np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]]), np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]]))
-    b = run_errors(np.array([[1.0, 1.0, 1.0], [3.0, 2.0, 1.0]]), np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]]))
+    a = run_errors(
+        np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]]), np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]])
+    )
+    b = run_errors(
+        np.array([[1.0, 1.0, 1.0], [3.0, 2.0, 1.0]]), np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])
+    )
     s = summarise_runs([a, b])
     assert s["all_steps_mse"] == pytest.approx((1 / 3 + 8 / 3) / 2)
     assert s["final_spearman"] == pytest.approx((1.0 + -1.0) / 2)

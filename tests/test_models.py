@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from simfluence_cli.errors import ConflictError, ModelError, SelectionError, UsageError
+from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.saved_models import (
     check_existing,
     list_models,
@@ -17,8 +19,6 @@ from simfluence_cli.store.saved_models import (
     read_manifest,
     save_model,
 )
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.io.synthetic import make_runs
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from simfluence_cli.io.synthetic import make_runs
 from simfluence_cli.model.sharding import shards
 from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.io.synthetic import make_runs
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,12 @@ def test_workers_direct_solver(data):
 def test_dask_local_cluster_equals_single_process(data, tmp_path):
     distributed = pytest.importorskip("distributed")
     rs, ref = data
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         # the RunSet is scattered to the workers
         sim = Simulator(l2=0.1, solver="cg", dask=client).fit(rs)
         np.testing.assert_array_equal(sim.A_, ref.A_)
@@ -77,14 +80,17 @@ def test_chunked_rollout_equals_reference_and_final_mode():
         for lo, hi in ((np.full(m, 0.5), np.full(m, 2.5)), (None, None)):
             ref = _rollout(A, B, idx, L0, method, lo, hi)
             np.testing.assert_array_equal(rollout(A, B, idx, L0, method, lo, hi, threads=2), ref)
-            np.testing.assert_array_equal(rollout(A, B, idx, L0, method, lo, hi, final=True),
-                                          ref[:, -1])
+            np.testing.assert_array_equal(
+                rollout(A, B, idx, L0, method, lo, hi, final=True), ref[:, -1]
+            )
 
 
 def test_simulate_final_equals_last_trajectory_step(data):
     rs, ref = data
-    cur = [[list(rs.example_ids[i:i + 3]) for i in range(0, 30, 3)],
-           [list(rs.example_ids[i:i + 3]) for i in range(30, 45, 3)]]
+    cur = [
+        [list(rs.example_ids[i : i + 3]) for i in range(0, 30, 3)],
+        [list(rs.example_ids[i : i + 3]) for i in range(30, 45, 3)],
+    ]
     traj = ref.simulate(cur)
     fin = ref.simulate(cur, return_="final")
     np.testing.assert_array_equal(fin[0], traj[0, -1])
@@ -95,8 +101,8 @@ def test_cli_fit_solver_workers_and_dask(tmp_path, data):
     from typer.testing import CliRunner
 
     from simfluence_cli.cli import app
-    from simfluence_cli.store.saved_models import load_model
     from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import load_model
 
     rs, _ = data
     store = RunStore(tmp_path / "st", create=True)
@@ -112,9 +118,11 @@ def test_cli_fit_solver_workers_and_dask(tmp_path, data):
     r = runner.invoke(app, base + ["--solver", "lu"])
     assert r.exit_code == 2
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
-        r = runner.invoke(app, base + ["--solver", "cg", "--dask", cluster.scheduler_address,
-                                       "--name", "dask"])
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        r = runner.invoke(
+            app, base + ["--solver", "cg", "--dask", cluster.scheduler_address, "--name", "dask"]
+        )
         assert r.exit_code == 0, r.stderr
     np.testing.assert_array_equal(load_model(store, "dask").B_, one.B_)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from simfluence_cli.analysis.plots import plot_file, sparklines, trajectories
 from simfluence_cli.cli import app
 from simfluence_cli.errors import MissingExtraError
-from simfluence_cli.store.saved_models import save_model
-from simfluence_cli.analysis.plots import plot_file, sparklines, trajectories
+from simfluence_cli.io.synthetic import make_runs
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.run_store import RunStore
-from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.store.saved_models import save_model
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,26 @@ def test_plot_png_and_svg(setup, tmp_path):
 def test_missing_matplotlib_names_the_extra(setup, tmp_path, monkeypatch):
     rs, sim, path = setup
     tr = trajectories(sim, "lin", rs, "syn-004", ["t0"])
-    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + [
+        "matplotlib"
+    ]:
         monkeypatch.setitem(sys.modules, mod, None)  # any matplotlib import -> ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'simfluence-cli\[plot\]'"):
         plot_file(tr, tmp_path / "a.png")
-    r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004",
-                                 "-o", str(tmp_path / "b.png")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            "--store",
+            str(path),
+            "-m",
+            "lin",
+            "--run",
+            "syn-004",
+            "-o",
+            str(tmp_path / "b.png"),
+        ],
+    )
     assert r.exit_code == 1 and "simfluence-cli[plot]" in r.stderr
     assert not (tmp_path / "b.png").exists()
     # the terminal quick look needs no extra
@@ -74,15 +88,42 @@ def test_cli_plot_file_and_errors(setup, tmp_path):
     pytest.importorskip("matplotlib")
     _, _, path = setup
     out = tmp_path / "p.png"
-    r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004",
-                                 "--tests", "t1,t2", "-o", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            "--store",
+            str(path),
+            "-m",
+            "lin",
+            "--run",
+            "syn-004",
+            "--tests",
+            "t1,t2",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
     r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "nope"])
     assert r.exit_code == 1 and "nope" in r.stderr
-    r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004",
-                                 "--tests", "zz"])
+    r = CliRunner().invoke(
+        app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004", "--tests", "zz"]
+    )
     assert r.exit_code == 1 and "zz" in r.stderr
-    r = CliRunner().invoke(app, ["plot", "--store", str(path), "-m", "lin", "--run", "syn-004",
-                                 "-o", str(tmp_path / "p.jpg")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            "--store",
+            str(path),
+            "-m",
+            "lin",
+            "--run",
+            "syn-004",
+            "-o",
+            str(tmp_path / "p.jpg"),
+        ],
+    )
     assert r.exit_code == 2

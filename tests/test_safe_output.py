@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from simfluence_cli.cli import app
 from simfluence_cli.cli._output import Format, render_rows
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.store.run_store import RunStore
 
 
 def cli(*args, input=None):
@@ -33,19 +33,36 @@ def cli(*args, input=None):
 
 
 def files_outside(root: Path, store: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and store not in p.parents}
+    return {
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and store not in p.parents
+    }
 
 
 def jsonl_run(path: Path, run_id: str) -> None:
-    lines = [{"step": 0, "batch": [], "loss": {"t0": 2.0, "t1": 1.0}, "run": run_id},
-             {"step": 1, "batch": ["e0", "e1"], "loss": {"t0": 1.9, "t1": 0.9}},
-             {"step": 2, "batch": ["e1", "e2"], "loss": {"t0": 1.8, "t1": 0.95}}]
+    lines = [
+        {"step": 0, "batch": [], "loss": {"t0": 2.0, "t1": 1.0}, "run": run_id},
+        {"step": 1, "batch": ["e0", "e1"], "loss": {"t0": 1.9, "t1": 0.9}},
+        {"step": 2, "batch": ["e1", "e2"], "loss": {"t0": 1.8, "t1": 0.95}},
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
 
-HOSTILE_OK = ["../../etc/x", "/etc/passwd", "..", ".", "a/../../b", "~root/x", "C:\\Windows\\x",
-              "run with spaces", "é/ü/../..", "x" * 5000, "-rf", ".hidden", "*", "manifest.json"]
+HOSTILE_OK = [
+    "../../etc/x",
+    "/etc/passwd",
+    "..",
+    ".",
+    "a/../../b",
+    "~root/x",
+    "C:\\Windows\\x",
+    "run with spaces",
+    "é/ü/../..",
+    "x" * 5000,
+    "-rf",
+    ".hidden",
+    "*",
+    "manifest.json",
+]
 HOSTILE_BAD = ["a\x00b", "a\nb", "tab\there", "", "   ", "a,b"]
 
 
@@ -98,13 +115,18 @@ def fitted(tmp_path):
     store = tmp_path / "s"
     jsonl_run(tmp_path / "log.jsonl", "r1")
     jsonl_run(tmp_path / "log2.jsonl", "r2")
-    assert cli("ingest", tmp_path / "log.jsonl", tmp_path / "log2.jsonl", "--store",
-               store).exit_code == 0
+    assert (
+        cli("ingest", tmp_path / "log.jsonl", tmp_path / "log2.jsonl", "--store", store).exit_code
+        == 0
+    )
     return store
 
 
-@pytest.mark.parametrize("name", ["../../x", "/abs/path", "a/b", "..", ".hidden", "a\x00b",
-                                  "x" * 65, "-n", "a b", "é"], ids=repr)
+@pytest.mark.parametrize(
+    "name",
+    ["../../x", "/abs/path", "a/b", "..", ".hidden", "a\x00b", "x" * 65, "-n", "a b", "é"],
+    ids=repr,
+)
 def test_hostile_model_names_are_refused(fitted, tmp_path, name):
     before = files_outside(tmp_path, fitted)
     r = cli("fit", "--store", fitted, "--l2", "1", "--name", name)
@@ -128,8 +150,21 @@ def test_longest_valid_model_name_lands_inside(fitted):
 
 # ---- CSV output ------------------------------------------------------------------------------
 
-TRICKY = ["plain", "a,b", 'say "hi"', "two\nlines", "cr\rhere", " lead", "trail ", "=1+1",
-          "é,ü", '"', ",", "semi;colon", "tab\tin"]
+TRICKY = [
+    "plain",
+    "a,b",
+    'say "hi"',
+    "two\nlines",
+    "cr\rhere",
+    " lead",
+    "trail ",
+    "=1+1",
+    "é,ü",
+    '"',
+    ",",
+    "semi;colon",
+    "tab\tin",
+]
 
 
 def _store_with_tests(root: Path, tests: list[str]) -> Path:
@@ -177,6 +212,7 @@ def test_simulate_csv_plain_ids_fast_path_round_trips(tmp_path):
 def test_render_rows_csv_round_trips_any_text(values):
     buf = io.StringIO()
     import contextlib
+
     with contextlib.redirect_stdout(buf):
         render_rows([{"id": v, "x": i} for i, v in enumerate(values)], ["id", "x"], Format.csv)
     rows = list(csv.reader(io.StringIO(buf.getvalue(), newline="")))
@@ -186,8 +222,10 @@ def test_render_rows_csv_round_trips_any_text(values):
 
 
 def test_curriculum_output_refuses_ids_it_cannot_round_trip(tmp_path):
-    lines = [{"step": 0, "batch": [], "loss": {"t0": 2.0}},
-             {"step": 1, "batch": ["a b", "c#d"], "loss": {"t0": 1.9}}]
+    lines = [
+        {"step": 0, "batch": [], "loss": {"t0": 2.0}},
+        {"step": 1, "batch": ["a b", "c#d"], "loss": {"t0": 1.9}},
+    ]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     store = tmp_path / "s"
     assert cli("ingest", tmp_path / "r.jsonl", "--store", store).exit_code == 0

@@ -20,9 +20,29 @@ gen = importlib.util.module_from_spec(_spec)
 sys.modules["sample_generate"] = gen  # dataclasses look the module up
 _spec.loader.exec_module(gen)
 
-TINY = dict(pool=40, tests=10, hidden=8, pretrain_steps=20, steps=20, n_fit=2, n_random=1,
-            n_leave30=1, n_classordered=1)
-TINY_ARGS = ["--pool", "40", "--tests", "10", "--hidden", "8", "--pretrain-steps", "20", "--steps", "20"]
+TINY = dict(
+    pool=40,
+    tests=10,
+    hidden=8,
+    pretrain_steps=20,
+    steps=20,
+    n_fit=2,
+    n_random=1,
+    n_leave30=1,
+    n_classordered=1,
+)
+TINY_ARGS = [
+    "--pool",
+    "40",
+    "--tests",
+    "10",
+    "--hidden",
+    "8",
+    "--pretrain-steps",
+    "20",
+    "--steps",
+    "20",
+]
 FAMILY_ARGS = ["--n-fit", "2", "--n-random", "1", "--n-leave30", "1", "--n-classordered", "1"]
 
 
@@ -32,7 +52,9 @@ def read_run(path):
 
 
 def all_files(d: Path):
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +68,19 @@ def test_generation_is_deterministic(tiny, tmp_path):
     assert gen.main(["--out", str(tmp_path), "-q", *TINY_ARGS, *FAMILY_ARGS]) == 0
     a, b = all_files(tiny), all_files(tmp_path)
     assert a.keys() == b.keys() and a == b
-    assert {"fit/fit-000.jsonl.gz", "fit/fit-001.jsonl.gz", "heldout-random/heldout-random-000.jsonl.gz",
-            "heldout-leave30/heldout-leave30-000.jsonl.gz", "heldout-leave30/removed.json",
-            "heldout-classordered/heldout-classordered-000.jsonl.gz", "heldout-classordered/class_order.json",
-            "tracin_scores.csv.gz", "examples.csv", "tests.csv", "config.json"} == set(a)
+    assert {
+        "fit/fit-000.jsonl.gz",
+        "fit/fit-001.jsonl.gz",
+        "heldout-random/heldout-random-000.jsonl.gz",
+        "heldout-leave30/heldout-leave30-000.jsonl.gz",
+        "heldout-leave30/removed.json",
+        "heldout-classordered/heldout-classordered-000.jsonl.gz",
+        "heldout-classordered/class_order.json",
+        "tracin_scores.csv.gz",
+        "examples.csv",
+        "tests.csv",
+        "config.json",
+    } == set(a)
 
 
 def test_runs_are_encoding_a(tiny):
@@ -93,9 +124,15 @@ def test_curriculum_families(tiny):
     counts = np.unique(flat, return_counts=True)[1]
     assert counts.max() - counts.min() <= 1
     # class-ordered: within each epoch the labels follow the recorded class order
-    order = json.loads((tiny / "heldout-classordered/class_order.json").read_text())["heldout-classordered-000"]
+    order = json.loads((tiny / "heldout-classordered/class_order.json").read_text())[
+        "heldout-classordered-000"
+    ]
     rank = {c: i for i, c in enumerate(order)}
-    flat = [e for b in batches_of(tiny / "heldout-classordered/heldout-classordered-000.jsonl.gz") for e in b]
+    flat = [
+        e
+        for b in batches_of(tiny / "heldout-classordered/heldout-classordered-000.jsonl.gz")
+        for e in b
+    ]
     for epoch in (flat[:40], flat[40:80]):
         ranks = [rank[labels[e]] for e in epoch]
         assert ranks == sorted(ranks) and sorted(epoch) == sorted(pool)
@@ -124,7 +161,11 @@ def explicit_grads(p, X, y):
     out = []
     for x, c in zip(X, y):
         H, dZ2, dZ1 = gen.backprop_terms(p, x[None], np.array([c]))
-        out.append(np.concatenate([np.outer(x, dZ1[0]).ravel(), dZ1[0], np.outer(H[0], dZ2[0]).ravel(), dZ2[0]]))
+        out.append(
+            np.concatenate(
+                [np.outer(x, dZ1[0]).ravel(), dZ1[0], np.outer(H[0], dZ2[0]).ravel(), dZ2[0]]
+            )
+        )
     return np.array(out)
 
 
@@ -155,10 +196,11 @@ def test_tracin_sign_convention_first_order():
     """score_ij = lr/|B| g_i.g_j: an SGD step on batch B changes test loss j by
     -sum_{i in B} score_ij + O(lr^2); a step on example i alone (a batch of 1) by
     -|B| * score_ij + O(lr^2), |B| = the configured batch size. Positive score = helpful."""
+
     def check(lr):
         cfg = gen.Config(**TINY, lr=lr)
         ex = gen.Experiment(cfg)
-        S = ex.tracin()                                   # (tests, pool)
+        S = ex.tracin()  # (tests, pool)
         L0 = gen.per_example_loss(ex.checkpoint, ex.Xt, ex.yt)
 
         def change_after(batch):
@@ -167,12 +209,17 @@ def test_tracin_sign_convention_first_order():
             return gen.per_example_loss(p, ex.Xt, ex.yt) - L0
 
         errs = []
-        for batch, pred in [([0], -cfg.batch_size * S[:, 0]), ([23], -cfg.batch_size * S[:, 23]),
-                            ([1, 5, 9, 30], -S[:, [1, 5, 9, 30]].sum(axis=1))]:
+        for batch, pred in [
+            ([0], -cfg.batch_size * S[:, 0]),
+            ([23], -cfg.batch_size * S[:, 23]),
+            ([1, 5, 9, 30], -S[:, [1, 5, 9, 30]].sum(axis=1)),
+        ]:
             d = change_after(batch)
             assert np.abs(d - pred).max() <= 0.02 * np.abs(pred).max()
             big = np.abs(pred) > 0.1 * np.abs(pred).max()
-            assert np.array_equal(np.sign(d[big]), np.sign(pred[big]))  # decrease <=> positive score
+            assert np.array_equal(
+                np.sign(d[big]), np.sign(pred[big])
+            )  # decrease <=> positive score
             errs.append(np.abs(d - pred).max())
         return np.array(errs)
 
@@ -183,11 +230,18 @@ def test_tracin_sign_convention_first_order():
 
 def test_train_curriculum_follows_a_given_curriculum(tmp_path):
     cur = tmp_path / "cur.txt"
-    cur.write_text("# a hand-made curriculum\ne003 e001\n\ne010 e011 e012 e013  # trailing comment\ne003\n")
+    cur.write_text(
+        "# a hand-made curriculum\ne003 e001\n\ne010 e011 e012 e013  # trailing comment\ne003\n"
+    )
     out = tmp_path / "out" / "mine.jsonl.gz"
     assert gen.main(["train-curriculum", str(cur), "-o", str(out), *TINY_ARGS]) == 0
     rows = read_run(out)
-    assert [r["batch"] for r in rows] == [[], ["e003", "e001"], ["e010", "e011", "e012", "e013"], ["e003"]]
+    assert [r["batch"] for r in rows] == [
+        [],
+        ["e003", "e001"],
+        ["e010", "e011", "e012", "e013"],
+        ["e003"],
+    ]
     # same numbers as training those batches directly from the shared checkpoint
     ex = gen.Experiment(gen.Config(**TINY))
     L = ex.train([[3, 1], [10, 11, 12, 13], [3]], tmp_path / "direct.jsonl.gz")
@@ -218,7 +272,12 @@ def test_bundled_sample_runs_are_complete():
     """The committed data: families, sizes and the shared checkpoint, as README documents."""
     meta = json.loads((SAMPLES / "config.json").read_text())
     cfg = meta["config"]
-    assert meta["runs"] == {"fit": 48, "heldout-random": 16, "heldout-leave30": 16, "heldout-classordered": 8}
+    assert meta["runs"] == {
+        "fit": 48,
+        "heldout-random": 16,
+        "heldout-leave30": 16,
+        "heldout-classordered": 8,
+    }
     for fam, n in meta["runs"].items():
         assert len(list((SAMPLES / fam).glob(f"{fam}-*.jsonl.gz"))) == n
     rows = read_run(SAMPLES / "heldout-leave30" / "heldout-leave30-000.jsonl.gz")

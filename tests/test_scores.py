@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
 from simfluence_cli.errors import InputError
-from simfluence_cli.store.saved_models import load_model
-from simfluence_cli.model.external_scores import fit_scale, scores_simulator
 from simfluence_cli.io.score_files import read_scores
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import load_model
 
 N, M, TRUE_SCALE = 12, 3, 0.7
 
@@ -27,8 +27,15 @@ def _scores(seed=0):
 
 
 def _write_csv(path, S, gz=False, rows=None):
-    rows = rows if rows is not None else [(f"t{j}", f"e{i}", repr(float(S[i, j])))
-                                          for j in range(S.shape[1]) for i in range(S.shape[0])]
+    rows = (
+        rows
+        if rows is not None
+        else [
+            (f"t{j}", f"e{i}", repr(float(S[i, j])))
+            for j in range(S.shape[1])
+            for i in range(S.shape[0])
+        ]
+    )
     opener = gzip.open if gz else open
     with opener(path, "wt", newline="") as fh:
         w = csv.writer(fh)
@@ -42,8 +49,9 @@ def additive_runs():
     """Runs of the additive model B = -TRUE_SCALE * score (noise free, sparse logging)."""
     S = _scores()
     A = np.full((N, M), 0.5)
-    rs, _, _ = make_runs(N, M, 6, 30, 2, method="additive", seed=1, params=(A, -TRUE_SCALE * S),
-                         log_every=3)
+    rs, _, _ = make_runs(
+        N, M, 6, 30, 2, method="additive", seed=1, params=(A, -TRUE_SCALE * S), log_every=3
+    )
     return rs, S
 
 
@@ -51,9 +59,13 @@ def test_read_csv_gz_and_parquet_agree(tmp_path):
     S = _scores()
     a = read_scores(_write_csv(tmp_path / "s.csv", S))
     b = read_scores(_write_csv(tmp_path / "s.csv.gz", S, gz=True))
-    t = pa.table({"test_id": [f"t{j}" for j in range(M) for _ in range(N)],
-                  "example_id": [f"e{i}" for _ in range(M) for i in range(N)],
-                  "score": S.T.reshape(-1)})
+    t = pa.table(
+        {
+            "test_id": [f"t{j}" for j in range(M) for _ in range(N)],
+            "example_id": [f"e{i}" for _ in range(M) for i in range(N)],
+            "score": S.T.reshape(-1),
+        }
+    )
     pq.write_table(t, tmp_path / "s.parquet")
     c = read_scores(tmp_path / "s.parquet")
     for x in (a, b, c):
@@ -70,11 +82,14 @@ def test_missing_pairs_are_zero(tmp_path):
     np.testing.assert_array_equal(tab.S, [[1.5, 0.0], [0.0, -2.0]])
 
 
-@pytest.mark.parametrize("rows,needle,line", [
-    ([("t0", "e0", "abc")], "field 'score': expected a number", 2),
-    ([("t0", "e0", "1"), ("t0", "e0", "2")], "duplicate", 3),
-    ([("t0", "e0", "1"), ("t0", "e1", "nan")], "finite", 3),
-])
+@pytest.mark.parametrize(
+    "rows,needle,line",
+    [
+        ([("t0", "e0", "abc")], "field 'score': expected a number", 2),
+        ([("t0", "e0", "1"), ("t0", "e0", "2")], "duplicate", 3),
+        ([("t0", "e0", "1"), ("t0", "e1", "nan")], "finite", 3),
+    ],
+)
 def test_bad_tables_name_file_line_field(tmp_path, rows, needle, line):
     p = _write_csv(tmp_path / "s.csv", None, rows=rows)
     with pytest.raises(InputError) as ei:
@@ -114,8 +129,23 @@ def test_cli_import_scores_then_eval(tmp_path, additive_runs):
     st.add_runset(rs.subset(rs.run_ids[:4]), tags=["fit"])
     st.add_runset(rs.subset(rs.run_ids[4:]), tags=["heldout"])
     src = _write_csv(tmp_path / "scores.csv.gz", S, gz=True)
-    r = CliRunner().invoke(app, ["import-scores", str(src), "--name", "tracin", "--store", str(store),
-                                 "--scale", "fit", "--runs", "fit", "--format", "json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "import-scores",
+            str(src),
+            "--name",
+            "tracin",
+            "--store",
+            str(store),
+            "--scale",
+            "fit",
+            "--runs",
+            "fit",
+            "--format",
+            "json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)[0]
     assert row["scale"] == pytest.approx(TRUE_SCALE, rel=1e-9)
@@ -140,14 +170,39 @@ def test_cli_scale_options(tmp_path):
     RunStore(store, create=True).add_runset(rs)
     r = CliRunner().invoke(app, ["import-scores", str(src), "--name", "x", "--store", str(store)])
     assert r.exit_code == 2 and "--runs" in r.stderr
-    r = CliRunner().invoke(app, ["import-scores", str(src), "--name", "x", "--store", str(store),
-                                 "--scale", "abc"])
+    r = CliRunner().invoke(
+        app, ["import-scores", str(src), "--name", "x", "--store", str(store), "--scale", "abc"]
+    )
     assert r.exit_code == 2
-    r = CliRunner().invoke(app, ["import-scores", str(src), "--name", "x", "--store", str(store),
-                                 "--scale", "2.5", "--format", "csv"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "import-scores",
+            str(src),
+            "--name",
+            "x",
+            "--store",
+            str(store),
+            "--scale",
+            "2.5",
+            "--format",
+            "csv",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     sim = load_model(RunStore(store), "x")
     assert sim.B_[0, 0] == pytest.approx(-2.5) and sim.clip == "none"
-    r = CliRunner().invoke(app, ["import-scores", str(tmp_path / "nope.csv"), "--name", "y",
-                                 "--store", str(store), "--scale", "none"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "import-scores",
+            str(tmp_path / "nope.csv"),
+            "--name",
+            "y",
+            "--store",
+            str(store),
+            "--scale",
+            "none",
+        ],
+    )
     assert r.exit_code == 1 and "nope.csv" in r.stderr

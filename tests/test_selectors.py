@@ -19,41 +19,54 @@ RUNS = {
 
 def test_parse_kinds():
     terms = parse_selector("all, fit ,tag:x,run:a*,heldout-*,-fit-001")
-    assert terms == [Term("all", "all"), Term("name", "fit"), Term("tag", "x"),
-                     Term("run", "a*"), Term("glob", "heldout-*"),
-                     Term("name", "fit-001", exclude=True)]
+    assert terms == [
+        Term("all", "all"),
+        Term("name", "fit"),
+        Term("tag", "x"),
+        Term("run", "a*"),
+        Term("glob", "heldout-*"),
+        Term("name", "fit-001", exclude=True),
+    ]
     assert str(terms[-1]) == "-fit-001"
 
 
-@pytest.mark.parametrize("sel,expected", [
-    ("all", sorted(RUNS)),
-    ("fit", ["fit-000", "fit-001", "fit-002"]),
-    ("tag:fit", ["fit-000", "fit-001", "fit-002"]),
-    ("heldout-*", ["heldout-leave30-000", "heldout-random-000"]),
-    ("run:fit-00[01]", ["fit-000", "fit-001"]),
-    ("fit,-fit-001", ["fit-000", "fit-002"]),
-    ("fit,heldout", ["fit-000", "fit-001", "fit-002", "heldout-leave30-000",
-                     "heldout-random-000"]),
-    ("-fit", ["heldout-leave30-000", "heldout-random-000", "odd"]),  # only exclusions: from all
-    ("all,-tag:heldout,-run:fit-00?", ["odd"]),
-    ("odd", ["fit-002", "odd"]),  # bare name: the tag and the run id
-    ("tag:odd", ["fit-002"]),
-    ("run:odd", ["odd"]),
-    ("fit-001", ["fit-001"]),
-])
+@pytest.mark.parametrize(
+    "sel,expected",
+    [
+        ("all", sorted(RUNS)),
+        ("fit", ["fit-000", "fit-001", "fit-002"]),
+        ("tag:fit", ["fit-000", "fit-001", "fit-002"]),
+        ("heldout-*", ["heldout-leave30-000", "heldout-random-000"]),
+        ("run:fit-00[01]", ["fit-000", "fit-001"]),
+        ("fit,-fit-001", ["fit-000", "fit-002"]),
+        (
+            "fit,heldout",
+            ["fit-000", "fit-001", "fit-002", "heldout-leave30-000", "heldout-random-000"],
+        ),
+        ("-fit", ["heldout-leave30-000", "heldout-random-000", "odd"]),  # only exclusions: from all
+        ("all,-tag:heldout,-run:fit-00?", ["odd"]),
+        ("odd", ["fit-002", "odd"]),  # bare name: the tag and the run id
+        ("tag:odd", ["fit-002"]),
+        ("run:odd", ["odd"]),
+        ("fit-001", ["fit-001"]),
+    ],
+)
 def test_resolve(sel, expected):
     assert resolve_selector(sel, RUNS) == expected
 
 
-@pytest.mark.parametrize("sel,msg", [
-    ("fitt", "matches no run"),
-    ("fit,-nosuch", "matches no run"),
-    ("fit,-fit", "leaves no run"),
-    ("", "empty run selector"),
-    (" , ", "empty run selector"),
-    ("fit,-", "must be followed"),
-    ("tag:nosuch", "matches no run"),
-])
+@pytest.mark.parametrize(
+    "sel,msg",
+    [
+        ("fitt", "matches no run"),
+        ("fit,-nosuch", "matches no run"),
+        ("fit,-fit", "leaves no run"),
+        ("", "empty run selector"),
+        (" , ", "empty run selector"),
+        ("fit,-", "must be followed"),
+        ("tag:nosuch", "matches no run"),
+    ],
+)
 def test_errors(sel, msg):
     with pytest.raises(SelectionError, match=msg):
         resolve_selector(sel, RUNS)

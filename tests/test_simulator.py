@@ -5,11 +5,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simfluence_cli.model import normal_equations as _design
 from simfluence_cli.errors import ModelError, SimfluenceWarning, UsageError
-from simfluence_cli.runs import RunSet
-from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model import normal_equations as _design
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
 
 TINY = 1e-9  # a negligible penalty
 
@@ -75,10 +75,16 @@ def _theta(sim):
 
 # -- recovery -----------------------------------------------------------------------------------
 
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(method=st.sampled_from(["linear", "additive", "multiplicative"]),
-       extra=st.integers(0, 7), m=st.integers(1, 4), batch=st.integers(1, 3),
-       n_runs=st.integers(3, 6), seed=st.integers(0, 10_000))
+@given(
+    method=st.sampled_from(["linear", "additive", "multiplicative"]),
+    extra=st.integers(0, 7),
+    m=st.integers(1, 4),
+    batch=st.integers(1, 3),
+    n_runs=st.integers(3, 6),
+    seed=st.integers(0, 10_000),
+)
 def test_noise_free_runs_are_recovered(method, extra, m, batch, n_runs, seed):
     n = 2 * batch + 1 + extra  # batches must vary for the parameters to be identifiable
     steps = max(8, 6 * n // batch)
@@ -105,8 +111,9 @@ def test_fit_equals_dense_closed_form_and_one_step_prediction(method):
         alpha = A[c].sum(0) if method != "additive" else 1.0
         expect = alpha * run.losses[t - 1] + B[c].sum(0)
         got = sim.simulate([[list(runs.example_ids[c])]], init_loss=run.losses[t - 1])[0, 1]
-        sim_noclip = Simulator.from_params(sim.A_, sim.B_, sim.example_ids_, sim.test_ids_,
-                                           method=method, clip="none")
+        sim_noclip = Simulator.from_params(
+            sim.A_, sim.B_, sim.example_ids_, sim.test_ids_, method=method, clip="none"
+        )
         got_nc = sim_noclip.simulate([[list(runs.example_ids[c])]], init_loss=run.losses[t - 1])
         np.testing.assert_allclose(got_nc[0, 1], expect, rtol=1e-9)
         np.testing.assert_allclose(got, np.clip(expect, *sim.bounds_), rtol=1e-9)
@@ -132,8 +139,9 @@ def test_sparse_logging_every_5_still_fits():
         if method == "additive":  # telescopes exactly over a gap
             assert _rel(sim.B_, B) < 1e-6
         # rollouts of unseen random curricula stay close to the truth
-        held, _, _ = make_runs(13, 3, 2, 60, 2, method=method, seed=99, params=(A, B),
-                               init_loss=rs.runs[0].losses[0])
+        held, _, _ = make_runs(
+            13, 3, 2, 60, 2, method=method, seed=99, params=(A, B), init_loss=rs.runs[0].losses[0]
+        )
         cur = [[list(held.example_ids[r.batch(t)]) for t in range(1, 61)] for r in held.runs]
         traj = sim.simulate(cur, init_loss=held.runs[0].losses[0])
         truth = np.stack([r.losses for r in held.runs])
@@ -153,6 +161,7 @@ def test_sparse_logging_mixed_patterns_per_test():
 
 # -- order, TracIn, vectorisation, clipping ----------------------------------------------------
 
+
 def test_order_matters_when_alpha_not_one():
     runs, _, _ = make_runs(6, 2, 4, 30, 2, seed=1, spread=0.1)
     sim = Simulator(method="linear", l2=1e-6, clip="none").fit(runs)
@@ -163,8 +172,9 @@ def test_order_matters_when_alpha_not_one():
     out = sim.simulate([a, b], init_loss=[2.0, 2.0])
     assert np.max(np.abs(out[0, -1] - out[1, -1])) > 1e-6
     # additive is order-free: same final loss
-    add = Simulator.from_params(None, sim.B_, sim.example_ids_, sim.test_ids_, method="additive",
-                                clip="none")
+    add = Simulator.from_params(
+        None, sim.B_, sim.example_ids_, sim.test_ids_, method="additive", clip="none"
+    )
     o2 = add.simulate([a, b], init_loss=[2.0, 2.0])
     np.testing.assert_allclose(o2[0, -1], o2[1, -1], rtol=1e-14)
 
@@ -190,14 +200,15 @@ def test_simulate_is_vectorised_over_curricula():
     runs, _, _ = make_runs(8, 4, 4, 20, 2, seed=4, noise=0.01)
     sim = Simulator(l2=0.1).fit(runs)
     rng = np.random.default_rng(0)
-    curs = [[list(rng.choice(runs.example_ids, 2, replace=False)) for _ in range(T)]
-            for T in (5, 9, 7)]
+    curs = [
+        [list(rng.choice(runs.example_ids, 2, replace=False)) for _ in range(T)] for T in (5, 9, 7)
+    ]
     out = sim.simulate(curs)
     assert out.shape == (3, 10, 4)
     for c, cur in enumerate(curs):
         alone = sim.simulate([cur])
         np.testing.assert_array_equal(out[c, : len(cur) + 1], alone[0])
-        assert np.all(np.isnan(out[c, len(cur) + 1:]))
+        assert np.all(np.isnan(out[c, len(cur) + 1 :]))
     np.testing.assert_array_equal(out[:, 0], np.broadcast_to(sim.init_loss_mean_, (3, 4)))
     sub = sim.simulate(curs, tests=["t2", "t0"])
     np.testing.assert_array_equal(sub, out[:, :, [2, 0]])
@@ -238,6 +249,7 @@ def test_fitted_rollouts_with_clip_stay_in_range(seed):
 
 
 # -- l2 = auto ----------------------------------------------------------------------------------
+
 
 def test_l2_auto_records_choice_and_curve_and_groups_by_run(monkeypatch):
     runs, _, _ = make_runs(8, 3, 6, 25, 2, seed=7, noise=0.05)
@@ -282,6 +294,7 @@ def test_prior_is_the_shrink_target():
 
 # -- unseen examples, errors --------------------------------------------------------------------
 
+
 def _runs_with_unused_example():
     rs, _, _ = make_runs(4, 2, 3, 10, 2, seed=0, noise=0.01)
     return RunSet(np.append(rs.example_ids, "never"), rs.test_ids, rs.runs)
@@ -291,7 +304,10 @@ def test_unseen_policies():
     rs = _runs_with_unused_example()
     with pytest.warns(SimfluenceWarning, match="never occur"):
         sim = Simulator(l2=0.1, clip="none").fit(rs)
-    assert sim.example_counts_[-1] == 0 and sim.unseen_ids([[["e0", "never", "ghost"]]]) == ["ghost", "never"]
+    assert sim.example_counts_[-1] == 0 and sim.unseen_ids([[["e0", "never", "ghost"]]]) == [
+        "ghost",
+        "never",
+    ]
     cur = [["e0", "never"], ["e1", "e2"]]
     with pytest.raises(ModelError, match="never"):
         sim.simulate([cur])
@@ -299,7 +315,9 @@ def test_unseen_policies():
     A, B = sim.A_.copy(), sim.B_.copy()
     A[-1], B[-1] = 1.0 / sim.batch_size_, 0.0  # the shrink target
     ref = Simulator.from_params(A, B, sim.example_ids_, sim.test_ids_, clip="none")
-    np.testing.assert_allclose(prior, ref.simulate([cur], init_loss=sim.init_loss_mean_), rtol=1e-12)
+    np.testing.assert_allclose(
+        prior, ref.simulate([cur], init_loss=sim.init_loss_mean_), rtol=1e-12
+    )
     skip = sim.simulate([cur], unseen="skip")
     np.testing.assert_allclose(skip, sim.simulate([[["e0"], ["e1", "e2"]]]), rtol=1e-12)
     with pytest.raises(UsageError):
@@ -307,8 +325,14 @@ def test_unseen_policies():
 
 
 def test_bad_configuration_is_a_usage_error():
-    for kw in ({"method": "quadratic"}, {"prior": "one"}, {"clip": "soft"}, {"l2": -1.0},
-               {"l2": "big"}, {"l2": float("nan")}):
+    for kw in (
+        {"method": "quadratic"},
+        {"prior": "one"},
+        {"clip": "soft"},
+        {"l2": -1.0},
+        {"l2": "big"},
+        {"l2": float("nan")},
+    ):
         with pytest.raises(UsageError):
             Simulator(**kw)
     with pytest.raises(ModelError):
@@ -328,8 +352,9 @@ def test_unpenalised_singular_fit_falls_back_to_min_norm():
 def test_runs_with_different_test_sets_and_batch_sizes():
     """A test logged in only some runs is fitted from those; batch sizes may vary."""
     rs, _, B = make_runs(6, 2, 4, 30, 2, method="additive", seed=3)
-    rs2, _, _ = make_runs(6, 2, 2, 20, 3, method="additive", seed=4,
-                          params=(np.full((6, 2), 1 / 3), B))
+    rs2, _, _ = make_runs(
+        6, 2, 2, 20, 3, method="additive", seed=4, params=(np.full((6, 2), 1 / 3), B)
+    )
     for r in rs2.runs:
         r.run_id = "b-" + r.run_id
         r.losses = r.losses.copy()

@@ -5,13 +5,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simfluence_cli.errors import UsageError
+from simfluence_cli.io.synthetic import make_runs
 from simfluence_cli.model import solvers as _solver
 from simfluence_cli.model.normal_equations import Design, SparseDesign
-from simfluence_cli.model.solvers import choose_solver, pcg, solve_tests, chunk_tests
-from simfluence_cli.errors import UsageError
-from simfluence_cli.runs import Run, RunSet
 from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.solvers import choose_solver, chunk_tests, pcg, solve_tests
+from simfluence_cli.runs import Run, RunSet
 
 
 def _theta0(method, n, b):
@@ -40,16 +40,23 @@ def _rel(a, b):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(3, 25), m=st.integers(1, 6), runs=st.integers(1, 4),
-       steps=st.integers(5, 40), batch=st.integers(1, 3),
-       method=st.sampled_from(["linear", "additive", "multiplicative"]),
-       log_every=st.sampled_from([1, 1, 2, 3, 7]), l2=st.sampled_from([0.01, 0.1, 1.0, 10.0]),
-       noise=st.sampled_from([0.0, 0.01]), seed=st.integers(0, 10_000))
-def test_cg_matches_dense_closed_form(n, m, runs, steps, batch, method, log_every, l2, noise,
-                                      seed):
+@given(
+    n=st.integers(3, 25),
+    m=st.integers(1, 6),
+    runs=st.integers(1, 4),
+    steps=st.integers(5, 40),
+    batch=st.integers(1, 3),
+    method=st.sampled_from(["linear", "additive", "multiplicative"]),
+    log_every=st.sampled_from([1, 1, 2, 3, 7]),
+    l2=st.sampled_from([0.01, 0.1, 1.0, 10.0]),
+    noise=st.sampled_from([0.0, 0.01]),
+    seed=st.integers(0, 10_000),
+)
+def test_cg_matches_dense_closed_form(n, m, runs, steps, batch, method, log_every, l2, noise, seed):
     batch = min(batch, n)
-    rs, _, _ = make_runs(n, m, runs, steps, batch, method=method, seed=seed, noise=noise,
-                         log_every=log_every)
+    rs, _, _ = make_runs(
+        n, m, runs, steps, batch, method=method, seed=seed, noise=noise, log_every=log_every
+    )
     d = Design(rs)
     th0 = _theta0(method, n, batch)
     ref = _dense(d, method, l2, th0)
@@ -126,8 +133,9 @@ def test_l2_auto_same_choice_for_both_solvers():
     a = Simulator(l2="auto", solver="direct").fit(rs)
     b = Simulator(l2="auto", solver="cg").fit(rs)
     assert a.l2_ == b.l2_
-    np.testing.assert_allclose([c["cv_mse"] for c in a.cv_curve_],
-                               [c["cv_mse"] for c in b.cv_curve_], rtol=1e-3)  # CV_TOL
+    np.testing.assert_allclose(
+        [c["cv_mse"] for c in a.cv_curve_], [c["cv_mse"] for c in b.cv_curve_], rtol=1e-3
+    )  # CV_TOL
 
 
 def test_threads_do_not_change_results():

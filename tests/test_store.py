@@ -10,13 +10,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from simfluence_cli.store import _lock
-from simfluence_cli.errors import (ConflictError, SelectionError, StoreError, StoreLockedError,
-                                   StoreVersionError)
-from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store.run_store import RunStore, run_key
+from simfluence_cli.errors import (
+    ConflictError,
+    SelectionError,
+    StoreError,
+    StoreLockedError,
+    StoreVersionError,
+)
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.runs import Run, RunSet
+from simfluence_cli.store import _lock
+from simfluence_cli.store.run_store import RunStore, run_key
 
 
 def tree_hash(root: Path) -> str:
@@ -51,7 +58,8 @@ def test_add_runset_load_round_trip(tmp_path, runs):
     store = RunStore(tmp_path / "s", create=True)
     rep = store.add_runset(runs, tags=["fit"])
     assert rep.added == runs.run_ids and rep.loss_rows == sum(
-        int((~np.isnan(r.losses)).sum()) for r in runs)
+        int((~np.isnan(r.losses)).sum()) for r in runs
+    )
     back = store.load("fit")
     assert back.run_ids == sorted(runs.run_ids)
     assert list(back.example_ids) == sorted(runs.example_ids)
@@ -63,11 +71,13 @@ def test_add_runset_load_round_trip(tmp_path, runs):
 
 def test_load_union_index_space_and_nan(tmp_path):
     # two runs with different example pools and test sets
-    a = RunSet.from_batches({"r1": ([["x", "y"], ["y", "z"]], np.array([[1.0, 2.0], [0.9, 1.8],
-                                                                        [0.8, 1.7]]))},
-                            test_ids=["t1", "t2"])
-    b = RunSet.from_batches({"r2": ([["w"], ["x"]], {0: np.array([3.0]), 2: np.array([2.5])})},
-                            test_ids=["t3"])
+    a = RunSet.from_batches(
+        {"r1": ([["x", "y"], ["y", "z"]], np.array([[1.0, 2.0], [0.9, 1.8], [0.8, 1.7]]))},
+        test_ids=["t1", "t2"],
+    )
+    b = RunSet.from_batches(
+        {"r2": ([["w"], ["x"]], {0: np.array([3.0]), 2: np.array([2.5])})}, test_ids=["t3"]
+    )
     store = RunStore(tmp_path / "s", create=True)
     store.add_runset(a)
     store.add_runset(b)
@@ -198,7 +208,9 @@ def test_parquet_layout_and_metadata(tmp_path, runs):
     entry = store.runs()[0]
     t = pq.read_table(root / entry["losses_file"])
     assert t.column_names == ["run", "step", "test_id", "loss"]
-    assert str(t.schema.field("test_id").type) == "dictionary<values=string, indices=int32, ordered=0>"
+    assert (
+        str(t.schema.field("test_id").type) == "dictionary<values=string, indices=int32, ordered=0>"
+    )
     meta = t.schema.metadata
     assert meta[b"simfluence.store_format"] == b"1"
     assert "loss" in json.loads(meta[b"simfluence.columns"])
@@ -247,12 +259,14 @@ def test_info(tmp_path, runs):
 
 # ---- locking --------------------------------------------------------------------------------
 
+
 def _write_lock(root: Path, pid: int):
     import socket
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
-                                            "since": "2026-01-01T00:00:00+00:00"}))
+    (root / ".lock").write_text(
+        json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00+00:00"})
+    )
 
 
 def test_live_lock_blocks_writers(tmp_path, runs):
@@ -301,9 +315,6 @@ def test_lock_is_reentrant_and_released(tmp_path, runs):
 
 # ---- laws -------------------------------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 
 @st.composite
 def runsets(draw):
@@ -316,11 +327,24 @@ def runsets(draw):
     for r in range(draw(st.integers(1, 3))):
         T = draw(st.integers(1, 5))
         batches = [draw(st.lists(st.sampled_from(ex), min_size=1, max_size=3)) for _ in range(T)]
-        L = np.asarray(draw(st.lists(st.lists(st.floats(-5, 5, allow_nan=False), min_size=len(te),
-                                              max_size=len(te)), min_size=T + 1, max_size=T + 1)))
-        mask = np.asarray(draw(st.lists(st.lists(st.booleans(), min_size=len(te),
-                                                 max_size=len(te)), min_size=T + 1,
-                                        max_size=T + 1)))
+        L = np.asarray(
+            draw(
+                st.lists(
+                    st.lists(st.floats(-5, 5, allow_nan=False), min_size=len(te), max_size=len(te)),
+                    min_size=T + 1,
+                    max_size=T + 1,
+                )
+            )
+        )
+        mask = np.asarray(
+            draw(
+                st.lists(
+                    st.lists(st.booleans(), min_size=len(te), max_size=len(te)),
+                    min_size=T + 1,
+                    max_size=T + 1,
+                )
+            )
+        )
         mask[0] = True  # step 0 logs every test
         L[~mask] = np.nan
         keep = ~np.isnan(L).all(axis=1)
@@ -328,7 +352,9 @@ def runsets(draw):
     return RunSet.from_batches(runs, te)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rs=runsets())
 def test_round_trip_law(tmp_path_factory, rs):
     """load(add_runset(x)) == x, and the content hash does not depend on the ID order."""
@@ -345,9 +371,16 @@ def test_round_trip_law(tmp_path_factory, rs):
             k = np.searchsorted(back.test_ids, t)
             if k < len(back.test_ids) and back.test_ids[k] == t:
                 np.testing.assert_array_equal(run.losses[:, j], rb.losses[:, k])
-    perm = RunSet(rs.example_ids[::-1].copy(), rs.test_ids, [
-        Run(r.run_id, r.batch_ptr, len(rs.example_ids) - 1 - r.batch_idx, r.loss_steps, r.losses)
-        for r in rs])
+    perm = RunSet(
+        rs.example_ids[::-1].copy(),
+        rs.test_ids,
+        [
+            Run(
+                r.run_id, r.batch_ptr, len(rs.example_ids) - 1 - r.batch_idx, r.loss_steps, r.losses
+            )
+            for r in rs
+        ],
+    )
     rep = store.add_runset(perm)  # same content in another index order: a no-op
     assert rep.unchanged == rs.run_ids
 
@@ -362,14 +395,21 @@ def test_kill_at_any_moment(tmp_path, runs):
     root = tmp_path / "s"
     store = RunStore(root, create=True)
     seed = runs["syn-000"]
-    store.add_runset(RunSet(runs.example_ids, runs.test_ids, [
-        Run("seed", seed.batch_ptr, seed.batch_idx, seed.loss_steps, seed.losses)]))
+    store.add_runset(
+        RunSet(
+            runs.example_ids,
+            runs.test_ids,
+            [Run("seed", seed.batch_ptr, seed.batch_idx, seed.loss_steps, seed.losses)],
+        )
+    )
     big, _, _ = make_runs(30, 40, 6, 200, 4, seed=11)
     write_jsonl(big, tmp_path / "logs")
     before = store.select("all")
-    code = ("import sys; from simfluence_cli.store import RunStore; "
-            f"RunStore({str(root)!r}).ingest([{str(tmp_path / 'logs')!r}], "
-            "progress=lambda d, t, l: print(d, flush=True))")
+    code = (
+        "import sys; from simfluence_cli.store import RunStore; "
+        f"RunStore({str(root)!r}).ingest([{str(tmp_path / 'logs')!r}], "
+        "progress=lambda d, t, l: print(d, flush=True))"
+    )
     for after, extra in ((2, 0.0), (6, 0.0), (6, 0.03)):
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         for _ in range(after):  # kill after `after` runs were parsed (6 = during the commit)

@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli.store import saved_models as models_mod
 from simfluence_cli.cli import app
-from simfluence_cli.store.saved_models import ParameterWriter, load_model, read_manifest, save_model
-from simfluence_cli.runs import RunSet
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
+from simfluence_cli.store import saved_models as models_mod
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import ParameterWriter, load_model, read_manifest, save_model
 
 N, M = 12, 9
 
@@ -30,14 +30,23 @@ def _params_file(st, name):
     return pq.ParquetFile(st.path / "models" / name / man["files"]["parameters"])
 
 
-@pytest.mark.parametrize("method,workers,solver,tiny", [
-    ("linear", 1, "direct", False), ("linear", 2, "direct", False), ("linear", 1, "cg", True),
-    ("additive", 1, "auto", False), ("multiplicative", 2, "auto", True)])
-def test_streamed_parameters_equal_collected_fit(tmp_path, monkeypatch, runs, method, workers,
-                                                 solver, tiny):
+@pytest.mark.parametrize(
+    "method,workers,solver,tiny",
+    [
+        ("linear", 1, "direct", False),
+        ("linear", 2, "direct", False),
+        ("linear", 1, "cg", True),
+        ("additive", 1, "auto", False),
+        ("multiplicative", 2, "auto", True),
+    ],
+)
+def test_streamed_parameters_equal_collected_fit(
+    tmp_path, monkeypatch, runs, method, workers, solver, tiny
+):
     if tiny:  # losses ~1e-6 are fitted rescaled: B is scaled back per test in the sink too
-        runs = RunSet(runs.example_ids, runs.test_ids,
-                      [replace(r, losses=r.losses * 1e-6) for r in runs.runs])
+        runs = RunSet(
+            runs.example_ids, runs.test_ids, [replace(r, losses=r.losses * 1e-6) for r in runs.runs]
+        )
     monkeypatch.setattr(models_mod, "ROW_GROUP_ROWS", 2 * N)  # several row groups
     st = RunStore(tmp_path / "s", create=True)
     ids = list(runs.run_ids)
@@ -92,8 +101,9 @@ def test_abort_and_failed_save_leave_the_previous_model(tmp_path, runs):
 def test_cli_fit_streams_and_equals_python_fit(tmp_path, runs):
     st = RunStore(tmp_path / "s", create=True)
     st.add_runset(runs, tags=["fit"])
-    r = CliRunner().invoke(app, ["fit", "--store", str(st.path), "--l2", "0.5", "--name", "m",
-                                 "--workers", "2"])
+    r = CliRunner().invoke(
+        app, ["fit", "--store", str(st.path), "--l2", "0.5", "--name", "m", "--workers", "2"]
+    )
     assert r.exit_code == 0, r.stderr
     ref = Simulator(l2=0.5).fit(st.load("all"))
     got = load_model(st, "m")

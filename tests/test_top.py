@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simfluence_cli.cli import app
 from simfluence_cli.analysis.effects import coefficient_effect, removal_effect, top_examples
-from simfluence_cli.store.saved_models import save_model
+from simfluence_cli.cli import app
+from simfluence_cli.io.synthetic import make_params, make_runs
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.run_store import RunStore
-from simfluence_cli.io.synthetic import make_params, make_runs
+from simfluence_cli.store.saved_models import save_model
 
 N, M, B = 10, 3, 2
 
@@ -27,8 +27,9 @@ def _additive_params():
 def additive():
     A, Bp = _additive_params()
     rs, _, _ = make_runs(N, M, 4, 12, B, method="additive", seed=2, params=(A, Bp))
-    sim = Simulator.from_params(A, Bp, rs.example_ids, rs.test_ids, method="additive",
-                                batch_size=B, clip="none")
+    sim = Simulator.from_params(
+        A, Bp, rs.example_ids, rs.test_ids, method="additive", batch_size=B, clip="none"
+    )
     return rs, sim, Bp
 
 
@@ -51,9 +52,14 @@ def test_removal_fills_the_slot_with_a_neutral_example():
     sim = Simulator.from_params(A, Bp, rs.example_ids, rs.test_ids, batch_size=B, clip="none")
     eff = removal_effect(sim, rs)
     ids = list(rs.example_ids) + ["neutral"]
-    big = Simulator.from_params(np.vstack([A, np.full((1, M), 1.0 / B)]),
-                                np.vstack([Bp, np.zeros((1, M))]), ids, rs.test_ids,
-                                batch_size=B, clip="none")
+    big = Simulator.from_params(
+        np.vstack([A, np.full((1, M), 1.0 / B)]),
+        np.vstack([Bp, np.zeros((1, M))]),
+        ids,
+        rs.test_ids,
+        batch_size=B,
+        clip="none",
+    )
     for i in (0, 3, 7):
         total = 0.0
         for r in rs.runs:
@@ -71,8 +77,13 @@ def test_coefficient_measure_signs(additive):
 
 
 def test_top_examples_ties_and_k():
-    rows = top_examples(np.array([0.0, 1.0, 1.0, -2.0]), np.array(["d", "c", "b", "a"], dtype=object),
-                        2, "v", counts=np.array([1, 2, 3, 4]))
+    rows = top_examples(
+        np.array([0.0, 1.0, 1.0, -2.0]),
+        np.array(["d", "c", "b", "a"], dtype=object),
+        2,
+        "v",
+        counts=np.array([1, 2, 3, 4]),
+    )
     assert [r["example_id"] for r in rows] == ["b", "c", "a", "d"]  # ties broken by id
     assert rows[2]["occurrences"] == 4
 
@@ -91,8 +102,22 @@ def store(tmp_path_factory, additive):
 
 
 def test_cli_top_json_and_table(store):
-    r = CliRunner().invoke(app, ["top", "--store", str(store), "-m", "add", "--test", "all", "--k", "2",
-                                 "--format", "json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "top",
+            "--store",
+            str(store),
+            "-m",
+            "add",
+            "--test",
+            "all",
+            "--k",
+            "2",
+            "--format",
+            "json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["measure"] == "removal" and "positive = helpful" in doc["definition"]
@@ -101,8 +126,24 @@ def test_cli_top_json_and_table(store):
     assert res[0]["example_id"] == "e0" and res[0]["direction"] == "helpful"
     assert res[2]["example_id"] == "e1" and res[2]["direction"] == "harmful"
     assert res[0]["removal_effect"] > 0 > res[2]["removal_effect"]
-    r = CliRunner().invoke(app, ["top", "--store", str(store), "-m", "add", "--test", "t2", "--k", "1",
-                                 "--measure", "coefficient", "--format", "table"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "top",
+            "--store",
+            str(store),
+            "-m",
+            "add",
+            "--test",
+            "t2",
+            "--k",
+            "1",
+            "--measure",
+            "coefficient",
+            "--format",
+            "table",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert "step_effect" in r.stdout and "positive = helpful" in r.stdout and "e0" in r.stdout
 
@@ -110,5 +151,7 @@ def test_cli_top_json_and_table(store):
 def test_cli_top_errors(store):
     r = CliRunner().invoke(app, ["top", "--store", str(store), "-m", "add", "--test", "zz"])
     assert r.exit_code == 1 and "zz" in r.stderr
-    r = CliRunner().invoke(app, ["top", "--store", str(store), "-m", "add", "--test", "all", "--k", "0"])
+    r = CliRunner().invoke(
+        app, ["top", "--store", str(store), "-m", "add", "--test", "all", "--k", "0"]
+    )
     assert r.exit_code == 2

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from simfluence_cli.cli import app
-from simfluence_cli.store.saved_models import save_model
-from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.integrity import verify_store
+from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import save_model
 
 
 def run_cli(*args):
@@ -65,7 +65,7 @@ def test_modified_losses_file_fails_the_content_hash(store):
     pq.write_table(t, store.path / rel)
     rep, fs = findings(store)
     assert not rep.ok
-    (sev, msg, fix), = [f for f in fs if "content hash" in f[1]]
+    ((sev, msg, fix),) = [f for f in fs if "content hash" in f[1]]
     assert sev == "error" and "--replace" in fix
     # the model fitted on that run is now reported as depending on a damaged run
     assert any("depends on damaged run" in m for _, m, _ in fs)
@@ -136,14 +136,18 @@ def test_stale_model_after_replace(store, runs):
     changed.runs[0].losses[-1, 0] += 0.5
     store.add_runset(changed, replace=True)
     rep, fs = findings(store)
-    (sev, msg, fix), = fs
+    ((sev, msg, fix),) = fs
     assert sev == "error" and msg.startswith("model 'lin' is stale")
     assert fix == "refit with simfluence fit --name lin --replace"
     r = run_cli("verify", "--store", store.path)
     assert r.exit_code == 1 and "model 'lin' is stale" in r.stdout
     # refit through the CLI fixes it
-    assert run_cli("fit", "--store", store.path, "--runs", "fit", "--l2", "1", "--name", "lin",
-                   "--replace").exit_code == 0
+    assert (
+        run_cli(
+            "fit", "--store", store.path, "--runs", "fit", "--l2", "1", "--name", "lin", "--replace"
+        ).exit_code
+        == 0
+    )
     assert findings(store)[1] == []
 
 
@@ -188,13 +192,14 @@ def test_stale_lock_is_a_warning(store):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     import socket
+
     (store.path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     rep, fs = findings(store)
     assert rep.ok and any("stale write lock" in m for _, m, _ in fs)
 
 
 def test_manifest_garbage(store):
-    (store.path / "manifest.json").write_text("{\"format\": 1, \"runs\": {\"r\": 5}}")
+    (store.path / "manifest.json").write_text('{"format": 1, "runs": {"r": 5}}')
     rep, fs = findings(store)
     assert not rep.ok and any("malformed manifest entry" in m for _, m, _ in fs)
 
@@ -204,14 +209,26 @@ def test_not_a_store(tmp_path):
     assert r.exit_code == 1 and "no run store" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("cmd", [
-    ["verify"], ["info"], ["info", "--json"], ["fit", "--l2", "1"], ["curriculum", "syn-000"],
-    ["simulate", "CUR"], ["ingest", "LOGS"], ["eval", "-m", "lin"], ["top", "-m", "lin", "-t", "t0"],
-    ["import-scores", "SCORES", "-n", "tr", "--runs", "fit"], ["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e0"],
-    ["plot", "-m", "lin", "--run", "syn-000", "-o", "OUT"],
-    ["groups", "-m", "lin", "-b", "syn-000", "-g", "e0,e1"], ["design", "-m", "lin", "-T", "3", "-o", "OUT"],
-    ["verify", "--repair"],
-])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["verify"],
+        ["info"],
+        ["info", "--json"],
+        ["fit", "--l2", "1"],
+        ["curriculum", "syn-000"],
+        ["simulate", "CUR"],
+        ["ingest", "LOGS"],
+        ["eval", "-m", "lin"],
+        ["top", "-m", "lin", "-t", "t0"],
+        ["import-scores", "SCORES", "-n", "tr", "--runs", "fit"],
+        ["whatif", "-m", "lin", "-b", "syn-000", "--drop", "e0"],
+        ["plot", "-m", "lin", "--run", "syn-000", "-o", "OUT"],
+        ["groups", "-m", "lin", "-b", "syn-000", "-g", "e0,e1"],
+        ["design", "-m", "lin", "-T", "3", "-o", "OUT"],
+        ["verify", "--repair"],
+    ],
+)
 def test_newer_store_format_is_refused_by_every_command(store, tmp_path, runs, cmd):
     mf = store.path / "manifest.json"
     man = json.loads(mf.read_text())
@@ -222,11 +239,14 @@ def test_newer_store_format_is_refused_by_every_command(store, tmp_path, runs, c
     cur.write_text("e0 e1 e2\n")
     logs = tmp_path / "logs"
     from simfluence_cli.io.synthetic import write_jsonl
+
     write_jsonl(runs.subset(runs.run_ids[:1]), logs)
     scores = tmp_path / "scores.csv"
     scores.write_text("test_id,example_id,score\nt0,e0,0.1\n")
-    args = [{"CUR": cur, "LOGS": logs, "SCORES": scores, "OUT": tmp_path / "p.png"}.get(a, a)
-            for a in cmd]
+    args = [
+        {"CUR": cur, "LOGS": logs, "SCORES": scores, "OUT": tmp_path / "p.png"}.get(a, a)
+        for a in cmd
+    ]
     r = run_cli(*args, "--store", store.path)
     assert r.exit_code == 1, (cmd, r.stdout, r.stderr)
     assert "store format 99" in r.stderr and "upgrade" in r.stderr
@@ -237,6 +257,7 @@ def test_newer_store_format_is_refused_by_every_command(store, tmp_path, runs, c
 
 def test_python_api_refuses_newer_format(store):
     from simfluence_cli.errors import StoreVersionError
+
     mf = store.path / "manifest.json"
     man = json.loads(mf.read_text())
     man["format"] = 2
@@ -262,8 +283,9 @@ def test_damaged_model_is_one_line_error_and_replace_fixes_it(store, tmp_path, d
         assert r.exit_code == 1 and r.stderr.count("\n") == 1, (args, r.stderr)
         assert "--replace" in r.stderr
     assert run_cli("verify", "--store", store.path).exit_code == 1
-    r = run_cli("fit", "--store", store.path, "--runs", "fit", "--l2", "1", "--name", "lin",
-                "--replace")
+    r = run_cli(
+        "fit", "--store", store.path, "--runs", "fit", "--l2", "1", "--name", "lin", "--replace"
+    )
     assert r.exit_code == 0, r.stderr
     assert findings(store)[1] == []
 

@@ -36,8 +36,7 @@ import numpy as np
 
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 
-__all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula",
-           "curriculum_text"]
+__all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula", "curriculum_text"]
 
 OBJECTIVES = ("mean-final-loss",)
 _SIM_BYTES = 256 * 2**20
@@ -54,14 +53,24 @@ class DesignResult:
 
     def report(self) -> dict:
         r = self.random_objectives
-        out = {"objective": self.params.get("objective"), "design": self.objective,
-               "greedy": self.greedy_objective, **self.params}
+        out = {
+            "objective": self.params.get("objective"),
+            "design": self.objective,
+            "greedy": self.greedy_objective,
+            **self.params,
+        }
         if len(r):
-            out.update({"random_n": int(len(r)), "random_mean": float(r.mean()),
-                        "random_std": float(r.std()), "random_best": float(r.min()),
-                        "random_worst": float(r.max()),
-                        "design_vs_random_mean": float(self.objective - r.mean()),
-                        "fraction_random_beaten": float(np.mean(self.objective < r))})
+            out.update(
+                {
+                    "random_n": int(len(r)),
+                    "random_mean": float(r.mean()),
+                    "random_std": float(r.std()),
+                    "random_best": float(r.min()),
+                    "random_worst": float(r.max()),
+                    "design_vs_random_mean": float(self.objective - r.mean()),
+                    "fraction_random_beaten": float(np.mean(self.objective < r)),
+                }
+            )
         out["iterations_improved"] = int(np.sum(np.diff(self.history) < 0)) if self.history else 0
         return out
 
@@ -74,14 +83,17 @@ def _pool_indices(sim, pool: Sequence[str] | None) -> np.ndarray:
     pos = {e: i for i, e in enumerate(ids)}
     bad = [e for e in pool if str(e) not in pos or not seen[pos[str(e)]]]
     if bad:
-        raise ModelError(f"{len(bad)} pool example(s) unknown to the model: "
-                         f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}; "
-                         "the pool must come from examples trained on in the fitting runs")
+        raise ModelError(
+            f"{len(bad)} pool example(s) unknown to the model: "
+            f"{', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}; "
+            "the pool must come from examples trained on in the fitting runs"
+        )
     return np.asarray(sorted({pos[str(e)] for e in pool}), dtype=np.int64)
 
 
-def random_curricula(pool_idx: np.ndarray, steps: int, batch: int, n: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def random_curricula(
+    pool_idx: np.ndarray, steps: int, batch: int, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """(n, steps, batch) index arrays: the pool in fresh random orders (one per epoch), cut
     into batches; a batch straddling an epoch boundary never holds an example twice (the
     later copy is swapped with the next different example, as the sample generator does)."""
@@ -94,7 +106,7 @@ def random_curricula(pool_idx: np.ndarray, steps: int, batch: int, n: int,
             for k in range(lo, lo + batch):
                 if stream[k] in stream[lo:k]:
                     j = lo + batch
-                    while stream[j] in stream[lo:lo + batch]:
+                    while stream[j] in stream[lo : lo + batch]:
                         j += 1
                     stream[k], stream[j] = stream[j], stream[k]
         out[c] = np.asarray(stream[:need]).reshape(steps, batch)
@@ -107,8 +119,8 @@ def _finals(sim, idx: np.ndarray, L0: np.ndarray, tests) -> np.ndarray:
     step = max(1, int(_SIM_BYTES // max(1, (T + 1) * M * 8 * 3)))
     out = np.empty((C, M))
     for s in range(0, C, step):
-        init = L0 if L0.ndim == 1 else L0[s:s + step]
-        out[s:s + step] = sim.simulate(idx[s:s + step], init, tests=tests)[:, -1]
+        init = L0 if L0.ndim == 1 else L0[s : s + step]
+        out[s : s + step] = sim.simulate(idx[s : s + step], init, tests=tests)[:, -1]
     return out
 
 
@@ -132,8 +144,9 @@ def _greedy(A, B, L0, lo, hi, pool_idx, steps, b, max_uses, additive) -> np.ndar
     return out
 
 
-def _propose(cur: np.ndarray, uses: dict, pool_idx: np.ndarray, max_uses: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def _propose(
+    cur: np.ndarray, uses: dict, pool_idx: np.ndarray, max_uses: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """A variant of ``cur`` with 1-3 random swap/replace moves and its first changed step."""
     cand = cur.copy()
     T, b = cand.shape
@@ -163,12 +176,22 @@ def _propose(cur: np.ndarray, uses: dict, pool_idx: np.ndarray, max_uses: int,
     return cand, first
 
 
-def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
-                      tests: Sequence[str] | None = None, pool: Sequence[str] | None = None,
-                      batch_size: int | None = None, init_loss: np.ndarray | None = None,
-                      seed: int = 0, candidates: int = 64, iters: int = 100,
-                      max_uses: int | None = None, n_random: int = 100,
-                      progress=None) -> DesignResult:
+def design_curriculum(
+    sim,
+    steps: int,
+    *,
+    objective: str = "mean-final-loss",
+    tests: Sequence[str] | None = None,
+    pool: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    init_loss: np.ndarray | None = None,
+    seed: int = 0,
+    candidates: int = 64,
+    iters: int = 100,
+    max_uses: int | None = None,
+    n_random: int = 100,
+    progress=None,
+) -> DesignResult:
     """Greedy construction + vectorised local search; see the module docstring."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -182,13 +205,17 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
         raise UsageError("--batch-size must be >= 1")
     pool_idx = _pool_indices(sim, pool)
     if len(pool_idx) < b:
-        raise SelectionError(f"the pool has {len(pool_idx)} example(s), fewer than the batch "
-                             f"size {b}; batches hold distinct examples")
+        raise SelectionError(
+            f"the pool has {len(pool_idx)} example(s), fewer than the batch "
+            f"size {b}; batches hold distinct examples"
+        )
     auto_uses = max(1, math.ceil(1.5 * steps * b / len(pool_idx)))
     max_uses = auto_uses if max_uses is None else int(max_uses)
     if max_uses * len(pool_idx) < steps * b:
-        raise UsageError(f"--max-uses {max_uses} x pool {len(pool_idx)} < {steps} steps x batch "
-                         f"{b}: not enough examples; raise --max-uses or shrink --steps")
+        raise UsageError(
+            f"--max-uses {max_uses} x pool {len(pool_idx)} < {steps} steps x batch "
+            f"{b}: not enough examples; raise --max-uses or shrink --steps"
+        )
     cols = sim._test_columns(tests)
     L0 = np.asarray(sim.init_loss_mean_[cols] if init_loss is None else init_loss, float)
     if L0.shape != (len(cols),):
@@ -207,7 +234,7 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
     uses: dict = {}
     for e in cur.reshape(-1):
         uses[e] = uses.get(e, 0) + 1
-    for it in range(iters):
+    for _it in range(iters):
         props = [_propose(cur, uses, pool_idx, max_uses, rng) for _ in range(candidates)]
         firsts = np.asarray([f for _, f in props])
         keep = firsts < steps
@@ -234,20 +261,31 @@ def design_curriculum(sim, steps: int, *, objective: str = "mean-final-loss",
         rnd = _finals(sim, ridx, L0, tests).mean(axis=1)
     ex = sim.example_ids_
     batches = [[str(ex[i]) for i in row] for row in cur]
-    params = {"objective": objective, "steps": steps, "batch_size": b, "pool": int(len(pool_idx)),
-              "tests": int(len(cols)), "max_uses": max_uses, "candidates": candidates,
-              "iters": iters, "seed": seed, "distinct_examples": int(len(np.unique(cur))),
-              "tests_at_clip_floor": at_floor,
-              "seconds": round(time.perf_counter() - t0, 3)}
+    params = {
+        "objective": objective,
+        "steps": steps,
+        "batch_size": b,
+        "pool": int(len(pool_idx)),
+        "tests": int(len(cols)),
+        "max_uses": max_uses,
+        "candidates": candidates,
+        "iters": iters,
+        "seed": seed,
+        "distinct_examples": int(len(np.unique(cur))),
+        "tests_at_clip_floor": at_floor,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     return DesignResult(batches, best, greedy_obj, rnd, history, params)
 
 
-def curriculum_text(batches: Sequence[Sequence[str]], header: dict,
-                    title: str = "simfluence design") -> str:
+def curriculum_text(
+    batches: Sequence[Sequence[str]], header: dict, title: str = "simfluence design"
+) -> str:
     """The curriculum file format with a ``#`` comment header (key: value lines)."""
     import json
 
-    lines = [f"# {title}"] + [f"# {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
-                              for k, v in header.items()]
+    lines = [f"# {title}"] + [
+        f"# {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in header.items()
+    ]
     lines += [" ".join(b) for b in batches]
     return "\n".join(lines) + "\n"

@@ -23,18 +23,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.analysis.evaluation import example_map
+from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.runs import RunSet
 
 __all__ = ["removal_effect", "coefficient_effect", "mean_effect", "top_examples", "MEASURE_HELP"]
 
 MEASURE_HELP = {
     "removal": "removal_effect = simulated final loss without the example (slot filled by a "
-               "neutral no-change example) - with it, mean over the fitting curricula; "
-               "positive = helpful",
+    "neutral no-change example) - with it, mean over the fitting curricula; "
+    "positive = helpful",
     "coefficient": "step_effect = predicted decrease of the test loss from one occurrence of the "
-                   "example at the midpoint of the observed loss range; positive = helpful",
+    "example at the midpoint of the observed loss range; positive = helpful",
 }
 _CHUNK_BYTES = 128 * 2**20
 
@@ -43,8 +43,9 @@ def _cols(sim, tests: Sequence[str] | None) -> np.ndarray:
     return sim._test_columns(tests)
 
 
-def removal_effect(sim, runs: RunSet, tests: Sequence[str] | None = None, unseen: str = "skip",
-                   progress=None) -> np.ndarray:
+def removal_effect(
+    sim, runs: RunSet, tests: Sequence[str] | None = None, unseen: str = "skip", progress=None
+) -> np.ndarray:
     """(n_examples_of_model, M) mean change of the final loss when each example is removed."""
     cols = _cols(sim, tests)
     test_names = list(np.asarray(sim.test_ids_)[cols])
@@ -88,7 +89,7 @@ def removal_effect(sim, runs: RunSet, tests: Sequence[str] | None = None, unseen
         present, first = present[order], first[order]
         per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(M, b) * 8)))
         for s in range(0, len(present), per):
-            ex = present[s: s + per]
+            ex = present[s : s + per]
             t0 = int(first[s])
             sub = base[t0:]
             idx = np.where(sub[None] == ex[:, None, None], n, sub[None])
@@ -111,8 +112,13 @@ def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:
     return -((A - a0) * lref + B)
 
 
-def mean_effect(model, measure: str, tests: Sequence[str] | None = None, runs: RunSet | None = None,
-                progress=None) -> np.ndarray:
+def mean_effect(
+    model,
+    measure: str,
+    tests: Sequence[str] | None = None,
+    runs: RunSet | None = None,
+    progress=None,
+) -> np.ndarray:
     """(n_examples,) ``removal`` or ``coefficient`` effect averaged over ``tests`` (None = all).
 
     A :class:`~simfluence_cli.models.StoredModel` is used one chunk of test examples at a time
@@ -137,8 +143,14 @@ def mean_effect(model, measure: str, tests: Sequence[str] | None = None, runs: R
     return total / len(names)
 
 
-def top_examples(effect: np.ndarray, example_ids: np.ndarray, k: int, value_name: str,
-                 counts: np.ndarray | None = None, only: np.ndarray | None = None) -> list[dict]:
+def top_examples(
+    effect: np.ndarray,
+    example_ids: np.ndarray,
+    k: int,
+    value_name: str,
+    counts: np.ndarray | None = None,
+    only: np.ndarray | None = None,
+) -> list[dict]:
     """Rows for the k most helpful (largest value) and k most harmful (smallest) examples.
 
     ``effect``: (n,) one value per example (already averaged over tests). ``only``: boolean mask
@@ -157,8 +169,12 @@ def top_examples(effect: np.ndarray, example_ids: np.ndarray, k: int, value_name
     for direction, order in (("helpful", desc[:k]), ("harmful", asc[:k])):
         for rank, j in enumerate(order, start=1):
             i = cand[j]
-            row = {"direction": direction, "rank": rank, "example_id": str(ids[i]),
-                   value_name: float(effect[i])}
+            row = {
+                "direction": direction,
+                "rank": rank,
+                "example_id": str(ids[i]),
+                value_name: float(effect[i]),
+            }
             if counts is not None:
                 row["occurrences"] = int(counts[i])
             rows.append(row)

@@ -12,18 +12,43 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
+from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.runs import Run, RunSet
 
-__all__ = ["evaluate", "Evaluation", "ModelEval", "encode_runs", "rollout_runs", "SUMMARY_COLUMNS",
-           "METRIC_HELP"]
+__all__ = [
+    "evaluate",
+    "Evaluation",
+    "ModelEval",
+    "encode_runs",
+    "rollout_runs",
+    "SUMMARY_COLUMNS",
+    "METRIC_HELP",
+]
 
-SUMMARY_COLUMNS = ["model", "all_steps_mse", "final_step_mse", "final_spearman",
-                   "final_spearman_std", "run_spearman", "mae", "final_step_mae", "n_runs",
-                   "n_tests", "on_fitting_runs"]
-RUN_COLUMNS = ["model", "run", "all_steps_mse", "final_step_mse", "final_spearman",
-               "all_steps_mae", "final_step_mae", "on_fitting_run"]
+SUMMARY_COLUMNS = [
+    "model",
+    "all_steps_mse",
+    "final_step_mse",
+    "final_spearman",
+    "final_spearman_std",
+    "run_spearman",
+    "mae",
+    "final_step_mae",
+    "n_runs",
+    "n_tests",
+    "on_fitting_runs",
+]
+RUN_COLUMNS = [
+    "model",
+    "run",
+    "all_steps_mse",
+    "final_step_mse",
+    "final_spearman",
+    "all_steps_mae",
+    "final_step_mae",
+    "on_fitting_run",
+]
 TEST_COLUMNS = ["model", "test_id", "all_steps_mse", "final_step_mse", "run_spearman", "n_runs"]
 
 METRIC_HELP = {
@@ -32,7 +57,7 @@ METRIC_HELP = {
     "final_spearman": "mean over runs of Spearman's rho across test examples of final losses",
     "final_spearman_std": "std over runs of final_spearman",
     "run_spearman": "mean over test examples of Spearman's rho across runs of final losses "
-                    "(counterfactual skill; 0 = none)",
+    "(counterfactual skill; 0 = none)",
     "mae": "mean over runs of the mean absolute error over test examples and logged steps > 0",
 }
 
@@ -61,12 +86,27 @@ class Evaluation:
         rows = []
         for me in self.results:
             s = me.summary
-            rows.append({"model": me.name, "kind": me.kind,
-                         **{k: s[k] for k in ("all_steps_mse", "final_step_mse", "final_spearman",
-                                              "final_spearman_std", "run_spearman", "mae",
-                                              "final_step_mae", "n_runs")},
-                         "n_tests": len(self.test_ids),
-                         "on_fitting_runs": len(me.on_fitting_runs)})
+            rows.append(
+                {
+                    "model": me.name,
+                    "kind": me.kind,
+                    **{
+                        k: s[k]
+                        for k in (
+                            "all_steps_mse",
+                            "final_step_mse",
+                            "final_spearman",
+                            "final_spearman_std",
+                            "run_spearman",
+                            "mae",
+                            "final_step_mae",
+                            "n_runs",
+                        )
+                    },
+                    "n_tests": len(self.test_ids),
+                    "on_fitting_runs": len(me.on_fitting_runs),
+                }
+            )
         return rows
 
     def run_rows(self) -> list[dict]:
@@ -74,9 +114,14 @@ class Evaluation:
         for me in self.results:
             fit = set(me.on_fitting_runs)
             for r in me.per_run:
-                rows.append({"model": me.name, "run": r["run"],
-                             **{k: r[k] for k in RUN_COLUMNS[2:-1]},
-                             "on_fitting_run": r["run"] in fit})
+                rows.append(
+                    {
+                        "model": me.name,
+                        "run": r["run"],
+                        **{k: r[k] for k in RUN_COLUMNS[2:-1]},
+                        "on_fitting_run": r["run"] in fit,
+                    }
+                )
         return rows
 
     def test_rows(self) -> list[dict]:
@@ -88,12 +133,23 @@ class Evaluation:
             fe = np.vstack([r["final_sim"] - r["final_obs"] for r in pr])
             with np.errstate(invalid="ignore", divide="ignore"):
                 all_mse = sse / cnt
-                fin = np.nanmean(fe ** 2, axis=0) if np.isfinite(fe).any() else np.full(len(sse), np.nan)
+                fin = (
+                    np.nanmean(fe**2, axis=0)
+                    if np.isfinite(fe).any()
+                    else np.full(len(sse), np.nan)
+                )
             rs = me.summary["run_spearman_per_test"]
             for j, t in enumerate(self.test_ids):
-                rows.append({"model": me.name, "test_id": str(t), "all_steps_mse": float(all_mse[j]),
-                             "final_step_mse": float(fin[j]), "run_spearman": float(rs[j]),
-                             "n_runs": len(pr)})
+                rows.append(
+                    {
+                        "model": me.name,
+                        "test_id": str(t),
+                        "all_steps_mse": float(all_mse[j]),
+                        "final_step_mse": float(fin[j]),
+                        "run_spearman": float(rs[j]),
+                        "n_runs": len(pr),
+                    }
+                )
         return rows
 
 
@@ -102,8 +158,9 @@ def _model_tests(model) -> np.ndarray | None:
     return None if t is None else np.asarray(t, dtype=object)
 
 
-def common_tests(models: Mapping[str, object], runs: RunSet,
-                 tests: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def common_tests(
+    models: Mapping[str, object], runs: RunSet, tests: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Test ids every model and the runs know (runs' order), and warnings about the rest."""
     notes = []
     have = list(runs.test_ids)
@@ -122,8 +179,10 @@ def common_tests(models: Mapping[str, object], runs: RunSet,
         if dropped:
             if tests is not None:
                 raise SelectionError(f"model {name!r} has no test id(s) {', '.join(dropped[:10])}")
-            notes.append(f"model {name!r} does not know {len(dropped)} of the runs' test examples; "
-                         "they are left out for every model")
+            notes.append(
+                f"model {name!r} does not know {len(dropped)} of the runs' test examples; "
+                "they are left out for every model"
+            )
         keep = [t for t in keep if t in s]
     if not keep:
         raise SelectionError("no test example is known to every model and present in the runs")
@@ -151,8 +210,13 @@ def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.nda
     return mp
 
 
-def encode_runs(model, runs: RunSet, run_list: Sequence[Run], unseen: str = "error",
-                mapping: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+def encode_runs(
+    model,
+    runs: RunSet,
+    run_list: Sequence[Run],
+    unseen: str = "error",
+    mapping: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[int]]:
     """Curricula of ``run_list`` as one padded (C, T, b) index array in the model's index space."""
     mats = [r.index_matrix() for r in run_list]
     T = max((m.shape[0] for m in mats), default=0)
@@ -164,24 +228,33 @@ def encode_runs(model, runs: RunSet, run_list: Sequence[Run], unseen: str = "err
         pad = idx < 0
         idx = np.where(pad, -1, mapping[np.where(pad, 0, idx)])
         if unseen == "error" and (idx == -2).any():
-            bad = sorted({str(runs.example_ids[i]) for m in mats for i in m[m >= 0]
-                          if mapping[i] == -2})
+            bad = sorted(
+                {str(runs.example_ids[i]) for m in mats for i in m[m >= 0] if mapping[i] == -2}
+            )
             raise ModelError(
                 f"{len(bad)} training example(s) of the evaluated runs were never seen in the "
                 f"model's fitting runs: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; "
-                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip"
+            )
     return idx, [r.n_steps for r in run_list]
 
 
-def rollout_runs(model, runs: RunSet, run_list: Sequence[Run], tests: np.ndarray,
-                 test_cols: np.ndarray, unseen: str = "error", init_fallback=None):
+def rollout_runs(
+    model,
+    runs: RunSet,
+    run_list: Sequence[Run],
+    tests: np.ndarray,
+    test_cols: np.ndarray,
+    unseen: str = "error",
+    init_fallback=None,
+):
     """Yield (run, simulated losses at the run's logged steps (K, M)), chunking runs by memory."""
     mapping = example_map(model, runs.example_ids, unseen)
     M = len(tests)
     T = max((r.n_steps for r in run_list), default=0)
     per = max(1, int(_ROLL_BYTES // max(1, (T + 1) * M * 8)))
     for s in range(0, len(run_list), per):
-        chunk = list(run_list[s: s + per])
+        chunk = list(run_list[s : s + per])
         idx, lengths = encode_runs(model, runs, chunk, unseen, mapping)
         L0 = np.vstack([r.losses[0, test_cols] for r in chunk])
         if init_fallback is not None and not np.isfinite(L0).all():
@@ -191,9 +264,15 @@ def rollout_runs(model, runs: RunSet, run_list: Sequence[Run], tests: np.ndarray
             yield r, traj[c, r.loss_steps]
 
 
-def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str] | None = None,
-             unseen: str = "error", fitting_runs: Mapping[str, Sequence[str]] | None = None,
-             kinds: Mapping[str, str] | None = None) -> Evaluation:
+def evaluate(
+    models: Mapping[str, object],
+    runs: RunSet,
+    *,
+    tests: Sequence[str] | None = None,
+    unseen: str = "error",
+    fitting_runs: Mapping[str, Sequence[str]] | None = None,
+    kinds: Mapping[str, str] | None = None,
+) -> Evaluation:
     """Metrics of every model on every run of ``runs``.
 
     ``fitting_runs``: per model name, the runs it was fitted on (evaluated runs among them are
@@ -207,12 +286,16 @@ def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str]
     notes = list(notes)
     short = [r.run_id for r in runs.runs if r.loss_steps[-1] != r.n_steps]
     if short:
-        notes.append(f"{len(short)} run(s) did not log their last step ({', '.join(short[:3])}); "
-                     "their final-step metrics use the last logged step")
+        notes.append(
+            f"{len(short)} run(s) did not log their last step ({', '.join(short[:3])}); "
+            "their final-step metrics use the last logged step"
+        )
     nan0 = [r.run_id for r in runs.runs if not np.isfinite(r.losses[0, cols]).all()]
     if nan0:
-        notes.append(f"{len(nan0)} run(s) miss some step-0 losses; those test examples start from "
-                     "the model's mean initial loss")
+        notes.append(
+            f"{len(nan0)} run(s) miss some step-0 losses; those test examples start from "
+            "the model's mean initial loss"
+        )
     results = []
     for name, model in models.items():
         fallback = getattr(model, "init_loss_mean_", None)
@@ -222,14 +305,25 @@ def evaluate(models: Mapping[str, object], runs: RunSet, *, tests: Sequence[str]
         per_run = _chunked_run_errors(model, runs, test_ids, cols, unseen, fallback)
         summary = summarise_runs(per_run)
         if summary["n_constant_final"]:
-            notes.append(f"{name}: final-step Spearman undefined (constant losses) on "
-                         f"{summary['n_constant_final']} run(s); left out of the mean")
+            notes.append(
+                f"{name}: final-step Spearman undefined (constant losses) on "
+                f"{summary['n_constant_final']} run(s); left out of the mean"
+            )
         if len(per_run) < 3:
-            notes.append(f"{name}: run_spearman from {len(per_run)} run(s) is not meaningful; "
-                         "evaluate on 3 or more runs")
+            notes.append(
+                f"{name}: run_spearman from {len(per_run)} run(s) is not meaningful; "
+                "evaluate on 3 or more runs"
+            )
         fit = set((fitting_runs or {}).get(name, ()))
-        results.append(ModelEval(name, (kinds or {}).get(name, getattr(model, "method", "")),
-                                 per_run, summary, [r for r in runs.run_ids if r in fit]))
+        results.append(
+            ModelEval(
+                name,
+                (kinds or {}).get(name, getattr(model, "method", "")),
+                per_run,
+                summary,
+                [r for r in runs.run_ids if r in fit],
+            )
+        )
     return Evaluation(list(runs.run_ids), test_ids, results, notes)
 
 
@@ -242,8 +336,9 @@ def model_chunks(model, tests: np.ndarray):
         yield list(tests), model
 
 
-def _chunked_run_errors(model, runs: RunSet, test_ids: np.ndarray, cols: np.ndarray,
-                        unseen: str, fallback) -> list[dict]:
+def _chunked_run_errors(
+    model, runs: RunSet, test_ids: np.ndarray, cols: np.ndarray, unseen: str, fallback
+) -> list[dict]:
     """Per-run errors, rolling the model one chunk of test examples at a time and pooling the
     per-test pieces (sums, counts, final losses), so the metrics equal the unchunked ones."""
     parts: dict[str, list[dict]] = {r.run_id: [] for r in runs.runs}
@@ -252,16 +347,24 @@ def _chunked_run_errors(model, runs: RunSet, test_ids: np.ndarray, cols: np.ndar
         c = slice(s, s + len(chunk))
         s += len(chunk)
         fb = None if fallback is None else np.asarray(fallback)[c]
-        for run, traj in rollout_runs(sim, runs, runs.runs, np.asarray(chunk, dtype=object),
-                                      cols[c], unseen, fb):
+        for run, traj in rollout_runs(
+            sim, runs, runs.runs, np.asarray(chunk, dtype=object), cols[c], unseen, fb
+        ):
             parts[run.run_id].append(run_errors(traj, run.losses[:, cols[c]]))
         sim = traj = None  # free this chunk's parameters before the next one is loaded
     per_run = []
     for run in runs.runs:
         ps = parts[run.run_id]
-        e = ps[0] if len(ps) == 1 else run_errors_from_parts(
-            *(np.concatenate([p[k] for p in ps]) for k in ("sse", "sae", "count", "final_sim",
-                                                             "final_obs")))
+        e = (
+            ps[0]
+            if len(ps) == 1
+            else run_errors_from_parts(
+                *(
+                    np.concatenate([p[k] for p in ps])
+                    for k in ("sse", "sae", "count", "final_sim", "final_obs")
+                )
+            )
+        )
         e["run"] = run.run_id
         per_run.append(e)
     return per_run

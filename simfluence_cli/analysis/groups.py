@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simfluence_cli.analysis.whatif import MODES, Batches, drop_examples, final_losses
 from simfluence_cli.errors import InputError, SelectionError, UsageError
-from simfluence_cli.analysis.whatif import Batches, MODES, drop_examples, final_losses
 
 # -- group effects ----------------------------------------------------------------------------
+
 
 @dataclass
 class GroupEffects:
@@ -38,11 +39,18 @@ class GroupEffects:
         for g, name in enumerate(self.groups):
             ge, si = self.group_effect[g], self.sum_individual[g]
             mg, ms = float(np.mean(ge)), float(np.mean(si))
-            out.append({"group": name, "members": len(self.groups[name]),
-                        "in_base": self.present[name], "group_effect": mg,
-                        "sum_individual": ms, "interaction": mg - ms,
-                        "ratio": mg / ms if ms != 0 else float("nan"),
-                        "mean_abs_interaction": float(np.mean(np.abs(ge - si)))})
+            out.append(
+                {
+                    "group": name,
+                    "members": len(self.groups[name]),
+                    "in_base": self.present[name],
+                    "group_effect": mg,
+                    "sum_individual": ms,
+                    "interaction": mg - ms,
+                    "ratio": mg / ms if ms != 0 else float("nan"),
+                    "mean_abs_interaction": float(np.mean(np.abs(ge - si))),
+                }
+            )
         return out
 
     def test_rows(self) -> list[dict]:
@@ -50,15 +58,29 @@ class GroupEffects:
         for g, name in enumerate(self.groups):
             for j, t in enumerate(self.test_ids):
                 ge, si = float(self.group_effect[g, j]), float(self.sum_individual[g, j])
-                out.append({"group": name, "test_id": t, "group_effect": ge,
-                            "sum_individual": si, "interaction": ge - si})
+                out.append(
+                    {
+                        "group": name,
+                        "test_id": t,
+                        "group_effect": ge,
+                        "sum_individual": si,
+                        "interaction": ge - si,
+                    }
+                )
         return out
 
 
-def group_effects(sim, base: Sequence[Sequence[str]], groups: Mapping[str, Sequence[str]],
-                  init_loss: np.ndarray, tests: Sequence[str] | None = None,
-                  mode: str = "keep-steps", unseen: str = "error", chunk: int | None = None,
-                  progress=None) -> GroupEffects:
+def group_effects(
+    sim,
+    base: Sequence[Sequence[str]],
+    groups: Mapping[str, Sequence[str]],
+    init_loss: np.ndarray,
+    tests: Sequence[str] | None = None,
+    mode: str = "keep-steps",
+    unseen: str = "error",
+    chunk: int | None = None,
+    progress=None,
+) -> GroupEffects:
     """Simulated removal effect of each whole group next to the sum of its members' effects.
 
     All curricula (base, one per group, one per distinct member occurring in the base) are
@@ -78,8 +100,8 @@ def group_effects(sim, base: Sequence[Sequence[str]], groups: Mapping[str, Seque
     fin = final_losses(sim, curricula, init_loss, tests=tests, unseen=unseen, chunk=chunk)
     base_final = fin[0]
     G = len(groups)
-    gfx = fin[1:1 + G] - base_final
-    single = dict(zip(members, fin[1 + G:] - base_final))
+    gfx = fin[1 : 1 + G] - base_final
+    single = dict(zip(members, fin[1 + G :] - base_final))
     M = fin.shape[1]
     sums = np.zeros((G, M))
     for g, v in enumerate(groups.values()):
@@ -102,18 +124,29 @@ def read_groups(path: str, column: str, id_column: str = "example_id") -> dict[s
         if path.endswith(".parquet"):
             tbl = pq.read_table(path)
         else:
-            tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                column_types={id_column: pa.string(), column: pa.string()},
-                strings_can_be_null=False))
+            tbl = pcsv.read_csv(
+                path,
+                convert_options=pcsv.ConvertOptions(
+                    column_types={id_column: pa.string(), column: pa.string()},
+                    strings_can_be_null=False,
+                ),
+            )
     except FileNotFoundError:
         raise InputError("no such file", path=path) from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read the table: {str(exc).splitlines()[0]}", path=path,
-                         hint="give a CSV or Parquet table with an example_id column") from None
+        raise InputError(
+            f"cannot read the table: {str(exc).splitlines()[0]}",
+            path=path,
+            hint="give a CSV or Parquet table with an example_id column",
+        ) from None
     for c in (id_column, column):
         if c not in tbl.column_names:
-            raise InputError(f"no column {c!r} (columns: {', '.join(tbl.column_names)})",
-                             path=path, field=c, hint="pick one with --column / --id-column")
+            raise InputError(
+                f"no column {c!r} (columns: {', '.join(tbl.column_names)})",
+                path=path,
+                field=c,
+                hint="pick one with --column / --id-column",
+            )
     ids = [str(x) for x in tbl[id_column].to_pylist()]
     vals = [str(x) for x in tbl[column].to_pylist()]
     out: dict[str, list[str]] = {}

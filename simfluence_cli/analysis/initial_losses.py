@@ -1,5 +1,4 @@
-"""Initial losses for a simulation: a stored run's step-0 losses or a ``test_id,loss`` table.
-"""
+"""Initial losses for a simulation: a stored run's step-0 losses or a ``test_id,loss`` table."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simfluence_cli.errors import InputError
+
 
 def run_init_loss(runset, run_id: str, test_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """A run's observed step-0 losses aligned with ``test_ids``; NaN where the run has no
@@ -31,18 +31,29 @@ def read_init_loss(path: str, test_ids: Sequence[str]) -> np.ndarray:
     import pyarrow.csv as pcsv
 
     try:
-        tbl = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            column_types={"test_id": pa.string()}))
+        tbl = pcsv.read_csv(
+            path, convert_options=pcsv.ConvertOptions(column_types={"test_id": pa.string()})
+        )
     except FileNotFoundError:
-        raise InputError("no such file", path=path,
-                         hint="--init-loss is 'mean', 'run:RUN' or a CSV file test_id,loss") from None
+        raise InputError(
+            "no such file",
+            path=path,
+            hint="--init-loss is 'mean', 'run:RUN' or a CSV file test_id,loss",
+        ) from None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"cannot read: {str(exc).splitlines()[0]}", path=path,
-                         hint="give a CSV table with columns test_id,loss") from None
+        raise InputError(
+            f"cannot read: {str(exc).splitlines()[0]}",
+            path=path,
+            hint="give a CSV table with columns test_id,loss",
+        ) from None
     for c in ("test_id", "loss"):
         if c not in tbl.column_names:
-            raise InputError(f"missing column {c!r}", path=path, field=c,
-                             hint="give a CSV table with columns test_id,loss")
+            raise InputError(
+                f"missing column {c!r}",
+                path=path,
+                field=c,
+                hint="give a CSV table with columns test_id,loss",
+            )
     ids = [str(x) for x in tbl["test_id"].to_pylist()]
     try:
         vals = np.asarray(tbl["loss"].to_pylist(), dtype=np.float64)
@@ -51,12 +62,16 @@ def read_init_loss(path: str, test_ids: Sequence[str]) -> np.ndarray:
     got = dict(zip(ids, vals))
     missing = [t for t in test_ids if t not in got]
     if missing:
-        raise InputError(f"no initial loss for {len(missing)} test(s): "
-                         f"{', '.join(missing[:10])}", path=path, field="test_id",
-                         hint="list every test example of the model (or pick them with --tests)")
+        raise InputError(
+            f"no initial loss for {len(missing)} test(s): {', '.join(missing[:10])}",
+            path=path,
+            field="test_id",
+            hint="list every test example of the model (or pick them with --tests)",
+        )
     out = np.asarray([got[t] for t in test_ids], dtype=np.float64)
     bad = [t for t, v in zip(test_ids, out) if not np.isfinite(v) or v < 0]
     if bad:
-        raise InputError(f"initial loss must be finite and >= 0 (test {bad[0]})", path=path,
-                         field="loss")
+        raise InputError(
+            f"initial loss must be finite and >= 0 (test {bad[0]})", path=path, field="loss"
+        )
     return out

@@ -100,8 +100,11 @@ def run_errors_from_parts(sse, sae, count, final_sim, final_obs) -> dict:
         "final_step_mse": float(np.mean(fe[fok] ** 2)) if fok.any() else np.nan,
         "final_step_mae": float(np.mean(np.abs(fe[fok]))) if fok.any() else np.nan,
         "final_spearman": spearman(fs, fo),
-        "sse": sse, "sae": sae, "count": count,
-        "final_sim": fs, "final_obs": fo,
+        "sse": sse,
+        "sae": sae,
+        "count": count,
+        "final_sim": fs,
+        "final_obs": fo,
     }
 
 
@@ -125,19 +128,28 @@ def run_spearman(final_sim: np.ndarray, final_obs: np.ndarray) -> np.ndarray:
 
 def summarise_runs(per_run: list[dict]) -> dict:
     """Mean over runs of the per-run metrics, std of ``final_spearman``, and run_spearman."""
+
     def col(k):
         return np.asarray([r[k] for r in per_run], dtype=np.float64)
 
     out = {}
-    for k in ("all_steps_mse", "all_steps_mae", "final_step_mse", "final_step_mae", "final_spearman"):
+    for k in (
+        "all_steps_mse",
+        "all_steps_mae",
+        "final_step_mse",
+        "final_step_mae",
+        "final_spearman",
+    ):
         v = col(k)
         out[k] = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
     sp = col("final_spearman")
     out["final_spearman_std"] = float(np.nanstd(sp)) if np.isfinite(sp).any() else np.nan
     out["mae"] = out["all_steps_mae"]
     if len(per_run) >= 2:
-        rs = run_spearman(np.vstack([r["final_sim"] for r in per_run]),
-                          np.vstack([r["final_obs"] for r in per_run]))
+        rs = run_spearman(
+            np.vstack([r["final_sim"] for r in per_run]),
+            np.vstack([r["final_obs"] for r in per_run]),
+        )
     else:
         rs = np.full(len(per_run[0]["final_obs"]) if per_run else 0, np.nan)
     out["run_spearman_per_test"] = rs

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli._atomic import write_atomic
-from simfluence_cli.errors import MissingExtraError, SelectionError, UsageError
 from simfluence_cli.analysis.evaluation import rollout_runs
+from simfluence_cli.errors import MissingExtraError, SelectionError, UsageError
 from simfluence_cli.runs import RunSet
 
 __all__ = ["Trajectories", "trajectories", "plot_file", "sparklines", "pick_tests"]
@@ -35,8 +35,10 @@ def pick_tests(runs: RunSet, model, tests: Sequence[str] | None, n: int = 4) -> 
     if tests:
         bad = [t for t in tests if t not in known]
         if bad:
-            raise SelectionError(f"unknown test id(s) {', '.join(bad[:10])}; the model and run know "
-                                 f"{len(known)} test ids")
+            raise SelectionError(
+                f"unknown test id(s) {', '.join(bad[:10])}; the model and run know "
+                f"{len(known)} test ids"
+            )
         return list(tests)
     ids = [t for t in runs.test_ids if t in known]
     return ids[:: max(1, len(ids) // n)][:n]
@@ -51,12 +53,15 @@ def trajectories(model, name: str, runs: RunSet, run_id: str, tests: Sequence[st
     sub = RunSet(runs.example_ids, runs.test_ids, [run])
     pos = {t: j for j, t in enumerate(runs.test_ids)}
     cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
-    _, sim = next(rollout_runs(model, sub, [run], np.asarray(tests, dtype=object), cols,
-                               unseen="prior"))
+    _, sim = next(
+        rollout_runs(model, sub, [run], np.asarray(tests, dtype=object), cols, unseen="prior")
+    )
     return Trajectories(run_id, name, list(tests), run.loss_steps, run.losses[:, cols], sim)
 
 
-def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] | None = None) -> None:
+def plot_file(
+    tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] | None = None
+) -> None:
     """Write a PNG/SVG: one panel per test example, observed (dots) vs simulated (line)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
@@ -66,9 +71,11 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingExtraError("plotting to a file needs matplotlib: "
-                                "pip install 'simfluence-cli[plot]' "
-                                "(or omit -o for a terminal quick look)") from None
+        raise MissingExtraError(
+            "plotting to a file needs matplotlib: "
+            "pip install 'simfluence-cli[plot]' "
+            "(or omit -o for a terminal quick look)"
+        ) from None
     m = len(tr.test_ids)
     ncol = min(m, 2)
     nrow = -(-m // ncol)
@@ -78,7 +85,9 @@ def plot_file(tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] |
     for j, t in enumerate(tr.test_ids):
         ax = axes[j // ncol][j % ncol]
         ax.plot(tr.steps, tr.observed[:, j], ".", ms=3, color="0.25", label="observed")
-        ax.plot(tr.steps, tr.simulated[:, j], "-", lw=1.6, color="C0", label=f"simulated ({tr.model})")
+        ax.plot(
+            tr.steps, tr.simulated[:, j], "-", lw=1.6, color="C0", label=f"simulated ({tr.model})"
+        )
         for k, (ename, traj) in enumerate((extra or {}).items()):
             ax.plot(tr.steps, traj[:, j], "--", lw=1.1, color=f"C{k + 1}", label=ename)
         ax.set_title(f"test {t}", fontsize=10)
@@ -108,7 +117,9 @@ def _spark(values: np.ndarray, lo: float, hi: float) -> str:
         if not np.isfinite(v):
             out.append(" ")
         else:
-            out.append(_BARS[int(np.clip((v - lo) / span * (len(_BARS) - 1) + 0.5, 0, len(_BARS) - 1))])
+            out.append(
+                _BARS[int(np.clip((v - lo) / span * (len(_BARS) - 1) + 0.5, 0, len(_BARS) - 1))]
+            )
     return "".join(out)
 
 
@@ -123,8 +134,10 @@ def _resample(steps: np.ndarray, y: np.ndarray, width: int) -> np.ndarray:
 def sparklines(tr: Trajectories, width: int = 60) -> str:
     """Terminal quick look: mean over the tests and each test, observed vs simulated."""
     width = max(8, width)
-    lines = [f"run {tr.run_id}, model {tr.model}: loss from step {tr.steps[0]} to {tr.steps[-1]} "
-             "(each pair of rows shares one scale)"]
+    lines = [
+        f"run {tr.run_id}, model {tr.model}: loss from step {tr.steps[0]} to {tr.steps[-1]} "
+        "(each pair of rows shares one scale)"
+    ]
     series = [("mean", np.nanmean(tr.observed, axis=1), np.nanmean(tr.simulated, axis=1))]
     series += [(t, tr.observed[:, j], tr.simulated[:, j]) for j, t in enumerate(tr.test_ids)]
     label_w = max(len(s[0]) for s in series) + 2

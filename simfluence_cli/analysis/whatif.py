@@ -92,13 +92,20 @@ class Edits:
         return not (self.drop or self.only or self.repeat or self.order)
 
     def describe(self) -> dict:
-        order = self.order if isinstance(self.order, str) or self.order is None else \
-            f"ids[{len(self.order)}]"
-        return {"drop": len(self.drop) if self.drop else 0,
-                "only": len(self.only) if self.only else 0,
-                "repeat": len(self.repeat) if self.repeat else 0,
-                "order": order, "order_scope": self.order_scope, "mode": self.mode,
-                "seed": self.seed}
+        order = (
+            self.order
+            if isinstance(self.order, str) or self.order is None
+            else f"ids[{len(self.order)}]"
+        )
+        return {
+            "drop": len(self.drop) if self.drop else 0,
+            "only": len(self.only) if self.only else 0,
+            "repeat": len(self.repeat) if self.repeat else 0,
+            "order": order,
+            "order_scope": self.order_scope,
+            "mode": self.mode,
+            "seed": self.seed,
+        }
 
 
 def batch_size_of(batches: Sequence[Sequence[str]]) -> int:
@@ -110,7 +117,7 @@ def batch_size_of(batches: Sequence[Sequence[str]]) -> int:
 
 
 def _chunk(stream: Sequence[str], b: int, drop_last: bool = False) -> Batches:
-    out = [list(stream[i:i + b]) for i in range(0, len(stream), b)]
+    out = [list(stream[i : i + b]) for i in range(0, len(stream), b)]
     if drop_last and len(out) > 1 and len(out[-1]) < b:
         out.pop()
     return out
@@ -179,17 +186,23 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
         stream = [e for batch in cur for e in batch]
         big = len(rank)
         span = len(set(stream)) if edits.order_scope == "epoch" else len(stream)
-        stream = [e for s in range(0, len(stream), span)  # stable sort of each epoch
-                  for e in sorted(stream[s:s + span], key=lambda e: rank.get(e, big))]
+        stream = [
+            e
+            for s in range(0, len(stream), span)  # stable sort of each epoch
+            for e in sorted(stream[s : s + span], key=lambda e: rank.get(e, big))
+        ]
         cur = _chunk(stream, b)
     if not cur:
-        raise SelectionError("the edited curriculum is empty: the edits removed every example "
-                             "of the base; check --drop/--only")
+        raise SelectionError(
+            "the edited curriculum is empty: the edits removed every example "
+            "of the base; check --drop/--only"
+        )
     return cur
 
 
-def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str],
-                  mode: str = "keep-steps") -> Batches:
+def drop_examples(
+    batches: Sequence[Sequence[str]], ids: Sequence[str], mode: str = "keep-steps"
+) -> Batches:
     """Shorthand: ``apply_edits(batches, Edits(drop=ids, mode=mode))`` (may be empty)."""
     try:
         return apply_edits(batches, Edits(drop=ids, mode=mode))
@@ -198,6 +211,7 @@ def drop_examples(batches: Sequence[Sequence[str]], ids: Sequence[str],
 
 
 # -- simulation helpers -----------------------------------------------------------------------
+
 
 def with_neutral(sim, curricula) -> object:
     """``sim``, or a shallow copy with the neutral placeholder as an extra example
@@ -219,9 +233,14 @@ def _chunk_size(T: int, M: int) -> int:
     return max(1, int(_SIM_BYTES // max(1, (T + 1) * M * 8 * 3)))
 
 
-def final_losses(sim, curricula: Sequence[Sequence[Sequence[str]]], init_loss: np.ndarray,
-                 tests: Sequence[str] | None = None, unseen: str = "error",
-                 chunk: int | None = None) -> np.ndarray:
+def final_losses(
+    sim,
+    curricula: Sequence[Sequence[Sequence[str]]],
+    init_loss: np.ndarray,
+    tests: Sequence[str] | None = None,
+    unseen: str = "error",
+    chunk: int | None = None,
+) -> np.ndarray:
     """Simulated final loss (C, M) of many curricula, in memory-bounded vectorised chunks.
 
     An empty curriculum's final loss is its initial loss.
@@ -233,13 +252,13 @@ def final_losses(sim, curricula: Sequence[Sequence[Sequence[str]]], init_loss: n
     T = max((len(c) for c in curricula), default=0)
     step = chunk or _chunk_size(T, M)
     for s in range(0, len(curricula), step):
-        part = list(curricula[s:s + step])
+        part = list(curricula[s : s + step])
         nonempty = [i for i, c in enumerate(part) if len(c)]
-        out[s:s + len(part)] = L0 if L0.ndim == 1 else L0[s:s + len(part)]
+        out[s : s + len(part)] = L0 if L0.ndim == 1 else L0[s : s + len(part)]
         if not nonempty:
             continue
         sub = [part[i] for i in nonempty]
-        init = L0 if L0.ndim == 1 else L0[s:s + len(part)][nonempty]
+        init = L0 if L0.ndim == 1 else L0[s : s + len(part)][nonempty]
         traj = sim.simulate(sub, init, tests=tests, unseen=unseen)
         lens = np.asarray([len(c) for c in sub])
         out[s + np.asarray(nonempty)] = traj[np.arange(len(sub)), lens]
@@ -264,20 +283,25 @@ class WhatIf:
 
     def summary(self) -> dict:
         ch = self.change
-        return {"tests": int(len(self.test_ids)), "base_steps": len(self.base),
-                "edited_steps": len(self.edited),
-                "base_examples": int(sum(len(b) for b in self.base)),
-                "edited_examples": int(sum(len(b) for b in self.edited)),
-                "mean_base_final": float(np.mean(self.base_final)),
-                "mean_edited_final": float(np.mean(self.edited_final)),
-                "mean_change": float(np.mean(ch)),
-                "tests_helped": int(np.sum(ch < 0)), "tests_hurt": int(np.sum(ch > 0)),
-                "edits": self.edits}
+        return {
+            "tests": int(len(self.test_ids)),
+            "base_steps": len(self.base),
+            "edited_steps": len(self.edited),
+            "base_examples": int(sum(len(b) for b in self.base)),
+            "edited_examples": int(sum(len(b) for b in self.edited)),
+            "mean_base_final": float(np.mean(self.base_final)),
+            "mean_edited_final": float(np.mean(self.edited_final)),
+            "mean_change": float(np.mean(ch)),
+            "tests_helped": int(np.sum(ch < 0)),
+            "tests_hurt": int(np.sum(ch > 0)),
+            "edits": self.edits,
+        }
 
     def rows(self) -> list[dict]:
-        return [{"test_id": t, "base_final": float(a), "edited_final": float(b),
-                 "change": float(b - a)}
-                for t, a, b in zip(self.test_ids, self.base_final, self.edited_final)]
+        return [
+            {"test_id": t, "base_final": float(a), "edited_final": float(b), "change": float(b - a)}
+            for t, a, b in zip(self.test_ids, self.base_final, self.edited_final)
+        ]
 
     def trajectory_rows(self) -> list[dict]:
         """Long form: step, test_id, base, edited (NaN/empty once a curriculum has ended)."""
@@ -286,13 +310,20 @@ class WhatIf:
         tests = np.tile(self.test_ids, T1)
         base = self.trajectories[0].reshape(-1)
         ed = self.trajectories[1].reshape(-1)
-        return [{"step": int(s), "test_id": t, "base": float(a), "edited": float(b)}
-                for s, t, a, b in zip(steps, tests, base, ed)]
+        return [
+            {"step": int(s), "test_id": t, "base": float(a), "edited": float(b)}
+            for s, t, a, b in zip(steps, tests, base, ed)
+        ]
 
 
-def whatif(sim, base: Sequence[Sequence[str]], edited: Sequence[Sequence[str]] | Edits,
-           init_loss: np.ndarray, tests: Sequence[str] | None = None,
-           unseen: str = "error") -> WhatIf:
+def whatif(
+    sim,
+    base: Sequence[Sequence[str]],
+    edited: Sequence[Sequence[str]] | Edits,
+    init_loss: np.ndarray,
+    tests: Sequence[str] | None = None,
+    unseen: str = "error",
+) -> WhatIf:
     """Simulate the base and the edited curriculum in one vectorised call."""
     base = [list(map(str, b)) for b in base]
     edits = {}
@@ -302,14 +333,17 @@ def whatif(sim, base: Sequence[Sequence[str]], edited: Sequence[Sequence[str]] |
     edited = [list(map(str, b)) for b in edited]
     if not base:
         raise SelectionError("the base curriculum is empty")
-    traj = with_neutral(sim, [edited]).simulate([base, edited], init_loss, tests=tests,
-                                                unseen=unseen)
+    traj = with_neutral(sim, [edited]).simulate(
+        [base, edited], init_loss, tests=tests, unseen=unseen
+    )
     test_ids = np.asarray(list(tests) if tests is not None else sim.test_ids_, dtype=object)
-    return WhatIf(test_ids, base, edited, traj, traj[0, len(base)].copy(),
-                  traj[1, len(edited)].copy(), edits)
+    return WhatIf(
+        test_ids, base, edited, traj, traj[0, len(base)].copy(), traj[1, len(edited)].copy(), edits
+    )
 
 
 # -- inputs shared by the commands ------------------------------------------------------------
+
 
 def run_batches(runset, run_id: str) -> Batches:
     """A stored run's curriculum as batches of example IDs."""

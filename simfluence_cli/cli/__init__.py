@@ -5,12 +5,14 @@ Each command lives in its own module and registers itself on the shared ``app``.
 
 from __future__ import annotations
 
+from simfluence_cli.cli import (
+    eval_cmd,  # noqa: F401  (eval, import-scores, top, plot)
+    fit_cmd,  # noqa: F401  (fit, simulate)
+    ingest_cmd,  # noqa: F401  (ingest, info)
+    verify_cmd,  # noqa: F401  (verify)
+    whatif_cmd,  # noqa: F401  (whatif, groups, design)
+)
 from simfluence_cli.cli._app import app
-from simfluence_cli.cli import ingest_cmd  # noqa: F401  (ingest, info)
-from simfluence_cli.cli import fit_cmd  # noqa: F401  (fit, simulate)
-from simfluence_cli.cli import eval_cmd  # noqa: F401  (eval, import-scores, top, plot)
-from simfluence_cli.cli import whatif_cmd  # noqa: F401  (whatif, groups, design)
-from simfluence_cli.cli import verify_cmd  # noqa: F401  (verify)
 
 
 def main() -> None:

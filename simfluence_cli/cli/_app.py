@@ -8,12 +8,13 @@ tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
 from __future__ import annotations
 
 import functools
-from enum import Enum
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -64,10 +65,13 @@ def show_progress() -> bool:
 
 @app.callback()
 def _main_options(
-    debug: Annotated[bool, typer.Option("--debug", envvar="SIMFLUENCE_DEBUG",
-                                        help="Show full tracebacks on errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q",
-                                        help="No progress bars or status messages on stderr.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="SIMFLUENCE_DEBUG", help="Show full tracebacks on errors."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or status messages on stderr.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     _state["quiet"] = quiet
@@ -84,8 +88,10 @@ def command(name: str | None = None, **kwargs) -> Callable:
                     shown = warnings.showwarning
                     warnings.simplefilter("always", SimfluenceWarning)
                     warnings.showwarning = lambda message, category, *a, **k: (
-                        warn(str(message)) if issubclass(category, SimfluenceWarning)
-                        else shown(message, category, *a, **k))
+                        warn(str(message))
+                        if issubclass(category, SimfluenceWarning)
+                        else shown(message, category, *a, **k)
+                    )
                     return fn(*args, **kw)
             except SimfluenceError as exc:
                 if _state["debug"]:
@@ -105,16 +111,24 @@ def command(name: str | None = None, **kwargs) -> Callable:
 
 StoreOpt = Annotated[
     Path,
-    typer.Option("--store", "-s", envvar="SIMFLUENCE_STORE",
-                 help="Run store directory (env SIMFLUENCE_STORE).", show_default=True),
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="SIMFLUENCE_STORE",
+        help="Run store directory (env SIMFLUENCE_STORE).",
+        show_default=True,
+    ),
 ]
 DEFAULT_STORE = Path("simfluence-store")
 
 RunsOpt = Annotated[
     str,
-    typer.Option("--runs", "-r",
-                 help="Run selector: 'all', tag names, run-id globs, comma-separated; "
-                      "'-' before a term excludes it, e.g. 'fit,-run-07'. See README 'Selecting runs'."),
+    typer.Option(
+        "--runs",
+        "-r",
+        help="Run selector: 'all', tag names, run-id globs, comma-separated; "
+        "'-' before a term excludes it, e.g. 'fit,-run-07'. See README 'Selecting runs'.",
+    ),
 ]
 
 
@@ -128,8 +142,10 @@ class Unseen(str, Enum):
 
 UnseenOpt = Annotated[
     Unseen,
-    typer.Option("--unseen",
-                 help="Training examples the model has no fitted parameters for (absent from its "
-                      "fitting runs): error (stop); prior = they act as the shrink target (no "
-                      "change); skip = drop them from their batch."),
+    typer.Option(
+        "--unseen",
+        help="Training examples the model has no fitted parameters for (absent from its "
+        "fitting runs): error (stop); prior = they act as the shrink target (no "
+        "change); skip = drop them from their batch.",
+    ),
 ]

@@ -12,16 +12,17 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.errors import UsageError
 from simfluence_cli.cli._app import stdout_console
+from simfluence_cli.errors import UsageError
 
 
 class Format(str, Enum):
@@ -34,8 +35,9 @@ class Format(str, Enum):
 
 FormatOpt = Annotated[
     Format | None,
-    typer.Option("--format", "-f",
-                 help="Output format; default: table on a terminal, csv otherwise."),
+    typer.Option(
+        "--format", "-f", help="Output format; default: table on a terminal, csv otherwise."
+    ),
 ]
 OutputOpt = Annotated[
     str, typer.Option("--output", "-o", help="Write data here instead of stdout ('-' = stdout).")
@@ -71,15 +73,28 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def render_rows(rows: Sequence[dict], columns: Sequence[str], fmt: Format, output: str = "-",
-                *, title: str | None = None, document: dict | None = None,
-                column_help: dict[str, str] | None = None) -> None:
+def render_rows(
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    fmt: Format,
+    output: str = "-",
+    *,
+    title: str | None = None,
+    document: dict | None = None,
+    column_help: dict[str, str] | None = None,
+) -> None:
     """Render records. ``document`` (for json) wraps rows in an object with extra keys."""
     if fmt is Format.table:
         if output != "-":
-            raise UsageError("--format table prints to the terminal; use csv/json/jsonl/parquet with -o")
-        table = Table(title=title, caption=None if not column_help else
-                      "; ".join(f"{k}: {v}" for k, v in column_help.items()))
+            raise UsageError(
+                "--format table prints to the terminal; use csv/json/jsonl/parquet with -o"
+            )
+        table = Table(
+            title=title,
+            caption=None
+            if not column_help
+            else "; ".join(f"{k}: {v}" for k, v in column_help.items()),
+        )
         for c in columns:
             table.add_column(c, overflow="fold")
         for r in rows:

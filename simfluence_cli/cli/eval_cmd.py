@@ -7,12 +7,11 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
 
-from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -25,6 +24,7 @@ from simfluence_cli.cli._app import (
     warn,
 )
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
+from simfluence_cli.errors import SelectionError, UsageError
 
 BASELINES = ("constant", "mean-trajectory")
 
@@ -54,9 +54,15 @@ def _open_store(path: Path):
 def _model_record(sim) -> dict:
     man = getattr(sim, "manifest_", {}) or {}
     cfg = man.get("config", {})
-    return {"name": man.get("name"), "kind": cfg.get("kind"), "config": cfg,
-            "l2": man.get("l2"), "data_hash": cfg.get("data_hash"), "fitted_at": man.get("fitted_at"),
-            "fitting_runs": list(cfg.get("runs", []))}
+    return {
+        "name": man.get("name"),
+        "kind": cfg.get("kind"),
+        "config": cfg,
+        "l2": man.get("l2"),
+        "data_hash": cfg.get("data_hash"),
+        "fitted_at": man.get("fitted_at"),
+        "fitting_runs": list(cfg.get("runs", [])),
+    }
 
 
 def _present(store, ids: list[str]) -> list[str]:
@@ -66,21 +72,50 @@ def _present(store, ids: list[str]) -> list[str]:
 
 @command("eval")
 def eval_command(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model name (repeat to compare several).")],
+    model: Annotated[
+        list[str], typer.Option("--model", "-m", help="Model name (repeat to compare several).")
+    ],
     store: StoreOpt = DEFAULT_STORE,
-    runs: Annotated[Optional[str], typer.Option(
-        "--runs", "-r", help="Runs to evaluate on (selector). Default: every run in the store that "
-                             "none of the models was fitted on.")] = None,
-    allow_fitting_runs: Annotated[bool, typer.Option(
-        "--allow-fitting-runs", help="Also evaluate on runs a model was fitted on (flagged in the "
-                                     "output; in-sample numbers are optimistic).")] = False,
-    by: Annotated[By, typer.Option("--by", help="summary: one row per model; run: per model and "
-                                                "run; test: per model and test example.")] = By.summary,
-    tests: Annotated[Optional[str], typer.Option(
-        "--tests", help="Only these test examples: a,b,c or @FILE (default: all the models know).")] = None,
-    baseline_runs: Annotated[Optional[str], typer.Option(
-        "--baseline-runs", help="Runs the mean-trajectory baseline averages (default: the first "
-                                "model's fitting runs).")] = None,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--runs",
+            "-r",
+            help="Runs to evaluate on (selector). Default: every run in the store that "
+            "none of the models was fitted on.",
+        ),
+    ] = None,
+    allow_fitting_runs: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fitting-runs",
+            help="Also evaluate on runs a model was fitted on (flagged in the "
+            "output; in-sample numbers are optimistic).",
+        ),
+    ] = False,
+    by: Annotated[
+        By,
+        typer.Option(
+            "--by",
+            help="summary: one row per model; run: per model and "
+            "run; test: per model and test example.",
+        ),
+    ] = By.summary,
+    tests: Annotated[
+        str | None,
+        typer.Option(
+            "--tests",
+            help="Only these test examples: a,b,c or @FILE (default: all the models know).",
+        ),
+    ] = None,
+    baseline_runs: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline-runs",
+            help="Runs the mean-trajectory baseline averages (default: the first "
+            "model's fitting runs).",
+        ),
+    ] = None,
     unseen: UnseenOpt = Unseen.error,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
@@ -92,8 +127,6 @@ def eval_command(
     (across test examples, mean and std over runs), run_spearman (per test example across runs,
     averaged: counterfactual skill, 0 = none), mae. Lower MSE/MAE and higher Spearman are better.
     """
-    from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
-    from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.analysis.evaluation import (
         METRIC_HELP,
         RUN_COLUMNS,
@@ -101,6 +134,8 @@ def eval_command(
         TEST_COLUMNS,
         evaluate,
     )
+    from simfluence_cli.io.curriculum import read_id_list
+    from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
     from simfluence_cli.store.saved_models import StoredModel
 
     out_fmt = resolve_format(fmt, output)
@@ -119,13 +154,16 @@ def eval_command(
     if overlap and not allow_fitting_runs:
         eval_ids = [r for r in selected if r not in fit_union]
         if runs is not None:
-            warn(f"left out {len(overlap)} run(s) a model was fitted on; pass "
-                 "--allow-fitting-runs to include them")
+            warn(
+                f"left out {len(overlap)} run(s) a model was fitted on; pass "
+                "--allow-fitting-runs to include them"
+            )
         if not eval_ids:
             raise SelectionError(
                 f"all {len(selected)} selected run(s) were used to fit "
                 f"{'the model' if len(model) == 1 else 'the models'}; ingest held-out runs and "
-                "select them with --runs, or pass --allow-fitting-runs (in-sample, optimistic)")
+                "select them with --runs, or pass --allow-fitting-runs (in-sample, optimistic)"
+            )
     else:
         eval_ids = selected
     if allow_fitting_runs and overlap:
@@ -137,19 +175,24 @@ def eval_command(
     if baseline_runs is not None:
         base_ids = st.select(baseline_runs)
     else:
-        base_ids = next((_present(st, r["fitting_runs"]) for r in records
-                         if _present(st, r["fitting_runs"])), [])
+        base_ids = next(
+            (_present(st, r["fitting_runs"]) for r in records if _present(st, r["fitting_runs"])),
+            [],
+        )
         if not base_ids:
-            raise SelectionError("no model has fitting runs in the store for the mean-trajectory "
-                                 "baseline; pass --baseline-runs SELECTOR")
+            raise SelectionError(
+                "no model has fitting runs in the store for the mean-trajectory "
+                "baseline; pass --baseline-runs SELECTOR"
+            )
     mean_traj = MeanTrajectoryBaseline().fit(st.load(base_ids))
     all_models = {**sims, "constant": ConstantBaseline(), "mean-trajectory": mean_traj}
     kinds = {name: r["kind"] or "simfluence" for name, r in zip(model, records)}
     kinds.update({"constant": "baseline", "mean-trajectory": "baseline"})
     fitting = {name: sorted(fit_by_model[name]) for name in model}
     fitting["mean-trajectory"] = list(base_ids)
-    ev = evaluate(all_models, rs, tests=test_list, unseen=unseen.value, fitting_runs=fitting,
-                  kinds=kinds)
+    ev = evaluate(
+        all_models, rs, tests=test_list, unseen=unseen.value, fitting_runs=fitting, kinds=kinds
+    )
     for note in ev.warnings:
         warn(note)
 
@@ -162,9 +205,13 @@ def eval_command(
         "allow_fitting_runs": allow_fitting_runs,
         "fitting_runs_evaluated": evaluated_fit,
         "models": records,
-        "baselines": {"constant": {"definition": "L_t = L_0"},
-                      "mean-trajectory": {"definition": "per test example, mean over runs of "
-                                          "the loss at each step", "runs": list(base_ids)}},
+        "baselines": {
+            "constant": {"definition": "L_t = L_0"},
+            "mean-trajectory": {
+                "definition": "per test example, mean over runs of the loss at each step",
+                "runs": list(base_ids),
+            },
+        },
         "definitions": METRIC_HELP,
         "warnings": list(ev.warnings),
     }
@@ -175,11 +222,12 @@ def eval_command(
     else:
         rows, cols = ev.test_rows(), TEST_COLUMNS
     flag = " [INCLUDES FITTING RUNS: in-sample]" if evaluated_fit else ""
-    title = (f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples"
-             f"{flag}")
+    title = f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples{flag}"
     if out_fmt is Format.table and by is By.summary:
         if output != "-":
-            raise UsageError("--format table prints to the terminal; use csv/json/jsonl/parquet with -o")
+            raise UsageError(
+                "--format table prints to the terminal; use csv/json/jsonl/parquet with -o"
+            )
         _summary_table(rows, title, bool(evaluated_fit))
     else:
         if out_fmt is Format.table:
@@ -201,21 +249,33 @@ def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
 
     from simfluence_cli.cli._app import stdout_console
 
-    t = Table(title=title, caption="all_steps_mse: over test examples and logged steps > 0; "
-              "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
-              "example across runs, averaged (counterfactual skill, 0 = none); mae: all steps. "
-              "Means over runs." + (" fit = evaluated runs the model was fitted on." if in_sample else ""))
+    t = Table(
+        title=title,
+        caption="all_steps_mse: over test examples and logged steps > 0; "
+        "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
+        "example across runs, averaged (counterfactual skill, 0 = none); mae: all steps. "
+        "Means over runs."
+        + (" fit = evaluated runs the model was fitted on." if in_sample else ""),
+    )
     t.add_column("model", no_wrap=True, min_width=max(len(r["model"]) for r in rows))
     for c in ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman", "mae"):
         t.add_column(c.replace("_", "_\n", 1) if c != "mae" else c, justify="right")
     if in_sample:
         t.add_column("fit", justify="right")
     for r in rows:
-        sp = _g(r["final_spearman"], 3) + (f" ± {_g(r['final_spearman_std'], 2)}"
-                                            if r["final_spearman_std"] is not None
-                                            and np.isfinite(r["final_spearman_std"]) else "")
-        cells = [r["model"], _g(r["all_steps_mse"]), _g(r["final_step_mse"]), sp,
-                 _g(r["run_spearman"], 3), _g(r["mae"])]
+        sp = _g(r["final_spearman"], 3) + (
+            f" ± {_g(r['final_spearman_std'], 2)}"
+            if r["final_spearman_std"] is not None and np.isfinite(r["final_spearman_std"])
+            else ""
+        )
+        cells = [
+            r["model"],
+            _g(r["all_steps_mse"]),
+            _g(r["final_step_mse"]),
+            sp,
+            _g(r["run_spearman"], 3),
+            _g(r["mae"]),
+        ]
         if in_sample:
             cells.append(str(r["on_fitting_runs"]))
         t.add_row(*cells)
@@ -229,30 +289,56 @@ def _provenance(records, ev, base_ids, evaluated_fit) -> None:
     info(f"evaluated on run(s): {shown}")
     for r in records:
         cfg = r["config"]
-        info(f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={r['l2']} "
-             f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
-             f"fitting runs={len(r['fitting_runs'])}")
+        info(
+            f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={r['l2']} "
+            f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
+            f"fitting runs={len(r['fitting_runs'])}"
+        )
     info(f"mean-trajectory baseline from {len(base_ids)} run(s)")
     if evaluated_fit:
-        warn(f"{len(evaluated_fit)} evaluated run(s) were fitting runs: {', '.join(evaluated_fit[:6])}")
+        warn(
+            f"{len(evaluated_fit)} evaluated run(s) were fitting runs: {', '.join(evaluated_fit[:6])}"
+        )
 
 
 @command("import-scores")
 def import_scores_command(
-    file: Annotated[Path, typer.Argument(help="Table with columns test_id,example_id,score "
-                                              "(.csv, .csv.gz or .parquet).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Table with columns test_id,example_id,score (.csv, .csv.gz or .parquet)."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name of the model to create.")],
     store: StoreOpt = DEFAULT_STORE,
-    scale: Annotated[str, typer.Option(
-        "--scale", help="Multiply scores by this before use: 'fit' (one least-squares factor on "
-                        "the --runs loss changes, recorded), 'none' (= 1) or a number.")] = "fit",
-    scale_on: Annotated[ScaleOn, typer.Option(
-        "--scale-on", help="What --scale fit explains: 'step' = loss changes between consecutive "
-                           "logged steps, 'cumulative' = changes from step 0.")] = ScaleOn.step,
-    runs: Annotated[Optional[str], typer.Option(
-        "--runs", "-r", help="Fitting runs (selector): for --scale fit, the observed loss range "
-                             "(clipping) and the eval default of leaving them out.")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a model of that name.")] = False,
+    scale: Annotated[
+        str,
+        typer.Option(
+            "--scale",
+            help="Multiply scores by this before use: 'fit' (one least-squares factor on "
+            "the --runs loss changes, recorded), 'none' (= 1) or a number.",
+        ),
+    ] = "fit",
+    scale_on: Annotated[
+        ScaleOn,
+        typer.Option(
+            "--scale-on",
+            help="What --scale fit explains: 'step' = loss changes between consecutive "
+            "logged steps, 'cumulative' = changes from step 0.",
+        ),
+    ] = ScaleOn.step,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--runs",
+            "-r",
+            help="Fitting runs (selector): for --scale fit, the observed loss range "
+            "(clipping) and the eval default of leaving them out.",
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite a model of that name.")
+    ] = False,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
@@ -261,16 +347,18 @@ def import_scores_command(
     score = predicted decrease of the test loss from one update containing the example
     (positive = helpful), so a positive score lowers the simulated loss.
     """
-    from simfluence_cli.store.saved_models import check_name, save_model
     from simfluence_cli._hashing import file_sha256
-    from simfluence_cli.model.external_scores import fit_scale, scores_simulator
     from simfluence_cli.io.score_files import read_scores
+    from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+    from simfluence_cli.store.saved_models import check_name, save_model
 
     check_name(name)
     out_fmt = resolve_format(fmt, output)
     if scale == "fit":
         if runs is None:
-            raise UsageError("--scale fit needs the fitting runs: add --runs SELECTOR (e.g. --runs fit)")
+            raise UsageError(
+                "--scale fit needs the fitting runs: add --runs SELECTOR (e.g. --runs fit)"
+            )
     elif scale != "none":
         try:
             value = float(scale)
@@ -288,31 +376,62 @@ def import_scores_command(
         fit_info = fit_scale(S, sim0.example_ids_, sim0.test_ids_, rs, on=scale_on.value)
         value = fit_info["scale"]
         if value <= 0:
-            warn(f"the fitted scale is {value:.4g} <= 0: the scores predict loss changes with the "
-                 "wrong sign on these runs")
+            warn(
+                f"the fitted scale is {value:.4g} <= 0: the scores predict loss changes with the "
+                "wrong sign on these runs"
+            )
     elif scale == "none":
         value = 1.0
     sim = scores_simulator(table, value, rs)
     run_ids = list(rs.run_ids) if rs is not None else []
     data_hash = st.data_hash(run_ids) if run_ids else f"scores-sha256:{file_sha256(file)}"
-    extra = {"source": str(file), "scale": value, "scale_mode": scale if scale in ("fit", "none") else "given",
-             "scale_on": scale_on.value if scale == "fit" else None,
-             "scale_fit": fit_info, "source_sha256": file_sha256(file),
-             "score_convention": "score = predicted decrease of the test loss from one update "
-                                 "containing the example; B = -scale * score"}
+    extra = {
+        "source": str(file),
+        "scale": value,
+        "scale_mode": scale if scale in ("fit", "none") else "given",
+        "scale_on": scale_on.value if scale == "fit" else None,
+        "scale_fit": fit_info,
+        "source_sha256": file_sha256(file),
+        "score_convention": "score = predicted decrease of the test loss from one update "
+        "containing the example; B = -scale * score",
+    }
     with st.write_lock():
-        save_model(st, name, sim, runs=run_ids, data_hash=data_hash, selector=runs,
-                   kind="tracin-scores", replace=replace, extra=extra)
-    info(f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
-         f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
-         "from the table: score 0)")
-    row = {"name": name, "kind": "tracin-scores", "scale": value,
-           "scale_mode": extra["scale_mode"], "scale_r2": (fit_info or {}).get("r2"),
-           "n_tests": int(len(sim.test_ids_)), "n_examples": int(len(sim.example_ids_)),
-           "rows": table.n_rows, "missing_pairs": table.n_missing, "fitting_runs": len(run_ids)}
+        save_model(
+            st,
+            name,
+            sim,
+            runs=run_ids,
+            data_hash=data_hash,
+            selector=runs,
+            kind="tracin-scores",
+            replace=replace,
+            extra=extra,
+        )
+    info(
+        f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
+        f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
+        "from the table: score 0)"
+    )
+    row = {
+        "name": name,
+        "kind": "tracin-scores",
+        "scale": value,
+        "scale_mode": extra["scale_mode"],
+        "scale_r2": (fit_info or {}).get("r2"),
+        "n_tests": int(len(sim.test_ids_)),
+        "n_examples": int(len(sim.example_ids_)),
+        "rows": table.n_rows,
+        "missing_pairs": table.n_missing,
+        "fitting_runs": len(run_ids),
+    }
     if out_fmt is Format.table:  # one record: print it vertically
-        render_rows([{"field": k, "value": v} for k, v in row.items()], ["field", "value"],
-                    out_fmt, output, title="imported scores")
+        render_rows(
+            [{"field": k, "value": v} for k, v in row.items()],
+            ["field", "value"],
+            out_fmt,
+            output,
+            title="imported scores",
+        )
     else:
         render_rows([row], list(row), out_fmt, output, title="imported scores")
 
@@ -320,18 +439,37 @@ def import_scores_command(
 @command("top")
 def top_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
-    test: Annotated[str, typer.Option(
-        "--test", "-t", help="Test example id, a,b,c / @FILE (averaged), or 'all' (mean over all "
-                             "test examples).")],
+    test: Annotated[
+        str,
+        typer.Option(
+            "--test",
+            "-t",
+            help="Test example id, a,b,c / @FILE (averaged), or 'all' (mean over all "
+            "test examples).",
+        ),
+    ],
     store: StoreOpt = DEFAULT_STORE,
-    k: Annotated[int, typer.Option("--k", "-k", help="How many helpful and harmful examples.")] = 20,
-    measure: Annotated[Measure, typer.Option(
-        "--measure", help="removal (default): simulated final loss without the example (its slot "
-                          "filled by a neutral no-change example) minus with it, mean over the "
-                          "fitting curricula; coefficient: one-step predicted loss decrease per "
-                          "occurrence. Both: positive = helpful.")] = Measure.removal,
-    runs: Annotated[Optional[str], typer.Option(
-        "--runs", "-r", help="Curricula for --measure removal (default: the model's fitting runs).")] = None,
+    k: Annotated[
+        int, typer.Option("--k", "-k", help="How many helpful and harmful examples.")
+    ] = 20,
+    measure: Annotated[
+        Measure,
+        typer.Option(
+            "--measure",
+            help="removal (default): simulated final loss without the example (its slot "
+            "filled by a neutral no-change example) minus with it, mean over the "
+            "fitting curricula; coefficient: one-step predicted loss decrease per "
+            "occurrence. Both: positive = helpful.",
+        ),
+    ] = Measure.removal,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--runs",
+            "-r",
+            help="Curricula for --measure removal (default: the model's fitting runs).",
+        ),
+    ] = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
@@ -341,8 +479,8 @@ def top_command(
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
     value, occurrences (in the fitting curricula).
     """
-    from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
+    from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import StoredModel
 
     if k < 1:
@@ -357,8 +495,10 @@ def top_command(
     if measure is Measure.removal:
         ids = st.select(runs) if runs is not None else _present(st, list(sim.run_ids_))
         if not ids:
-            raise SelectionError(f"model {model!r} has no fitting runs in the store to take examples "
-                                 "out of; pass --runs SELECTOR or --measure coefficient")
+            raise SelectionError(
+                f"model {model!r} has no fitting runs in the store to take examples "
+                "out of; pass --runs SELECTOR or --measure coefficient"
+            )
         rs = st.load(ids)
         progress, finish = _progress("removal effects", show_progress())
         per_example = mean_effect(sim, "removal", tests, rs, progress=progress)
@@ -368,21 +508,40 @@ def top_command(
     else:
         per_example = mean_effect(sim, "coefficient", tests)
         value_name = "step_effect"
-    rows = top_examples(per_example, sim.example_ids_, k, value_name,
-                        counts=np.asarray(sim.example_counts_), only=only)
-    what = "all test examples (mean)" if tests is None else (
-        f"test {tests[0]}" if len(tests) == 1 else f"{len(tests)} test examples (mean)")
+    rows = top_examples(
+        per_example,
+        sim.example_ids_,
+        k,
+        value_name,
+        counts=np.asarray(sim.example_counts_),
+        only=only,
+    )
+    what = (
+        "all test examples (mean)"
+        if tests is None
+        else (f"test {tests[0]}" if len(tests) == 1 else f"{len(tests)} test examples (mean)")
+    )
     for r in rows:
         r["test"] = "all" if tests is None else ",".join(tests)
     cols = ["direction", "rank", "example_id", value_name, "occurrences", "test"]
     if out_fmt is Format.table:
         cols = cols[:-1]
     help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1]}
-    render_rows(rows, cols, out_fmt, output, title=f"top {k} for {what}, model {model}",
-                column_help=help_text,
-                document={"model": model, "test": test, "measure": measure.value,
-                          "definition": MEASURE_HELP[measure.value],
-                          "model_manifest": _model_record(sim)})
+    render_rows(
+        rows,
+        cols,
+        out_fmt,
+        output,
+        title=f"top {k} for {what}, model {model}",
+        column_help=help_text,
+        document={
+            "model": model,
+            "test": test,
+            "measure": measure.value,
+            "definition": MEASURE_HELP[measure.value],
+            "model_manifest": _model_record(sim),
+        },
+    )
 
 
 def _progress(label: str, enabled: bool):
@@ -401,19 +560,33 @@ def plot_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
     run: Annotated[str, typer.Option("--run", help="Run id to replay (its curriculum and L_0).")],
     store: StoreOpt = DEFAULT_STORE,
-    tests: Annotated[Optional[str], typer.Option(
-        "--tests", help="Test examples a,b,c or @FILE (default: 4 spread over the test ids).")] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Write a .png/.svg/.pdf (needs the 'plot' extra). Without it: a "
-                               "terminal quick look.")] = None,
+    tests: Annotated[
+        str | None,
+        typer.Option(
+            "--tests", help="Test examples a,b,c or @FILE (default: 4 spread over the test ids)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write a .png/.svg/.pdf (needs the 'plot' extra). Without it: a "
+            "terminal quick look.",
+        ),
+    ] = None,
     width: Annotated[int, typer.Option("--width", help="Terminal chart width in characters.")] = 60,
-    baseline: Annotated[bool, typer.Option(
-        "--baseline/--no-baseline", help="Also draw the mean-trajectory baseline (file plots).")] = True,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline/--no-baseline", help="Also draw the mean-trajectory baseline (file plots)."
+        ),
+    ] = True,
 ) -> None:
     """Observed vs simulated loss trajectories of one run for a few test examples."""
+    from simfluence_cli.analysis.plots import pick_tests, plot_file, sparklines, trajectories
     from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import load_model
-    from simfluence_cli.analysis.plots import pick_tests, plot_file, sparklines, trajectories
 
     st = _open_store(store)
     sim = load_model(st, model)

@@ -13,7 +13,6 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     RunsOpt,
@@ -34,6 +33,7 @@ from simfluence_cli.cli._output import (
     render_rows,
     resolve_format,
 )
+from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
 
 
 class Method(str, Enum):
@@ -58,9 +58,11 @@ class Solver(str, Enum):
     cg = "cg"
 
 
-LOSS_HELP = {"step": "training step (0 = the initial loss, before any update)",
-             "test_id": "test example",
-             "loss": "simulated loss of test_id after training on steps 1..step"}
+LOSS_HELP = {
+    "step": "training step (0 = the initial loss, before any update)",
+    "test_id": "test example",
+    "loss": "simulated loss of test_id after training on steps 1..step",
+}
 
 
 def _open_store(path: Path):
@@ -110,43 +112,85 @@ class _Progress:
 def fit(
     store: StoreOpt = DEFAULT_STORE,
     runs: RunsOpt = "all",
-    method: Annotated[Method, typer.Option(
-        "--method",
-        help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
-             "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
-             "fixed at 0 (fits A).")] = Method.linear,
-    l2: Annotated[str, typer.Option(
-        "--l2", help="Ridge penalty l2 * ||theta - prior||^2 (a number >= 0), or 'auto': picked "
-                     "from 1e-3..1e3 by 5-fold cross-validation grouped by run (whole runs held "
-                     "out) on held-out rollout MSE; the choice and the CV curve are saved.")] = "auto",
-    prior: Annotated[Prior, typer.Option(
-        "--prior", help="What the penalty shrinks toward: no-change (A_i = 1/batch, B_i = 0: a "
-                        "batch leaves the loss unchanged) or zero (A = B = 0).")] = Prior.no_change,
-    clip: Annotated[Clip, typer.Option(
-        "--clip", help="Rollout safeguard: observed = clamp every simulated loss to the test "
-                       "example's loss range in the fitting runs, widened by half the range on "
-                       "each side and never below 0; none = raw recurrence (may diverge).")]
-    = Clip.observed,
-    name: Annotated[str | None, typer.Option(
-        "--name", "-n", help="Model name in the store (default: the method).")] = None,
-    replace: Annotated[bool, typer.Option(
-        "--replace", help="Overwrite a model of this name fitted with a different "
-                          "configuration or data; with the same one, refit anyway.")] = False,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the model manifest as JSON on stdout.")] = False,
-    solver: Annotated[Solver, typer.Option(
-        "--solver", help="auto: exact dense solve when a test example has <= 400 parameters "
-                         "(2 x training examples for linear), preconditioned conjugate gradient "
-                         "(relative residual 1e-10) above; direct | cg force one. Both give the "
-                         "same parameters to 1e-6.")] = Solver.auto,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, help="Local processes to shard the fit over (by test example); "
-                                 "results are identical to --workers 1.")] = 1,
-    dask: Annotated[str | None, typer.Option(
-        "--dask", help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
-                       "tcp://host:8786); its workers read this store's path, so it must be on "
-                       "a shared file system. One model is written here. Needs the "
-                       "simfluence[dask] extra.")] = None,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
+            "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
+            "fixed at 0 (fits A).",
+        ),
+    ] = Method.linear,
+    l2: Annotated[
+        str,
+        typer.Option(
+            "--l2",
+            help="Ridge penalty l2 * ||theta - prior||^2 (a number >= 0), or 'auto': picked "
+            "from 1e-3..1e3 by 5-fold cross-validation grouped by run (whole runs held "
+            "out) on held-out rollout MSE; the choice and the CV curve are saved.",
+        ),
+    ] = "auto",
+    prior: Annotated[
+        Prior,
+        typer.Option(
+            "--prior",
+            help="What the penalty shrinks toward: no-change (A_i = 1/batch, B_i = 0: a "
+            "batch leaves the loss unchanged) or zero (A = B = 0).",
+        ),
+    ] = Prior.no_change,
+    clip: Annotated[
+        Clip,
+        typer.Option(
+            "--clip",
+            help="Rollout safeguard: observed = clamp every simulated loss to the test "
+            "example's loss range in the fitting runs, widened by half the range on "
+            "each side and never below 0; none = raw recurrence (may diverge).",
+        ),
+    ] = Clip.observed,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Model name in the store (default: the method)."),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Overwrite a model of this name fitted with a different "
+            "configuration or data; with the same one, refit anyway.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the model manifest as JSON on stdout.")
+    ] = False,
+    solver: Annotated[
+        Solver,
+        typer.Option(
+            "--solver",
+            help="auto: exact dense solve when a test example has <= 400 parameters "
+            "(2 x training examples for linear), preconditioned conjugate gradient "
+            "(relative residual 1e-10) above; direct | cg force one. Both give the "
+            "same parameters to 1e-6.",
+        ),
+    ] = Solver.auto,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Local processes to shard the fit over (by test example); "
+            "results are identical to --workers 1.",
+        ),
+    ] = 1,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
+            "tcp://host:8786); its workers read this store's path, so it must be on "
+            "a shared file system. One model is written here. Needs the "
+            "simfluence[dask] extra.",
+        ),
+    ] = None,
 ) -> None:
     """Fit a Simfluence simulator on runs of the store and save it under a name.
 
@@ -154,6 +198,7 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
+    from simfluence_cli.model.simulator import Simulator
     from simfluence_cli.store.saved_models import (
         ParameterWriter,
         check_existing,
@@ -161,26 +206,37 @@ def fit(
         model_config,
         save_model,
     )
-    from simfluence_cli.model.simulator import Simulator
 
     name = check_name(name or method.value)
     # options first: a malformed option is a usage error (exit 2) whatever the store holds
-    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value,
-                    solver=solver.value, workers=workers, dask=dask)
+    sim = Simulator(
+        method=method.value,
+        l2=_parse_l2(l2),
+        prior=prior.value,
+        clip=clip.value,
+        solver=solver.value,
+        workers=workers,
+        dask=dask,
+    )
     st = _open_store(store)
     ids = st.select(runs)
     with st.write_lock():
         data_hash = st.data_hash(ids)
         prev = check_existing(st, name, model_config(sim, ids, data_hash), replace=replace)
         if prev is not None:
-            info(f"model {name!r} is up to date (same configuration and data, fitted "
-                 f"{prev.get('fitted_at')}); pass --replace to refit")
+            info(
+                f"model {name!r} is up to date (same configuration and data, fitted "
+                f"{prev.get('fitted_at')}); pass --replace to refit"
+            )
             if json_out:
                 render_object(prev)
             return
         rs = st.load(ids)
-        info(f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
-             f"{rs.n_tests} test examples" + (" (l2 by cross-validation)" if sim.l2 == "auto" else ""))
+        info(
+            f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
+            f"{rs.n_tests} test examples"
+            + (" (l2 by cross-validation)" if sim.l2 == "auto" else "")
+        )
         total = rs.n_tests * (2 if sim.l2 == "auto" else 1)
         # parameters stream into the model's next parameter file as test chunks are solved:
         # the whole training x test matrix is never in memory; the manifest still commits last
@@ -193,19 +249,33 @@ def fit(
         except BaseException:
             writer.abort()
             raise
-        man = save_model(st, name, sim, runs=ids, data_hash=data_hash, selector=runs,
-                         replace=replace, parameters=writer)
+        man = save_model(
+            st,
+            name,
+            sim,
+            runs=ids,
+            data_hash=data_hash,
+            selector=runs,
+            replace=replace,
+            parameters=writer,
+        )
     how = "chosen by CV" if sim.cv_curve_ else "given"
-    info(f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
-         f"clip {clip.value}; {len(ids)} run(s), {rs.n_examples} examples x {rs.n_tests} tests, "
-         f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}")
+    info(
+        f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
+        f"clip {clip.value}; {len(ids)} run(s), {rs.n_examples} examples x {rs.n_tests} tests, "
+        f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}"
+    )
     if sim.cv_curve_:
-        info("CV rollout MSE by l2: " + ", ".join(f"{c['l2']:g}: {c['cv_mse']:.4g}"
-                                               for c in sim.cv_curve_))
+        info(
+            "CV rollout MSE by l2: "
+            + ", ".join(f"{c['l2']:g}: {c['cv_mse']:.4g}" for c in sim.cv_curve_)
+        )
         grid = [c["l2"] for c in sim.cv_curve_]
         if len(grid) > 1 and sim.l2_ in (min(grid), max(grid)):
-            warn(f"the chosen l2={sim.l2_:g} is at the edge of the searched range "
-                 f"{min(grid):g}..{max(grid):g}; a value beyond it may fit better: try --l2 X")
+            warn(
+                f"the chosen l2={sim.l2_:g} is at the edge of the searched range "
+                f"{min(grid):g}..{max(grid):g}; a value beyond it may fit better: try --l2 X"
+            )
     if json_out:
         render_object(man)
 
@@ -216,8 +286,14 @@ def _default_model(st) -> str:
     names = [m["name"] for m in list_models(st)]
     if len(names) == 1:
         return names[0]
-    raise UsageError("pass --model NAME; " + (f"models in {st.path}: {', '.join(names)}" if names
-                                               else f"no models in {st.path}: run `simfluence fit`"))
+    raise UsageError(
+        "pass --model NAME; "
+        + (
+            f"models in {st.path}: {', '.join(names)}"
+            if names
+            else f"no models in {st.path}: run `simfluence fit`"
+        )
+    )
 
 
 def _store_example_ids(st) -> set[str]:
@@ -251,17 +327,24 @@ def _check_ids(cur, sim, st, unseen: str) -> None:
         known = _store_example_ids(st)
         unknown = [e for e in candidates if e not in known]
     if unknown:
-        raise InputError(f"{len(unknown)} unknown training example ID(s) (not in any run of the "
-                         f"store): {_where(cur, unknown)}", path=cur.source,
-                         hint="check the IDs; `simfluence info` shows the store's examples")
+        raise InputError(
+            f"{len(unknown)} unknown training example ID(s) (not in any run of the "
+            f"store): {_where(cur, unknown)}",
+            path=cur.source,
+            hint="check the IDs; `simfluence info` shows the store's examples",
+        )
     if unseen == "error":
-        raise ModelError(f"{cur.source}: {len(missing)} training example(s) the model has no "
-                         f"parameters for (not in its fitting runs): {_where(cur, missing)}; "
-                         "pass --unseen prior (they act as the shrink target: no change) or "
-                         "--unseen skip (drop them from their batch), or refit on runs that "
-                         "contain them")
-    warn(f"{len(missing)} example(s) without fitted parameters, handled by --unseen {unseen}: "
-         f"{_where(cur, missing)}")
+        raise ModelError(
+            f"{cur.source}: {len(missing)} training example(s) the model has no "
+            f"parameters for (not in its fitting runs): {_where(cur, missing)}; "
+            "pass --unseen prior (they act as the shrink target: no change) or "
+            "--unseen skip (drop them from their batch), or refit on runs that "
+            "contain them"
+        )
+    warn(
+        f"{len(missing)} example(s) without fitted parameters, handled by --unseen {unseen}: "
+        f"{_where(cur, missing)}"
+    )
 
 
 def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
@@ -275,8 +358,12 @@ def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
     rows = csv.reader(io.StringIO(text))
     header = next(rows, None)
     if header is None or [h.strip() for h in header[:2]] != ["test_id", "loss"]:
-        raise InputError("expected a header line 'test_id,loss'", path=path, line=1,
-                         hint="--init-loss FILE is a CSV with columns test_id,loss")
+        raise InputError(
+            "expected a header line 'test_id,loss'",
+            path=path,
+            line=1,
+            hint="--init-loss FILE is a CSV with columns test_id,loss",
+        )
     got: dict[str, float] = {}
     for no, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
@@ -287,18 +374,23 @@ def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
         try:
             v = float(row[1])
         except ValueError:
-            raise InputError(f"not a number: {row[1]!r}", path=path, line=no, field="loss") from None
+            raise InputError(
+                f"not a number: {row[1]!r}", path=path, line=no, field="loss"
+            ) from None
         if not (math.isfinite(v) and v >= 0):
-            raise InputError(f"a loss must be finite and >= 0, got {row[1]!r}", path=path,
-                             line=no, field="loss")
+            raise InputError(
+                f"a loss must be finite and >= 0, got {row[1]!r}", path=path, line=no, field="loss"
+            )
         if tid in got:
             raise InputError(f"duplicate test_id {tid!r}", path=path, line=no, field="test_id")
         got[tid] = v
     absent = [t for t in tests if t not in got]
     if absent:
-        raise InputError(f"no initial loss for {len(absent)} simulated test(s): "
-                         f"{', '.join(absent[:10])}", path=path,
-                         hint="give a row for every test, or restrict them with --tests")
+        raise InputError(
+            f"no initial loss for {len(absent)} simulated test(s): {', '.join(absent[:10])}",
+            path=path,
+            hint="give a row for every test, or restrict them with --tests",
+        )
     return np.asarray([got[t] for t in tests])
 
 
@@ -318,25 +410,43 @@ def _init_loss(spec: str, sim, st) -> np.ndarray:
         L0 = np.asarray([run.losses[0, pos[t]] if t in pos else np.nan for t in tests])
         bad = [t for t, v in zip(tests, L0) if not np.isfinite(v)]
         if bad:
-            raise SelectionError(f"run {rid!r} has no step-0 loss for test(s) {', '.join(bad[:10])}")
+            raise SelectionError(
+                f"run {rid!r} has no step-0 loss for test(s) {', '.join(bad[:10])}"
+            )
         return L0
     return _read_init_file(spec, tests)
 
 
 @command("simulate")
 def simulate(
-    curriculum: Annotated[str, typer.Argument(
-        help="Curriculum text file ('-' = stdin): one line per training step with the batch's "
-             "example IDs separated by whitespace; blank lines and '#' comments are ignored.")],
+    curriculum: Annotated[
+        str,
+        typer.Argument(
+            help="Curriculum text file ('-' = stdin): one line per training step with the batch's "
+            "example IDs separated by whitespace; blank lines and '#' comments are ignored."
+        ),
+    ],
     store: StoreOpt = DEFAULT_STORE,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Fitted model name (default: the store's only model).")] = None,
-    tests: Annotated[str | None, typer.Option(
-        "--tests", "-t", help="Test example IDs to simulate: 'a,b,c' or @FILE (default: all of "
-                              "the model's).")] = None,
-    init_loss: Annotated[str, typer.Option(
-        "--init-loss", help="Step-0 losses: mean (mean over the fitting runs), run:RUN (that "
-                            "run's step-0 losses) or FILE (CSV test_id,loss).")] = "mean",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Fitted model name (default: the store's only model)."),
+    ] = None,
+    tests: Annotated[
+        str | None,
+        typer.Option(
+            "--tests",
+            "-t",
+            help="Test example IDs to simulate: 'a,b,c' or @FILE (default: all of the model's).",
+        ),
+    ] = None,
+    init_loss: Annotated[
+        str,
+        typer.Option(
+            "--init-loss",
+            help="Step-0 losses: mean (mean over the fitting runs), run:RUN (that "
+            "run's step-0 losses) or FILE (CSV test_id,loss).",
+        ),
+    ] = "mean",
     unseen: UnseenOpt = Unseen.error,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
@@ -359,21 +469,27 @@ def simulate(
     L0 = _init_loss(init_loss, sim, st)
     sizes = {len(b) for b in cur.batches}
     if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
-        warn(f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
-             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it")
+        warn(
+            f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
+            f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
+        )
     idx = sim.encode([cur.batches], unseen=unseen.value)
     traj = np.empty((len(cur) + 1, len(sim.test_ids_)))  # (T+1, M), filled chunk by chunk
     s = 0
     for chunk, part in sim.chunks():
-        traj[:, s: s + len(chunk)] = part.simulate(idx, init_loss=L0[s: s + len(chunk)],
-                                                   lengths=[len(cur)])[0]
+        traj[:, s : s + len(chunk)] = part.simulate(
+            idx, init_loss=L0[s : s + len(chunk)], lengths=[len(cur)]
+        )[0]
         s += len(chunk)
         part = None  # free this chunk's parameters before the next one is loaded
     lo, hi = sim.bounds_
     clamped = 0 if lo is None else int(np.sum((traj[1:] <= lo) | (traj[1:] >= hi)))
-    info(f"simulated {len(cur)} step(s) x {traj.shape[1]} test(s) with model {name!r} "
-         f"({sim.method}, clip {sim.clip}" + (f": {clamped} value(s) at a bound" if lo is not None
-                                              else "") + ")")
+    info(
+        f"simulated {len(cur)} step(s) x {traj.shape[1]} test(s) with model {name!r} "
+        f"({sim.method}, clip {sim.clip}"
+        + (f": {clamped} value(s) at a bound" if lo is not None else "")
+        + ")"
+    )
     _write_long(traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})")
 
 
@@ -395,10 +511,14 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
 
             from simfluence_cli._atomic import write_atomic
 
-            table = table.replace_schema_metadata({b"simfluence.columns": json.dumps(LOSS_HELP).encode()})
+            table = table.replace_schema_metadata(
+                {b"simfluence.columns": json.dumps(LOSS_HELP).encode()}
+            )
             if output == "-":
                 if sys.stdout.isatty():
-                    raise UsageError("refusing to write binary Parquet to a terminal; use -o FILE.parquet")
+                    raise UsageError(
+                        "refusing to write binary Parquet to a terminal; use -o FILE.parquet"
+                    )
                 buf = io.BytesIO()
                 pq.write_table(table, buf)
                 sys.stdout.buffer.write(buf.getvalue())
@@ -411,9 +531,15 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
 
             buf = io.BytesIO()
             buf.write(b"step,test_id,loss\n")
-            pcsv.write_csv(table.cast(pa.schema([("step", pa.int64()), ("test_id", pa.string()),
-                                                 ("loss", pa.float64())])), buf,
-                           pcsv.WriteOptions(include_header=False, quoting_style="none"))
+            pcsv.write_csv(
+                table.cast(
+                    pa.schema(
+                        [("step", pa.int64()), ("test_id", pa.string()), ("loss", pa.float64())]
+                    )
+                ),
+                buf,
+                pcsv.WriteOptions(include_header=False, quoting_style="none"),
+            )
             data = buf.getvalue()
             if output == "-":
                 sys.stdout.buffer.write(data)
@@ -423,8 +549,10 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
 
                 write_bytes_atomic(output, data)
             return
-    rows = [{"step": int(s), "test_id": tests[c], "loss": float(v)}
-            for s, c, v in zip(step, codes, loss)]
+    rows = [
+        {"step": int(s), "test_id": tests[c], "loss": float(v)}
+        for s, c, v in zip(step, codes, loss)
+    ]
     render_rows(rows, ["step", "test_id", "loss"], fmt, output, title=title, column_help=LOSS_HELP)
 
 
@@ -443,16 +571,19 @@ def curriculum(
     st = _open_store(store)
     ids = [run] if run in st.run_ids() else st.select(run)
     if len(ids) != 1:
-        raise SelectionError(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}...); "
-                             "give one run id")
+        raise SelectionError(
+            f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}...); give one run id"
+        )
     rs = st.load([ids[0]])
     r = rs.runs[0]
     ex = rs.example_ids
     bad = [e for e in ex if any(c.isspace() for c in e) or "#" in e]
     if bad:  # they would be split or cut when the file is read back
-        raise InputError(f"run {ids[0]!r} has example IDs the curriculum text format cannot hold "
-                         f"(whitespace or '#'): {', '.join(map(repr, bad[:5]))}",
-                         hint="read its curriculum from the store's Parquet files instead")
+        raise InputError(
+            f"run {ids[0]!r} has example IDs the curriculum text format cannot hold "
+            f"(whitespace or '#'): {', '.join(map(repr, bad[:5]))}",
+            hint="read its curriculum from the store's Parquet files instead",
+        )
     lines = [f"# curriculum of run {ids[0]}: {r.n_steps} steps (line k+1 = step k)"]
     lines += [" ".join(ex[r.batch(t)]) for t in range(1, r.n_steps + 1)]
     text = "\n".join(lines) + "\n"

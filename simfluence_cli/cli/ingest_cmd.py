@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from simfluence_cli.store.run_store import RunStore
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -26,6 +25,7 @@ from simfluence_cli.cli._output import (
     render_rows,
     resolve_format,
 )
+from simfluence_cli.store.run_store import RunStore
 
 
 class InputFormat(str, Enum):
@@ -36,23 +36,46 @@ class InputFormat(str, Enum):
 
 @command("ingest")
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(
-        help="Log files or directories (walked). Encodings: jsonl = A, one <run>.jsonl[.gz] per "
-             "run; table = B, long CSV/Parquet tables run,step,example_id and "
-             "run,step,test_id,loss; gptdynamics = C, directories with train_samples_id.json "
-             "and all_loss_trajectory.out (run id = directory name).",
-        show_default=False, metavar="PATH...")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Log files or directories (walked). Encodings: jsonl = A, one <run>.jsonl[.gz] per "
+            "run; table = B, long CSV/Parquet tables run,step,example_id and "
+            "run,step,test_id,loss; gptdynamics = C, directories with train_samples_id.json "
+            "and all_loss_trajectory.out (run id = directory name).",
+            show_default=False,
+            metavar="PATH...",
+        ),
+    ],
     store: StoreOpt = DEFAULT_STORE,
-    tag: Annotated[list[str], typer.Option(
-        "--tag", "-t", metavar="TAG", help="Tag the ingested runs (repeatable); selectors match tags.")] = [],
-    input_format: Annotated[InputFormat | None, typer.Option(
-        "--format", help="Force the input encoding instead of detecting it from names/contents.",
-        case_sensitive=False)] = None,
-    replace: Annotated[bool, typer.Option(
-        "--replace", help="Overwrite runs whose id exists with different content.")] = False,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the report (added/replaced/unchanged runs, rows) as JSON on stdout.")]
-    = False,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag",
+            "-t",
+            metavar="TAG",
+            help="Tag the ingested runs (repeatable); selectors match tags.",
+        ),
+    ] = None,
+    input_format: Annotated[
+        InputFormat | None,
+        typer.Option(
+            "--format",
+            help="Force the input encoding instead of detecting it from names/contents.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Overwrite runs whose id exists with different content."),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the report (added/replaced/unchanged runs, rows) as JSON on stdout.",
+        ),
+    ] = False,
 ) -> None:
     """Read training logs into the run store (all-or-nothing; identical content is a no-op).
 
@@ -60,15 +83,28 @@ def ingest(
     and the field, exits 1 and leaves the store unchanged. A run id already stored with other
     content is refused unless --replace.
     """
+    if tag is None:
+        tag = []
     rs = RunStore(store, create=True)
     fmt = input_format.value if input_format else None
     if show_progress():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-            TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                      console=stderr_console(), transient=True) as bar:
+        with Progress(
+            TextColumn("ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=stderr_console(),
+            transient=True,
+        ) as bar:
             task = bar.add_task("", total=None)
 
             def progress(done: int, total: int, label: str) -> None:
@@ -96,14 +132,26 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
         ("test_examples", f"{d['test_examples']:,} distinct"),
         ("loss_rows", f"{d['loss_rows']:,} (logged steps: {d['logged_steps']:,})"),
         ("curriculum_rows", f"{d['curriculum_rows']:,}"),
-        ("batch_size", "-" if d["batch_size_min"] is None else
-         (f"{d['batch_size_min']}" if d["batch_size_min"] == d["batch_size_max"]
-          else f"{d['batch_size_min']}..{d['batch_size_max']}")),
+        (
+            "batch_size",
+            "-"
+            if d["batch_size_min"] is None
+            else (
+                f"{d['batch_size_min']}"
+                if d["batch_size_min"] == d["batch_size_max"]
+                else f"{d['batch_size_min']}..{d['batch_size_max']}"
+            ),
+        ),
     ]
     if cov:
-        rows.append(("coverage", f"occurrences per training example: min {cov['min']}, median "
-                                 f"{cov['median']:g}, max {cov['max']}, mean {cov['mean']:g}, "
-                                 f"CV {cov['cv']} (0 = perfectly even)"))
+        rows.append(
+            (
+                "coverage",
+                f"occurrences per training example: min {cov['min']}, median "
+                f"{cov['median']:g}, max {cov['max']}, mean {cov['mean']:g}, "
+                f"CV {cov['cv']} (0 = perfectly even)",
+            )
+        )
     rows.append(("models", ", ".join(d["models"]) or "(none)"))
     return rows
 
@@ -111,11 +159,18 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
 @command("info")
 def info_cmd(
     store: StoreOpt = DEFAULT_STORE,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object (runs, train_examples, test_examples, steps, "
-                       "loss_rows, tags{tag: runs}, coverage, models, ...).")] = False,
-    list_runs: Annotated[bool, typer.Option(
-        "--list", "-l", help="List the runs (one row each) instead of the summary.")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object (runs, train_examples, test_examples, steps, "
+            "loss_rows, tags{tag: runs}, coverage, models, ...).",
+        ),
+    ] = False,
+    list_runs: Annotated[
+        bool,
+        typer.Option("--list", "-l", help="List the runs (one row each) instead of the summary."),
+    ] = False,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
@@ -126,8 +181,20 @@ def info_cmd(
     """
     rs = RunStore(store)
     if list_runs:
-        cols = ["run", "tags", "steps", "batch_size_min", "batch_size_max", "n_examples",
-                "n_tests", "loss_steps", "loss_rows", "source_format", "source", "ingested_at"]
+        cols = [
+            "run",
+            "tags",
+            "steps",
+            "batch_size_min",
+            "batch_size_max",
+            "n_examples",
+            "n_tests",
+            "loss_steps",
+            "loss_rows",
+            "source_format",
+            "source",
+            "ingested_at",
+        ]
         rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
         render_rows(rows, cols, resolve_format(fmt, output), output, title=f"runs in {store}")
         return
@@ -151,4 +218,5 @@ def info_cmd(
             sys.stdout.write(text)
         else:
             from simfluence_cli._atomic import write_bytes_atomic
+
             write_bytes_atomic(output, text.encode())

@@ -6,24 +6,35 @@ from typing import Annotated
 
 import typer
 
-from simfluence_cli.store.integrity import verify_store
 from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info
 from simfluence_cli.cli._output import render_object
+from simfluence_cli.store.integrity import verify_store
 
 
 @command("verify")
 def verify(
     store: StoreOpt = DEFAULT_STORE,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the report as one JSON object (ok, errors, warnings, findings "
-                       "[{severity, where, message, fix}], counts).")] = False,
-    repair: Annotated[bool, typer.Option(
-        "--repair", help="First remove leftovers of interrupted writes (unnamed partition "
-                         "files, temp files, model directories without model.json) and rewrite "
-                         "runs.parquet, holding the write lock. Never touches committed data.")]
-    = False,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Exit 1 on warnings (leftovers) too, not only on errors.")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the report as one JSON object (ok, errors, warnings, findings "
+            "[{severity, where, message, fix}], counts).",
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="First remove leftovers of interrupted writes (unnamed partition "
+            "files, temp files, model directories without model.json) and rewrite "
+            "runs.parquet, holding the write lock. Never touches committed data.",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 on warnings (leftovers) too, not only on errors."),
+    ] = False,
 ) -> None:
     """Check a store: manifest and format version, every run's files (schema, row counts,
     content hash recomputed from the files), files the manifest does not name, runs.parquet,

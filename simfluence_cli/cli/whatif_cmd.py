@@ -12,12 +12,10 @@ import numpy as np
 import typer
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
+from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
 from simfluence_cli.analysis.groups import group_effects, read_groups
 from simfluence_cli.analysis.initial_losses import read_init_loss, run_init_loss
-from simfluence_cli.io.curriculum import read_curriculum, read_id_list
-from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
-from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -29,41 +27,56 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
-from simfluence_cli.cli._output import FormatOpt, OutputOpt, Format, render_rows, resolve_format
+from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
+from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.io.curriculum import read_curriculum, read_id_list
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")
+]
 TestsOpt = Annotated[
     str | None,
-    typer.Option("--tests", "-t", help="Test examples: IDS (a,b,c), @FILE or 'all' (default: all "
-                                       "test examples of the model)."),
+    typer.Option(
+        "--tests",
+        "-t",
+        help="Test examples: IDS (a,b,c), @FILE or 'all' (default: all "
+        "test examples of the model).",
+    ),
 ]
 InitOpt = Annotated[
     str | None,
-    typer.Option("--init-loss",
-                 help="Initial losses L_0: 'mean' (the model's mean observed L_0), 'run:RUN' "
-                      "(that run's observed L_0) or a CSV file test_id,loss. Default: the base "
-                      "run's L_0 when --base is a run, else 'mean'."),
+    typer.Option(
+        "--init-loss",
+        help="Initial losses L_0: 'mean' (the model's mean observed L_0), 'run:RUN' "
+        "(that run's observed L_0) or a CSV file test_id,loss. Default: the base "
+        "run's L_0 when --base is a run, else 'mean'.",
+    ),
 ]
 BaseOpt = Annotated[
     str,
-    typer.Option("--base", "-b",
-                 help="The base curriculum: a run id in the store ('run:ID' forces it), or a "
-                      "curriculum text file (one line per step; '-' = stdin)."),
+    typer.Option(
+        "--base",
+        "-b",
+        help="The base curriculum: a run id in the store ('run:ID' forces it), or a "
+        "curriculum text file (one line per step; '-' = stdin).",
+    ),
 ]
 ModeOpt = Annotated[
     str,
-    typer.Option("--mode",
-                 help="How removed/added examples change the batches: 'keep-steps' (the edited "
-                      "example stream, in order, cut into full batches of the base's size and "
-                      "cycled to the base's number of steps: same compute), 'repack' (same, "
-                      "not cycled: fewer steps), 'shrink' (removed in place: smaller batches), "
-                      "'neutral' (replaced in place by a no-change placeholder, A = 1/b, B = 0)."),
+    typer.Option(
+        "--mode",
+        help="How removed/added examples change the batches: 'keep-steps' (the edited "
+        "example stream, in order, cut into full batches of the base's size and "
+        "cycled to the base's number of steps: same compute), 'repack' (same, "
+        "not cycled: fewer steps), 'shrink' (removed in place: smaller batches), "
+        "'neutral' (replaced in place by a no-change placeholder, A = 1/b, B = 0).",
+    ),
 ]
 
 
 def _open(store: Path, model: str, tests: str | None):
-    from simfluence_cli.store.saved_models import load_model
     from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import load_model
 
     st = RunStore(store)
     test_list = None if tests in (None, "all") else read_id_list(tests, "test IDs")
@@ -92,8 +105,10 @@ def _base(st, sim, base: str, init: str | None):
     if rs is not None:
         L0, missing = run_init_loss(rs, rid, tests)
         if missing and init is None:
-            warn(f"run {rid} has no step-0 loss for {len(missing)} test(s) "
-                 f"(e.g. {missing[0]}); using the model's mean L_0 for them")
+            warn(
+                f"run {rid} has no step-0 loss for {len(missing)} test(s) "
+                f"(e.g. {missing[0]}); using the model's mean L_0 for them"
+            )
             L0 = np.where(np.isfinite(L0), L0, sim.init_loss_mean_)
     if init is not None:
         L0 = _init_loss(st, sim, init)
@@ -114,8 +129,9 @@ def _init_loss(st, sim, spec: str) -> np.ndarray:
             raise SelectionError(f"--init-loss {spec!r} matches {len(ids)} runs; give one run id")
         L0, missing = run_init_loss(st.load(ids), ids[0], tests)
         if missing:
-            raise SelectionError(f"run {ids[0]} has no step-0 loss for test(s) "
-                                 f"{', '.join(missing[:10])}")
+            raise SelectionError(
+                f"run {ids[0]} has no step-0 loss for test(s) {', '.join(missing[:10])}"
+            )
         return L0
     return read_init_loss(spec, tests)
 
@@ -142,33 +158,62 @@ def _check_mode(mode: str) -> str:
 def whatif_cmd(
     model: ModelOpt,
     base: BaseOpt,
-    drop: Annotated[str | None, typer.Option("--drop", help="Remove these examples (IDS or @FILE) "
-                                                            "from every step.")] = None,
-    only: Annotated[str | None, typer.Option("--only", help="Keep only these examples (IDS or "
-                                                            "@FILE).")] = None,
-    repeat: Annotated[str | None, typer.Option("--repeat", help="Train twice on every occurrence "
-                                                                "of these examples (IDS or @FILE).")] = None,
-    order: Annotated[str | None, typer.Option(
-        "--order", help="Reorder: 'shuffle' (random order of the examples, re-batched), "
-                        "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
-                        "reversed), or @FILE (example IDs in the wanted order; each epoch is "
-                        "stably sorted by it, see --order-scope).")] = None,
-    order_scope: Annotated[str, typer.Option(
-        "--order-scope", help="For --order @FILE: sort each epoch (one pass over the data) "
-                              "by the file's order ('epoch'), or the whole run ('run').")] = "epoch",
+    drop: Annotated[
+        str | None,
+        typer.Option("--drop", help="Remove these examples (IDS or @FILE) from every step."),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Keep only these examples (IDS or @FILE).")
+    ] = None,
+    repeat: Annotated[
+        str | None,
+        typer.Option(
+            "--repeat", help="Train twice on every occurrence of these examples (IDS or @FILE)."
+        ),
+    ] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            "--order",
+            help="Reorder: 'shuffle' (random order of the examples, re-batched), "
+            "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
+            "reversed), or @FILE (example IDs in the wanted order; each epoch is "
+            "stably sorted by it, see --order-scope).",
+        ),
+    ] = None,
+    order_scope: Annotated[
+        str,
+        typer.Option(
+            "--order-scope",
+            help="For --order @FILE: sort each epoch (one pass over the data) "
+            "by the file's order ('epoch'), or the whole run ('run').",
+        ),
+    ] = "epoch",
     mode: ModeOpt = "keep-steps",
     seed: Annotated[int, typer.Option("--seed", help="Seed for --order shuffle*.")] = 0,
-    edited_spec: Annotated[str | None, typer.Option(
-        "--edited", help="Compare the base with this curriculum (a run id or curriculum file) "
-                         "instead of applying edit options.")] = None,
+    edited_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--edited",
+            help="Compare the base with this curriculum (a run id or curriculum file) "
+            "instead of applying edit options.",
+        ),
+    ] = None,
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
     unseen: UnseenOpt = Unseen.error,
-    trajectories: Annotated[bool, typer.Option(
-        "--trajectories", help="Print the step-wise trajectories side by side (long form "
-                               "step,test_id,base,edited) instead of the final-loss table.")] = False,
-    save_edited: Annotated[str | None, typer.Option(
-        "--save-edited", help="Also write the edited curriculum to this text file.")] = None,
+    trajectories: Annotated[
+        bool,
+        typer.Option(
+            "--trajectories",
+            help="Print the step-wise trajectories side by side (long form "
+            "step,test_id,base,edited) instead of the final-loss table.",
+        ),
+    ] = False,
+    save_edited: Annotated[
+        str | None,
+        typer.Option("--save-edited", help="Also write the edited curriculum to this text file."),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
@@ -180,21 +225,30 @@ def whatif_cmd(
     Edits are applied in the order --only, --drop, --repeat, --order; see README 'What if'.
     """
     st, sim = _open(store, model, tests)
-    edits = Edits(drop=_ids(drop, "example IDs for --drop"),
-                  only=_ids(only, "example IDs for --only"),
-                  repeat=_ids(repeat, "example IDs for --repeat"),
-                  order=_order(order), mode=_check_mode(mode), seed=seed,
-                  order_scope=order_scope)
+    edits = Edits(
+        drop=_ids(drop, "example IDs for --drop"),
+        only=_ids(only, "example IDs for --only"),
+        repeat=_ids(repeat, "example IDs for --repeat"),
+        order=_order(order),
+        mode=_check_mode(mode),
+        seed=seed,
+        order_scope=order_scope,
+    )
     if edited_spec is not None and not edits.is_empty():
         raise UsageError("--edited replaces the edit options; drop --drop/--only/--repeat/--order")
     if edited_spec is None and edits.is_empty():
-        warn("no edit given (--drop/--only/--repeat/--order/--edited): the edited curriculum "
-             "is the base")
+        warn(
+            "no edit given (--drop/--only/--repeat/--order/--edited): the edited curriculum "
+            "is the base"
+        )
     batches, L0, desc = _base(st, sim, base, init_loss)
     if edited_spec is not None:
         edits, _, _, edesc = _curriculum(st, edited_spec, "--edited")
-    checks = [] if edited_spec is not None else [
-        ("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)]
+    checks = (
+        []
+        if edited_spec is not None
+        else [("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)]
+    )
     for what, ids in checks:
         if ids:
             present = {e for b in batches for e in b}
@@ -207,50 +261,92 @@ def whatif_cmd(
     s = res.summary()
     if save_edited:
         if any(e == NEUTRAL for b in res.edited for e in b):
-            raise UsageError("--save-edited: a --mode neutral curriculum holds placeholders, "
-                             "not real examples; use --mode keep-steps to retrain on it")
+            raise UsageError(
+                "--save-edited: a --mode neutral curriculum holds placeholders, "
+                "not real examples; use --mode keep-steps to retrain on it"
+            )
         header = {"model": model, "base": desc, "edits": s["edits"]}
-        write_bytes_atomic(save_edited, curriculum_text(
-            res.edited, header, title="simfluence whatif: edited curriculum").encode())
-    info(f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
-         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
-         f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
-         f"{s['mean_change']:+.6g} (negative = the edit helps); tests helped {s['tests_helped']}, "
-         f"hurt {s['tests_hurt']} of {s['tests']}")
+        write_bytes_atomic(
+            save_edited,
+            curriculum_text(
+                res.edited, header, title="simfluence whatif: edited curriculum"
+            ).encode(),
+        )
+    info(
+        f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
+        f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
+        f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
+        f"{s['mean_change']:+.6g} (negative = the edit helps); tests helped {s['tests_helped']}, "
+        f"hurt {s['tests_hurt']} of {s['tests']}"
+    )
     f = resolve_format(fmt, output)
     doc = {"model": model, "base": desc, "summary": s}
     if trajectories:
-        render_rows(res.trajectory_rows(), ["step", "test_id", "base", "edited"], f, output,
-                    title=f"simulated trajectories: {desc} vs edited", document=doc,
-                    column_help={"base": "simulated loss under the base curriculum",
-                                 "edited": "simulated loss under the edited curriculum (empty "
-                                           "after its last step)"})
+        render_rows(
+            res.trajectory_rows(),
+            ["step", "test_id", "base", "edited"],
+            f,
+            output,
+            title=f"simulated trajectories: {desc} vs edited",
+            document=doc,
+            column_help={
+                "base": "simulated loss under the base curriculum",
+                "edited": "simulated loss under the edited curriculum (empty after its last step)",
+            },
+        )
         return
     rows = res.rows()
     if f is Format.table:
-        rows = rows + [{"test_id": "(mean)", "base_final": s["mean_base_final"],
-                        "edited_final": s["mean_edited_final"], "change": s["mean_change"]}]
-    render_rows(rows, ["test_id", "base_final", "edited_final", "change"], f, output,
-                title=f"what if: {desc}", document=doc,
-                column_help={"change": "edited_final - base_final; negative = the edit helps"})
+        rows = rows + [
+            {
+                "test_id": "(mean)",
+                "base_final": s["mean_base_final"],
+                "edited_final": s["mean_edited_final"],
+                "change": s["mean_change"],
+            }
+        ]
+    render_rows(
+        rows,
+        ["test_id", "base_final", "edited_final", "change"],
+        f,
+        output,
+        title=f"what if: {desc}",
+        document=doc,
+        column_help={"change": "edited_final - base_final; negative = the edit helps"},
+    )
 
 
 @command("groups")
 def groups_cmd(
     model: ModelOpt,
     base: BaseOpt,
-    group: Annotated[list[str] | None, typer.Option(
-        "--group", "-g", help="A group: [NAME=]IDS or [NAME=]@FILE (repeatable).")] = None,
-    groups_from: Annotated[str | None, typer.Option(
-        "--groups-from", help="Example metadata table (CSV/Parquet) with an example_id column; "
-                              "one group per value of --column.")] = None,
-    column: Annotated[str | None, typer.Option("--column", help="Grouping column of "
-                                                                "--groups-from, e.g. label.")] = None,
-    id_column: Annotated[str, typer.Option("--id-column", help="Example-id column of "
-                                                               "--groups-from.")] = "example_id",
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", "-g", help="A group: [NAME=]IDS or [NAME=]@FILE (repeatable)."),
+    ] = None,
+    groups_from: Annotated[
+        str | None,
+        typer.Option(
+            "--groups-from",
+            help="Example metadata table (CSV/Parquet) with an example_id column; "
+            "one group per value of --column.",
+        ),
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", help="Grouping column of --groups-from, e.g. label.")
+    ] = None,
+    id_column: Annotated[
+        str, typer.Option("--id-column", help="Example-id column of --groups-from.")
+    ] = "example_id",
     mode: ModeOpt = "keep-steps",
-    by: Annotated[str, typer.Option("--by", help="'group': one row per group, averaged over "
-                                                 "tests; 'test': one row per group and test.")] = "group",
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="'group': one row per group, averaged over "
+            "tests; 'test': one row per group and test.",
+        ),
+    ] = "group",
     tests: TestsOpt = None,
     init_loss: InitOpt = None,
     unseen: UnseenOpt = Unseen.error,
@@ -272,8 +368,9 @@ def groups_cmd(
     if groups_from:
         if not column:
             raise UsageError("--groups-from needs --column (the grouping column, e.g. label)")
-        groups.update({f"{column}={k}": v for k, v in
-                       read_groups(groups_from, column, id_column).items()})
+        groups.update(
+            {f"{column}={k}": v for k, v in read_groups(groups_from, column, id_column).items()}
+        )
     elif column:
         raise UsageError("--column needs --groups-from TABLE")
     for k, spec in enumerate(group or []):
@@ -285,53 +382,110 @@ def groups_cmd(
     st, sim = _open(store, model, tests)
     batches, L0, desc = _base(st, sim, base, init_loss)
     members = len({e for v in groups.values() for e in v})
-    info(f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
-         f"group removal(s), up to {members} single removals)")
+    info(
+        f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
+        f"group removal(s), up to {members} single removals)"
+    )
     res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen.value)
     f = resolve_format(fmt, output)
-    doc = {"model": model, "base": desc, "mode": mode,
-           "mean_base_final": float(np.mean(res.base_final))}
-    helpt = {"group_effect": "final loss without the group - with it; positive = group helps",
-             "interaction": "group_effect - sum_individual; 0 = additive, > 0 = redundant members"}
+    doc = {
+        "model": model,
+        "base": desc,
+        "mode": mode,
+        "mean_base_final": float(np.mean(res.base_final)),
+    }
+    helpt = {
+        "group_effect": "final loss without the group - with it; positive = group helps",
+        "interaction": "group_effect - sum_individual; 0 = additive, > 0 = redundant members",
+    }
     if by == "test":
-        render_rows(res.test_rows(), ["group", "test_id", "group_effect", "sum_individual",
-                                      "interaction"], f, output, title=f"group effects: {desc}",
-                    document=doc, column_help=helpt)
+        render_rows(
+            res.test_rows(),
+            ["group", "test_id", "group_effect", "sum_individual", "interaction"],
+            f,
+            output,
+            title=f"group effects: {desc}",
+            document=doc,
+            column_help=helpt,
+        )
     else:
-        render_rows(res.rows(), ["group", "members", "in_base", "group_effect", "sum_individual",
-                                 "interaction", "ratio", "mean_abs_interaction"], f, output,
-                    title=f"group effects: {desc}", document=doc, column_help=helpt)
+        render_rows(
+            res.rows(),
+            [
+                "group",
+                "members",
+                "in_base",
+                "group_effect",
+                "sum_individual",
+                "interaction",
+                "ratio",
+                "mean_abs_interaction",
+            ],
+            f,
+            output,
+            title=f"group effects: {desc}",
+            document=doc,
+            column_help=helpt,
+        )
 
 
 @command("design")
 def design_cmd(
     model: ModelOpt,
     steps: Annotated[int, typer.Option("--steps", "-T", help="Number of training steps.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Write the curriculum text file "
-                                                               "here ('-' = stdout).")],
-    objective: Annotated[str, typer.Option(
-        "--objective", help="What to minimise: 'mean-final-loss' = mean simulated loss of "
-                            "the chosen tests after the last step.")] = "mean-final-loss",
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", help="Write the curriculum text file here ('-' = stdout)."),
+    ],
+    objective: Annotated[
+        str,
+        typer.Option(
+            "--objective",
+            help="What to minimise: 'mean-final-loss' = mean simulated loss of "
+            "the chosen tests after the last step.",
+        ),
+    ] = "mean-final-loss",
     tests: TestsOpt = None,
-    pool: Annotated[str | None, typer.Option(
-        "--pool", help="Candidate training examples (IDS or @FILE); default: every example "
-                       "the model was fitted on.")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help="Examples per step (default: the model's median batch size).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the local search and the random "
-                                                     "reference curricula.")] = 0,
-    candidates: Annotated[int, typer.Option("--candidates", "-K", help="Variants simulated per "
-                                                                        "local-search round.")] = 64,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Candidate training examples (IDS or @FILE); default: every example "
+            "the model was fitted on.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", help="Examples per step (default: the model's median batch size)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the local search and the random reference curricula."),
+    ] = 0,
+    candidates: Annotated[
+        int, typer.Option("--candidates", "-K", help="Variants simulated per local-search round.")
+    ] = 64,
     iters: Annotated[int, typer.Option("--iters", help="Local-search rounds.")] = 200,
-    max_uses: Annotated[int | None, typer.Option(
-        "--max-uses", help="Most times one example may appear (default: ceil(1.5 x steps x "
-                           "batch / pool), 1.5x the coverage of a random curriculum).")] = None,
-    n_random: Annotated[int, typer.Option("--random", help="Random curricula from the pool to "
-                                                           "compare with.")] = 100,
-    init_loss: Annotated[str, typer.Option(
-        "--init-loss", help="'mean', 'run:RUN' or a CSV file test_id,loss.")] = "mean",
-    report: Annotated[str | None, typer.Option(
-        "--report", help="Write the search report (JSON) here ('-' = stdout).")] = None,
+    max_uses: Annotated[
+        int | None,
+        typer.Option(
+            "--max-uses",
+            help="Most times one example may appear (default: ceil(1.5 x steps x "
+            "batch / pool), 1.5x the coverage of a random curriculum).",
+        ),
+    ] = None,
+    n_random: Annotated[
+        int, typer.Option("--random", help="Random curricula from the pool to compare with.")
+    ] = 100,
+    init_loss: Annotated[
+        str, typer.Option("--init-loss", help="'mean', 'run:RUN' or a CSV file test_id,loss.")
+    ] = "mean",
+    report: Annotated[
+        str | None,
+        typer.Option("--report", help="Write the search report (JSON) here ('-' = stdout)."),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Search for a curriculum of --steps batches that minimises the simulated objective.
@@ -358,32 +512,55 @@ def design_cmd(
         task = bar.add_task("local search", total=iters)
         progress = lambda k: bar.advance(task, k)  # noqa: E731
     try:
-        res = design_curriculum(sim, steps, objective=objective, tests=list(sim.test_ids_),
-                                pool=pool_ids, batch_size=batch_size, init_loss=L0, seed=seed,
-                                candidates=candidates, iters=iters, max_uses=max_uses,
-                                n_random=n_random, progress=progress)
+        res = design_curriculum(
+            sim,
+            steps,
+            objective=objective,
+            tests=list(sim.test_ids_),
+            pool=pool_ids,
+            batch_size=batch_size,
+            init_loss=L0,
+            seed=seed,
+            candidates=candidates,
+            iters=iters,
+            max_uses=max_uses,
+            n_random=n_random,
+            progress=progress,
+        )
     finally:
         if bar is not None:
             bar.stop()
     rep = {"model": model, **res.report()}
-    header = {"model": model, "objective": objective, "simulated_objective": f"{res.objective:.6g}",
-              "steps": steps, "batch_size": rep["batch_size"], "seed": seed,
-              "pool": rep["pool"], "tests": rep["tests"], "max_uses": rep["max_uses"]}
+    header = {
+        "model": model,
+        "objective": objective,
+        "simulated_objective": f"{res.objective:.6g}",
+        "steps": steps,
+        "batch_size": rep["batch_size"],
+        "seed": seed,
+        "pool": rep["pool"],
+        "tests": rep["tests"],
+        "max_uses": rep["max_uses"],
+    }
     text = curriculum_text(res.batches, header)
     if output == "-":
         typer.echo(text, nl=False)
     else:
         write_bytes_atomic(output, text.encode())
-    msg = (f"design: {objective} {res.objective:.6g} (greedy {res.greedy_objective:.6g})")
+    msg = f"design: {objective} {res.objective:.6g} (greedy {res.greedy_objective:.6g})"
     if "random_mean" in rep:
-        msg += (f"; {rep['random_n']} random curricula from the same pool: mean "
-                f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
-                f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%")
+        msg += (
+            f"; {rep['random_n']} random curricula from the same pool: mean "
+            f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
+            f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
+        )
     info(msg + (f"; wrote {output}" if output != "-" else ""))
     if rep["tests_at_clip_floor"]:
-        warn(f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "
-             "clip bound: their simulated loss is saturated there, so the objective overstates "
-             "the gain (the search exploits extrapolation); check with real training")
+        warn(
+            f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "
+            "clip bound: their simulated loss is saturated there, so the objective overstates "
+            "the gain (the search exploits extrapolation); check with real training"
+        )
     if report:
         from simfluence_cli.cli._output import render_object
 

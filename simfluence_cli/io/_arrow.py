@@ -1,8 +1,6 @@
-"""Zero-copy numpy views of Arrow arrays.
-"""
+"""Zero-copy numpy views of Arrow arrays."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pyarrow as pa
@@ -22,11 +20,16 @@ def np_view(arr) -> np.ndarray:
         dt = np.dtype(arr.type.to_pandas_dtype()) if not pa.types.is_boolean(arr.type) else bool
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
     t = arr.type
-    if arr.null_count or not (pa.types.is_integer(t) or pa.types.is_floating(t)) \
-            or pa.types.is_float16(t):
+    if (
+        arr.null_count
+        or not (pa.types.is_integer(t) or pa.types.is_floating(t))
+        or pa.types.is_float16(t)
+    ):
         return arr.to_numpy(zero_copy_only=False)
     dt = np.dtype(t.to_pandas_dtype())
-    return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize)
+    return np.frombuffer(
+        arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize
+    )
 
 
 def _indices(col) -> np.ndarray:

@@ -1,9 +1,6 @@
-"""Reading ahead on background threads (one or several generators).
-"""
+"""Reading ahead on background threads (one or several generators)."""
 
 from __future__ import annotations
-
-
 
 
 def _prefetch(gen, depth: int = 2):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from simfluence_cli.errors import InputError
 
+
 @dataclass
 class Curriculum:
     """Batches of example IDs, with the source line of each step for error messages."""
@@ -40,8 +41,11 @@ def parse_curriculum(text: str, source: str = "<curriculum>") -> Curriculum:
             batches.append(body.split())
             lines.append(no)
     if not batches:
-        raise InputError("no training steps found", path=source,
-                         hint="write one line per step with the batch's example IDs separated by spaces")
+        raise InputError(
+            "no training steps found",
+            path=source,
+            hint="write one line per step with the batch's example IDs separated by spaces",
+        )
     return Curriculum(batches, lines, source)
 
 
@@ -57,8 +61,11 @@ def read_curriculum(path: str) -> Curriculum:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", path=path,
-                         hint="a curriculum is a text file of example IDs") from None
+        raise InputError(
+            f"not UTF-8 text (byte {exc.start})",
+            path=path,
+            hint="a curriculum is a text file of example IDs",
+        ) from None
     return parse_curriculum(text, path)
 
 
@@ -71,12 +78,18 @@ def read_id_list(spec: str, what: str = "IDs") -> list[str]:
         except OSError as exc:
             raise InputError(f"cannot read {what} file: {exc.strerror}", path=src) from None
         except UnicodeDecodeError as exc:
-            raise InputError(f"{what} file is not UTF-8 text (byte {exc.start})", path=src,
-                             hint="list one ID per line in a UTF-8 text file") from None
+            raise InputError(
+                f"{what} file is not UTF-8 text (byte {exc.start})",
+                path=src,
+                hint="list one ID per line in a UTF-8 text file",
+            ) from None
         ids = [tok for line in text.splitlines() for tok in line.split("#", 1)[0].split()]
     else:
         ids = [t.strip() for t in spec.split(",") if t.strip()]
     if not ids:
-        raise InputError(f"empty list of {what}", path=spec[1:] if spec.startswith("@") else None,
-                         hint=f"give {what} as a,b,c or @FILE")
+        raise InputError(
+            f"empty list of {what}",
+            path=spec[1:] if spec.startswith("@") else None,
+            hint=f"give {what} as a,b,c or @FILE",
+        )
     return ids

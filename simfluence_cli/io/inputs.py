@@ -11,20 +11,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from simfluence_cli.errors import InputError, UsageError
 from simfluence_cli._hashing import file_sha256
+from simfluence_cli.errors import InputError, UsageError
+from simfluence_cli.io._fields import _base, _open_text
 from simfluence_cli.io.gptdynamics import C_LOSS, C_TRAIN, _is_c_dir, read_gptdynamics
+from simfluence_cli.io.jsonl import read_jsonl
 from simfluence_cli.io.rundata import RunData
 from simfluence_cli.io.tables import _TableReader, table_header
-from simfluence_cli.io._fields import _base, _open_text
-from simfluence_cli.io.jsonl import read_jsonl
 
-FORMATS = {"jsonl": "A: JSON Lines, one file per run",
-           "table": "B: long tables (CSV/Parquet): run,step,example_id and run,step,test_id,loss",
-           "gptdynamics": "C: GPTDynamics run directories"}
-FORMAT_ALIASES = {"a": "jsonl", "jsonl": "jsonl", "b": "table", "table": "table", "csv": "table",
-                  "parquet": "table", "c": "gptdynamics", "gptdynamics": "gptdynamics"}
+FORMATS = {
+    "jsonl": "A: JSON Lines, one file per run",
+    "table": "B: long tables (CSV/Parquet): run,step,example_id and run,step,test_id,loss",
+    "gptdynamics": "C: GPTDynamics run directories",
+}
+FORMAT_ALIASES = {
+    "a": "jsonl",
+    "jsonl": "jsonl",
+    "b": "table",
+    "table": "table",
+    "csv": "table",
+    "parquet": "table",
+    "c": "gptdynamics",
+    "gptdynamics": "gptdynamics",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,9 +42,6 @@ FORMAT_ALIASES = {"a": "jsonl", "jsonl": "jsonl", "b": "table", "table": "table"
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-
 
 
 def _sniff(path: Path) -> str | None:
@@ -74,8 +80,9 @@ def _walk(d: Path, forced: str | None, plan: Plan) -> None:
     try:
         entries = sorted(d.iterdir(), key=lambda p: p.name)
     except OSError as exc:
-        raise InputError(f"cannot list directory: {exc.strerror}", path=str(d),
-                         hint="check the permissions") from None
+        raise InputError(
+            f"cannot list directory: {exc.strerror}", path=str(d), hint="check the permissions"
+        ) from None
     for p in entries:
         if p.name.startswith("."):
             continue
@@ -102,8 +109,9 @@ def _walked_table_is_log(p: Path, plan: Plan) -> bool:
         return True
     if "run" in cols:
         return True
-    plan.notes.append(f"skipped {p}: columns {','.join(cols)[:80]} are not a run log table "
-                      "(no 'run' column)")
+    plan.notes.append(
+        f"skipped {p}: columns {','.join(cols)[:80]} are not a run log table (no 'run' column)"
+    )
     return False
 
 
@@ -113,33 +121,42 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
     if format is not None:
         forced = FORMAT_ALIASES.get(str(format).lower())
         if forced is None:
-            raise UsageError(f"unknown --format {format!r}; use jsonl (A), table (B) or "
-                             "gptdynamics (C)")
+            raise UsageError(
+                f"unknown --format {format!r}; use jsonl (A), table (B) or gptdynamics (C)"
+            )
     if not paths:
         raise UsageError("no input paths; give log files or directories to ingest")
     plan = Plan()
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise InputError("no such file or directory", path=str(p),
-                             hint="check the path (directories are walked for *.jsonl[.gz], "
-                                  "*.csv[.gz], *.parquet and GPTDynamics run directories)")
+            raise InputError(
+                "no such file or directory",
+                path=str(p),
+                hint="check the path (directories are walked for *.jsonl[.gz], "
+                "*.csv[.gz], *.parquet and GPTDynamics run directories)",
+            )
         if p.is_dir():
             before = plan.n_sources
             _walk(p, forced, plan)
             if plan.n_sources == before:
-                raise InputError("no training logs found in this directory", path=str(p),
-                                 hint="expected *.jsonl[.gz] (one run per file), *.csv[.gz] / "
-                                      "*.parquet long tables, or GPTDynamics run directories "
-                                      f"({C_TRAIN} + {C_LOSS}); use --format to force one")
+                raise InputError(
+                    "no training logs found in this directory",
+                    path=str(p),
+                    hint="expected *.jsonl[.gz] (one run per file), *.csv[.gz] / "
+                    "*.parquet long tables, or GPTDynamics run directories "
+                    f"({C_TRAIN} + {C_LOSS}); use --format to force one",
+                )
             continue
         base = _base(p.name)
         kind = forced
         if base in (C_TRAIN, C_LOSS) and forced in (None, "gptdynamics"):
             if not _is_c_dir(p.parent):
-                raise InputError(f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} "
-                                 f"and {C_LOSS}", path=str(p.parent),
-                                 hint="put both files in the run's directory")
+                raise InputError(
+                    f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} and {C_LOSS}",
+                    path=str(p.parent),
+                    hint="put both files in the run's directory",
+                )
             plan.gptdynamics.append(p.parent)
             continue
         if kind is None:
@@ -150,13 +167,18 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
             else:
                 kind = _sniff(p)
         if kind is None:
-            raise InputError("cannot tell the log encoding from the name or contents", path=str(p),
-                             hint="name files *.jsonl / *.csv / *.parquet, or pass "
-                                  "--format jsonl|table|gptdynamics")
+            raise InputError(
+                "cannot tell the log encoding from the name or contents",
+                path=str(p),
+                hint="name files *.jsonl / *.csv / *.parquet, or pass "
+                "--format jsonl|table|gptdynamics",
+            )
         if kind == "gptdynamics":
-            raise InputError("--format gptdynamics expects run directories (or their "
-                             f"{C_TRAIN} / {C_LOSS})", path=str(p),
-                             hint="pass the run directory, or drop --format to detect the encoding")
+            raise InputError(
+                f"--format gptdynamics expects run directories (or their {C_TRAIN} / {C_LOSS})",
+                path=str(p),
+                hint="pass the run directory, or drop --format to detect the encoding",
+            )
         (plan.jsonl if kind == "jsonl" else plan.tables).append(p)
     # the same file named twice (e.g. a file and its directory) is read once
     for name in ("jsonl", "tables", "gptdynamics"):
@@ -171,8 +193,10 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
 # the driver
 # --------------------------------------------------------------------------------------------
 
-def iter_runs(plan: Plan, progress: Callable | None = None,
-              notes: list | None = None) -> Iterator[RunData]:
+
+def iter_runs(
+    plan: Plan, progress: Callable | None = None, notes: list | None = None
+) -> Iterator[RunData]:
     """Parse and validate every source of ``plan``, yielding one RunData per run.
 
     Source files are hashed (sha256) on a background thread while they are parsed.
@@ -180,6 +204,7 @@ def iter_runs(plan: Plan, progress: Callable | None = None,
     total = plan.n_sources
     done = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
+
         def hashed(rd: RunData, paths: list[str]) -> RunData:
             futs = {p: pool.submit(file_sha256, p) for p in paths}
             rd.sources = [{"path": p, "sha256": f.result()} for p, f in futs.items()]
@@ -210,8 +235,9 @@ def iter_runs(plan: Plan, progress: Callable | None = None,
                     if progress:
                         progress(done, total, str(p))
                 for rd in tr.finish():
-                    rd.sources = [{"path": s["path"], "sha256": futs[s["path"]].result()}
-                                  for s in rd.sources]
+                    rd.sources = [
+                        {"path": s["path"], "sha256": futs[s["path"]].result()} for s in rd.sources
+                    ]
                     yield rd
             finally:
                 tr.close()

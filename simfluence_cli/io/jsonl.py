@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli.errors import InputError
+from simfluence_cli.io._fields import _MISSING, _check_numbers, _Ids, _idstr, _json_lines, _step_int
 from simfluence_cli.io.rundata import RunData, make_rundata
-from simfluence_cli.io._fields import _Ids, _MISSING, _check_numbers, _idstr, _json_lines, _step_int
 
 # --------------------------------------------------------------------------------------------
 # encoding A: JSON Lines, one run per file
 # --------------------------------------------------------------------------------------------
+
 
 def _stem(path: Path) -> str:
     name = path.name
@@ -49,57 +50,98 @@ def read_jsonl(path: Path) -> RunData:
     prev_keys = None
     prev_codes = None
     ex_map = ex.map
-    for lineno, obj in _json_lines(path, object_hint='write {"step": t, "batch": [...], '
-                                                     '"loss": {...}} per line'):
+    for lineno, obj in _json_lines(
+        path, object_hint='write {"step": t, "batch": [...], "loss": {...}} per line'
+    ):
         step = obj.get("step", _MISSING)
         if type(step) is not int:
             step = _step_int(step, label, lineno)
         r = obj.get("run")
         if r is not None:
             if type(r) is not str or not r:
-                raise InputError("expected a non-empty string", path=label, line=lineno,
-                                 field="run", hint="\"run\" names the run; omit it to use "
-                                                   "the file name")
+                raise InputError(
+                    "expected a non-empty string",
+                    path=label,
+                    line=lineno,
+                    field="run",
+                    hint='"run" names the run; omit it to use the file name',
+                )
             if run_id is None:
                 run_id = r
             elif r != run_id:
-                raise InputError(f"run {r!r} differs from {run_id!r} on earlier lines",
-                                 path=label, line=lineno, field="run",
-                                 hint="one file holds one run; split the file per run")
+                raise InputError(
+                    f"run {r!r} differs from {run_id!r} on earlier lines",
+                    path=label,
+                    line=lineno,
+                    field="run",
+                    hint="one file holds one run; split the file per run",
+                )
         if step < 0:
-            raise InputError(f"negative step {step}", path=label, line=lineno,
-                             field="step", hint="steps are 0 (initial losses), 1, 2, ...")
+            raise InputError(
+                f"negative step {step}",
+                path=label,
+                line=lineno,
+                field="step",
+                hint="steps are 0 (initial losses), 1, 2, ...",
+            )
         if step <= prev:
             what = "duplicate" if step == prev else "decreasing"
-            raise InputError(f"{what} step {step} after step {prev}", path=label,
-                             line=lineno, field="step",
-                             hint="write one line per training step, in order")
+            raise InputError(
+                f"{what} step {step} after step {prev}",
+                path=label,
+                line=lineno,
+                field="step",
+                hint="write one line per training step, in order",
+            )
         batch = obj.get("batch")
         if prev < 0:
             if step != 0:
-                raise InputError(f"first step is {step}: missing step 0 (initial losses)",
-                                 path=label, line=lineno, field="step",
-                                 hint='start with {"step": 0, "batch": [], "loss": {...}} '
-                                      "measured before training")
+                raise InputError(
+                    f"first step is {step}: missing step 0 (initial losses)",
+                    path=label,
+                    line=lineno,
+                    field="step",
+                    hint='start with {"step": 0, "batch": [], "loss": {...}} '
+                    "measured before training",
+                )
             if batch:
-                raise InputError("a batch on step 0", path=label, line=lineno,
-                                 field="batch",
-                                 hint="step 0 is the starting checkpoint: use \"batch\": [] "
-                                      "and log the first batch as step 1")
+                raise InputError(
+                    "a batch on step 0",
+                    path=label,
+                    line=lineno,
+                    field="batch",
+                    hint='step 0 is the starting checkpoint: use "batch": [] '
+                    "and log the first batch as step 1",
+                )
         else:
             if step != prev + 1:
-                raise InputError(f"step {step} follows step {prev}: step(s) "
-                                 f"{prev + 1}..{step - 1} have no batch", path=label,
-                                 line=lineno, field="step",
-                                 hint="log every training step's batch (omit \"loss\" on "
-                                      "steps without evaluation)")
+                raise InputError(
+                    f"step {step} follows step {prev}: step(s) "
+                    f"{prev + 1}..{step - 1} have no batch",
+                    path=label,
+                    line=lineno,
+                    field="step",
+                    hint='log every training step\'s batch (omit "loss" on '
+                    "steps without evaluation)",
+                )
             if type(batch) is not list or not batch:
-                got = "missing" if batch is None else (
-                    "empty" if batch == [] else f"expected a list of IDs, got "
-                                                f"{json.dumps(batch)[:40]}")
-                raise InputError(got, path=label, line=lineno, field="batch",
-                                 hint="every step t >= 1 lists the IDs it trained on, "
-                                      'e.g. "batch": ["e17", "e203"]')
+                got = (
+                    "missing"
+                    if batch is None
+                    else (
+                        "empty"
+                        if batch == []
+                        else f"expected a list of IDs, got {json.dumps(batch)[:40]}"
+                    )
+                )
+                raise InputError(
+                    got,
+                    path=label,
+                    line=lineno,
+                    field="batch",
+                    hint="every step t >= 1 lists the IDs it trained on, "
+                    'e.g. "batch": ["e17", "e203"]',
+                )
             for e in batch:
                 if type(e) is not str or not e:
                     e = _idstr(e, label, lineno, "batch")
@@ -112,23 +154,34 @@ def read_jsonl(path: Path) -> RunData:
         loss = obj.get("loss")
         if loss is None or (type(loss) is dict and not loss):
             if step == 0:
-                raise InputError("missing step 0 losses", path=label, line=lineno,
-                                 field="loss",
-                                 hint='step 0 must log every test\'s initial loss: '
-                                      '"loss": {"t0": 2.31, ...}')
+                raise InputError(
+                    "missing step 0 losses",
+                    path=label,
+                    line=lineno,
+                    field="loss",
+                    hint='step 0 must log every test\'s initial loss: "loss": {"t0": 2.31, ...}',
+                )
             continue
         if type(loss) is not dict:
-            raise InputError(f"expected an object {{test_id: loss}}, got "
-                             f"{json.dumps(loss)[:40]}", path=label, line=lineno,
-                             field="loss", hint='write "loss": {"t0": 2.31, "t1": 0.7}')
+            raise InputError(
+                f"expected an object {{test_id: loss}}, got {json.dumps(loss)[:40]}",
+                path=label,
+                line=lineno,
+                field="loss",
+                hint='write "loss": {"t0": 2.31, "t1": 0.7}',
+            )
         keys = tuple(loss)
         if keys != prev_keys:
-            prev_codes = np.fromiter((te.code(k) for k in keys), dtype=np.int64,
-                                     count=len(keys))
+            prev_codes = np.fromiter((te.code(k) for k in keys), dtype=np.int64, count=len(keys))
             for k in keys:
                 if not k:
-                    raise InputError("empty test ID", path=label, line=lineno,
-                                     field="loss", hint="test IDs must be non-empty")
+                    raise InputError(
+                        "empty test ID",
+                        path=label,
+                        line=lineno,
+                        field="loss",
+                        hint="test IDs must be non-empty",
+                    )
             prev_keys = keys
         v = list(loss.values())
         if not set(map(type, v)) <= {float, int}:
@@ -142,11 +195,17 @@ def read_jsonl(path: Path) -> RunData:
         lcount.append(len(v))
         lline.append(lineno)
     if prev < 0:
-        raise InputError("empty run: no steps", path=label,
-                         hint='a run file holds {"step": 0, ...} then one line per training step')
+        raise InputError(
+            "empty run: no steps",
+            path=label,
+            hint='a run file holds {"step": 0, ...} then one line per training step',
+        )
     if prev == 0:
-        raise InputError("empty run: only step 0, no training steps", path=label,
-                         hint="log at least one training step with its batch")
+        raise InputError(
+            "empty run: only step 0, no training steps",
+            path=label,
+            hint="log at least one training step with its batch",
+        )
     val_chunks.append(np.asarray(vals, dtype=np.float64))
     loss = np.concatenate(val_chunks)
     codes = np.concatenate(code_chunks)
@@ -155,10 +214,14 @@ def read_jsonl(path: Path) -> RunData:
     if bad.any():
         i = int(np.argmax(bad))
         k = int(np.searchsorted(np.cumsum(counts), i, side="right"))
-        raise InputError(f"non-finite loss {loss[i]!r}", path=label, line=lline[k],
-                         field=f"loss.{te.list[codes[i]]}",
-                         hint="losses must be finite; a diverged run cannot be simulated (leave "
-                              "a test out of \"loss\" if it was not evaluated)")
+        raise InputError(
+            f"non-finite loss {loss[i]!r}",
+            path=label,
+            line=lline[k],
+            field=f"loss.{te.list[codes[i]]}",
+            hint="losses must be finite; a diverged run cannot be simulated (leave "
+            'a test out of "loss" if it was not evaluated)',
+        )
     n0 = int(counts[0])
     if n0 < len(te.list):
         missing = np.ones(len(te.list), dtype=bool)
@@ -166,12 +229,26 @@ def read_jsonl(path: Path) -> RunData:
         hit = missing[codes]
         i = int(np.argmax(hit))
         k = int(np.searchsorted(np.cumsum(counts), i, side="right"))
-        raise InputError(f"test {te.list[codes[i]]!r} has no step-0 loss", path=label,
-                         line=lline[k], field=f"loss.{te.list[codes[i]]}",
-                         hint="log every test example at step 0 (the initial losses)")
+        raise InputError(
+            f"test {te.list[codes[i]]!r} has no step-0 loss",
+            path=label,
+            line=lline[k],
+            field=f"loss.{te.list[codes[i]]}",
+            hint="log every test example at step 0 (the initial losses)",
+        )
     ptr = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])
     steps = np.repeat(np.asarray(lstep, dtype=np.int64), counts)
     rid = run_id if run_id is not None else _stem(path)
-    return make_rundata(rid, np.asarray(batch_codes, dtype=np.int64), ex.array(), ptr, steps,
-                        codes, te.array(), loss, source=label, source_format="jsonl")
+    return make_rundata(
+        rid,
+        np.asarray(batch_codes, dtype=np.int64),
+        ex.array(),
+        ptr,
+        steps,
+        codes,
+        te.array(),
+        loss,
+        source=label,
+        source_format="jsonl",
+    )

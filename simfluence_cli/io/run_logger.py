@@ -45,12 +45,18 @@ def _as_id(x, path: str, field: str) -> str:
     """IDs are written as strings; ints (Python or numpy) are converted, other types refused."""
     if isinstance(x, str):
         if not x:
-            raise RunLogError("empty ID", path=path, field=field, hint="IDs must be non-empty strings or integers")
+            raise RunLogError(
+                "empty ID", path=path, field=field, hint="IDs must be non-empty strings or integers"
+            )
         return x
     if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
         return str(int(x))
-    raise RunLogError(f"ID {x!r} has type {type(x).__name__}", path=path, field=field,
-                      hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)")
+    raise RunLogError(
+        f"ID {x!r} has type {type(x).__name__}",
+        path=path,
+        field=field,
+        hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)",
+    )
 
 
 class RunLogger:
@@ -70,13 +76,24 @@ class RunLogger:
         ``p`` significant digits first (smaller files).
     """
 
-    def __init__(self, path: str | os.PathLike, run_id: str | None = None, *,
-                 test_ids: Iterable | None = None, precision: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        run_id: str | None = None,
+        *,
+        test_ids: Iterable | None = None,
+        precision: int | None = None,
+    ):
         self.path = Path(path)
         self.run_id = None if run_id is None else _as_id(run_id, str(self.path), "run")
-        if precision is not None and (not isinstance(precision, numbers.Integral) or not 1 <= precision <= 17):
-            raise RunLogError(f"precision must be an integer in 1..17, got {precision!r}",
-                              path=str(self.path), field="precision")
+        if precision is not None and (
+            not isinstance(precision, numbers.Integral) or not 1 <= precision <= 17
+        ):
+            raise RunLogError(
+                f"precision must be an integer in 1..17, got {precision!r}",
+                path=str(self.path),
+                field="precision",
+            )
         self.precision = None if precision is None else int(precision)
         self.test_ids: list[str] | None = None
         self._keys: list[str] | None = None
@@ -85,7 +102,9 @@ class RunLogger:
             if not ids:
                 raise RunLogError("test_ids is empty", path=str(self.path), field="test_ids")
             if len(set(ids)) != len(ids):
-                raise RunLogError("test_ids contains duplicates", path=str(self.path), field="test_ids")
+                raise RunLogError(
+                    "test_ids contains duplicates", path=str(self.path), field="test_ids"
+                )
             self.test_ids = ids
             self._keys = [json.dumps(t) + ": " for t in ids]
             self._known = set(ids)
@@ -93,7 +112,9 @@ class RunLogger:
         self.last_step: int | None = None  # last step written; None before initial()
         self.closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
         self._raw = os.fdopen(fd, "wb")
         umask = os.umask(0)
         os.umask(umask)
@@ -111,10 +132,16 @@ class RunLogger:
         """Log step 0: the losses at the shared starting checkpoint (no batch)."""
         self._check_open()
         if self.last_step is not None:
-            raise RunLogError("initial() called twice (step 0 already written)", path=str(self.path), field="step")
+            raise RunLogError(
+                "initial() called twice (step 0 already written)", path=str(self.path), field="step"
+            )
         if losses is None:
-            raise RunLogError("step 0 needs the initial losses", path=str(self.path), field="loss",
-                              hint="evaluate the test set at the starting checkpoint and pass the losses")
+            raise RunLogError(
+                "step 0 needs the initial losses",
+                path=str(self.path),
+                field="loss",
+                hint="evaluate the test set at the starting checkpoint and pass the losses",
+            )
         self._write(0, [], losses)
 
     def step(self, batch, losses=None, *, step: int | None = None) -> int:
@@ -126,28 +153,49 @@ class RunLogger:
         """
         self._check_open()
         if self.last_step is None:
-            raise RunLogError("step() before initial()", path=str(self.path), field="step",
-                              hint="log the starting checkpoint's losses with initial(losses) first")
+            raise RunLogError(
+                "step() before initial()",
+                path=str(self.path),
+                field="step",
+                hint="log the starting checkpoint's losses with initial(losses) first",
+            )
         expected = self.last_step + 1
         if step is not None:
             if not isinstance(step, numbers.Integral) or isinstance(step, bool):
-                raise RunLogError(f"step must be an integer, got {step!r}", path=str(self.path), field="step")
+                raise RunLogError(
+                    f"step must be an integer, got {step!r}", path=str(self.path), field="step"
+                )
             if int(step) == 0:
-                raise RunLogError("step 0 cannot have a batch", path=str(self.path), field="batch",
-                                  hint="step 0 is the starting checkpoint: use initial(losses)")
+                raise RunLogError(
+                    "step 0 cannot have a batch",
+                    path=str(self.path),
+                    field="batch",
+                    hint="step 0 is the starting checkpoint: use initial(losses)",
+                )
             if int(step) != expected:
-                raise RunLogError(f"step {int(step)} out of order: expected {expected}", path=str(self.path),
-                                  field="step", hint="call step() once per optimizer step, in order "
-                                  "(losses=None when the test set was not evaluated)")
+                raise RunLogError(
+                    f"step {int(step)} out of order: expected {expected}",
+                    path=str(self.path),
+                    field="step",
+                    hint="call step() once per optimizer step, in order "
+                    "(losses=None when the test set was not evaluated)",
+                )
         if isinstance(batch, (str, bytes)):
-            raise RunLogError("batch must be a list of example IDs, got a single string",
-                              path=str(self.path), field="batch")
+            raise RunLogError(
+                "batch must be a list of example IDs, got a single string",
+                path=str(self.path),
+                field="batch",
+            )
         if hasattr(batch, "tolist"):
             batch = batch.tolist()
         ids = [_as_id(e, str(self.path), "batch") for e in batch]
         if not ids:
-            raise RunLogError(f"empty batch at step {expected}", path=str(self.path), field="batch",
-                              hint="every step after 0 trains on at least one example")
+            raise RunLogError(
+                f"empty batch at step {expected}",
+                path=str(self.path),
+                field="batch",
+                hint="every step after 0 trains on at least one example",
+            )
         self._write(expected, ids, losses)
         return expected
 
@@ -162,36 +210,60 @@ class RunLogger:
             if self.test_ids is not None:
                 unknown = [k for k in keys if k not in self._known]
                 if unknown:
-                    raise RunLogError(f"step {step}: unknown test id {unknown[0]!r}", path=path, field="loss",
-                                      hint="losses must be keyed by the test_ids given to RunLogger")
+                    raise RunLogError(
+                        f"step {step}: unknown test id {unknown[0]!r}",
+                        path=path,
+                        field="loss",
+                        hint="losses must be keyed by the test_ids given to RunLogger",
+                    )
             try:
                 vals = np.array([float(v) for v in losses.values()], dtype=np.float64)
             except (TypeError, ValueError):
-                raise RunLogError(f"step {step}: loss values must be numbers", path=path, field="loss") from None
+                raise RunLogError(
+                    f"step {step}: loss values must be numbers", path=path, field="loss"
+                ) from None
             keys = [json.dumps(k) + ": " for k in keys]
         else:
             if self.test_ids is None:
-                raise RunLogError("losses given as a sequence but no test_ids", path=path, field="loss",
-                                  hint="pass test_ids=[...] to RunLogger, or give losses as {test_id: loss}")
+                raise RunLogError(
+                    "losses given as a sequence but no test_ids",
+                    path=path,
+                    field="loss",
+                    hint="pass test_ids=[...] to RunLogger, or give losses as {test_id: loss}",
+                )
             try:
                 vals = np.asarray(losses, dtype=np.float64)
             except (TypeError, ValueError):
-                raise RunLogError(f"step {step}: losses must be numbers", path=path, field="loss") from None
+                raise RunLogError(
+                    f"step {step}: losses must be numbers", path=path, field="loss"
+                ) from None
             if vals.ndim != 1:  # accept (1, M) / (M, 1) rows and columns, and a scalar for M = 1
                 vals = vals.squeeze().reshape(-1) if vals.squeeze().ndim <= 1 else vals
             if vals.ndim != 1:
-                raise RunLogError(f"step {step}: losses have shape {vals.shape}, expected ({len(self.test_ids)},)",
-                                  path=path, field="loss", hint="give one loss per test id, in test_ids order")
+                raise RunLogError(
+                    f"step {step}: losses have shape {vals.shape}, expected ({len(self.test_ids)},)",
+                    path=path,
+                    field="loss",
+                    hint="give one loss per test id, in test_ids order",
+                )
             if vals.size != len(self.test_ids):
-                raise RunLogError(f"step {step}: {vals.size} losses for {len(self.test_ids)} test ids",
-                                  path=path, field="loss", hint="give one loss per test id, in test_ids order")
+                raise RunLogError(
+                    f"step {step}: {vals.size} losses for {len(self.test_ids)} test ids",
+                    path=path,
+                    field="loss",
+                    hint="give one loss per test id, in test_ids order",
+                )
             keys = self._keys
         bad = ~np.isfinite(vals)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             name = keys[i][:-2]
-            raise RunLogError(f"step {step}: loss of {name} is {float(vals[i])!r}", path=path, field="loss",
-                              hint="losses must be finite numbers (check for divergence)")
+            raise RunLogError(
+                f"step {step}: loss of {name} is {float(vals[i])!r}",
+                path=path,
+                field="loss",
+                hint="losses must be finite numbers (check for divergence)",
+            )
         if self.precision is not None:
             fmt = f".{self.precision}g"
             txt = [repr(float(format(v, fmt))) for v in vals.tolist()]
@@ -238,8 +310,11 @@ class RunLogger:
         if self.last_step is None or self.last_step == 0:
             self.abort()
             what = "nothing was logged" if self.last_step is None else "only step 0 was logged"
-            raise RunLogError(f"empty run: {what}; no file written", path=str(self.path),
-                              hint="call initial(losses) and then step(batch, losses) for each training step")
+            raise RunLogError(
+                f"empty run: {what}; no file written",
+                path=str(self.path),
+                hint="call initial(losses) and then step(batch, losses) for each training step",
+            )
         self.closed = True
         try:
             if self._gz is not None:

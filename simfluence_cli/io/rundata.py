@@ -1,5 +1,4 @@
-"""The canonical per-run form every log reader produces (:class:`RunData`).
-"""
+"""The canonical per-run form every log reader produces (:class:`RunData`)."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from simfluence_cli.errors import InputError
 # --------------------------------------------------------------------------------------------
 # canonical per-run content
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(eq=False)
 class RunData:
@@ -62,7 +62,9 @@ class RunData:
             "batch_size_max": int(sizes.max()) if len(sizes) else 0,
             "n_examples": int(len(self.example_ids)),
             "n_tests": int(len(self.test_ids)),
-            "loss_steps": int(len(self.loss_step) and 1 + np.count_nonzero(np.diff(self.loss_step))),
+            "loss_steps": int(
+                len(self.loss_step) and 1 + np.count_nonzero(np.diff(self.loss_step))
+            ),
             "curriculum_rows": int(len(self.ex_codes)),
             "loss_rows": int(len(self.loss)),
         }
@@ -87,8 +89,17 @@ def canon_ids(codes: np.ndarray, universe) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], lut[codes]
 
 
-def make_rundata(run_id: str, ex_codes, ex_universe, batch_ptr, loss_step, test_codes,
-                 test_universe, loss, **meta) -> RunData:
+def make_rundata(
+    run_id: str,
+    ex_codes,
+    ex_universe,
+    batch_ptr,
+    loss_step,
+    test_codes,
+    test_universe,
+    loss,
+    **meta,
+) -> RunData:
     """Canonicalise already-validated arrays (IDs sorted, losses ordered by step, test id)."""
     ex_ids, ex_c = canon_ids(ex_codes, ex_universe)
     te_ids, te_c = canon_ids(test_codes, test_universe)
@@ -98,8 +109,17 @@ def make_rundata(run_id: str, ex_codes, ex_universe, batch_ptr, loss_step, test_
     if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):  # logs are usually in order
         order = np.argsort(key, kind="stable")
         loss_step, te_c, loss = loss_step[order], te_c[order], loss[order]
-    return RunData(run_id, ex_ids, ex_c, np.asarray(batch_ptr, dtype=np.int64),
-                   te_ids, loss_step, te_c, loss, **meta)
+    return RunData(
+        run_id,
+        ex_ids,
+        ex_c,
+        np.asarray(batch_ptr, dtype=np.int64),
+        te_ids,
+        loss_step,
+        te_c,
+        loss,
+        **meta,
+    )
 
 
 def run_from_runset(runset, run, source: str = "python") -> RunData:
@@ -111,31 +131,69 @@ def run_from_runset(runset, run, source: str = "python") -> RunData:
     if not run.run_id:
         raise InputError("empty run id", path=source, field="run_id", hint="give every run a name")
     if len(ptr) < 2:
-        raise InputError(f"{where} has no training steps", path=source, field="batch_ptr",
-                         hint="a run needs at least one step with a batch")
+        raise InputError(
+            f"{where} has no training steps",
+            path=source,
+            field="batch_ptr",
+            hint="a run needs at least one step with a batch",
+        )
     if np.any(np.diff(ptr) <= 0):
         t = int(np.flatnonzero(np.diff(ptr) <= 0)[0]) + 1
-        raise InputError(f"{where}: step {t} has an empty batch", path=source, field="batch",
-                         hint="every training step 1..T needs the IDs it trained on")
+        raise InputError(
+            f"{where}: step {t} has an empty batch",
+            path=source,
+            field="batch",
+            hint="every training step 1..T needs the IDs it trained on",
+        )
     if L.ndim != 2 or L.shape[0] != len(steps) or not len(steps) or steps[0] != 0:
-        raise InputError(f"{where}: losses must be (K, M) with loss_steps starting at 0",
-                         path=source, field="loss_steps", hint="log the initial losses at step 0")
+        raise InputError(
+            f"{where}: losses must be (K, M) with loss_steps starting at 0",
+            path=source,
+            field="loss_steps",
+            hint="log the initial losses at step 0",
+        )
     if np.any(np.diff(steps) <= 0) or steps[-1] > run.n_steps:
-        raise InputError(f"{where}: loss_steps must increase and stay within 0..{run.n_steps}",
-                         path=source, field="loss_steps", hint="fix the logged step numbers")
+        raise InputError(
+            f"{where}: loss_steps must increase and stay within 0..{run.n_steps}",
+            path=source,
+            field="loss_steps",
+            hint="fix the logged step numbers",
+        )
     if np.isinf(L).any():
-        raise InputError(f"{where}: non-finite loss", path=source, field="loss",
-                         hint="losses must be finite numbers; NaN means 'not logged'")
+        raise InputError(
+            f"{where}: non-finite loss",
+            path=source,
+            field="loss",
+            hint="losses must be finite numbers; NaN means 'not logged'",
+        )
     logged = ~np.isnan(L)
     present = logged.any(axis=0)
     if np.any(present & ~logged[0]):
         j = int(np.flatnonzero(present & ~logged[0])[0])
-        raise InputError(f"{where}: test {runset.test_ids[j]!r} has no step-0 loss", path=source,
-                         field="loss", hint="log every test example at step 0 (initial losses)")
+        raise InputError(
+            f"{where}: test {runset.test_ids[j]!r} has no step-0 loss",
+            path=source,
+            field="loss",
+            hint="log every test example at step 0 (initial losses)",
+        )
     if not present.any():
-        raise InputError(f"{where}: no losses", path=source, field="loss",
-                         hint="log the initial losses at step 0")
+        raise InputError(
+            f"{where}: no losses",
+            path=source,
+            field="loss",
+            hint="log the initial losses at step 0",
+        )
     k, j = np.nonzero(logged)
-    return make_rundata(run.run_id, run.batch_idx, runset.example_ids, ptr, steps[k], j,
-                        runset.test_ids, L[k, j], source=source, source_format="python",
-                        tags=tuple(run.tags or ()))
+    return make_rundata(
+        run.run_id,
+        run.batch_idx,
+        runset.example_ids,
+        ptr,
+        steps[k],
+        j,
+        runset.test_ids,
+        L[k, j],
+        source=source,
+        source_format="python",
+        tags=tuple(run.tags or ()),
+    )

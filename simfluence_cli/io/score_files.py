@@ -1,12 +1,11 @@
-"""Reading external attribution scores (long tables ``test_id,example_id,score``).
-"""
+"""Reading external attribution scores (long tables ``test_id,example_id,score``)."""
 
 from __future__ import annotations
 
 import csv
 import gzip
-import zlib
 import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,14 +45,23 @@ def _locate_bad_csv_row(path: Path) -> InputError:
         pos = {c.strip(): k for k, c in enumerate(header)}
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
-                return InputError(f"expected {len(header)} fields, found {len(row)}", path=str(path),
-                                  line=line, hint="every row needs test_id,example_id,score")
+                return InputError(
+                    f"expected {len(header)} fields, found {len(row)}",
+                    path=str(path),
+                    line=line,
+                    hint="every row needs test_id,example_id,score",
+                )
             cell = row[pos["score"]]
             try:
                 float(cell)
             except ValueError:
-                return InputError(f"expected a number, found {cell!r}", path=str(path), line=line,
-                                  field="score", hint="scores are floats (predicted loss decrease)")
+                return InputError(
+                    f"expected a number, found {cell!r}",
+                    path=str(path),
+                    line=line,
+                    field="score",
+                    hint="scores are floats (predicted loss decrease)",
+                )
             for f in ("test_id", "example_id"):
                 if not row[pos[f]].strip():
                     return InputError("empty id", path=str(path), line=line, field=f)
@@ -62,15 +70,20 @@ def _locate_bad_csv_row(path: Path) -> InputError:
 
 def _read_table(path: Path) -> pa.Table:
     if not path.is_file():
-        raise InputError("no such file", path=str(path),
-                         hint="give a CSV/Parquet table with columns test_id,example_id,score")
+        raise InputError(
+            "no such file",
+            path=str(path),
+            hint="give a CSV/Parquet table with columns test_id,example_id,score",
+        )
     if _is_parquet(path):
         import pyarrow.parquet as pq
+
         try:
             return pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"not a readable Parquet file ({exc})", path=str(path)) from None
     import pyarrow.csv as pcsv
+
     try:
         with path.open("rb") as fh:
             raw = fh.read()
@@ -78,18 +91,26 @@ def _read_table(path: Path) -> pa.Table:
             try:
                 raw = gzip.decompress(raw)
             except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                raise InputError(f"not a valid gzip file ({exc})", path=str(path),
-                                 hint="the file is truncated or not gzip; re-export it") from None
+                raise InputError(
+                    f"not a valid gzip file ({exc})",
+                    path=str(path),
+                    hint="the file is truncated or not gzip; re-export it",
+                ) from None
         head = raw[:65536].decode("utf-8", errors="replace").splitlines()
         header = [h.strip() for h in head[0].split(",")] if head else []
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise InputError(f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}",
-                             path=str(path), line=1,
-                             hint="the header must name test_id,example_id,score")
+            raise InputError(
+                f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}",
+                path=str(path),
+                line=1,
+                hint="the header must name test_id,example_id,score",
+            )
         types = {"test_id": pa.string(), "example_id": pa.string(), "score": pa.float64()}
-        return pcsv.read_csv(io.BytesIO(raw), convert_options=pcsv.ConvertOptions(
-            column_types=types, include_columns=list(REQUIRED)))
+        return pcsv.read_csv(
+            io.BytesIO(raw),
+            convert_options=pcsv.ConvertOptions(column_types=types, include_columns=list(REQUIRED)),
+        )
     except (pa.ArrowInvalid, UnicodeDecodeError, gzip.BadGzipFile, EOFError):
         raise _locate_bad_csv_row(path) from None
 
@@ -100,8 +121,11 @@ def read_scores(path: str | Path) -> ScoreTable:
     t = _read_table(path)
     missing = [c for c in REQUIRED if c not in t.column_names]
     if missing:
-        raise InputError(f"missing column(s) {', '.join(missing)}; found {', '.join(t.column_names)}",
-                         path=str(path), hint="the table needs columns test_id,example_id,score")
+        raise InputError(
+            f"missing column(s) {', '.join(missing)}; found {', '.join(t.column_names)}",
+            path=str(path),
+            hint="the table needs columns test_id,example_id,score",
+        )
     if t.num_rows == 0:
         raise InputError("no rows", path=str(path))
     te = t["test_id"].cast(pa.string()).combine_chunks()
@@ -116,8 +140,13 @@ def read_scores(path: str | Path) -> ScoreTable:
         raise InputError("score must be numeric", path=str(path), field="score") from None
     bad = np.flatnonzero(~np.isfinite(score))
     if len(bad):
-        raise InputError("expected a finite number", path=str(path), line=int(bad[0]) + 2,
-                         field="score", hint="remove or fix rows with empty/NaN/inf scores")
+        raise InputError(
+            "expected a finite number",
+            path=str(path),
+            line=int(bad[0]) + 2,
+            field="score",
+            hint="remove or fix rows with empty/NaN/inf scores",
+        )
     te_d, ex_d = te.dictionary_encode(), ex.dictionary_encode()
     test_ids = np.asarray(te_d.dictionary.to_pylist(), dtype=object)
     example_ids = np.asarray(ex_d.dictionary.to_pylist(), dtype=object)
@@ -128,9 +157,13 @@ def read_scores(path: str | Path) -> ScoreTable:
     if (counts > 1).any():
         k = uniq[np.flatnonzero(counts > 1)[0]]
         rows = np.flatnonzero(key == k)[:2] + 2
-        raise InputError(f"duplicate (test_id, example_id) = ({test_ids[k % len(test_ids)]}, "
-                         f"{example_ids[k // len(test_ids)]}) also on line {rows[0]}",
-                         path=str(path), line=int(rows[1]), hint="give each pair once")
+        raise InputError(
+            f"duplicate (test_id, example_id) = ({test_ids[k % len(test_ids)]}, "
+            f"{example_ids[k // len(test_ids)]}) also on line {rows[0]}",
+            path=str(path),
+            line=int(rows[1]),
+            hint="give each pair once",
+        )
     # sort ids for a stable model layout
     to = np.argsort(test_ids.astype(str), kind="stable")
     eo = np.argsort(example_ids.astype(str), kind="stable")

@@ -12,8 +12,15 @@ import numpy as np
 
 from simfluence_cli.runs import Run, RunSet
 
-def make_params(n_examples: int, n_tests: int, batch: int, method: str = "linear",
-                seed: int = 0, spread: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+
+def make_params(
+    n_examples: int,
+    n_tests: int,
+    batch: int,
+    method: str = "linear",
+    seed: int = 0,
+    spread: float = 0.02,
+) -> tuple[np.ndarray, np.ndarray]:
     """Plausible parameters (n_examples, n_tests): alpha near 1 - small, beta small."""
     rng = np.random.default_rng(seed)
     A = (1.0 / batch) * (1.0 - rng.uniform(0.0, spread, (n_examples, n_tests)))
@@ -26,11 +33,20 @@ def make_params(n_examples: int, n_tests: int, batch: int, method: str = "linear
     return A, B
 
 
-def make_runs(n_examples: int, n_tests: int, n_runs: int, n_steps: int, batch: int,
-              method: str = "linear", seed: int = 0, noise: float = 0.0, log_every: int = 1,
-              params: tuple[np.ndarray, np.ndarray] | None = None,
-              init_loss: np.ndarray | None = None,
-              spread: float = 0.02) -> tuple[RunSet, np.ndarray, np.ndarray]:
+def make_runs(
+    n_examples: int,
+    n_tests: int,
+    n_runs: int,
+    n_steps: int,
+    batch: int,
+    method: str = "linear",
+    seed: int = 0,
+    noise: float = 0.0,
+    log_every: int = 1,
+    params: tuple[np.ndarray, np.ndarray] | None = None,
+    init_loss: np.ndarray | None = None,
+    spread: float = 0.02,
+) -> tuple[RunSet, np.ndarray, np.ndarray]:
     """Generate ``n_runs`` random-curriculum runs. Returns (runs, A, B).
 
     Batches are drawn without replacement within a batch; losses start at ``init_loss``
@@ -40,15 +56,19 @@ def make_runs(n_examples: int, n_tests: int, n_runs: int, n_steps: int, batch: i
     parameters are from "no change" (see :func:`make_params`).
     """
     rng = np.random.default_rng(seed + 1)
-    A, B = params if params is not None else make_params(n_examples, n_tests, batch, method, seed,
-                                                                   spread)
+    A, B = (
+        params
+        if params is not None
+        else make_params(n_examples, n_tests, batch, method, seed, spread)
+    )
     L0 = rng.uniform(1.0, 3.0, n_tests) if init_loss is None else np.asarray(init_loss, float)
     runs = []
     for r in range(n_runs):
         # batches: rows of a permutation stream, no repeats within a batch
         need = n_steps * batch
-        perm = np.concatenate([rng.permutation(n_examples)
-                               for _ in range(-(-need // n_examples))])[:need]
+        perm = np.concatenate([rng.permutation(n_examples) for _ in range(-(-need // n_examples))])[
+            :need
+        ]
         idx = perm.reshape(n_steps, batch)
         alpha = A[idx].sum(axis=1) if method != "additive" else np.ones((n_steps, n_tests))
         beta = B[idx].sum(axis=1) if method != "multiplicative" else np.zeros((n_steps, n_tests))
@@ -60,14 +80,22 @@ def make_runs(n_examples: int, n_tests: int, n_runs: int, n_steps: int, batch: i
             L = L + rng.normal(0.0, noise, L.shape)
         steps = np.arange(n_steps + 1)
         keep = (steps % log_every == 0) | (steps == n_steps)
-        runs.append(Run(f"syn-{r:03d}", np.arange(0, need + 1, batch, dtype=np.int64),
-                        idx.reshape(-1).astype(np.int64), steps[keep], L[keep]))
+        runs.append(
+            Run(
+                f"syn-{r:03d}",
+                np.arange(0, need + 1, batch, dtype=np.int64),
+                idx.reshape(-1).astype(np.int64),
+                steps[keep],
+                L[keep],
+            )
+        )
     ex = np.asarray([f"e{i}" for i in range(n_examples)], dtype=object)
     te = np.asarray([f"t{j}" for j in range(n_tests)], dtype=object)
     return RunSet(ex, te, runs), A, B
 
 
 # Writing runs as training logs (encodings A, B, C) for tests and benchmarks -----------------
+
 
 def _open_out(path, text: bool = True):
     import gzip
@@ -91,8 +119,10 @@ def write_jsonl(runs: RunSet, directory, gz: bool = False) -> list:
         logged = dict(zip(run.loss_steps.tolist(), range(len(run.loss_steps))))
         with _open_out(path) as fh:
             for t in range(run.n_steps + 1):
-                rec = {"step": t,
-                       "batch": [] if t == 0 else runs.example_ids[run.batch(t)].tolist()}
+                rec = {
+                    "step": t,
+                    "batch": [] if t == 0 else runs.example_ids[run.batch(t)].tolist(),
+                }
                 k = logged.get(t)
                 if k is not None:
                     row = run.losses[k]
@@ -118,13 +148,21 @@ def runs_to_tables(runs: RunSet):
         ls.append(run.loss_steps[k])
         lt.append(runs.test_ids[j])
         lv.append(run.losses[k, j])
-    cur = pa.table({"run": pa.array(np.concatenate(cr).tolist(), pa.string()),
-                    "step": np.concatenate(cs).astype(np.int64),
-                    "example_id": pa.array(np.concatenate(ce).tolist(), pa.string())})
-    los = pa.table({"run": pa.array(np.concatenate(lr).tolist(), pa.string()),
-                    "step": np.concatenate(ls).astype(np.int64),
-                    "test_id": pa.array(np.concatenate(lt).tolist(), pa.string()),
-                    "loss": np.concatenate(lv)})
+    cur = pa.table(
+        {
+            "run": pa.array(np.concatenate(cr).tolist(), pa.string()),
+            "step": np.concatenate(cs).astype(np.int64),
+            "example_id": pa.array(np.concatenate(ce).tolist(), pa.string()),
+        }
+    )
+    los = pa.table(
+        {
+            "run": pa.array(np.concatenate(lr).tolist(), pa.string()),
+            "step": np.concatenate(ls).astype(np.int64),
+            "test_id": pa.array(np.concatenate(lt).tolist(), pa.string()),
+            "loss": np.concatenate(lv),
+        }
+    )
     return cur, los
 
 
@@ -156,15 +194,19 @@ def write_gptdynamics(runs: RunSet, directory) -> list:
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "train_samples_id.json", "w") as fh:
             for t in range(1, run.n_steps + 1):
-                fh.write(json.dumps({"step": t,
-                                     "samples_id": runs.example_ids[run.batch(t)].tolist()}) + "\n")
+                fh.write(
+                    json.dumps({"step": t, "samples_id": runs.example_ids[run.batch(t)].tolist()})
+                    + "\n"
+                )
         with open(d / "all_loss_trajectory.out", "w") as fh:
             for j, tid in enumerate(runs.test_ids):
                 ok = ~np.isnan(run.losses[:, j])
                 if not ok.any():
                     continue
-                traj = [{"step": int(s), "loss": float(v)}
-                        for s, v in zip(run.loss_steps[ok], run.losses[ok, j])]
+                traj = [
+                    {"step": int(s), "loss": float(v)}
+                    for s, v in zip(run.loss_steps[ok], run.losses[ok, j])
+                ]
                 fh.write(json.dumps({"id": tid, "loss_trajectory": traj}) + "\n")
         out.append(d)
     return out

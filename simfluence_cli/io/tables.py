@@ -12,18 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli.errors import InputError
-from simfluence_cli.io.rundata import RunData, make_rundata
-from simfluence_cli.io._fields import _Ids, _base, _open_text, zlib_error
 from simfluence_cli.io._arrow import _indices, np_view
+from simfluence_cli.io._fields import _base, _Ids, _open_text, zlib_error
 from simfluence_cli.io._prefetch import _prefetch_many
+from simfluence_cli.io.rundata import RunData, make_rundata
 
 # --------------------------------------------------------------------------------------------
 # encoding B: long tables (CSV or Parquet), any number of runs per file
 # --------------------------------------------------------------------------------------------
 
 _WANT = {"curriculum": ("run", "step", "example_id"), "losses": ("run", "step", "test_id", "loss")}
-_TABLE_HINT = ("a curriculum table has the columns run,step,example_id; a loss table "
-               "run,step,test_id,loss")
+_TABLE_HINT = (
+    "a curriculum table has the columns run,step,example_id; a loss table run,step,test_id,loss"
+)
 
 
 def _is_parquet(path: Path) -> bool:
@@ -46,14 +47,20 @@ def table_header(path: Path) -> tuple[list[str], bool]:
         try:
             return list(pq.read_schema(path).names), True
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"not a readable Parquet file ({exc})", path=label,
-                             hint="re-export the table, or name CSV files *.csv") from None
+            raise InputError(
+                f"not a readable Parquet file ({exc})",
+                path=label,
+                hint="re-export the table, or name CSV files *.csv",
+            ) from None
     try:
         with _open_text(path, "rt") as fh:
             first = fh.readline()
     except (OSError, EOFError, zlib_error, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({exc})", path=label,
-                         hint="long tables are UTF-8 CSV (optionally .gz) or Parquet") from None
+        raise InputError(
+            f"cannot read ({exc})",
+            path=label,
+            hint="long tables are UTF-8 CSV (optionally .gz) or Parquet",
+        ) from None
     if not first.strip():
         raise InputError("empty file: no header line", path=label, line=1, hint=_TABLE_HINT)
     return [c.strip() for c in next(csv.reader([first]))], False
@@ -67,21 +74,34 @@ def table_kind(path: Path, cols: list[str], is_parquet: bool) -> str:
     elif "test_id" in s or "loss" in s:
         kind = "losses"
     else:
-        raise InputError(f"columns {','.join(cols)} are neither a curriculum nor a loss table",
-                         path=label, line=line, hint=_TABLE_HINT)
+        raise InputError(
+            f"columns {','.join(cols)} are neither a curriculum nor a loss table",
+            path=label,
+            line=line,
+            hint=_TABLE_HINT,
+        )
     want = _WANT[kind]
     for c in cols:
         if c not in want:
-            raise InputError(f"unknown column in a {kind} table", path=label, line=line, field=c,
-                             hint=_TABLE_HINT + "; drop other columns")
+            raise InputError(
+                f"unknown column in a {kind} table",
+                path=label,
+                line=line,
+                field=c,
+                hint=_TABLE_HINT + "; drop other columns",
+            )
     for c in want:
         if c not in s:
-            raise InputError(f"missing column in a {kind} table", path=label, line=line, field=c,
-                             hint=_TABLE_HINT)
+            raise InputError(
+                f"missing column in a {kind} table",
+                path=label,
+                line=line,
+                field=c,
+                hint=_TABLE_HINT,
+            )
     if len(cols) != len(s):
         dup = next(c for c in cols if cols.count(c) > 1)
-        raise InputError("column appears twice", path=label, line=line, field=dup,
-                         hint=_TABLE_HINT)
+        raise InputError("column appears twice", path=label, line=line, field=dup, hint=_TABLE_HINT)
     return kind
 
 
@@ -201,7 +221,7 @@ class _TableReader:
             idc = self._codes(batch.column(idcol), ids, idcol)
             step = self._numbers(batch.column("step"), "step")
             loss = self._numbers(batch.column("loss"), "loss") if kind == "losses" else None
-            if n and int(step.max()) < 2**31 and int(step.min()) >= -2**31:
+            if n and int(step.max()) < 2**31 and int(step.min()) >= -(2**31):
                 step = step.astype(np.int32)  # compact while buffered (16 B per loss row)
             idc = idc.astype(np.int32)
             lo, hi = int(run.min()), int(run.max())
@@ -217,8 +237,11 @@ class _TableReader:
                 for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
                     code, sel = int(sr[a]), order[a:b]
                     gid = self.gid + sel.astype(np.int64)
-                    chunk = (step[sel], idc[sel], gid) if loss is None else \
-                        (step[sel], idc[sel], loss[sel], gid)
+                    chunk = (
+                        (step[sel], idc[sel], gid)
+                        if loss is None
+                        else (step[sel], idc[sel], loss[sel], gid)
+                    )
                     store.setdefault(code, []).append(chunk)
                     self.run_files.setdefault(code, set()).add(fidx)
                 self.buffered += 8 * n  # explicit row numbers
@@ -237,8 +260,12 @@ class _TableReader:
                 if pa.types.is_integer(col.type):
                     col = pc.cast(col, pa.string())
                 else:
-                    raise self.error(self.gid, f"column type {col.type}, expected string IDs", fld,
-                                     "IDs must be strings (or integers)")
+                    raise self.error(
+                        self.gid,
+                        f"column type {col.type}, expected string IDs",
+                        fld,
+                        "IDs must be strings (or integers)",
+                    )
             col = col.dictionary_encode()
         d = col.dictionary
         if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
@@ -257,8 +284,12 @@ class _TableReader:
 
         if col.null_count:
             i = int(np.argmax(np.asarray(col.is_null().to_pylist())))
-            raise self.error(self.gid + i, "empty value", fld,
-                             "every row needs a number here (drop rows of tests not evaluated)")
+            raise self.error(
+                self.gid + i,
+                "empty value",
+                fld,
+                "every row needs a number here (drop rows of tests not evaluated)",
+            )
         if fld == "step":
             if pa.types.is_integer(col.type):
                 return np_view(col).astype(np.int64, copy=False)
@@ -267,15 +298,27 @@ class _TableReader:
                 bad = v != np.round(v)
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise self.error(self.gid + i, f"expected an integer step, got {v[i]!r}", fld,
-                                     "steps are integers 0, 1, 2, ...")
+                    raise self.error(
+                        self.gid + i,
+                        f"expected an integer step, got {v[i]!r}",
+                        fld,
+                        "steps are integers 0, 1, 2, ...",
+                    )
                 return v.astype(np.int64)
-            raise self.error(self.gid, f"column type {col.type}, expected integers", fld,
-                             "store steps as an integer column")
+            raise self.error(
+                self.gid,
+                f"column type {col.type}, expected integers",
+                fld,
+                "store steps as an integer column",
+            )
         if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
             return np_view(col).astype(np.float64, copy=False)
-        raise self.error(self.gid, f"column type {col.type}, expected numbers", fld,
-                         "store losses as a float column")
+        raise self.error(
+            self.gid,
+            f"column type {col.type}, expected numbers",
+            fld,
+            "store losses as a float column",
+        )
 
     # -- per-run validation --
     def finish(self) -> Iterator[RunData]:
@@ -283,15 +326,20 @@ class _TableReader:
             cur = self._take("curriculum", code)
             los = self._take("losses", code)
             if cur is None:
-                raise self.error(min(_gids(c)[0] for c in los), f"run {rid!r} has losses but no "
-                                 "curriculum rows", "run",
-                                 "ingest its curriculum table (run,step,example_id) in the same "
-                                 "command")
+                raise self.error(
+                    min(_gids(c)[0] for c in los),
+                    f"run {rid!r} has losses but no curriculum rows",
+                    "run",
+                    "ingest its curriculum table (run,step,example_id) in the same command",
+                )
             if los is None:
-                raise self.error(min(_gids(c)[0] for c in cur), f"run {rid!r} has a curriculum but "
-                                 "no losses", "run",
-                                 "ingest its loss table (run,step,test_id,loss, with step-0 "
-                                 "losses) in the same command")
+                raise self.error(
+                    min(_gids(c)[0] for c in cur),
+                    f"run {rid!r} has a curriculum but no losses",
+                    "run",
+                    "ingest its loss table (run,step,test_id,loss, with step-0 "
+                    "losses) in the same command",
+                )
             yield self._finish_run(code, rid, cur, los)
 
     def _finish_run(self, code: int, rid: str, cur: list, los: list) -> RunData:
@@ -304,16 +352,24 @@ class _TableReader:
         if (cstep < 1).any():
             i = int(np.argmax(cstep < 1))
             if cstep[i] == 0:
-                raise self.error(cgid[i], "a batch on step 0", "step",
-                                 "step 0 is the starting checkpoint: number training steps from 1")
+                raise self.error(
+                    cgid[i],
+                    "a batch on step 0",
+                    "step",
+                    "step 0 is the starting checkpoint: number training steps from 1",
+                )
             raise self.error(cgid[i], f"negative step {cstep[i]}", "step", "steps start at 1")
         T = int(cstep.max())
         counts = np.bincount(cstep, minlength=T + 1)[1:]
         if (counts == 0).any():
             s = int(np.argmax(counts == 0)) + 1
             nxt = int(np.argmax(cstep > s))
-            raise self.error(cgid[nxt], f"run {rid!r}: step {s} has no curriculum rows", "step",
-                             "every training step 1..T needs its batch (one row per example)")
+            raise self.error(
+                cgid[nxt],
+                f"run {rid!r}: step {s} has no curriculum rows",
+                "step",
+                "every training step 1..T needs its batch (one row per example)",
+            )
         o = np.argsort(cstep, kind="stable")
         cstep, cex = cstep[o], cex[o]
         ptr = np.zeros(T + 1, dtype=np.int64)
@@ -327,13 +383,21 @@ class _TableReader:
         bad = ~np.isfinite(lval)
         if bad.any():
             i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
-            raise self.error(lgid[i], f"non-finite loss {lval[i]!r}", "loss",
-                             "losses must be finite; drop rows of tests not evaluated")
+            raise self.error(
+                lgid[i],
+                f"non-finite loss {lval[i]!r}",
+                "loss",
+                "losses must be finite; drop rows of tests not evaluated",
+            )
         bad = (lstep < 0) | (lstep > T)
         if bad.any():
             i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
-            raise self.error(lgid[i], f"step {lstep[i]} outside 0..{T} (run {rid!r} has {T} "
-                             "training steps)", "step", "loss steps count updates: 0..T")
+            raise self.error(
+                lgid[i],
+                f"step {lstep[i]} outside 0..{T} (run {rid!r} has {T} training steps)",
+                "step",
+                "loss steps count updates: 0..T",
+            )
         m = len(self.te.list)
         key = lstep * m + lte
         if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):  # fast path: sorted, unique
@@ -348,25 +412,47 @@ class _TableReader:
             first = int(np.minimum(lgid[o][dup], lgid[o][dup + 1])[j])
             f_label, f_line = self.where(first)
             i = o[dup[j] + 1] if lgid[o][dup[j] + 1] == later[j] else o[dup[j]]
-            raise self.error(later[j], f"duplicate loss for test {self.te.list[lte[i]]!r} at step "
-                             f"{lstep[i]} (also at {f_label}:{f_line})", "test_id",
-                             "one row per (run, step, test_id)")
+            raise self.error(
+                later[j],
+                f"duplicate loss for test {self.te.list[lte[i]]!r} at step "
+                f"{lstep[i]} (also at {f_label}:{f_line})",
+                "test_id",
+                "one row per (run, step, test_id)",
+            )
         is0 = lstep == 0
         if not is0.any():
-            raise self.error(int(lgid.min()), f"run {rid!r}: missing step 0 losses", "step",
-                             "log every test's initial loss at step 0")
+            raise self.error(
+                int(lgid.min()),
+                f"run {rid!r}: missing step 0 losses",
+                "step",
+                "log every test's initial loss at step 0",
+            )
         have0 = np.zeros(m, dtype=bool)
         have0[lte[is0]] = True
         bad = ~have0[lte]
         if bad.any():
             i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
-            raise self.error(lgid[i], f"test {self.te.list[lte[i]]!r} has no step-0 loss in run "
-                             f"{rid!r}", "test_id", "log every test's initial loss at step 0")
+            raise self.error(
+                lgid[i],
+                f"test {self.te.list[lte[i]]!r} has no step-0 loss in run {rid!r}",
+                "test_id",
+                "log every test's initial loss at step 0",
+            )
         files = sorted(self.run_files.pop(code, ()))
         srcs = [{"path": self.files[f][0], "sha256": None} for f in files]
-        return make_rundata(rid, cex, self.ex.array(), ptr, lstep, lte, self.te.array(), lval,
-                            source=" + ".join(s["path"] for s in srcs), source_format="table",
-                            sources=srcs)
+        return make_rundata(
+            rid,
+            cex,
+            self.ex.array(),
+            ptr,
+            lstep,
+            lte,
+            self.te.array(),
+            lval,
+            source=" + ".join(s["path"] for s in srcs),
+            source_format="table",
+            sources=srcs,
+        )
 
 
 _SPLIT_MIN_BYTES = 48 << 20  # plain CSV files at least this big are parsed in parallel ranges
@@ -442,8 +528,9 @@ def _count_lines(path: str, upto: int) -> int:
     return n
 
 
-def _csv_batches(path: Path, kind: str, rng: tuple[int, int] | None = None,
-                 names: list[str] | None = None):
+def _csv_batches(
+    path: Path, kind: str, rng: tuple[int, int] | None = None, names: list[str] | None = None
+):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -464,12 +551,16 @@ def _csv_batches(path: Path, kind: str, rng: tuple[int, int] | None = None,
             stream = pa.PythonFile(_Slice(path, *rng), mode="r")
             ro = pacsv.ReadOptions(block_size=4 << 20, column_names=names)
         reader = pacsv.open_csv(
-            stream, read_options=ro,
-            convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""],
-                                                 strings_can_be_null=False,
-                                                 quoted_strings_can_be_null=False))
-        for batch in reader:
-            yield batch
+            stream,
+            read_options=ro,
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        yield from reader
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
         _locate_csv_problem(path, kind, exc)
 
@@ -485,32 +576,44 @@ def _locate_csv_problem(path: Path, kind: str, exc: Exception):
             for row in r:
                 line = r.line_num
                 if len(row) != n:
-                    raise InputError(f"expected {n} fields ({','.join(header)}), got {len(row)}",
-                                     path=label, line=line, hint="check the delimiter and quoting")
+                    raise InputError(
+                        f"expected {n} fields ({','.join(header)}), got {len(row)}",
+                        path=label,
+                        line=line,
+                        hint="check the delimiter and quoting",
+                    )
                 for col, val in zip(header, row):
                     if col == "step":
                         try:
                             int(val)
                         except ValueError:
-                            raise InputError(f"expected an integer step, got {val!r}", path=label,
-                                             line=line, field="step",
-                                             hint="steps are integers 0, 1, 2, ...") from None
+                            raise InputError(
+                                f"expected an integer step, got {val!r}",
+                                path=label,
+                                line=line,
+                                field="step",
+                                hint="steps are integers 0, 1, 2, ...",
+                            ) from None
                     elif col == "loss":
                         try:
                             float(val)
                         except ValueError:
-                            raise InputError(f"expected a number, got {val!r}", path=label,
-                                             line=line, field="loss",
-                                             hint="losses are decimal numbers; drop rows of "
-                                                  "tests not evaluated") from None
+                            raise InputError(
+                                f"expected a number, got {val!r}",
+                                path=label,
+                                line=line,
+                                field="loss",
+                                hint="losses are decimal numbers; drop rows of tests not evaluated",
+                            ) from None
     except (OSError, EOFError, zlib_error, UnicodeDecodeError) as exc2:
-        raise InputError(f"cannot read ({exc2})", path=label,
-                         hint="long tables are UTF-8 CSV (optionally .gz)") from None
+        raise InputError(
+            f"cannot read ({exc2})", path=label, hint="long tables are UTF-8 CSV (optionally .gz)"
+        ) from None
     except csv.Error as exc2:
-        raise InputError(f"malformed CSV ({exc2})", path=label,
-                         hint="check the quoting and delimiter (comma)") from None
-    raise InputError(f"unreadable CSV ({str(exc).splitlines()[0]})", path=label,
-                     hint=_TABLE_HINT)
+        raise InputError(
+            f"malformed CSV ({exc2})", path=label, hint="check the quoting and delimiter (comma)"
+        ) from None
+    raise InputError(f"unreadable CSV ({str(exc).splitlines()[0]})", path=label, hint=_TABLE_HINT)
 
 
 def _parquet_batches(path: Path, kind: str):
@@ -519,8 +622,10 @@ def _parquet_batches(path: Path, kind: str):
 
     try:
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=1 << 20, columns=list(_WANT[kind])):
-            yield batch
+        yield from pf.iter_batches(batch_size=1 << 20, columns=list(_WANT[kind]))
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"cannot read Parquet ({exc})", path=str(path),
-                         hint="the file is truncated or not Parquet") from None
+        raise InputError(
+            f"cannot read Parquet ({exc})",
+            path=str(path),
+            hint="the file is truncated or not Parquet",
+        ) from None

@@ -34,7 +34,7 @@ def _curricula_shape(curricula, lengths):
 
 def _finish(out: np.ndarray, lengths) -> np.ndarray:
     for c, T in enumerate(lengths):
-        out[c, T + 1:] = np.nan
+        out[c, T + 1 :] = np.nan
     return out
 
 
@@ -44,11 +44,17 @@ class ConstantBaseline:
     method = "constant"
     name = "constant"
 
-    def fit(self, runs: RunSet | None = None) -> "ConstantBaseline":
+    def fit(self, runs: RunSet | None = None) -> ConstantBaseline:
         return self
 
-    def simulate(self, curricula, init_loss, tests: Sequence[str] | None = None,
-                 unseen: str = "error", lengths: Sequence[int] | None = None) -> np.ndarray:
+    def simulate(
+        self,
+        curricula,
+        init_loss,
+        tests: Sequence[str] | None = None,
+        unseen: str = "error",
+        lengths: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """(C, T+1, M) losses equal to ``init_loss`` ((M,) or (C, M)) at every step."""
         C, T, lengths = _curricula_shape(curricula, lengths)
         L0 = np.asarray(init_loss, dtype=np.float64)
@@ -77,7 +83,7 @@ class MeanTrajectoryBaseline:
     method = "mean-trajectory"
     name = "mean-trajectory"
 
-    def fit(self, runs: RunSet) -> "MeanTrajectoryBaseline":
+    def fit(self, runs: RunSet) -> MeanTrajectoryBaseline:
         if len(runs) == 0:
             raise SelectionError("the mean-trajectory baseline needs at least one fitting run")
         self.test_ids_ = np.asarray(runs.test_ids, dtype=object)
@@ -108,11 +114,19 @@ class MeanTrajectoryBaseline:
         pos = {t: j for j, t in enumerate(self.test_ids_)}
         bad = [t for t in tests if t not in pos]
         if bad:
-            raise SelectionError(f"the fitting runs have no test id(s) {', '.join(map(str, bad[:10]))}")
+            raise SelectionError(
+                f"the fitting runs have no test id(s) {', '.join(map(str, bad[:10]))}"
+            )
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
 
-    def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
-                 unseen: str = "error", lengths: Sequence[int] | None = None) -> np.ndarray:
+    def simulate(
+        self,
+        curricula,
+        init_loss=None,
+        tests: Sequence[str] | None = None,
+        unseen: str = "error",
+        lengths: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """(C, T+1, M): the fitting runs' mean loss at each step, whatever the curriculum."""
         if not hasattr(self, "mean_"):
             raise ModelError("the mean-trajectory baseline is not fitted; call fit(runs)")

@@ -1,18 +1,17 @@
-"""Fit diagnostics: identifiability problems of a fit, each naming the affected examples.
-"""
+"""Fit diagnostics: identifiability problems of a fit, each naming the affected examples."""
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 # ---- fit diagnostics ------------------------------------------------------------------------
 
+
 def _names(ids, limit: int = 10) -> str:
     ids = [str(i) for i in ids]
-    return ", ".join(map(repr, ids[:limit])) + (f" and {len(ids) - limit} more"
-                                                 if len(ids) > limit else "")
+    return ", ".join(map(repr, ids[:limit])) + (
+        f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    )
 
 
 def fit_warnings(runs, sim) -> list[str]:
@@ -32,8 +31,10 @@ def fit_warnings(runs, sim) -> list[str]:
     counts = np.asarray(sim.example_counts_)
     never = np.flatnonzero(counts == 0)
     if len(never):
-        out.append(f"{len(never)} training example(s) never occur in the fitting runs; their "
-                   f"parameters are the prior (no effect): {_names(sim.example_ids_[never])}")
+        out.append(
+            f"{len(never)} training example(s) never occur in the fitting runs; their "
+            f"parameters are the prior (no effect): {_names(sim.example_ids_[never])}"
+        )
     if n and len(runs.runs):
         rng = np.random.default_rng(12345)
         prints = np.zeros((n, 2))
@@ -44,27 +45,33 @@ def fit_warnings(runs, sim) -> list[str]:
                 prints[:, k] += np.bincount(r.batch_idx, weights=w[step, k], minlength=n)
         seen = np.flatnonzero(counts > 0)
         if len(seen) > 1:
-            _, inv, size = np.unique(prints[seen], axis=0, return_inverse=True,
-                                     return_counts=True)
+            _, inv, size = np.unique(prints[seen], axis=0, return_inverse=True, return_counts=True)
             inv = inv.reshape(-1)
             shared = np.flatnonzero(size[inv] > 1)
             if len(shared):
                 groups: dict[int, list] = {}
                 for j in shared:
                     groups.setdefault(int(inv[j]), []).append(sim.example_ids_[seen[j]])
-                shown = "; ".join("{" + ", ".join(map(str, g[:5])) + (", ..." if len(g) > 5
-                                                                      else "") + "}"
-                                  for g in list(groups.values())[:5])
-                out.append(f"{len(shared)} training example(s) in {len(groups)} group(s) always "
-                           "occur together (same steps of the same runs): only each group's "
-                           "summed effect is identified, split evenly among its members: "
-                           + shown + (" ..." if len(groups) > 5 else ""))
+                shown = "; ".join(
+                    "{" + ", ".join(map(str, g[:5])) + (", ..." if len(g) > 5 else "") + "}"
+                    for g in list(groups.values())[:5]
+                )
+                out.append(
+                    f"{len(shared)} training example(s) in {len(groups)} group(s) always "
+                    "occur together (same steps of the same runs): only each group's "
+                    "summed effect is identified, split evenly among its members: "
+                    + shown
+                    + (" ..." if len(groups) > 5 else "")
+                )
     lo, hi = np.asarray(sim.loss_min_, float), np.asarray(sim.loss_max_, float)
     with np.errstate(invalid="ignore"):
-        const = np.flatnonzero(np.isfinite(lo) & (hi - lo <= 1e-12 * np.maximum(np.abs(hi),
-                                                                               1e-300)))
+        const = np.flatnonzero(
+            np.isfinite(lo) & (hi - lo <= 1e-12 * np.maximum(np.abs(hi), 1e-300))
+        )
     if len(const):
-        out.append(f"{len(const)} test example(s) have a constant loss in every fitting run "
-                   f"(nothing to learn; the fit predicts no change): "
-                   f"{_names(sim.test_ids_[const])}")
+        out.append(
+            f"{len(const)} test example(s) have a constant loss in every fitting run "
+            f"(nothing to learn; the fit predicts no change): "
+            f"{_names(sim.test_ids_[const])}"
+        )
     return out

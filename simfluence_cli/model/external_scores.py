@@ -1,16 +1,15 @@
-"""External attribution scores as simulators: TracIn is the additive case (B = -scale * score).
-"""
+"""External attribution scores as simulators: TracIn is the additive case (B = -scale * score)."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import scipy.sparse as sp
 
 from simfluence_cli.errors import SelectionError, UsageError
-from simfluence_cli.runs import RunSet
-from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.io.score_files import ScoreTable
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.runs import RunSet
+
 
 def _interval_sums(run, Srun: np.ndarray) -> np.ndarray:
     """(K-1, M): sum of score rows of the examples trained on between consecutive logged steps."""
@@ -18,13 +17,15 @@ def _interval_sums(run, Srun: np.ndarray) -> np.ndarray:
     k = np.searchsorted(run.loss_steps, steps, side="left")  # interval ending at loss_steps[k]
     keep = k < len(run.loss_steps)
     K = len(run.loss_steps)
-    cnt = sp.csr_matrix((np.ones(int(keep.sum())), (k[keep] - 1, run.batch_idx[keep])),
-                        shape=(K - 1, Srun.shape[0]))
+    cnt = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (k[keep] - 1, run.batch_idx[keep])), shape=(K - 1, Srun.shape[0])
+    )
     return np.asarray(cnt @ Srun)
 
 
-def fit_scale(S: np.ndarray, example_ids: np.ndarray, test_ids: np.ndarray, runs: RunSet,
-              on: str = "step") -> dict:
+def fit_scale(
+    S: np.ndarray, example_ids: np.ndarray, test_ids: np.ndarray, runs: RunSet, on: str = "step"
+) -> dict:
     """Least-squares s in dL ~ -s * X over the fitting runs; returns {scale, r2, n_obs, on}.
 
     ``S``: (examples, tests) aligned with ``example_ids``/``test_ids``; examples of the runs
@@ -35,8 +36,9 @@ def fit_scale(S: np.ndarray, example_ids: np.ndarray, test_ids: np.ndarray, runs
     if len(runs) == 0:
         raise SelectionError("--scale fit needs fitting runs; check --runs")
     epos = {e: i for i, e in enumerate(example_ids)}
-    rows = np.fromiter((epos.get(e, -1) for e in runs.example_ids), dtype=np.int64,
-                       count=runs.n_examples)
+    rows = np.fromiter(
+        (epos.get(e, -1) for e in runs.example_ids), dtype=np.int64, count=runs.n_examples
+    )
     tpos = {t: j for j, t in enumerate(runs.test_ids)}
     tcols = np.asarray([tpos[t] for t in test_ids], dtype=np.int64)
     Srun = np.where(rows[:, None] >= 0, S[np.maximum(rows, 0)], 0.0)
@@ -59,15 +61,18 @@ def fit_scale(S: np.ndarray, example_ids: np.ndarray, test_ids: np.ndarray, runs
         syy += float(yo @ yo)
         n += int(ok.sum())
     if sxx == 0:
-        raise SelectionError("cannot fit a scale: the scored examples never occur in the fitting "
-                             "runs (or all their scores are 0); use --scale none or a number")
+        raise SelectionError(
+            "cannot fit a scale: the scored examples never occur in the fitting "
+            "runs (or all their scores are 0); use --scale none or a number"
+        )
     s = -sxy / sxx
     r2 = 1.0 - (syy - sxy * sxy / sxx) / syy if syy > 0 else float("nan")
     return {"scale": float(s), "r2": float(r2), "n_obs": n, "on": on}
 
 
-def scores_simulator(table: ScoreTable, scale: float, runs: RunSet | None = None,
-                     clip: str = "observed") -> Simulator:
+def scores_simulator(
+    table: ScoreTable, scale: float, runs: RunSet | None = None, clip: str = "observed"
+) -> Simulator:
     """An additive :class:`Simulator` with ``B = -scale * score``.
 
     With ``runs`` (the fitting runs) the simulator also gets the observed loss ranges (for

@@ -92,8 +92,20 @@ def _run_blocks(run, n_examples: int) -> list[ObsBlock]:
         w = (t - s).astype(np.float64)
         lam_b = (w - 1) / 2.0  # sum_{j=0}^{w-1} j / w
         lam_a = w - lam_b
-        blocks.append(ObsBlock(tests, L[:-1], L[1:], lam_a, lam_b,
-                               ucode // n_examples, ucode % n_examples, ent_a, ent_b, ent_n))
+        blocks.append(
+            ObsBlock(
+                tests,
+                L[:-1],
+                L[1:],
+                lam_a,
+                lam_b,
+                ucode // n_examples,
+                ucode % n_examples,
+                ent_a,
+                ent_b,
+                ent_n,
+            )
+        )
     return blocks
 
 
@@ -109,10 +121,10 @@ class Design:
     def n_params(self, method: str) -> int:
         return 2 * self.n_examples if method == "linear" else self.n_examples
 
-    def equations(self, method: str, run_ids=None) -> "NormalEquations":
+    def equations(self, method: str, run_ids=None) -> NormalEquations:
         """Normal equations of ``method`` over ``run_ids`` (default: all runs)."""
         groups: dict[tuple, list[ObsBlock]] = {}
-        for rid in (self.run_ids if run_ids is None else run_ids):
+        for rid in self.run_ids if run_ids is None else run_ids:
             for b in self.blocks[rid]:
                 groups.setdefault(tuple(b.tests.tolist()), []).append(b)
         return NormalEquations(method, self.n_examples, self.n_tests, groups)
@@ -189,7 +201,9 @@ class NormalEquations:
         self.method, self.n = method, n
         self.n_params = 2 * n if method == "linear" else n
         self.n_tests = n_tests
-        self.groups = [_Group(np.asarray(k, dtype=np.int64), b, n, method) for k, b in groups.items()]
+        self.groups = [
+            _Group(np.asarray(k, dtype=np.int64), b, n, method) for k, b in groups.items()
+        ]
 
     def fill(self, tests: np.ndarray, G: np.ndarray, r: np.ndarray) -> None:
         n, P, method = self.n, self.n_params, self.method
@@ -228,7 +242,7 @@ class NormalEquations:
             if "en" in M:
                 add(g.I + offB, g.J + offB, np.broadcast_to(g.nn[:, None], (len(g.nn), len(sel))))
                 yy = y if method == "linear" else (Lt - Ls)
-                r[sel, offB:offB + n] += (M["en"] @ yy).T
+                r[sel, offB : offB + n] += (M["en"] @ yy).T
             if "an" in M:
                 V = M["an"] @ Ls
                 if g.gaps:
@@ -294,7 +308,9 @@ class _SparseGroup:
             self.Ea, self.EaT, self.Eb, self.EbT = self.En, self.EnT, None, None
         # squared / cross entries for the diagonal blocks of the Gram
         self.sq = {}
-        self.sq["nn"] = np.asarray(sp.csr_matrix((en * en, (ex, eo)), shape=shape[::-1]).sum(axis=1)).ravel()
+        self.sq["nn"] = np.asarray(
+            sp.csr_matrix((en * en, (ex, eo)), shape=shape[::-1]).sum(axis=1)
+        ).ravel()
         if method != "additive":
             self.sq["aa"] = sp.csr_matrix((ea * ea, (ex, eo)), shape=shape[::-1])
             self.sq["an"] = sp.csr_matrix((ea * en, (ex, eo)), shape=shape[::-1])
@@ -309,8 +325,8 @@ class _SparseGroup:
         Lt = np.empty((self.n_obs, len(cols)))
         o = 0
         for b in self.blocks:
-            Ls[o:o + b.n_obs] = b.Ls[:, cols]
-            Lt[o:o + b.n_obs] = b.Lt[:, cols]
+            Ls[o : o + b.n_obs] = b.Ls[:, cols]
+            Lt[o : o + b.n_obs] = b.Lt[:, cols]
             o += b.n_obs
         return Ls, Lt
 
@@ -352,7 +368,7 @@ class ChunkSystem:
                 self.daa[:, cpos] += d
             if method != "multiplicative":
                 off = n if method == "linear" else 0
-                self.rhs[off:off + n, cpos] += g.EnT @ y
+                self.rhs[off : off + n, cpos] += g.EnT @ y
                 self.dbb[:, cpos] += g.sq["nn"][:, None]
             if method == "linear":
                 d = g.sq["an"] @ Ls
@@ -445,11 +461,13 @@ class SparseDesign:
         self.method, self.n, self.n_tests = method, design.n_examples, design.n_tests
         self.n_params = design.n_params(method)
         groups: dict[tuple, list[ObsBlock]] = {}
-        for rid in (design.run_ids if run_ids is None else run_ids):
+        for rid in design.run_ids if run_ids is None else run_ids:
             for b in design.blocks[rid]:
                 groups.setdefault(tuple(b.tests.tolist()), []).append(b)
-        self.groups = [_SparseGroup(np.asarray(k, dtype=np.int64), b, self.n, method)
-                       for k, b in groups.items()]
+        self.groups = [
+            _SparseGroup(np.asarray(k, dtype=np.int64), b, self.n, method)
+            for k, b in groups.items()
+        ]
         self.nnz = sum(g.En.nnz for g in self.groups)  # per test, per coefficient matrix
 
     def chunk(self, tests: np.ndarray) -> ChunkSystem:

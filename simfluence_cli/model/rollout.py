@@ -1,11 +1,8 @@
-"""The Simfluence recurrence rolled forward for many curricula and tests (one kernel).
-"""
+"""The Simfluence recurrence rolled forward for many curricula and tests (one kernel)."""
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 # -- rollouts -----------------------------------------------------------------------------------
 
@@ -13,9 +10,19 @@ ROLLOUT_COLS = 128  # test columns per rollout chunk: the (C, 2 * cols) state st
 _FMAX = float(np.finfo(np.float64).max)
 
 
-def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
-            lo: np.ndarray | None, hi: np.ndarray | None, *, final: bool = False,
-            threads: int | None = None, precision: str = "float64") -> np.ndarray:
+def rollout(
+    A: np.ndarray,
+    B: np.ndarray,
+    idx: np.ndarray,
+    L0: np.ndarray,
+    method: str,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+    *,
+    final: bool = False,
+    threads: int | None = None,
+    precision: str = "float64",
+) -> np.ndarray:
     """The Simfluence recurrence for C curricula x m tests, chunked over test columns.
 
     Same semantics as ``simulator._rollout`` (A, B: (n, m), an extra trailing row allowed;
@@ -30,6 +37,7 @@ def rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, metho
     """
     if precision not in ("float64", "float32"):
         from simfluence_cli.errors import UsageError
+
         raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
     pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor

@@ -23,8 +23,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from simfluence_cli.model.solvers import CG_TOL, plan_chunks, solve_tests
 from simfluence_cli.errors import MissingExtraError, UsageError
+from simfluence_cli.model.solvers import CG_TOL, plan_chunks, solve_tests
 
 _SHARED: dict = {}  # per process: design (and runs) for the local workers / dask tasks
 
@@ -33,8 +33,9 @@ def shards(m: int, n_shards: int) -> list[np.ndarray]:
     """Contiguous, nearly equal shards of range(m) (at most m shards, none empty)."""
     n_shards = max(1, min(int(n_shards), m))
     bounds = np.linspace(0, m, n_shards + 1).round().astype(np.int64)
-    return [np.arange(bounds[i], bounds[i + 1]) for i in range(n_shards)
-            if bounds[i + 1] > bounds[i]]
+    return [
+        np.arange(bounds[i], bounds[i + 1]) for i in range(n_shards) if bounds[i + 1] > bounds[i]
+    ]
 
 
 def chunk_shards(chunks: list[np.ndarray], n_shards: int) -> list[list[np.ndarray]]:
@@ -42,10 +43,22 @@ def chunk_shards(chunks: list[np.ndarray], n_shards: int) -> list[list[np.ndarra
     return [[chunks[i] for i in idx] for idx in shards(len(chunks), n_shards)]
 
 
-def fit_theta(runs, design, method: str, l2: float, theta0: np.ndarray, *, solver: str = "auto",
-              tol: float = CG_TOL, workers: int = 1, dask=None, progress=None,
-              threads: int | None = None, stats: dict | None = None,
-              sink=None) -> np.ndarray | None:
+def fit_theta(
+    runs,
+    design,
+    method: str,
+    l2: float,
+    theta0: np.ndarray,
+    *,
+    solver: str = "auto",
+    tol: float = CG_TOL,
+    workers: int = 1,
+    dask=None,
+    progress=None,
+    threads: int | None = None,
+    stats: dict | None = None,
+    sink=None,
+) -> np.ndarray | None:
     """Ridge parameters (P, n_tests) of all test examples, sharded as configured.
 
     ``sink(test_indices, theta (P, k))``: hand each finished chunk or shard over as it
@@ -53,35 +66,58 @@ def fit_theta(runs, design, method: str, l2: float, theta0: np.ndarray, *, solve
     """
     m = design.n_tests
     if dask is not None:
-        return _fit_dask(runs, design, method, l2, theta0, solver, tol, dask, progress, stats,
-                         sink)
+        return _fit_dask(runs, design, method, l2, theta0, solver, tol, dask, progress, stats, sink)
     workers = int(workers or 1)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     if workers == 1 or m < 2:
-        return solve_tests(design, method, l2, theta0, solver=solver, tol=tol,
-                           progress=progress, threads=threads, stats=stats, sink=sink)
-    return _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats,
-                          sink)
+        return solve_tests(
+            design,
+            method,
+            l2,
+            theta0,
+            solver=solver,
+            tol=tol,
+            progress=progress,
+            threads=threads,
+            stats=stats,
+            sink=sink,
+        )
+    return _fit_processes(
+        runs, design, method, l2, theta0, solver, tol, workers, progress, stats, sink
+    )
 
 
 # -- local processes ----------------------------------------------------------------------------
 
+
 def _shard_local(chunks, method, l2, theta0, solver, tol):
     design = _SHARED["design"]
     st: dict = {}
-    th = solve_tests(design, method, l2, theta0, tests=np.concatenate(chunks), solver=solver,
-                     tol=tol, threads=1, stats=st, chunks=chunks)
+    th = solve_tests(
+        design,
+        method,
+        l2,
+        theta0,
+        tests=np.concatenate(chunks),
+        solver=solver,
+        tol=tol,
+        threads=1,
+        stats=st,
+        chunks=chunks,
+    )
     return th, st
 
 
 def _init_spawned(runs):  # pragma: no cover - only without fork
     from simfluence_cli.model.normal_equations import Design
+
     _SHARED["design"] = Design(runs)
 
 
-def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progress, stats,
-                   sink=None):
+def _fit_processes(
+    runs, design, method, l2, theta0, solver, tol, workers, progress, stats, sink=None
+):
     m = design.n_tests
     _, chunks = plan_chunks(design, method, solver)
     parts = chunk_shards(chunks, workers * 4)  # several shards per worker: balance, progress
@@ -92,13 +128,16 @@ def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progr
         _SHARED["design"] = design  # inherited by the forked workers, not pickled
         pool = ProcessPoolExecutor(workers, mp_context=ctx)
     else:  # pragma: no cover
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_spawned, initargs=(runs,))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_init_spawned, initargs=(runs,)
+        )
     iters = []
     try:
         with pool:
-            futs = {pool.submit(_shard_local, c, method, l2, theta0, solver, tol): np.concatenate(c)
-                    for c in parts}
+            futs = {
+                pool.submit(_shard_local, c, method, l2, theta0, solver, tol): np.concatenate(c)
+                for c in parts
+            }
             for f in as_completed(futs):
                 th, st = f.result()
                 t = futs[f]
@@ -112,12 +151,18 @@ def _fit_processes(runs, design, method, l2, theta0, solver, tol, workers, progr
     finally:
         _SHARED.pop("design", None)
     if stats is not None:
-        stats.update(solver=st.get("solver"), n_params=P, workers=workers, shards=len(parts),
-                     cg_iterations_max=max(iters) if iters else 0)
+        stats.update(
+            solver=st.get("solver"),
+            n_params=P,
+            workers=workers,
+            shards=len(parts),
+            cg_iterations_max=max(iters) if iters else 0,
+        )
     return out
 
 
 # -- dask ---------------------------------------------------------------------------------------
+
 
 def _dask_design(source, run_ids):
     """The Design of the runs on a Dask worker, built once per worker process."""
@@ -126,6 +171,7 @@ def _dask_design(source, run_ids):
     if hit is not None and hit[0] == key:
         return hit[1]
     from simfluence_cli.model.normal_equations import Design
+
     runs = source.load(run_ids) if hasattr(source, "load") else source
     design = Design(runs)
     _SHARED["dask"] = (key, design)
@@ -136,24 +182,29 @@ def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol, shape=
     design = _dask_design(source, run_ids)
     if shape is not None and (design.n_examples, design.n_tests) != tuple(shape):
         from simfluence_cli.errors import StoreError
-        raise StoreError(f"a Dask worker loaded {design.n_examples} training x {design.n_tests} "
-                         f"test examples from {source!r}, the coordinator has {shape[0]} x "
-                         f"{shape[1]}: the workers must see the same store (shared path) and it "
-                         "must not change during the fit")
+
+        raise StoreError(
+            f"a Dask worker loaded {design.n_examples} training x {design.n_tests} "
+            f"test examples from {source!r}, the coordinator has {shape[0]} x "
+            f"{shape[1]}: the workers must see the same store (shared path) and it "
+            "must not change during the fit"
+        )
     st: dict = {}
     tests = np.concatenate(chunks)
-    th = solve_tests(design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st,
-                     chunks=chunks)
+    th = solve_tests(
+        design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st, chunks=chunks
+    )
     return tests, th, st
 
 
-def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats,
-              sink=None):
+def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats, sink=None):
     try:
         from distributed import Client
     except ImportError as exc:
-        raise MissingExtraError("--dask needs the optional extra: pip install 'simfluence-cli[dask]' "
-                                "(dask + distributed)") from exc
+        raise MissingExtraError(
+            "--dask needs the optional extra: pip install 'simfluence-cli[dask]' "
+            "(dask + distributed)"
+        ) from exc
     own = not isinstance(address, Client)
     client = Client(address) if own else address
     try:
@@ -164,10 +215,24 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         source = getattr(runs, "source", None)
         if source is None:
             source = client.scatter(runs, broadcast=True)
-        futs = [client.submit(_shard_dask, source, list(runs.run_ids), t, method, float(l2),
-                              theta0, solver, tol, (runs.n_examples, runs.n_tests), pure=False)
-                for t in parts]
+        futs = [
+            client.submit(
+                _shard_dask,
+                source,
+                list(runs.run_ids),
+                t,
+                method,
+                float(l2),
+                theta0,
+                solver,
+                tol,
+                (runs.n_examples, runs.n_tests),
+                pure=False,
+            )
+            for t in parts
+        ]
         from distributed import as_completed as das_completed
+
         P = len(theta0)
         out = None if sink is not None else np.empty((P, m))
         iters = []
@@ -181,9 +246,14 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
             if progress is not None:
                 progress(len(tests))
         if stats is not None:
-            stats.update(solver=st.get("solver"), n_params=P, dask_workers=nworkers,
-                         shards=len(parts), cg_iterations_max=max(iters) if iters else 0,
-                         source="loaded by workers" if hasattr(source, "load") else "scattered")
+            stats.update(
+                solver=st.get("solver"),
+                n_params=P,
+                dask_workers=nworkers,
+                shards=len(parts),
+                cg_iterations_max=max(iters) if iters else 0,
+                source="loaded by workers" if hasattr(source, "load") else "scattered",
+            )
         return out
     finally:
         if own:

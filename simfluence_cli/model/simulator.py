@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from simfluence_cli.errors import ModelError, SelectionError, SimfluenceWarning, UsageError
 from simfluence_cli.model.normal_equations import METHODS, Design
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
-from simfluence_cli.errors import ModelError, SelectionError, SimfluenceWarning, UsageError
 from simfluence_cli.runs import RunSet
 
 __all__ = ["Simulator", "DEFAULT_L2_GRID"]
@@ -46,10 +46,22 @@ class Simulator:
     ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``.
     """
 
-    def __init__(self, method: str = "linear", l2: float | str = 1.0, *, prior: str = "no-change",
-                 clip: str = "observed", clip_margin: float = 0.5, cv_folds: int = 5,
-                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, progress=None,
-                 solver: str = "auto", tol: float = CG_TOL, workers: int = 1, dask=None):
+    def __init__(
+        self,
+        method: str = "linear",
+        l2: float | str = 1.0,
+        *,
+        prior: str = "no-change",
+        clip: str = "observed",
+        clip_margin: float = 0.5,
+        cv_folds: int = 5,
+        l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+        progress=None,
+        solver: str = "auto",
+        tol: float = CG_TOL,
+        workers: int = 1,
+        dask=None,
+    ):
         # execution options (not model configuration; see _solver / _parallel): solver
         # "auto"|"direct"|"cg", CG relative-residual tol, local worker processes, Dask address
         self.solver, self.tol, self.workers, self.dask = solver, tol, workers, dask
@@ -80,14 +92,32 @@ class Simulator:
 
     def get_params(self) -> dict:
         """The configuration (what a saved model's manifest records)."""
-        return {"method": self.method, "l2": self.l2, "prior": self.prior, "clip": self.clip,
-                "clip_margin": self.clip_margin, "cv_folds": self.cv_folds,
-                "l2_grid": list(self.l2_grid)}
+        return {
+            "method": self.method,
+            "l2": self.l2,
+            "prior": self.prior,
+            "clip": self.clip,
+            "clip_margin": self.clip_margin,
+            "cv_folds": self.cv_folds,
+            "l2_grid": list(self.l2_grid),
+        }
 
     @classmethod
-    def from_params(cls, A, B, example_ids, test_ids, *, method: str = "linear",
-                    prior: str = "no-change", clip: str = "observed", init_loss=None,
-                    loss_range=None, batch_size: float = 1.0, example_counts=None) -> "Simulator":
+    def from_params(
+        cls,
+        A,
+        B,
+        example_ids,
+        test_ids,
+        *,
+        method: str = "linear",
+        prior: str = "no-change",
+        clip: str = "observed",
+        init_loss=None,
+        loss_range=None,
+        batch_size: float = 1.0,
+        example_counts=None,
+    ) -> Simulator:
         """A simulator with given parameters (e.g. additive with B = -TracIn score).
 
         A, B: (n_examples, n_tests) (A is ignored for additive). ``loss_range`` = (min, max)
@@ -105,16 +135,18 @@ class Simulator:
         sim.l2_, sim.cv_curve_, sim.cv_folds_ = 0.0, None, None
         sim.batch_size_ = float(batch_size)
         sim.run_ids_ = []
-        sim.example_counts_ = (np.ones(n, np.int64) if example_counts is None
-                               else np.asarray(example_counts, np.int64))
-        sim.init_loss_mean_ = (np.full(m, np.nan) if init_loss is None
-                               else np.asarray(init_loss, float))
+        sim.example_counts_ = (
+            np.ones(n, np.int64) if example_counts is None else np.asarray(example_counts, np.int64)
+        )
+        sim.init_loss_mean_ = (
+            np.full(m, np.nan) if init_loss is None else np.asarray(init_loss, float)
+        )
         lo, hi = (np.zeros(m), np.full(m, np.inf)) if loss_range is None else loss_range
         sim.loss_min_, sim.loss_max_ = np.asarray(lo, float), np.asarray(hi, float)
         return sim
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> "Simulator":
+    def fit(self, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> Simulator:
         """Fit on the runs of ``runs``; returns self.
 
         ``param_sink(test_indices, A_chunk, B_chunk)`` (each (n_examples, k)) receives the
@@ -144,7 +176,10 @@ class Simulator:
             # per run: no stacked copy of all losses
             self.loss_min_ = np.nanmin([np.nanmin(r.losses, axis=0) for r in runs.runs], axis=0)
             self.loss_max_ = np.nanmax([np.nanmax(r.losses, axis=0) for r in runs.runs], axis=0)
-        from simfluence_cli.model.diagnostics import fit_warnings  # identifiability: never-seen / co-occurring / constant
+        from simfluence_cli.model.diagnostics import (
+            fit_warnings,
+        )  # identifiability: never-seen / co-occurring / constant
+
         self.warnings_ = fit_warnings(runs, self)
         scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
         if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
@@ -153,13 +188,18 @@ class Simulator:
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
             self.l2_, self.cv_curve_, self.cv_folds_ = 1.0, None, None
-            self.warnings_.append("--l2 auto needs at least 2 fitting runs to cross-validate; "
-                                  "with 1 run l2 = 1 was used (pass --l2 to choose another)")
+            self.warnings_.append(
+                "--l2 auto needs at least 2 fitting runs to cross-validate; "
+                "with 1 run l2 = 1 was used (pass --l2 to choose another)"
+            )
         elif self.l2 == "auto":
             self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
-        from simfluence_cli.model.sharding import fit_theta  # sparse direct/CG solve, sharded over tests
+        from simfluence_cli.model.sharding import (
+            fit_theta,
+        )  # sparse direct/CG solve, sharded over tests
+
         self.solver_stats_ = {}
         sink = None
         if param_sink is not None:
@@ -176,9 +216,20 @@ class Simulator:
                     self.A_[:, tests], self.B_[:, tests] = A, B
                 param_sink(np.asarray(tests), A, B)
 
-        theta = fit_theta(runs, design, self.method, self.l2_, theta0, solver=self.solver,
-                          tol=self.tol, workers=self.workers, dask=self.dask,
-                          progress=self._tick, stats=self.solver_stats_, sink=sink)
+        theta = fit_theta(
+            runs,
+            design,
+            self.method,
+            self.l2_,
+            theta0,
+            solver=self.solver,
+            tol=self.tol,
+            workers=self.workers,
+            dask=self.dask,
+            progress=self._tick,
+            stats=self.solver_stats_,
+            sink=sink,
+        )
         if sink is None:
             self._set_theta(theta.T, n)
             del theta
@@ -219,8 +270,10 @@ class Simulator:
         ids = runs.run_ids
         k = min(self.cv_folds, len(ids))
         if k < 2:
-            raise UsageError("--l2 auto needs at least 2 fitting runs (cross-validation by run); "
-                             "give a number instead")
+            raise UsageError(
+                "--l2 auto needs at least 2 fitting runs (cross-validation by run); "
+                "give a number instead"
+            )
         order = np.random.default_rng(0).permutation(len(ids))
         folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
         self.cv_folds_ = folds
@@ -233,8 +286,8 @@ class Simulator:
         # the penalty is one scalar shared by all tests: its CV error is estimated on at most
         # CV_MAX_TESTS tests spread over the test set (all tests when there are fewer)
         sub = cv_test_subset(m)
-        chunks = [sub[s:s + 256] for s in range(0, len(sub), 256)]
-        for f, fold in enumerate(folds):
+        chunks = [sub[s : s + 256] for s in range(0, len(sub), 256)]
+        for _f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
             lo_all, hi_all = self._bounds_from(runs.subset(train))
             # held-out runs as one padded (C, T, b) curriculum batch
@@ -243,15 +296,26 @@ class Simulator:
             idx = np.full((len(fold), T, b), -1, dtype=np.int64)
             for c, rid in enumerate(fold):
                 e = encoded[rid]
-                idx[c, :e.shape[0], :e.shape[1]] = e
+                idx[c, : e.shape[0], : e.shape[1]] = e
             for chunk in chunks:
                 k = len(chunk)
-                ths = solve_tests(design, self.method, grid, theta0, tests=chunk, run_ids=train,
-                                  solver=self.solver, tol=max(self.tol, CV_TOL))
+                ths = solve_tests(
+                    design,
+                    self.method,
+                    grid,
+                    theta0,
+                    tests=chunk,
+                    run_ids=train,
+                    solver=self.solver,
+                    tol=max(self.tol, CV_TOL),
+                )
                 # all penalties side by side as columns: (n, G*k)
                 A, B = self._split(np.hstack(ths), n)
-                lo, hi = ((None, None) if lo_all is None else
-                          (np.tile(lo_all[chunk], G_), np.tile(hi_all[chunk], G_)))
+                lo, hi = (
+                    (None, None)
+                    if lo_all is None
+                    else (np.tile(lo_all[chunk], G_), np.tile(hi_all[chunk], G_))
+                )
                 L0 = np.vstack([np.tile(runs[rid].losses[0, chunk], G_) for rid in fold])
                 traj = _rollout(A, B, idx, L0, self.method, lo, hi)
                 for c, rid in enumerate(fold):
@@ -330,7 +394,8 @@ class Simulator:
             raise ModelError(
                 f"{len(uniq)} training example(s) have no fitted parameters (never trained on in "
                 f"the fitting runs): {', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
-                "choose --unseen prior (no effect beyond the prior) or --unseen skip")
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip"
+            )
         n = len(self.example_ids_)
         pos = {e: i for i, e in enumerate(self.example_ids_)}
         for e in bad:
@@ -345,9 +410,16 @@ class Simulator:
                 idx[ci, t, : len(codes)] = codes
         return idx
 
-    def simulate(self, curricula, init_loss=None, tests: Sequence[str] | None = None,
-                 unseen: str = "error", lengths: Sequence[int] | None = None,
-                 return_: str = "trajectory", precision: str = "float64") -> np.ndarray:
+    def simulate(
+        self,
+        curricula,
+        init_loss=None,
+        tests: Sequence[str] | None = None,
+        unseen: str = "error",
+        lengths: Sequence[int] | None = None,
+        return_: str = "trajectory",
+        precision: str = "float64",
+    ) -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
 
         ``return_="final"`` returns only the losses after each curriculum's last step, (C, M),
@@ -374,7 +446,9 @@ class Simulator:
         L0 = np.asarray(init_loss, dtype=np.float64)
         L0 = np.broadcast_to(L0, (idx.shape[0], len(cols))) if L0.ndim == 1 else L0
         if L0.shape != (idx.shape[0], len(cols)):
-            raise UsageError(f"init_loss has shape {L0.shape}; expected ({idx.shape[0]}, {len(cols)})")
+            raise UsageError(
+                f"init_loss has shape {L0.shape}; expected ({idx.shape[0]}, {len(cols)})"
+            )
         lo, hi = self.bounds_
         if lo is not None:
             lo, hi = lo[cols], hi[cols]
@@ -386,13 +460,15 @@ class Simulator:
         if return_ not in ("trajectory", "final"):
             raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
         from simfluence_cli.model.rollout import rollout  # chunked over test columns, threaded
-        out = rollout(A, B, idx, L0, self.method, lo, hi, final=return_ == "final",
-                      precision=precision)
+
+        out = rollout(
+            A, B, idx, L0, self.method, lo, hi, final=return_ == "final", precision=precision
+        )
         if return_ == "final":
             return out
         if lengths is not None:
             for c, T in enumerate(lengths):
-                out[c, T + 1:] = np.nan
+                out[c, T + 1 :] = np.nan
         return out
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
@@ -401,8 +477,10 @@ class Simulator:
         pos = {t: j for j, t in enumerate(self.test_ids_)}
         bad = [t for t in tests if t not in pos]
         if bad:
-            raise SelectionError(f"unknown test id(s): {', '.join(map(str, bad[:10]))}; "
-                                 "the model knows the test ids of its fitting runs")
+            raise SelectionError(
+                f"unknown test id(s): {', '.join(map(str, bad[:10]))}; "
+                "the model knows the test ids of its fitting runs"
+            )
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
 
 
@@ -419,12 +497,20 @@ def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
     """The same runs with each test's losses divided by its scale."""
     from dataclasses import replace
 
-    return RunSet(runs.example_ids, runs.test_ids,
-                  [replace(r, losses=r.losses / scale) for r in runs.runs])
+    return RunSet(
+        runs.example_ids, runs.test_ids, [replace(r, losses=r.losses / scale) for r in runs.runs]
+    )
 
 
-def _rollout(A: np.ndarray, B: np.ndarray, idx: np.ndarray, L0: np.ndarray, method: str,
-             lo: np.ndarray | None, hi: np.ndarray | None) -> np.ndarray:
+def _rollout(
+    A: np.ndarray,
+    B: np.ndarray,
+    idx: np.ndarray,
+    L0: np.ndarray,
+    method: str,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+) -> np.ndarray:
     """Vectorised recurrence over curricula and tests; loops over steps only.
 
     A, B: (n, m) parameters (an extra trailing row may be appended by the caller);

@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sl
 
-def ridge_solve(G: np.ndarray, r: np.ndarray, l2: float, theta0: np.ndarray,
-                overwrite: bool = False) -> np.ndarray:
+
+def ridge_solve(
+    G: np.ndarray, r: np.ndarray, l2: float, theta0: np.ndarray, overwrite: bool = False
+) -> np.ndarray:
     """Solve the stacked systems G (m, P, P), r (m, P); theta0 (P,). Returns (m, P).
 
     With ``overwrite=True`` G is used as scratch space (saves a copy).
@@ -37,8 +39,11 @@ def ridge_solve(G: np.ndarray, r: np.ndarray, l2: float, theta0: np.ndarray,
         Hs *= s[None, :]
         b = rhs[k] * s
         try:
-            u = sl.cho_solve(sl.cho_factor(Hs, lower=True, overwrite_a=False, check_finite=False),
-                             b, check_finite=False)
+            u = sl.cho_solve(
+                sl.cho_factor(Hs, lower=True, overwrite_a=False, check_finite=False),
+                b,
+                check_finite=False,
+            )
         except (np.linalg.LinAlgError, sl.LinAlgError):
             # singular (l2 = 0 with collinear examples): minimum-norm solution of the scaled system
             u = np.linalg.lstsq(Hs, b, rcond=None)[0]
@@ -68,6 +73,8 @@ def cv_test_subset(m: int, max_tests: int | None = None) -> np.ndarray:
     if m <= k:
         return np.arange(m)
     return np.unique(np.linspace(0, m - 1, k).round().astype(np.int64))
+
+
 #: ``solver="auto"`` uses the exact dense solve up to this many parameters per test example
 #: (P = 2 N for linear, N otherwise), the preconditioned conjugate gradient above it.
 DIRECT_MAX_PARAMS = 400
@@ -81,6 +88,7 @@ def choose_solver(solver: str, n_params: int) -> str:
     """'direct' or 'cg' for ``solver`` in SOLVERS and the number of parameters per test."""
     if solver not in SOLVERS:
         from simfluence_cli.errors import UsageError
+
         raise UsageError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if solver == "auto":
         return "direct" if n_params <= DIRECT_MAX_PARAMS else "cg"
@@ -98,7 +106,7 @@ def chunk_tests(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> li
         # number, not the CPU count: the numbers must not depend on the machine)
         size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // MIN_CHUNKS)))
     size = max(1, min(len(tests), size, 256))
-    return [tests[s:s + size] for s in range(0, len(tests), size)]
+    return [tests[s : s + size] for s in range(0, len(tests), size)]
 
 
 def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=None):
@@ -110,7 +118,7 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     n_obs = 0
     if kind == "cg":
         per_group: dict = {}
-        for rid in (design.run_ids if run_ids is None else run_ids):
+        for rid in design.run_ids if run_ids is None else run_ids:
             for b in design.blocks[rid]:
                 key = tuple(b.tests.tolist())
                 per_group[key] = per_group.get(key, 0) + b.n_obs
@@ -118,8 +126,9 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     return kind, chunk_tests(tests, kind, P, n_obs)
 
 
-def pcg(matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL,
-        maxiter: int = CG_MAXITER) -> tuple[np.ndarray, np.ndarray]:
+def pcg(
+    matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL, maxiter: int = CG_MAXITER
+) -> tuple[np.ndarray, np.ndarray]:
     """Batched preconditioned conjugate gradient: one independent SPD system per column.
 
     ``matvec(V, cols)`` applies the operator to the columns ``cols`` (V has len(cols) columns);
@@ -174,8 +183,13 @@ class _ChunkSolver:
         self.n = system.n
         self.diag = system.diagonal()  # (P, k)
 
-    def solve(self, l2: float, x0: np.ndarray | None = None, tol: float = CG_TOL,
-              maxiter: int = CG_MAXITER):
+    def solve(
+        self,
+        l2: float,
+        x0: np.ndarray | None = None,
+        tol: float = CG_TOL,
+        maxiter: int = CG_MAXITER,
+    ):
         s, n = self.sys, self.n
         theta0 = self.theta0[:, None]
         empty = (self.diag + l2) <= 0  # no observations and no penalty: pin to theta0
@@ -196,8 +210,12 @@ class _ChunkSolver:
 
             def precond(R, cols):
                 ra, rb = R[:n], R[n:]
-                return np.vstack([inv_aa[:, cols] * ra + inv_ab[:, cols] * rb,
-                                  inv_ab[:, cols] * ra + inv_bb[:, cols] * rb])
+                return np.vstack(
+                    [
+                        inv_aa[:, cols] * ra + inv_ab[:, cols] * rb,
+                        inv_ab[:, cols] * ra + inv_bb[:, cols] * rb,
+                    ]
+                )
         else:
             inv = 1.0 / (self.diag + shift)
 
@@ -217,16 +235,30 @@ class _ChunkSolver:
 def default_threads() -> int:
     """Threads for the in-process solve (scipy's sparse products release the GIL)."""
     import os
+
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover
         return max(1, os.cpu_count() or 1)
 
 
-def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solver: str = "auto",
-                tol: float = CG_TOL, run_ids=None, progress=None, out: np.ndarray | None = None,
-                stats: dict | None = None, threads: int | None = None,
-                chunks: list | None = None, sink=None) -> np.ndarray | None:
+def solve_tests(
+    design,
+    method: str,
+    l2,
+    theta0: np.ndarray,
+    tests=None,
+    *,
+    solver: str = "auto",
+    tol: float = CG_TOL,
+    run_ids=None,
+    progress=None,
+    out: np.ndarray | None = None,
+    stats: dict | None = None,
+    threads: int | None = None,
+    chunks: list | None = None,
+    sink=None,
+) -> np.ndarray | None:
     """Ridge solutions of ``method`` for the test indices ``tests`` (default all).
 
     ``sink(test_indices, theta_chunk (P, k))``: hand each chunk's solution over (in the calling
@@ -253,8 +285,13 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
     grid = [float(v) for v in (l2 if path else [l2])]
     if sink is not None and path:
         raise ValueError("sink needs a single penalty")
-    outs = ([None] if sink is not None else
-            [np.empty((P, len(tests))) for _ in grid] if (path or out is None) else [out])
+    outs = (
+        [None]
+        if sink is not None
+        else [np.empty((P, len(tests))) for _ in grid]
+        if (path or out is None)
+        else [out]
+    )
     iters = []
     if kind == "direct":
         eq = design.equations(method, run_ids)
@@ -269,7 +306,7 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
                 x = ridge_solve(G[:k], r[:k], lam, theta0, overwrite=last).T
                 if sink is not None:
                     return np.array(x)  # a copy: G and r are reused by the next chunk
-                outs[g][:, o:o + k] = x
+                outs[g][:, o : o + k] = x
 
         threads = 1  # LAPACK is threaded already; the Gram buffers are shared
     else:
@@ -286,7 +323,7 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
                 iters.append(int(it.max()) if len(it) else 0)
                 if sink is not None:
                     return np.array(x)
-                outs[g][:, o:o + k] = x
+                outs[g][:, o : o + k] = x
 
         threads = default_threads() if threads is None else max(1, int(threads))
     offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
@@ -294,24 +331,30 @@ def solve_tests(design, method: str, l2, theta0: np.ndarray, tests=None, *, solv
         for o, chunk in zip(offsets, chunks):
             x = run(o, chunk)
             if sink is not None:
-                sink(tests[o:o + len(chunk)], x)
+                sink(tests[o : o + len(chunk)], x)
             if progress is not None:
                 progress(len(chunk))
     else:
         with ThreadPoolExecutor(threads) as ex:
             futs = {ex.submit(run, o, c): (o, len(c)) for o, c in zip(offsets, chunks)}
             from concurrent.futures import as_completed
+
             for f in as_completed(futs):
                 x = f.result()
                 o, k = futs[f]
                 if sink is not None:
-                    sink(tests[o:o + k], x)
+                    sink(tests[o : o + k], x)
                 if progress is not None:
                     progress(k)
     if stats is not None:
-        stats.update(solver=kind, n_params=P, chunks=len(chunks), threads=threads,
-                     cg_iterations_max=max(iters) if iters else 0,
-                     cg_iterations_mean=float(np.mean(iters)) if iters else 0.0)
+        stats.update(
+            solver=kind,
+            n_params=P,
+            chunks=len(chunks),
+            threads=threads,
+            cg_iterations_max=max(iters) if iters else 0,
+            cg_iterations_mean=float(np.mean(iters)) if iters else 0.0,
+        )
     if sink is not None:
         return None
     return outs if path else outs[0]

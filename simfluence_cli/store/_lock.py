@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from simfluence_cli.errors import SimfluenceWarning, StoreLockedError
@@ -68,10 +68,14 @@ def _break_if_stale(store: Path, lock: Path) -> bool:
             return True
         if _is_stale(holder):
             lock.unlink(missing_ok=True)
-            warnings.warn(f"broke a stale write lock of PID {holder.get('pid')}"
-                          + (f" ({holder['command']})" if holder.get("command") else "")
-                          + (f" since {holder['since']}" if holder.get("since") else "")
-                          + ": that process no longer exists", SimfluenceWarning, stacklevel=2)
+            warnings.warn(
+                f"broke a stale write lock of PID {holder.get('pid')}"
+                + (f" ({holder['command']})" if holder.get("command") else "")
+                + (f" since {holder['since']}" if holder.get("since") else "")
+                + ": that process no longer exists",
+                SimfluenceWarning,
+                stacklevel=2,
+            )
             return True
         return False
     finally:
@@ -85,8 +89,10 @@ def _describe(holder: dict | None, lock: Path) -> str:
         who += f" on {holder['host']}"
     extra = f" ({holder['command']})" if holder.get("command") else ""
     since = f" since {holder['since']}" if holder.get("since") else ""
-    return (f"store is locked by {who}{extra}{since}; wait for it to finish and retry, "
-            f"or, if that process is gone, remove {lock}")
+    return (
+        f"store is locked by {who}{extra}{since}; wait for it to finish and retry, "
+        f"or, if that process is gone, remove {lock}"
+    )
 
 
 @contextlib.contextmanager
@@ -109,12 +115,16 @@ def write_lock(store: str | os.PathLike, timeout: float | None = None):
     if timeout is None:
         timeout = float(os.environ.get("SIMFLUENCE_LOCK_TIMEOUT", "10"))
     lock = store / LOCK_NAME
-    payload = json.dumps({
-        "pid": os.getpid(), "host": socket.gethostname(),
-        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(os.path.basename(a) if i == 0 else a
-                            for i, a in enumerate(sys.argv[:4])),
-    }).encode()
+    payload = json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join(
+                os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:4])
+            ),
+        }
+    ).encode()
     deadline = time.monotonic() + timeout
     while True:
         try:

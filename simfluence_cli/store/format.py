@@ -11,7 +11,6 @@ import re
 
 import pyarrow as pa
 
-
 STORE_FORMAT = 1
 
 
@@ -43,11 +42,13 @@ RUNS_COLUMNS = {
     "run": "run id",
     "tags": "tags given at ingest (selectors match them)",
     "steps": "number of training steps T",
-    "batch_size_min": "smallest batch", "batch_size_max": "largest batch",
+    "batch_size_min": "smallest batch",
+    "batch_size_max": "largest batch",
     "n_examples": "distinct training examples in the curriculum",
     "n_tests": "distinct test examples with losses",
     "loss_steps": "number of steps with logged losses (including step 0)",
-    "curriculum_rows": "rows in the run's curriculum file", "loss_rows": "rows in its losses file",
+    "curriculum_rows": "rows in the run's curriculum file",
+    "loss_rows": "rows in its losses file",
     "source_format": "jsonl | table | gptdynamics | python",
     "source": "input path(s) the run was read from",
     "source_sha256": "sha256 of the input file(s), comma-separated",
@@ -64,8 +65,9 @@ _DICT = pa.dictionary(pa.int32(), pa.string())
 CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_id", _DICT)])
 
 
-LOSS_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("test_id", _DICT),
-                         ("loss", pa.float64())])
+LOSS_SCHEMA = pa.schema(
+    [("run", _DICT), ("step", pa.int64()), ("test_id", _DICT), ("loss", pa.float64())]
+)
 
 
 # partition file names this store writes: <slug>-<hash10>.g<N>.parquet (+ ".<name>.pending")
@@ -85,7 +87,7 @@ PARAM_COLUMNS = {
     "test_id": "test example the parameter belongs to",
     "example_id": "training example",
     "A": "multiplier: alpha(c_t) = sum of A over the batch; L_t = alpha L_{t-1} + beta "
-         "(null for additive models: alpha = 1)",
+    "(null for additive models: alpha = 1)",
     "B": "offset: beta(c_t) = sum of B over the batch; negative B lowers the test loss",
 }
 

@@ -32,10 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_cli.store import _lock
 from simfluence_cli.errors import StoreError, StoreVersionError
-from simfluence_cli.store.run_check import ERROR, VerifyReport, WARNING, _check_run, _dict_values
-from simfluence_cli.store.format import MANIFEST, MODEL_FILE_PREFIXES, MODEL_FORMAT, PARTS, RUNS_COLUMNS, RUNS_TABLE, STORE_FORMAT, _PART_FILE
+from simfluence_cli.store import _lock
+from simfluence_cli.store.format import (
+    _PART_FILE,
+    MANIFEST,
+    MODEL_FILE_PREFIXES,
+    MODEL_FORMAT,
+    PARTS,
+    RUNS_COLUMNS,
+    RUNS_TABLE,
+    STORE_FORMAT,
+)
+from simfluence_cli.store.run_check import ERROR, WARNING, VerifyReport, _check_run, _dict_values
 from simfluence_cli.store.run_store import RunStore
 
 
@@ -70,6 +79,7 @@ def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
 
 # --------------------------------------------------------------------------------------------
 
+
 def _verify_once(store) -> VerifyReport:
 
     root = store.path
@@ -78,17 +88,27 @@ def _verify_once(store) -> VerifyReport:
     try:
         man = json.loads(mf.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        rep.add(ERROR, MANIFEST, f"unreadable manifest ({exc})",
-                "restore manifest.json from a backup, or re-ingest the logs into a new store")
+        rep.add(
+            ERROR,
+            MANIFEST,
+            f"unreadable manifest ({exc})",
+            "restore manifest.json from a backup, or re-ingest the logs into a new store",
+        )
         return rep
     if not isinstance(man, dict) or not isinstance(man.get("format"), int):
-        rep.add(ERROR, MANIFEST, "not a simfluence store manifest (no integer 'format')",
-                "point --store at a simfluence run store")
+        rep.add(
+            ERROR,
+            MANIFEST,
+            "not a simfluence store manifest (no integer 'format')",
+            "point --store at a simfluence run store",
+        )
         return rep
     rep.format = man["format"]
     if rep.format > STORE_FORMAT:  # RunStore() already refused; belt and braces
-        raise StoreVersionError(f"{root} has store format {rep.format}; this simfluence reads "
-                                f"format <= {STORE_FORMAT}: upgrade simfluence")
+        raise StoreVersionError(
+            f"{root} has store format {rep.format}; this simfluence reads "
+            f"format <= {STORE_FORMAT}: upgrade simfluence"
+        )
     rep.generation = man.get("generation")
     runs = man.get("runs")
     if not isinstance(runs, dict):
@@ -118,28 +138,46 @@ def _check_leftovers(root: Path, named: set[str], rep: VerifyReport) -> None:
             if rel in named:
                 continue
             if not _PART_FILE.match(f.name):
-                rep.add(WARNING, rel, "a file the store did not write, in its partition directory: "
-                        "simfluence ignores it, but a glob over the directory would read it",
-                        "move it out of the store")
+                rep.add(
+                    WARNING,
+                    rel,
+                    "a file the store did not write, in its partition directory: "
+                    "simfluence ignores it, but a glob over the directory would read it",
+                    "move it out of the store",
+                )
             elif f.name.startswith("."):
-                rep.add(WARNING, rel, "temporary file of an interrupted write (hidden; never read)",
-                        "`simfluence verify --repair` (or the next ingest) removes it")
+                rep.add(
+                    WARNING,
+                    rel,
+                    "temporary file of an interrupted write (hidden; never read)",
+                    "`simfluence verify --repair` (or the next ingest) removes it",
+                )
             else:
-                rep.add(WARNING, rel, "file not named by the manifest (leftover of an "
-                        "interrupted write): simfluence ignores it, but a glob such as "
-                        f"'{part}/*.parquet' in duckdb/pandas would read it",
-                        "`simfluence verify --repair` (or the next ingest) removes it")
+                rep.add(
+                    WARNING,
+                    rel,
+                    "file not named by the manifest (leftover of an "
+                    "interrupted write): simfluence ignores it, but a glob such as "
+                    f"'{part}/*.parquet' in duckdb/pandas would read it",
+                    "`simfluence verify --repair` (or the next ingest) removes it",
+                )
     for f in sorted(root.iterdir()):
-        if f.is_file() and f.name.startswith((".manifest.json.", ".runs.parquet.")) and \
-                f.name.endswith(".tmp"):
-            rep.add(WARNING, f.name, "temporary file of an interrupted write",
-                    "`simfluence verify --repair` (or the next ingest) removes it")
+        if (
+            f.is_file()
+            and f.name.startswith((".manifest.json.", ".runs.parquet."))
+            and f.name.endswith(".tmp")
+        ):
+            rep.add(
+                WARNING,
+                f.name,
+                "temporary file of an interrupted write",
+                "`simfluence verify --repair` (or the next ingest) removes it",
+            )
 
 
 def _check_runs_table(root: Path, man: dict, rep: VerifyReport) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
 
     fix = "`simfluence verify --repair` rewrites it from the manifest (it is a derived table)"
     p = root / RUNS_TABLE
@@ -156,20 +194,39 @@ def _check_runs_table(root: Path, man: dict, rep: VerifyReport) -> None:
         rep.add(WARNING, RUNS_TABLE, f"unreadable ({str(exc).splitlines()[0]})", fix)
         return
     if table.column_names != list(RUNS_COLUMNS):
-        rep.add(WARNING, RUNS_TABLE, f"columns {table.column_names} differ from "
-                f"{list(RUNS_COLUMNS)}", fix)
+        rep.add(
+            WARNING,
+            RUNS_TABLE,
+            f"columns {table.column_names} differ from {list(RUNS_COLUMNS)}",
+            fix,
+        )
         return
-    got = {r["run"]: r for r in table.select(["run", "content_hash", "curriculum_file",
-                                                "losses_file", "tags"]).to_pylist()}
-    want = {rid: {"run": rid, "content_hash": e.get("content_hash"),
-                  "curriculum_file": (e.get("files") or {}).get("curriculum"),
-                  "losses_file": (e.get("files") or {}).get("losses"),
-                  "tags": list(e.get("tags", []))}
-            for rid, e in runs.items() if isinstance(e, dict)}
+    got = {
+        r["run"]: r
+        for r in table.select(
+            ["run", "content_hash", "curriculum_file", "losses_file", "tags"]
+        ).to_pylist()
+    }
+    want = {
+        rid: {
+            "run": rid,
+            "content_hash": e.get("content_hash"),
+            "curriculum_file": (e.get("files") or {}).get("curriculum"),
+            "losses_file": (e.get("files") or {}).get("losses"),
+            "tags": list(e.get("tags", [])),
+        }
+        for rid, e in runs.items()
+        if isinstance(e, dict)
+    }
     if got != want:
         diff = sorted(set(got) ^ set(want)) or sorted(r for r in want if got.get(r) != want[r])
-        rep.add(WARNING, RUNS_TABLE, f"out of date with the manifest (differs for run(s) "
-                f"{', '.join(map(repr, diff[:5]))}{' ...' if len(diff) > 5 else ''})", fix)
+        rep.add(
+            WARNING,
+            RUNS_TABLE,
+            f"out of date with the manifest (differs for run(s) "
+            f"{', '.join(map(repr, diff[:5]))}{' ...' if len(diff) > 5 else ''})",
+            fix,
+        )
 
 
 def _check_lock(root: Path, rep: VerifyReport) -> None:
@@ -178,14 +235,23 @@ def _check_lock(root: Path, rep: VerifyReport) -> None:
     if holder is None:
         return
     if _lock._is_stale(holder):
-        rep.add(WARNING, _lock.LOCK_NAME, f"stale write lock of dead PID {holder.get('pid')}",
-                "harmless: the next writer breaks it (or `simfluence verify --repair`)")
+        rep.add(
+            WARNING,
+            _lock.LOCK_NAME,
+            f"stale write lock of dead PID {holder.get('pid')}",
+            "harmless: the next writer breaks it (or `simfluence verify --repair`)",
+        )
     elif holder.get("host") not in (None, socket.gethostname()):
-        rep.add(WARNING, _lock.LOCK_NAME, f"write lock held by PID {holder.get('pid')} on "
-                f"{holder.get('host')}", f"if that process is gone, remove {lock}")
+        rep.add(
+            WARNING,
+            _lock.LOCK_NAME,
+            f"write lock held by PID {holder.get('pid')} on {holder.get('host')}",
+            f"if that process is gone, remove {lock}",
+        )
 
 
 # ---- models ------------------------------------------------------------------------------
+
 
 def _model_dirs(root: Path) -> list[Path]:
     d = root / "models"
@@ -201,15 +267,18 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-
     name = d.name
     rel = f"models/{name}"
     refit = f"refit with `simfluence fit --name {name} --replace` (same --runs and options)"
     mf = d / "model.json"
     if not mf.is_file():
-        rep.add(WARNING, rel, "model directory without model.json (an interrupted fit)",
-                f"`simfluence verify --repair` removes it, or rerun the fit with --name {name}",
-                model=name)
+        rep.add(
+            WARNING,
+            rel,
+            "model directory without model.json (an interrupted fit)",
+            f"`simfluence verify --repair` removes it, or rerun the fit with --name {name}",
+            model=name,
+        )
         return
     rep.models_checked += 1
     try:
@@ -221,42 +290,73 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
         return
     fmt = mm.get("format", 0)
     if not isinstance(fmt, int) or fmt > MODEL_FORMAT:
-        rep.add(ERROR, f"{rel}/model.json", f"model format {fmt!r} is newer than this simfluence "
-                f"reads ({MODEL_FORMAT})", "upgrade simfluence, or refit the model", model=name)
+        rep.add(
+            ERROR,
+            f"{rel}/model.json",
+            f"model format {fmt!r} is newer than this simfluence reads ({MODEL_FORMAT})",
+            "upgrade simfluence, or refit the model",
+            model=name,
+        )
         return
     files = mm.get("files")
     cfg = mm.get("config")
-    if not isinstance(files, dict) or not isinstance(cfg, dict) or \
-            any(not isinstance(files.get(k), str) for k in ("parameters", "tests", "examples")):
-        rep.add(ERROR, f"{rel}/model.json", "malformed model manifest (files/config)", refit,
-                model=name)
+    if (
+        not isinstance(files, dict)
+        or not isinstance(cfg, dict)
+        or any(not isinstance(files.get(k), str) for k in ("parameters", "tests", "examples"))
+    ):
+        rep.add(
+            ERROR, f"{rel}/model.json", "malformed model manifest (files/config)", refit, model=name
+        )
         return
     if mm.get("name") not in (None, name):
-        rep.add(WARNING, f"{rel}/model.json", f"manifest names the model {mm.get('name')!r}",
-                f"rename the directory or refit as {name!r}", model=name)
+        rep.add(
+            WARNING,
+            f"{rel}/model.json",
+            f"manifest names the model {mm.get('name')!r}",
+            f"rename the directory or refit as {name!r}",
+            model=name,
+        )
     tables = {}
     for key in ("parameters", "tests", "examples"):
         f = d / files[key]
         if "/" in files[key] or "\\" in files[key] or files[key].startswith("."):
-            rep.add(ERROR, f"{rel}/model.json", f"{key} file name {files[key]!r} is not a plain "
-                    "file name", refit, model=name)
+            rep.add(
+                ERROR,
+                f"{rel}/model.json",
+                f"{key} file name {files[key]!r} is not a plain file name",
+                refit,
+                model=name,
+            )
             return
         if not f.is_file():
-            rep.add(ERROR, f"{rel}/{files[key]}", f"model {name!r} is missing its {key} file",
-                    refit, model=name)
+            rep.add(
+                ERROR,
+                f"{rel}/{files[key]}",
+                f"model {name!r} is missing its {key} file",
+                refit,
+                model=name,
+            )
             return
         rep.files_checked += 1
         try:
             tables[key] = pq.read_table(f)
         except (OSError, pa.ArrowException) as exc:
-            rep.add(ERROR, f"{rel}/{files[key]}", f"unreadable Parquet "
-                    f"({str(exc).splitlines()[0]})", refit, model=name)
+            rep.add(
+                ERROR,
+                f"{rel}/{files[key]}",
+                f"unreadable Parquet ({str(exc).splitlines()[0]})",
+                refit,
+                model=name,
+            )
             return
     pt, tt, et = tables["parameters"], tables["tests"], tables["examples"]
     problems = []
-    for tbl, cols, what in ((pt, ("test_id", "example_id", "A", "B"), "parameters"),
-                            (tt, ("test_id", "init_loss_mean", "loss_min", "loss_max"), "tests"),
-                            (et, ("example_id", "count"), "examples")):
+    for tbl, cols, what in (
+        (pt, ("test_id", "example_id", "A", "B"), "parameters"),
+        (tt, ("test_id", "init_loss_mean", "loss_min", "loss_max"), "tests"),
+        (et, ("example_id", "count"), "examples"),
+    ):
         missing = [c for c in cols if c not in tbl.column_names]
         if missing:
             problems.append(f"{what} table lacks column(s) {', '.join(missing)}")
@@ -267,17 +367,22 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
         if len(set(tests)) != m or len(set(examples)) != n:
             problems.append("duplicate test or example ids")
         if mm.get("n_tests") not in (None, m) or mm.get("n_examples") not in (None, n):
-            problems.append(f"manifest says {mm.get('n_examples')} examples x "
-                            f"{mm.get('n_tests')} tests, tables hold {n} x {m}")
+            problems.append(
+                f"manifest says {mm.get('n_examples')} examples x "
+                f"{mm.get('n_tests')} tests, tables hold {n} x {m}"
+            )
         if pt.num_rows != n * m:
-            problems.append(f"parameter table has {pt.num_rows} rows, expected {n} examples x "
-                            f"{m} tests = {n * m}")
+            problems.append(
+                f"parameter table has {pt.num_rows} rows, expected {n} examples x "
+                f"{m} tests = {n * m}"
+            )
         else:
             pte = set(_dict_values(pt.column("test_id").combine_chunks()))
             pex = set(_dict_values(pt.column("example_id").combine_chunks()))
             if not pte <= set(tests) or not pex <= set(examples):
-                problems.append("parameter table names test/example ids its tests/examples "
-                                "tables do not")
+                problems.append(
+                    "parameter table names test/example ids its tests/examples tables do not"
+                )
             for col in ("A", "B"):
                 v = pt.column(col).to_numpy(zero_copy_only=False)
                 v = np.asarray(v, dtype=np.float64)
@@ -286,8 +391,7 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
                 if not np.isfinite(v).all():
                     problems.append(f"non-finite values in column {col}")
     if problems:
-        rep.add(ERROR, rel, f"model {name!r} is damaged: " + "; ".join(problems), refit,
-                model=name)
+        rep.add(ERROR, rel, f"model {name!r} is damaged: " + "; ".join(problems), refit, model=name)
         return
     run_ids = cfg.get("runs") or []
     if not run_ids:
@@ -295,32 +399,47 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
     all_runs = man.get("runs") or {}
     gone = [r for r in run_ids if r not in all_runs]
     if gone:
-        rep.add(ERROR, rel, f"model {name!r} is stale: its fitting run(s) "
-                f"{', '.join(map(repr, gone[:5]))} are no longer in the store",
-                f"refit with `simfluence fit --name {name} --replace` on the runs you have",
-                model=name)
+        rep.add(
+            ERROR,
+            rel,
+            f"model {name!r} is stale: its fitting run(s) "
+            f"{', '.join(map(repr, gone[:5]))} are no longer in the store",
+            f"refit with `simfluence fit --name {name} --replace` on the runs you have",
+            model=name,
+        )
         return
     damaged = [r for r in run_ids if r not in good_runs]
     if damaged:
-        rep.add(ERROR, rel, f"model {name!r} depends on damaged run(s) "
-                f"{', '.join(map(repr, damaged[:5]))} (see their errors)",
-                f"repair the runs, then refit with simfluence fit --name {name} --replace",
-                model=name)
+        rep.add(
+            ERROR,
+            rel,
+            f"model {name!r} depends on damaged run(s) "
+            f"{', '.join(map(repr, damaged[:5]))} (see their errors)",
+            f"repair the runs, then refit with simfluence fit --name {name} --replace",
+            model=name,
+        )
         return
 
     current = RunStore.data_hash(store, run_ids)
     if current != cfg.get("data_hash"):
-        rep.add(ERROR, rel, f"model {name!r} is stale: the data of its {len(run_ids)} fitting "
-                "run(s) changed since it was fitted (a run was re-ingested with --replace)",
-                f"refit with simfluence fit --name {name} --replace", model=name)
+        rep.add(
+            ERROR,
+            rel,
+            f"model {name!r} is stale: the data of its {len(run_ids)} fitting "
+            "run(s) changed since it was fitted (a run was re-ingested with --replace)",
+            f"refit with simfluence fit --name {name} --replace",
+            model=name,
+        )
 
 
 # ---- repair -------------------------------------------------------------------------------
+
 
 def _repair(store) -> list[str]:
     """Remove leftovers and rewrite runs.parquet, holding the write lock."""
     done: list[str] = []
     root = store.path
+
     def listing() -> set[str]:
         return {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()}
 
@@ -336,8 +455,10 @@ def _repair(store) -> list[str]:
                         f.unlink(missing_ok=True)
                         done.append(f"removed models/{d.name}/{f.name}")
                 continue
-            ours = all(f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or
-                                        f.name.startswith(".")) for f in d.iterdir())
+            ours = all(
+                f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))
+                for f in d.iterdir()
+            )
             if ours:
                 shutil.rmtree(d, ignore_errors=True)
                 done.append(f"removed incomplete model directory models/{d.name}")

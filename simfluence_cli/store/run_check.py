@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 
-from dataclasses import asdict, dataclass, field
-from simfluence_cli.store.format import CURRICULUM_SCHEMA, LOSS_SCHEMA, MANIFEST, PARTS, STORE_FORMAT, run_key
 from simfluence_cli.io._arrow import _dict_column
-
+from simfluence_cli.store.format import (
+    CURRICULUM_SCHEMA,
+    LOSS_SCHEMA,
+    MANIFEST,
+    PARTS,
+    STORE_FORMAT,
+    run_key,
+)
 
 ERROR, WARNING = "error", "warning"
 
@@ -53,10 +60,12 @@ class VerifyReport:
 
     def summary(self) -> str:
         state = "consistent" if self.ok else "NOT consistent"
-        return (f"store {self.store} is {state}: {self.runs_checked} run(s), "
-                f"{self.models_checked} model(s), {self.files_checked} file(s) checked; "
-                f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
-                + (f"; repaired {len(self.repaired)}" if self.repaired else ""))
+        return (
+            f"store {self.store} is {state}: {self.runs_checked} run(s), "
+            f"{self.models_checked} model(s), {self.files_checked} file(s) checked; "
+            f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
+            + (f"; repaired {len(self.repaired)}" if self.repaired else "")
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,8 +79,10 @@ class VerifyReport:
 
 
 def _replace_fix(rid: str) -> str:
-    return (f"re-ingest run {rid!r} from its source log with `simfluence ingest SOURCE --replace` "
-            "(or restore the store from a backup)")
+    return (
+        f"re-ingest run {rid!r} from its source log with `simfluence ingest SOURCE --replace` "
+        "(or restore the store from a backup)"
+    )
 
 
 def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bool:
@@ -83,29 +94,47 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
 
     where = f"{MANIFEST} run {rid!r}"
     need = ("files", "content_hash", "steps", "loss_rows", "curriculum_rows")
-    if not isinstance(entry, dict) or any(k not in entry for k in need) or \
-            not isinstance(entry.get("files"), dict) or \
-            any(not isinstance(entry["files"].get(p), str) for p in PARTS):
-        rep.add(ERROR, where, "malformed manifest entry (missing files/content_hash/counts)",
-                _replace_fix(rid), run=rid)
+    if (
+        not isinstance(entry, dict)
+        or any(k not in entry for k in need)
+        or not isinstance(entry.get("files"), dict)
+        or any(not isinstance(entry["files"].get(p), str) for p in PARTS)
+    ):
+        rep.add(
+            ERROR,
+            where,
+            "malformed manifest entry (missing files/content_hash/counts)",
+            _replace_fix(rid),
+            run=rid,
+        )
         return False
     files = entry["files"]
     for part in PARTS:
         named.add(files[part])
     for part in PARTS:
         rel = files[part]
-        p = (store.path / rel)
+        p = store.path / rel
         try:
             inside = p.resolve().is_relative_to(store.path.resolve())
         except OSError:
             inside = False
         if not inside or not rel.startswith(f"{part}/"):
-            rep.add(ERROR, where, f"{part} file {rel!r} is outside the store's {part}/ directory",
-                    _replace_fix(rid), run=rid)
+            rep.add(
+                ERROR,
+                where,
+                f"{part} file {rel!r} is outside the store's {part}/ directory",
+                _replace_fix(rid),
+                run=rid,
+            )
             return False
     if entry.get("key") not in (None, run_key(rid)):
-        rep.add(WARNING, where, f"file key {entry.get('key')!r} is not the key of the run id",
-                "harmless; the next --replace of this run rewrites it", run=rid)
+        rep.add(
+            WARNING,
+            where,
+            f"file key {entry.get('key')!r} is not the key of the run id",
+            "harmless; the next --replace of this run rewrites it",
+            run=rid,
+        )
     tables = {}
     schemas = {"curriculum": CURRICULUM_SCHEMA, "losses": LOSS_SCHEMA}
     ok = True
@@ -122,28 +151,50 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
             schema = pf.schema_arrow
             table = pf.read()
         except (OSError, pa.ArrowException) as exc:
-            rep.add(ERROR, rel, f"unreadable Parquet ({str(exc).splitlines()[0]})",
-                    _replace_fix(rid), run=rid)
+            rep.add(
+                ERROR,
+                rel,
+                f"unreadable Parquet ({str(exc).splitlines()[0]})",
+                _replace_fix(rid),
+                run=rid,
+            )
             ok = False
             continue
         want = schemas[part]
         if not schema.remove_metadata().equals(want):
-            rep.add(ERROR, rel, f"schema {_schema_str(schema)} differs from the store's "
-                    f"{part} schema {_schema_str(want)}", _replace_fix(rid), run=rid)
+            rep.add(
+                ERROR,
+                rel,
+                f"schema {_schema_str(schema)} differs from the store's "
+                f"{part} schema {_schema_str(want)}",
+                _replace_fix(rid),
+                run=rid,
+            )
             ok = False
             continue
         meta = schema.metadata or {}
         fmt = meta.get(b"simfluence.store_format")
-        if fmt is None or not fmt.isdigit() or int(fmt) > STORE_FORMAT or \
-                meta.get(b"simfluence.table") != part.encode():
-            rep.add(ERROR, rel, f"missing or wrong schema metadata (store_format={fmt!r}, "
-                    f"table={meta.get(b'simfluence.table')!r})", _replace_fix(rid), run=rid)
+        if (
+            fmt is None
+            or not fmt.isdigit()
+            or int(fmt) > STORE_FORMAT
+            or meta.get(b"simfluence.table") != part.encode()
+        ):
+            rep.add(
+                ERROR,
+                rel,
+                f"missing or wrong schema metadata (store_format={fmt!r}, "
+                f"table={meta.get(b'simfluence.table')!r})",
+                _replace_fix(rid),
+                run=rid,
+            )
             ok = False
             continue
         run_col = table.column("run")
         if run_col.null_count or set(pc.unique(run_col).to_pylist()) - {rid}:
-            rep.add(ERROR, rel, f"holds rows of another run than {rid!r}", _replace_fix(rid),
-                    run=rid)
+            rep.add(
+                ERROR, rel, f"holds rows of another run than {rid!r}", _replace_fix(rid), run=rid
+            )
             ok = False
             continue
         tables[part] = table
@@ -154,8 +205,13 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
     counts = [("curriculum_rows", cur.num_rows), ("loss_rows", los.num_rows)]
     for key, got in counts:
         if int(entry[key]) != got:
-            rep.add(ERROR, f"{MANIFEST} run {rid!r}", f"{key} is {entry[key]} in the manifest "
-                    f"but the file holds {got} rows", _replace_fix(rid), run=rid)
+            rep.add(
+                ERROR,
+                f"{MANIFEST} run {rid!r}",
+                f"{key} is {entry[key]} in the manifest but the file holds {got} rows",
+                _replace_fix(rid),
+                run=rid,
+            )
             return False
     try:
         cstep = cur.column("step").to_numpy()
@@ -177,21 +233,35 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
         np.cumsum(sizes, out=ptr[1:])
         rd = make_rundata(rid, ex_codes[order], ex_vals, ptr, lstep, te_codes, te_vals, loss)
     except (ValueError, TypeError, IndexError) as exc:
-        rep.add(ERROR, files["losses"], f"run {rid!r} content is invalid ({exc})",
-                _replace_fix(rid), run=rid)
+        rep.add(
+            ERROR,
+            files["losses"],
+            f"run {rid!r} content is invalid ({exc})",
+            _replace_fix(rid),
+            run=rid,
+        )
         return False
     if rd.content_hash != entry["content_hash"]:
-        rep.add(ERROR, f"{files['curriculum']} + {files['losses']}",
-                f"content hash of run {rid!r} recomputed from its files is "
-                f"{rd.content_hash[:12]}, the manifest records {str(entry['content_hash'])[:12]} "
-                "(files modified or damaged)", _replace_fix(rid), run=rid)
+        rep.add(
+            ERROR,
+            f"{files['curriculum']} + {files['losses']}",
+            f"content hash of run {rid!r} recomputed from its files is "
+            f"{rd.content_hash[:12]}, the manifest records {str(entry['content_hash'])[:12]} "
+            "(files modified or damaged)",
+            _replace_fix(rid),
+            run=rid,
+        )
         return False
     st = rd.stats()
-    for key in ("steps", "n_examples", "n_tests", "loss_steps", "batch_size_min",
-                "batch_size_max"):
+    for key in ("steps", "n_examples", "n_tests", "loss_steps", "batch_size_min", "batch_size_max"):
         if key in entry and int(entry[key]) != st[key]:
-            rep.add(ERROR, f"{MANIFEST} run {rid!r}", f"{key} is {entry[key]} in the "
-                    f"manifest but {st[key]} in the files", _replace_fix(rid), run=rid)
+            rep.add(
+                ERROR,
+                f"{MANIFEST} run {rid!r}",
+                f"{key} is {entry[key]} in the manifest but {st[key]} in the files",
+                _replace_fix(rid),
+                run=rid,
+            )
             return False
     return True
 
@@ -206,4 +276,3 @@ def _dict_values(col) -> list:
     if pa.types.is_dictionary(col.type):
         return col.dictionary.to_pylist()
     return list(dict.fromkeys(col.to_pylist()))
-

@@ -28,16 +28,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simfluence_cli.store import _lock
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
-from simfluence_cli.io._arrow import np_view
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import (
     ConflictError,
@@ -47,37 +45,64 @@ from simfluence_cli.errors import (
     StoreVersionError,
     UsageError,
 )
+from simfluence_cli.io._arrow import _dict_column, np_view
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store.selectors import resolve_selector
-from simfluence_cli.store.format import CURRICULUM_COLUMNS, CURRICULUM_SCHEMA, LOSS_COLUMNS, LOSS_SCHEMA, MANIFEST, PARTS, RUNS_COLUMNS, RUNS_TABLE, STORE_FORMAT, _PART_FILE, run_key
+from simfluence_cli.store import _lock
+from simfluence_cli.store.format import (
+    _PART_FILE,
+    CURRICULUM_COLUMNS,
+    CURRICULUM_SCHEMA,
+    LOSS_COLUMNS,
+    LOSS_SCHEMA,
+    MANIFEST,
+    PARTS,
+    RUNS_COLUMNS,
+    RUNS_TABLE,
+    STORE_FORMAT,
+    run_key,
+)
 from simfluence_cli.store.run_check import VerifyReport, _check_run
-from simfluence_cli.io._arrow import _dict_column
+from simfluence_cli.store.selectors import resolve_selector
 
-__all__ = ["RunStore", "IngestReport", "STORE_FORMAT", "CURRICULUM_COLUMNS", "LOSS_COLUMNS",
-           "RUNS_COLUMNS"]
+__all__ = [
+    "RunStore",
+    "IngestReport",
+    "STORE_FORMAT",
+    "CURRICULUM_COLUMNS",
+    "LOSS_COLUMNS",
+    "RUNS_COLUMNS",
+]
 
 
 _BAD_TAG = re.compile(r"[,\s*?\[\]:]")
 
 
 def _meta(table: str, columns: dict) -> dict:
-    return {b"simfluence.store_format": str(STORE_FORMAT).encode(),
-            b"simfluence.table": table.encode(),
-            b"simfluence.columns": json.dumps(columns).encode()}
+    return {
+        b"simfluence.store_format": str(STORE_FORMAT).encode(),
+        b"simfluence.table": table.encode(),
+        b"simfluence.columns": json.dumps(columns).encode(),
+    }
 
 
 def check_tag(tag: str) -> str:
     if not tag or tag.startswith("-") or _BAD_TAG.search(tag) or tag == "all":
-        raise UsageError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-' (not starting "
-                         "with '-', no commas, spaces, ':' or glob characters, not 'all')")
+        raise UsageError(
+            f"invalid tag {tag!r}: use letters, digits, '.', '_', '-' (not starting "
+            "with '-', no commas, spaces, ':' or glob characters, not 'all')"
+        )
     return tag
 
 
 def check_run_id(run_id: str, source: str) -> None:
     if not run_id or not run_id.strip() or any(ord(c) < 32 for c in run_id) or "," in run_id:
-        raise InputError(f"invalid run id {run_id!r}", path=source, field="run",
-                         hint="run ids must be non-empty, without commas or control characters "
-                              "(rename the file or set the 'run' key/column)")
+        raise InputError(
+            f"invalid run id {run_id!r}",
+            path=source,
+            field="run",
+            hint="run ids must be non-empty, without commas or control characters "
+            "(rename the file or set the 'run' key/column)",
+        )
 
 
 @dataclass
@@ -108,13 +133,19 @@ class IngestReport:
         return d
 
     def summary(self) -> str:
-        parts = [f"{len(self.added)} added", f"{len(self.replaced)} replaced",
-                 f"{len(self.unchanged)} unchanged"]
+        parts = [
+            f"{len(self.added)} added",
+            f"{len(self.replaced)} replaced",
+            f"{len(self.unchanged)} unchanged",
+        ]
         if self.retagged:
             parts.append(f"{len(self.retagged)} retagged")
-        return (f"ingested {self.sources} source(s) into {self.store}: runs " + ", ".join(parts)
-                + f"; {self.loss_rows:,} loss rows, {self.curriculum_rows:,} curriculum rows "
-                  f"read in {self.seconds:.2f} s")
+        return (
+            f"ingested {self.sources} source(s) into {self.store}: runs "
+            + ", ".join(parts)
+            + f"; {self.loss_rows:,} loss rows, {self.curriculum_rows:,} curriculum rows "
+            f"read in {self.seconds:.2f} s"
+        )
 
 
 _UMASK = os.umask(0)
@@ -130,7 +161,7 @@ def _share(path: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -156,9 +187,9 @@ def _str(values: list[str]) -> pa.Array:
     enc = [v.encode("utf-8") for v in values]
     off = np.zeros(len(enc) + 1, dtype=np.int64)
     np.cumsum([len(e) for e in enc], out=off[1:])
-    return pa.Array.from_buffers(pa.large_string(), len(enc),
-                                 [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
-                                 ).cast(pa.string())
+    return pa.Array.from_buffers(
+        pa.large_string(), len(enc), [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
+    ).cast(pa.string())
 
 
 @dataclass(frozen=True)
@@ -183,22 +214,34 @@ class RunStore:
         if mf.is_file():
             self._manifest()  # version check
         elif not create:
-            raise StoreError(f"no run store at {self.path} (no {MANIFEST}); create one with "
-                             f"`simfluence ingest LOGS --store {self.path}`, or point --store / "
-                             "SIMFLUENCE_STORE at an existing store")
+            raise StoreError(
+                f"no run store at {self.path} (no {MANIFEST}); create one with "
+                f"`simfluence ingest LOGS --store {self.path}`, or point --store / "
+                "SIMFLUENCE_STORE at an existing store"
+            )
         elif self.path.is_dir():
             # a store being created by a concurrent writer, or whose first write was killed,
             # holds only layout entries (and hidden temp files): it is one of ours
             layout = {_lock.LOCK_NAME, RUNS_TABLE, "models", *PARTS}
-            extra = [p.name for p in self.path.iterdir()
-                     if p.name not in layout and not p.name.startswith(".")]
+            extra = [
+                p.name
+                for p in self.path.iterdir()
+                if p.name not in layout and not p.name.startswith(".")
+            ]
             # ... but never adopt (and later clean) a user's own curriculum/ or losses/ folder
-            extra += [f"{part}/{f.name}" for part in PARTS if (self.path / part).is_dir()
-                      for f in (self.path / part).iterdir() if not _PART_FILE.match(f.name)]
+            extra += [
+                f"{part}/{f.name}"
+                for part in PARTS
+                if (self.path / part).is_dir()
+                for f in (self.path / part).iterdir()
+                if not _PART_FILE.match(f.name)
+            ]
             if extra:
-                raise StoreError(f"{self.path} exists and is not a run store (no {MANIFEST}; it "
-                                 f"holds {', '.join(sorted(extra)[:3])}...); choose a new or "
-                                 "empty directory for --store")
+                raise StoreError(
+                    f"{self.path} exists and is not a run store (no {MANIFEST}; it "
+                    f"holds {', '.join(sorted(extra)[:3])}...); choose a new or "
+                    "empty directory for --store"
+                )
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
@@ -212,8 +255,10 @@ class RunStore:
         except FileNotFoundError:
             return {"format": STORE_FORMAT, "generation": 0, "runs": {}}
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{mf}: cannot read the store manifest ({exc}); restore it from a "
-                             "backup or re-ingest into a new store") from None
+            raise StoreError(
+                f"{mf}: cannot read the store manifest ({exc}); restore it from a "
+                "backup or re-ingest into a new store"
+            ) from None
         fmt = man.get("format")
         if not isinstance(fmt, int):
             raise StoreError(f"{mf}: not a simfluence store manifest (no integer 'format')")
@@ -221,7 +266,8 @@ class RunStore:
             raise StoreVersionError(
                 f"{self.path} has store format {fmt} (written by simfluence "
                 f"{man.get('tool_version', '?')}); this simfluence {__version__} reads format "
-                f"<= {STORE_FORMAT}: upgrade with `pip install -U simfluence-cli`")
+                f"<= {STORE_FORMAT}: upgrade with `pip install -U simfluence-cli`"
+            )
         man.setdefault("runs", {})
         man.setdefault("generation", 0)
         return man
@@ -235,9 +281,15 @@ class RunStore:
     def runs(self) -> list[dict]:
         """Per-run metadata (sorted by run id)."""
         man = self._manifest()
-        return [{"run": r, **{k: v for k, v in e.items() if k != "files"},
-                 "curriculum_file": e["files"]["curriculum"], "losses_file": e["files"]["losses"]}
-                for r, e in sorted(man["runs"].items())]
+        return [
+            {
+                "run": r,
+                **{k: v for k, v in e.items() if k != "files"},
+                "curriculum_file": e["files"]["curriculum"],
+                "losses_file": e["files"]["losses"],
+            }
+            for r, e in sorted(man["runs"].items())
+        ]
 
     def run_ids(self) -> list[str]:
         return sorted(self._manifest()["runs"])
@@ -270,8 +322,10 @@ class RunStore:
         except FileNotFoundError:
             raise _Retry() from None
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"{self.path / rel}: cannot read ({exc}); the store is damaged: "
-                             f"re-ingest run {run_id!r} with --replace") from None
+            raise StoreError(
+                f"{self.path / rel}: cannot read ({exc}); the store is damaged: "
+                f"re-ingest run {run_id!r} with --replace"
+            ) from None
 
     def load(self, selector: str | Sequence[str] = "all") -> RunSet:
         """Selected runs as one RunSet in the union index space (IDs sorted)."""
@@ -285,10 +339,12 @@ class RunStore:
                 continue
             runs.source = StoreSource(str(self.path))  # Dask workers load the same runs
             return runs
-        raise StoreError(f"{self.path}: run files named by the manifest are missing (check the "
-                         f"store with `simfluence verify --store {self.path}`) or keep "
-                         "disappearing while reading; is another "
-                         "process replacing runs? retry when it is done")
+        raise StoreError(
+            f"{self.path}: run files named by the manifest are missing (check the "
+            f"store with `simfluence verify --store {self.path}`) or keep "
+            "disappearing while reading; is another "
+            "process replacing runs? retry when it is done"
+        )
 
     def _load(self, man: dict, ids: list[str]) -> RunSet:
         def read(rid: str):
@@ -296,9 +352,16 @@ class RunStore:
             los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
-            return (rid, np_view(cur.column("step")), ex_vals, ex_codes,
-                    np_view(los.column("step")), te_vals, te_codes,
-                    np_view(los.column("loss")))
+            return (
+                rid,
+                np_view(cur.column("step")),
+                ex_vals,
+                ex_codes,
+                np_view(los.column("step")),
+                te_vals,
+                te_codes,
+                np_view(los.column("loss")),
+            )
 
         if len(ids) > 1:  # Parquet decoding releases the GIL: read runs concurrently
             from concurrent.futures import ThreadPoolExecutor
@@ -318,12 +381,13 @@ class RunStore:
             order = np.argsort(cstep, kind="stable")  # files are written sorted; be safe
             ex_idx = np.searchsorted(ex_all, ex_vals)[ex_codes][order].astype(np.int64)
             ptr = np.zeros(T + 1, dtype=np.int64)
-            np.cumsum(np.bincount(cstep, minlength=T + 1)[1:T + 1], out=ptr[1:])
+            np.cumsum(np.bincount(cstep, minlength=T + 1)[1 : T + 1], out=ptr[1:])
             steps, row = np.unique(lstep, return_inverse=True)
             L = np.full((len(steps), len(te_all)), np.nan)
             L[row, np.searchsorted(te_all, te_vals)[te_codes]] = loss
-            out.append(Run(rid, ptr, ex_idx, steps.astype(np.int64), L,
-                           tuple(entry.get("tags", []))))
+            out.append(
+                Run(rid, ptr, ex_idx, steps.astype(np.int64), L, tuple(entry.get("tags", [])))
+            )
         return RunSet(ex_all, te_all, out)
 
     def info(self) -> dict:
@@ -332,7 +396,7 @@ class RunStore:
         entries = man["runs"]
         ex_vals, ex_counts, te_vals = [], [], []
         for rid in sorted(entries):
-            for attempt in range(3):
+            for _attempt in range(3):
                 try:
                     cur = self._read_part(man, rid, "curriculum", ["example_id"])
                     los = self._read_part(man, rid, "losses", ["test_id"])
@@ -342,8 +406,10 @@ class RunStore:
                     if rid not in man["runs"]:
                         break
             else:
-                raise StoreError(f"{self.path}: files of run {rid!r} are missing; check the store "
-                                 f"with `simfluence verify --store {self.path}`")
+                raise StoreError(
+                    f"{self.path}: files of run {rid!r} are missing; check the store "
+                    f"with `simfluence verify --store {self.path}`"
+                )
             v, c = _dict_column(cur.column("example_id"))
             ex_vals.append(v)
             ex_counts.append(np.bincount(c, minlength=len(v)))
@@ -357,13 +423,20 @@ class RunStore:
             n_train = int(len(uniq))
             n_test = int(len(np.unique(np.concatenate(te_vals))))
             mean = float(occ.mean())
-            coverage = {"min": int(occ.min()), "median": float(np.median(occ)),
-                        "max": int(occ.max()), "mean": round(mean, 4),
-                        "cv": round(float(occ.std() / mean), 4) if mean else None}
+            coverage = {
+                "min": int(occ.min()),
+                "median": float(np.median(occ)),
+                "max": int(occ.max()),
+                "mean": round(mean, 4),
+                "cv": round(float(occ.std() / mean), 4) if mean else None,
+            }
         sizes = [(e["batch_size_min"], e["batch_size_max"]) for e in entries.values()]
         models_dir = self.path / "models"
-        models = sorted(d.name for d in models_dir.iterdir()
-                        if (d / "model.json").is_file()) if models_dir.is_dir() else []
+        models = (
+            sorted(d.name for d in models_dir.iterdir() if (d / "model.json").is_file())
+            if models_dir.is_dir()
+            else []
+        )
         return {
             "store": str(self.path),
             "format": man.get("format", STORE_FORMAT),
@@ -384,9 +457,14 @@ class RunStore:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def ingest(self, paths: Sequence[str | os.PathLike], tags: Sequence[str] = (),
-               format: str | None = None, replace: bool = False,
-               progress: Callable | None = None) -> IngestReport:
+    def ingest(
+        self,
+        paths: Sequence[str | os.PathLike],
+        tags: Sequence[str] = (),
+        format: str | None = None,
+        replace: bool = False,
+        progress: Callable | None = None,
+    ) -> IngestReport:
         """Read training logs (files or directories, encodings A/B/C) into the store.
 
         All inputs are parsed and validated before anything is committed; any error leaves the
@@ -398,20 +476,28 @@ class RunStore:
 
         plan = plan_inputs(paths, format)
         report = IngestReport(sources=plan.n_sources, notes=list(plan.notes))
-        return self._commit(iter_runs(plan, progress=progress, notes=report.notes), tags,
-                            replace, report)
+        return self._commit(
+            iter_runs(plan, progress=progress, notes=report.notes), tags, replace, report
+        )
 
-    def add_runset(self, runset: RunSet, tags: Sequence[str] = (), replace: bool = False,
-                   source: str = "python") -> IngestReport:
+    def add_runset(
+        self,
+        runset: RunSet,
+        tags: Sequence[str] = (),
+        replace: bool = False,
+        source: str = "python",
+    ) -> IngestReport:
         """Write in-memory runs (e.g. generated or simulated) like an ingest."""
         from simfluence_cli.io.rundata import run_from_runset
 
         report = IngestReport(sources=1)
-        return self._commit((run_from_runset(runset, r, source) for r in runset.runs), tags,
-                            replace, report)
+        return self._commit(
+            (run_from_runset(runset, r, source) for r in runset.runs), tags, replace, report
+        )
 
-    def _commit(self, rundata: Iterable, tags: Sequence[str], replace: bool,
-                report: IngestReport) -> IngestReport:
+    def _commit(
+        self, rundata: Iterable, tags: Sequence[str], replace: bool, report: IngestReport
+    ) -> IngestReport:
         tags = [check_tag(t) for t in dict.fromkeys(tags)]
         t0 = time.perf_counter()
         report.store = str(self.path)
@@ -436,8 +522,9 @@ class RunStore:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _commit_locked(self, rundata: Iterable, tags: list[str], replace: bool,
-                       report: IngestReport) -> None:
+    def _commit_locked(
+        self, rundata: Iterable, tags: list[str], replace: bool, report: IngestReport
+    ) -> None:
         man = self._manifest()
         self._cleanup(man)  # also after a killed first write (no manifest yet)
         gen = int(man["generation"]) + 1
@@ -457,19 +544,29 @@ class RunStore:
             for rd in rundata:
                 check_run_id(rd.run_id, rd.source)
                 if rd.run_id in seen:
-                    raise InputError(f"run {rd.run_id!r} appears twice in this ingest (also in "
-                                     f"{seen[rd.run_id]})", path=rd.source, field="run",
-                                     hint="give each run a distinct id (file name or 'run' key)")
+                    raise InputError(
+                        f"run {rd.run_id!r} appears twice in this ingest (also in "
+                        f"{seen[rd.run_id]})",
+                        path=rd.source,
+                        field="run",
+                        hint="give each run a distinct id (file name or 'run' key)",
+                    )
                 seen[rd.run_id] = rd.source
                 st = rd.stats()
                 report.curriculum_rows += st["curriculum_rows"]
                 report.loss_rows += st["loss_rows"]
                 run_tags = sorted(set(tags) | set(rd.tags))
                 old = man["runs"].get(rd.run_id)
-                if old is not None and old["content_hash"] == rd.content_hash and \
-                        replace and not self._intact(rd.run_id, old):
-                    report.notes.append(f"run {rd.run_id!r}: its stored files were missing or "
-                                        "damaged; rewritten from the source (--replace)")
+                if (
+                    old is not None
+                    and old["content_hash"] == rd.content_hash
+                    and replace
+                    and not self._intact(rd.run_id, old)
+                ):
+                    report.notes.append(
+                        f"run {rd.run_id!r}: its stored files were missing or "
+                        "damaged; rewritten from the source (--replace)"
+                    )
                 elif old is not None and old["content_hash"] == rd.content_hash:
                     merged = sorted(set(old.get("tags", [])) | set(run_tags))
                     if merged != old.get("tags", []):
@@ -483,7 +580,8 @@ class RunStore:
                         f"run {rd.run_id!r} is already in {self.path} with different content "
                         f"(stored {old['content_hash'][:12]} from {old.get('source')}, new "
                         f"{rd.content_hash[:12]} from {rd.source}); pass --replace to overwrite "
-                        "it, or give the new run another id")
+                        "it, or give the new run another id"
+                    )
                 key = run_key(rd.run_id)
                 files = {p: f"{p}/{key}.g{gen}.parquet" for p in PARTS}
                 for part in PARTS:
@@ -497,10 +595,16 @@ class RunStore:
                 if old is not None:
                     run_tags = sorted(set(old.get("tags", [])) | set(run_tags))
                 entries[rd.run_id] = {
-                    "key": key, "files": files, "tags": run_tags,
-                    "content_hash": rd.content_hash, **st,
-                    "source_format": rd.source_format, "source": rd.source,
-                    "sources": rd.sources, "ingested_at": now, "generation": gen,
+                    "key": key,
+                    "files": files,
+                    "tags": run_tags,
+                    "content_hash": rd.content_hash,
+                    **st,
+                    "source_format": rd.source_format,
+                    "source": rd.source,
+                    "sources": rd.sources,
+                    "ingested_at": now,
+                    "generation": gen,
                 }
                 report.written_loss_rows += st["loss_rows"]
                 (report.replaced if old is not None else report.added).append(rd.run_id)
@@ -516,12 +620,18 @@ class RunStore:
             for part in PARTS:
                 if (self.path / part).is_dir():
                     _fsync_dir(self.path / part)
-            new_man = {"format": STORE_FORMAT, "generation": gen, "tool_version": __version__,
-                       "updated_at": now, "columns": {"curriculum": CURRICULUM_COLUMNS,
-                                                      "losses": LOSS_COLUMNS},
-                       "runs": dict(sorted(entries.items()))}
-            write_bytes_atomic(self.path / MANIFEST,
-                               (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode())
+            new_man = {
+                "format": STORE_FORMAT,
+                "generation": gen,
+                "tool_version": __version__,
+                "updated_at": now,
+                "columns": {"curriculum": CURRICULUM_COLUMNS, "losses": LOSS_COLUMNS},
+                "runs": dict(sorted(entries.items())),
+            }
+            write_bytes_atomic(
+                self.path / MANIFEST,
+                (json.dumps(new_man, indent=1, ensure_ascii=False) + "\n").encode(),
+            )
             _share(self.path / MANIFEST)
         except BaseException:
             close = getattr(rundata, "close", None)
@@ -530,7 +640,7 @@ class RunStore:
             for fut in inflight:
                 fut.cancel()
             writer.shutdown(wait=True)
-            for tmp, final in pending:
+            for tmp, _final in pending:
                 tmp.unlink(missing_ok=True)
             for final in renamed:
                 final.unlink(missing_ok=True)
@@ -555,51 +665,109 @@ class RunStore:
         if part == "curriculum":
             n = len(rd.ex_codes)
             step = np.repeat(np.arange(1, rd.n_steps + 1, dtype=np.int64), np.diff(rd.batch_ptr))
-            table = pa.Table.from_arrays([
-                pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
-                _num(step),
-                pa.DictionaryArray.from_arrays(_num(rd.ex_codes.astype(np.int32)),
-                                               _str(rd.example_ids.tolist())),
-            ], schema=CURRICULUM_SCHEMA.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS)))
+            table = pa.Table.from_arrays(
+                [
+                    pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
+                    _num(step),
+                    pa.DictionaryArray.from_arrays(
+                        _num(rd.ex_codes.astype(np.int32)), _str(rd.example_ids.tolist())
+                    ),
+                ],
+                schema=CURRICULUM_SCHEMA.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS)),
+            )
         else:
             n = len(rd.loss)
-            table = pa.Table.from_arrays([
-                pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
-                _num(rd.loss_step),
-                pa.DictionaryArray.from_arrays(_num(rd.loss_test.astype(np.int32)),
-                                               _str(rd.test_ids.tolist())),
-                _num(rd.loss),
-            ], schema=LOSS_SCHEMA.with_metadata(_meta("losses", LOSS_COLUMNS)))
+            table = pa.Table.from_arrays(
+                [
+                    pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
+                    _num(rd.loss_step),
+                    pa.DictionaryArray.from_arrays(
+                        _num(rd.loss_test.astype(np.int32)), _str(rd.test_ids.tolist())
+                    ),
+                    _num(rd.loss),
+                ],
+                schema=LOSS_SCHEMA.with_metadata(_meta("losses", LOSS_COLUMNS)),
+            )
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd", compression_level=1,
-                           row_group_size=1 << 20, use_dictionary=["run", id_col],
-                           column_encoding={"step": "DELTA_BINARY_PACKED", **(
-                               {"loss": "PLAIN"} if part == "losses" else {})})
+            pq.write_table(
+                table,
+                fh,
+                compression="zstd",
+                compression_level=1,
+                row_group_size=1 << 20,
+                use_dictionary=["run", id_col],
+                column_encoding={
+                    "step": "DELTA_BINARY_PACKED",
+                    **({"loss": "PLAIN"} if part == "losses" else {}),
+                },
+            )
             fh.flush()
             os.fsync(fh.fileno())  # durable before the rename makes it visible
 
     def _write_runs_table(self, man: dict) -> None:
         rows = []
         for rid, e in man["runs"].items():
-            rows.append({
-                "run": rid, "tags": list(e.get("tags", [])),
-                **{k: int(e[k]) for k in ("steps", "batch_size_min", "batch_size_max",
-                                          "n_examples", "n_tests", "loss_steps",
-                                          "curriculum_rows", "loss_rows")},
-                "source_format": e.get("source_format"), "source": e.get("source"),
-                "source_sha256": ",".join(s.get("sha256") or "" for s in e.get("sources", [])),
-                "content_hash": e["content_hash"], "ingested_at": e.get("ingested_at"),
-                "curriculum_file": e["files"]["curriculum"], "losses_file": e["files"]["losses"],
-            })
-        schema = pa.schema([
-            ("run", pa.string()), ("tags", pa.list_(pa.string())),
-            *[(k, pa.int64()) for k in ("steps", "batch_size_min", "batch_size_max", "n_examples",
-                                        "n_tests", "loss_steps", "curriculum_rows", "loss_rows")],
-            *[(k, pa.string()) for k in ("source_format", "source", "source_sha256",
-                                         "content_hash", "ingested_at", "curriculum_file",
-                                         "losses_file")],
-        ], metadata={**_meta("runs", RUNS_COLUMNS),
-                     b"simfluence.generation": str(man["generation"]).encode()})
+            rows.append(
+                {
+                    "run": rid,
+                    "tags": list(e.get("tags", [])),
+                    **{
+                        k: int(e[k])
+                        for k in (
+                            "steps",
+                            "batch_size_min",
+                            "batch_size_max",
+                            "n_examples",
+                            "n_tests",
+                            "loss_steps",
+                            "curriculum_rows",
+                            "loss_rows",
+                        )
+                    },
+                    "source_format": e.get("source_format"),
+                    "source": e.get("source"),
+                    "source_sha256": ",".join(s.get("sha256") or "" for s in e.get("sources", [])),
+                    "content_hash": e["content_hash"],
+                    "ingested_at": e.get("ingested_at"),
+                    "curriculum_file": e["files"]["curriculum"],
+                    "losses_file": e["files"]["losses"],
+                }
+            )
+        schema = pa.schema(
+            [
+                ("run", pa.string()),
+                ("tags", pa.list_(pa.string())),
+                *[
+                    (k, pa.int64())
+                    for k in (
+                        "steps",
+                        "batch_size_min",
+                        "batch_size_max",
+                        "n_examples",
+                        "n_tests",
+                        "loss_steps",
+                        "curriculum_rows",
+                        "loss_rows",
+                    )
+                ],
+                *[
+                    (k, pa.string())
+                    for k in (
+                        "source_format",
+                        "source",
+                        "source_sha256",
+                        "content_hash",
+                        "ingested_at",
+                        "curriculum_file",
+                        "losses_file",
+                    )
+                ],
+            ],
+            metadata={
+                **_meta("runs", RUNS_COLUMNS),
+                b"simfluence.generation": str(man["generation"]).encode(),
+            },
+        )
         cols = []
         for f in schema:
             vals = [r[f.name] for r in rows]
@@ -626,8 +794,11 @@ class RunStore:
                 if f.is_file() and f"{part}/{f.name}" not in named and _PART_FILE.match(f.name):
                     f.unlink(missing_ok=True)
         for f in self.path.iterdir():  # write_atomic temp files of the manifest / runs table
-            if f.is_file() and f.name.startswith((f".{MANIFEST}.", f".{RUNS_TABLE}.")) \
-                    and f.name.endswith(".tmp"):
+            if (
+                f.is_file()
+                and f.name.startswith((f".{MANIFEST}.", f".{RUNS_TABLE}."))
+                and f.name.endswith(".tmp")
+            ):
                 f.unlink(missing_ok=True)
         if man["runs"]:  # a kill between the manifest and the derived runs table left it stale
             try:

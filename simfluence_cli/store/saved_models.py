@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def check_name(name: str) -> str:
     """Model names are file-system safe by construction."""
     if not _NAME.match(name or ""):
-        raise UsageError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
+        raise UsageError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -60,8 +62,10 @@ def _json(mf: Path) -> dict:
             raise ValueError("not a JSON object")
         return man
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{mf}: unreadable model manifest ({exc}); refit with `simfluence fit "
-                         f"--name {mf.parent.name} --replace` (see `simfluence verify`)") from None
+        raise ModelError(
+            f"{mf}: unreadable model manifest ({exc}); refit with `simfluence fit "
+            f"--name {mf.parent.name} --replace` (see `simfluence verify`)"
+        ) from None
 
 
 def list_models(store) -> list[dict]:
@@ -79,9 +83,14 @@ def read_manifest(store, name: str) -> dict:
     mf = model_dir(store, name) / "model.json"
     if not mf.is_file():
         names = [m["name"] for m in list_models(store)]
-        raise ModelError(f"no model named {name!r} in {store.path}; "
-                         + (f"available: {', '.join(names)}" if names else
-                            "fit one with `simfluence fit --name NAME`"))
+        raise ModelError(
+            f"no model named {name!r} in {store.path}; "
+            + (
+                f"available: {', '.join(names)}"
+                if names
+                else "fit one with `simfluence fit --name NAME`"
+            )
+        )
     return _json(mf)
 
 
@@ -96,11 +105,21 @@ def describe_config(config: dict | None) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def model_config(sim: Simulator, runs: list[str], data_hash: str, kind: str = "simfluence",
-                 extra: dict | None = None) -> dict:
+def model_config(
+    sim: Simulator,
+    runs: list[str],
+    data_hash: str,
+    kind: str = "simfluence",
+    extra: dict | None = None,
+) -> dict:
     """What identifies a fit: configuration, runs used and their data hash."""
-    return {"kind": kind, **sim.get_params(), "runs": list(runs), "data_hash": data_hash,
-            **({"source": extra["source"]} if extra and "source" in extra else {})}
+    return {
+        "kind": kind,
+        **sim.get_params(),
+        "runs": list(runs),
+        "data_hash": data_hash,
+        **({"source": extra["source"]} if extra and "source" in extra else {}),
+    }
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -141,12 +160,23 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
     raise ConflictError(
         f"model {name!r} exists with a different configuration ({'; '.join(diff)}); pass "
         f"--replace to overwrite it, or pick another --name. existing: "
-        f"{describe_config(prev.get('config'))} new: {describe_config(config)}")
+        f"{describe_config(prev.get('config'))} new: {describe_config(config)}"
+    )
 
 
-def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: str,
-               selector: str | None = None, kind: str = "simfluence", replace: bool = False,
-               extra: dict | None = None, parameters: "ParameterWriter | None" = None) -> dict:
+def save_model(
+    store,
+    name: str,
+    sim: Simulator,
+    *,
+    runs: list[str],
+    data_hash: str,
+    selector: str | None = None,
+    kind: str = "simfluence",
+    replace: bool = False,
+    extra: dict | None = None,
+    parameters: ParameterWriter | None = None,
+) -> dict:
     """Write a fitted simulator under ``name`` (call with the store's write lock held).
 
     An existing model with a different configuration is a ConflictError unless ``replace``;
@@ -155,15 +185,26 @@ def save_model(store, name: str, sim: Simulator, *, runs: list[str], data_hash: 
     it is committed here (or aborted on an error).
     """
     try:
-        return _save_model(store, name, sim, runs=runs, data_hash=data_hash, selector=selector,
-                           kind=kind, replace=replace, extra=extra, parameters=parameters)
+        return _save_model(
+            store,
+            name,
+            sim,
+            runs=runs,
+            data_hash=data_hash,
+            selector=selector,
+            kind=kind,
+            replace=replace,
+            extra=extra,
+            parameters=parameters,
+        )
     finally:
         if parameters is not None:
             parameters.abort()  # no-op once committed
 
 
-def _save_model(store, name, sim, *, runs, data_hash, selector, kind, replace, extra,
-                parameters) -> dict:
+def _save_model(
+    store, name, sim, *, runs, data_hash, selector, kind, replace, extra, parameters
+) -> dict:
     d = model_dir(store, name)
     config = model_config(sim, runs, data_hash, kind, extra)
     check_existing(store, name, config, replace=replace)  # raises on a different configuration
@@ -175,23 +216,41 @@ def _save_model(store, name, sim, *, runs, data_hash, selector, kind, replace, e
             prev_files = set()
     gen = f"{int(time.time())}-{secrets.token_hex(3)}" if parameters is None else parameters.gen
     d.mkdir(parents=True, exist_ok=True)
-    files = {"parameters": f"parameters-{gen}.parquet", "tests": f"tests-{gen}.parquet",
-             "examples": f"examples-{gen}.parquet"}
+    files = {
+        "parameters": f"parameters-{gen}.parquet",
+        "tests": f"tests-{gen}.parquet",
+        "examples": f"examples-{gen}.parquet",
+    }
     if parameters is None:
         _write_parameters(d / files["parameters"], sim)
     else:
         files["parameters"] = parameters.commit()
-    _write_table(d / files["tests"], pa.table({
-        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
-        "init_loss_mean": sim.init_loss_mean_,
-        "loss_min": sim.loss_min_, "loss_max": sim.loss_max_}),
-        {"init_loss_mean": "mean observed loss at step 0 over the fitting runs",
-         "loss_min": "smallest observed loss in the fitting runs",
-         "loss_max": "largest observed loss in the fitting runs"})
-    _write_table(d / files["examples"], pa.table({
-        "example_id": pa.array(sim.example_ids_.tolist(), pa.string()),
-        "count": sim.example_counts_}),
-        {"count": "occurrences of the example in the fitting runs' curricula"})
+    _write_table(
+        d / files["tests"],
+        pa.table(
+            {
+                "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
+                "init_loss_mean": sim.init_loss_mean_,
+                "loss_min": sim.loss_min_,
+                "loss_max": sim.loss_max_,
+            }
+        ),
+        {
+            "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
+            "loss_min": "smallest observed loss in the fitting runs",
+            "loss_max": "largest observed loss in the fitting runs",
+        },
+    )
+    _write_table(
+        d / files["examples"],
+        pa.table(
+            {
+                "example_id": pa.array(sim.example_ids_.tolist(), pa.string()),
+                "count": sim.example_counts_,
+            }
+        ),
+        {"count": "occurrences of the example in the fitting runs' curricula"},
+    )
     manifest = {
         "format": MODEL_FORMAT,
         "name": name,
@@ -205,7 +264,7 @@ def _save_model(store, name, sim, *, runs, data_hash, selector, kind, replace, e
         "n_tests": int(len(sim.test_ids_)),
         "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
         "tool_version": __version__,
-        "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
         **(extra or {}),
     }
@@ -218,38 +277,56 @@ def _save_model(store, name, sim, *, runs, data_hash, selector, kind, replace, e
 
 
 def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
-    meta = {b"simfluence.model_format": str(MODEL_FORMAT).encode(),
-            b"simfluence.columns": json.dumps(meanings).encode()}
+    meta = {
+        b"simfluence.model_format": str(MODEL_FORMAT).encode(),
+        b"simfluence.columns": json.dumps(meanings).encode(),
+    }
     table = table.replace_schema_metadata(meta)
     write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 def _param_schema() -> pa.Schema:
-    return pa.schema([
-        ("test_id", pa.dictionary(pa.int32(), pa.string())),
-        ("example_id", pa.dictionary(pa.int32(), pa.string())),
-        ("A", pa.float64()), ("B", pa.float64()),
-    ], metadata={b"simfluence.model_format": str(MODEL_FORMAT).encode(),
-                 b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode()})
+    return pa.schema(
+        [
+            ("test_id", pa.dictionary(pa.int32(), pa.string())),
+            ("example_id", pa.dictionary(pa.int32(), pa.string())),
+            ("A", pa.float64()),
+            ("B", pa.float64()),
+        ],
+        metadata={
+            b"simfluence.model_format": str(MODEL_FORMAT).encode(),
+            b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode(),
+        },
+    )
 
 
 def _tests_per_group(n: int) -> int:
     return max(1, ROW_GROUP_ROWS // max(n, 1))  # whole test examples per row group
 
 
-def _param_group(cols: np.ndarray, A: np.ndarray, B: np.ndarray, te_dict, ex_dict, additive: bool,
-                 schema: pa.Schema) -> pa.Table:
+def _param_group(
+    cols: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    te_dict,
+    ex_dict,
+    additive: bool,
+    schema: pa.Schema,
+) -> pa.Table:
     """Rows of test columns ``cols`` (A, B: (n, len(cols))), test-major."""
     n = A.shape[0]
     te = np.repeat(cols, n).astype(np.int32)
     ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
     a = A.T.reshape(-1)
-    return pa.table({
-        "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
-        "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
-        "A": pa.array(a, mask=np.ones(len(a), bool)) if additive else a,
-        "B": B.T.reshape(-1),
-    }, schema=schema)
+    return pa.table(
+        {
+            "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
+            "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
+            "A": pa.array(a, mask=np.ones(len(a), bool)) if additive else a,
+            "B": B.T.reshape(-1),
+        },
+        schema=schema,
+    )
 
 
 def _write_parameters(path: Path, sim: Simulator) -> None:
@@ -264,8 +341,11 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
         with pq.ParquetWriter(fh, schema) as w:
             for s in range(0, m, per_group):
                 cols = np.arange(s, min(m, s + per_group))
-                w.write_table(_param_group(cols, sim.A_[:, cols], sim.B_[:, cols], te_dict,
-                                           ex_dict, additive, schema))
+                w.write_table(
+                    _param_group(
+                        cols, sim.A_[:, cols], sim.B_[:, cols], te_dict, ex_dict, additive, schema
+                    )
+                )
 
     write_atomic(path, write)
 
@@ -314,8 +394,9 @@ class ParameterWriter:
         parts = [self.pending.pop(int(t)) for t in cols]
         A = np.column_stack([p[0] for p in parts])
         B = np.column_stack([p[1] for p in parts])
-        self._writer.write_table(_param_group(cols, A, B, self.te_dict, self.ex_dict,
-                                              self.additive, self.schema))
+        self._writer.write_table(
+            _param_group(cols, A, B, self.te_dict, self.ex_dict, self.additive, self.schema)
+        )
         self.ready = []
 
     def commit(self) -> str:
@@ -340,7 +421,7 @@ class ParameterWriter:
             try:
                 self._writer.close()
                 self._fh.close()
-            except Exception:  # noqa: BLE001 - best effort on the error path
+            except Exception:
                 pass
             self.tmp.unlink(missing_ok=True)
             self.done = True
@@ -384,7 +465,7 @@ def split_tests(tests, n_examples: int):
     """``tests`` (a sequence) split into consecutive chunks of :func:`param_chunk_size`."""
     tests = list(tests)
     size = param_chunk_size(n_examples, len(tests))
-    return [tests[s: s + size] for s in range(0, len(tests), size)]
+    return [tests[s : s + size] for s in range(0, len(tests), size)]
 
 
 class StoredModel:
@@ -409,12 +490,19 @@ class StoredModel:
         """Yield (test ids, Simulator with only those tests' parameters), memory-bounded."""
         tests = list(self.meta.test_ids_) if tests is None else list(tests)
         for chunk in split_tests(tests, len(self.meta.example_ids_)):
-            yield chunk, load_model(self.store, self.name, tests=chunk,
-                                    manifest=self.meta.manifest_)
+            yield (
+                chunk,
+                load_model(self.store, self.name, tests=chunk, manifest=self.meta.manifest_),
+            )
 
 
-def load_model(store, name: str, tests: list[str] | None = None,
-               parameters: bool = True, manifest: dict | None = None) -> Simulator:
+def load_model(
+    store,
+    name: str,
+    tests: list[str] | None = None,
+    parameters: bool = True,
+    manifest: dict | None = None,
+) -> Simulator:
     """A fitted Simulator from the store (optionally only some test examples' parameters).
 
     ``parameters=False`` loads everything but A_ and B_ (set to None): ids, counts, ranges.
@@ -424,21 +512,34 @@ def load_model(store, name: str, tests: list[str] | None = None,
     try:
         return _load_model(store, name, tests, parameters, manifest)
     except (OSError, KeyError, TypeError, IndexError, ValueError, pa.ArrowException) as exc:
-        raise ModelError(f"model {name!r} in {store.path} is damaged ({type(exc).__name__}: "
-                         f"{str(exc)[:200]}); refit with `simfluence fit --name {name} --replace` "
-                         "(see `simfluence verify`)") from None
+        raise ModelError(
+            f"model {name!r} in {store.path} is damaged ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); refit with `simfluence fit --name {name} --replace` "
+            "(see `simfluence verify`)"
+        ) from None
 
 
-def _load_model(store, name: str, tests: list[str] | None = None,
-                parameters: bool = True, manifest: dict | None = None) -> Simulator:
+def _load_model(
+    store,
+    name: str,
+    tests: list[str] | None = None,
+    parameters: bool = True,
+    manifest: dict | None = None,
+) -> Simulator:
     man = manifest if manifest is not None else read_manifest(store, name)
     if man.get("format", 0) > MODEL_FORMAT:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
     d = model_dir(store, name)
     cfg = man["config"]
-    sim = Simulator(method=cfg["method"], l2=cfg.get("l2", 0.0), prior=cfg.get("prior", "no-change"),
-                    clip=cfg.get("clip", "observed"), clip_margin=cfg.get("clip_margin", 0.5),
-                    cv_folds=cfg.get("cv_folds", 5), l2_grid=cfg.get("l2_grid", DEFAULT_L2_GRID))
+    sim = Simulator(
+        method=cfg["method"],
+        l2=cfg.get("l2", 0.0),
+        prior=cfg.get("prior", "no-change"),
+        clip=cfg.get("clip", "observed"),
+        clip_margin=cfg.get("clip_margin", 0.5),
+        cv_folds=cfg.get("cv_folds", 5),
+        l2_grid=cfg.get("l2_grid", DEFAULT_L2_GRID),
+    )
     tt = pq.read_table(d / man["files"]["tests"])
     et = pq.read_table(d / man["files"]["examples"])
     all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
@@ -448,6 +549,7 @@ def _load_model(store, name: str, tests: list[str] | None = None,
         bad = [t for t in tests if t not in pos]
         if bad:
             from simfluence_cli.errors import SelectionError
+
             raise SelectionError(f"model {name!r} has no test id(s) {', '.join(bad[:10])}")
         cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
     sim.test_ids_ = all_tests[cols]
@@ -463,16 +565,24 @@ def _load_model(store, name: str, tests: list[str] | None = None,
     sim.manifest_ = man
     n, m = len(sim.example_ids_), len(cols)
     if not parameters:  # check the parameters file is there and readable (its footer only)
-        pq.ParquetFile(d / man["files"]["parameters"]).metadata
+        _ = pq.ParquetFile(d / man["files"]["parameters"]).metadata
         sim.A_ = sim.B_ = None
         return sim
     sim.A_ = np.zeros((n, m))
     sim.B_ = np.zeros((n, m))
-    if _fill_parameters(d / man["files"]["parameters"], all_tests, sim.example_ids_, cols,
-                        sim.A_, sim.B_, sim.method != "additive"):
+    if _fill_parameters(
+        d / man["files"]["parameters"],
+        all_tests,
+        sim.example_ids_,
+        cols,
+        sim.A_,
+        sim.B_,
+        sim.method != "additive",
+    ):
         return sim
-    pt = _read_parameters(d / man["files"]["parameters"], all_tests, n,
-                          None if tests is None else cols)
+    pt = _read_parameters(
+        d / man["files"]["parameters"], all_tests, n, None if tests is None else cols
+    )
     te = _dict_codes(pt["test_id"], all_tests)
     ex = _dict_codes(pt["example_id"], sim.example_ids_)
     colpos = np.full(len(all_tests), -1)
@@ -486,8 +596,15 @@ def _load_model(store, name: str, tests: list[str] | None = None,
     return sim
 
 
-def _fill_parameters(path: Path, all_tests: np.ndarray, example_ids: np.ndarray, cols: np.ndarray,
-                     A: np.ndarray, B: np.ndarray, with_a: bool) -> bool:
+def _fill_parameters(
+    path: Path,
+    all_tests: np.ndarray,
+    example_ids: np.ndarray,
+    cols: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    with_a: bool,
+) -> bool:
     """Fill A, B (n, len(cols)) with the parameters of test columns ``cols``, one row group at a
     time (memory: the output plus one row group). Only row groups holding wanted tests are read.
 
@@ -515,9 +632,13 @@ def _fill_parameters(path: Path, all_tests: np.ndarray, example_ids: np.ndarray,
         te = _dict_codes(t["test_id"], all_tests)
         if ex_expect is None:
             ex_expect = np.arange(n)
-        if not (np.array_equal(te, np.repeat(np.arange(first[g], first[g] + k), n))
-                and np.array_equal(_dict_codes(t["example_id"], example_ids).reshape(k, n),
-                                   np.broadcast_to(ex_expect, (k, n)))):
+        if not (
+            np.array_equal(te, np.repeat(np.arange(first[g], first[g] + k), n))
+            and np.array_equal(
+                _dict_codes(t["example_id"], example_ids).reshape(k, n),
+                np.broadcast_to(ex_expect, (k, n)),
+            )
+        ):
             A[:] = 0.0
             B[:] = 0.0
             return False
@@ -532,7 +653,9 @@ def _fill_parameters(path: Path, all_tests: np.ndarray, example_ids: np.ndarray,
     return True
 
 
-def _read_parameters(path: Path, all_tests: np.ndarray, n: int, cols: np.ndarray | None) -> pa.Table:
+def _read_parameters(
+    path: Path, all_tests: np.ndarray, n: int, cols: np.ndarray | None
+) -> pa.Table:
     """The parameter rows of test columns ``cols`` (None = all).
 
     The file holds n rows per test in the tests file's order (rows sorted by test, row groups

@@ -31,7 +31,8 @@ class Term:
 
     def __str__(self) -> str:
         body = {"all": "all", "tag": f"tag:{self.value}", "run": f"run:{self.value}"}.get(
-            self.kind, self.value)
+            self.kind, self.value
+        )
         return ("-" if self.exclude else "") + body
 
 
@@ -48,7 +49,9 @@ def parse_selector(selector: str) -> list[Term]:
         if exclude:
             tok = tok[1:].strip()
         if not tok:
-            raise SelectionError(f"selector {selector!r}: '-' must be followed by a term to exclude")
+            raise SelectionError(
+                f"selector {selector!r}: '-' must be followed by a term to exclude"
+            )
         if tok == "all":
             terms.append(Term("all", "all", exclude))
         elif tok.startswith("tag:"):
@@ -60,7 +63,9 @@ def parse_selector(selector: str) -> list[Term]:
         else:
             terms.append(Term("name", tok, exclude))
     if not terms:
-        raise SelectionError(f"empty run selector {selector!r}; use 'all', a tag name or a run-id glob")
+        raise SelectionError(
+            f"empty run selector {selector!r}; use 'all', a tag name or a run-id glob"
+        )
     return terms
 
 
@@ -89,8 +94,9 @@ def resolve_selector(selector: str | Sequence[str], runs: Mapping[str, Sequence[
         ids = list(dict.fromkeys(selector))
         missing = [r for r in ids if r not in runs]
         if missing:
-            raise SelectionError(f"no run(s) {', '.join(map(repr, missing[:5]))} in the store"
-                                 + _available(runs))
+            raise SelectionError(
+                f"no run(s) {', '.join(map(repr, missing[:5]))} in the store" + _available(runs)
+            )
         if not ids:
             raise SelectionError("empty list of run ids")
         return ids
@@ -108,7 +114,9 @@ def resolve_selector(selector: str | Sequence[str], runs: Mapping[str, Sequence[
         include = set(runs)
     chosen = sorted(include - exclude)
     if not chosen:
-        raise SelectionError(f"selector {selector!r} leaves no run (everything matched was excluded)")
+        raise SelectionError(
+            f"selector {selector!r} leaves no run (everything matched was excluded)"
+        )
     return chosen
 
 
@@ -116,5 +124,7 @@ def _available(runs: Mapping[str, Sequence[str]]) -> str:
     tags = sorted({t for ts in runs.values() for t in ts})
     ids = sorted(runs)
     shown = ", ".join(ids[:5]) + (f", ... ({len(ids)} runs)" if len(ids) > 5 else "")
-    return (f"; tags: {', '.join(tags) if tags else '(none)'}; runs: {shown}; "
-            "see `simfluence info` (terms: all, TAG, run-id glob, tag:NAME, run:GLOB, -TERM)")
+    return (
+        f"; tags: {', '.join(tags) if tags else '(none)'}; runs: {shown}; "
+        "see `simfluence info` (terms: all, TAG, run-id glob, tag:NAME, run:GLOB, -TERM)"
+    )
