@@ -127,7 +127,7 @@ RunsOpt = Annotated[
         "--runs",
         "-r",
         help="Run selector: 'all', tag names, run-id globs, comma-separated; "
-        "'-' before a term excludes it, e.g. 'fit,-run-07'. See README 'Selecting runs'.",
+        "'-' before a term excludes it, e.g. 'fit,-run-07'. See docs/ingest.md.",
     ),
 ]
 

@@ -222,7 +222,7 @@ def whatif_cmd(
 
     Per test example: base_final and edited_final (simulated loss after the last step) and
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
-    Edits are applied in the order --only, --drop, --repeat, --order; see README 'What if'.
+    Edits are applied in the order --only, --drop, --repeat, --order; see docs/counterfactuals.md.
     """
     st, sim = _open(store, model, tests)
     edits = Edits(
@@ -493,7 +493,7 @@ def design_cmd(
     Greedy construction (each step: the examples with the lowest one-step contribution to the
     loss) refined by local search (swap/replace moves, --candidates variants per round simulated
     in one vectorised call). Reports the design's objective next to random curricula from the
-    same pool. Deterministic given --seed. See README 'Designing a curriculum'.
+    same pool. Deterministic given --seed. See docs/counterfactuals.md.
     """
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
