@@ -5,11 +5,14 @@ on scikit-learn's bundled digits (no downloads), logged with :class:`simfluence_
     python sample_runs/generate.py                      # regenerate sample_runs/ in place
     python sample_runs/generate.py --out /tmp/s --pool 40 --tests 10 --steps 20 --n-fit 2 ...
     python sample_runs/generate.py train-curriculum CURRICULUM.txt -o OUT.jsonl.gz
+    python sample_runs/generate.py --family momentum|adamw [--out DIR]   # realistic-loop family
 
 Model: MLP 64-H-10 (tanh, softmax cross-entropy), float64. One shared starting checkpoint is
 made by SGD on a pretraining split; every run fine-tunes a copy of it with plain SGD
 (``theta -= lr * mean over the batch of per-example gradients``) and logs the per-example loss of
-every test example after every step (step 0 = the checkpoint). Deterministic: the same
+every test example after every step (step 0 = the checkpoint). ``--family`` / :func:`generate_family`
+instead trains with SGD+momentum or AdamW under a warm-up + cosine schedule, in DataLoader epochs
+with a short last batch, logging each step's lr (git-ignored output). Deterministic: the same
 arguments give the same bytes (gzip with mtime 0, fixed seeds, rounded losses).
 See sample_runs/README.md for the families and seeds.
 """
@@ -420,7 +423,7 @@ LOOP_DEFAULTS = {  # peak learning rate and weight decay per optimizer family
 class LoopConfig:
     """Everything that determines the bytes of one realistic-loop family."""
 
-    optimizer: str = "momentum"   # "momentum" (SGD, momentum 0.9) or "adamw"
+    optimizer: str = "momentum"  # "momentum" (SGD, momentum 0.9) or "adamw"
     seed: int = 0
     pool: int = 300
     tests: int = 100
@@ -428,17 +431,21 @@ class LoopConfig:
     pretrain_steps: int = 100
     pretrain_batch: int = 32
     pretrain_lr: float = 0.1
-    steps: int = 250              # optimizer steps per run (a step budget, like max_steps)
-    batch_size: int = 8           # 300 % 8 = 4 and 210 % 8 = 2: every epoch ends in a short batch
-    lr: float = 0.05              # peak learning rate
-    warmup_steps: int = 25        # linear warm-up: lr_t = lr * t / warmup_steps for t <= warmup_steps
-    min_lr_ratio: float = 0.1     # cosine decay from lr (after warm-up) to min_lr_ratio * lr at the last step
-    momentum: float = 0.9         # SGD momentum (PyTorch convention, dampening 0, no Nesterov)
-    beta1: float = 0.9            # AdamW
+    steps: int = 250  # optimizer steps per run (a step budget, like max_steps)
+    batch_size: int = 8  # 300 % 8 = 4 and 210 % 8 = 2: every epoch ends in a short batch
+    lr: float = 0.05  # peak learning rate
+    warmup_steps: int = 25  # linear warm-up: lr_t = lr * t / warmup_steps for t <= warmup_steps
+    min_lr_ratio: float = (
+        0.1  # cosine decay from lr (after warm-up) to min_lr_ratio * lr at the last step
+    )
+    momentum: float = 0.9  # SGD momentum (PyTorch convention, dampening 0, no Nesterov)
+    beta1: float = 0.9  # AdamW
     beta2: float = 0.999
     eps: float = 1e-8
-    weight_decay: float = 0.0     # momentum: L2 added to the gradient; adamw: decoupled, lr * wd * theta
-    loss_every: int = 1           # log test losses every k steps (and at the last); lr and batch every step
+    weight_decay: float = (
+        0.0  # momentum: L2 added to the gradient; adamw: decoupled, lr * wd * theta
+    )
+    loss_every: int = 1  # log test losses every k steps (and at the last); lr and batch every step
     precision: int = 4
     n_fit: int = 48
     n_random: int = 16
@@ -448,35 +455,66 @@ class LoopConfig:
 
     def base(self) -> Config:
         """The plain Config with the same data split and starting checkpoint."""
-        keys = ("seed", "pool", "tests", "hidden", "pretrain_steps", "pretrain_batch", "pretrain_lr",
-                "steps", "batch_size", "lr", "precision")
+        keys = (
+            "seed",
+            "pool",
+            "tests",
+            "hidden",
+            "pretrain_steps",
+            "pretrain_batch",
+            "pretrain_lr",
+            "steps",
+            "batch_size",
+            "lr",
+            "precision",
+        )
         return Config(**{k: getattr(self, k) for k in keys})
 
     def describe_optimizer(self) -> str:
         if self.optimizer == "momentum":
-            return (f"SGD(momentum={self.momentum}, weight_decay={self.weight_decay}); "
-                    f"{self.schedule_text()}")
-        return (f"AdamW(betas=({self.beta1}, {self.beta2}), eps={self.eps}, "
-                f"weight_decay={self.weight_decay}); {self.schedule_text()}")
+            return (
+                f"SGD(momentum={self.momentum}, weight_decay={self.weight_decay}); "
+                f"{self.schedule_text()}"
+            )
+        return (
+            f"AdamW(betas=({self.beta1}, {self.beta2}), eps={self.eps}, "
+            f"weight_decay={self.weight_decay}); {self.schedule_text()}"
+        )
 
     def schedule_text(self) -> str:
-        return (f"peak lr {self.lr}, linear warm-up {self.warmup_steps} steps, cosine to "
-                f"{self.min_lr_ratio} x peak at step {self.steps}")
+        return (
+            f"peak lr {self.lr}, linear warm-up {self.warmup_steps} steps, cosine to "
+            f"{self.min_lr_ratio} x peak at step {self.steps}"
+        )
 
 
 def loop_config(family: str, **overrides) -> LoopConfig:
     """The default configuration of a realistic-loop family (``overrides`` replace fields)."""
     if family not in LOOP_FAMILIES:
-        raise InputError(f"unknown family {family!r}", field="family",
-                         hint=f"use one of: {', '.join(LOOP_FAMILIES)}")
+        raise InputError(
+            f"unknown family {family!r}",
+            field="family",
+            hint=f"use one of: {', '.join(LOOP_FAMILIES)}",
+        )
     return LoopConfig(**{"optimizer": family, **LOOP_DEFAULTS[family], **overrides})
 
 
 def tiny_loop_config(family: str, **overrides) -> LoopConfig:
     """A small variant for tests (well under a second): pool 40 (40 % 6 = 4, 28 % 6 = 4),
     10 tests, 30 steps, 5 warm-up steps, one or two runs per sub-family."""
-    small = dict(pool=40, tests=10, hidden=8, pretrain_steps=20, steps=30, batch_size=6,
-                 warmup_steps=5, n_fit=2, n_random=1, n_leave30=1, n_classordered=1)
+    small = dict(
+        pool=40,
+        tests=10,
+        hidden=8,
+        pretrain_steps=20,
+        steps=30,
+        batch_size=6,
+        warmup_steps=5,
+        n_fit=2,
+        n_random=1,
+        n_leave30=1,
+        n_classordered=1,
+    )
     return loop_config(family, **{**small, **overrides})
 
 
@@ -490,7 +528,9 @@ def lr_schedule(cfg: LoopConfig) -> np.ndarray:
     out[up] = cfg.lr * t[up] / max(w, 1)
     if cfg.steps > w:
         prog = (t[~up] - w) / (cfg.steps - w)
-        out[~up] = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * prog)))
+        out[~up] = cfg.lr * (
+            cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * prog))
+        )
     return out
 
 
@@ -498,7 +538,12 @@ def batch_grads(p, X, y):
     """Gradient of the batch-mean loss (the same terms as :func:`sgd_step`)."""
     H, dZ2, dZ1 = backprop_terms(p, X, y)
     n = len(y)
-    return {"W1": X.T @ dZ1 / n, "b1": dZ1.sum(axis=0) / n, "W2": H.T @ dZ2 / n, "b2": dZ2.sum(axis=0) / n}
+    return {
+        "W1": X.T @ dZ1 / n,
+        "b1": dZ1.sum(axis=0) / n,
+        "W2": H.T @ dZ2 / n,
+        "b2": dZ2.sum(axis=0) / n,
+    }
 
 
 class MomentumSGD:
@@ -535,7 +580,7 @@ class AdamW:
             self.m = {k: np.zeros_like(v) for k, v in p.items()}
             self.v = {k: np.zeros_like(v) for k, v in p.items()}
         self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
         for k in p:
             p[k] *= 1 - lr * self.wd
             self.m[k] *= self.b1
@@ -549,8 +594,13 @@ def make_optimizer(cfg: LoopConfig):
     return MomentumSGD(cfg) if cfg.optimizer == "momentum" else AdamW(cfg)
 
 
-def loader_curriculum(rng, members: np.ndarray, cfg: LoopConfig, labels: np.ndarray | None = None,
-                      classes: np.ndarray | None = None) -> list[list[int]]:
+def loader_curriculum(
+    rng,
+    members: np.ndarray,
+    cfg: LoopConfig,
+    labels: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+) -> list[list[int]]:
     """DataLoader(shuffle=True, drop_last=False) epochs until the step budget is used up: every
     epoch is a fresh permutation of ``members`` cut into batches of ``batch_size``, the last one
     shorter when the size does not divide. With ``classes``: each epoch walks through the classes
@@ -560,13 +610,16 @@ def loader_curriculum(rng, members: np.ndarray, cfg: LoopConfig, labels: np.ndar
         if classes is None:
             order = rng.permutation(members)
         else:
-            order = np.concatenate([rng.permutation(members[labels[members] == c]) for c in classes])
-        out.extend(order[i:i + bs].tolist() for i in range(0, len(order), bs))
+            order = np.concatenate(
+                [rng.permutation(members[labels[members] == c]) for c in classes]
+            )
+        out.extend(order[i : i + bs].tolist() for i in range(0, len(order), bs))
     return out[: cfg.steps]
 
 
-def loop_train(ex: Experiment, cfg: LoopConfig, batches: list[list[int]], path: Path,
-               tracin: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def loop_train(
+    ex: Experiment, cfg: LoopConfig, batches: list[list[int]], path: Path, tracin: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Fine-tune a copy of the checkpoint with the family's optimizer and schedule, logging the
     batch and lr of every step and the test losses every ``loss_every`` steps (and the last).
     Returns the (steps+1, tests) loss matrix (unrounded; NaN rows where not logged) and, with
@@ -579,8 +632,9 @@ def loop_train(ex: Experiment, cfg: LoopConfig, batches: list[list[int]], path: 
     S = np.zeros((cfg.tests, cfg.pool)) if tracin else None
     ids = ex.example_ids
     last = len(batches)
-    with RunLogger(path, test_ids=ex.test_ids, precision=cfg.precision,
-                   optimizer=cfg.describe_optimizer()) as log:
+    with RunLogger(
+        path, test_ids=ex.test_ids, precision=cfg.precision, optimizer=cfg.describe_optimizer()
+    ) as log:
         log.initial(out[0])
         for t, b in enumerate(batches, start=1):
             lr = float(lrs[t - 1])
@@ -591,12 +645,16 @@ def loop_train(ex: Experiment, cfg: LoopConfig, batches: list[list[int]], path: 
             if t % cfg.loss_every == 0 or t == last:
                 out[t] = losses = per_example_loss(p, ex.Xt, ex.yt)
                 if not np.isfinite(losses).all():
-                    raise SimfluenceError(f"training diverged at step {t} (peak lr={cfg.lr}); lower --lr")
+                    raise SimfluenceError(
+                        f"training diverged at step {t} (peak lr={cfg.lr}); lower --lr"
+                    )
             log.step([ids[i] for i in b], losses, lr=lr)
     return out, S
 
 
-def generate_family(family: str, out: Path, cfg: LoopConfig | None = None, quiet: bool = True) -> dict:
+def generate_family(
+    family: str, out: Path, cfg: LoopConfig | None = None, quiet: bool = True
+) -> dict:
     """Write one realistic-loop family (its fit and held-out runs, TracIn-CP scores, labels and
     config.json) under ``out``; returns the metadata (plus ``seconds``). Deterministic bytes.
 
@@ -606,8 +664,15 @@ def generate_family(family: str, out: Path, cfg: LoopConfig | None = None, quiet
     cfg = loop_config(family) if cfg is None else cfg
     if cfg.optimizer != family:
         raise InputError(f"config is for {cfg.optimizer!r}, not {family!r}", field="family")
-    if cfg.loss_every < 1 or cfg.batch_size < 1 or cfg.steps < 1 or not 0 <= cfg.warmup_steps <= cfg.steps:
-        raise InputError("need loss_every >= 1, batch_size >= 1, steps >= 1, 0 <= warmup_steps <= steps")
+    if (
+        cfg.loss_every < 1
+        or cfg.batch_size < 1
+        or cfg.steps < 1
+        or not 0 <= cfg.warmup_steps <= cfg.steps
+    ):
+        raise InputError(
+            "need loss_every >= 1, batch_size >= 1, steps >= 1, 0 <= warmup_steps <= steps"
+        )
     out = Path(out)
     t0 = time.perf_counter()
     ex = Experiment(cfg.base())
@@ -620,7 +685,9 @@ def generate_family(family: str, out: Path, cfg: LoopConfig | None = None, quiet
             run = f"{family}-{fam}-{k:03d}"
             rng = np.random.default_rng([cfg.seed, LOOP_CODE[fam], k])
             if fam == "heldout-leave30":
-                drop = np.sort(rng.choice(pool_idx, size=int(round(cfg.leave_frac * cfg.pool)), replace=False))
+                drop = np.sort(
+                    rng.choice(pool_idx, size=int(round(cfg.leave_frac * cfg.pool)), replace=False)
+                )
                 removed[run] = [ex.example_ids[i] for i in drop]
                 batches = loader_curriculum(rng, np.setdiff1d(pool_idx, drop), cfg)
             elif fam == "heldout-classordered":
@@ -649,41 +716,68 @@ def generate_family(family: str, out: Path, cfg: LoopConfig | None = None, quiet
         finals.setdefault(fam, []).append(float(L[-1].mean()))
         if not quiet and (i + 1 == len(plan) or plan[i + 1][0] != fam):
             f = np.array(finals[fam])
-            print(f"{family}/{fam}: {len(f)} runs -> {out / fam}/; mean test loss {L[0].mean():.4f} -> "
-                  f"{f.mean():.4f} (runs {f.min():.4f}..{f.max():.4f})", file=sys.stderr)
+            print(
+                f"{family}/{fam}: {len(f)} runs -> {out / fam}/; mean test loss {L[0].mean():.4f} -> "
+                f"{f.mean():.4f} (runs {f.min():.4f}..{f.max():.4f})",
+                file=sys.stderr,
+            )
 
     if removed:
         write_bytes_atomic(out / "heldout-leave30" / "removed.json", _json_lines_obj(removed))
     if class_orders:
-        write_bytes_atomic(out / "heldout-classordered" / "class_order.json", _json_lines_obj(class_orders))
+        write_bytes_atomic(
+            out / "heldout-classordered" / "class_order.json", _json_lines_obj(class_orders)
+        )
     if S is not None:
-        rows = [(ex.test_ids[j], ex.example_ids[i], _fmt(S[j, i], cfg.precision))
-                for j in range(cfg.tests) for i in range(cfg.pool)]
-        write_bytes_atomic(out / "tracin_scores.csv.gz",
-                           _gzip_bytes(_csv(rows, ("test_id", "example_id", "score"))))
-    write_bytes_atomic(out / "examples.csv", _csv(
-        [(e, int(c)) for e, c in zip(ex.example_ids, ex.yp)], ("example_id", "label")).encode())
-    write_bytes_atomic(out / "tests.csv", _csv(
-        [(t, int(c)) for t, c in zip(ex.test_ids, ex.yt)], ("test_id", "label")).encode())
+        rows = [
+            (ex.test_ids[j], ex.example_ids[i], _fmt(S[j, i], cfg.precision))
+            for j in range(cfg.tests)
+            for i in range(cfg.pool)
+        ]
+        write_bytes_atomic(
+            out / "tracin_scores.csv.gz",
+            _gzip_bytes(_csv(rows, ("test_id", "example_id", "score"))),
+        )
+    write_bytes_atomic(
+        out / "examples.csv",
+        _csv(
+            [(e, int(c)) for e, c in zip(ex.example_ids, ex.yp)], ("example_id", "label")
+        ).encode(),
+    )
+    write_bytes_atomic(
+        out / "tests.csv",
+        _csv([(t, int(c)) for t, c in zip(ex.test_ids, ex.yt)], ("test_id", "label")).encode(),
+    )
 
     if inits is None:
         inits = per_example_loss(ex.checkpoint, ex.Xt, ex.yt)
     stats = {
         "initial_mean_test_loss": round(float(inits.mean()), 6),
         "final_mean_test_loss": {
-            fam: {"mean": round(float(np.mean(v)), 6), "min": round(float(np.min(v)), 6),
-                  "max": round(float(np.max(v)), 6), "std": round(float(np.std(v)), 6)}
-            for fam, v in finals.items()},
+            fam: {
+                "mean": round(float(np.mean(v)), 6),
+                "min": round(float(np.min(v)), 6),
+                "max": round(float(np.max(v)), 6),
+                "std": round(float(np.std(v)), 6),
+            }
+            for fam, v in finals.items()
+        },
     }
     lrs = lr_schedule(cfg)
-    meta = {"family": family, "config": asdict(cfg), "optimizer": cfg.describe_optimizer(),
-            "n_pretrain": ex.n_pretrain,
-            "runs": {fam: len(v) for fam, v in finals.items()},
-            "lr_first_peak_last": [float(lrs[0]), float(lrs.max()), float(lrs[-1])],
-            "tracin": {"reference_run": plan[0][1] if plan else None,
-                       "score": "sum_t lr_t / batch_size * g_example(theta_{t-1}) . g_test(theta_{t-1})"},
-            "stats": stats,
-            "command": f"python sample_runs/generate.py --family {family}" + _loop_cli_args(cfg)}
+    meta = {
+        "family": family,
+        "config": asdict(cfg),
+        "optimizer": cfg.describe_optimizer(),
+        "n_pretrain": ex.n_pretrain,
+        "runs": {fam: len(v) for fam, v in finals.items()},
+        "lr_first_peak_last": [float(lrs[0]), float(lrs.max()), float(lrs[-1])],
+        "tracin": {
+            "reference_run": plan[0][1] if plan else None,
+            "score": "sum_t lr_t / batch_size * g_example(theta_{t-1}) . g_test(theta_{t-1})",
+        },
+        "stats": stats,
+        "command": f"python sample_runs/generate.py --family {family}" + _loop_cli_args(cfg),
+    }
     write_bytes_atomic(out / "config.json", (json.dumps(meta, indent=1) + "\n").encode())
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     return meta
@@ -691,8 +785,11 @@ def generate_family(family: str, out: Path, cfg: LoopConfig | None = None, quiet
 
 def _loop_cli_args(cfg: LoopConfig) -> str:
     default = loop_config(cfg.optimizer)
-    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-                   if k != "optimizer" and v != getattr(default, k))
+    return "".join(
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in asdict(cfg).items()
+        if k != "optimizer" and v != getattr(default, k)
+    )
 
 
 # ----------------------------------------------------------------------------- command line
@@ -733,21 +830,37 @@ def _family_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="generate.py --family",
         description="Generate one realistic-loop family (SGD+momentum or AdamW, warm-up + cosine lr, "
-                    "DataLoader epochs with a short last batch, lr logged every step) into its own "
-                    "directory: fit and held-out runs, TracIn-CP scores, labels, config.json.")
+        "DataLoader epochs with a short last batch, lr logged every step) into its own "
+        "directory: fit and held-out runs, TracIn-CP scores, labels, config.json.",
+    )
     ap.add_argument("--family", choices=LOOP_FAMILIES, required=True)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / fam),
-                    help="output directory (default: sample_runs/FAMILY, git-ignored)")
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / fam),
+        help="output directory (default: sample_runs/FAMILY, git-ignored)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true")
     for k, v in asdict(d).items():
         if k != "optimizer":
-            ap.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=f"default {v}")
+            ap.add_argument(
+                f"--{k.replace('_', '-')}", type=type(v), default=v, help=f"default {v}"
+            )
     ns = ap.parse_args(argv)
     cfg = LoopConfig(optimizer=fam, **{k: getattr(ns, k) for k in asdict(d) if k != "optimizer"})
     meta = generate_family(fam, Path(ns.out), cfg, quiet=ns.quiet)
     if not ns.quiet:
-        print(json.dumps({"family": fam, "runs": meta["runs"], "stats": meta["stats"],
-                          "seconds": meta["seconds"]}, indent=1), file=sys.stderr)
+        print(
+            json.dumps(
+                {
+                    "family": fam,
+                    "runs": meta["runs"],
+                    "stats": meta["stats"],
+                    "seconds": meta["seconds"],
+                },
+                indent=1,
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -782,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
         ap = argparse.ArgumentParser(
             prog="generate.py",
             description="Regenerate the sample runs (all families, TracIn scores, metadata). "
-            "Subcommand: 'train-curriculum FILE -o OUT' trains on a given curriculum.",
+            "Subcommand: 'train-curriculum FILE -o OUT' trains on a given curriculum. "
+            "'--family momentum|adamw [--out DIR] [knobs]' generates a realistic-loop family "
+            "instead (see '--family adamw --help').",
         )
         ap.add_argument(
             "--out", default=str(Path(__file__).resolve().parent), help="output directory"

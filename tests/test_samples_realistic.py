@@ -37,7 +37,9 @@ def read_run(path):
 
 
 def all_files(d: Path):
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module", params=gen.LOOP_FAMILIES)
@@ -53,20 +55,58 @@ def test_tiny_family_is_deterministic_and_complete(family, tmp_path):
     gen.generate_family(fam, tmp_path, gen.tiny_loop_config(fam))
     a, b = all_files(out), all_files(tmp_path)
     assert a == b
-    assert set(a) == {f"fit/{fam}-fit-000.jsonl.gz", f"fit/{fam}-fit-001.jsonl.gz",
-                      f"heldout-random/{fam}-heldout-random-000.jsonl.gz",
-                      f"heldout-leave30/{fam}-heldout-leave30-000.jsonl.gz", "heldout-leave30/removed.json",
-                      f"heldout-classordered/{fam}-heldout-classordered-000.jsonl.gz",
-                      "heldout-classordered/class_order.json",
-                      "tracin_scores.csv.gz", "examples.csv", "tests.csv", "config.json"}
+    assert set(a) == {
+        f"fit/{fam}-fit-000.jsonl.gz",
+        f"fit/{fam}-fit-001.jsonl.gz",
+        f"heldout-random/{fam}-heldout-random-000.jsonl.gz",
+        f"heldout-leave30/{fam}-heldout-leave30-000.jsonl.gz",
+        "heldout-leave30/removed.json",
+        f"heldout-classordered/{fam}-heldout-classordered-000.jsonl.gz",
+        "heldout-classordered/class_order.json",
+        "tracin_scores.csv.gz",
+        "examples.csv",
+        "tests.csv",
+        "config.json",
+    }
     cfg = json.loads(a["config.json"])
     assert cfg["family"] == fam and cfg["config"]["optimizer"] == fam
-    assert cfg["runs"] == {"fit": 2, "heldout-random": 1, "heldout-leave30": 1, "heldout-classordered": 1}
+    assert cfg["runs"] == {
+        "fit": 2,
+        "heldout-random": 1,
+        "heldout-leave30": 1,
+        "heldout-classordered": 1,
+    }
     # the command-line route writes the same bytes
     cli_out = tmp_path / "cli"
-    args = ["--family", fam, "--out", str(cli_out), "-q", "--pool", "40", "--tests", "10", "--hidden", "8",
-            "--pretrain-steps", "20", "--steps", "30", "--batch-size", "6", "--warmup-steps", "5",
-            "--n-fit", "2", "--n-random", "1", "--n-leave30", "1", "--n-classordered", "1"]
+    args = [
+        "--family",
+        fam,
+        "--out",
+        str(cli_out),
+        "-q",
+        "--pool",
+        "40",
+        "--tests",
+        "10",
+        "--hidden",
+        "8",
+        "--pretrain-steps",
+        "20",
+        "--steps",
+        "30",
+        "--batch-size",
+        "6",
+        "--warmup-steps",
+        "5",
+        "--n-fit",
+        "2",
+        "--n-random",
+        "1",
+        "--n-leave30",
+        "1",
+        "--n-classordered",
+        "1",
+    ]
     assert gen.main(args) == 0
     assert all_files(cli_out) == a
 
@@ -75,15 +115,16 @@ def test_lr_is_logged_and_follows_warmup_then_cosine(family):
     fam, out, _ = family
     cfg = gen.tiny_loop_config(fam)
     rows = read_run(out / "fit" / f"{fam}-fit-000.jsonl.gz")
-    assert "lr" not in rows[0] and rows[0]["optimizer"].startswith("SGD(momentum=0.9" if fam == "momentum"
-                                                                    else "AdamW(betas=(0.9, 0.999)")
+    assert "lr" not in rows[0] and rows[0]["optimizer"].startswith(
+        "SGD(momentum=0.9" if fam == "momentum" else "AdamW(betas=(0.9, 0.999)"
+    )
     lrs = np.array([r["lr"] for r in rows[1:]])
     assert len(lrs) == cfg.steps == 30
     np.testing.assert_allclose(lrs, gen.lr_schedule(cfg), rtol=0, atol=0)
     w, peak = cfg.warmup_steps, cfg.lr
-    np.testing.assert_allclose(lrs[:w], peak * np.arange(1, w + 1) / w)          # linear warm-up
+    np.testing.assert_allclose(lrs[:w], peak * np.arange(1, w + 1) / w)  # linear warm-up
     assert lrs[w - 1] == pytest.approx(peak) and lrs.max() == pytest.approx(peak)
-    assert np.all(np.diff(lrs[w - 1:]) < 0)                                        # then decays
+    assert np.all(np.diff(lrs[w - 1 :]) < 0)  # then decays
     t = np.arange(w + 1, cfg.steps + 1)
     cos = peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(math.pi * (t - w) / (cfg.steps - w))))
     np.testing.assert_allclose(lrs[w:], cos, rtol=1e-12)
@@ -103,16 +144,16 @@ def test_epochs_end_in_a_short_batch(family):
         run = path.name.removesuffix(".jsonl.gz")
         members = pool - set(removed.get(run, []))
         n = len(members)
-        assert n % 6 != 0                                        # 40 and 28 examples, batches of 6
+        assert n % 6 != 0  # 40 and 28 examples, batches of 6
         batches = [r["batch"] for r in read_run(path)[1:]]
         per_epoch = math.ceil(n / 6)
         sizes = [len(b) for b in batches]
         assert sizes == [6 if (i + 1) % per_epoch else n % 6 for i in range(len(batches))]
-        assert n % 6 in sizes                                    # the short last batch occurs
-        for e in range(len(batches) // per_epoch):               # every full epoch = the members once
-            epoch = [x for b in batches[e * per_epoch:(e + 1) * per_epoch] for x in b]
+        assert n % 6 in sizes  # the short last batch occurs
+        for e in range(len(batches) // per_epoch):  # every full epoch = the members once
+            epoch = [x for b in batches[e * per_epoch : (e + 1) * per_epoch] for x in b]
             assert sorted(epoch) == sorted(members)
-            if run in order:                                     # class-ordered: classes in the recorded order
+            if run in order:  # class-ordered: classes in the recorded order
                 rank = {c: i for i, c in enumerate(order[run])}
                 ranks = [rank[labels[x]] for x in epoch]
                 assert ranks == sorted(ranks)
@@ -127,9 +168,11 @@ def test_loader_curriculum_full_size_has_short_batches():
     rng = np.random.default_rng(0)
     b = gen.loader_curriculum(rng, np.arange(cfg.pool), cfg)
     assert len(b) == cfg.steps == 250
-    assert [len(x) for x in b[:38]] == [8] * 37 + [4]            # 300 = 37 * 8 + 4
+    assert [len(x) for x in b[:38]] == [8] * 37 + [4]  # 300 = 37 * 8 + 4
     assert sorted(x for y in b[:38] for x in y) == list(range(300))
-    assert len(gen.loader_curriculum(rng, np.arange(210), cfg)[26]) == 2   # leave-30%: 210 = 26 * 8 + 2
+    assert (
+        len(gen.loader_curriculum(rng, np.arange(210), cfg)[26]) == 2
+    )  # leave-30%: 210 = 26 * 8 + 2
 
 
 def test_optimizers_match_their_update_rules():
@@ -140,12 +183,14 @@ def test_optimizers_match_their_update_rules():
     opt = gen.MomentumSGD(cfg)
     opt.step(p, g1, 0.1)
     np.testing.assert_allclose(p["w"], [1.0 - 0.05, -2.0 - 0.025])
-    opt.step(p, g2, 0.2)                                          # buf = 0.9 g1 + g2
+    opt.step(p, g2, 0.2)  # buf = 0.9 g1 + g2
     np.testing.assert_allclose(p["w"], [0.95 - 0.2 * (0.45 - 1.0), -2.025 - 0.2 * (0.225 + 2.0)])
     cfg = gen.loop_config("adamw", weight_decay=0.1)
     p = {"w": np.array([1.0, -2.0])}
-    gen.AdamW(cfg).step(p, g1, 0.01)                              # first step: m_hat/sqrt(v_hat) = sign(g)
-    np.testing.assert_allclose(p["w"], [1.0 * (1 - 0.001) - 0.01, -2.0 * (1 - 0.001) - 0.01], rtol=1e-7)
+    gen.AdamW(cfg).step(p, g1, 0.01)  # first step: m_hat/sqrt(v_hat) = sign(g)
+    np.testing.assert_allclose(
+        p["w"], [1.0 * (1 - 0.001) - 0.01, -2.0 * (1 - 0.001) - 0.01], rtol=1e-7
+    )
 
 
 def test_training_is_real_and_tracin_file_matches(family):
@@ -153,7 +198,9 @@ def test_training_is_real_and_tracin_file_matches(family):
     cfg = gen.tiny_loop_config(fam)
     rows = read_run(out / "fit" / f"{fam}-fit-000.jsonl.gz")
     first, last = np.mean(list(rows[0]["loss"].values())), np.mean(list(rows[-1]["loss"].values()))
-    assert last < first and meta["stats"]["initial_mean_test_loss"] == pytest.approx(first, rel=1e-3)
+    assert last < first and meta["stats"]["initial_mean_test_loss"] == pytest.approx(
+        first, rel=1e-3
+    )
     # TracIn-CP along fit-000: sum_t lr_t / batch_size * g_i(theta_{t-1}) . g_j(theta_{t-1})
     ex = gen.Experiment(cfg.base())
     batches = [[ex.index[e] for e in r["batch"]] for r in rows[1:]]
@@ -178,7 +225,9 @@ def test_batch_grads_match_sgd_step():
 
 
 def test_loss_every_keeps_lr_and_batches_every_step(tmp_path):
-    cfg = gen.tiny_loop_config("adamw", loss_every=7, n_random=0, n_leave30=0, n_classordered=0, n_fit=1)
+    cfg = gen.tiny_loop_config(
+        "adamw", loss_every=7, n_random=0, n_leave30=0, n_classordered=0, n_fit=1
+    )
     gen.generate_family("adamw", tmp_path, cfg)
     rows = read_run(tmp_path / "fit" / "adamw-fit-000.jsonl.gz")
     assert [r["step"] for r in rows if "loss" in r] == [0, 7, 14, 21, 28, 30]
@@ -190,7 +239,9 @@ def test_ingest_of_a_family_succeeds(family, tmp_path):
     runner = CliRunner()
     store = tmp_path / "store"
     for sub in SUBFAMILIES:
-        r = runner.invoke(app, ["ingest", str(out / sub), "--tag", f"{fam}-{sub}", "--store", str(store)])
+        r = runner.invoke(
+            app, ["ingest", str(out / sub), "--tag", f"{fam}-{sub}", "--store", str(store)]
+        )
         assert r.exit_code == 0, r.output
     info = runner.invoke(app, ["info", "--store", str(store), "--json"])
     assert info.exit_code == 0, info.output
@@ -200,8 +251,9 @@ def test_ingest_of_a_family_succeeds(family, tmp_path):
     cur = runner.invoke(app, ["curriculum", f"{fam}-fit-000", "--store", str(store)])
     assert cur.exit_code == 0, cur.output
     rows = read_run(out / "fit" / f"{fam}-fit-000.jsonl.gz")
-    assert [line.split() for line in cur.stdout.splitlines() if line and not line.startswith("#")] \
-        == [r["batch"] for r in rows[1:]]
+    assert [
+        line.split() for line in cur.stdout.splitlines() if line and not line.startswith("#")
+    ] == [r["batch"] for r in rows[1:]]
 
 
 def test_bad_family_and_config():
