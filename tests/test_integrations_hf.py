@@ -107,6 +107,7 @@ def test_trainer_ids_lr_losses_exact(tmp_path, ga, remove_unused):
     assert json.loads(res.stdout)["added"] == ["hf-000"]
 
 
+@pytest.mark.slow  # ~2.5-3 s
 def test_same_checkpoint_same_initial_losses_and_deterministic(tmp_path):
     train, test = make_data()
     logs = []

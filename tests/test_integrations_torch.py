@@ -170,6 +170,7 @@ def test_log_aborted_on_exception(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000.jsonl.gz"]
 
 
+@pytest.mark.slow  # ~2.5-3 s
 def test_log_runs_same_checkpoint_deterministic_and_ingestible(tmp_path):
     train, test = make_data()
     model = make_model()
