@@ -255,6 +255,12 @@ class SimfluenceCallback(TrainerCallback):
             self.abort()
             raise
 
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        # The scheduler steps only after optimizer.step(), so the rate now is the one this step
+        # will use. Fallback for transformers < 4.42, which has no on_optimizer_step.
+        if optimizer is not None:
+            self._lr = float(optimizer.param_groups[0]["lr"])
+
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Called right after optimizer.step() and before lr_scheduler.step(): the rate just used.
         if optimizer is not None:
