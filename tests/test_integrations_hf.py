@@ -1,0 +1,156 @@
+"""simfluence_cli.integrations.huggingface: a real Trainer on a tiny BERT built from a config."""
+
+import gzip
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from simfluence_cli import RunLogger  # noqa: E402
+from simfluence_cli.cli import app  # noqa: E402
+from simfluence_cli.integrations import _compat  # noqa: E402
+from simfluence_cli.integrations.huggingface import IdCollator, SimfluenceCallback  # noqa: E402
+
+N_TRAIN, N_TEST, SEQ, MARK = 10, 4, 6, 5  # token 1 of train example i is MARK + i
+
+
+def make_model():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def make_data():
+    g = torch.Generator().manual_seed(1)
+
+    def feat(i, marker):
+        ids = torch.randint(MARK + N_TRAIN, 32, (SEQ,), generator=g)
+        ids[0], ids[1] = 2, marker
+        return {"input_ids": ids, "attention_mask": torch.ones(SEQ, dtype=torch.long),
+                "labels": int(torch.randint(0, 2, (1,), generator=g))}
+
+    train = [dict(feat(i, MARK + i), example_id=f"e{i}") for i in range(N_TRAIN)]
+    test = [feat(j, 3) for j in range(N_TEST)]
+    return train, test
+
+
+class Recorder(TrainerCallback):
+    """Ground truth: the examples the model actually ran forward on, grouped by optimizer step."""
+
+    def __init__(self, model):
+        self.current, self.steps = [], []
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if module.training:
+            self.current += [f"e{int(t) - MARK}" for t in kwargs["input_ids"][:, 1]]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(self.current)
+        self.current = []
+
+
+def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, **kw):
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2,
+                             gradient_accumulation_steps=ga, num_train_epochs=2, learning_rate=1e-3,
+                             warmup_steps=2, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
+                             report_to=[], use_cpu=True, disable_tqdm=True, seed=seed,
+                             remove_unused_columns=remove_unused, **kw)
+    return Trainer(model=model, args=args, train_dataset=train, callbacks=list(callbacks))
+
+
+def read_log(path):
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.mark.parametrize("ga,remove_unused", [(1, True), (2, True), (2, False)])
+def test_trainer_ids_lr_losses_exact(tmp_path, ga, remove_unused):
+    train, test = make_data()
+    model = make_model()
+    rec = Recorder(model)
+    trainer = make_trainer(tmp_path, model, train, ga, remove_unused, callbacks=[rec])
+    path = tmp_path / "runs" / "hf-000.jsonl.gz"
+    cb = SimfluenceCallback(path, test, eval_every=2).attach(trainer)
+    trainer.train()
+
+    lines = read_log(path)
+    steps = len(rec.steps)
+    assert steps == (10 if ga == 1 else 6)  # 5 micro-batches per epoch -> 3 optimizer steps with ga=2
+    assert [ln["step"] for ln in lines] == list(range(steps + 1))
+    # The logged batch of every optimizer step = the examples the model was run on for that step.
+    assert [ln["batch"] for ln in lines[1:]] == rec.steps
+    if ga == 2:
+        assert [len(b) for b in rec.steps] == [4, 4, 2, 4, 4, 2]  # last step of an epoch: 1 micro-batch
+    for epoch in (rec.steps[: steps // 2], rec.steps[steps // 2:]):
+        assert sorted(e for b in epoch for e in b) == sorted(f"e{i}" for i in range(N_TRAIN))
+    # lr: the rate each optimizer step used (Trainer's own log records the same), warm-up from 0
+    hf_lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert cb.lrs == pytest.approx(hf_lrs)
+    assert cb.lrs[0] == 0.0 and cb.lrs[1] == pytest.approx(5e-4) and cb.lrs[2] == pytest.approx(1e-3)
+    if _compat.step_accepts_lr(RunLogger):
+        assert [ln["lr"] for ln in lines[1:]] == pytest.approx(hf_lrs)
+    # test losses: step 0 (initial) and every 2nd step, one per test example
+    assert [("loss" in ln) for ln in lines] == [t % 2 == 0 for t in range(steps + 1)]
+    assert list(lines[0]["loss"]) == [f"t{j}" for j in range(N_TEST)]
+    assert lines[-1 if steps % 2 == 0 else -2]["loss"] != lines[0]["loss"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hf-000.jsonl.gz"]
+
+    res = CliRunner().invoke(app, ["ingest", str(path.parent), "--store", str(tmp_path / "store"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["added"] == ["hf-000"]
+
+
+@pytest.mark.slow  # ~2.5-3 s
+def test_same_checkpoint_same_initial_losses_and_deterministic(tmp_path):
+    train, test = make_data()
+    logs = []
+    for k, seed in enumerate([7, 7, 8]):
+        model = make_model()
+        trainer = make_trainer(tmp_path, model, train, 1, seed=seed)
+        path = tmp_path / "runs" / f"r{k}.jsonl.gz"
+        SimfluenceCallback(path, test, eval_every=5).attach(trainer)
+        trainer.train()
+        logs.append(read_log(path))
+    assert logs[0][0] == logs[1][0] == logs[2][0]  # identical initial losses
+    assert logs[0] == logs[1]  # same seed -> same curriculum and losses
+    assert [ln["batch"] for ln in logs[0]] != [ln["batch"] for ln in logs[2]]
+
+
+class Boom(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("boom")
+
+
+def test_failed_training_leaves_no_file(tmp_path):
+    train, test = make_data()
+    model = make_model()
+    trainer = make_trainer(tmp_path, model, train, 1, callbacks=[Boom()])
+    runs = tmp_path / "runs"
+    cb = SimfluenceCallback(runs / "bad.jsonl.gz", test).attach(trainer)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert list(runs.iterdir()) == []  # neither the log nor its temp file
+    assert cb.log.closed
+    # The ID pre-hook is gone: the model runs without example IDs again.
+    model.train()
+    model(input_ids=train[0]["input_ids"][None])
+
+
+def test_missing_ids_is_a_clear_error(tmp_path):
+    train, test = make_data()
+    model = make_model()
+    no_ids = [{k: v for k, v in f.items() if k != "example_id"} for f in train]
+    trainer = make_trainer(tmp_path, model, no_ids, 1)
+    SimfluenceCallback(tmp_path / "runs" / "x.jsonl.gz", test).attach(trainer)
+    with pytest.raises(KeyError, match="example_id"):
+        trainer.train()
+    assert not (tmp_path / "runs" / "x.jsonl.gz").exists()
+    assert IdCollator()([train[0]])["example_id"] == ["e0"]
