@@ -8,12 +8,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from typer.testing import CliRunner  # noqa: E402
 
-from simfluence_cli import RunLogger  # noqa: E402
 from simfluence_cli.cli import app  # noqa: E402
-from simfluence_cli.integrations import _compat  # noqa: E402
 from simfluence_cli.integrations.huggingface import IdCollator, SimfluenceCallback  # noqa: E402
 
 N_TRAIN, N_TEST, SEQ, MARK = 10, 4, 6, 5  # token 1 of train example i is MARK + i
@@ -21,8 +25,15 @@ N_TRAIN, N_TEST, SEQ, MARK = 10, 4, 6, 5  # token 1 of train example i is MARK +
 
 def make_model():
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    cfg = BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     return BertForSequenceClassification(cfg)
 
 
@@ -32,8 +43,11 @@ def make_data():
     def feat(i, marker):
         ids = torch.randint(MARK + N_TRAIN, 32, (SEQ,), generator=g)
         ids[0], ids[1] = 2, marker
-        return {"input_ids": ids, "attention_mask": torch.ones(SEQ, dtype=torch.long),
-                "labels": int(torch.randint(0, 2, (1,), generator=g))}
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones(SEQ, dtype=torch.long),
+            "labels": int(torch.randint(0, 2, (1,), generator=g)),
+        }
 
     train = [dict(feat(i, MARK + i), example_id=f"e{i}") for i in range(N_TRAIN)]
     test = [feat(j, 3) for j in range(N_TEST)]
@@ -57,11 +71,23 @@ class Recorder(TrainerCallback):
 
 
 def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, **kw):
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2,
-                             gradient_accumulation_steps=ga, num_train_epochs=2, learning_rate=1e-3,
-                             warmup_steps=2, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
-                             report_to=[], use_cpu=True, disable_tqdm=True, seed=seed,
-                             remove_unused_columns=remove_unused, **kw)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=ga,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        remove_unused_columns=remove_unused,
+        **kw,
+    )
     return Trainer(model=model, args=args, train_dataset=train, callbacks=list(callbacks))
 
 
@@ -82,27 +108,39 @@ def test_trainer_ids_lr_losses_exact(tmp_path, ga, remove_unused):
 
     lines = read_log(path)
     steps = len(rec.steps)
-    assert steps == (10 if ga == 1 else 6)  # 5 micro-batches per epoch -> 3 optimizer steps with ga=2
+    assert steps == (
+        10 if ga == 1 else 6
+    )  # 5 micro-batches per epoch -> 3 optimizer steps with ga=2
     assert [ln["step"] for ln in lines] == list(range(steps + 1))
     # The logged batch of every optimizer step = the examples the model was run on for that step.
     assert [ln["batch"] for ln in lines[1:]] == rec.steps
     if ga == 2:
-        assert [len(b) for b in rec.steps] == [4, 4, 2, 4, 4, 2]  # last step of an epoch: 1 micro-batch
-    for epoch in (rec.steps[: steps // 2], rec.steps[steps // 2:]):
+        assert [len(b) for b in rec.steps] == [
+            4,
+            4,
+            2,
+            4,
+            4,
+            2,
+        ]  # last step of an epoch: 1 micro-batch
+    for epoch in (rec.steps[: steps // 2], rec.steps[steps // 2 :]):
         assert sorted(e for b in epoch for e in b) == sorted(f"e{i}" for i in range(N_TRAIN))
     # lr: the rate each optimizer step used (Trainer's own log records the same), warm-up from 0
     hf_lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert cb.lrs == pytest.approx(hf_lrs)
-    assert cb.lrs[0] == 0.0 and cb.lrs[1] == pytest.approx(5e-4) and cb.lrs[2] == pytest.approx(1e-3)
-    if _compat.step_accepts_lr(RunLogger):
-        assert [ln["lr"] for ln in lines[1:]] == pytest.approx(hf_lrs)
+    assert (
+        cb.lrs[0] == 0.0 and cb.lrs[1] == pytest.approx(5e-4) and cb.lrs[2] == pytest.approx(1e-3)
+    )
+    assert [ln["lr"] for ln in lines[1:]] == pytest.approx(hf_lrs)
     # test losses: step 0 (initial) and every 2nd step, one per test example
     assert [("loss" in ln) for ln in lines] == [t % 2 == 0 for t in range(steps + 1)]
     assert list(lines[0]["loss"]) == [f"t{j}" for j in range(N_TEST)]
     assert lines[-1 if steps % 2 == 0 else -2]["loss"] != lines[0]["loss"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["hf-000.jsonl.gz"]
 
-    res = CliRunner().invoke(app, ["ingest", str(path.parent), "--store", str(tmp_path / "store"), "--json"])
+    res = CliRunner().invoke(
+        app, ["ingest", str(path.parent), "--store", str(tmp_path / "store"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["added"] == ["hf-000"]
 

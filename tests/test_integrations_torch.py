@@ -14,10 +14,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from simfluence_cli import RunLogger  # noqa: E402
 from simfluence_cli.cli import app  # noqa: E402
-from simfluence_cli.integrations import _compat  # noqa: E402
 from simfluence_cli.integrations import pytorch as sp  # noqa: E402
 from simfluence_cli.integrations.pytorch import (  # noqa: E402
-    IdDataset, TorchRunLogger, batch_ids, log_runs, per_example_losses)
+    IdDataset,
+    TorchRunLogger,
+    batch_ids,
+    log_runs,
+    per_example_losses,
+)
 
 N_TRAIN, N_TEST, D, C = 24, 6, 4, 3
 
@@ -34,7 +38,9 @@ def make_data(seed=0):
 
 def make_model(seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(8, C))
+    return torch.nn.Sequential(
+        torch.nn.Linear(D, 8), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(8, C)
+    )
 
 
 def read_log(path):
@@ -51,7 +57,9 @@ def test_ids_survive_subset_and_shuffle():
     keep = [3, 5, 8, 13, 21, 22]
     sub = Subset(IdDataset(train, TRAIN_IDS), keep)
     seen = []
-    for (x, y), ids in DataLoader(sub, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)):
+    for (x, _y), ids in DataLoader(
+        sub, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)
+    ):
         assert isinstance(ids, (list, tuple))  # strings collate to a tuple
         for xi, e in zip(x[:, 0].tolist(), ids):
             assert e == TRAIN_IDS[int(xi)]  # the ID belongs to the item it travels with
@@ -64,7 +72,9 @@ def test_ids_survive_subset_and_shuffle():
     d = IdDataset([{"x": 1}, {"x": 2}], ["a", "b"])
     assert d[1] == {"x": 2, "example_id": "b"}
     # Wrapping after subsetting numbers positions, not original IDs (why the docstring says: IDs first).
-    assert batch_ids(next(iter(DataLoader(IdDataset(Subset(train, keep)), batch_size=6)))) == list(range(6))
+    assert batch_ids(next(iter(DataLoader(IdDataset(Subset(train, keep)), batch_size=6)))) == list(
+        range(6)
+    )
 
 
 def test_per_example_losses_no_grad_and_mode_restored():
@@ -75,7 +85,11 @@ def test_per_example_losses_no_grad_and_mode_restored():
     assert model.training
     model.eval()
     with torch.no_grad():
-        want = F.cross_entropy(model(test.tensors[0]), test.tensors[1], reduction="none").double().numpy()
+        want = (
+            F.cross_entropy(model(test.tensors[0]), test.tensors[1], reduction="none")
+            .double()
+            .numpy()
+        )
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.shape == (N_TEST,) and got.dtype == np.float64
     assert not model.training  # eval stays eval
@@ -125,24 +139,29 @@ def test_lr_per_step_under_warmup(tmp_path, monkeypatch, sched_first):
     want = warmup_lrs(0.2, 0.25, 4, 6)
     assert log.lrs == pytest.approx(want)
     assert [lr for _, lr in RecordingLogger.seen] == pytest.approx(want)
-    assert [b for b, _ in RecordingLogger.seen] == [TRAIN_IDS[i:i + 4] for i in range(0, 24, 4)]
+    assert [b for b, _ in RecordingLogger.seen] == [TRAIN_IDS[i : i + 4] for i in range(0, 24, 4)]
     lines = read_log(path)
     assert [ln["step"] for ln in lines] == list(range(7))
     assert [("loss" in ln) for ln in lines] == [True, False, True, False, True, False, True]
     assert len(lines[0]["loss"]) == N_TEST
 
 
-def test_real_runlogger_file_carries_lr_when_supported(tmp_path):
+def test_real_runlogger_file_carries_lr(tmp_path):
     train, test = make_data()
     model = make_model()
-    paths = log_runs(model, IdDataset(train, TRAIN_IDS), test, tmp_path, seeds=[0],
-                     optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.2), batch_size=8, suffix=".jsonl",
-                     scheduler_factory=lambda o: torch.optim.lr_scheduler.LinearLR(o, 0.25, total_iters=2))
+    paths = log_runs(
+        model,
+        IdDataset(train, TRAIN_IDS),
+        test,
+        tmp_path,
+        seeds=[0],
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.2),
+        batch_size=8,
+        suffix=".jsonl",
+        scheduler_factory=lambda o: torch.optim.lr_scheduler.LinearLR(o, 0.25, total_iters=2),
+    )
     lines = read_log(paths[0])
-    if _compat.step_accepts_lr(RunLogger):
-        assert [ln["lr"] for ln in lines[1:]] == pytest.approx(warmup_lrs(0.2, 0.25, 2, 3))
-    else:  # RunLogger without lr (until the lr branch lands): the file is plain encoding A
-        assert all("lr" not in ln for ln in lines)
+    assert [ln["lr"] for ln in lines[1:]] == pytest.approx(warmup_lrs(0.2, 0.25, 2, 3))
 
 
 def test_log_aborted_on_exception(tmp_path):
@@ -158,9 +177,19 @@ def test_log_aborted_on_exception(tmp_path):
         return F.cross_entropy(m(x), y)
 
     with pytest.raises(RuntimeError, match="diverged"):
-        log_runs(model, IdDataset(train, TRAIN_IDS), test, tmp_path, seeds=[0, 1, 2], train_step=flaky_step,
-                 optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), batch_size=8)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000.jsonl.gz"]  # no run-001, no temp file
+        log_runs(
+            model,
+            IdDataset(train, TRAIN_IDS),
+            test,
+            tmp_path,
+            seeds=[0, 1, 2],
+            train_step=flaky_step,
+            optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1),
+            batch_size=8,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run-000.jsonl.gz"
+    ]  # no run-001, no temp file
     # TorchRunLogger alone: an exception in the block leaves nothing
     with pytest.raises(KeyError):
         with TorchRunLogger(tmp_path / "x.jsonl", model, test) as log:
@@ -175,16 +204,24 @@ def test_log_runs_same_checkpoint_deterministic_and_ingestible(tmp_path):
     train, test = make_data()
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(optimizer_factory=lambda p: torch.optim.Adam(p, lr=0.05), batch_size=5, epochs=2, eval_every=3)
+    kw = dict(
+        optimizer_factory=lambda p: torch.optim.Adam(p, lr=0.05),
+        batch_size=5,
+        epochs=2,
+        eval_every=3,
+    )
     ds = IdDataset(train, TRAIN_IDS)
     a = log_runs(model, ds, test, tmp_path / "a", seeds=[0, 1, 2], **kw)
     b = log_runs(model, ds, test, tmp_path / "b", seeds=[0, 1, 2], **kw)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model restored
     runs = [read_log(p) for p in a]
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]  # deterministic given seeds
-    assert runs[0][0] == runs[1][0] == runs[2][0]  # same starting checkpoint -> identical step-0 losses
-    assert runs[0][0]["loss"] == dict(zip([f"t{j}" for j in range(N_TEST)],
-                                          per_example_losses(model, test).tolist()))
+    assert (
+        runs[0][0] == runs[1][0] == runs[2][0]
+    )  # same starting checkpoint -> identical step-0 losses
+    assert runs[0][0]["loss"] == dict(
+        zip([f"t{j}" for j in range(N_TEST)], per_example_losses(model, test).tolist())
+    )
     assert runs[0][1]["batch"] != runs[1][1]["batch"]  # different seeds, different shuffles
     for r in runs:
         assert len(r) == 1 + 2 * 5  # 24 examples / 5 per batch = 5 steps per epoch
@@ -193,9 +230,24 @@ def test_log_runs_same_checkpoint_deterministic_and_ingestible(tmp_path):
         assert r[9]["loss"] != r[0]["loss"] and "loss" not in r[10]  # eval_every=3
     # explicit curricula
     cur = [[[0, 1, 2], [3, 4, 5]], [[5, 4, 3], [2, 1, 0]]]
-    c = log_runs(model, ds, test, tmp_path / "c", curricula=cur, optimizer_factory=kw["optimizer_factory"])
-    assert [ln["batch"] for ln in read_log(c[1])[1:]] == [["e05", "e04", "e03"], ["e02", "e01", "e00"]]
-    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "a"), "--store", str(tmp_path / "store"),
-                                   "--tag", "torch", "--json"])
+    c = log_runs(
+        model, ds, test, tmp_path / "c", curricula=cur, optimizer_factory=kw["optimizer_factory"]
+    )
+    assert [ln["batch"] for ln in read_log(c[1])[1:]] == [
+        ["e05", "e04", "e03"],
+        ["e02", "e01", "e00"],
+    ]
+    res = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(tmp_path / "a"),
+            "--store",
+            str(tmp_path / "store"),
+            "--tag",
+            "torch",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["added"] == ["run-000", "run-001", "run-002"]

@@ -46,8 +46,6 @@ from transformers import TrainerCallback, default_data_collator
 
 from simfluence_cli import RunLogger
 
-from ._compat import log_step
-
 __all__ = ["IdCollator", "SimfluenceCallback", "per_example_loss"]
 
 ID_KEY = "example_id"
@@ -77,8 +75,10 @@ class IdCollator:
         ids, rest = [], []
         for f in features:
             if not isinstance(f, Mapping) or self.id_key not in f:
-                raise KeyError(f"IdCollator: a training example has no {self.id_key!r} field "
-                               "(give every training example an ID)")
+                raise KeyError(
+                    f"IdCollator: a training example has no {self.id_key!r} field "
+                    "(give every training example an ID)"
+                )
             ids.append(_plain_id(f[self.id_key]))
             rest.append({k: v for k, v in f.items() if k != self.id_key})
         batch = self.collator(rest)
@@ -95,7 +95,9 @@ def _collator_chain(c):
     return seen
 
 
-def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False) -> torch.Tensor:
+def per_example_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False
+) -> torch.Tensor:
     """Default per-example test loss from model logits and ``labels``.
 
     2-D logits ``(batch, classes)``: cross-entropy (MSE if there is one output and float labels).
@@ -109,7 +111,9 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool 
     if logits.dim() == 3:
         if shift:
             logits, labels = logits[:, :-1], labels[:, 1:]
-        tok = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none", ignore_index=-100)
+        tok = F.cross_entropy(
+            logits.float().transpose(1, 2), labels, reduction="none", ignore_index=-100
+        )
         n = (labels != -100).sum(dim=1).clamp(min=1)
         return tok.sum(dim=1) / n
     raise ValueError(f"per_example_loss: logits of shape {tuple(logits.shape)}; pass loss_fn=")
@@ -138,10 +142,20 @@ class SimfluenceCallback(TrainerCallback):
         ``outputs.logits`` and ``batch["labels"]`` (shifted for ``*ForCausalLM`` models).
     """
 
-    def __init__(self, path: str | os.PathLike, test_dataset, *, test_ids: Iterable | None = None,
-                 eval_every: int = 1, loss_fn: Callable | None = None, collate_fn: Callable | None = None,
-                 eval_batch_size: int = 64, id_key: str = ID_KEY, run_id: str | None = None,
-                 precision: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        test_dataset,
+        *,
+        test_ids: Iterable | None = None,
+        eval_every: int = 1,
+        loss_fn: Callable | None = None,
+        collate_fn: Callable | None = None,
+        eval_batch_size: int = 64,
+        id_key: str = ID_KEY,
+        run_id: str | None = None,
+        precision: int | None = None,
+    ):
         if eval_every < 0:
             raise ValueError("eval_every must be >= 0")
         self.path = Path(path)
@@ -155,7 +169,9 @@ class SimfluenceCallback(TrainerCallback):
                 test_ids = [f"t{j}" for j in range(len(self.test_features))]
         self.test_ids = list(test_ids)
         if len(self.test_ids) != len(self.test_features):
-            raise ValueError(f"{len(self.test_ids)} test_ids for {len(self.test_features)} test examples")
+            raise ValueError(
+                f"{len(self.test_ids)} test_ids for {len(self.test_features)} test examples"
+            )
         self.eval_every = int(eval_every)
         self.loss_fn = loss_fn
         self.collate_fn = default_data_collator if collate_fn is None else collate_fn
@@ -216,7 +232,8 @@ class SimfluenceCallback(TrainerCallback):
                     f"SimfluenceCallback: a training batch reached the model without {self.id_key!r}. "
                     "Give every training example that field and attach the callback with "
                     "SimfluenceCallback(...).attach(trainer) (or data_collator=IdCollator(...)); with a "
-                    "datasets.Dataset also pass TrainingArguments(remove_unused_columns=False).")
+                    "datasets.Dataset also pass TrainingArguments(remove_unused_columns=False)."
+                )
             return None
         kwargs = dict(kwargs)
         ids = kwargs.pop(self.id_key)
@@ -227,8 +244,10 @@ class SimfluenceCallback(TrainerCallback):
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if state.global_step != 0:
-            raise RuntimeError("SimfluenceCallback: resuming from a checkpoint is not supported "
-                               "(a run log starts at step 0)")
+            raise RuntimeError(
+                "SimfluenceCallback: resuming from a checkpoint is not supported "
+                "(a run log starts at step 0)"
+            )
         if model is None:
             raise RuntimeError("SimfluenceCallback: the Trainer passed no model to on_train_begin")
         # Trainer's RemoveColumnsCollator drops fields that model.forward does not take: keep the IDs.
@@ -239,12 +258,16 @@ class SimfluenceCallback(TrainerCallback):
                 if isinstance(cols, list) and self.id_key not in cols:
                     cols.append(self.id_key)
             if chain and not any(isinstance(c, IdCollator) for c in chain):
-                raise RuntimeError("SimfluenceCallback: the training collator does not keep example IDs; "
-                                   "use SimfluenceCallback(...).attach(trainer) or data_collator=IdCollator(...)")
+                raise RuntimeError(
+                    "SimfluenceCallback: the training collator does not keep example IDs; "
+                    "use SimfluenceCallback(...).attach(trainer) or data_collator=IdCollator(...)"
+                )
             cols = getattr(getattr(train_dataloader, "dataset", None), "column_names", None)
             if isinstance(cols, list) and self.id_key not in cols:
-                raise RuntimeError(f"SimfluenceCallback: the training dataset has no {self.id_key!r} column "
-                                   "(Trainer removed it?): pass TrainingArguments(remove_unused_columns=False)")
+                raise RuntimeError(
+                    f"SimfluenceCallback: the training dataset has no {self.id_key!r} column "
+                    "(Trainer removed it?): pass TrainingArguments(remove_unused_columns=False)"
+                )
         self._model = model
         self._pending, self.lrs, self.batches, self._lr = [], [], [], None
         self.log = RunLogger(self.path, **self._logger_kw)
@@ -276,7 +299,7 @@ class SimfluenceCallback(TrainerCallback):
         if self.eval_every and t % self.eval_every == 0:
             losses = self.evaluate(model if model is not None else self._model)
         try:
-            log_step(self.log, ids, losses, lr, step=t)
+            self.log.step(ids, losses, step=t, lr=None if lr is None else float(lr))
         except BaseException:
             self.abort()
             raise
@@ -298,10 +321,14 @@ class SimfluenceCallback(TrainerCallback):
         out = []
         try:
             for i in range(0, len(self.test_features), self.eval_batch_size):
-                feats = [{k: v for k, v in f.items() if k != self.id_key}
-                         for f in self.test_features[i:i + self.eval_batch_size]]
+                feats = [
+                    {k: v for k, v in f.items() if k != self.id_key}
+                    for f in self.test_features[i : i + self.eval_batch_size]
+                ]
                 batch = self.collate_fn(feats)
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                batch = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+                }
                 outputs = model(**batch)
                 if self.loss_fn is not None:
                     losses = self.loss_fn(outputs, batch)
@@ -309,8 +336,10 @@ class SimfluenceCallback(TrainerCallback):
                     logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
                     losses = per_example_loss(logits, batch["labels"], shift=_is_causal(model))
                 if losses.dim() != 1 or losses.shape[0] != len(feats):
-                    raise ValueError(f"per-example test loss has shape {tuple(losses.shape)}, "
-                                     f"expected ({len(feats)},)")
+                    raise ValueError(
+                        f"per-example test loss has shape {tuple(losses.shape)}, "
+                        f"expected ({len(feats)},)"
+                    )
                 out.append(losses.detach().double().cpu())
         finally:
             model.train(was_training)

@@ -50,9 +50,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from simfluence_cli import RunLogger
 
-from ._compat import log_step
-
-__all__ = ["IdDataset", "batch_ids", "strip_ids", "per_example_losses", "TorchRunLogger", "log_runs"]
+__all__ = [
+    "IdDataset",
+    "batch_ids",
+    "strip_ids",
+    "per_example_losses",
+    "TorchRunLogger",
+    "log_runs",
+]
 
 ID_KEY = "example_id"
 
@@ -61,7 +66,9 @@ def _plain_id(x):
     """A tensor / numpy scalar ID becomes a Python int; strings and ints pass through."""
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
-            raise ValueError(f"an example ID must be a scalar, got a tensor of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"an example ID must be a scalar, got a tensor of shape {tuple(x.shape)}"
+            )
         return x.item()
     if isinstance(x, np.generic):
         return x.item()
@@ -167,8 +174,15 @@ def _default_forward(model, batch, loss_fn):
 
 
 @torch.no_grad()
-def per_example_losses(model: torch.nn.Module, data, loss_fn: Callable | None = None, *,
-                       batch_size: int = 256, device=None, forward: Callable | None = None) -> np.ndarray:
+def per_example_losses(
+    model: torch.nn.Module,
+    data,
+    loss_fn: Callable | None = None,
+    *,
+    batch_size: int = 256,
+    device=None,
+    forward: Callable | None = None,
+) -> np.ndarray:
     """Loss of every test example, in data order, as a float64 array.
 
     ``data`` is a ``DataLoader`` (must not shuffle) or a map-style dataset of ``(x, y)`` pairs (or
@@ -188,12 +202,18 @@ def per_example_losses(model: torch.nn.Module, data, loss_fn: Callable | None = 
     try:
         for batch in data:
             batch = _to(batch, device)
-            losses = forward(model, batch) if forward is not None else _default_forward(model, batch, loss_fn)
+            losses = (
+                forward(model, batch)
+                if forward is not None
+                else _default_forward(model, batch, loss_fn)
+            )
             losses = torch.as_tensor(losses)
             n = _batch_len(batch)
             if losses.dim() != 1 or (n is not None and losses.shape[0] != n):
-                raise ValueError(f"per-example loss has shape {tuple(losses.shape)}, expected ({n},): "
-                                 "use a loss with reduction='none' that returns one value per example")
+                raise ValueError(
+                    f"per-example loss has shape {tuple(losses.shape)}, expected ({n},): "
+                    "use a loss with reduction='none' that returns one value per example"
+                )
             out.append(losses.detach().double().cpu())
     finally:
         model.train(was_training)
@@ -229,15 +249,26 @@ class TorchRunLogger:
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
 
-    The rates are kept in :attr:`lrs` (one per step). They are written as ``"lr"`` in each line when
-    :class:`simfluence_cli.RunLogger` supports it (checked once; see ``_compat``).
+    The rates are kept in :attr:`lrs` (one per step). They are written as ``"lr"`` in each line.
     """
 
-    def __init__(self, path: str | os.PathLike, model: torch.nn.Module, test_data, *,
-                 optimizer: torch.optim.Optimizer | None = None, loss_fn: Callable | None = None,
-                 eval_every: int = 1, test_ids: Iterable | None = None, run_id: str | None = None,
-                 precision: int | None = None, batch_size: int = 256, device=None,
-                 forward: Callable | None = None, id_key: str = ID_KEY):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: torch.nn.Module,
+        test_data,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable | None = None,
+        eval_every: int = 1,
+        test_ids: Iterable | None = None,
+        run_id: str | None = None,
+        precision: int | None = None,
+        batch_size: int = 256,
+        device=None,
+        forward: Callable | None = None,
+        id_key: str = ID_KEY,
+    ):
         if eval_every < 0:
             raise ValueError("eval_every must be >= 0")
         self.path = Path(path)
@@ -309,9 +340,14 @@ class TorchRunLogger:
         self._pending.extend(self._ids(ids))
 
     def _ids(self, ids) -> list:
-        if isinstance(ids, Mapping) or (isinstance(ids, (tuple, list)) and len(ids) == 2 and (
+        if isinstance(ids, Mapping) or (
+            isinstance(ids, (tuple, list))
+            and len(ids) == 2
+            and (
                 isinstance(ids[0], (tuple, list, Mapping))
-                or (isinstance(ids[0], torch.Tensor) and ids[0].dim() > 0))):
+                or (isinstance(ids[0], torch.Tensor) and ids[0].dim() > 0)
+            )
+        ):
             return batch_ids(ids, self.id_key)  # a collated IdDataset batch
         if isinstance(ids, (torch.Tensor, np.ndarray)):
             return ids.reshape(-1).tolist()
@@ -328,27 +364,44 @@ class TorchRunLogger:
         self._pending = []
         if lr is None and self.optimizer is not None:
             if len(self._lr_seen) != 1:
-                raise RuntimeError(f"optimizer.step() ran {len(self._lr_seen)} times since the last log.step(); "
-                                   "call log.step() exactly once after each optimizer.step()")
+                raise RuntimeError(
+                    f"optimizer.step() ran {len(self._lr_seen)} times since the last log.step(); "
+                    "call log.step() exactly once after each optimizer.step()"
+                )
             lr = self._lr_seen[0]
         self._lr_seen = []
         t = self.steps + 1
         if losses is None and self.eval_every and t % self.eval_every == 0:
             losses = self.evaluate()
-        log_step(self.log, batch, losses, lr)
+        self.log.step(batch, losses, lr=None if lr is None else float(lr))
         self.steps = t
         self.lrs.append(lr)
         return t
 
 
-def log_runs(model: torch.nn.Module, train_dataset, test_data, out_dir: str | os.PathLike, *,
-             optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
-             seeds: Iterable[int] | None = None, curricula: Sequence[Sequence[Sequence[int]]] | None = None,
-             scheduler_factory: Callable | None = None, loss_fn: Callable | None = None,
-             train_step: Callable | None = None, epochs: int = 1, batch_size: int = 8,
-             eval_every: int = 1, test_ids: Iterable | None = None, run_prefix: str = "run",
-             suffix: str = ".jsonl.gz", collate_fn: Callable | None = None, precision: int | None = None,
-             eval_batch_size: int = 256, id_key: str = ID_KEY) -> list[Path]:
+def log_runs(
+    model: torch.nn.Module,
+    train_dataset,
+    test_data,
+    out_dir: str | os.PathLike,
+    *,
+    optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+    seeds: Iterable[int] | None = None,
+    curricula: Sequence[Sequence[Sequence[int]]] | None = None,
+    scheduler_factory: Callable | None = None,
+    loss_fn: Callable | None = None,
+    train_step: Callable | None = None,
+    epochs: int = 1,
+    batch_size: int = 8,
+    eval_every: int = 1,
+    test_ids: Iterable | None = None,
+    run_prefix: str = "run",
+    suffix: str = ".jsonl.gz",
+    collate_fn: Callable | None = None,
+    precision: int | None = None,
+    eval_batch_size: int = 256,
+    id_key: str = ID_KEY,
+) -> list[Path]:
     """Train several runs from the same starting checkpoint and log each as encoding A.
 
     ``train_dataset`` is an :class:`IdDataset` (or anything whose collated batches
@@ -368,7 +421,11 @@ def log_runs(model: torch.nn.Module, train_dataset, test_data, out_dir: str | os
     """
     if (seeds is None) == (curricula is None):
         raise ValueError("log_runs: pass exactly one of seeds= or curricula=")
-    runs = [("seed", int(s)) for s in seeds] if seeds is not None else [("curriculum", c) for c in curricula]
+    runs = (
+        [("seed", int(s)) for s in seeds]
+        if seeds is not None
+        else [("curriculum", c) for c in curricula]
+    )
     out_dir = Path(out_dir)
     init_state = copy.deepcopy(model.state_dict())
     loss_fn = _default_loss if loss_fn is None else loss_fn
@@ -387,16 +444,38 @@ def log_runs(model: torch.nn.Module, train_dataset, test_data, out_dir: str | os
             seed = spec if kind == "seed" else i
             if kind == "seed":
                 g = torch.Generator().manual_seed(seed)
-                loaders = [DataLoader(train_dataset, batch_size=batch_size, shuffle=True, generator=g,
-                                      collate_fn=collate_fn)] * epochs
+                loaders = [
+                    DataLoader(
+                        train_dataset,
+                        batch_size=batch_size,
+                        shuffle=True,
+                        generator=g,
+                        collate_fn=collate_fn,
+                    )
+                ] * epochs
             else:
-                loaders = [DataLoader(train_dataset, batch_sampler=[list(b) for b in spec], collate_fn=collate_fn)]
+                loaders = [
+                    DataLoader(
+                        train_dataset, batch_sampler=[list(b) for b in spec], collate_fn=collate_fn
+                    )
+                ]
             path = out_dir / f"{run_prefix}-{i:03d}{suffix}"
             device = _model_device(model)
-            with torch.random.fork_rng(devices=[]), \
-                    TorchRunLogger(path, model, test_data, optimizer=opt, loss_fn=loss_fn, eval_every=eval_every,
-                                   test_ids=test_ids, precision=precision, batch_size=eval_batch_size,
-                                   id_key=id_key) as log:
+            with (
+                torch.random.fork_rng(devices=[]),
+                TorchRunLogger(
+                    path,
+                    model,
+                    test_data,
+                    optimizer=opt,
+                    loss_fn=loss_fn,
+                    eval_every=eval_every,
+                    test_ids=test_ids,
+                    precision=precision,
+                    batch_size=eval_batch_size,
+                    id_key=id_key,
+                ) as log,
+            ):
                 torch.manual_seed(seed)
                 for loader in loaders:
                     for batch in loader:
