@@ -278,18 +278,29 @@ class Simulator:
         folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
         self.cv_folds_ = folds
         n, m = runs.n_examples, runs.n_tests
-        sse = np.zeros(len(self.l2_grid))
-        count = np.zeros(len(self.l2_grid))
         encoded = {rid: runs[rid].index_matrix() for rid in ids}
         grid = list(self.l2_grid)
         G_ = len(grid)
         # the penalty is one scalar shared by all tests: its CV error is estimated on at most
         # CV_MAX_TESTS tests spread over the test set (all tests when there are fewer)
         sub = cv_test_subset(m)
+        pos = np.full(m, -1, dtype=np.int64)
+        pos[sub] = np.arange(len(sub))
+        # per penalty and test: squared error summed over the held-out logged steps where the
+        # error is defined (the test has observations in the training fold, a logged step-0
+        # loss and a logged loss at that step in the held-out run); count: how many such steps
+        sse = np.zeros((G_, len(sub)))
+        count = np.zeros(len(sub))
+        # tests with >= 2 logged losses in a run have observations there
+        observed = {rid: np.isfinite(runs[rid].losses).sum(axis=0) >= 2 for rid in ids}
         chunks = [sub[s : s + 256] for s in range(0, len(sub), 256)]
         for _f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
+            trained = np.logical_or.reduce([observed[rid] for rid in train])  # (m,)
             lo_all, hi_all = self._bounds_from(runs.subset(train))
+            if lo_all is not None:  # tests never logged in the training fold: NaN bounds
+                lo_all = np.where(np.isfinite(lo_all), lo_all, 0.0)
+                hi_all = np.where(np.isfinite(hi_all), hi_all, np.inf)
             # held-out runs as one padded (C, T, b) curriculum batch
             T = max(runs[rid].n_steps for rid in fold)
             b = max(encoded[rid].shape[1] for rid in fold)
@@ -317,19 +328,50 @@ class Simulator:
                     else (np.tile(lo_all[chunk], G_), np.tile(hi_all[chunk], G_))
                 )
                 L0 = np.vstack([np.tile(runs[rid].losses[0, chunk], G_) for rid in fold])
+                L0 = np.where(np.isfinite(L0), L0, 0.0)  # undefined columns are not scored
                 traj = _rollout(A, B, idx, L0, self.method, lo, hi)
                 for c, rid in enumerate(fold):
                     run = runs[rid]
                     sim = traj[c][run.loss_steps].reshape(len(run.loss_steps), G_, k)
                     obs = run.losses[:, chunk]
-                    ok = np.isfinite(obs[1:])
-                    for g in range(G_):
-                        sse[g] += np.sum((sim[1:, g][ok] - obs[1:][ok]) ** 2)
-                        count[g] += ok.sum()
+                    ok = np.isfinite(obs[1:]) & (np.isfinite(obs[0]) & trained[chunk])[None, :]
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        err = (sim[1:] - obs[1:, None, :]) ** 2  # (K-1, G, k)
+                    # a rollout that diverged (non-finite where the error is defined) scores inf
+                    err = np.where(np.isfinite(err), err, np.inf)
+                    err = np.where(ok[:, None, :], err, 0.0)
+                    sse[:, pos[chunk]] += err.sum(axis=0)
+                    count[pos[chunk]] += ok.sum(axis=0)
                 self._tick(k * m / len(sub) / len(folds))
-        mse = sse / np.maximum(count, 1)
-        best = int(np.argmin(mse))
-        curve = [{"l2": float(l2), "cv_mse": float(v)} for l2, v in zip(self.l2_grid, mse)]
+        return self._cv_choice(sse, count)
+
+    def _cv_choice(self, sse: np.ndarray, count: np.ndarray):
+        """(l2, curve) from per-(penalty, test) CV squared errors and per-test counts.
+
+        Tests without a single defined error (never logged where the CV could score them)
+        contribute nothing. When no penalty has a finite CV error, l2 = 1 is used with a
+        warning (never the grid's first entry by accident)."""
+        total = count.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mse = sse.sum(axis=1) / total if total > 0 else np.full(len(sse), np.nan)
+        finite = np.isfinite(mse)
+        curve = [
+            {"l2": float(l2), "cv_mse": float(v) if np.isfinite(v) else None}
+            for l2, v in zip(self.l2_grid, mse)
+        ]
+        if not finite.any():
+            why = (
+                "no held-out loss could be scored (tests are never logged both in a training "
+                "fold and in its held-out runs)"
+                if total == 0
+                else "every penalty's held-out rollout diverged"
+            )
+            self.warnings_.append(
+                f"--l2 auto: cross-validation could not compare penalties: {why}; "
+                "l2 = 1 was used (pass --l2 to choose another)"
+            )
+            return 1.0, None
+        best = int(np.argmin(np.where(finite, mse, np.inf)))
         return float(self.l2_grid[best]), curve
 
     def _split(self, T: np.ndarray, n: int):
@@ -344,7 +386,8 @@ class Simulator:
         if self.clip == "none":
             return None, None
         allL = np.vstack([r.losses for r in runs.runs])
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # tests not logged: NaN bounds
             return self._widen(np.nanmin(allL, axis=0), np.nanmax(allL, axis=0))
 
     def _widen(self, lo, hi):
