@@ -181,9 +181,12 @@ class Simulator:
         )  # identifiability: never-seen / co-occurring / constant
 
         self.warnings_ = fit_warnings(runs, self)
-        scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
-        if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
-            runs = _rescaled(runs, scale)  # else the penalty on A swamps losses of 1e-8
+        # per-test standardisation (no threshold): fit L / s with s = the test's RMS logged
+        # loss, so A (dimensionless) and the penalty do not depend on the units of the losses;
+        # B is scaled back by s below. fit(c * losses) = (A, c * B) for any c > 0.
+        scale = _loss_scale(runs)
+        self.loss_scale_ = scale
+        runs = _rescaled(runs, scale)
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
@@ -193,7 +196,7 @@ class Simulator:
                 "with 1 run l2 = 1 was used (pass --l2 to choose another)"
             )
         elif self.l2 == "auto":
-            self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
+            self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0, scale)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
         from simfluence_cli.model.sharding import (
@@ -265,8 +268,11 @@ class Simulator:
         else:
             self.A_, self.B_ = np.zeros((n, m)), np.ascontiguousarray(T)
 
-    def _select_l2(self, runs: RunSet, design: Design, theta0: np.ndarray):
-        """K-fold CV grouped by run: held-out all-steps rollout MSE for each penalty."""
+    def _select_l2(self, runs: RunSet, design: Design, theta0: np.ndarray, scale: np.ndarray):
+        """K-fold CV grouped by run: held-out all-steps rollout MSE for each penalty.
+
+        ``runs`` are standardised (each test's losses divided by ``scale``); the CV errors are
+        scaled back, so the curve is the MSE in the data's own loss units."""
         ids = runs.run_ids
         k = min(self.cv_folds, len(ids))
         if k < 2:
@@ -343,7 +349,7 @@ class Simulator:
                     sse[:, pos[chunk]] += err.sum(axis=0)
                     count[pos[chunk]] += ok.sum(axis=0)
                 self._tick(k * m / len(sub) / len(folds))
-        return self._cv_choice(sse, count)
+        return self._cv_choice(sse * scale[sub] ** 2, count)
 
     def _cv_choice(self, sse: np.ndarray, count: np.ndarray):
         """(l2, curve) from per-(penalty, test) CV squared errors and per-test counts.
@@ -527,21 +533,49 @@ class Simulator:
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
 
 
-def _loss_scale(L0: np.ndarray) -> np.ndarray:
-    """(m,) per-test power of ten of the typical initial loss; 1 when it lies within about
-    [0.03, 30) (ordinary losses are fitted unchanged)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        k = np.round(np.log10(np.nanmedian(np.abs(L0), axis=0)))
-    return 10.0 ** np.where(np.isfinite(k) & (np.abs(k) >= 2), k, 0.0)
+def _loss_scale(runs: RunSet) -> np.ndarray:
+    """(m,) per-test standardisation scale: the root mean square of the test's logged losses
+    over all runs (1 for a test with no finite non-zero loss). Equivariant: c * losses gives
+    c * scale, so the standardised losses (and hence the fitted A) do not change."""
+    ss = np.zeros(runs.n_tests)
+    cnt = np.zeros(runs.n_tests)
+    with np.errstate(all="ignore"):
+        for r in runs.runs:
+            ok = np.isfinite(r.losses)
+            ss += np.square(np.where(ok, r.losses, 0.0)).sum(axis=0)
+            cnt += ok.sum(axis=0)
+        rms = np.sqrt(ss / cnt)
+    return np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
+
+
+class _ScaledSource:
+    """A run source (see ``model/sharding.py``) whose loaded runs are standardised by
+    ``scale``: Dask workers that load the runs themselves fit the same data as the
+    coordinator."""
+
+    def __init__(self, source, scale: np.ndarray):
+        self.source, self.scale = source, np.asarray(scale, dtype=np.float64)
+
+    def load(self, run_ids) -> RunSet:
+        runs = self.source.load(run_ids) if hasattr(self.source, "load") else self.source
+        return _rescaled(runs, self.scale)
+
+    def __repr__(self) -> str:  # the workers' cache key: source and scale
+        import hashlib
+
+        return f"_ScaledSource({self.source!r}, {hashlib.sha1(self.scale.tobytes()).hexdigest()})"
 
 
 def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
-    """The same runs with each test's losses divided by its scale."""
+    """The same runs with each test's losses divided by its scale (a copy of the losses)."""
     from dataclasses import replace
 
+    source = getattr(runs, "source", None)
     return RunSet(
-        runs.example_ids, runs.test_ids, [replace(r, losses=r.losses / scale) for r in runs.runs]
+        runs.example_ids,
+        runs.test_ids,
+        [replace(r, losses=r.losses / scale) for r in runs.runs],
+        source=None if source is None else _ScaledSource(source, scale),
     )
 
 
