@@ -4,6 +4,8 @@
    used to make the whole CV curve NaN, and argmin then chose the smallest penalty).
 2. Scale equivariance: fit(c * losses) = (A, c * B) and the same ``l2="auto"`` choice for any
    c > 0 (per-test standardisation without thresholds; CV error in the data's loss units).
+3. CG convergence is reported: per-system mask and true residual from ``pcg``, counts in
+   ``solver_stats_``, a SimfluenceWarning naming the test examples that did not converge.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 from simfluence_cli.errors import SimfluenceWarning
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model import solvers
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.runs import RunSet
 
@@ -184,3 +187,72 @@ def test_cv_curve_is_the_rollout_mse_in_loss_units(eq_runs):
     # not exact: the CV standardises by the scale of all runs, a fit on one fold by that
     # fold's; standardised units would differ by factors of up to ~1e6 here (scales 1e-3..3)
     np.testing.assert_allclose(sim.cv_curve_[0]["cv_mse"], sse / cnt, rtol=5e-3)
+
+
+# -- 3. CG convergence --------------------------------------------------------------------------
+
+
+def _spd_systems(P=30, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    Ms = [(lambda X: X @ X.T + 1e-3 * np.eye(P))(rng.normal(size=(P, P))) for _ in range(k)]
+
+    def mv(V, cols):
+        return np.stack([Ms[c] @ V[:, i] for i, c in enumerate(cols)], axis=1)
+
+    return Ms, mv, rng.normal(size=(P, k))
+
+
+def test_pcg_reports_the_true_residual_and_a_convergence_mask():
+    Ms, mv, b = _spd_systems()
+    ident = lambda R, cols: R  # noqa: E731
+    x, it, conv, rel = solvers.pcg(mv, b, ident, np.zeros_like(b), tol=1e-10, maxiter=3)
+    assert not conv.any() and (it == 3).all()  # stopped at the cap: flagged, not silent
+    true = [np.linalg.norm(b[:, c] - Ms[c] @ x[:, c]) / np.linalg.norm(b[:, c]) for c in range(5)]
+    np.testing.assert_allclose(rel, true, rtol=1e-9)
+    assert (rel > 1e-3).all()
+    x, it, conv, rel = solvers.pcg(mv, b, ident, np.zeros_like(b), tol=1e-10)
+    assert conv.all() and (rel <= solvers.CG_RESIDUAL_SLACK * 1e-10).all()
+
+
+def test_pcg_flags_non_positive_curvature():
+    H = np.diag([1.0, -1.0])  # indefinite: p'Hp = 0 on the first step, CG stops there
+
+    def mv(V, cols):
+        return H @ V
+
+    b = np.ones((2, 1))
+    x, _, conv, rel = solvers.pcg(mv, b, lambda R, cols: R, np.zeros((2, 1)), tol=1e-10)
+    assert not conv[0] and rel[0] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def cg_runs():
+    rs, _, _ = make_runs(30, 5, 3, 40, 3, seed=2, noise=0.01)
+    return rs
+
+
+def test_cg_at_its_iteration_cap_warns_and_counts(cg_runs, monkeypatch):
+    monkeypatch.setattr(solvers, "CG_MAXITER", 2)
+    with pytest.warns(SimfluenceWarning, match=r"did not converge for 5 test example\(s\)") as rec:
+        sim = Simulator(l2=1e-3, solver="cg").fit(cg_runs)
+    msg = next(str(w.message) for w in rec if "did not converge" in str(w.message))
+    assert "--solver direct" in msg and "raise --l2" in msg and "'t0'" in msg
+    st = sim.solver_stats_
+    assert st["cg_not_converged"] == 5 and st["cg_not_converged_tests"] == [0, 1, 2, 3, 4]
+    assert st["cg_max_rel_residual"] > 10 * sim.tol
+
+
+def test_well_posed_cg_fit_has_no_warning(cg_runs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SimfluenceWarning)
+        sim = Simulator(l2=1.0, solver="cg").fit(cg_runs)
+    st = sim.solver_stats_
+    assert st["cg_not_converged"] == 0 and st["cg_not_converged_tests"] == []
+    assert 0 <= st["cg_max_rel_residual"] <= solvers.CG_RESIDUAL_SLACK * sim.tol
+
+
+def test_cg_convergence_counts_merge_over_worker_processes(cg_runs, monkeypatch):
+    monkeypatch.setattr(solvers, "CG_MAXITER", 2)
+    with pytest.warns(SimfluenceWarning, match="did not converge for 5 test"):
+        sim = Simulator(l2=1e-3, solver="cg", workers=2).fit(cg_runs)
+    assert sim.solver_stats_["cg_not_converged"] == 5

@@ -233,6 +233,7 @@ class Simulator:
             stats=self.solver_stats_,
             sink=sink,
         )
+        self._cg_warning()
         if sink is None:
             self._set_theta(theta.T, n)
             del theta
@@ -245,6 +246,21 @@ class Simulator:
         for msg in self.warnings_:  # the CLI prints each as one "warning:" line
             warnings.warn(msg, SimfluenceWarning, stacklevel=2)
         return self
+
+    def _cg_warning(self) -> None:
+        """A warning naming the test examples whose CG solve did not converge (if any)."""
+        st = self.solver_stats_
+        bad = st.get("cg_not_converged_tests") or []
+        if not bad:
+            return
+        from simfluence_cli.model.diagnostics import _names
+
+        self.warnings_.append(
+            f"the CG solver did not converge for {len(bad)} test example(s) (largest relative "
+            f"residual {st['cg_max_rel_residual']:.2g}, tolerance {self.tol:g}); their "
+            f"parameters are inaccurate: raise --l2 or use --solver direct: "
+            f"{_names(self.test_ids_[np.asarray(bad)])}"
+        )
 
     def _tick(self, k: int) -> None:
         if self.progress is not None:
