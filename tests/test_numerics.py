@@ -6,6 +6,8 @@
    c > 0 (per-test standardisation without thresholds; CV error in the data's loss units).
 3. CG convergence is reported: per-system mask and true residual from ``pcg``, counts in
    ``solver_stats_``, a SimfluenceWarning naming the test examples that did not converge.
+4. Sparse logging: examples that always share a logged interval are named as not
+   identifiable (the co-occurrence fingerprint is per logged interval, not per step).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from hypothesis import strategies as st
 from simfluence_cli.errors import SimfluenceWarning
 from simfluence_cli.io.synthetic import make_runs
 from simfluence_cli.model import solvers
+from simfluence_cli.model.diagnostics import fit_warnings
 from simfluence_cli.model.simulator import Simulator
-from simfluence_cli.runs import RunSet
+from simfluence_cli.runs import Run, RunSet
 
 METHODS = ("linear", "additive", "multiplicative")
 
@@ -256,3 +259,89 @@ def test_cg_convergence_counts_merge_over_worker_processes(cg_runs, monkeypatch)
     with pytest.warns(SimfluenceWarning, match="did not converge for 5 test"):
         sim = Simulator(l2=1e-3, solver="cg", workers=2).fit(cg_runs)
     assert sim.solver_stats_["cg_not_converged"] == 5
+
+
+# -- 4. sparse logging: examples sharing a logged interval ---------------------------------------
+
+
+def _interval_runs(log_every=5, n_runs=3, T=30, tail=0, seed=0):
+    """Runs of batch 2 over e00..e11; e00 and e01 are trained at different steps but always in
+    the same logging interval (first and third step of every interval of ``log_every`` steps).
+    ``tail`` extra steps after the last logged loss train e11 only (never observed)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(n_runs):
+        idx = []
+        for t in range(T):
+            pos = t % log_every
+            other = list(rng.choice(np.arange(2, 11), 2, replace=False))
+            idx += [0, other[0]] if pos == 0 else [1, other[0]] if pos == 2 else other
+        idx += [11, 10] * tail
+        steps = np.arange(0, T + 1, log_every)
+        L = 2 + np.cumsum(rng.normal(0, 0.01, (len(steps), 3)), axis=0)
+        ptr = np.arange(0, 2 * (T + tail) + 1, 2)
+        out.append(Run(f"r{r}", ptr, np.asarray(idx, dtype=np.int64), steps, L))
+    return RunSet(
+        np.asarray([f"e{i:02d}" for i in range(12 if tail else 11)], object),
+        np.asarray([f"t{j}" for j in range(3)], object),
+        out,
+    )
+
+
+def _dense(rs: RunSet) -> RunSet:
+    """The same curricula with every step logged."""
+    out = []
+    for r in rs.runs:
+        L = np.interp(np.arange(r.n_steps + 1), r.loss_steps, r.losses[:, 0])[:, None]
+        out.append(replace(r, loss_steps=np.arange(r.n_steps + 1), losses=L + [0, 0.1, 0.2]))
+    return RunSet(rs.example_ids, rs.test_ids, out)
+
+
+def test_examples_sharing_every_logged_interval_are_named():
+    rs = _interval_runs()
+    with pytest.warns(SimfluenceWarning, match="always occur together") as rec:
+        sim = Simulator(l2=1.0).fit(rs)
+    (msg,) = [str(w.message) for w in rec if "occur together" in str(w.message)]
+    assert "{e00, e01}" in msg and "logged" in msg and "1 group(s)" in msg
+    assert len(sim.warnings_) == 1
+    # every step logged: e00 and e01 are at different steps, hence identifiable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SimfluenceWarning)
+        Simulator(l2=1.0).fit(_dense(rs))
+
+
+def test_make_runs_sparse_logging_groups_only_examples_sharing_intervals():
+    # 11 examples, batch 2, losses logged every 3 steps: the intervals mix examples
+    rs, _, _ = make_runs(11, 2, 4, 39, 2, seed=1, log_every=3)
+    assert fit_warnings(rs, _quiet_fit(rs, l2=1.0)) == []
+    # rewire: e0 only at the 1st, e1 only at the 2nd step of every interval -> one group
+    runs = []
+    for r in rs.runs:
+        idx = r.index_matrix()
+        idx[(idx == 0) | (idx == 1)] = 5
+        t = np.arange(len(idx))
+        idx[t % 3 == 0, 0], idx[t % 3 == 1, 0] = 0, 1
+        runs.append(replace(r, batch_idx=idx.reshape(-1)))
+    rs2 = RunSet(rs.example_ids, rs.test_ids, runs)
+    msgs = fit_warnings(rs2, _quiet_fit(rs2, l2=1.0))
+    assert len(msgs) == 1 and "{e0, e1}" in msgs[0] and "1 group(s)" in msgs[0], msgs
+    # the same curricula logged every step: identifiable (different steps)
+    dense = RunSet(
+        rs.example_ids,
+        rs.test_ids,
+        [
+            replace(r, loss_steps=np.arange(40), losses=np.linspace(1, 2, 40)[:, None] + [0, 1])
+            for r in runs
+        ],
+    )
+    assert fit_warnings(dense, _quiet_fit(dense, l2=1.0)) == []
+
+
+def test_examples_only_after_the_last_logged_loss_are_named():
+    rs = _interval_runs(tail=3)
+    sim = _quiet_fit(rs, l2=1.0)
+    late = [m for m in sim.warnings_ if "after the last" in m]
+    assert len(late) == 1 and "'e11'" in late[0] and late[0].startswith("1 training")
+    # their parameters stay at the prior: A = 1/b, B = 0
+    np.testing.assert_allclose(sim.A_[11], 1 / 2)
+    np.testing.assert_allclose(sim.B_[11], 0.0, atol=1e-12)
