@@ -7,7 +7,10 @@
 fixes beta = 0 (fits A). The fit is ridge least squares on one-step predictions with the
 observed L_{t-1} as input (closed form, see ``_design``); the penalty ``l2 * ||theta - theta0||^2``
 pulls the parameters toward ``theta0``: ``prior="no-change"`` (A_i = 1/b, B_i = 0, so a batch of
-b examples predicts alpha = 1, beta = 0) or ``prior="zero"``. "no-change" is the default: on
+b examples predicts alpha = 1, beta = 0) or ``prior="zero"``. Each test's losses are first
+divided by their RMS over the fitting runs (``loss_scale_``; B is scaled back), so the fit is
+scale-equivariant (c * losses -> same A, c * B) and the penalty means the same for losses of
+1e-3 and of 3; the ``l2="auto"`` CV error is reported in the data's loss units. "no-change" is the default: on
 the held-out sample runs it rolls out better on every family, by a little at the CV-chosen
 penalty and by a lot at larger ones (bench/bench_prior_clip.py).
 
@@ -43,7 +46,9 @@ class Simulator:
     Learned state (after ``fit``): ``A_``, ``B_`` (n_examples, n_tests) parameters;
     ``example_ids_``, ``test_ids_``; ``l2_`` (penalty used) and ``cv_curve_`` (for ``l2="auto"``);
     ``init_loss_mean_`` (n_tests,) mean observed L_0; ``loss_min_``, ``loss_max_`` observed range;
-    ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``.
+    ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``;
+    ``loss_scale_`` (n_tests,) per-test standardisation scale; ``solver_stats_`` (solver, CG
+    iterations, ``cg_not_converged`` and ``cg_max_rel_residual`` for the CG solver).
     """
 
     def __init__(
