@@ -31,6 +31,7 @@ def logs(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_no_color_is_honoured(tmp_path):
     missing = tmp_path / "missing.jsonl"
     coloured = run("ingest", missing, "--store", tmp_path / "s", env_extra={"FORCE_COLOR": "1"})
@@ -46,6 +47,7 @@ def test_no_color_is_honoured(tmp_path):
     assert "\x1b[" not in plain.stderr and plain.stderr.startswith(f"error: {missing}")
 
 
+@pytest.mark.slow
 def test_progress_and_messages_only_on_stderr_and_no_bar_off_a_tty(tmp_path, logs):
     p = run("ingest", logs, "--store", tmp_path / "s", "--json")
     assert p.returncode == 0, p.stderr
@@ -56,6 +58,7 @@ def test_progress_and_messages_only_on_stderr_and_no_bar_off_a_tty(tmp_path, log
     assert q.returncode == 0 and q.stdout == "" and q.stderr == ""  # --quiet: nothing at all
 
 
+@pytest.mark.slow
 def test_usage_error_exits_2_and_data_error_exits_1(tmp_path, logs):
     assert run("ingest", logs, "--no-such-option").returncode == 2
     assert run("fit", "--store", tmp_path / "s", "--l2", "-1").returncode == 2

@@ -63,6 +63,7 @@ def assert_clean(store: Path, ids: set[str]) -> None:
     assert rep.ok and not rep.findings, [f.line() for f in rep.findings]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "new-store"])
 def test_two_ingests_at_once_both_complete(tmp_path, existing):
     store = tmp_path / "s"
@@ -79,6 +80,7 @@ def test_two_ingests_at_once_both_complete(tmp_path, existing):
     assert_clean(store, ids | a | b)
 
 
+@pytest.mark.slow
 def test_ingest_while_fitting_waits_then_completes(tmp_path):
     store = tmp_path / "s"
     base = make_logs(tmp_path / "base", "base", n_runs=6, n_steps=80, seed=1)
@@ -106,6 +108,7 @@ with RunStore(sys.argv[1]).write_lock():
 """
 
 
+@pytest.mark.slow
 def test_second_writer_fails_fast_with_the_holder_pid(tmp_path):
     store = tmp_path / "s"
     base = make_logs(tmp_path / "base", "base", n_runs=1, seed=1)
@@ -190,6 +193,7 @@ print(n)
 """
 
 
+@pytest.mark.slow
 def test_readers_never_see_a_half_written_run(tmp_path):
     """Readers loop over load()/info() while a writer replaces runs again and again."""
     store = tmp_path / "s"
@@ -213,6 +217,7 @@ def test_readers_never_see_a_half_written_run(tmp_path):
     assert verify_store(store).ok
 
 
+@pytest.mark.slow
 def test_failing_and_succeeding_first_ingests_at_once(tmp_path):
     """A bad ingest that created the new store removes it only while holding the lock; the
     good one (waiting, or first) still completes."""

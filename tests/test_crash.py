@@ -129,6 +129,7 @@ def setup(tmp_path):
     return store, new, set(base_ids), set(new_ids)
 
 
+@pytest.mark.slow
 def test_sigkill_ingest_at_random_moments(setup, tmp_path):
     store, new, base_ids, new_ids = setup
     cmd = cli("ingest", new, "--store", store, "--tag", "fit")
@@ -160,6 +161,7 @@ def test_sigkill_ingest_at_random_moments(setup, tmp_path):
     assert rep.ok and not rep.findings, [f.line() for f in rep.findings]
 
 
+@pytest.mark.slow
 def test_sigkill_fit_at_random_moments(setup, tmp_path):
     store, new, base_ids, _ = setup
     cmd = cli("fit", "--store", store, "--l2", "1", "--name", "m", "--replace")
@@ -175,6 +177,7 @@ def test_sigkill_fit_at_random_moments(setup, tmp_path):
     assert "is consistent" in p.stderr and p.stdout == ""
 
 
+@pytest.mark.slow
 def test_sigkill_first_ingest_into_a_new_store(tmp_path):
     """Killed before its first commit, a new store is 'no store yet'; re-running completes."""
     logs = tmp_path / "logs"

@@ -498,6 +498,7 @@ def template(tmp_path_factory):
     return make_template(tmp_path_factory.mktemp("fuzz") / "store")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(case=jsonl_input())
 def test_fuzz_ingest_jsonl_cli(template, case):
@@ -505,6 +506,7 @@ def test_fuzz_ingest_jsonl_cli(template, case):
     check_ingest(template, {"fz.jsonl": data}, must_fail)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(case=table_input())
 def test_fuzz_ingest_tables_cli(template, case):
@@ -512,6 +514,7 @@ def test_fuzz_ingest_tables_cli(template, case):
     check_ingest(template, files, must_fail)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=30)
 @given(case=jsonl_input() | table_input().map(lambda c: (c[0], c[1], c[2])))
 def test_fuzz_ingest_library(template, case):
@@ -520,6 +523,7 @@ def test_fuzz_ingest_library(template, case):
     check_ingest_library(template, files, must_fail)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=25)
 @given(case=jsonl_input())
 def test_fuzz_ingest_into_new_store_leaves_nothing(template, case):
@@ -527,6 +531,7 @@ def test_fuzz_ingest_into_new_store_leaves_nothing(template, case):
     check_ingest(template, {"fz.jsonl": data}, must_fail, fresh=True)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(case=curriculum_input())
 def test_fuzz_simulate(template, case):

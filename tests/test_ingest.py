@@ -459,6 +459,7 @@ def test_info_json_and_text(tmp_path, store, runs):
     assert r.exit_code == 1 and "simfluence ingest" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_subprocess(tmp_path, runs):
     """The real entry point (python -m simfluence_cli), as a user would run it."""
     write_tables(runs, tmp_path / "logs" / "cur.csv.gz", tmp_path / "logs" / "loss.csv.gz")

@@ -39,6 +39,7 @@ def test_workers_direct_solver(data):
     np.testing.assert_array_equal(a.A_, b.A_)
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_equals_single_process(data, tmp_path):
     distributed = pytest.importorskip("distributed")
     rs, ref = data
@@ -97,6 +98,7 @@ def test_simulate_final_equals_last_trajectory_step(data):
     np.testing.assert_array_equal(fin[1], traj[1, 5])
 
 
+@pytest.mark.slow
 def test_cli_fit_solver_workers_and_dask(tmp_path, data):
     from typer.testing import CliRunner
 

@@ -43,6 +43,7 @@ def test_trajectories_and_sparklines(setup):
     assert all(len(line.split()[-4]) == 30 for line in lines[1:] if "observed" in line)
 
 
+@pytest.mark.slow
 def test_plot_png_and_svg(setup, tmp_path):
     pytest.importorskip("matplotlib")
     rs, sim, _ = setup
@@ -84,6 +85,7 @@ def test_missing_matplotlib_names_the_extra(setup, tmp_path, monkeypatch):
     assert "observed" in r.stdout and "simulated" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_plot_file_and_errors(setup, tmp_path):
     pytest.importorskip("matplotlib")
     _, _, path = setup

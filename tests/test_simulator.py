@@ -67,6 +67,23 @@ def _closed_form(runs, method, l2, theta0):
     return np.array(out)  # (M, P)
 
 
+def _closed_form_standardised(runs, method, l2, theta0, scale):
+    """The fit's problem: the ridge closed form on each test's losses divided by its scale
+    (``Simulator.loss_scale_``), B scaled back to loss units."""
+    from dataclasses import replace
+
+    std = RunSet(
+        runs.example_ids, runs.test_ids, [replace(r, losses=r.losses / scale) for r in runs.runs]
+    )
+    out = _closed_form(std, method, l2, theta0)
+    n = runs.n_examples
+    if method == "linear":
+        out[:, n:] *= scale[:, None]
+    elif method == "additive":
+        out *= scale[:, None]
+    return out
+
+
 def _theta(sim):
     if sim.method == "linear":
         return np.vstack([sim.A_, sim.B_]).T
@@ -100,7 +117,7 @@ def test_noise_free_runs_are_recovered(method, extra, m, batch, n_runs, seed):
 def test_fit_equals_dense_closed_form_and_one_step_prediction(method):
     runs, _, _ = make_runs(7, 3, 4, 12, 2, method=method, seed=3, noise=0.01)
     sim = Simulator(method=method, l2=0.3, prior="no-change").fit(runs)
-    ref = _closed_form(runs, method, 0.3, sim._theta0(7))
+    ref = _closed_form_standardised(runs, method, 0.3, sim._theta0(7), sim.loss_scale_)
     assert _rel(_theta(sim), ref) < 1e-9
     # one-step prediction on a fitting run, from the observed previous loss
     A = ref[:, :7].T if method != "additive" else np.zeros((7, 3))
@@ -127,7 +144,7 @@ def test_sparse_logging_design_matches_gap_model(method):
     for r in rs.runs:
         r.loss_steps, r.losses = r.loss_steps[keep], r.losses[keep]
     sim = Simulator(method=method, l2=0.1, prior="zero").fit(rs)
-    ref = _closed_form(rs, method, 0.1, sim._theta0(6))
+    ref = _closed_form_standardised(rs, method, 0.1, sim._theta0(6), sim.loss_scale_)
     assert _rel(_theta(sim), ref) < 1e-9
 
 

@@ -175,7 +175,8 @@ def test_pcg_batched_columns_independent():
     def mv(V, cols):
         return np.stack([Ms[c] @ V[:, i] for i, c in enumerate(cols)], axis=1)
 
-    x, it = pcg(mv, b, lambda R, cols: R, np.zeros((P, k)), tol=1e-12)
+    x, it, conv, rel = pcg(mv, b, lambda R, cols: R, np.zeros((P, k)), tol=1e-12)
+    assert conv.all() and (rel <= 1e-11).all()
     for c in range(k):
         np.testing.assert_allclose(x[:, c], np.linalg.solve(Ms[c], b[:, c]), rtol=1e-6, atol=1e-9)
     assert (it > 0).all()

@@ -352,6 +352,7 @@ def runsets(draw):
     return RunSet.from_batches(runs, te)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -385,6 +386,7 @@ def test_round_trip_law(tmp_path_factory, rs):
     assert rep.unchanged == rs.run_ids
 
 
+@pytest.mark.slow
 def test_kill_at_any_moment(tmp_path, runs):
     """SIGKILL an ingest at several moments: the store is always as before or as after."""
     import signal

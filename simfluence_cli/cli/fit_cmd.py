@@ -268,7 +268,10 @@ def fit(
     if sim.cv_curve_:
         info(
             "CV rollout MSE by l2: "
-            + ", ".join(f"{c['l2']:g}: {c['cv_mse']:.4g}" for c in sim.cv_curve_)
+            + ", ".join(
+                f"{c['l2']:g}: " + ("diverged" if c["cv_mse"] is None else f"{c['cv_mse']:.4g}")
+                for c in sim.cv_curve_
+            )
         )
         grid = [c["l2"] for c in sim.cv_curve_]
         if len(grid) > 1 and sim.l2_ in (min(grid), max(grid)):

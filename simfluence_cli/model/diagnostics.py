@@ -21,10 +21,17 @@ def fit_warnings(runs, sim) -> list[str]:
     - training examples that never occur in the fitting curricula (their parameters stay at
       the prior: the fit knows nothing about them);
     - groups of examples that always occur together (same steps of the same runs): only the
-      sum of their parameters is determined; the penalty splits it evenly among them;
+      sum of their parameters is determined; the penalty splits it evenly among them. With
+      sparse logging the unit is the logged interval, not the step: examples trained only
+      between the same two logged losses of the same runs (never separated by a logged step)
+      enter the same observations and are not identifiable either;
+    - examples that occur only outside the logged range of each of their runs (after the
+      last or before the first logged loss: in no observation, their parameters are the prior);
     - test examples whose loss never changes in the fitting runs (nothing to learn: the fit
       predicts "no change").
-    Vectorised: one random fingerprint per (run, step), summed per example.
+    Vectorised: one random fingerprint per (run, logged interval), summed per example. The
+    intervals are those between the steps at which any test is logged (the finest logging of
+    the run; tests logged more sparsely than others can have larger groups).
     """
     out: list[str] = []
     n = len(sim.example_ids_)
@@ -38,12 +45,33 @@ def fit_warnings(runs, sim) -> list[str]:
     if n and len(runs.runs):
         rng = np.random.default_rng(12345)
         prints = np.zeros((n, 2))
+        sparse = False
         for r in runs.runs:
             w = rng.random((r.n_steps, 2)) + 1.0
+            # logged interval (s, t] of each step: steps between two logged losses share one
+            # fingerprint (every-step logging: one interval per step); steps after the last
+            # logged loss are in no observation (weight 0)
+            logged = r.loss_steps[np.isfinite(r.losses).any(axis=1)]
+            steps = np.arange(1, r.n_steps + 1)
+            iv = np.searchsorted(logged, steps, side="left")
+            iv_w = np.zeros((r.n_steps, 2))
+            if len(logged):  # steps before the first or after the last logged loss: weight 0
+                observed = (iv < len(logged)) & (steps > logged[0])
+                end = logged[np.minimum(iv, len(logged) - 1)]  # the interval's last step
+                iv_w[observed] = w[end[observed] - 1]
+            sparse |= bool(np.any(np.diff(logged) > 1))
             step = np.repeat(np.arange(r.n_steps), np.diff(r.batch_ptr))
             for k in range(2):
-                prints[:, k] += np.bincount(r.batch_idx, weights=w[step, k], minlength=n)
-        seen = np.flatnonzero(counts > 0)
+                prints[:, k] += np.bincount(r.batch_idx, weights=iv_w[step, k], minlength=n)
+        late = np.flatnonzero((counts > 0) & (prints[:, 0] == 0))
+        if len(late):
+            out.append(
+                f"{len(late)} training example(s) occur only after the last (or before the "
+                "first) logged loss of their runs, in no observation; their parameters are the "
+                f"prior (no effect): "
+                f"{_names(sim.example_ids_[late])}"
+            )
+        seen = np.flatnonzero((counts > 0) & (prints[:, 0] > 0))
         if len(seen) > 1:
             _, inv, size = np.unique(prints[seen], axis=0, return_inverse=True, return_counts=True)
             inv = inv.reshape(-1)
@@ -56,9 +84,16 @@ def fit_warnings(runs, sim) -> list[str]:
                     "{" + ", ".join(map(str, g[:5])) + (", ..." if len(g) > 5 else "") + "}"
                     for g in list(groups.values())[:5]
                 )
+                where = (
+                    "between the same logged losses of the same runs: losses are not logged "
+                    "after every step, so examples trained in the same logging interval "
+                    "enter the same observations"
+                    if sparse
+                    else "same steps of the same runs"
+                )
                 out.append(
                     f"{len(shared)} training example(s) in {len(groups)} group(s) always "
-                    "occur together (same steps of the same runs): only each group's "
+                    f"occur together ({where}): only each group's "
                     "summed effect is identified, split evenly among its members: "
                     + shown
                     + (" ..." if len(groups) > 5 else "")

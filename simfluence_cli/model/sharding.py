@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 
 from simfluence_cli.errors import MissingExtraError, UsageError
-from simfluence_cli.model.solvers import CG_TOL, plan_chunks, solve_tests
+from simfluence_cli.model.solvers import CG_TOL, merge_cg_stats, plan_chunks, solve_tests
 
 _SHARED: dict = {}  # per process: design (and runs) for the local workers / dask tasks
 
@@ -131,7 +131,7 @@ def _fit_processes(
         pool = ProcessPoolExecutor(
             workers, mp_context=mp.get_context("spawn"), initializer=_init_spawned, initargs=(runs,)
         )
-    iters = []
+    iters, parts_st = [], []
     try:
         with pool:
             futs = {
@@ -146,6 +146,7 @@ def _fit_processes(
                 else:
                     out[:, t] = th
                 iters.append(st.get("cg_iterations_max", 0))
+                parts_st.append(st)
                 if progress is not None:
                     progress(len(t))
     finally:
@@ -157,6 +158,7 @@ def _fit_processes(
             workers=workers,
             shards=len(parts),
             cg_iterations_max=max(iters) if iters else 0,
+            **merge_cg_stats(parts_st),
         )
     return out
 
@@ -235,7 +237,7 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
 
         P = len(theta0)
         out = None if sink is not None else np.empty((P, m))
-        iters = []
+        iters, parts_st = [], []
         for f in das_completed(futs):
             tests, th, st = f.result()
             if sink is not None:
@@ -243,6 +245,7 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
             else:
                 out[:, tests] = th
             iters.append(st.get("cg_iterations_max", 0))
+            parts_st.append(st)
             if progress is not None:
                 progress(len(tests))
         if stats is not None:
@@ -253,6 +256,7 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
                 shards=len(parts),
                 cg_iterations_max=max(iters) if iters else 0,
                 source="loaded by workers" if hasattr(source, "load") else "scattered",
+                **merge_cg_stats(parts_st),
             )
         return out
     finally:

@@ -7,7 +7,10 @@
 fixes beta = 0 (fits A). The fit is ridge least squares on one-step predictions with the
 observed L_{t-1} as input (closed form, see ``_design``); the penalty ``l2 * ||theta - theta0||^2``
 pulls the parameters toward ``theta0``: ``prior="no-change"`` (A_i = 1/b, B_i = 0, so a batch of
-b examples predicts alpha = 1, beta = 0) or ``prior="zero"``. "no-change" is the default: on
+b examples predicts alpha = 1, beta = 0) or ``prior="zero"``. Each test's losses are first
+divided by their RMS over the fitting runs (``loss_scale_``; B is scaled back), so the fit is
+scale-equivariant (c * losses -> same A, c * B) and the penalty means the same for losses of
+1e-3 and of 3; the ``l2="auto"`` CV error is reported in the data's loss units. "no-change" is the default: on
 the held-out sample runs it rolls out better on every family, by a little at the CV-chosen
 penalty and by a lot at larger ones (bench/bench_prior_clip.py).
 
@@ -43,7 +46,9 @@ class Simulator:
     Learned state (after ``fit``): ``A_``, ``B_`` (n_examples, n_tests) parameters;
     ``example_ids_``, ``test_ids_``; ``l2_`` (penalty used) and ``cv_curve_`` (for ``l2="auto"``);
     ``init_loss_mean_`` (n_tests,) mean observed L_0; ``loss_min_``, ``loss_max_`` observed range;
-    ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``.
+    ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``;
+    ``loss_scale_`` (n_tests,) per-test standardisation scale; ``solver_stats_`` (solver, CG
+    iterations, ``cg_not_converged`` and ``cg_max_rel_residual`` for the CG solver).
     """
 
     def __init__(
@@ -181,9 +186,12 @@ class Simulator:
         )  # identifiability: never-seen / co-occurring / constant
 
         self.warnings_ = fit_warnings(runs, self)
-        scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
-        if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
-            runs = _rescaled(runs, scale)  # else the penalty on A swamps losses of 1e-8
+        # per-test standardisation (no threshold): fit L / s with s = the test's RMS logged
+        # loss, so A (dimensionless) and the penalty do not depend on the units of the losses;
+        # B is scaled back by s below. fit(c * losses) = (A, c * B) for any c > 0.
+        scale = _loss_scale(runs)
+        self.loss_scale_ = scale
+        runs = _rescaled(runs, scale)
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
@@ -193,7 +201,7 @@ class Simulator:
                 "with 1 run l2 = 1 was used (pass --l2 to choose another)"
             )
         elif self.l2 == "auto":
-            self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0)
+            self.l2_, self.cv_curve_ = self._select_l2(runs, design, theta0, scale)
         else:
             self.l2_, self.cv_curve_, self.cv_folds_ = float(self.l2), None, None
         from simfluence_cli.model.sharding import (
@@ -230,6 +238,7 @@ class Simulator:
             stats=self.solver_stats_,
             sink=sink,
         )
+        self._cg_warning()
         if sink is None:
             self._set_theta(theta.T, n)
             del theta
@@ -242,6 +251,21 @@ class Simulator:
         for msg in self.warnings_:  # the CLI prints each as one "warning:" line
             warnings.warn(msg, SimfluenceWarning, stacklevel=2)
         return self
+
+    def _cg_warning(self) -> None:
+        """A warning naming the test examples whose CG solve did not converge (if any)."""
+        st = self.solver_stats_
+        bad = st.get("cg_not_converged_tests") or []
+        if not bad:
+            return
+        from simfluence_cli.model.diagnostics import _names
+
+        self.warnings_.append(
+            f"the CG solver did not converge for {len(bad)} test example(s) (largest relative "
+            f"residual {st['cg_max_rel_residual']:.2g}, tolerance {self.tol:g}); their "
+            f"parameters are inaccurate: raise --l2 or use --solver direct: "
+            f"{_names(self.test_ids_[np.asarray(bad)])}"
+        )
 
     def _tick(self, k: int) -> None:
         if self.progress is not None:
@@ -265,8 +289,11 @@ class Simulator:
         else:
             self.A_, self.B_ = np.zeros((n, m)), np.ascontiguousarray(T)
 
-    def _select_l2(self, runs: RunSet, design: Design, theta0: np.ndarray):
-        """K-fold CV grouped by run: held-out all-steps rollout MSE for each penalty."""
+    def _select_l2(self, runs: RunSet, design: Design, theta0: np.ndarray, scale: np.ndarray):
+        """K-fold CV grouped by run: held-out all-steps rollout MSE for each penalty.
+
+        ``runs`` are standardised (each test's losses divided by ``scale``); the CV errors are
+        scaled back, so the curve is the MSE in the data's own loss units."""
         ids = runs.run_ids
         k = min(self.cv_folds, len(ids))
         if k < 2:
@@ -278,18 +305,29 @@ class Simulator:
         folds = [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
         self.cv_folds_ = folds
         n, m = runs.n_examples, runs.n_tests
-        sse = np.zeros(len(self.l2_grid))
-        count = np.zeros(len(self.l2_grid))
         encoded = {rid: runs[rid].index_matrix() for rid in ids}
         grid = list(self.l2_grid)
         G_ = len(grid)
         # the penalty is one scalar shared by all tests: its CV error is estimated on at most
         # CV_MAX_TESTS tests spread over the test set (all tests when there are fewer)
         sub = cv_test_subset(m)
+        pos = np.full(m, -1, dtype=np.int64)
+        pos[sub] = np.arange(len(sub))
+        # per penalty and test: squared error summed over the held-out logged steps where the
+        # error is defined (the test has observations in the training fold, a logged step-0
+        # loss and a logged loss at that step in the held-out run); count: how many such steps
+        sse = np.zeros((G_, len(sub)))
+        count = np.zeros(len(sub))
+        # tests with >= 2 logged losses in a run have observations there
+        observed = {rid: np.isfinite(runs[rid].losses).sum(axis=0) >= 2 for rid in ids}
         chunks = [sub[s : s + 256] for s in range(0, len(sub), 256)]
         for _f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
+            trained = np.logical_or.reduce([observed[rid] for rid in train])  # (m,)
             lo_all, hi_all = self._bounds_from(runs.subset(train))
+            if lo_all is not None:  # tests never logged in the training fold: NaN bounds
+                lo_all = np.where(np.isfinite(lo_all), lo_all, 0.0)
+                hi_all = np.where(np.isfinite(hi_all), hi_all, np.inf)
             # held-out runs as one padded (C, T, b) curriculum batch
             T = max(runs[rid].n_steps for rid in fold)
             b = max(encoded[rid].shape[1] for rid in fold)
@@ -317,19 +355,50 @@ class Simulator:
                     else (np.tile(lo_all[chunk], G_), np.tile(hi_all[chunk], G_))
                 )
                 L0 = np.vstack([np.tile(runs[rid].losses[0, chunk], G_) for rid in fold])
+                L0 = np.where(np.isfinite(L0), L0, 0.0)  # undefined columns are not scored
                 traj = _rollout(A, B, idx, L0, self.method, lo, hi)
                 for c, rid in enumerate(fold):
                     run = runs[rid]
                     sim = traj[c][run.loss_steps].reshape(len(run.loss_steps), G_, k)
                     obs = run.losses[:, chunk]
-                    ok = np.isfinite(obs[1:])
-                    for g in range(G_):
-                        sse[g] += np.sum((sim[1:, g][ok] - obs[1:][ok]) ** 2)
-                        count[g] += ok.sum()
+                    ok = np.isfinite(obs[1:]) & (np.isfinite(obs[0]) & trained[chunk])[None, :]
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        err = (sim[1:] - obs[1:, None, :]) ** 2  # (K-1, G, k)
+                    # a rollout that diverged (non-finite where the error is defined) scores inf
+                    err = np.where(np.isfinite(err), err, np.inf)
+                    err = np.where(ok[:, None, :], err, 0.0)
+                    sse[:, pos[chunk]] += err.sum(axis=0)
+                    count[pos[chunk]] += ok.sum(axis=0)
                 self._tick(k * m / len(sub) / len(folds))
-        mse = sse / np.maximum(count, 1)
-        best = int(np.argmin(mse))
-        curve = [{"l2": float(l2), "cv_mse": float(v)} for l2, v in zip(self.l2_grid, mse)]
+        return self._cv_choice(sse * scale[sub] ** 2, count)
+
+    def _cv_choice(self, sse: np.ndarray, count: np.ndarray):
+        """(l2, curve) from per-(penalty, test) CV squared errors and per-test counts.
+
+        Tests without a single defined error (never logged where the CV could score them)
+        contribute nothing. When no penalty has a finite CV error, l2 = 1 is used with a
+        warning (never the grid's first entry by accident)."""
+        total = count.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mse = sse.sum(axis=1) / total if total > 0 else np.full(len(sse), np.nan)
+        finite = np.isfinite(mse)
+        curve = [
+            {"l2": float(l2), "cv_mse": float(v) if np.isfinite(v) else None}
+            for l2, v in zip(self.l2_grid, mse)
+        ]
+        if not finite.any():
+            why = (
+                "no held-out loss could be scored (tests are never logged both in a training "
+                "fold and in its held-out runs)"
+                if total == 0
+                else "every penalty's held-out rollout diverged"
+            )
+            self.warnings_.append(
+                f"--l2 auto: cross-validation could not compare penalties: {why}; "
+                "l2 = 1 was used (pass --l2 to choose another)"
+            )
+            return 1.0, None
+        best = int(np.argmin(np.where(finite, mse, np.inf)))
         return float(self.l2_grid[best]), curve
 
     def _split(self, T: np.ndarray, n: int):
@@ -344,7 +413,8 @@ class Simulator:
         if self.clip == "none":
             return None, None
         allL = np.vstack([r.losses for r in runs.runs])
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # tests not logged: NaN bounds
             return self._widen(np.nanmin(allL, axis=0), np.nanmax(allL, axis=0))
 
     def _widen(self, lo, hi):
@@ -484,21 +554,49 @@ class Simulator:
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
 
 
-def _loss_scale(L0: np.ndarray) -> np.ndarray:
-    """(m,) per-test power of ten of the typical initial loss; 1 when it lies within about
-    [0.03, 30) (ordinary losses are fitted unchanged)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        k = np.round(np.log10(np.nanmedian(np.abs(L0), axis=0)))
-    return 10.0 ** np.where(np.isfinite(k) & (np.abs(k) >= 2), k, 0.0)
+def _loss_scale(runs: RunSet) -> np.ndarray:
+    """(m,) per-test standardisation scale: the root mean square of the test's logged losses
+    over all runs (1 for a test with no finite non-zero loss). Equivariant: c * losses gives
+    c * scale, so the standardised losses (and hence the fitted A) do not change."""
+    ss = np.zeros(runs.n_tests)
+    cnt = np.zeros(runs.n_tests)
+    with np.errstate(all="ignore"):
+        for r in runs.runs:
+            ok = np.isfinite(r.losses)
+            ss += np.square(np.where(ok, r.losses, 0.0)).sum(axis=0)
+            cnt += ok.sum(axis=0)
+        rms = np.sqrt(ss / cnt)
+    return np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
+
+
+class _ScaledSource:
+    """A run source (see ``model/sharding.py``) whose loaded runs are standardised by
+    ``scale``: Dask workers that load the runs themselves fit the same data as the
+    coordinator."""
+
+    def __init__(self, source, scale: np.ndarray):
+        self.source, self.scale = source, np.asarray(scale, dtype=np.float64)
+
+    def load(self, run_ids) -> RunSet:
+        runs = self.source.load(run_ids) if hasattr(self.source, "load") else self.source
+        return _rescaled(runs, self.scale)
+
+    def __repr__(self) -> str:  # the workers' cache key: source and scale
+        import hashlib
+
+        return f"_ScaledSource({self.source!r}, {hashlib.sha1(self.scale.tobytes()).hexdigest()})"
 
 
 def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
-    """The same runs with each test's losses divided by its scale."""
+    """The same runs with each test's losses divided by its scale (a copy of the losses)."""
     from dataclasses import replace
 
+    source = getattr(runs, "source", None)
     return RunSet(
-        runs.example_ids, runs.test_ids, [replace(r, losses=r.losses / scale) for r in runs.runs]
+        runs.example_ids,
+        runs.test_ids,
+        [replace(r, losses=r.losses / scale) for r in runs.runs],
+        source=None if source is None else _ScaledSource(source, scale),
     )
 
 

@@ -126,15 +126,23 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     return kind, chunk_tests(tests, kind, P, n_obs)
 
 
+#: a CG system counts as converged when its TRUE relative residual ||b - H x|| / ||b||
+#: (recomputed at the end, not the recursively updated one) is at most this many times tol
+CG_RESIDUAL_SLACK = 10.0
+
+
 def pcg(
     matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL, maxiter: int = CG_MAXITER
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched preconditioned conjugate gradient: one independent SPD system per column.
 
     ``matvec(V, cols)`` applies the operator to the columns ``cols`` (V has len(cols) columns);
     ``precond(R, cols)`` applies the preconditioner. All unconverged columns share each
-    operator application (a matrix right-hand side). Stops per column when
-    ||b - H x|| <= tol ||b||. Returns (x, iterations per column).
+    operator application (a matrix right-hand side). Stops per column when the recursive
+    residual reaches ||b - H x|| <= tol ||b||, at ``maxiter``, or on non-positive curvature.
+    Returns (x, iterations per column, converged per column, true relative residual per
+    column): ``converged`` is ``rel_residual <= CG_RESIDUAL_SLACK * tol`` with the residual
+    recomputed from x at the end, so a stop at the cap or on breakdown is never silent.
     """
     x = np.array(x0, dtype=np.float64, copy=True)
     k = b.shape[1]
@@ -171,7 +179,10 @@ def pcg(
         rz = rz_new
         p *= beta
         p += z
-    return x, iters
+    with np.errstate(all="ignore"):
+        rel = np.linalg.norm(b - matvec(x, cols), axis=0) / bnorm
+    rel = np.where(np.isfinite(rel), rel, np.inf)
+    return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
 
 
 class _ChunkSolver:
@@ -230,6 +241,31 @@ class _ChunkSolver:
         if x0 is None:
             x0 = np.broadcast_to(theta0, b.shape)
         return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter)
+
+
+def cg_stats(unconverged, max_rel) -> dict:
+    """Convergence counts for ``solver_stats_``: ``cg_not_converged`` (test examples whose
+    system did not reach the tolerance, at any penalty solved), ``cg_not_converged_tests``
+    (their indices, sorted) and ``cg_max_rel_residual`` (largest true relative residual)."""
+    bad = np.unique(np.concatenate([t for t, _ in unconverged])) if unconverged else []
+    return {
+        "cg_not_converged": int(len(bad)),
+        "cg_not_converged_tests": [int(t) for t in bad],
+        "cg_max_rel_residual": max(max_rel) if max_rel else 0.0,
+    }
+
+
+def merge_cg_stats(parts: list[dict]) -> dict:
+    """``cg_stats`` of several shards combined (empty when no shard ran CG)."""
+    parts = [p for p in parts if "cg_not_converged" in p]
+    if not parts:
+        return {}
+    bad = sorted({t for p in parts for t in p["cg_not_converged_tests"]})
+    return {
+        "cg_not_converged": len(bad),
+        "cg_not_converged_tests": bad,
+        "cg_max_rel_residual": max(p["cg_max_rel_residual"] for p in parts),
+    }
 
 
 def default_threads() -> int:
@@ -293,6 +329,8 @@ def solve_tests(
         else [out]
     )
     iters = []
+    unconverged = []  # (test indices, true relative residuals) of CG systems that did not converge
+    max_rel = []  # per chunk and penalty: the largest true relative residual
     if kind == "direct":
         eq = design.equations(method, run_ids)
         G = np.empty((len(chunks[0]), P, P))
@@ -319,8 +357,11 @@ def solve_tests(
             cs = _ChunkSolver(sd.chunk(chunk), theta0)
             x = None
             for g in order:
-                x, it = cs.solve(grid[g], x0=x, tol=tol)
+                x, it, conv, rel = cs.solve(grid[g], x0=x, tol=tol, maxiter=CG_MAXITER)
                 iters.append(int(it.max()) if len(it) else 0)
+                max_rel.append(float(rel.max()) if len(rel) else 0.0)
+                if not conv.all():
+                    unconverged.append((chunk[~conv], rel[~conv]))
                 if sink is not None:
                     return np.array(x)
                 outs[g][:, o : o + k] = x
@@ -355,6 +396,8 @@ def solve_tests(
             cg_iterations_max=max(iters) if iters else 0,
             cg_iterations_mean=float(np.mean(iters)) if iters else 0.0,
         )
+        if kind == "cg":
+            stats.update(cg_stats(unconverged, max_rel))
     if sink is not None:
         return None
     return outs if path else outs[0]
