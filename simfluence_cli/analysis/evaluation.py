@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
-from simfluence_cli.errors import ModelError, SelectionError, UsageError
-from simfluence_cli.runs import Run, RunSet
+from simfluence_cli.errors import ModelError, SelectionError
+from simfluence_cli.runs import Run, RunSet, stack_index
 
 __all__ = [
     "evaluate",
@@ -194,20 +194,9 @@ def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.nda
     ex = getattr(model, "example_ids_", None)
     if ex is None:
         return None
-    pos = {e: i for i, e in enumerate(ex)}
-    n = len(ex)
-    mp = np.fromiter((pos.get(e, -2) for e in example_ids), dtype=np.int64, count=len(example_ids))
-    counts = getattr(model, "example_counts_", None)
-    if counts is not None:  # like Simulator.encode: never trained on = unseen
-        seen = np.append(np.asarray(counts) > 0, False)
-        mp[(mp >= 0) & ~seen[np.maximum(mp, 0)]] = -2
-    if unseen == "prior":
-        mp[mp == -2] = n
-    elif unseen == "skip":
-        mp[mp == -2] = -1
-    elif unseen != "error":
-        raise UsageError("--unseen must be one of error, prior, skip")
-    return mp
+    from simfluence_cli.model.simulator import map_examples
+
+    return map_examples(ex, getattr(model, "example_counts_", None), example_ids, unseen)
 
 
 def encode_runs(
@@ -219,11 +208,7 @@ def encode_runs(
 ) -> tuple[np.ndarray, list[int]]:
     """Curricula of ``run_list`` as one padded (C, T, b) index array in the model's index space."""
     mats = [r.index_matrix() for r in run_list]
-    T = max((m.shape[0] for m in mats), default=0)
-    b = max((m.shape[1] for m in mats), default=1)
-    idx = np.full((len(mats), T, b), -1, dtype=np.int64)
-    for c, m in enumerate(mats):
-        idx[c, : m.shape[0], : m.shape[1]] = m
+    idx = stack_index(mats)
     if mapping is not None:
         pad = idx < 0
         idx = np.where(pad, -1, mapping[np.where(pad, 0, idx)])

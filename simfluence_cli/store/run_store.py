@@ -246,6 +246,16 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
+    @property
+    def models(self):
+        """The store's fitted models as a mapping-like
+        :class:`~simfluence_cli.store.saved_models.ModelRegistry`: ``store.models["linear"]``,
+        ``list(store.models)``, ``store.models.list()``, ``"x" in store.models``,
+        ``del store.models["x"]``, ``store.models.fit(name, Simulator(...), runs="fit")``."""
+        from simfluence_cli.store.saved_models import ModelRegistry
+
+        return ModelRegistry(self)
+
     # ---- manifest ------------------------------------------------------------------------
 
     def _manifest(self) -> dict:
