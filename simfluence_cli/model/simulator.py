@@ -29,7 +29,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from simfluence_cli.errors import ModelError, SelectionError, SimfluenceWarning, UsageError
+from simfluence_cli.errors import (
+    ModelError,
+    NotFittedError,
+    SelectionError,
+    SimfluenceWarning,
+    UsageError,
+)
 from simfluence_cli.model.normal_equations import METHODS, Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
@@ -53,10 +59,6 @@ PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
 CLIPS = ("observed", "none")  # rollout safeguard
 SOLVERS = ("auto", "direct", "cg")  # execution only: every solver gives the same parameters
 UNSEEN_POLICIES = ("error", "prior", "skip")
-
-
-class NotFittedError(ModelError):
-    """A Simulator method needs a fitted model (or its parameters) and has none."""
 
 
 @dataclass(frozen=True)
