@@ -106,6 +106,9 @@ def test_execution_options_do_not_change_the_fit(runs):
     np.testing.assert_array_equal(c.A_, a.A_)
     assert sum(seen) == runs.n_tests
     assert "solver" not in a.get_params()
+    import pickle
+
+    assert pickle.loads(pickle.dumps(b))._exec.progress is None  # not kept after fit
 
 
 def test_config_dataclass_round_trip():

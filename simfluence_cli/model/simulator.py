@@ -390,6 +390,7 @@ class Simulator:
         elif not keep_params:
             self.A_ = self.B_ = None
         self.fit_seconds_ = time.perf_counter() - t0
+        self._exec = ExecutionOptions()  # a Dask client or progress bar is not kept on the model
         for msg in self.warnings_:  # the CLI prints each as one "warning:" line
             warnings.warn(msg, SimfluenceWarning, stacklevel=2)
         return self
