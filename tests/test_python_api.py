@@ -71,6 +71,8 @@ def test_get_params_set_params_and_repr():
     assert (
         repr(Simulator("additive", l2_grid=list(DEFAULT_L2_GRID))) == "Simulator(method='additive')"
     )
+    assert repr(Simulator(l2_grid=np.asarray(DEFAULT_L2_GRID))) == "Simulator()"
+    assert repr(Simulator(l2_grid=np.asarray([1.0, 2.0]))) == "Simulator(l2_grid=array([1., 2.]))"
     with pytest.raises(UsageError, match="invalid parameter 'solver'"):
         sim.set_params(solver="cg")  # an execution option, not a model parameter
 

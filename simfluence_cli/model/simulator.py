@@ -217,11 +217,10 @@ class Simulator:
         shown = []
         for k, v in self.get_params().items():
             d = defaults[k]
-            same = (
-                tuple(v) == tuple(d)
-                if isinstance(v, list | tuple) and isinstance(d, list | tuple)
-                else v == d
-            )
+            if isinstance(v, list | tuple | np.ndarray) or isinstance(d, list | tuple):
+                same = np.shape(v) == np.shape(d) and bool(np.all(np.asarray(v) == d))
+            else:
+                same = bool(v == d)
             if not same:
                 shown.append(f"{k}={v!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
