@@ -113,6 +113,14 @@ def test_execution_options_do_not_change_the_fit(runs):
     assert pickle.loads(pickle.dumps(b))._exec.progress is None  # not kept after fit
 
 
+def test_constructor_parameters_are_the_config_fields():
+    """A new Simulator parameter must also be a SimulatorConfig field (saved in the manifest)."""
+    from dataclasses import fields
+
+    assert list(Simulator().get_params()) == [f.name for f in fields(SimulatorConfig)]
+    assert Simulator().config == SimulatorConfig()
+
+
 def test_config_dataclass_round_trip():
     cfg = SimulatorConfig(method="additive", l2="auto", l2_grid=(0.1, 1.0))
     assert SimulatorConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
