@@ -81,8 +81,8 @@ def bench_S(baseline_tests: int | None = None):
     n, m, R, T, b = SIZES["S"]
     runs, A, B = make_runs(n, m, R, T, b, seed=0)
     sim, t_fit, c_fit = timed(lambda: Simulator(l2=L2).fit(runs))
-    _, t_cg, _ = timed(lambda: Simulator(l2=L2, solver="cg").fit(runs))
-    direct, t_dir, _ = timed(lambda: Simulator(l2=L2, solver="direct").fit(runs))
+    _, t_cg, _ = timed(lambda: Simulator(l2=L2).fit(runs, solver="cg"))
+    direct, t_dir, _ = timed(lambda: Simulator(l2=L2).fit(runs, solver="direct"))
     theta0 = sim._theta0(n)
     k = m if baseline_tests is None else min(m, baseline_tests)
     sub = runs.__class__(
@@ -131,7 +131,7 @@ def bench_M(l2auto: bool = True):
             for r in runs.runs
         ],
     )
-    direct, t_dir, _ = timed(lambda: Simulator(l2=L2, solver="direct").fit(sub))
+    direct, t_dir, _ = timed(lambda: Simulator(l2=L2).fit(sub, solver="direct"))
     out = line(
         "M",
         size=SIZES["M"],
@@ -302,7 +302,7 @@ from simfluence_cli.store.saved_models import save_model
 store = RunStore(sys.argv[1]); workers = int(sys.argv[2])
 t0 = time.perf_counter(); runs = store.load("all"); t_load = time.perf_counter() - t0
 t0, c0 = time.perf_counter(), time.process_time()
-sim = Simulator(l2=1.0, workers=workers).fit(runs)
+sim = Simulator(l2=1.0).fit(runs, workers=workers)
 t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
 del runs
 t0 = time.perf_counter()

@@ -1,11 +1,13 @@
 """simfluence: learn training-run simulators (Simfluence, Guu et al. 2023) from logged runs.
 
-Public API::
+Public API (docs/python-api.md)::
 
     from simfluence_cli import RunStore, Simulator
-    runs = RunStore("simfluence-store").load("fit")
-    sim = Simulator(method="linear", l2="auto").fit(runs)
+    store = RunStore("simfluence-store")
+    sim = Simulator(method="linear", l2="auto").fit(store.load("fit"))
     traj = sim.simulate(curricula, init_loss)
+    store.models.fit("linear", Simulator(l2="auto"), runs="fit")   # fit and save by name
+    sim = store.models["linear"]                                   # load it back
 
 Errors derive from SimfluenceError (tree in ``simfluence_cli.errors``); fit diagnostics are
 emitted as SimfluenceWarning. Modules starting with ``_`` are private.
@@ -17,6 +19,7 @@ from simfluence_cli.errors import (
     InputError,
     MissingExtraError,
     ModelError,
+    NotFittedError,
     SelectionError,
     SimfluenceError,
     SimfluenceWarning,
@@ -50,6 +53,16 @@ __all__ = [
     "load_model",
     "list_models",
     "RunLogger",
+    "SimulatorConfig",
+    "ExecutionOptions",
+    "NotFittedError",
+    "ModelRegistry",
+    "StoredModel",
+    "fit_model",
+    "delete_model",
+    "simulate_chunks",
+    "evaluate_models",
+    "resolve_init_loss",
 ]
 
 # Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
@@ -62,6 +75,15 @@ _LAZY = {
     "load_model": ".store.saved_models",
     "list_models": ".store.saved_models",
     "RunLogger": ".io.run_logger",
+    "SimulatorConfig": ".model.simulator",
+    "ExecutionOptions": ".model.simulator",
+    "ModelRegistry": ".store.saved_models",
+    "StoredModel": ".store.saved_models",
+    "fit_model": ".store.saved_models",
+    "delete_model": ".store.saved_models",
+    "simulate_chunks": ".store.saved_models",
+    "evaluate_models": ".analysis.evaluation",
+    "resolve_init_loss": ".analysis.initial_losses",
 }
 
 

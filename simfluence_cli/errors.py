@@ -8,6 +8,7 @@
     |   +-- StoreVersionError  the store was written by a newer format version
     |   +-- ConflictError      a run id / model name exists with different content (use --replace)
     +-- ModelError             a fitted model is missing, incompatible or cannot answer
+    |   +-- NotFittedError     a Simulator used before fit (or loaded without parameters)
     +-- MissingExtraError      an optional extra (e.g. matplotlib) is not installed
     +-- UsageError             exit code 2: options that contradict each other or are malformed
 
@@ -25,6 +26,7 @@ __all__ = [
     "StoreVersionError",
     "ConflictError",
     "ModelError",
+    "NotFittedError",
     "MissingExtraError",
     "UsageError",
     "SimfluenceWarning",
@@ -79,6 +81,10 @@ class ConflictError(StoreError):
 
 class ModelError(SimfluenceError):
     """A model is missing, incompatible with the data, or cannot answer the question."""
+
+
+class NotFittedError(ModelError):
+    """A Simulator method needs a fitted model (or its parameters) and has none."""
 
 
 class MissingExtraError(SimfluenceError):

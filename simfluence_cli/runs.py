@@ -64,6 +64,18 @@ class Run:
         return np.repeat(np.arange(1, self.n_steps + 1), self.batch_sizes)
 
 
+def stack_index(mats: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
+    """Curricula as (T_c, b_c) example-index matrices -> one (C, T, b) int64 array padded with
+    -1 (T, b = the largest; ``width`` raises b). The one curriculum-to-index layout every
+    rollout (``model.rollout.rollout``) reads."""
+    T = max((m.shape[0] for m in mats), default=0)
+    b = max((m.shape[1] for m in mats), default=1)
+    idx = np.full((len(mats), T, max(b, width or 1, 1)), -1, dtype=np.int64)
+    for c, m in enumerate(mats):
+        idx[c, : m.shape[0], : m.shape[1]] = m
+    return idx
+
+
 @dataclass(eq=False)
 class RunSet:
     """Runs sharing one index space of training-example and test-example IDs."""
@@ -89,6 +101,12 @@ class RunSet:
 
     def __len__(self) -> int:
         return len(self.runs)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunSet({len(self.runs)} runs, {self.n_examples} training examples, "
+            f"{self.n_tests} test examples)"
+        )
 
     def __iter__(self):
         return iter(self.runs)

@@ -237,27 +237,27 @@ def cg_runs():
 def test_cg_at_its_iteration_cap_warns_and_counts(cg_runs, monkeypatch):
     monkeypatch.setattr(solvers, "CG_MAXITER", 2)
     with pytest.warns(SimfluenceWarning, match=r"did not converge for 5 test example\(s\)") as rec:
-        sim = Simulator(l2=1e-3, solver="cg").fit(cg_runs)
+        sim = Simulator(l2=1e-3).fit(cg_runs, solver="cg")
     msg = next(str(w.message) for w in rec if "did not converge" in str(w.message))
     assert "--solver direct" in msg and "raise --l2" in msg and "'t0'" in msg
     st = sim.solver_stats_
     assert st["cg_not_converged"] == 5 and st["cg_not_converged_tests"] == [0, 1, 2, 3, 4]
-    assert st["cg_max_rel_residual"] > 10 * sim.tol
+    assert st["cg_max_rel_residual"] > 10 * solvers.CG_TOL
 
 
 def test_well_posed_cg_fit_has_no_warning(cg_runs):
     with warnings.catch_warnings():
         warnings.simplefilter("error", SimfluenceWarning)
-        sim = Simulator(l2=1.0, solver="cg").fit(cg_runs)
+        sim = Simulator(l2=1.0).fit(cg_runs, solver="cg")
     st = sim.solver_stats_
     assert st["cg_not_converged"] == 0 and st["cg_not_converged_tests"] == []
-    assert 0 <= st["cg_max_rel_residual"] <= solvers.CG_RESIDUAL_SLACK * sim.tol
+    assert 0 <= st["cg_max_rel_residual"] <= solvers.CG_RESIDUAL_SLACK * solvers.CG_TOL
 
 
 def test_cg_convergence_counts_merge_over_worker_processes(cg_runs, monkeypatch):
     monkeypatch.setattr(solvers, "CG_MAXITER", 2)
     with pytest.warns(SimfluenceWarning, match="did not converge for 5 test"):
-        sim = Simulator(l2=1e-3, solver="cg", workers=2).fit(cg_runs)
+        sim = Simulator(l2=1e-3).fit(cg_runs, solver="cg", workers=2)
     assert sim.solver_stats_["cg_not_converged"] == 5
 
 

@@ -342,6 +342,7 @@ def test_unseen_policies():
 
 
 def test_bad_configuration_is_a_usage_error():
+    runs, _, _ = make_runs(6, 2, 2, 5, 2, seed=0)
     for kw in (
         {"method": "quadratic"},
         {"prior": "one"},
@@ -350,8 +351,9 @@ def test_bad_configuration_is_a_usage_error():
         {"l2": "big"},
         {"l2": float("nan")},
     ):
+        sim = Simulator(**kw)  # the constructor only stores (scikit-learn convention) ...
         with pytest.raises(UsageError):
-            Simulator(**kw)
+            sim.fit(runs)  # ... and fit validates, before touching the data
     with pytest.raises(ModelError):
         Simulator().simulate([[["a"]]])
 

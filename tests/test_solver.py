@@ -118,7 +118,7 @@ def test_run_subset_equations():
 
 def test_simulator_solver_option_same_parameters():
     rs, A, B = make_runs(60, 8, 4, 80, 3, seed=7)
-    fits = {s: Simulator(l2=1e-3, solver=s).fit(rs) for s in ("direct", "cg", "auto")}
+    fits = {s: Simulator(l2=1e-3).fit(rs, solver=s) for s in ("direct", "cg", "auto")}
     for s in ("cg", "auto"):
         assert _rel(fits[s].A_, fits["direct"].A_) < 1e-6
         assert _rel(fits[s].B_, fits["direct"].B_) < 1e-6
@@ -130,8 +130,8 @@ def test_simulator_solver_option_same_parameters():
 
 def test_l2_auto_same_choice_for_both_solvers():
     rs, _, _ = make_runs(40, 5, 6, 60, 3, seed=11, noise=0.02)
-    a = Simulator(l2="auto", solver="direct").fit(rs)
-    b = Simulator(l2="auto", solver="cg").fit(rs)
+    a = Simulator(l2="auto").fit(rs, solver="direct")
+    b = Simulator(l2="auto").fit(rs, solver="cg")
     assert a.l2_ == b.l2_
     np.testing.assert_allclose(
         [c["cv_mse"] for c in a.cv_curve_], [c["cv_mse"] for c in b.cv_curve_], rtol=1e-3
@@ -150,7 +150,7 @@ def test_threads_do_not_change_results():
 def test_progress_counts_every_test_once():
     rs, _, _ = make_runs(30, 37, 2, 30, 2, seed=4)
     seen = []
-    Simulator(l2=1.0, solver="cg", progress=seen.append).fit(rs)
+    Simulator(l2=1.0).fit(rs, solver="cg", progress=seen.append)
     assert sum(seen) == 37
 
 
@@ -161,7 +161,7 @@ def test_choose_solver_and_chunks():
     with pytest.raises(UsageError):
         choose_solver("lu", 10)
     with pytest.raises(UsageError):
-        Simulator(solver="lu")
+        Simulator().fit(make_runs(6, 2, 2, 5, 2, seed=0)[0], solver="lu")  # checked by fit
     ch = chunk_tests(np.arange(1000), "cg", 40_000, 128_000)
     assert np.array_equal(np.concatenate(ch), np.arange(1000))
 

@@ -50,11 +50,17 @@ def test_streamed_parameters_equal_collected_fit(
     monkeypatch.setattr(models_mod, "ROW_GROUP_ROWS", 2 * N)  # several row groups
     st = RunStore(tmp_path / "s", create=True)
     ids = list(runs.run_ids)
-    ref = Simulator(method=method, l2=0.1, solver=solver, workers=workers).fit(runs)
+    ref = Simulator(method=method, l2=0.1).fit(runs, solver=solver, workers=workers)
     got = []
     writer = ParameterWriter(st, "stream", runs.example_ids, runs.test_ids, method)
-    sim = Simulator(method=method, l2=0.1, solver=solver, workers=workers)
-    sim.fit(runs, param_sink=lambda t, A, B: (got.append(t), writer(t, A, B)), keep_params=False)
+    sim = Simulator(method=method, l2=0.1)
+    sim.fit(
+        runs,
+        param_sink=lambda t, A, B: (got.append(t), writer(t, A, B)),
+        keep_params=False,
+        solver=solver,
+        workers=workers,
+    )
     assert sim.A_ is None and sim.B_ is None
     assert sorted(np.concatenate(got).tolist()) == list(range(M))
     with st.write_lock():
@@ -71,7 +77,7 @@ def test_streamed_parameters_equal_collected_fit(
     assert a.read().equals(b.read())
     assert not list((st.path / "models" / "stream").glob(".*"))  # no temp file left
     # a sink with keep_params=True keeps the same A_, B_ as the collected fit
-    kept = Simulator(method=method, l2=0.1, solver=solver).fit(runs, param_sink=lambda *a: None)
+    kept = Simulator(method=method, l2=0.1).fit(runs, param_sink=lambda *a: None, solver=solver)
     np.testing.assert_array_equal(kept.A_, ref.A_)
     np.testing.assert_array_equal(kept.B_, ref.B_)
 

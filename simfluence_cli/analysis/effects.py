@@ -18,7 +18,6 @@ Measures (sign: positive = helpful, i.e. the example lowers the test loss):
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,11 +58,7 @@ def removal_effect(
     mapping = example_map(sim, runs.example_ids, unseen)
     total = np.zeros((n, M))
     # a copy of the model with one extra, neutral example (row n): A = 1/b, B = 0
-    neutral = copy.copy(sim)
-    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
-    neutral.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
-    neutral.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
-    neutral.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), "\x00neutral")
+    neutral = sim.with_no_change_example("\x00neutral")
     if len(runs) == 0:
         raise ModelError("no curricula to remove examples from; give --runs")
     for run in runs.runs:

@@ -14,7 +14,7 @@ import numpy as np
 
 from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
-from simfluence_cli.runs import Run, RunSet
+from simfluence_cli.runs import Run, RunSet, stack_index
 
 __all__ = [
     "evaluate",
@@ -194,20 +194,9 @@ def example_map(model, example_ids: np.ndarray, unseen: str = "error") -> np.nda
     ex = getattr(model, "example_ids_", None)
     if ex is None:
         return None
-    pos = {e: i for i, e in enumerate(ex)}
-    n = len(ex)
-    mp = np.fromiter((pos.get(e, -2) for e in example_ids), dtype=np.int64, count=len(example_ids))
-    counts = getattr(model, "example_counts_", None)
-    if counts is not None:  # like Simulator.encode: never trained on = unseen
-        seen = np.append(np.asarray(counts) > 0, False)
-        mp[(mp >= 0) & ~seen[np.maximum(mp, 0)]] = -2
-    if unseen == "prior":
-        mp[mp == -2] = n
-    elif unseen == "skip":
-        mp[mp == -2] = -1
-    elif unseen != "error":
-        raise UsageError("--unseen must be one of error, prior, skip")
-    return mp
+    from simfluence_cli.model.simulator import map_examples
+
+    return map_examples(ex, getattr(model, "example_counts_", None), example_ids, unseen)
 
 
 def encode_runs(
@@ -219,11 +208,7 @@ def encode_runs(
 ) -> tuple[np.ndarray, list[int]]:
     """Curricula of ``run_list`` as one padded (C, T, b) index array in the model's index space."""
     mats = [r.index_matrix() for r in run_list]
-    T = max((m.shape[0] for m in mats), default=0)
-    b = max((m.shape[1] for m in mats), default=1)
-    idx = np.full((len(mats), T, b), -1, dtype=np.int64)
-    for c, m in enumerate(mats):
-        idx[c, : m.shape[0], : m.shape[1]] = m
+    idx = stack_index(mats)
     if mapping is not None:
         pad = idx < 0
         idx = np.where(pad, -1, mapping[np.where(pad, 0, idx)])
@@ -368,3 +353,166 @@ def _chunked_run_errors(
         e["run"] = run.run_id
         per_run.append(e)
     return per_run
+
+
+# -- workflow: evaluate stored models on held-out runs of a store ---------------------------------
+
+BASELINE_NAMES = ("constant", "mean-trajectory")
+
+
+def model_record(sim) -> dict:
+    """Provenance of a stored model: name, kind, configuration, penalty, data hash, fit time
+    and fitting runs (from its manifest)."""
+    man = getattr(sim, "manifest_", {}) or {}
+    cfg = man.get("config", {})
+    return {
+        "name": man.get("name"),
+        "kind": cfg.get("kind"),
+        "config": cfg,
+        "l2": man.get("l2"),
+        "data_hash": cfg.get("data_hash"),
+        "fitted_at": man.get("fitted_at"),
+        "fitting_runs": list(cfg.get("runs", [])),
+    }
+
+
+@dataclass
+class StoreEvaluation:
+    """:func:`evaluate_models`'s result: the metrics (``evaluation``) and their provenance.
+
+    ``selection_warnings``: about which runs were evaluated (left-out or in-sample fitting
+    runs); ``evaluation.warnings``: about the metrics. ``fitting_runs_evaluated``: evaluated runs
+    some model was fitted on (in-sample: optimistic numbers)."""
+
+    evaluation: Evaluation
+    records: list[dict]
+    run_ids: list[str]
+    baseline_runs: list[str]
+    fitting_runs_evaluated: list[str]
+    exclude_fitting: bool
+    selection_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.selection_warnings + list(self.evaluation.warnings)
+
+    def document(self, store_path, by: str = "summary") -> dict:
+        """The JSON document ``simfluence eval --format json`` wraps the rows in."""
+        ev = self.evaluation
+        return {
+            "store": str(store_path),
+            "by": by,
+            "runs": list(ev.run_ids),
+            "n_tests": int(len(ev.test_ids)),
+            "allow_fitting_runs": not self.exclude_fitting,
+            "fitting_runs_evaluated": self.fitting_runs_evaluated,
+            "models": self.records,
+            "baselines": {
+                "constant": {"definition": "L_t = L_0"},
+                "mean-trajectory": {
+                    "definition": "per test example, mean over runs of the loss at each step",
+                    "runs": list(self.baseline_runs),
+                },
+            },
+            "definitions": METRIC_HELP,
+            "warnings": list(ev.warnings),
+        }
+
+
+def evaluate_models(
+    store,
+    names: Sequence[str],
+    runs: str | Sequence[str] | None = None,
+    *,
+    exclude_fitting: bool = True,
+    tests: Sequence[str] | None = None,
+    baseline_runs: str | Sequence[str] | None = None,
+    unseen: str = "error",
+) -> StoreEvaluation:
+    """Evaluate stored models ``names`` on runs of ``store``, beside the constant and
+    mean-trajectory baselines (what ``simfluence eval`` computes).
+
+    ``runs``: a selector or run ids (None = every run). With ``exclude_fitting`` (the default)
+    runs any of the models was fitted on are left out (a SelectionError if none is left);
+    ``exclude_fitting=False`` keeps them and flags them (in-sample, optimistic). Parameters are
+    loaded one chunk of test examples at a time. ``baseline_runs``: what the mean-trajectory
+    baseline averages (default: the first model's fitting runs still in the store).
+    """
+    from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
+    from simfluence_cli.store.saved_models import StoredModel
+
+    names = list(names)
+    if not names:
+        raise UsageError("give at least one model name")
+    if len(set(names)) != len(names):
+        raise UsageError("each --model may be given once")
+    clash = [m for m in names if m in BASELINE_NAMES]
+    if clash:
+        raise UsageError(f"model name {clash[0]!r} is reserved for a baseline; rename the model")
+    sims = {name: StoredModel(store, name) for name in names}  # parameters by test chunk
+    records = [model_record(s) for s in sims.values()]
+    fit_by_model = {name: set(r["fitting_runs"]) for name, r in zip(names, records)}
+    fit_union = set().union(*fit_by_model.values())
+    selected = store.select("all" if runs is None else runs)
+    overlap = [r for r in selected if r in fit_union]
+    notes = []
+    if overlap and exclude_fitting:
+        eval_ids = [r for r in selected if r not in fit_union]
+        if runs is not None:
+            notes.append(
+                f"left out {len(overlap)} run(s) a model was fitted on; pass "
+                "--allow-fitting-runs to include them"
+            )
+        if not eval_ids:
+            raise SelectionError(
+                f"all {len(selected)} selected run(s) were used to fit "
+                f"{'the model' if len(names) == 1 else 'the models'}; ingest held-out runs and "
+                "select them with --runs, or pass --allow-fitting-runs (in-sample, optimistic)"
+            )
+    else:
+        eval_ids = selected
+    if not exclude_fitting and overlap:
+        notes.append(
+            f"evaluating on {len(overlap)} run(s) a model was fitted on: in-sample, optimistic"
+        )
+    rs = store.load(eval_ids)
+    if baseline_runs is not None:
+        base_ids = store.select(baseline_runs)
+    else:
+        have = set(store.select("all"))
+        base_ids = next(
+            (
+                [r for r in rec["fitting_runs"] if r in have]
+                for rec in records
+                if any(r in have for r in rec["fitting_runs"])
+            ),
+            [],
+        )
+        if not base_ids:
+            raise SelectionError(
+                "no model has fitting runs in the store for the mean-trajectory "
+                "baseline; pass --baseline-runs SELECTOR"
+            )
+    mean_traj = MeanTrajectoryBaseline().fit(store.load(base_ids))
+    all_models = {**sims, "constant": ConstantBaseline(), "mean-trajectory": mean_traj}
+    kinds = {name: r["kind"] or "simfluence" for name, r in zip(names, records)}
+    kinds.update({"constant": "baseline", "mean-trajectory": "baseline"})
+    fitting = {name: sorted(fit_by_model[name]) for name in names}
+    fitting["mean-trajectory"] = list(base_ids)
+    ev = evaluate(
+        all_models,
+        rs,
+        tests=None if tests is None else list(tests),
+        unseen=unseen,
+        fitting_runs=fitting,
+        kinds=kinds,
+    )
+    return StoreEvaluation(
+        ev,
+        records,
+        list(eval_ids),
+        list(base_ids),
+        sorted(set(eval_ids) & fit_union),
+        exclude_fitting,
+        notes,
+    )

@@ -218,15 +218,7 @@ def with_neutral(sim, curricula) -> object:
     (A = 1/b for models that fit A, B = 0) when some curriculum uses it."""
     if not any(e == NEUTRAL for c in curricula for batch in c for e in batch):
         return sim
-    import copy
-
-    ext = copy.copy(sim)
-    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
-    ext.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
-    ext.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
-    ext.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), NEUTRAL)
-    ext.example_counts_ = np.append(np.asarray(sim.example_counts_), 1)
-    return ext
+    return sim.with_no_change_example(NEUTRAL)
 
 
 def _chunk_size(T: int, M: int) -> int:

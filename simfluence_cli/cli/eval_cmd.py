@@ -26,8 +26,6 @@ from simfluence_cli.cli._app import (
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 
-BASELINES = ("constant", "mean-trajectory")
-
 
 class By(str, Enum):
     summary = "summary"
@@ -49,20 +47,6 @@ def _open_store(path: Path):
     from simfluence_cli.store.run_store import RunStore
 
     return RunStore(path)
-
-
-def _model_record(sim) -> dict:
-    man = getattr(sim, "manifest_", {}) or {}
-    cfg = man.get("config", {})
-    return {
-        "name": man.get("name"),
-        "kind": cfg.get("kind"),
-        "config": cfg,
-        "l2": man.get("l2"),
-        "data_hash": cfg.get("data_hash"),
-        "fitted_at": man.get("fitted_at"),
-        "fitting_runs": list(cfg.get("runs", [])),
-    }
 
 
 def _present(store, ids: list[str]) -> list[str]:
@@ -128,93 +112,29 @@ def eval_command(
     averaged: counterfactual skill, 0 = none), mae. Lower MSE/MAE and higher Spearman are better.
     """
     from simfluence_cli.analysis.evaluation import (
-        METRIC_HELP,
         RUN_COLUMNS,
         SUMMARY_COLUMNS,
         TEST_COLUMNS,
-        evaluate,
+        evaluate_models,
     )
     from simfluence_cli.io.curriculum import read_id_list
-    from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
-    from simfluence_cli.store.saved_models import StoredModel
 
     out_fmt = resolve_format(fmt, output)
-    if len(set(model)) != len(model):
-        raise UsageError("each --model may be given once")
-    clash = [m for m in model if m in BASELINES]
-    if clash:
-        raise UsageError(f"model name {clash[0]!r} is reserved for a baseline; rename the model")
     st = _open_store(store)
-    sims = {name: StoredModel(st, name) for name in model}  # parameters by test chunk
-    records = [_model_record(s) for s in sims.values()]
-    fit_by_model = {name: set(r["fitting_runs"]) for name, r in zip(model, records)}
-    fit_union = set().union(*fit_by_model.values())
-    selected = st.select(runs or "all")
-    overlap = [r for r in selected if r in fit_union]
-    if overlap and not allow_fitting_runs:
-        eval_ids = [r for r in selected if r not in fit_union]
-        if runs is not None:
-            warn(
-                f"left out {len(overlap)} run(s) a model was fitted on; pass "
-                "--allow-fitting-runs to include them"
-            )
-        if not eval_ids:
-            raise SelectionError(
-                f"all {len(selected)} selected run(s) were used to fit "
-                f"{'the model' if len(model) == 1 else 'the models'}; ingest held-out runs and "
-                "select them with --runs, or pass --allow-fitting-runs (in-sample, optimistic)"
-            )
-    else:
-        eval_ids = selected
-    if allow_fitting_runs and overlap:
-        warn(f"evaluating on {len(overlap)} run(s) a model was fitted on: in-sample, optimistic")
-    rs = st.load(eval_ids)
-    test_list = read_id_list(tests, "test ids") if tests else None
-
-    # baselines
-    if baseline_runs is not None:
-        base_ids = st.select(baseline_runs)
-    else:
-        base_ids = next(
-            (_present(st, r["fitting_runs"]) for r in records if _present(st, r["fitting_runs"])),
-            [],
-        )
-        if not base_ids:
-            raise SelectionError(
-                "no model has fitting runs in the store for the mean-trajectory "
-                "baseline; pass --baseline-runs SELECTOR"
-            )
-    mean_traj = MeanTrajectoryBaseline().fit(st.load(base_ids))
-    all_models = {**sims, "constant": ConstantBaseline(), "mean-trajectory": mean_traj}
-    kinds = {name: r["kind"] or "simfluence" for name, r in zip(model, records)}
-    kinds.update({"constant": "baseline", "mean-trajectory": "baseline"})
-    fitting = {name: sorted(fit_by_model[name]) for name in model}
-    fitting["mean-trajectory"] = list(base_ids)
-    ev = evaluate(
-        all_models, rs, tests=test_list, unseen=unseen.value, fitting_runs=fitting, kinds=kinds
+    res = evaluate_models(
+        st,
+        model,
+        runs,
+        exclude_fitting=not allow_fitting_runs,
+        tests=read_id_list(tests, "test ids") if tests else None,
+        baseline_runs=baseline_runs,
+        unseen=unseen.value,
     )
-    for note in ev.warnings:
+    for note in res.warnings:
         warn(note)
-
-    evaluated_fit = sorted(set(eval_ids) & fit_union)
-    document = {
-        "store": str(st.path),
-        "by": by.value,
-        "runs": list(ev.run_ids),
-        "n_tests": int(len(ev.test_ids)),
-        "allow_fitting_runs": allow_fitting_runs,
-        "fitting_runs_evaluated": evaluated_fit,
-        "models": records,
-        "baselines": {
-            "constant": {"definition": "L_t = L_0"},
-            "mean-trajectory": {
-                "definition": "per test example, mean over runs of the loss at each step",
-                "runs": list(base_ids),
-            },
-        },
-        "definitions": METRIC_HELP,
-        "warnings": list(ev.warnings),
-    }
+    ev, records, base_ids = res.evaluation, res.records, res.baseline_runs
+    evaluated_fit = res.fitting_runs_evaluated
+    document = res.document(st.path, by.value)
     if by is By.summary:
         rows, cols = ev.summary_rows(), ["model", "kind"] + SUMMARY_COLUMNS[1:]
     elif by is By.run:
@@ -480,6 +400,7 @@ def top_command(
     value, occurrences (in the fitting curricula).
     """
     from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
+    from simfluence_cli.analysis.evaluation import model_record
     from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import StoredModel
 
@@ -539,7 +460,7 @@ def top_command(
             "test": test,
             "measure": measure.value,
             "definition": MEASURE_HELP[measure.value],
-            "model_manifest": _model_record(sim),
+            "model_manifest": model_record(sim),
         },
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import sys
@@ -34,28 +33,18 @@ from simfluence_cli.cli._output import (
     resolve_format,
 )
 from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
+from simfluence_cli.model.simulator import SOLVERS, SimulatorConfig
 
 
-class Method(str, Enum):
-    linear = "linear"
-    additive = "additive"
-    multiplicative = "multiplicative"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice enum whose values are the library's own tuple (no re-declared list)."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-class Prior(str, Enum):
-    no_change = "no-change"
-    zero = "zero"
-
-
-class Clip(str, Enum):
-    observed = "observed"
-    none = "none"
-
-
-class Solver(str, Enum):
-    auto = "auto"
-    direct = "direct"
-    cg = "cg"
+Method = _choices("Method", SimulatorConfig.CHOICES["method"])
+Prior = _choices("Prior", SimulatorConfig.CHOICES["prior"])
+Clip = _choices("Clip", SimulatorConfig.CHOICES["clip"])
+Solver = _choices("Solver", SOLVERS)
 
 
 LOSS_HELP = {
@@ -86,15 +75,22 @@ def _parse_l2(text: str) -> float | str:
 class _Progress:
     """A rich progress bar over test examples (only when show_progress())."""
 
-    def __init__(self, total: float, label: str):
-        self.bar = None
-        if show_progress():
+    def __init__(self, total: float | None, label: str):
+        self.bar, self.label, self.entered = None, label, False
+        if total is not None:
+            self.start(total)
+
+    def start(self, total: float) -> None:
+        if show_progress() and self.bar is None:
             from rich.progress import Progress
 
             self.bar = Progress(console=stderr_console(), transient=True)
-            self.task = self.bar.add_task(label, total=total)
+            self.task = self.bar.add_task(self.label, total=total)
+            if self.entered:
+                self.bar.__enter__()
 
     def __enter__(self):
+        self.entered = True
         if self.bar is not None:
             self.bar.__enter__()
         return self
@@ -198,71 +194,40 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
-    from simfluence_cli.model.simulator import Simulator
-    from simfluence_cli.store.saved_models import (
-        ParameterWriter,
-        check_existing,
-        check_name,
-        model_config,
-        save_model,
-    )
+    from simfluence_cli.model.simulator import ExecutionOptions, Simulator
+    from simfluence_cli.store.saved_models import check_name, fit_model
 
     name = check_name(name or method.value)
-    # options first: a malformed option is a usage error (exit 2) whatever the store holds
-    sim = Simulator(
-        method=method.value,
-        l2=_parse_l2(l2),
-        prior=prior.value,
-        clip=clip.value,
-        solver=solver.value,
-        workers=workers,
-        dask=dask,
-    )
+    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value)
+    execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
+    sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
+    execution.validate()
     st = _open_store(store)
-    ids = st.select(runs)
-    with st.write_lock():
-        data_hash = st.data_hash(ids)
-        prev = check_existing(st, name, model_config(sim, ids, data_hash), replace=replace)
-        if prev is not None:
+    with _Progress(None, "fitting") as bar:
+
+        def start(rs):
             info(
-                f"model {name!r} is up to date (same configuration and data, fitted "
-                f"{prev.get('fitted_at')}); pass --replace to refit"
+                f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
+                f"{rs.n_tests} test examples"
+                + (" (l2 by cross-validation)" if sim.l2 == "auto" else "")
             )
-            if json_out:
-                render_object(prev)
-            return
-        rs = st.load(ids)
+            bar.start(rs.n_tests * (2 if sim.l2 == "auto" else 1))
+            return bar
+
+        res = fit_model(st, name, sim, runs, replace=replace, execution=execution, on_start=start)
+    if res.up_to_date:
         info(
-            f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
-            f"{rs.n_tests} test examples"
-            + (" (l2 by cross-validation)" if sim.l2 == "auto" else "")
+            f"model {name!r} is up to date (same configuration and data, fitted "
+            f"{res.manifest.get('fitted_at')}); pass --replace to refit"
         )
-        total = rs.n_tests * (2 if sim.l2 == "auto" else 1)
-        # parameters stream into the model's next parameter file as test chunks are solved:
-        # the whole training x test matrix is never in memory; the manifest still commits last
-        writer = ParameterWriter(st, name, rs.example_ids, rs.test_ids, sim.method)
-        try:
-            with _Progress(total, "fitting") as bar:
-                sim.progress = bar
-                sim.fit(rs, param_sink=writer, keep_params=False)
-                sim.progress = None
-        except BaseException:
-            writer.abort()
-            raise
-        man = save_model(
-            st,
-            name,
-            sim,
-            runs=ids,
-            data_hash=data_hash,
-            selector=runs,
-            replace=replace,
-            parameters=writer,
-        )
+        if json_out:
+            render_object(res.manifest)
+        return
+    man, ids = res.manifest, res.run_ids
     how = "chosen by CV" if sim.cv_curve_ else "given"
     info(
         f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
-        f"clip {clip.value}; {len(ids)} run(s), {rs.n_examples} examples x {rs.n_tests} tests, "
+        f"clip {clip.value}; {len(ids)} run(s), {res.n_examples} examples x {res.n_tests} tests, "
         f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}"
     )
     if sim.cv_curve_:
@@ -350,76 +315,6 @@ def _check_ids(cur, sim, st, unseen: str) -> None:
     )
 
 
-def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
-    """A CSV with columns test_id, loss (header required); one loss per simulated test."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", path=path) from None
-    rows = csv.reader(io.StringIO(text))
-    header = next(rows, None)
-    if header is None or [h.strip() for h in header[:2]] != ["test_id", "loss"]:
-        raise InputError(
-            "expected a header line 'test_id,loss'",
-            path=path,
-            line=1,
-            hint="--init-loss FILE is a CSV with columns test_id,loss",
-        )
-    got: dict[str, float] = {}
-    for no, row in enumerate(rows, start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise InputError("expected 2 fields: test_id,loss", path=path, line=no)
-        tid = row[0].strip()
-        try:
-            v = float(row[1])
-        except ValueError:
-            raise InputError(
-                f"not a number: {row[1]!r}", path=path, line=no, field="loss"
-            ) from None
-        if not (math.isfinite(v) and v >= 0):
-            raise InputError(
-                f"a loss must be finite and >= 0, got {row[1]!r}", path=path, line=no, field="loss"
-            )
-        if tid in got:
-            raise InputError(f"duplicate test_id {tid!r}", path=path, line=no, field="test_id")
-        got[tid] = v
-    absent = [t for t in tests if t not in got]
-    if absent:
-        raise InputError(
-            f"no initial loss for {len(absent)} simulated test(s): {', '.join(absent[:10])}",
-            path=path,
-            hint="give a row for every test, or restrict them with --tests",
-        )
-    return np.asarray([got[t] for t in tests])
-
-
-def _init_loss(spec: str, sim, st) -> np.ndarray:
-    tests = list(sim.test_ids_)
-    if spec == "mean":
-        return sim.init_loss_mean_
-    if spec.startswith("run:"):
-        rid = spec[4:]
-        if rid not in st.run_ids():
-            raise SelectionError(f"--init-loss {spec}: no run {rid!r} in {st.path}")
-        rs = st.load([rid])
-        run = rs.runs[0]
-        if run.loss_steps[0] != 0:
-            raise SelectionError(f"run {rid!r} has no losses logged at step 0")
-        pos = {t: j for j, t in enumerate(rs.test_ids)}
-        L0 = np.asarray([run.losses[0, pos[t]] if t in pos else np.nan for t in tests])
-        bad = [t for t, v in zip(tests, L0) if not np.isfinite(v)]
-        if bad:
-            raise SelectionError(
-                f"run {rid!r} has no step-0 loss for test(s) {', '.join(bad[:10])}"
-            )
-        return L0
-    return _read_init_file(spec, tests)
-
-
 @command("simulate")
 def simulate(
     curriculum: Annotated[
@@ -459,8 +354,9 @@ def simulate(
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
     """
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
-    from simfluence_cli.store.saved_models import StoredModel
+    from simfluence_cli.store.saved_models import StoredModel, simulate_chunks
 
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
@@ -469,22 +365,14 @@ def simulate(
     test_ids = read_id_list(tests, "test IDs") if tests else None
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
     _check_ids(cur, sim, st, unseen.value)
-    L0 = _init_loss(init_loss, sim, st)
+    L0 = resolve_init_loss(init_loss, sim, st)
     sizes = {len(b) for b in cur.batches}
     if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
         )
-    idx = sim.encode([cur.batches], unseen=unseen.value)
-    traj = np.empty((len(cur) + 1, len(sim.test_ids_)))  # (T+1, M), filled chunk by chunk
-    s = 0
-    for chunk, part in sim.chunks():
-        traj[:, s : s + len(chunk)] = part.simulate(
-            idx, init_loss=L0[s : s + len(chunk)], lengths=[len(cur)]
-        )[0]
-        s += len(chunk)
-        part = None  # free this chunk's parameters before the next one is loaded
+    traj = simulate_chunks(sim, [cur.batches], L0, unseen=unseen.value)[0]  # (T+1, M)
     lo, hi = sim.bounds_
     clamped = 0 if lo is None else int(np.sum((traj[1:] <= lo) | (traj[1:] >= hi)))
     info(

@@ -14,7 +14,7 @@ import typer
 from simfluence_cli._atomic import write_bytes_atomic
 from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
 from simfluence_cli.analysis.groups import group_effects, read_groups
-from simfluence_cli.analysis.initial_losses import read_init_loss, run_init_loss
+from simfluence_cli.analysis.initial_losses import resolve_init_loss, run_init_loss
 from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
@@ -111,29 +111,12 @@ def _base(st, sim, base: str, init: str | None):
             )
             L0 = np.where(np.isfinite(L0), L0, sim.init_loss_mean_)
     if init is not None:
-        L0 = _init_loss(st, sim, init)
+        L0 = resolve_init_loss(init, sim, st)
     elif L0 is None:
         L0 = sim.init_loss_mean_.copy()
     if not np.all(np.isfinite(L0)):
         raise UsageError("no initial loss for some test examples; give --init-loss run:RUN or FILE")
     return batches, L0, desc
-
-
-def _init_loss(st, sim, spec: str) -> np.ndarray:
-    tests = list(sim.test_ids_)
-    if spec == "mean":
-        return sim.init_loss_mean_.copy()
-    if spec.startswith("run:"):
-        ids = st.select(spec)
-        if len(ids) != 1:
-            raise SelectionError(f"--init-loss {spec!r} matches {len(ids)} runs; give one run id")
-        L0, missing = run_init_loss(st.load(ids), ids[0], tests)
-        if missing:
-            raise SelectionError(
-                f"run {ids[0]} has no step-0 loss for test(s) {', '.join(missing[:10])}"
-            )
-        return L0
-    return read_init_loss(spec, tests)
 
 
 def _ids(spec: str | None, what: str):
@@ -500,7 +483,7 @@ def design_cmd(
     if report == "-" and output == "-":
         raise UsageError("--report - and -o - both write to stdout; send one to a file")
     st, sim = _open(store, model, tests)
-    L0 = _init_loss(st, sim, init_loss)
+    L0 = resolve_init_loss(init_loss, sim, st)
     pool_ids = _ids(pool, "pool example IDs")
     progress = None
     bar = None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._hashing import sha256_hex
 from simfluence_cli.errors import InputError
 
 # --------------------------------------------------------------------------------------------
@@ -42,16 +42,18 @@ class RunData:
     def content_hash(self) -> str:
         """sha256 of the canonical content: the same run gives the same hash from any format."""
         if self._hash is None:
-            h = hashlib.sha256(b"simfluence-run-content-v1\n")
-            for arr in (self.example_ids, self.test_ids):
-                h.update(json.dumps(list(arr), ensure_ascii=False).encode())
-                h.update(b"\n")
-            h.update(np.ascontiguousarray(self.batch_ptr, "<i8").tobytes())
-            h.update(np.ascontiguousarray(self.ex_codes, "<i4").tobytes())
-            h.update(np.ascontiguousarray(self.loss_step, "<i8").tobytes())
-            h.update(np.ascontiguousarray(self.loss_test, "<i4").tobytes())
-            h.update(np.ascontiguousarray(self.loss + 0.0, "<f8").tobytes())  # -0.0 -> 0.0
-            self._hash = h.hexdigest()
+            self._hash = sha256_hex(
+                b"simfluence-run-content-v1\n",
+                json.dumps(list(self.example_ids), ensure_ascii=False).encode(),
+                b"\n",
+                json.dumps(list(self.test_ids), ensure_ascii=False).encode(),
+                b"\n",
+                np.ascontiguousarray(self.batch_ptr, "<i8").tobytes(),
+                np.ascontiguousarray(self.ex_codes, "<i4").tobytes(),
+                np.ascontiguousarray(self.loss_step, "<i8").tobytes(),
+                np.ascontiguousarray(self.loss_test, "<i4").tobytes(),
+                np.ascontiguousarray(self.loss + 0.0, "<f8").tobytes(),  # -0.0 -> 0.0
+            )
         return self._hash
 
     def stats(self) -> dict:

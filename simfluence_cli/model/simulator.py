@@ -23,25 +23,133 @@ random and leave-30% curricula it changes RMSE by < 0.1% (bench/bench_prior_clip
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
-from simfluence_cli.errors import ModelError, SelectionError, SimfluenceWarning, UsageError
+from simfluence_cli.errors import (
+    ModelError,
+    NotFittedError,
+    SelectionError,
+    SimfluenceWarning,
+    UsageError,
+)
 from simfluence_cli.model.normal_equations import METHODS, Design
+from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
-from simfluence_cli.runs import RunSet
+from simfluence_cli.runs import RunSet, stack_index
 
-__all__ = ["Simulator", "DEFAULT_L2_GRID"]
+__all__ = [
+    "Simulator",
+    "SimulatorConfig",
+    "ExecutionOptions",
+    "NotFittedError",
+    "DEFAULT_L2_GRID",
+    "METHODS",
+    "PRIORS",
+    "CLIPS",
+    "SOLVERS",
+    "UNSEEN_POLICIES",
+]
 
 DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
+PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
+CLIPS = ("observed", "none")  # rollout safeguard
+SOLVERS = ("auto", "direct", "cg")  # execution only: every solver gives the same parameters
 UNSEEN_POLICIES = ("error", "prior", "skip")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """A simulator's model configuration: everything that changes the fitted parameters.
+
+    Saved as JSON in the model manifest (``config``) beside the results and read back into
+    this dataclass on load. Execution options (solver, workers, ...) are not part of it:
+    see :class:`ExecutionOptions`. The CLI's ``--method/--prior/--clip`` choices come from
+    ``SimulatorConfig.CHOICES``.
+    """
+
+    method: str = "linear"
+    l2: float | str = 1.0
+    prior: str = "no-change"
+    clip: str = "observed"
+    clip_margin: float = 0.5
+    cv_folds: int = 5
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "method": METHODS,
+        "prior": PRIORS,
+        "clip": CLIPS,
+    }
+
+    def validate(self) -> SimulatorConfig:
+        """Raise UsageError on a malformed configuration; returns self."""
+        for key, allowed in self.CHOICES.items():
+            v = getattr(self, key)
+            if v not in allowed:
+                raise UsageError(f"unknown {key} {v!r}; choose one of {', '.join(allowed)}")
+        if isinstance(self.l2, str):
+            if self.l2 != "auto":
+                raise UsageError(f"--l2 must be a number >= 0 or 'auto', got {self.l2!r}")
+        elif not (isinstance(self.l2, int | float) and np.isfinite(self.l2) and self.l2 >= 0):
+            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2!r}")
+        if not (np.isfinite(self.clip_margin) and self.clip_margin >= 0):
+            raise UsageError(f"clip_margin must be a finite number >= 0, got {self.clip_margin!r}")
+        if not (isinstance(self.cv_folds, int | np.integer) and self.cv_folds >= 2):
+            raise UsageError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
+        grid = [float(g) for g in self.l2_grid]
+        if not grid or not all(np.isfinite(g) and g >= 0 for g in grid):
+            raise UsageError("l2_grid must be a non-empty list of finite numbers >= 0")
+        return self
+
+    def to_json(self) -> dict:
+        """The configuration as JSON-ready values (what a model manifest records)."""
+        d = asdict(self)
+        d["l2_grid"] = list(self.l2_grid)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> SimulatorConfig:
+        """Read back :meth:`to_json` (extra keys, e.g. a manifest's runs, are ignored; missing
+        keys take the defaults, as in manifests written before a key existed)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in names}
+        if "l2_grid" in kw:
+            kw["l2_grid"] = tuple(float(x) for x in kw["l2_grid"])
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a fit runs, not what it computes (none of these changes the fitted parameters
+    beyond solver round-off): solver ``auto|direct|cg``, CG relative-residual ``tol``, local
+    worker processes, a Dask scheduler address or client, a ``progress(k)`` callback."""
+
+    solver: str = "auto"
+    tol: float = CG_TOL
+    workers: int = 1
+    dask: object | None = None
+    progress: Callable[[float], None] | None = None
+
+    def validate(self) -> ExecutionOptions:
+        choose_solver(self.solver, 1)  # UsageError on an unknown solver
+        if not (isinstance(self.workers, int | np.integer) and self.workers >= 1):
+            raise UsageError(f"workers must be an integer >= 1, got {self.workers!r}")
+        return self
 
 
 class Simulator:
     """A Simfluence training-run simulator (scikit-learn style: ``Simulator(...).fit(runs)``).
+
+    The constructor only stores its arguments (the :class:`SimulatorConfig` fields); they are
+    validated by :meth:`fit`. ``get_params``/``set_params``/``sklearn.base.clone`` work as
+    for a scikit-learn estimator. Execution options are arguments of :meth:`fit`.
 
     Learned state (after ``fit``): ``A_``, ``B_`` (n_examples, n_tests) parameters;
     ``example_ids_``, ``test_ids_``; ``l2_`` (penalty used) and ``cv_curve_`` (for ``l2="auto"``);
@@ -49,6 +157,7 @@ class Simulator:
     ``example_counts_`` occurrences of each example in the fitting curricula; ``batch_size_``;
     ``loss_scale_`` (n_tests,) per-test standardisation scale; ``solver_stats_`` (solver, CG
     iterations, ``cg_not_converged`` and ``cg_max_rel_residual`` for the CG solver).
+    Methods that need them raise :class:`NotFittedError` (a ModelError) before ``fit``.
     """
 
     def __init__(
@@ -61,51 +170,68 @@ class Simulator:
         clip_margin: float = 0.5,
         cv_folds: int = 5,
         l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-        progress=None,
-        solver: str = "auto",
-        tol: float = CG_TOL,
-        workers: int = 1,
-        dask=None,
     ):
-        # execution options (not model configuration; see _solver / _parallel): solver
-        # "auto"|"direct"|"cg", CG relative-residual tol, local worker processes, Dask address
-        self.solver, self.tol, self.workers, self.dask = solver, tol, workers, dask
-        choose_solver(solver, 1)
         self.method = method
         self.l2 = l2
         self.prior = prior
         self.clip = clip
         self.clip_margin = clip_margin
         self.cv_folds = cv_folds
-        self.l2_grid = tuple(l2_grid)
-        self.progress = progress
-        self._check_params()
+        self.l2_grid = l2_grid
 
-    # -- configuration ---------------------------------------------------------------------
-    def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.prior not in ("no-change", "zero"):
-            raise UsageError(f"unknown prior {self.prior!r}; choose 'no-change' or 'zero'")
-        if self.clip not in ("observed", "none"):
-            raise UsageError(f"unknown clip {self.clip!r}; choose 'observed' or 'none'")
-        if isinstance(self.l2, str):
-            if self.l2 != "auto":
-                raise UsageError(f"--l2 must be a number >= 0 or 'auto', got {self.l2!r}")
-        elif not (np.isfinite(self.l2) and self.l2 >= 0):
-            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2!r}")
+    # -- configuration (scikit-learn estimator protocol) -----------------------------------
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
 
-    def get_params(self) -> dict:
-        """The configuration (what a saved model's manifest records)."""
-        return {
-            "method": self.method,
-            "l2": self.l2,
-            "prior": self.prior,
-            "clip": self.clip,
-            "clip_margin": self.clip_margin,
-            "cv_folds": self.cv_folds,
-            "l2_grid": list(self.l2_grid),
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor arguments by name (``deep`` is accepted for scikit-learn; a
+        Simulator has no nested estimators)."""
+        return {k: getattr(self, k) for k in self._get_param_names()}
+
+    def set_params(self, **params) -> Simulator:
+        """Set constructor arguments; returns self. Unknown names are a UsageError."""
+        valid = self._get_param_names()
+        for k, v in params.items():
+            if k not in valid:
+                raise UsageError(
+                    f"invalid parameter {k!r} for Simulator; valid: {', '.join(valid)}"
+                )
+            setattr(self, k, v)
+        return self
+
+    @property
+    def config(self) -> SimulatorConfig:
+        """The configuration as a :class:`SimulatorConfig` (not validated)."""
+        p = self.get_params()
+        p["l2_grid"] = tuple(p["l2_grid"])
+        return SimulatorConfig(**p)
+
+    @classmethod
+    def from_config(cls, config: SimulatorConfig) -> Simulator:
+        p = {f.name: getattr(config, f.name) for f in fields(config)}
+        return cls(**p)
+
+    def __repr__(self) -> str:
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(type(self).__init__).parameters.items()
+            if k != "self"
         }
+        shown = []
+        for k, v in self.get_params().items():
+            d = defaults[k]
+            if isinstance(v, list | tuple | np.ndarray) or isinstance(d, list | tuple):
+                same = np.shape(v) == np.shape(d) and bool(np.all(np.asarray(v) == d))
+            else:
+                same = bool(v == d)
+            if not same:
+                shown.append(f"{k}={v!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def _check_params(self) -> None:
+        self.config.validate()
 
     @classmethod
     def from_params(
@@ -129,6 +255,7 @@ class Simulator:
         per test for clipping (default: no upper bound, lower bound 0 via clip='observed').
         """
         sim = cls(method=method, l2=0.0, prior=prior, clip=clip)
+        sim._check_params()
         n, m = len(example_ids), len(test_ids)
         sim.example_ids_ = np.asarray(list(example_ids), dtype=object)
         sim.test_ids_ = np.asarray(list(test_ids), dtype=object)
@@ -151,8 +278,25 @@ class Simulator:
         return sim
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> Simulator:
+    def fit(
+        self,
+        runs: RunSet,
+        *,
+        param_sink=None,
+        keep_params: bool = True,
+        solver: str = "auto",
+        tol: float = CG_TOL,
+        workers: int = 1,
+        dask=None,
+        progress=None,
+        execution: ExecutionOptions | None = None,
+    ) -> Simulator:
         """Fit on the runs of ``runs``; returns self.
+
+        Execution options (they change how, not what, is computed; see
+        :class:`ExecutionOptions`): ``solver`` auto|direct|cg, CG ``tol``, local ``workers``,
+        a ``dask`` scheduler address or client, ``progress(k)`` called as tests are solved;
+        or all of them as one ``execution=ExecutionOptions(...)``.
 
         ``param_sink(test_indices, A_chunk, B_chunk)`` (each (n_examples, k)) receives the
         parameters of each chunk of test examples as soon as it is solved (in any order of
@@ -160,6 +304,12 @@ class Simulator:
         ``keep_params=False`` (with a sink) does not keep ``A_``/``B_`` (set to None), so the
         whole n_examples x n_tests matrix is never in memory.
         """
+        self._check_params()
+        self._exec = (
+            execution
+            if execution is not None
+            else ExecutionOptions(solver, tol, workers, dask, progress)
+        ).validate()
         if not keep_params and param_sink is None:
             raise UsageError("keep_params=False needs a param_sink")
         if len(runs) == 0:
@@ -230,10 +380,10 @@ class Simulator:
             self.method,
             self.l2_,
             theta0,
-            solver=self.solver,
-            tol=self.tol,
-            workers=self.workers,
-            dask=self.dask,
+            solver=self._exec.solver,
+            tol=self._exec.tol,
+            workers=self._exec.workers,
+            dask=self._exec.dask,
             progress=self._tick,
             stats=self.solver_stats_,
             sink=sink,
@@ -248,6 +398,7 @@ class Simulator:
         elif not keep_params:
             self.A_ = self.B_ = None
         self.fit_seconds_ = time.perf_counter() - t0
+        self._exec = ExecutionOptions()  # a Dask client or progress bar is not kept on the model
         for msg in self.warnings_:  # the CLI prints each as one "warning:" line
             warnings.warn(msg, SimfluenceWarning, stacklevel=2)
         return self
@@ -262,17 +413,23 @@ class Simulator:
 
         self.warnings_.append(
             f"the CG solver did not converge for {len(bad)} test example(s) (largest relative "
-            f"residual {st['cg_max_rel_residual']:.2g}, tolerance {self.tol:g}); their "
+            f"residual {st['cg_max_rel_residual']:.2g}, tolerance {self._exec.tol:g}); their "
             f"parameters are inaccurate: raise --l2 or use --solver direct: "
             f"{_names(self.test_ids_[np.asarray(bad)])}"
         )
 
     def _tick(self, k: int) -> None:
-        if self.progress is not None:
-            self.progress(k)
+        progress = getattr(self, "_exec", ExecutionOptions()).progress
+        if progress is not None:
+            progress(k)
+
+    def _prior_multiplier(self) -> float:
+        """A_i of the shrink target: 1/b with prior 'no-change' (a batch of b examples then
+        predicts alpha = 1, beta = 0: no change), 0 with prior 'zero'. B_i of it is 0."""
+        return 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
 
     def _theta0(self, n: int) -> np.ndarray:
-        a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
+        a0 = self._prior_multiplier()
         if self.method == "linear":
             return np.concatenate([np.full(n, a0), np.zeros(n)])
         if self.method == "multiplicative":
@@ -306,7 +463,7 @@ class Simulator:
         self.cv_folds_ = folds
         n, m = runs.n_examples, runs.n_tests
         encoded = {rid: runs[rid].index_matrix() for rid in ids}
-        grid = list(self.l2_grid)
+        grid = [float(g) for g in self.l2_grid]
         G_ = len(grid)
         # the penalty is one scalar shared by all tests: its CV error is estimated on at most
         # CV_MAX_TESTS tests spread over the test set (all tests when there are fewer)
@@ -329,12 +486,7 @@ class Simulator:
                 lo_all = np.where(np.isfinite(lo_all), lo_all, 0.0)
                 hi_all = np.where(np.isfinite(hi_all), hi_all, np.inf)
             # held-out runs as one padded (C, T, b) curriculum batch
-            T = max(runs[rid].n_steps for rid in fold)
-            b = max(encoded[rid].shape[1] for rid in fold)
-            idx = np.full((len(fold), T, b), -1, dtype=np.int64)
-            for c, rid in enumerate(fold):
-                e = encoded[rid]
-                idx[c, : e.shape[0], : e.shape[1]] = e
+            idx = stack_index([encoded[rid] for rid in fold])
             for chunk in chunks:
                 k = len(chunk)
                 ths = solve_tests(
@@ -344,8 +496,8 @@ class Simulator:
                     theta0,
                     tests=chunk,
                     run_ids=train,
-                    solver=self.solver,
-                    tol=max(self.tol, CV_TOL),
+                    solver=self._exec.solver,
+                    tol=max(self._exec.tol, CV_TOL),
                 )
                 # all penalties side by side as columns: (n, G*k)
                 A, B = self._split(np.hstack(ths), n)
@@ -356,7 +508,7 @@ class Simulator:
                 )
                 L0 = np.vstack([np.tile(runs[rid].losses[0, chunk], G_) for rid in fold])
                 L0 = np.where(np.isfinite(L0), L0, 0.0)  # undefined columns are not scored
-                traj = _rollout(A, B, idx, L0, self.method, lo, hi)
+                traj = rollout(A, B, idx, L0, self.method, lo, hi)
                 for c, rid in enumerate(fold):
                     run = runs[rid]
                     sim = traj[c][run.loss_steps].reshape(len(run.loss_steps), G_, k)
@@ -422,13 +574,20 @@ class Simulator:
         return np.maximum(lo - self.clip_margin * span, 0.0), hi + self.clip_margin * span
 
     # -- simulation ------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "A_"):
-            raise ModelError("this Simulator is not fitted yet; call fit(runs) first")
+    def _check_fitted(self, parameters: bool = False) -> None:
+        """NotFittedError unless fitted (and, with ``parameters``, holding A_ and B_)."""
+        if not hasattr(self, "example_ids_") or not hasattr(self, "test_ids_"):
+            raise NotFittedError("this Simulator is not fitted yet; call fit(runs) first")
+        if parameters and (getattr(self, "A_", None) is None or getattr(self, "B_", None) is None):
+            raise NotFittedError(
+                "this Simulator holds no parameters (loaded with parameters=False or fitted "
+                "with keep_params=False); load it with parameters, e.g. load_model(store, name)"
+            )
 
     @property
     def bounds_(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Per-test (lower, upper) clamp for simulated losses, or (None, None) with clip='none'."""
+        self._check_fitted()
         if self.clip == "none":
             return None, None
         return self._widen(self.loss_min_, self.loss_max_)
@@ -441,10 +600,9 @@ class Simulator:
     def unseen_ids(self, curricula) -> list[str]:
         """IDs in ``curricula`` the model has no fitted parameters for (sorted, unique)."""
         self._check_fitted()
-        pos = {e: i for i, e in enumerate(self.example_ids_)}
-        seen = self.seen_mask()
-        ids = {str(e) for cur in curricula for batch in _batches(cur) for e in batch}
-        return sorted(e for e in ids if e not in pos or not seen[pos[e]])
+        vocab = sorted({str(e) for cur in curricula for batch in _batches(cur) for e in batch})
+        where = map_examples(self.example_ids_, self.example_counts_, vocab, "error")
+        return [e for e, w in zip(vocab, where) if w == -2]
 
     def encode(self, curricula, unseen: str = "error") -> np.ndarray:
         """Curricula of example-ID batches -> index array (C, T, b) padded with -1.
@@ -455,30 +613,26 @@ class Simulator:
         from their batch; with linear/multiplicative models a smaller batch has a smaller alpha).
         """
         self._check_fitted()
-        if unseen not in UNSEEN_POLICIES:
-            raise UsageError(f"--unseen must be one of {', '.join(UNSEEN_POLICIES)}")
         curricula = [_batches(c) for c in curricula]
-        bad = set(self.unseen_ids(curricula))
-        if bad and unseen == "error":
-            uniq = sorted(bad)
+        vocab = sorted({str(e) for cur in curricula for batch in cur for e in batch})
+        where = map_examples(self.example_ids_, self.example_counts_, vocab, unseen)
+        if unseen == "error" and (where == -2).any():
+            uniq = [e for e, w in zip(vocab, where) if w == -2]
             raise ModelError(
                 f"{len(uniq)} training example(s) have no fitted parameters (never trained on in "
                 f"the fitting runs): {', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
                 "choose --unseen prior (no effect beyond the prior) or --unseen skip"
             )
-        n = len(self.example_ids_)
-        pos = {e: i for i, e in enumerate(self.example_ids_)}
-        for e in bad:
-            pos[e] = n if unseen == "prior" else -1
-        C = len(curricula)
-        T = max((len(c) for c in curricula), default=0)
-        b = max((len(batch) for c in curricula for batch in c), default=1)
-        idx = np.full((C, T, max(b, 1)), -1, dtype=np.int64)
-        for ci, cur in enumerate(curricula):
+        code = dict(zip(vocab, where.tolist()))
+        mats = []
+        for cur in curricula:
+            m = np.full((len(cur), max((len(b) for b in cur), default=1)), -1, dtype=np.int64)
             for t, batch in enumerate(cur):
-                codes = [c for c in (pos[str(e)] for e in batch) if c != -1]
-                idx[ci, t, : len(codes)] = codes
-        return idx
+                codes = [c for c in (code[str(e)] for e in batch) if c != -1]  # -1 = skipped
+                m[t, : len(codes)] = codes
+            mats.append(m)
+        b = max((len(batch) for c in curricula for batch in c), default=1)
+        return stack_index(mats, width=b)
 
     def simulate(
         self,
@@ -503,7 +657,7 @@ class Simulator:
         (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
         Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
         """
-        self._check_fitted()
+        self._check_fitted(parameters=True)
         if isinstance(curricula, np.ndarray):
             idx = curricula
         else:
@@ -524,7 +678,7 @@ class Simulator:
             lo, hi = lo[cols], hi[cols]
         A, B = self.A_[:, cols], self.B_[:, cols]
         if np.any(idx == len(self.example_ids_)):  # 'prior' rows for unseen examples
-            a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
+            a0 = self._prior_multiplier()
             A = np.vstack([A, np.full((1, len(cols)), a0)])
             B = np.vstack([B, np.zeros((1, len(cols)))])
         if return_ not in ("trajectory", "final"):
@@ -540,6 +694,23 @@ class Simulator:
             for c, T in enumerate(lengths):
                 out[c, T + 1 :] = np.nan
         return out
+
+    def with_no_change_example(self, example_id: str) -> Simulator:
+        """A shallow copy with one extra training example ``example_id`` (the last row) that
+        leaves the loss unchanged whatever the prior: A = 1/b (0 for additive models, whose A is
+        unused), B = 0, count 1. What what-if's ``neutral`` placeholder and the removal effect
+        substitute for an example (the one "no-change" filler)."""
+        self._check_fitted(parameters=True)
+        import copy
+
+        ext = copy.copy(self)
+        m = self.A_.shape[1]
+        a0 = 0.0 if self.method == "additive" else 1.0 / self.batch_size_
+        ext.A_ = np.vstack([self.A_, np.full((1, m), a0)])
+        ext.B_ = np.vstack([self.B_, np.zeros((1, m))])
+        ext.example_ids_ = np.append(np.asarray(self.example_ids_, dtype=object), example_id)
+        ext.example_counts_ = np.append(np.asarray(self.example_counts_), 1)
+        return ext
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
         if tests is None:
@@ -600,45 +771,26 @@ def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
     )
 
 
-def _rollout(
-    A: np.ndarray,
-    B: np.ndarray,
-    idx: np.ndarray,
-    L0: np.ndarray,
-    method: str,
-    lo: np.ndarray | None,
-    hi: np.ndarray | None,
-) -> np.ndarray:
-    """Vectorised recurrence over curricula and tests; loops over steps only.
-
-    A, B: (n, m) parameters (an extra trailing row may be appended by the caller);
-    idx: (C, T, b) example indices, -1 = padding. Returns (C, T+1, m).
-    """
-    C, T, _ = idx.shape
-    m = A.shape[1]
-    Ap = np.vstack([A, np.zeros((1, m))])  # row -1 (padding) contributes nothing
-    Bp = np.vstack([B, np.zeros((1, m))])
-    out = np.empty((C, T + 1, m))
-    L = np.array(L0, dtype=np.float64, copy=True)
-    out[:, 0] = L
-    active = (idx >= 0).any(axis=2)  # (C, T): steps that exist
-    with np.errstate(over="ignore", invalid="ignore"):  # unclipped rollouts may diverge
-        _steps(out, L, Ap, Bp, idx, active, method, lo, hi)
-    return out
-
-
-def _steps(out, L, Ap, Bp, idx, active, method, lo, hi) -> None:
-    for t in range(idx.shape[1]):
-        ix = idx[:, t, :]
-        beta = Bp[ix].sum(axis=1)
-        if method == "additive":
-            new = L + beta
-        else:
-            new = Ap[ix].sum(axis=1) * L + beta
-        if lo is not None:
-            np.clip(new, lo, hi, out=new)
-        L = np.where(active[:, t, None], new, L)
-        out[:, t + 1] = L
+def map_examples(model_ids, counts, ids, unseen: str = "error") -> np.ndarray:
+    """The unseen-example policy (its one implementation): the position among the model's
+    examples ``model_ids`` of each of ``ids``. An ID the model has no fitted parameters for
+    (absent, or ``counts`` 0: never trained on in the fitting runs) maps to
+    ``len(model_ids)`` with ``unseen="prior"`` (the prior row :meth:`Simulator.simulate`
+    appends: the shrink target), -1 with ``"skip"`` (dropped from its batch), -2 with
+    ``"error"`` (the caller raises, naming them)."""
+    if unseen not in UNSEEN_POLICIES:
+        raise UsageError(f"--unseen must be one of {', '.join(UNSEEN_POLICIES)}")
+    pos = {e: i for i, e in enumerate(model_ids)}
+    n = len(model_ids)
+    mp = np.fromiter((pos.get(e, -2) for e in ids), dtype=np.int64, count=len(ids))
+    if counts is not None:
+        seen = np.append(np.asarray(counts) > 0, False)
+        mp[(mp >= 0) & ~seen[np.maximum(mp, 0)]] = -2
+    if unseen == "prior":
+        mp[mp == -2] = n
+    elif unseen == "skip":
+        mp[mp == -2] = -1
+    return mp
 
 
 def _batches(cur):

@@ -6,10 +6,11 @@ the store imports its constants from this leaf module.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import pyarrow as pa
+
+from simfluence_cli._hashing import sha256_hex
 
 STORE_FORMAT = 1
 
@@ -77,7 +78,7 @@ _PART_FILE = re.compile(r"^\.?[A-Za-z0-9._-]*-[0-9a-f]{10}\.g\d+\.parquet(\.pend
 def run_key(run_id: str) -> str:
     """File-system-safe, collision-free file stem for a run id."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._-")[:48] or "run"
-    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
+    return f"{slug}-{sha256_hex(run_id)[:10]}"
 
 
 MODEL_FORMAT = 1

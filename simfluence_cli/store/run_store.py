@@ -20,7 +20,6 @@ kill at any moment leaves the store as before or as after.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
+from simfluence_cli._hashing import sha256_hex
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import (
     ConflictError,
@@ -246,6 +246,16 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
+    @property
+    def models(self):
+        """The store's fitted models as a mapping-like
+        :class:`~simfluence_cli.store.saved_models.ModelRegistry`: ``store.models["linear"]``,
+        ``list(store.models)``, ``store.models.list()``, ``"x" in store.models``,
+        ``del store.models["x"]``, ``store.models.fit(name, Simulator(...), runs="fit")``."""
+        from simfluence_cli.store.saved_models import ModelRegistry
+
+        return ModelRegistry(self)
+
     # ---- manifest ------------------------------------------------------------------------
 
     def _manifest(self) -> dict:
@@ -313,7 +323,7 @@ class RunStore:
         if missing:
             raise SelectionError(f"no run(s) {', '.join(map(repr, missing[:5]))} in {self.path}")
         pairs = sorted((r, man["runs"][r]["content_hash"]) for r in set(run_ids))
-        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+        return sha256_hex(json.dumps(pairs))
 
     def _read_part(self, man: dict, run_id: str, part: str, columns: list[str]) -> pa.Table:
         rel = man["runs"][run_id]["files"][part]

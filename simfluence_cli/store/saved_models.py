@@ -24,6 +24,9 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import replace as replace_field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +37,8 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
-from simfluence_cli.model.simulator import DEFAULT_L2_GRID, Simulator
+from simfluence_cli.model.simulator import ExecutionOptions, Simulator, SimulatorConfig
+from simfluence_cli.runs import RunSet
 from simfluence_cli.store.format import MODEL_FORMAT, PARAM_COLUMNS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -112,10 +116,11 @@ def model_config(
     kind: str = "simfluence",
     extra: dict | None = None,
 ) -> dict:
-    """What identifies a fit: configuration, runs used and their data hash."""
+    """What identifies a fit: the kind, its :class:`SimulatorConfig` (as JSON), the runs used
+    and their data hash (the manifest's ``config``; read back by :func:`load_model`)."""
     return {
         "kind": kind,
-        **sim.get_params(),
+        **sim.config.to_json(),
         "runs": list(runs),
         "data_hash": data_hash,
         **({"source": extra["source"]} if extra and "source" in extra else {}),
@@ -531,15 +536,7 @@ def _load_model(
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
     d = model_dir(store, name)
     cfg = man["config"]
-    sim = Simulator(
-        method=cfg["method"],
-        l2=cfg.get("l2", 0.0),
-        prior=cfg.get("prior", "no-change"),
-        clip=cfg.get("clip", "observed"),
-        clip_margin=cfg.get("clip_margin", 0.5),
-        cv_folds=cfg.get("cv_folds", 5),
-        l2_grid=cfg.get("l2_grid", DEFAULT_L2_GRID),
-    )
+    sim = Simulator.from_config(SimulatorConfig.from_json({"l2": 0.0, **cfg}))
     tt = pq.read_table(d / man["files"]["tests"])
     et = pq.read_table(d / man["files"]["examples"])
     all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
@@ -695,3 +692,229 @@ def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
     dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
     where = order[np.searchsorted(universe[order], dict_vals)]
     return where[column.indices.to_numpy(zero_copy_only=False)]
+
+
+# -- workflows: fit and save under a name, simulate chunk by chunk, the store's model registry --
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_model` did. ``up_to_date``: a model of this name with the same
+    configuration and data existed and was left as it is (``simulator`` is then None)."""
+
+    name: str
+    manifest: dict
+    up_to_date: bool
+    run_ids: list[str]
+    simulator: Simulator | None = None
+    n_examples: int = 0
+    n_tests: int = 0
+
+
+def fit_model(
+    store,
+    name: str,
+    simulator: Simulator,
+    runs: str | Sequence[str] = "all",
+    *,
+    replace: bool = False,
+    execution: ExecutionOptions | None = None,
+    on_start: Callable[[RunSet], Callable[[float], None] | None] | None = None,
+) -> FitResult:
+    """Fit ``simulator`` on the store's ``runs`` (a selector or run ids) and save it as ``name``.
+
+    Under the store's write lock: the data hash of the selected runs is compared with an
+    existing model of that name. Same configuration and data: nothing is refitted
+    (``up_to_date=True``) unless ``replace``; a different one is a ConflictError unless
+    ``replace``. Parameters stream into the model's next parameter file as test chunks are
+    solved (the training x test matrix is never in memory; ``simulator.A_`` stays None);
+    the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
+    before fitting and may return a ``progress(k)`` callback (k = tests solved; twice the
+    tests with ``l2='auto'``). ``execution``: solver, workers, dask (the progress callback
+    from ``on_start`` takes precedence over ``execution.progress``).
+    """
+    check_name(name)
+    simulator.config.validate()  # a malformed option fails before the store is touched
+    execution = (execution or ExecutionOptions()).validate()
+    ids = store.select(runs)
+    selector = runs if isinstance(runs, str) else None
+    with store.write_lock():
+        data_hash = store.data_hash(ids)
+        prev = check_existing(store, name, model_config(simulator, ids, data_hash), replace=replace)
+        if prev is not None:
+            return FitResult(name, prev, True, list(ids))
+        rs = store.load(ids)
+        progress = on_start(rs) if on_start is not None else None
+        if progress is not None:
+            execution = replace_field(execution, progress=progress)
+        writer = ParameterWriter(store, name, rs.example_ids, rs.test_ids, simulator.method)
+        try:
+            simulator.fit(rs, param_sink=writer, keep_params=False, execution=execution)
+        except BaseException:
+            writer.abort()
+            raise
+        man = save_model(
+            store,
+            name,
+            simulator,
+            runs=ids,
+            data_hash=data_hash,
+            selector=selector,
+            replace=replace,
+            parameters=writer,
+        )
+    return FitResult(name, man, False, list(ids), simulator, rs.n_examples, rs.n_tests)
+
+
+def simulate_chunks(
+    model,
+    curricula,
+    init_loss=None,
+    *,
+    unseen: str = "error",
+) -> np.ndarray:
+    """Roll ``curricula`` (lists of batches of example IDs) forward with a stored model one
+    chunk of test examples at a time (memory: one chunk's parameters, see
+    :func:`param_chunk_size`). ``model``: a :class:`StoredModel` or a fitted Simulator.
+    ``init_loss``: (M,) or (C, M) aligned with ``model.test_ids_`` (None = the mean observed
+    step-0 loss). Returns (C, T+1, M), NaN past a shorter curriculum's end, equal to
+    ``load_model(...).simulate(curricula, init_loss, unseen=unseen)``.
+    """
+    batches = [c.batches if hasattr(c, "batches") else c for c in curricula]
+    idx = model.encode(batches, unseen=unseen)
+    lengths = [len(c) for c in batches]
+    M = len(model.test_ids_)
+    L0 = model.init_loss_mean_ if init_loss is None else init_loss
+    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (len(batches), M))
+    T = max(lengths, default=0)
+    out = np.empty((len(batches), T + 1, M))
+    pieces = model.chunks() if hasattr(model, "chunks") else [(list(model.test_ids_), model)]
+    s = 0
+    for chunk, part in pieces:
+        k = len(chunk)
+        out[:, :, s : s + k] = part.simulate(idx, init_loss=L0[:, s : s + k], lengths=lengths)
+        s += k
+        part = None  # free this chunk's parameters before the next one is loaded
+    return out
+
+
+class ModelRegistry:
+    """The models of a store as a mapping: ``store.models``.
+
+    ``store.models["linear"]`` loads a model (with parameters); ``"x" in store.models``;
+    ``list(store.models)`` / ``len(...)`` give the names; :meth:`list` the manifests;
+    ``del store.models["x"]`` / :meth:`delete` remove one (under the write lock, atomically:
+    the manifest goes first); :meth:`fit` is :func:`fit_model`; :meth:`open` a
+    :class:`StoredModel` that loads parameters one chunk of tests at a time.
+    """
+
+    def __init__(self, store):
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.store.path}: {', '.join(self) or 'no models'})"
+
+    def __iter__(self):
+        return iter([m["name"] for m in list_models(self.store)])
+
+    def __len__(self) -> int:
+        return len(list_models(self.store))
+
+    def __contains__(self, name) -> bool:
+        return (
+            isinstance(name, str)
+            and _NAME.match(name) is not None
+            and (model_dir(self.store, name) / "model.json").is_file()
+        )
+
+    def __getitem__(self, name: str) -> Simulator:
+        if name not in self:
+            raise KeyError(name)
+        return load_model(self.store, name)
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.delete(name)
+
+    def keys(self) -> list[str]:
+        return list(self)
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def load(self, name: str, tests: list[str] | None = None, parameters: bool = True):
+        """:func:`load_model` (a missing name is a ModelError naming the available ones)."""
+        return load_model(self.store, name, tests=tests, parameters=parameters)
+
+    def open(self, name: str, tests: list[str] | None = None) -> StoredModel:
+        return StoredModel(self.store, name, tests=tests)
+
+    def list(self) -> list[dict]:
+        """One dict per model: name, kind, method, l2, runs, n_examples, n_tests, fitted_at,
+        description (a one-line summary)."""
+        out = []
+        for m in list_models(self.store):
+            cfg = m.get("config") or {}
+            out.append(
+                {
+                    "name": m.get("name"),
+                    "kind": cfg.get("kind"),
+                    "method": cfg.get("method"),
+                    "l2": m.get("l2"),
+                    "runs": len(cfg.get("runs") or []),
+                    "n_examples": m.get("n_examples"),
+                    "n_tests": m.get("n_tests"),
+                    "fitted_at": m.get("fitted_at"),
+                    "description": describe_model(m),
+                }
+            )
+        return out
+
+    def manifest(self, name: str) -> dict:
+        return read_manifest(self.store, name)
+
+    def fit(
+        self,
+        name: str,
+        simulator: Simulator,
+        runs: str | Sequence[str] = "all",
+        **kw,
+    ) -> FitResult:
+        """:func:`fit_model` on this store."""
+        return fit_model(self.store, name, simulator, runs, **kw)
+
+    def delete(self, name: str) -> None:
+        """Remove model ``name`` (ModelError if there is none)."""
+        delete_model(self.store, name)
+
+
+def describe_model(manifest: dict) -> str:
+    """One line: kind/method, penalty, prior, clip, fitting runs, size."""
+    cfg = manifest.get("config") or {}
+    l2 = manifest.get("l2")
+    how = "by CV" if manifest.get("cv_curve") else "given"
+    parts = [
+        f"{cfg.get('kind', 'simfluence')} {cfg.get('method')}",
+        f"l2={l2:g} ({how})" if isinstance(l2, int | float) else f"l2={l2}",
+        f"prior {cfg.get('prior')}",
+        f"clip {cfg.get('clip')}",
+        f"{len(cfg.get('runs') or [])} run(s)",
+        f"{manifest.get('n_examples')} examples x {manifest.get('n_tests')} tests",
+    ]
+    return ", ".join(parts)
+
+
+def delete_model(store, name: str) -> None:
+    """Remove a stored model under the store's write lock. The manifest (the commit point) is
+    removed first, atomically, so a reader sees the whole model or none; then its files."""
+    import os
+    import shutil
+
+    d = model_dir(store, name)
+    with store.write_lock():
+        read_manifest(store, name)  # ModelError naming the available models
+        trash = d.with_name(f".{name}.deleted-{secrets.token_hex(4)}")
+        os.replace(d / "model.json", d / f".model.json.{secrets.token_hex(4)}.deleted")
+        os.replace(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
