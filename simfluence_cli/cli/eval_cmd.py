@@ -23,6 +23,7 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 
@@ -117,10 +118,15 @@ def eval_command(
         ),
     ] = None,
     unseen: UnseenOpt = Unseen.error,
+    interval: IntervalOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """Evaluate models against held-out runs, beside the constant and mean-trajectory baselines.
+
+    With --interval 0.9: coverage_all / coverage_final = share of the real held-out losses
+    (all logged steps > 0 / last step) inside the model's 90% prediction interval (target 0.9),
+    width_all / width_final = mean interval width (docs/intervals.md).
 
     Each model is rolled from every run's observed step-0 loss through the run's curriculum.
     Metrics: all_steps_mse (test examples x logged steps > 0), final_step_mse, final_spearman
@@ -196,6 +202,15 @@ def eval_command(
     for note in ev.warnings:
         warn(note)
 
+    cov = {}
+    if interval is not None:
+        for name in model:
+            try:
+                _, cal = calibration_for(st, name, interval)
+            except SelectionError as exc:  # e.g. imported scores: nothing to refit
+                warn(f"no interval for model {name!r}: {exc}")
+                continue
+            cov[name] = cal.coverage(rs, interval, tests=list(ev.test_ids), unseen=unseen.value)
     evaluated_fit = sorted(set(eval_ids) & fit_union)
     document = {
         "store": str(st.path),
@@ -221,6 +236,12 @@ def eval_command(
         rows, cols = ev.run_rows(), RUN_COLUMNS
     else:
         rows, cols = ev.test_rows(), TEST_COLUMNS
+    if cov and by is not By.test:
+        rows = _with_coverage(rows, cov, by)
+        cols = cols + list(COVERAGE_COLUMNS)
+        document["interval"] = {"level": interval, "definitions": COVERAGE_HELP}
+    elif cov:
+        warn("--interval coverage is reported with --by summary or --by run")
     flag = " [INCLUDES FITTING RUNS: in-sample]" if evaluated_fit else ""
     title = f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples{flag}"
     if out_fmt is Format.table and by is By.summary:
@@ -229,12 +250,48 @@ def eval_command(
                 "--format table prints to the terminal; use csv/json/jsonl/parquet with -o"
             )
         _summary_table(rows, title, bool(evaluated_fit))
+        if cov:
+            render_rows(
+                [r for r in rows if r["model"] in cov],
+                ["model", *COVERAGE_COLUMNS],
+                out_fmt,
+                output,
+                title=f"{100 * interval:g}% prediction intervals on the same runs "
+                f"(target coverage {interval:g})",
+                column_help=COVERAGE_HELP,
+            )
     else:
         if out_fmt is Format.table:
             cols = [c for c in cols if c not in ("kind", "all_steps_mae", "final_step_mae")]
         render_rows(rows, cols, out_fmt, output, title=title, document=document)
     if out_fmt is not Format.json:
         _provenance(records, ev, base_ids, evaluated_fit)
+
+
+COVERAGE_COLUMNS = ("coverage_all", "coverage_final", "width_all", "width_final")
+COVERAGE_HELP = {
+    "coverage_all": "share of real losses (test examples x logged steps > 0) inside the "
+    "prediction interval, mean over runs (target: the --interval level)",
+    "coverage_final": "the same at the last logged step",
+    "width_all": "mean width of the interval over test examples and steps",
+    "width_final": "mean width at the last logged step",
+}
+
+
+def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
+    """Rows with the coverage columns (None for models without intervals, e.g. baselines)."""
+    out = []
+    for r in rows:
+        per = cov.get(r["model"])
+        if per is None:
+            vals = dict.fromkeys(COVERAGE_COLUMNS)
+        elif by is By.summary:
+            vals = {c: float(np.nanmean([p[c] for p in per])) for c in COVERAGE_COLUMNS}
+        else:
+            p = next(p for p in per if p["run"] == r["run"])
+            vals = {c: p[c] for c in COVERAGE_COLUMNS}
+        out.append({**r, **vals})
+    return out
 
 
 def _g(v, digits: int = 4) -> str:

@@ -27,6 +27,7 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.io.curriculum import read_curriculum, read_id_list
@@ -214,11 +215,16 @@ def whatif_cmd(
         str | None,
         typer.Option("--save-edited", help="Also write the edited curriculum to this text file."),
     ] = None,
+    interval: IntervalOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """Simulate a base curriculum and an edited one side by side.
+
+    With --interval 0.9: lo_90, hi_90 = a 90% interval for the real change (calibrated on
+    differences between pairs of fitting runs; docs/intervals.md). An interval that includes 0
+    means the simulator cannot tell whether the edit helps or hurts that test example.
 
     Per test example: base_final and edited_final (simulated loss after the last step) and
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
@@ -281,6 +287,37 @@ def whatif_cmd(
     )
     f = resolve_format(fmt, output)
     doc = {"model": model, "base": desc, "summary": s}
+    bounds = None
+    if interval is not None and not trajectories:
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, model, interval)
+        tl = list(res.test_ids)
+        lo, hi = cal.change(batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value)
+        mlo, mhi = cal.change(
+            batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value, reduce="mean"
+        )
+        bounds = (interval_columns(interval), lo[0], hi[0], float(mlo[0]), float(mhi[0]))
+        sure = int(np.sum((lo[0] > 0) | (hi[0] < 0)))
+        zero = mlo[0] <= 0 <= mhi[0]
+        info(
+            f"{100 * interval:g}% interval of the mean change: [{mlo[0]:+.4g}, {mhi[0]:+.4g}]"
+            + (
+                " includes 0: the simulator cannot tell whether the edit helps or hurts on average"
+                if zero
+                else " excludes 0"
+            )
+            + f"; {sure} of {len(tl)} test(s) have a change interval that excludes 0"
+        )
+        s["interval"] = {
+            "level": interval,
+            "mean_change_lo": float(mlo[0]),
+            "mean_change_hi": float(mhi[0]),
+            "mean_change_includes_zero": bool(zero),
+            "tests_sign_certain": sure,
+        }
+    elif interval is not None:
+        warn("--interval is not available with --trajectories (use simulate --interval)")
     if trajectories:
         render_rows(
             res.trajectory_rows(),
@@ -296,24 +333,26 @@ def whatif_cmd(
         )
         return
     rows = res.rows()
+    cols = ["test_id", "base_final", "edited_final", "change"]
+    helps = {"change": "edited_final - base_final; negative = the edit helps"}
+    if bounds is not None:
+        (c_lo, c_hi), lo, hi, _, _ = bounds
+        for r, a, b in zip(rows, lo, hi):
+            r[c_lo], r[c_hi] = float(a), float(b)
+        cols += [c_lo, c_hi]
+        helps[c_lo] = f"lower end of the {100 * interval:g}% interval for the real change"
+        helps[c_hi] = f"upper end of the {100 * interval:g}% interval (0 inside = sign unknown)"
     if f is Format.table:
-        rows = rows + [
-            {
-                "test_id": "(mean)",
-                "base_final": s["mean_base_final"],
-                "edited_final": s["mean_edited_final"],
-                "change": s["mean_change"],
-            }
-        ]
-    render_rows(
-        rows,
-        ["test_id", "base_final", "edited_final", "change"],
-        f,
-        output,
-        title=f"what if: {desc}",
-        document=doc,
-        column_help={"change": "edited_final - base_final; negative = the edit helps"},
-    )
+        mean = {
+            "test_id": "(mean)",
+            "base_final": s["mean_base_final"],
+            "edited_final": s["mean_edited_final"],
+            "change": s["mean_change"],
+        }
+        if bounds is not None:
+            mean[c_lo], mean[c_hi] = bounds[3], bounds[4]
+        rows = rows + [mean]
+    render_rows(rows, cols, f, output, title=f"what if: {desc}", document=doc, column_help=helps)
 
 
 @command("groups")
