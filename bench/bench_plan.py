@@ -31,11 +31,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simfluence_cli.analysis.evaluation import evaluate  # noqa: E402
-from simfluence_cli.analysis.intervals import calibrate  # noqa: E402
-from simfluence_cli.analysis.plan import plan_curricula  # noqa: E402
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
-from simfluence_cli.store.run_store import RunStore  # noqa: E402
+from simfluence_cli.analysis.evaluation import evaluate
+from simfluence_cli.analysis.intervals import calibrate
+from simfluence_cli.analysis.plan import plan_curricula
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
 
 HELDOUT = ("heldout-random", "heldout-leave30", "heldout-classordered")
 METRICS = ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman", "mae")
