@@ -208,3 +208,18 @@ def test_cli_eval_interval_coverage(store):
     assert 0.6 <= cov <= 1.0
     assert float(rows["lin"]["width_all"]) > 0
     assert rows["constant"]["coverage_all"] == ""  # baselines have no interval
+
+
+def test_cli_top_interval_brackets_fold_effects(store):
+    r = _cli(
+        store, "top", "-m", "lin", "--test", "all", "--k", "2", "--interval", "0.8", "-f", "csv"
+    )
+    assert r.exit_code == 0, r.stderr
+    rows = _rows(r.stdout)
+    assert len(rows) == 4 and {"lo_80", "hi_80"} <= set(rows[0])
+    for row in rows:
+        assert float(row["lo_80"]) < float(row["hi_80"])
+    assert "interval that includes 0" in r.stderr
+    bad = _cli(store, "top", "-m", "lin", "--test", "all", "--measure", "coefficient",
+               "--interval", "0.9")  # fmt: skip
+    assert bad.exit_code == 2

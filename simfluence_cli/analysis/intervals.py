@@ -150,6 +150,11 @@ class Calibration:
             raise SelectionError(f"unknown test id(s): {', '.join(map(str, bad[:10]))}")
         return np.asarray([pos[t] for t in tests], dtype=np.int64)
 
+    def _floor(self, cols: np.ndarray) -> np.ndarray:
+        """(M,) lowest possible loss: the model's lower clip bound (0 or more), else -inf."""
+        lo, _ = getattr(self.model, "bounds_", (None, None))
+        return np.full(len(cols), -np.inf) if lo is None else np.asarray(lo, float)[cols]
+
     def _fold_sim(self, curricula, init_loss, tests, unseen, final: bool) -> np.ndarray:
         """(K, C, T+1, M) trajectories (or (K, C, M) finals) of every fold model."""
         from simfluence_cli.analysis.whatif import final_losses
@@ -180,7 +185,7 @@ class Calibration:
         for c in range(C):
             mu = fold[self.fold_of, c]  # (n, T+1, M)
             lo[c], hi[c] = _cv_plus(mu, r, level)
-        return lo, hi
+        return np.maximum(lo, self._floor(cols)), hi
 
     def final(self, curricula, init_loss, level: float, tests=None, unseen="error", reduce=None):
         """Intervals for final losses: (lo, hi) each (C, M), or (C,) with ``reduce='mean'``
@@ -198,7 +203,9 @@ class Calibration:
             raise UsageError(f"reduce must be None or 'mean', got {reduce!r}")
         r = np.abs(res)
         mu = fold[self.fold_of]  # (n, C, ...)
-        return _cv_plus(mu, r[:, None], level)
+        lo, hi = _cv_plus(mu, r[:, None], level)
+        floor = self._floor(cols)
+        return np.maximum(lo, floor.mean() if reduce == "mean" else floor), hi
 
     def change(
         self, base, edited, init_loss, level: float, tests=None, unseen="error", reduce=None
@@ -220,6 +227,40 @@ class Calibration:
         i, j = np.triu_indices(n, 1)
         q = _quantile_abs(res[i] - res[j], level)  # (...)
         return delta.min(axis=0) - q, delta.max(axis=0) + q
+
+    def removal(self, runs: RunSet, example_ids, level: float, tests=None):
+        """Intervals (lo, hi), each (E,), for the removal effect of each of ``example_ids``
+        as ``top`` defines it (final loss with the example's slots given to a neutral
+        no-change placeholder minus with it, mean over ``runs``' curricula and over ``tests``;
+        positive = helpful). Fold model k's effect is computed like the point estimate; the
+        interval is ``[min_k - q, max_k + q]`` with ``q`` the level-quantile of
+        differences of mean-over-tests final residuals between pairs of fitting runs: the
+        error of a change *in one curriculum* (conservative for a mean over many)."""
+        from simfluence_cli.analysis.whatif import NEUTRAL
+
+        level = check_level(level)
+        cols = self._cols(tests)
+        tl = list(self.test_ids[cols])
+        tpos = {t: j for j, t in enumerate(runs.test_ids)}
+        rc = np.asarray([tpos[t] for t in tl], dtype=np.int64)
+        ex = runs.example_ids
+        eff = np.zeros((self.n_folds, len(example_ids)))
+        for run in runs.runs:
+            cur = [[str(ex[q]) for q in run.batch(t)] for t in range(1, run.n_steps + 1)]
+            L0 = run.losses[0, rc]
+            fallback = np.asarray(self.model.init_loss_mean_)[cols]
+            L0 = np.where(np.isfinite(L0), L0, fallback)
+            variants = [[[NEUTRAL if x == e else x for x in b] for b in cur] for e in example_ids]
+            fin = self._fold_sim([cur, *variants], L0, tl, "error", final=True)  # (K, 1+E, M)
+            fin = fin.mean(axis=-1)
+            eff += fin[:, 1:] - fin[:, :1]
+        eff /= len(runs)
+        res = np.nanmean(self.obs_final[:, cols], axis=1) - np.nanmean(
+            self.pred_final[:, cols], axis=1
+        )
+        i, j = np.triu_indices(len(res), 1)
+        q = _quantile_abs(res[i] - res[j], level)
+        return eff.min(axis=0) - q, eff.max(axis=0) + q
 
     def coverage(self, runs: RunSet, level: float, tests=None, unseen="error") -> list[dict]:
         """Per run of ``runs``: share of observed losses inside the interval (all logged steps

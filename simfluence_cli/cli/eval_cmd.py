@@ -527,10 +527,15 @@ def top_command(
             help="Curricula for --measure removal (default: the model's fitting runs).",
         ),
     ] = None,
+    interval: IntervalOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """The most helpful and most harmful training examples for a test example (or on average).
+
+    With --interval 0.9 (--measure removal): lo_90, hi_90 = a 90% interval for the real
+    effect of removing the example from one curriculum like the fitting runs (conservative for
+    the mean over many; docs/intervals.md). 0 inside = the sign is not resolved.
 
     Sign: positive = helpful (the example lowers the test loss); the column header says which
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
@@ -581,9 +586,30 @@ def top_command(
     for r in rows:
         r["test"] = "all" if tests is None else ",".join(tests)
     cols = ["direction", "rank", "example_id", value_name, "occurrences", "test"]
+    extra_help = {}
+    if interval is not None:
+        if measure is not Measure.removal:
+            raise UsageError("--interval needs --measure removal")
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, model, interval)
+        lo, hi = cal.removal(rs, [r["example_id"] for r in rows], interval, tests=tests)
+        c_lo, c_hi = interval_columns(interval)
+        for r, a, b in zip(rows, lo, hi):
+            r[c_lo], r[c_hi] = float(a), float(b)
+        cols[4:4] = [c_lo, c_hi]
+        unresolved = int(np.sum((lo <= 0) & (hi >= 0)))
+        info(
+            f"{unresolved} of {len(rows)} listed effect(s) have a {100 * interval:g}% interval "
+            "that includes 0 (sign not resolved by the simulator)"
+        )
+        extra_help = {
+            c_lo: f"lower end of the {100 * interval:g}% interval for the real removal effect",
+            c_hi: f"upper end of the {100 * interval:g}% interval (0 inside = sign unknown)",
+        }
     if out_fmt is Format.table:
         cols = cols[:-1]
-    help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1]}
+    help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1], **extra_help}
     render_rows(
         rows,
         cols,
