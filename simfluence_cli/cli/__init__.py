@@ -9,6 +9,7 @@ from simfluence_cli.cli import (
     eval_cmd,  # noqa: F401  (eval, import-scores, top, plot)
     fit_cmd,  # noqa: F401  (fit, simulate)
     ingest_cmd,  # noqa: F401  (ingest, info)
+    plan_cmd,  # noqa: F401  (plan)
     verify_cmd,  # noqa: F401  (verify)
     whatif_cmd,  # noqa: F401  (whatif, groups, design)
 )

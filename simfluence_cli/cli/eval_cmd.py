@@ -23,6 +23,7 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 
@@ -101,10 +102,15 @@ def eval_command(
         ),
     ] = None,
     unseen: UnseenOpt = Unseen.error,
+    interval: IntervalOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """Evaluate models against held-out runs, beside the constant and mean-trajectory baselines.
+
+    With --interval 0.9: coverage_all / coverage_final = share of the real held-out losses
+    (all logged steps > 0 / last step) inside the model's 90% prediction interval (target 0.9),
+    width_all / width_final = mean interval width (docs/intervals.md).
 
     Each model is rolled from every run's observed step-0 loss through the run's curriculum.
     Metrics: all_steps_mse (test examples x logged steps > 0), final_step_mse, final_spearman
@@ -135,12 +141,28 @@ def eval_command(
     ev, records, base_ids = res.evaluation, res.records, res.baseline_runs
     evaluated_fit = res.fitting_runs_evaluated
     document = res.document(st.path, by.value)
+    cov = {}
+    if interval is not None:
+        rs = st.load(list(ev.run_ids))
+        for name in model:
+            try:
+                _, cal = calibration_for(st, name, interval)
+            except SelectionError as exc:  # e.g. imported scores: nothing to refit
+                warn(f"no interval for model {name!r}: {exc}")
+                continue
+            cov[name] = cal.coverage(rs, interval, tests=list(ev.test_ids), unseen=unseen.value)
     if by is By.summary:
         rows, cols = ev.summary_rows(), ["model", "kind"] + SUMMARY_COLUMNS[1:]
     elif by is By.run:
         rows, cols = ev.run_rows(), RUN_COLUMNS
     else:
         rows, cols = ev.test_rows(), TEST_COLUMNS
+    if cov and by is not By.test:
+        rows = _with_coverage(rows, cov, by)
+        cols = cols + list(COVERAGE_COLUMNS)
+        document["interval"] = {"level": interval, "definitions": COVERAGE_HELP}
+    elif cov:
+        warn("--interval coverage is reported with --by summary or --by run")
     flag = " [INCLUDES FITTING RUNS: in-sample]" if evaluated_fit else ""
     title = f"simfluence eval: {len(ev.run_ids)} run(s), {len(ev.test_ids)} test examples{flag}"
     if out_fmt is Format.table and by is By.summary:
@@ -149,12 +171,48 @@ def eval_command(
                 "--format table prints to the terminal; use csv/json/jsonl/parquet with -o"
             )
         _summary_table(rows, title, bool(evaluated_fit))
+        if cov:
+            render_rows(
+                [r for r in rows if r["model"] in cov],
+                ["model", *COVERAGE_COLUMNS],
+                out_fmt,
+                output,
+                title=f"{100 * interval:g}% prediction intervals on the same runs "
+                f"(target coverage {interval:g})",
+                column_help=COVERAGE_HELP,
+            )
     else:
         if out_fmt is Format.table:
             cols = [c for c in cols if c not in ("kind", "all_steps_mae", "final_step_mae")]
         render_rows(rows, cols, out_fmt, output, title=title, document=document)
     if out_fmt is not Format.json:
         _provenance(records, ev, base_ids, evaluated_fit)
+
+
+COVERAGE_COLUMNS = ("coverage_all", "coverage_final", "width_all", "width_final")
+COVERAGE_HELP = {
+    "coverage_all": "share of real losses (test examples x logged steps > 0) inside the "
+    "prediction interval, mean over runs (target: the --interval level)",
+    "coverage_final": "the same at the last logged step",
+    "width_all": "mean width of the interval over test examples and steps",
+    "width_final": "mean width at the last logged step",
+}
+
+
+def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
+    """Rows with the coverage columns (None for models without intervals, e.g. baselines)."""
+    out = []
+    for r in rows:
+        per = cov.get(r["model"])
+        if per is None:
+            vals = dict.fromkeys(COVERAGE_COLUMNS)
+        elif by is By.summary:
+            vals = {c: float(np.nanmean([p[c] for p in per])) for c in COVERAGE_COLUMNS}
+        else:
+            p = next(p for p in per if p["run"] == r["run"])
+            vals = {c: p[c] for c in COVERAGE_COLUMNS}
+        out.append({**r, **vals})
+    return out
 
 
 def _g(v, digits: int = 4) -> str:
@@ -390,10 +448,15 @@ def top_command(
             help="Curricula for --measure removal (default: the model's fitting runs).",
         ),
     ] = None,
+    interval: IntervalOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """The most helpful and most harmful training examples for a test example (or on average).
+
+    With --interval 0.9 (--measure removal): lo_90, hi_90 = a 90% interval for the real
+    effect of removing the example from one curriculum like the fitting runs (conservative for
+    the mean over many; docs/intervals.md). 0 inside = the sign is not resolved.
 
     Sign: positive = helpful (the example lowers the test loss); the column header says which
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
@@ -445,9 +508,30 @@ def top_command(
     for r in rows:
         r["test"] = "all" if tests is None else ",".join(tests)
     cols = ["direction", "rank", "example_id", value_name, "occurrences", "test"]
+    extra_help = {}
+    if interval is not None:
+        if measure is not Measure.removal:
+            raise UsageError("--interval needs --measure removal")
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, model, interval)
+        lo, hi = cal.removal(rs, [r["example_id"] for r in rows], interval, tests=tests)
+        c_lo, c_hi = interval_columns(interval)
+        for r, a, b in zip(rows, lo, hi):
+            r[c_lo], r[c_hi] = float(a), float(b)
+        cols[4:4] = [c_lo, c_hi]
+        unresolved = int(np.sum((lo <= 0) & (hi >= 0)))
+        info(
+            f"{unresolved} of {len(rows)} listed effect(s) have a {100 * interval:g}% interval "
+            "that includes 0 (sign not resolved by the simulator)"
+        )
+        extra_help = {
+            c_lo: f"lower end of the {100 * interval:g}% interval for the real removal effect",
+            c_hi: f"upper end of the {100 * interval:g}% interval (0 inside = sign unknown)",
+        }
     if out_fmt is Format.table:
         cols = cols[:-1]
-    help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1]}
+    help_text = {value_name: MEASURE_HELP[measure.value].split(" = ", 1)[1], **extra_help}
     render_rows(
         rows,
         cols,

@@ -24,6 +24,7 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import (
     Format,
     FormatOpt,
@@ -346,10 +347,14 @@ def simulate(
         ),
     ] = "mean",
     unseen: UnseenOpt = Unseen.error,
+    interval: IntervalOpt = None,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """Simulate the loss of every test example along a curriculum (long form: step,test_id,loss).
+
+    With --interval 0.9 also lo_90, hi_90: a 90% prediction interval for the real loss at that
+    step (CV+ over folds of the fitting runs; docs/intervals.md).
 
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
@@ -381,12 +386,37 @@ def simulate(
         + (f": {clamped} value(s) at a bound" if lo is not None else "")
         + ")"
     )
-    _write_long(traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})")
+    extra = {}
+    if interval is not None:
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, name, interval)
+        lo_b, hi_b = cal.trajectory(
+            [cur.batches], L0, interval, tests=list(sim.test_ids_), unseen=unseen.value
+        )
+        c_lo, c_hi = interval_columns(interval)
+        extra = {c_lo: lo_b[0], c_hi: hi_b[0]}
+    _write_long(
+        traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})", extra=extra
+    )
 
 
-def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, title: str) -> None:
-    """Long form (step, test_id, loss), step-major; CSV and Parquet are written vectorised."""
+def _write_long(
+    traj: np.ndarray, tests: list[str], fmt: Format, output: str, title: str, extra=None
+) -> None:
+    """Long form (step, test_id, loss[, extra columns]), step-major; CSV and Parquet are
+    written vectorised. ``extra``: column name -> (T+1, M) array (e.g. interval bounds)."""
     import pyarrow as pa
+
+    extra = dict(extra or {})
+    helps = dict(LOSS_HELP)
+    for c in extra:
+        pct = c.split("_", 1)[1].replace("_", ".")
+        helps[c] = (
+            f"{'lower' if c.startswith('lo') else 'upper'} end of the {pct}% prediction "
+            "interval for the real loss (CV+ over the fitting runs)"
+        )
+    names = ["step", "test_id", "loss", *extra]
 
     T1, M = traj.shape
     step = np.repeat(np.arange(T1, dtype=np.int64), M)
@@ -394,7 +424,14 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
     loss = traj.reshape(-1)
     if fmt in (Format.csv, Format.parquet):
         tid = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(tests, pa.string()))
-        table = pa.table({"step": step, "test_id": tid, "loss": loss})
+        table = pa.table(
+            {
+                "step": step,
+                "test_id": tid,
+                "loss": loss,
+                **{c: v.reshape(-1) for c, v in extra.items()},
+            }
+        )
         if fmt is Format.parquet:
             import json
 
@@ -403,7 +440,7 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
             from simfluence_cli._atomic import write_atomic
 
             table = table.replace_schema_metadata(
-                {b"simfluence.columns": json.dumps(LOSS_HELP).encode()}
+                {b"simfluence.columns": json.dumps(helps).encode()}
             )
             if output == "-":
                 if sys.stdout.isatty():
@@ -421,11 +458,12 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
             import pyarrow.csv as pcsv
 
             buf = io.BytesIO()
-            buf.write(b"step,test_id,loss\n")
+            buf.write((",".join(names) + "\n").encode())
             pcsv.write_csv(
                 table.cast(
                     pa.schema(
-                        [("step", pa.int64()), ("test_id", pa.string()), ("loss", pa.float64())]
+                        [("step", pa.int64()), ("test_id", pa.string())]
+                        + [(c, pa.float64()) for c in names[2:]]
                     )
                 ),
                 buf,
@@ -440,11 +478,13 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
 
                 write_bytes_atomic(output, data)
             return
+    flat = {c: v.reshape(-1) for c, v in extra.items()}
     rows = [
         {"step": int(s), "test_id": tests[c], "loss": float(v)}
-        for s, c, v in zip(step, codes, loss)
+        | {k: float(a[i]) for k, a in flat.items()}
+        for i, (s, c, v) in enumerate(zip(step, codes, loss))
     ]
-    render_rows(rows, ["step", "test_id", "loss"], fmt, output, title=title, column_help=LOSS_HELP)
+    render_rows(rows, names, fmt, output, title=title, column_help=helps)
 
 
 @command("curriculum")

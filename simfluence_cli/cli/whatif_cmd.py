@@ -27,6 +27,7 @@ from simfluence_cli.cli._app import (
     stderr_console,
     warn,
 )
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.io.curriculum import read_curriculum, read_id_list
@@ -197,11 +198,16 @@ def whatif_cmd(
         str | None,
         typer.Option("--save-edited", help="Also write the edited curriculum to this text file."),
     ] = None,
+    interval: IntervalOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
     """Simulate a base curriculum and an edited one side by side.
+
+    With --interval 0.9: lo_90, hi_90 = a 90% interval for the real change (calibrated on
+    differences between pairs of fitting runs; docs/intervals.md). An interval that includes 0
+    means the simulator cannot tell whether the edit helps or hurts that test example.
 
     Per test example: base_final and edited_final (simulated loss after the last step) and
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
@@ -264,6 +270,37 @@ def whatif_cmd(
     )
     f = resolve_format(fmt, output)
     doc = {"model": model, "base": desc, "summary": s}
+    bounds = None
+    if interval is not None and not trajectories:
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, model, interval)
+        tl = list(res.test_ids)
+        lo, hi = cal.change(batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value)
+        mlo, mhi = cal.change(
+            batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value, reduce="mean"
+        )
+        bounds = (interval_columns(interval), lo[0], hi[0], float(mlo[0]), float(mhi[0]))
+        sure = int(np.sum((lo[0] > 0) | (hi[0] < 0)))
+        zero = mlo[0] <= 0 <= mhi[0]
+        info(
+            f"{100 * interval:g}% interval of the mean change: [{mlo[0]:+.4g}, {mhi[0]:+.4g}]"
+            + (
+                " includes 0: the simulator cannot tell whether the edit helps or hurts on average"
+                if zero
+                else " excludes 0"
+            )
+            + f"; {sure} of {len(tl)} test(s) have a change interval that excludes 0"
+        )
+        s["interval"] = {
+            "level": interval,
+            "mean_change_lo": float(mlo[0]),
+            "mean_change_hi": float(mhi[0]),
+            "mean_change_includes_zero": bool(zero),
+            "tests_sign_certain": sure,
+        }
+    elif interval is not None:
+        warn("--interval is not available with --trajectories (use simulate --interval)")
     if trajectories:
         render_rows(
             res.trajectory_rows(),
@@ -279,24 +316,26 @@ def whatif_cmd(
         )
         return
     rows = res.rows()
+    cols = ["test_id", "base_final", "edited_final", "change"]
+    helps = {"change": "edited_final - base_final; negative = the edit helps"}
+    if bounds is not None:
+        (c_lo, c_hi), lo, hi, _, _ = bounds
+        for r, a, b in zip(rows, lo, hi):
+            r[c_lo], r[c_hi] = float(a), float(b)
+        cols += [c_lo, c_hi]
+        helps[c_lo] = f"lower end of the {100 * interval:g}% interval for the real change"
+        helps[c_hi] = f"upper end of the {100 * interval:g}% interval (0 inside = sign unknown)"
     if f is Format.table:
-        rows = rows + [
-            {
-                "test_id": "(mean)",
-                "base_final": s["mean_base_final"],
-                "edited_final": s["mean_edited_final"],
-                "change": s["mean_change"],
-            }
-        ]
-    render_rows(
-        rows,
-        ["test_id", "base_final", "edited_final", "change"],
-        f,
-        output,
-        title=f"what if: {desc}",
-        document=doc,
-        column_help={"change": "edited_final - base_final; negative = the edit helps"},
-    )
+        mean = {
+            "test_id": "(mean)",
+            "base_final": s["mean_base_final"],
+            "edited_final": s["mean_edited_final"],
+            "change": s["mean_change"],
+        }
+        if bounds is not None:
+            mean[c_lo], mean[c_hi] = bounds[3], bounds[4]
+        rows = rows + [mean]
+    render_rows(rows, cols, f, output, title=f"what if: {desc}", document=doc, column_help=helps)
 
 
 @command("groups")
@@ -469,9 +508,14 @@ def design_cmd(
         str | None,
         typer.Option("--report", help="Write the search report (JSON) here ('-' = stdout)."),
     ] = None,
+    interval: IntervalOpt = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Search for a curriculum of --steps batches that minimises the simulated objective.
+
+    With --interval 0.9 the objective comes with a 90% interval for the real mean final loss
+    of the designed curriculum (CV+ over the fitting runs; a designed curriculum is unlike the
+    fitting runs, so the coverage promise is weaker: docs/intervals.md).
 
     Greedy construction (each step: the examples with the lowest one-step contribution to the
     loss) refined by local search (swap/replace moves, --candidates variants per round simulated
@@ -514,6 +558,10 @@ def design_cmd(
         if bar is not None:
             bar.stop()
     rep = {"model": model, **res.report()}
+    if interval is not None:
+        _, cal = calibration_for(st, model, interval)
+        mlo, mhi = cal.final([res.batches], L0, interval, tests=list(sim.test_ids_), reduce="mean")
+        rep["interval"] = {"level": interval, "lo": float(mlo[0]), "hi": float(mhi[0])}
     header = {
         "model": model,
         "objective": objective,
@@ -525,12 +573,22 @@ def design_cmd(
         "tests": rep["tests"],
         "max_uses": rep["max_uses"],
     }
+    if interval is not None:
+        header[f"interval_{100 * interval:g}"] = (
+            f"[{rep['interval']['lo']:.6g}, {rep['interval']['hi']:.6g}]"
+        )
     text = curriculum_text(res.batches, header)
     if output == "-":
         typer.echo(text, nl=False)
     else:
         write_bytes_atomic(output, text.encode())
-    msg = f"design: {objective} {res.objective:.6g} (greedy {res.greedy_objective:.6g})"
+    msg = f"design: {objective} {res.objective:.6g}"
+    if interval is not None:
+        msg += (
+            f" ({100 * interval:g}% interval for the real value "
+            f"[{rep['interval']['lo']:.4g}, {rep['interval']['hi']:.4g}])"
+        )
+    msg += f" (greedy {res.greedy_objective:.6g})"
     if "random_mean" in rep:
         msg += (
             f"; {rep['random_n']} random curricula from the same pool: mean "
