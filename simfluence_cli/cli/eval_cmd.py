@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -25,6 +24,9 @@ from simfluence_cli.cli._app import (
 )
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
 
 BASELINES = ("constant", "mean-trajectory")
 
@@ -238,6 +240,8 @@ def eval_command(
 
 
 def _g(v, digits: int = 4) -> str:
+    import numpy as np
+
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
@@ -245,6 +249,7 @@ def _g(v, digits: int = 4) -> str:
 
 def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
     """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
+    import numpy as np
     from rich.table import Table
 
     from simfluence_cli.cli._app import stdout_console
@@ -347,6 +352,8 @@ def import_scores_command(
     score = predicted decrease of the test loss from one update containing the example
     (positive = helpful), so a positive score lowers the simulated loss.
     """
+    import numpy as np
+
     from simfluence_cli._hashing import file_sha256
     from simfluence_cli.io.score_files import read_scores
     from simfluence_cli.model.external_scores import fit_scale, scores_simulator
@@ -479,6 +486,8 @@ def top_command(
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
     value, occurrences (in the fitting curricula).
     """
+    import numpy as np
+
     from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
     from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import StoredModel

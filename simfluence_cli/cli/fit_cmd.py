@@ -8,9 +8,8 @@ import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -34,6 +33,11 @@ from simfluence_cli.cli._output import (
     resolve_format,
 )
 from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Method(str, Enum):
@@ -349,6 +353,8 @@ def _check_ids(cur, sim, st, unseen: str) -> None:
 
 def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
     """A CSV with columns test_id, loss (header required); one loss per simulated test."""
+    import numpy as np
+
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -395,6 +401,8 @@ def _read_init_file(path: str, tests: list[str]) -> np.ndarray:
 
 
 def _init_loss(spec: str, sim, st) -> np.ndarray:
+    import numpy as np
+
     tests = list(sim.test_ids_)
     if spec == "mean":
         return sim.init_loss_mean_
@@ -456,6 +464,8 @@ def simulate(
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
     """
+    import numpy as np
+
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
     from simfluence_cli.store.saved_models import StoredModel
 
@@ -495,6 +505,7 @@ def simulate(
 
 def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, title: str) -> None:
     """Long form (step, test_id, loss), step-major; CSV and Parquet are written vectorised."""
+    import numpy as np
     import pyarrow as pa
 
     T1, M = traj.shape
