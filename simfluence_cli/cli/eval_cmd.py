@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -201,6 +200,8 @@ COVERAGE_HELP = {
 
 def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
     """Rows with the coverage columns (None for models without intervals, e.g. baselines)."""
+    import numpy as np
+
     out = []
     for r in rows:
         per = cov.get(r["model"])
@@ -216,6 +217,8 @@ def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
 
 
 def _g(v, digits: int = 4) -> str:
+    import numpy as np
+
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
@@ -223,6 +226,7 @@ def _g(v, digits: int = 4) -> str:
 
 def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
     """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
+    import numpy as np
     from rich.table import Table
 
     from simfluence_cli.cli._app import stdout_console
@@ -325,6 +329,8 @@ def import_scores_command(
     score = predicted decrease of the test loss from one update containing the example
     (positive = helpful), so a positive score lowers the simulated loss.
     """
+    import numpy as np
+
     from simfluence_cli._hashing import file_sha256
     from simfluence_cli.io.score_files import read_scores
     from simfluence_cli.model.external_scores import fit_scale, scores_simulator
@@ -462,6 +468,8 @@ def top_command(
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
     value, occurrences (in the fitting curricula).
     """
+    import numpy as np
+
     from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
     from simfluence_cli.analysis.evaluation import model_record
     from simfluence_cli.io.curriculum import read_id_list

@@ -7,9 +7,8 @@ import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -34,7 +33,12 @@ from simfluence_cli.cli._output import (
     resolve_format,
 )
 from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
-from simfluence_cli.model.simulator import SOLVERS, SimulatorConfig
+from simfluence_cli.model.config import SOLVERS, SimulatorConfig
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -359,6 +363,8 @@ def simulate(
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
     """
+    import numpy as np
+
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
     from simfluence_cli.store.saved_models import StoredModel, simulate_chunks
@@ -406,6 +412,7 @@ def _write_long(
 ) -> None:
     """Long form (step, test_id, loss[, extra columns]), step-major; CSV and Parquet are
     written vectorised. ``extra``: column name -> (T+1, M) array (e.g. interval bounds)."""
+    import numpy as np
     import pyarrow as pa
 
     extra = dict(extra or {})

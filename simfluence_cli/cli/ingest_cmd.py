@@ -25,7 +25,6 @@ from simfluence_cli.cli._output import (
     render_rows,
     resolve_format,
 )
-from simfluence_cli.store.run_store import RunStore
 
 
 class InputFormat(str, Enum):
@@ -83,6 +82,8 @@ def ingest(
     and the field, exits 1 and leaves the store unchanged. A run id already stored with other
     content is refused unless --replace.
     """
+    from simfluence_cli.store.run_store import RunStore
+
     if tag is None:
         tag = []
     rs = RunStore(store, create=True)
@@ -179,6 +180,8 @@ def info_cmd(
     Coverage = how often each training example occurs across all curricula (min/median/max
     and coefficient of variation; CV 0 = every example seen equally often).
     """
+    from simfluence_cli.store.run_store import RunStore
+
     rs = RunStore(store)
     if list_runs:
         cols = [

@@ -6,16 +6,11 @@ Thin layer over :mod:`simfluence_cli.counterfactual` and :mod:`simfluence_cli.cu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
-from simfluence_cli.analysis.groups import group_effects, read_groups
-from simfluence_cli.analysis.initial_losses import resolve_init_loss, run_init_loss
-from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -30,7 +25,11 @@ from simfluence_cli.cli._app import (
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
-from simfluence_cli.io.curriculum import read_curriculum, read_id_list
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
+if TYPE_CHECKING:
+    pass
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")
@@ -76,6 +75,7 @@ ModeOpt = Annotated[
 
 
 def _open(store: Path, model: str, tests: str | None):
+    from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.run_store import RunStore
     from simfluence_cli.store.saved_models import load_model
 
@@ -87,6 +87,9 @@ def _open(store: Path, model: str, tests: str | None):
 
 def _curriculum(st, spec: str, what: str = "--base"):
     """(batches, RunSet or None, run id or None, description) of a run id or curriculum file."""
+    from simfluence_cli.analysis.whatif import run_batches
+    from simfluence_cli.io.curriculum import read_curriculum
+
     force_run = spec.startswith("run:")
     rid = spec[4:] if force_run else spec
     if not force_run and (spec == "-" or Path(spec).is_file()):
@@ -100,6 +103,10 @@ def _curriculum(st, spec: str, what: str = "--base"):
 
 def _base(st, sim, base: str, init: str | None):
     """(batches, init_loss, description) of --base, with --init-loss applied."""
+    import numpy as np
+
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss, run_init_loss
+
     tests = list(sim.test_ids_)
     L0 = None
     batches, rs, rid, desc = _curriculum(st, base)
@@ -121,10 +128,15 @@ def _base(st, sim, base: str, init: str | None):
 
 
 def _ids(spec: str | None, what: str):
+    from simfluence_cli.io.curriculum import read_id_list
+
     return None if spec is None else read_id_list(spec, what)
 
 
 def _order(spec: str | None):
+    from simfluence_cli.analysis.whatif import ORDERS
+    from simfluence_cli.io.curriculum import read_id_list
+
     if spec is None or spec in ORDERS:
         return spec
     if spec.startswith("@"):
@@ -133,6 +145,9 @@ def _order(spec: str | None):
 
 
 def _check_mode(mode: str) -> str:
+
+    from simfluence_cli.analysis.whatif import MODES
+
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
@@ -213,6 +228,11 @@ def whatif_cmd(
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
     Edits are applied in the order --only, --drop, --repeat, --order; see docs/counterfactuals.md.
     """
+    import numpy as np
+
+    from simfluence_cli.analysis.curriculum_design import curriculum_text
+    from simfluence_cli.analysis.whatif import NEUTRAL, Edits, whatif
+
     st, sim = _open(store, model, tests)
     edits = Edits(
         drop=_ids(drop, "example IDs for --drop"),
@@ -384,6 +404,11 @@ def groups_cmd(
     redundancy: each member alone is replaceable by the others, the whole group is not;
     negative = the parts overlap, removing all costs less than their sum).
     """
+    import numpy as np
+
+    from simfluence_cli.analysis.groups import group_effects, read_groups
+    from simfluence_cli.io.curriculum import read_id_list
+
     if by not in ("group", "test"):
         raise UsageError("--by must be 'group' or 'test'")
     groups: dict[str, list[str]] = {}
@@ -522,6 +547,13 @@ def design_cmd(
     in one vectorised call). Reports the design's objective next to random curricula from the
     same pool. Deterministic given --seed. See docs/counterfactuals.md.
     """
+    from simfluence_cli.analysis.curriculum_design import (
+        OBJECTIVES,
+        curriculum_text,
+        design_curriculum,
+    )
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss
+
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if report == "-" and output == "-":

@@ -27,8 +27,7 @@ import inspect
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -39,7 +38,16 @@ from simfluence_cli.errors import (
     SimfluenceWarning,
     UsageError,
 )
-from simfluence_cli.model.normal_equations import METHODS, Design
+from simfluence_cli.model.config import (
+    CLIPS,
+    DEFAULT_L2_GRID,
+    METHODS,
+    PRIORS,
+    SOLVERS,
+    UNSEEN_POLICIES,
+    SimulatorConfig,
+)
+from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
 from simfluence_cli.runs import RunSet, stack_index
@@ -56,73 +64,6 @@ __all__ = [
     "SOLVERS",
     "UNSEEN_POLICIES",
 ]
-
-DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
-PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
-CLIPS = ("observed", "none")  # rollout safeguard
-SOLVERS = ("auto", "direct", "cg")  # execution only: every solver gives the same parameters
-UNSEEN_POLICIES = ("error", "prior", "skip")
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """A simulator's model configuration: everything that changes the fitted parameters.
-
-    Saved as JSON in the model manifest (``config``) beside the results and read back into
-    this dataclass on load. Execution options (solver, workers, ...) are not part of it:
-    see :class:`ExecutionOptions`. The CLI's ``--method/--prior/--clip`` choices come from
-    ``SimulatorConfig.CHOICES``.
-    """
-
-    method: str = "linear"
-    l2: float | str = 1.0
-    prior: str = "no-change"
-    clip: str = "observed"
-    clip_margin: float = 0.5
-    cv_folds: int = 5
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "method": METHODS,
-        "prior": PRIORS,
-        "clip": CLIPS,
-    }
-
-    def validate(self) -> SimulatorConfig:
-        """Raise UsageError on a malformed configuration; returns self."""
-        for key, allowed in self.CHOICES.items():
-            v = getattr(self, key)
-            if v not in allowed:
-                raise UsageError(f"unknown {key} {v!r}; choose one of {', '.join(allowed)}")
-        if isinstance(self.l2, str):
-            if self.l2 != "auto":
-                raise UsageError(f"--l2 must be a number >= 0 or 'auto', got {self.l2!r}")
-        elif not (isinstance(self.l2, int | float) and np.isfinite(self.l2) and self.l2 >= 0):
-            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2!r}")
-        if not (np.isfinite(self.clip_margin) and self.clip_margin >= 0):
-            raise UsageError(f"clip_margin must be a finite number >= 0, got {self.clip_margin!r}")
-        if not (isinstance(self.cv_folds, int | np.integer) and self.cv_folds >= 2):
-            raise UsageError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
-        grid = [float(g) for g in self.l2_grid]
-        if not grid or not all(np.isfinite(g) and g >= 0 for g in grid):
-            raise UsageError("l2_grid must be a non-empty list of finite numbers >= 0")
-        return self
-
-    def to_json(self) -> dict:
-        """The configuration as JSON-ready values (what a model manifest records)."""
-        d = asdict(self)
-        d["l2_grid"] = list(self.l2_grid)
-        return d
-
-    @classmethod
-    def from_json(cls, data: dict) -> SimulatorConfig:
-        """Read back :meth:`to_json` (extra keys, e.g. a manifest's runs, are ignored; missing
-        keys take the defaults, as in manifests written before a key existed)."""
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in names}
-        if "l2_grid" in kw:
-            kw["l2_grid"] = tuple(float(x) for x in kw["l2_grid"])
-        return cls(**kw)
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,8 @@ def _save_model(
         "n_examples": int(len(sim.example_ids_)),
         "n_tests": int(len(sim.test_ids_)),
         "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
+        # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
+        "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
         "tool_version": __version__,
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
@@ -559,6 +561,7 @@ def _load_model(
     sim.batch_size_ = man["batch_size"]
     sim.run_ids_ = list(cfg.get("runs", []))
     sim.fit_seconds_ = man.get("fit_seconds", 0.0)
+    sim.solver_stats_ = dict(man.get("solver_stats") or {})
     sim.manifest_ = man
     n, m = len(sim.example_ids_), len(cols)
     if not parameters:  # check the parameters file is there and readable (its footer only)
@@ -692,6 +695,17 @@ def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
     dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
     where = order[np.searchsorted(universe[order], dict_vals)]
     return where[column.indices.to_numpy(zero_copy_only=False)]
+
+
+def _json_safe(d: dict) -> dict:
+    """Plain JSON types of a flat stats dict (numpy scalars -> int / float)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+    return out
 
 
 # -- workflows: fit and save under a name, simulate chunk by chunk, the store's model registry --
