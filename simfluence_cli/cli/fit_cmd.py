@@ -24,6 +24,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._output import (
     Format,
@@ -188,7 +189,7 @@ def fit(
             help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
             "tcp://host:8786); its workers read this store's path, so it must be on "
             "a shared file system. One model is written here. Needs the "
-            "simfluence[dask] extra.",
+            "simfluence-cli[dask] extra (pip install 'simfluence-cli[dask]').",
         ),
     ] = None,
 ) -> None:
@@ -259,7 +260,13 @@ def fit(
             replace=replace,
             parameters=writer,
         )
-    how = "chosen by CV" if sim.cv_curve_ else "given"
+    how = (
+        "chosen by CV"
+        if sim.cv_curve_
+        else "fallback: --l2 auto could not cross-validate with 1 run"
+        if sim.l2 == "auto"
+        else "given"
+    )
     info(
         f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
         f"clip {clip.value}; {len(ids)} run(s), {rs.n_examples} examples x {rs.n_tests} tests, "
@@ -296,20 +303,6 @@ def _default_model(st) -> str:
     )
 
 
-def _store_example_ids(st) -> set[str]:
-    """Every training-example ID in the store's curricula (read only on the error path)."""
-    import pyarrow.parquet as pq
-
-    out: set[str] = set()
-    for r in st.runs():
-        col = pq.read_table(Path(st.path) / r["curriculum_file"], columns=["example_id"])
-        chunked = col.column("example_id")
-        for chunk in chunked.chunks:
-            vals = chunk.dictionary if hasattr(chunk, "dictionary") else chunk.unique()
-            out.update(vals.to_pylist())
-    return out
-
-
 def _where(cur, ids) -> str:
     locs = cur.locate(set(ids))
     shown = ", ".join(f"{e} (line {ln})" for e, ln in locs[:10])
@@ -317,22 +310,18 @@ def _where(cur, ids) -> str:
 
 
 def _check_ids(cur, sim, st, unseen: str) -> None:
+    from simfluence_cli.store.example_ids import check_known_ids
+
     missing = sim.unseen_ids([cur.batches])
     if not missing:
         return
-    in_model = set(sim.example_ids_)
-    candidates = [e for e in missing if e not in in_model]
-    unknown = []
-    if candidates:
-        known = _store_example_ids(st)
-        unknown = [e for e in candidates if e not in known]
-    if unknown:
-        raise InputError(
-            f"{len(unknown)} unknown training example ID(s) (not in any run of the "
-            f"store): {_where(cur, unknown)}",
-            path=cur.source,
-            hint="check the IDs; `simfluence info` shows the store's examples",
-        )
+    check_known_ids(
+        st,
+        [(cur.source, missing)],
+        known=sim.example_ids_,
+        where=lambda ids: _where(cur, ids),
+        path=cur.source,
+    )
     if unseen == "error":
         raise ModelError(
             f"{cur.source}: {len(missing)} training example(s) the model has no "
@@ -525,6 +514,7 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
                 sys.stdout.flush()
             else:
                 write_atomic(output, lambda fh: pq.write_table(table, fh))
+                wrote(output)
             return
         if not any(set(t) & set(',"\r\n') for t in tests):
             import pyarrow.csv as pcsv
@@ -548,6 +538,7 @@ def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, ti
                 from simfluence_cli._atomic import write_bytes_atomic
 
                 write_bytes_atomic(output, data)
+                wrote(output)
             return
     rows = [
         {"step": int(s), "test_id": tests[c], "loss": float(v)}
@@ -592,3 +583,4 @@ def curriculum(
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)

@@ -26,6 +26,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
@@ -134,6 +135,11 @@ def _init_loss(st, sim, spec: str) -> np.ndarray:
             )
         return L0
     return read_init_loss(spec, tests)
+
+
+def _flat(batches) -> list[str]:
+    """The distinct example IDs of a curriculum (a list of batches)."""
+    return list(dict.fromkeys(e for b in batches for e in b))
 
 
 def _ids(spec: str | None, what: str):
@@ -255,6 +261,22 @@ def whatif_cmd(
             n_in = sum(e in present for e in set(ids))
             if n_in == 0:
                 warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    if edited_spec is None:
+        order_ids = [] if edits.order is None or isinstance(edits.order, str) else edits.order
+        check_known_ids(
+            st,
+            [(w, ids or []) for w, ids in checks]
+            + [(f"--order {order}", order_ids), (f"--base {base}", _flat(batches))],
+            known=sim.example_ids_,
+        )
+    else:
+        check_known_ids(
+            st,
+            [(f"--base {base}", _flat(batches)), (f"--edited {edited_spec}", _flat(edits))],
+            known=sim.example_ids_,
+        )
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     if edited_spec is not None:
         res.edits = {"edited": edesc}
@@ -272,6 +294,7 @@ def whatif_cmd(
                 res.edited, header, title="simfluence whatif: edited curriculum"
             ).encode(),
         )
+        wrote(save_edited)
     info(
         f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
@@ -373,14 +396,23 @@ def groups_cmd(
         )
     elif column:
         raise UsageError("--column needs --groups-from TABLE")
+    origin = {name: f"--groups-from {groups_from}, group {name}" for name in groups}
     for k, spec in enumerate(group or []):
         name, _, ids = spec.partition("=") if "=" in spec.split("@", 1)[0] else ("", "", spec)
         name = name or (Path(ids[1:]).stem if ids.startswith("@") else f"group{k + 1}")
         groups[name] = read_id_list(ids, f"example IDs of group {name}")
+        origin[name] = f"--group {name}" + (f" from {ids}" if ids.startswith("@") else "")
     if not groups:
         raise UsageError("give --group IDS|@FILE (repeatable) or --groups-from TABLE --column C")
     st, sim = _open(store, model, tests)
     batches, L0, desc = _base(st, sim, base, init_loss)
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    check_known_ids(
+        st,
+        [(origin[g], ids) for g, ids in groups.items()] + [(f"--base {base}", _flat(batches))],
+        known=sim.example_ids_,
+    )
     members = len({e for v in groups.values() for e in v})
     info(
         f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
@@ -547,6 +579,7 @@ def design_cmd(
         typer.echo(text, nl=False)
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)
     msg = f"design: {objective} {res.objective:.6g} (greedy {res.greedy_objective:.6g})"
     if "random_mean" in rep:
         msg += (
@@ -554,7 +587,7 @@ def design_cmd(
             f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
             f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
         )
-    info(msg + (f"; wrote {output}" if output != "-" else ""))
+    info(msg)
     if rep["tests_at_clip_floor"]:
         warn(
             f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "
