@@ -18,11 +18,27 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+
+class _Group(TyperGroup):
+    """Accepts the global flags (-q/--quiet, --debug) after the subcommand too."""
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        if flags:
+            args = flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="simfluence",
+    cls=_Group,
     help=(
         "Learn training-run simulators (Simfluence) from logged runs, then simulate, evaluate "
         "and design curricula. Data goes to stdout, messages to stderr. Exit codes: 0 ok, "
@@ -53,6 +69,11 @@ def info(message: str) -> None:
         stderr_console().print(message, markup=False, soft_wrap=True)
 
 
+def wrote(path) -> None:
+    """The one line every command prints on stderr after writing its -o file."""
+    info(f"wrote {path}")
+
+
 def warn(message: str) -> None:
     """A warning on stderr (never silenced)."""
     stderr_console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
@@ -63,8 +84,22 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and not _state["quiet"]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from simfluence_cli._version import __version__
+
+        typer.echo(f"simfluence {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main_options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = None,
     debug: Annotated[
         bool,
         typer.Option("--debug", envvar="SIMFLUENCE_DEBUG", help="Show full tracebacks on errors."),

@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.cli._app import stdout_console
+from simfluence_cli.cli._app import stdout_console, wrote
 from simfluence_cli.errors import UsageError
 
 
@@ -152,6 +152,7 @@ def _emit_text(text: str, output: str) -> None:
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)
 
 
 def _emit_bytes(data: bytes, output: str) -> None:
@@ -162,3 +163,4 @@ def _emit_bytes(data: bytes, output: str) -> None:
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, data)
+        wrote(output)

@@ -17,6 +17,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     stdout_console,
+    wrote,
 )
 from simfluence_cli.cli._output import (
     FormatOpt,
@@ -220,3 +221,4 @@ def info_cmd(
             from simfluence_cli._atomic import write_bytes_atomic
 
             write_bytes_atomic(output, text.encode())
+            wrote(output)
