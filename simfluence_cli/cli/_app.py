@@ -7,6 +7,7 @@ tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -136,10 +137,43 @@ def command(name: str | None = None, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 stderr_console().print("interrupted", markup=False)
                 raise typer.Exit(130) from None
+            except Exception as exc:  # environment problems and bugs: one line, never a traceback
+                if _state["debug"] or type(exc).__module__.startswith(("typer", "click")):
+                    raise  # typer.Exit and usage errors are the framework's own
+                stderr_console().print(
+                    f"error: {describe_exception(exc)}", markup=False, style="red", soft_wrap=True
+                )
+                raise typer.Exit(1) from None
 
         return app.command(name, **kwargs)(wrapper)
 
     return decorate
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception that is not a SimfluenceError.
+
+    OSErrors (permissions, read-only file systems, a --store under a regular file or /proc,
+    a full disk) name the path and the reason; anything else is an internal error.
+    """
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = " (no write permission or a read-only file system; reads still work)"
+        elif exc.errno in (errno.ENOTDIR, errno.ENOENT):
+            hint = " (a parent of this path is missing or is a file; check --store / -o)"
+        elif exc.errno == errno.ENOSPC:
+            hint = " (free some space; nothing was committed)"
+        return f"{where}{what}{hint}"
+    if isinstance(exc, UnicodeError):
+        return f"input is not UTF-8 text ({exc})"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"internal error: {type(exc).__name__}: {first} (please report it; rerun with --debug "
+        "for the traceback)"
+    )
 
 
 # Shared option types -------------------------------------------------------------------------
