@@ -456,8 +456,13 @@ def simulate(
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
     _check_ids(cur, sim, st, unseen.value)
     L0 = _init_loss(init_loss, sim, st)
+    from simfluence_cli.model.diagnostics import batch_size_warning
+
+    varying = batch_size_warning([[len(b) for b in cur.batches]], cur.source)
+    if varying:
+        warn(varying)
     sizes = {len(b) for b in cur.batches}
-    if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
+    if sim.method != "additive" and len(sizes) == 1 and sizes != {int(round(sim.batch_size_))}:
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"

@@ -17,6 +17,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     stdout_console,
+    warn,
     wrote,
 )
 from simfluence_cli.cli._output import (
@@ -117,6 +118,14 @@ def ingest(
     for note in report.notes:
         info(f"note: {note}")
     info(report.summary())
+    written = report.added + report.replaced
+    if written:
+        from simfluence_cli.model.diagnostics import batch_size_warning
+        from simfluence_cli.store.shapes import stored_batch_sizes
+
+        msg = batch_size_warning(stored_batch_sizes(rs, written), "the ingested runs")
+        if msg:
+            warn(msg)
     if json_out:
         render_object(report.to_dict())
 
