@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
@@ -35,6 +35,53 @@ class _Group(TyperGroup):
         if flags:
             args = flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
         return super().parse_args(ctx, args)
+
+
+class _Command(TyperCommand):
+    """Usage and help show plain metavars (``--model MODEL``, ``CURRICULUM``), not internal
+    types (``<str>``, ``<list[str]>``, ``{curriculum}``); enum options keep their choices."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if p.metavar is None and not getattr(p, "is_flag", False):
+                desc = getattr(p, "type_descriptor", None)
+                is_choice = getattr(desc, "is_choice", False)
+                choices = getattr(desc, "choices", None) if is_choice else None
+                if choices:
+                    p.metavar = "[" + "|".join(str(getattr(c, "value", c)) for c in choices) + "]"
+                elif p.param_type_name == "argument":
+                    p.metavar = (p.name or "value").upper()
+                else:
+                    longs = [o for o in p.opts if o.startswith("--")] or p.opts
+                    p.metavar = longs[0].lstrip("-").replace("-", "_").upper()
+            if p.param_type_name == "argument":  # usage: FILE or [FILE], never {file}
+                shown = p.metavar if p.required else f"[{p.metavar}]"
+                dots = "..." if p.nargs != 1 and not p.metavar.endswith("...") else ""
+                p.get_usage_pieces = lambda ctx, shown=shown + dots: [shown]
+                p.display_type_rich = lambda ctx: None  # the metavar says it all
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:  # a usage error: word it without the validator's prefixes
+            msg = getattr(exc, "message", None)
+            if isinstance(msg, str):
+                exc.message = plain_validation_message(msg)
+            raise
+
+
+_VALIDATOR_PREFIXES = ("Value error, ", "Assertion failed, ", "Input should be ")
+
+
+def plain_validation_message(msg: str) -> str:
+    """'Value error, 'x' is not one of ...' -> ''x' is not one of ...'; 'Input should be
+    greater than or equal to 1' -> 'must be greater than or equal to 1'."""
+    for prefix in _VALIDATOR_PREFIXES:
+        if msg.startswith(prefix):
+            rest = msg[len(prefix) :]
+            return f"must be {rest}" if prefix == "Input should be " else rest
+    return msg
 
 
 app = typer.Typer(
@@ -145,7 +192,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 )
                 raise typer.Exit(1) from None
 
-        return app.command(name, **kwargs)(wrapper)
+        return app.command(name, cls=_Command, **kwargs)(wrapper)
 
     return decorate
 

@@ -385,6 +385,7 @@ def import_scores_command(
         str,
         typer.Option(
             "--scale",
+            metavar="[fit|none|NUMBER]",
             help="Multiply scores by this before use: 'fit' (one least-squares factor on "
             "the --runs loss changes, recorded), 'none' (= 1) or a number.",
         ),

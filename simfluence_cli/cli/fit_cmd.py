@@ -126,6 +126,7 @@ def fit(
         str,
         typer.Option(
             "--l2",
+            metavar="[auto|NUMBER]",
             help="Ridge penalty l2 * ||theta - prior||^2 (a number >= 0), or 'auto': picked "
             "from 1e-3..1e3 by 5-fold cross-validation grouped by run (whole runs held "
             "out) on held-out rollout MSE; the choice and the CV curve are saved.",

@@ -66,6 +66,7 @@ ModeOpt = Annotated[
     str,
     typer.Option(
         "--mode",
+        metavar="[" + "|".join(MODES) + "]",
         help="How removed/added examples change the batches: 'keep-steps' (the edited "
         "example stream, in order, cut into full batches of the base's size and "
         "cycled to the base's number of steps: same compute), 'repack' (same, "
@@ -181,6 +182,7 @@ def whatif_cmd(
         str | None,
         typer.Option(
             "--order",
+            metavar="[" + "|".join(ORDERS) + "|@FILE]",
             help="Reorder: 'shuffle' (random order of the examples, re-batched), "
             "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
             "reversed), or @FILE (example IDs in the wanted order; each epoch is "
@@ -191,6 +193,7 @@ def whatif_cmd(
         str,
         typer.Option(
             "--order-scope",
+            metavar="[epoch|run]",
             help="For --order @FILE: sort each epoch (one pass over the data) "
             "by the file's order ('epoch'), or the whole run ('run').",
         ),
@@ -366,6 +369,7 @@ def groups_cmd(
         str,
         typer.Option(
             "--by",
+            metavar="[group|test]",
             help="'group': one row per group, averaged over "
             "tests; 'test': one row per group and test.",
         ),
@@ -473,6 +477,7 @@ def design_cmd(
         str,
         typer.Option(
             "--objective",
+            metavar="[" + "|".join(OBJECTIVES) + "]",
             help="What to minimise: 'mean-final-loss' = mean simulated loss of "
             "the chosen tests after the last step.",
         ),
