@@ -246,46 +246,43 @@ def eval_command(
 def _g(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    return f"{v:#.{digits}g}".rstrip(".") if isinstance(v, float) else str(v)
 
 
 def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
-    """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
-    from rich.table import Table
-
+    """The eval summary as a terminal table (lower MSE/MAE, higher Spearman = better); the
+    columns are named as in csv/json (final_spearman shows its std over runs after ±)."""
     from simfluence_cli.cli._app import stdout_console
+    from simfluence_cli.cli._output import build_table
 
-    t = Table(
-        title=title,
-        caption="all_steps_mse: over test examples and logged steps > 0; "
-        "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
-        "example across runs, averaged (counterfactual skill, 0 = none); mae: all steps. "
-        "Means over runs."
-        + (" fit = evaluated runs the model was fitted on." if in_sample else ""),
-    )
-    t.add_column("model", no_wrap=True, min_width=max(len(r["model"]) for r in rows))
-    for c in ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman", "mae"):
-        t.add_column(c.replace("_", "_\n", 1) if c != "mae" else c, justify="right")
-    if in_sample:
-        t.add_column("fit", justify="right")
+    cols = ["model", "all_steps_mse", "final_step_mse", "final_spearman", "run_spearman"]
+    cols += ["all_steps_mae"] + (["on_fitting_runs"] if in_sample else [])
+    cells = []
     for r in rows:
         sp = _g(r["final_spearman"], 3) + (
             f" ± {_g(r['final_spearman_std'], 2)}"
             if r["final_spearman_std"] is not None and np.isfinite(r["final_spearman_std"])
             else ""
         )
-        cells = [
-            r["model"],
-            _g(r["all_steps_mse"]),
-            _g(r["final_step_mse"]),
-            sp,
-            _g(r["run_spearman"], 3),
-            _g(r["mae"]),
-        ]
-        if in_sample:
-            cells.append(str(r["on_fitting_runs"]))
-        t.add_row(*cells)
-    stdout_console().print(t)
+        cells.append(
+            [
+                r["model"],
+                _g(r["all_steps_mse"]),
+                _g(r["final_step_mse"]),
+                sp,
+                _g(r["run_spearman"], 3),
+                _g(r["all_steps_mae"]),
+            ]
+            + ([str(r["on_fitting_runs"])] if in_sample else [])
+        )
+    caption = (
+        "all_steps: over test examples and logged steps > 0; final_spearman: across test "
+        "examples, mean ± std over runs; run_spearman: per test example across runs, averaged "
+        "(counterfactual skill, 0 = none). Means over runs."
+        + (" on_fitting_runs: evaluated runs the model was fitted on." if in_sample else "")
+    )
+    numeric = set(range(1, len(cols)))
+    stdout_console().print(build_table(cols, cells, numeric, title=title, caption=caption))
     sys.stdout.flush()
 
 

@@ -449,6 +449,7 @@ def simulate(
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
     from simfluence_cli.store.saved_models import StoredModel
 
+    explicit = fmt is not None
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
     st = _open_store(store)
@@ -485,7 +486,31 @@ def simulate(
         + (f": {clamped} value(s) at a bound" if lo is not None else "")
         + ")"
     )
+    if fmt is Format.table and not explicit and output == "-" and len(traj) > 2 * HEAD_STEPS:
+        # a terminal without -f: the first and last steps, not T x M rows
+        keep = np.r_[0:HEAD_STEPS, len(traj) - HEAD_STEPS : len(traj)]
+        tests = [str(t) for t in sim.test_ids_]
+        rows = [
+            {"step": int(t), **dict(zip(tests[:SHOWN_TESTS], traj[t, :SHOWN_TESTS].tolist()))}
+            for t in keep
+        ]
+        render_rows(
+            rows,
+            ["step", *tests[:SHOWN_TESTS]],
+            fmt,
+            title=f"simulated loss ({name}): first and last {HEAD_STEPS} of {len(traj)} steps"
+            + (f", {SHOWN_TESTS} of {len(tests)} tests" if len(tests) > SHOWN_TESTS else ""),
+        )
+        info(
+            f"summary of {len(traj) * len(tests):,} rows; all of them: -f csv|json|parquet "
+            "or -o FILE (-f table prints them all)"
+        )
+        return
     _write_long(traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})")
+
+
+HEAD_STEPS = 3  # steps shown at each end by `simulate` on a terminal without -f
+SHOWN_TESTS = 5  # tests shown there (one column each)
 
 
 def _write_long(traj: np.ndarray, tests: list[str], fmt: Format, output: str, title: str) -> None:

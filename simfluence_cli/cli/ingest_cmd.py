@@ -206,7 +206,18 @@ def info_cmd(
             "ingested_at",
         ]
         rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
-        render_rows(rows, cols, resolve_format(fmt, output), output, title=f"runs in {store}")
+        render_rows(
+            rows,
+            cols,
+            resolve_format(fmt, output),
+            output,
+            title=f"runs in {store}",
+            table_columns=cols[:8],
+            column_help={
+                "table": "the first 8 columns; --format csv/json adds loss_rows, source_format, "
+                "source, ingested_at"
+            },
+        )
         return
     d = rs.info()
     if json_out:

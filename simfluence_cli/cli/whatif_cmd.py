@@ -298,7 +298,7 @@ def whatif_cmd(
             ).encode(),
         )
         wrote(save_edited)
-    info(
+    summary = (
         f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
         f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
@@ -320,6 +320,7 @@ def whatif_cmd(
                 "edited": "simulated loss under the edited curriculum (empty after its last step)",
             },
         )
+        info(summary)  # after the table, so it stays visible
         return
     rows = res.rows()
     if f is Format.table:
@@ -340,6 +341,7 @@ def whatif_cmd(
         document=doc,
         column_help={"change": "edited_final - base_final; negative = the edit helps"},
     )
+    info(summary)  # after the table, so it stays visible
 
 
 @command("groups")
