@@ -126,3 +126,24 @@ def test_valid_ids_still_work(store):
     assert r.exit_code == 0, r.stderr
     r = cli("groups", "--store", store, "-m", "m", "-b", "syn-000", "-g", "a=e0,e1", "-f", "csv")
     assert r.exit_code == 0, r.stderr
+
+
+def test_design_pool(store):
+    _unknown(
+        cli(
+            "design",
+            "--store",
+            store,
+            "-m",
+            "m",
+            "--steps",
+            "3",
+            "--pool",
+            "e0,e1,nope3",
+            "-o",
+            "-",
+        ),
+        "nope3 (--pool e0,e1,nope3)",
+    )
+    r = cli("design", "--store", store, "-m", "m", "--steps", "3", "--pool", "e0,e7", "-o", "-")
+    assert r.exit_code == 1 and "unknown training example" not in r.stderr  # unseen: the model's

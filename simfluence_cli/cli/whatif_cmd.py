@@ -541,6 +541,10 @@ def design_cmd(
     st, sim = _open(store, model, tests)
     L0 = _init_loss(st, sim, init_loss)
     pool_ids = _ids(pool, "pool example IDs")
+    if pool_ids:
+        from simfluence_cli.store.example_ids import check_known_ids
+
+        check_known_ids(st, [(f"--pool {pool}", pool_ids)], known=sim.example_ids_)
     progress = None
     bar = None
     if show_progress():
