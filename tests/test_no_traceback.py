@@ -195,7 +195,7 @@ def test_ctrl_c_at_any_moment(fixture_store):
         shutil.copytree(store, work)
     cmd = SF + ["fit", "--store", str(work), "--l2", "auto", "-n", "m3", "--replace"]
     got = []
-    for delay in (0.02, 0.15, 0.4, 0.8, 1.5):
+    for delay in (0.02, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.5):
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
