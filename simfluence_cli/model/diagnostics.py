@@ -109,7 +109,8 @@ def batch_size_warning(sizes, what: str = "the runs") -> str | None:
         f"batch sizes vary in {what}: {odd} of {len(allsz)} steps have a batch size other than "
         f"the usual {b} (sizes {', '.join(map(str, vals[:6].tolist()))}"
         f"{', ...' if len(vals) > 6 else ''}; {within} of {len(arrays)} run(s) vary within "
-        f"the run, {smaller} step(s) are smaller, e.g. a DataLoader's short last batch). The "
-        "simulator sums A_i and B_i over the batch, so a step of k examples moves the loss "
+        f"the run, {smaller} step(s) are smaller"
+        + (", e.g. a DataLoader's short last batch). The " if smaller else "). The ")
+        + "simulator sums A_i and B_i over the batch, so a step of k examples moves the loss "
         f"by about k/{b} of a full step (a half batch roughly halves it): {BATCH_SIZE_ADVICE}"
     )
