@@ -38,7 +38,8 @@ from simfluence_cli.errors import ModelError, SelectionError, UsageError
 
 __all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula", "curriculum_text"]
 
-OBJECTIVES = ("mean-final-loss",)
+from simfluence_cli.analysis.choices import OBJECTIVES
+
 _SIM_BYTES = 256 * 2**20
 
 

@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = [
     "final_spearman",
     "final_spearman_std",
     "run_spearman",
-    "mae",
+    "all_steps_mae",
     "final_step_mae",
     "n_runs",
     "n_tests",
@@ -58,7 +58,10 @@ METRIC_HELP = {
     "final_spearman_std": "std over runs of final_spearman",
     "run_spearman": "mean over test examples of Spearman's rho across runs of final losses "
     "(counterfactual skill; 0 = none)",
-    "mae": "mean over runs of the mean absolute error over test examples and logged steps > 0",
+    "all_steps_mae": "mean over runs of the mean absolute error over test examples and "
+    "logged steps > 0",
+    "final_step_mae": "mean over runs of the absolute error at the last logged step",
+    "on_fitting_runs": "how many of the evaluated runs the model was fitted on (in-sample)",
 }
 
 _ROLL_BYTES = 256 * 2**20
@@ -98,11 +101,11 @@ class Evaluation:
                             "final_spearman",
                             "final_spearman_std",
                             "run_spearman",
-                            "mae",
-                            "final_step_mae",
-                            "n_runs",
                         )
                     },
+                    "all_steps_mae": s["mae"],  # the name the per-run rows use
+                    "final_step_mae": s["final_step_mae"],
+                    "n_runs": s["n_runs"],
                     "n_tests": len(self.test_ids),
                     "on_fitting_runs": len(me.on_fitting_runs),
                 }
@@ -370,6 +373,11 @@ def model_record(sim) -> dict:
         "kind": cfg.get("kind"),
         "config": cfg,
         "l2": man.get("l2"),
+        **(
+            {"scale": man.get("scale"), "scale_mode": man.get("scale_mode")}
+            if cfg.get("kind") == "tracin-scores"
+            else {}
+        ),
         "data_hash": cfg.get("data_hash"),
         "fitted_at": man.get("fitted_at"),
         "fitting_runs": list(cfg.get("runs", [])),

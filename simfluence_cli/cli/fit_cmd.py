@@ -22,6 +22,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import (
@@ -126,6 +127,7 @@ def fit(
         str,
         typer.Option(
             "--l2",
+            metavar="[auto|NUMBER]",
             help="Ridge penalty l2 * ||theta - prior||^2 (a number >= 0), or 'auto': picked "
             "from 1e-3..1e3 by 5-fold cross-validation grouped by run (whole runs held "
             "out) on held-out rollout MSE; the choice and the CV curve are saved.",
@@ -189,7 +191,7 @@ def fit(
             help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
             "tcp://host:8786); its workers read this store's path, so it must be on "
             "a shared file system. One model is written here. Needs the "
-            "simfluence[dask] extra.",
+            "simfluence-cli[dask] extra (pip install 'simfluence-cli[dask]').",
         ),
     ] = None,
 ) -> None:
@@ -229,7 +231,13 @@ def fit(
             render_object(res.manifest)
         return
     man, ids = res.manifest, res.run_ids
-    how = "chosen by CV" if sim.cv_curve_ else "given"
+    how = (
+        "chosen by CV"
+        if sim.cv_curve_
+        else "fallback: --l2 auto could not cross-validate with 1 run"
+        if sim.l2 == "auto"
+        else "given"
+    )
     info(
         f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
         f"clip {clip.value}; {len(ids)} run(s), {res.n_examples} examples x {res.n_tests} tests, "
@@ -269,20 +277,6 @@ def _default_model(st) -> str:
     )
 
 
-def _store_example_ids(st) -> set[str]:
-    """Every training-example ID in the store's curricula (read only on the error path)."""
-    import pyarrow.parquet as pq
-
-    out: set[str] = set()
-    for r in st.runs():
-        col = pq.read_table(Path(st.path) / r["curriculum_file"], columns=["example_id"])
-        chunked = col.column("example_id")
-        for chunk in chunked.chunks:
-            vals = chunk.dictionary if hasattr(chunk, "dictionary") else chunk.unique()
-            out.update(vals.to_pylist())
-    return out
-
-
 def _where(cur, ids) -> str:
     locs = cur.locate(set(ids))
     shown = ", ".join(f"{e} (line {ln})" for e, ln in locs[:10])
@@ -290,22 +284,18 @@ def _where(cur, ids) -> str:
 
 
 def _check_ids(cur, sim, st, unseen: str) -> None:
+    from simfluence_cli.store.example_ids import check_known_ids
+
     missing = sim.unseen_ids([cur.batches])
     if not missing:
         return
-    in_model = set(sim.example_ids_)
-    candidates = [e for e in missing if e not in in_model]
-    unknown = []
-    if candidates:
-        known = _store_example_ids(st)
-        unknown = [e for e in candidates if e not in known]
-    if unknown:
-        raise InputError(
-            f"{len(unknown)} unknown training example ID(s) (not in any run of the "
-            f"store): {_where(cur, unknown)}",
-            path=cur.source,
-            hint="check the IDs; `simfluence info` shows the store's examples",
-        )
+    check_known_ids(
+        st,
+        [(cur.source, missing)],
+        known=sim.example_ids_,
+        where=lambda ids: _where(cur, ids),
+        path=cur.source,
+    )
     if unseen == "error":
         raise ModelError(
             f"{cur.source}: {len(missing)} training example(s) the model has no "
@@ -369,6 +359,7 @@ def simulate(
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
     from simfluence_cli.store.saved_models import StoredModel, simulate_chunks
 
+    explicit = fmt is not None
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
     st = _open_store(store)
@@ -377,8 +368,13 @@ def simulate(
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
     _check_ids(cur, sim, st, unseen.value)
     L0 = resolve_init_loss(init_loss, sim, st)
+    from simfluence_cli.model.diagnostics import batch_size_warning
+
+    varying = batch_size_warning([[len(b) for b in cur.batches]], cur.source)
+    if varying:
+        warn(varying)
     sizes = {len(b) for b in cur.batches}
-    if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
+    if sim.method != "additive" and len(sizes) == 1 and sizes != {int(round(sim.batch_size_))}:
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
@@ -402,9 +398,33 @@ def simulate(
         )
         c_lo, c_hi = interval_columns(interval)
         extra = {c_lo: lo_b[0], c_hi: hi_b[0]}
+    if fmt is Format.table and not explicit and output == "-" and len(traj) > 2 * HEAD_STEPS:
+        # a terminal without -f: the first and last steps, not T x M rows
+        keep = np.r_[0:HEAD_STEPS, len(traj) - HEAD_STEPS : len(traj)]
+        tests = [str(t) for t in sim.test_ids_]
+        rows = [
+            {"step": int(t), **dict(zip(tests[:SHOWN_TESTS], traj[t, :SHOWN_TESTS].tolist()))}
+            for t in keep
+        ]
+        render_rows(
+            rows,
+            ["step", *tests[:SHOWN_TESTS]],
+            fmt,
+            title=f"simulated loss ({name}): first and last {HEAD_STEPS} of {len(traj)} steps"
+            + (f", {SHOWN_TESTS} of {len(tests)} tests" if len(tests) > SHOWN_TESTS else ""),
+        )
+        info(
+            f"summary of {len(traj) * len(tests):,} rows; all of them: -f csv|json|parquet "
+            "or -o FILE (-f table prints them all)"
+        )
+        return
     _write_long(
         traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})", extra=extra
     )
+
+
+HEAD_STEPS = 3  # steps shown at each end by `simulate` on a terminal without -f
+SHOWN_TESTS = 5  # tests shown there (one column each)
 
 
 def _write_long(
@@ -460,6 +480,7 @@ def _write_long(
                 sys.stdout.flush()
             else:
                 write_atomic(output, lambda fh: pq.write_table(table, fh))
+                wrote(output)
             return
         if not any(set(t) & set(',"\r\n') for t in tests):
             import pyarrow.csv as pcsv
@@ -484,6 +505,7 @@ def _write_long(
                 from simfluence_cli._atomic import write_bytes_atomic
 
                 write_bytes_atomic(output, data)
+                wrote(output)
             return
     flat = {c: v.reshape(-1) for c, v in extra.items()}
     rows = [
@@ -530,3 +552,4 @@ def curriculum(
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)

@@ -17,6 +17,8 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     stdout_console,
+    warn,
+    wrote,
 )
 from simfluence_cli.cli._output import (
     FormatOpt,
@@ -117,6 +119,14 @@ def ingest(
     for note in report.notes:
         info(f"note: {note}")
     info(report.summary())
+    written = report.added + report.replaced
+    if written:
+        from simfluence_cli.model.diagnostics import batch_size_warning
+        from simfluence_cli.store.shapes import stored_batch_sizes
+
+        msg = batch_size_warning(stored_batch_sizes(rs, written), "the ingested runs")
+        if msg:
+            warn(msg)
     if json_out:
         render_object(report.to_dict())
 
@@ -199,7 +209,18 @@ def info_cmd(
             "ingested_at",
         ]
         rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
-        render_rows(rows, cols, resolve_format(fmt, output), output, title=f"runs in {store}")
+        render_rows(
+            rows,
+            cols,
+            resolve_format(fmt, output),
+            output,
+            title=f"runs in {store}",
+            table_columns=cols[:8],
+            column_help={
+                "table": "the first 8 columns; --format csv/json adds loss_rows, source_format, "
+                "source, ingested_at"
+            },
+        )
         return
     d = rs.info()
     if json_out:
@@ -223,3 +244,4 @@ def info_cmd(
             from simfluence_cli._atomic import write_bytes_atomic
 
             write_bytes_atomic(output, text.encode())
+            wrote(output)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from simfluence_cli._atomic import write_bytes_atomic
+from simfluence_cli.analysis.choices import MODES, OBJECTIVES, ORDERS
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -21,6 +22,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
@@ -65,6 +67,7 @@ ModeOpt = Annotated[
     str,
     typer.Option(
         "--mode",
+        metavar="[" + "|".join(MODES) + "]",
         help="How removed/added examples change the batches: 'keep-steps' (the edited "
         "example stream, in order, cut into full batches of the base's size and "
         "cycled to the base's number of steps: same compute), 'repack' (same, "
@@ -127,6 +130,11 @@ def _base(st, sim, base: str, init: str | None):
     return batches, L0, desc
 
 
+def _flat(batches) -> list[str]:
+    """The distinct example IDs of a curriculum (a list of batches)."""
+    return list(dict.fromkeys(e for b in batches for e in b))
+
+
 def _ids(spec: str | None, what: str):
     from simfluence_cli.io.curriculum import read_id_list
 
@@ -174,6 +182,7 @@ def whatif_cmd(
         str | None,
         typer.Option(
             "--order",
+            metavar="[" + "|".join(ORDERS) + "|@FILE]",
             help="Reorder: 'shuffle' (random order of the examples, re-batched), "
             "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
             "reversed), or @FILE (example IDs in the wanted order; each epoch is "
@@ -184,6 +193,7 @@ def whatif_cmd(
         str,
         typer.Option(
             "--order-scope",
+            metavar="[epoch|run]",
             help="For --order @FILE: sort each epoch (one pass over the data) "
             "by the file's order ('epoch'), or the whole run ('run').",
         ),
@@ -264,6 +274,22 @@ def whatif_cmd(
             n_in = sum(e in present for e in set(ids))
             if n_in == 0:
                 warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    if edited_spec is None:
+        order_ids = [] if edits.order is None or isinstance(edits.order, str) else edits.order
+        check_known_ids(
+            st,
+            [(w, ids or []) for w, ids in checks]
+            + [(f"--order {order}", order_ids), (f"--base {base}", _flat(batches))],
+            known=sim.example_ids_,
+        )
+    else:
+        check_known_ids(
+            st,
+            [(f"--base {base}", _flat(batches)), (f"--edited {edited_spec}", _flat(edits))],
+            known=sim.example_ids_,
+        )
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     if edited_spec is not None:
         res.edits = {"edited": edesc}
@@ -281,7 +307,8 @@ def whatif_cmd(
                 res.edited, header, title="simfluence whatif: edited curriculum"
             ).encode(),
         )
-    info(
+        wrote(save_edited)
+    summary = (
         f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
         f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
@@ -334,6 +361,7 @@ def whatif_cmd(
                 "edited": "simulated loss under the edited curriculum (empty after its last step)",
             },
         )
+        info(summary)  # after the table, so it stays visible
         return
     rows = res.rows()
     cols = ["test_id", "base_final", "edited_final", "change"]
@@ -356,6 +384,7 @@ def whatif_cmd(
             mean[c_lo], mean[c_hi] = bounds[3], bounds[4]
         rows = rows + [mean]
     render_rows(rows, cols, f, output, title=f"what if: {desc}", document=doc, column_help=helps)
+    info(summary)  # after the table, so it stays visible
 
 
 @command("groups")
@@ -385,6 +414,7 @@ def groups_cmd(
         str,
         typer.Option(
             "--by",
+            metavar="[group|test]",
             help="'group': one row per group, averaged over "
             "tests; 'test': one row per group and test.",
         ),
@@ -420,14 +450,23 @@ def groups_cmd(
         )
     elif column:
         raise UsageError("--column needs --groups-from TABLE")
+    origin = {name: f"--groups-from {groups_from}, group {name}" for name in groups}
     for k, spec in enumerate(group or []):
         name, _, ids = spec.partition("=") if "=" in spec.split("@", 1)[0] else ("", "", spec)
         name = name or (Path(ids[1:]).stem if ids.startswith("@") else f"group{k + 1}")
         groups[name] = read_id_list(ids, f"example IDs of group {name}")
+        origin[name] = f"--group {name}" + (f" from {ids}" if ids.startswith("@") else "")
     if not groups:
         raise UsageError("give --group IDS|@FILE (repeatable) or --groups-from TABLE --column C")
     st, sim = _open(store, model, tests)
     batches, L0, desc = _base(st, sim, base, init_loss)
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    check_known_ids(
+        st,
+        [(origin[g], ids) for g, ids in groups.items()] + [(f"--base {base}", _flat(batches))],
+        known=sim.example_ids_,
+    )
     members = len({e for v in groups.values() for e in v})
     info(
         f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
@@ -488,6 +527,7 @@ def design_cmd(
         str,
         typer.Option(
             "--objective",
+            metavar="[" + "|".join(OBJECTIVES) + "]",
             help="What to minimise: 'mean-final-loss' = mean simulated loss of "
             "the chosen tests after the last step.",
         ),
@@ -561,6 +601,10 @@ def design_cmd(
     st, sim = _open(store, model, tests)
     L0 = resolve_init_loss(init_loss, sim, st)
     pool_ids = _ids(pool, "pool example IDs")
+    if pool_ids:
+        from simfluence_cli.store.example_ids import check_known_ids
+
+        check_known_ids(st, [(f"--pool {pool}", pool_ids)], known=sim.example_ids_)
     progress = None
     bar = None
     if show_progress():
@@ -614,6 +658,7 @@ def design_cmd(
         typer.echo(text, nl=False)
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)
     msg = f"design: {objective} {res.objective:.6g}"
     if interval is not None:
         msg += (
@@ -627,7 +672,7 @@ def design_cmd(
             f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
             f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
         )
-    info(msg + (f"; wrote {output}" if output != "-" else ""))
+    info(msg)
     if rep["tests_at_clip_floor"]:
         warn(
             f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "

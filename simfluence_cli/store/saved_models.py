@@ -8,9 +8,10 @@ Each model directory holds
 - ``examples-<gen>.parquet``: per training example its occurrences in the fitting curricula;
 - ``model.json``: the manifest (configuration, penalty chosen and CV curve, runs used, data
   hash, tool version, fit time, file names). It is written last and is the commit point.
-  After a save, files named neither by it nor by the previous manifest (leftovers of older
-  generations or interrupted writes) are removed; the previous generation is kept so a reader
-  that opened the old manifest can still read its files.
+  After a save commits, every other model file in the directory (the previous generation,
+  leftovers of interrupted writes) is removed, so exactly one generation remains. A crash
+  between the commit and that cleanup leaves strays, which ``simfluence verify`` reports and
+  ``verify --repair`` (or the next save) removes: see :func:`stray_files`.
 
 Refitting a name with a different configuration or data (method, penalty, prior, clip, runs,
 data hash) is refused unless ``replace=True``. The same configuration on the same data is
@@ -37,9 +38,13 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
-from simfluence_cli.model.simulator import ExecutionOptions, Simulator, SimulatorConfig
+from simfluence_cli.model.simulator import (
+    ExecutionOptions,
+    Simulator,
+    SimulatorConfig,
+)
 from simfluence_cli.runs import RunSet
-from simfluence_cli.store.format import MODEL_FORMAT, PARAM_COLUMNS
+from simfluence_cli.store.format import MODEL_FILE_PREFIXES, MODEL_FORMAT, PARAM_COLUMNS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -123,7 +128,8 @@ def model_config(
         **sim.config.to_json(),
         "runs": list(runs),
         "data_hash": data_hash,
-        **({"source": extra["source"]} if extra and "source" in extra else {}),
+        # imported scores: the file and the import options are part of what identifies them
+        **{k: extra[k] for k in ("source", "source_sha256", "import") if extra and k in extra},
     }
 
 
@@ -213,12 +219,6 @@ def _save_model(
     d = model_dir(store, name)
     config = model_config(sim, runs, data_hash, kind, extra)
     check_existing(store, name, config, replace=replace)  # raises on a different configuration
-    prev_files: set[str] = set()
-    if (d / "model.json").is_file():
-        try:
-            prev_files = set(json.loads((d / "model.json").read_text()).get("files", {}).values())
-        except (ValueError, AttributeError):
-            prev_files = set()
     gen = f"{int(time.time())}-{secrets.token_hex(3)}" if parameters is None else parameters.gen
     d.mkdir(parents=True, exist_ok=True)
     files = {
@@ -276,11 +276,26 @@ def _save_model(
         **(extra or {}),
     }
     write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    keep = {"model.json", *files.values(), *prev_files}
-    for f in d.iterdir():  # leftovers of older generations or interrupted writes
-        if f.name not in keep:
-            f.unlink(missing_ok=True)
+    for f in stray_files(d, manifest):  # committed: older generations, interrupted writes
+        f.unlink(missing_ok=True)
     return manifest
+
+
+def stray_files(d: Path, manifest: dict) -> list[Path]:
+    """Files of model directory ``d`` that its committed ``manifest`` does not name.
+
+    Only files this tool writes are considered (``parameters-*``, ``tests-*``, ``examples-*``
+    and hidden temp files): superseded generations and leftovers of interrupted writes.
+    """
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    keep = {"model.json", *(files.values() if isinstance(files, dict) else ())}
+    return sorted(
+        f
+        for f in d.iterdir()
+        if f.is_file()
+        and f.name not in keep
+        and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))
+    )
 
 
 def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
