@@ -434,7 +434,8 @@ def _stem(path: Path) -> str:
 
 
 def read_jsonl(path: Path) -> RunData:
-    """Parse and validate one encoding-A file."""
+    """Parse and validate one encoding-A file. Other keys are ignored, among them the
+    RunLogger extras "optimizer" (step 0) and "lr" (per step), which are not stored yet."""
     label = str(path)
     run_id = None
     ex = _Ids()
