@@ -5,11 +5,14 @@ on scikit-learn's bundled digits (no downloads), logged with :class:`simfluence_
     python sample_runs/generate.py                      # regenerate sample_runs/ in place
     python sample_runs/generate.py --out /tmp/s --pool 40 --tests 10 --steps 20 --n-fit 2 ...
     python sample_runs/generate.py train-curriculum CURRICULUM.txt -o OUT.jsonl.gz
+    python sample_runs/generate.py --family momentum|adamw [--out DIR]   # realistic-loop family
 
 Model: MLP 64-H-10 (tanh, softmax cross-entropy), float64. One shared starting checkpoint is
 made by SGD on a pretraining split; every run fine-tunes a copy of it with plain SGD
 (``theta -= lr * mean over the batch of per-example gradients``) and logs the per-example loss of
-every test example after every step (step 0 = the checkpoint). Deterministic: the same
+every test example after every step (step 0 = the checkpoint). ``--family`` / :func:`generate_family`
+instead trains with SGD+momentum or AdamW under a warm-up + cosine schedule, in DataLoader epochs
+with a short last batch, logging each step's lr (git-ignored output). Deterministic: the same
 arguments give the same bytes (gzip with mtime 0, fixed seeds, rounded losses).
 See sample_runs/README.md for the families and seeds.
 """
@@ -723,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         ap = argparse.ArgumentParser(
             prog="generate.py",
             description="Regenerate the sample runs (all families, TracIn scores, metadata). "
-                        "Subcommand: 'train-curriculum FILE -o OUT' trains on a given curriculum.")
+                        "Subcommand: 'train-curriculum FILE -o OUT' trains on a given curriculum. "
+                        "'--family momentum|adamw [--out DIR] [knobs]' generates a realistic-loop family "
+                        "instead (see '--family adamw --help').")
         ap.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output directory")
         ap.add_argument("--n-fit", type=int, default=Config.n_fit)
         ap.add_argument("--n-random", type=int, default=Config.n_random)
