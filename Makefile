@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SF := $(BIN)/simfluence
 DEMO_STORE ?= demo-store
 
-.PHONY: install demo test bench samples clean
+.PHONY: install demo test bench samples samples-realistic clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: install
 
 samples: install
 	$(BIN)/python sample_runs/generate.py
+
+# SGD+momentum and AdamW families (warm-up + cosine lr, short last batch per epoch) into
+# sample_runs/momentum/ and sample_runs/adamw/ (git-ignored, ~9 MB each, deterministic, ~20 s each)
+samples-realistic: install
+	$(BIN)/python sample_runs/generate.py --family momentum
+	$(BIN)/python sample_runs/generate.py --family adamw
 
 clean:
 	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache

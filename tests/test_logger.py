@@ -237,3 +237,80 @@ def test_large_losses_exact_and_math_values(tmp_path):
     rows = read_lines(path)
     assert rows[0]["loss"]["a"] == math.pi
     assert rows[1]["loss"]["a"] == float(np.float32(0.1))
+
+
+def test_lr_and_optimizer_are_written(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with RunLogger(
+        path, test_ids=["t0"], optimizer="AdamW(betas=(0.9, 0.999))", precision=2
+    ) as log:
+        log.initial([2.345])
+        log.step(["e1", "e2"], [2.2], lr=1e-3 / 3)
+        log.step(["e3"], lr=0)  # no losses, lr still logged
+        log.step(["e4"], [2.0], lr=np.float32(0.5))
+        log.step(["e5"], [1.9])  # no lr: line as before
+    rows = read_lines(path)
+    assert rows == [
+        {"step": 0, "batch": [], "optimizer": "AdamW(betas=(0.9, 0.999))", "loss": {"t0": 2.3}},
+        {
+            "step": 1,
+            "batch": ["e1", "e2"],
+            "lr": 1e-3 / 3,
+            "loss": {"t0": 2.2},
+        },  # lr exact, not rounded
+        {"step": 2, "batch": ["e3"], "lr": 0.0},
+        {"step": 3, "batch": ["e4"], "lr": 0.5, "loss": {"t0": 2.0}},
+        {"step": 4, "batch": ["e5"], "loss": {"t0": 1.9}},
+    ]
+    # without the extras the bytes are exactly what they were before the kwargs existed
+    plain = tmp_path / "p.jsonl"
+    with RunLogger(plain, test_ids=["t0"]) as log:
+        log.initial([1.0])
+        log.step(["e1"], [0.5])
+    assert (
+        plain.read_text() == '{"step": 0, "batch": [], "loss": {"t0": 1.0}}\n'
+        '{"step": 1, "batch": ["e1"], "loss": {"t0": 0.5}}\n'
+    )
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", True, None])
+def test_invalid_lr_and_optimizer(tmp_path, bad):
+    log = RunLogger(tmp_path / "r.jsonl")
+    log.initial({"t": 1.0})
+    if bad is not None:
+        with pytest.raises(RunLogError, match="lr must be a finite number"):
+            log.step(["e"], lr=bad)
+    log.abort()
+    with pytest.raises(RunLogError, match="optimizer must be a non-empty string"):
+        RunLogger(tmp_path / "o.jsonl", optimizer="" if bad is None else 3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ingest_accepts_lr_and_optimizer(tmp_path):
+    """encoding A: "lr" on steps and "optimizer" on step 0 are accepted (and not stored yet)."""
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+
+    for name, extras in [("with", True), ("without", False)]:
+        with RunLogger(
+            tmp_path / name / "run-1.jsonl.gz",
+            test_ids=["t0", "t1"],
+            optimizer="SGD(momentum=0.9)" if extras else None,
+        ) as log:
+            log.initial([2.0, 1.0])
+            for t, b in enumerate([["e1", "e2", "e3"], ["e4", "e5", "e6"], ["e7"]], start=1):
+                log.step(b, [2.0 - 0.1 * t, 1.0 - 0.05 * t], lr=0.01 * t if extras else None)
+    runner = CliRunner()
+    out = {}
+    for name in ("with", "without"):
+        store = tmp_path / f"store-{name}"
+        r = runner.invoke(app, ["ingest", str(tmp_path / name), "--store", str(store)])
+        assert r.exit_code == 0, r.output
+        info = runner.invoke(app, ["info", "--store", str(store), "--json"])
+        assert info.exit_code == 0, info.output
+        cur = runner.invoke(app, ["curriculum", "run-1", "--store", str(store)])
+        assert cur.exit_code == 0, cur.output
+        d = json.loads(info.stdout)
+        out[name] = (d["loss_rows"], d["curriculum_rows"], d["steps"], cur.stdout)
+    assert out["with"] == out["without"] and out["with"][:2] == (8, 7)

@@ -6,6 +6,11 @@ One JSON object per logged step::
     {"step": 1, "batch": ["e17", "e203", "e5", "e88"], "loss": {"t0": 2.28, "t1": 1.90}}
     {"step": 2, "batch": ["e4", "e9", "e61", "e2"]}
 
+Optional extras: ``RunLogger(..., optimizer="AdamW(...)")`` writes ``"optimizer"`` on the step-0
+line (a free-form description of the run's optimizer), and ``step(..., lr=0.01)`` writes the
+learning rate that step's update used as ``"lr"``. ``simfluence ingest`` accepts both and does
+not store them yet.
+
 Step 0 is the shared starting checkpoint (losses, no batch); the loss at step t is measured
 *after* the update on step t's batch; a step without ``"loss"`` means the test set was not
 evaluated then. A ``.gz`` suffix writes gzip (deterministic: no name, mtime 0).
@@ -73,7 +78,10 @@ class RunLogger:
         sequence/array aligned with them, and checks dict keys against them.
     precision:
         ``None`` (default): shortest round-trip ``repr`` of each float64. An int ``p``: round to
-        ``p`` significant digits first (smaller files).
+        ``p`` significant digits first (smaller files). Learning rates are always written exactly.
+    optimizer:
+        Optional free-form description of the optimizer (e.g. ``"AdamW(betas=(0.9, 0.999))"``),
+        written once, as ``"optimizer"`` on the step-0 line.
     """
 
     def __init__(
@@ -83,8 +91,16 @@ class RunLogger:
         *,
         test_ids: Iterable | None = None,
         precision: int | None = None,
+        optimizer: str | None = None,
     ):
         self.path = Path(path)
+        if optimizer is not None and (not isinstance(optimizer, str) or not optimizer):
+            raise RunLogError(
+                f"optimizer must be a non-empty string, got {optimizer!r}",
+                path=str(self.path),
+                field="optimizer",
+            )
+        self._opt_text = "" if optimizer is None else f', "optimizer": {json.dumps(optimizer)}'
         self.run_id = None if run_id is None else _as_id(run_id, str(self.path), "run")
         if precision is not None and (
             not isinstance(precision, numbers.Integral) or not 1 <= precision <= 17
@@ -144,12 +160,14 @@ class RunLogger:
             )
         self._write(0, [], losses)
 
-    def step(self, batch, losses=None, *, step: int | None = None) -> int:
+    def step(self, batch, losses=None, *, step: int | None = None, lr: float | None = None) -> int:
         """Log one training step: the example IDs of its batch and the test losses measured
         after the update (``None`` when the test set was not evaluated). Returns the step number.
 
         ``step`` is counted automatically (1, 2, ...); if passed it must be the next one:
         the simulator needs every step's batch, so call this once per optimizer step.
+        ``lr``: the learning rate this step's update used (e.g. ``sched.get_last_lr()[0]``
+        before ``sched.step()``), written as ``"lr"``; a finite number >= 0.
         """
         self._check_open()
         if self.last_step is None:
@@ -196,7 +214,21 @@ class RunLogger:
                 field="batch",
                 hint="every step after 0 trains on at least one example",
             )
-        self._write(expected, ids, losses)
+        lr_text = None
+        if lr is not None:
+            if (
+                not isinstance(lr, numbers.Real)
+                or isinstance(lr, (bool, np.bool_))
+                or not np.isfinite(float(lr))
+                or float(lr) < 0
+            ):
+                raise RunLogError(
+                    f"step {expected}: lr must be a finite number >= 0, got {lr!r}",
+                    path=str(self.path),
+                    field="lr",
+                )
+            lr_text = repr(float(lr))
+        self._write(expected, ids, losses, lr_text)
         return expected
 
     def _loss_text(self, losses, step: int) -> str | None:
@@ -271,9 +303,13 @@ class RunLogger:
             txt = [repr(v) for v in vals.tolist()]
         return ", ".join(k + v for k, v in zip(keys, txt))
 
-    def _write(self, step: int, ids: list[str], losses) -> None:
+    def _write(self, step: int, ids: list[str], losses, lr_text: str | None = None) -> None:
         loss = self._loss_text(losses, step)
         line = f'{{"step": {step}, "batch": {json.dumps(ids)}'
+        if step == 0:
+            line += self._opt_text
+        if lr_text is not None:
+            line += f', "lr": {lr_text}'
         if loss is not None:
             line += f', "loss": {{{loss}}}'
         line += self._run_suffix + "}\n"
