@@ -289,6 +289,12 @@ def test_bundled_sample_runs_are_complete():
     with gzip.open(SAMPLES / "tracin_scores.csv.gz", "rt") as fh:
         n_scores = sum(1 for _ in fh) - 1
     assert n_scores == cfg["pool"] * cfg["tests"]
-    generated = {SAMPLES / fam for fam in gen.LOOP_FAMILIES}  # git-ignored, made by make samples-realistic
-    size = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file() and not generated & set(p.parents))
+    generated = {
+        SAMPLES / fam for fam in gen.LOOP_FAMILIES
+    }  # git-ignored, made by make samples-realistic
+    size = sum(
+        p.stat().st_size
+        for p in SAMPLES.rglob("*")
+        if p.is_file() and not generated & set(p.parents)
+    )
     assert size < 12e6
