@@ -34,6 +34,10 @@ from simfluence_cli.runs import RunSet
 __all__ = ["Simulator", "DEFAULT_L2_GRID"]
 
 DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
+#: the optimizer-aware simulator (model/optimizer_aware.py): batch mean x logged lr, AR memory,
+#: per-test time basis, loss transform; its choices by CV grouped by run
+OPTIMIZER_AWARE = "optimizer-aware"
+ALL_METHODS = (*METHODS, OPTIMIZER_AWARE)
 UNSEEN_POLICIES = ("error", "prior", "skip")
 
 
@@ -61,6 +65,9 @@ class Simulator:
         tol: float = CG_TOL,
         workers: int = 1,
         dask=None,
+        transform: str = "auto",
+        ar: bool | str = "auto",
+        time_basis: int | str = "auto",
     ):
         # execution options (not model configuration; see _solver / _parallel): solver
         # "auto"|"direct"|"cg", CG relative-residual tol, local worker processes, Dask address
@@ -74,12 +81,28 @@ class Simulator:
         self.cv_folds = cv_folds
         self.l2_grid = tuple(l2_grid)
         self.progress = progress
+        # optimizer-aware only ("auto" = chosen by CV grouped by run on the fitting runs)
+        self.transform, self.ar, self.time_basis = transform, ar, time_basis
         self._check_params()
 
     # -- configuration ---------------------------------------------------------------------
     def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in ALL_METHODS:
+            raise UsageError(
+                f"unknown method {self.method!r}; choose one of {', '.join(ALL_METHODS)}"
+            )
+        if self.method == OPTIMIZER_AWARE:
+            from simfluence_cli.model.optimizer_aware import TRANSFORMS
+
+            if self.transform != "auto" and self.transform not in TRANSFORMS:
+                raise UsageError(
+                    f"unknown transform {self.transform!r}; choose auto, {', '.join(TRANSFORMS)}"
+                )
+            if self.ar not in ("auto", True, False):
+                raise UsageError(f"ar must be 'auto', True or False, got {self.ar!r}")
+            tb = self.time_basis
+            if tb != "auto" and not (isinstance(tb, (int, np.integer)) and 0 <= tb <= 64):
+                raise UsageError(f"time_basis must be 'auto' or an integer 0..64, got {tb!r}")
         if self.prior not in ("no-change", "zero"):
             raise UsageError(f"unknown prior {self.prior!r}; choose 'no-change' or 'zero'")
         if self.clip not in ("observed", "none"):
@@ -100,6 +123,11 @@ class Simulator:
             "clip_margin": self.clip_margin,
             "cv_folds": self.cv_folds,
             "l2_grid": list(self.l2_grid),
+            **(
+                {"transform": self.transform, "ar": self.ar, "time_basis": self.time_basis}
+                if self.method == OPTIMIZER_AWARE
+                else {}
+            ),
         }
 
     @classmethod
@@ -181,6 +209,14 @@ class Simulator:
         )  # identifiability: never-seen / co-occurring / constant
 
         self.warnings_ = fit_warnings(runs, self)
+        if self.method == OPTIMIZER_AWARE:
+            from simfluence_cli.model.optimizer_aware import fit_simulator
+
+            fit_simulator(self, runs, param_sink=param_sink, keep_params=keep_params)
+            self.fit_seconds_ = time.perf_counter() - t0
+            for msg in self.warnings_:
+                warnings.warn(msg, SimfluenceWarning, stacklevel=2)
+            return self
         scale = _loss_scale(L0)  # 1 for ordinary losses; a power of ten for tiny/huge ones
         if np.any(scale != 1.0):  # fit L / scale (A is scale-free, B is scaled back below):
             runs = _rescaled(runs, scale)  # else the penalty on A swamps losses of 1e-8
@@ -419,6 +455,7 @@ class Simulator:
         lengths: Sequence[int] | None = None,
         return_: str = "trajectory",
         precision: str = "float64",
+        lr=None,
     ) -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
 
@@ -432,6 +469,8 @@ class Simulator:
         :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned with ``tests``
         (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
         Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
+        lr: (optimizer-aware models only) the learning rate of each step, (T,) shared or (C, T);
+        None (or NaN entries) = the fitting runs' schedule by step index.
         """
         self._check_fitted()
         if isinstance(curricula, np.ndarray):
@@ -454,22 +493,40 @@ class Simulator:
             lo, hi = lo[cols], hi[cols]
         A, B = self.A_[:, cols], self.B_[:, cols]
         if np.any(idx == len(self.example_ids_)):  # 'prior' rows for unseen examples
-            a0 = 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
+            a0 = self.neutral_A
             A = np.vstack([A, np.full((1, len(cols)), a0)])
             B = np.vstack([B, np.zeros((1, len(cols)))])
         if return_ not in ("trajectory", "final"):
             raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
-        from simfluence_cli.model.rollout import rollout  # chunked over test columns, threaded
+        if self.method == OPTIMIZER_AWARE:
+            from simfluence_cli.model.optimizer_aware import simulate_params
 
-        out = rollout(
-            A, B, idx, L0, self.method, lo, hi, final=return_ == "final", precision=precision
-        )
+            out = simulate_params(self, A, B, cols, idx, L0, lo, hi, lr, return_ == "final")
+        else:
+            from simfluence_cli.model.rollout import rollout  # chunked over test columns
+
+            out = rollout(
+                A, B, idx, L0, self.method, lo, hi, final=return_ == "final", precision=precision
+            )
         if return_ == "final":
             return out
         if lengths is not None:
             for c, T in enumerate(lengths):
                 out[c, T + 1 :] = np.nan
         return out
+
+    @property
+    def neutral_A(self) -> float:
+        """A of an example with no effect of its own (the 'prior' / neutral placeholder)."""
+        if self.method in ("additive", OPTIMIZER_AWARE) or self.prior == "zero":
+            return 0.0
+        return 1.0 / self.batch_size_
+
+    @property
+    def stateful(self) -> bool:
+        """True when a rollout depends on more than the current loss (AR memory, time basis,
+        per-step lr): such models cannot restart a rollout mid-curriculum from a loss alone."""
+        return self.method == OPTIMIZER_AWARE
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
         if tests is None:
