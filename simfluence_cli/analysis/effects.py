@@ -60,7 +60,8 @@ def removal_effect(
     total = np.zeros((n, M))
     # a copy of the model with one extra, neutral example (row n): A = 1/b, B = 0
     neutral = copy.copy(sim)
-    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
+    # a neutral example changes nothing: A = 1/b (linear), 0 (additive; optimizer-aware's a)
+    a0 = 0.0 if sim.method in ("additive", "optimizer-aware") else 1.0 / sim.batch_size_
     neutral.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
     neutral.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
     neutral.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), "\x00neutral")
@@ -90,7 +91,8 @@ def removal_effect(
         per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(M, b) * 8)))
         for s in range(0, len(present), per):
             ex = present[s : s + per]
-            t0 = int(first[s])
+            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
+            t0 = 0 if getattr(sim, "stateful", False) else int(first[s])
             sub = base[t0:]
             idx = np.where(sub[None] == ex[:, None, None], n, sub[None])
             out = neutral.simulate(idx, traj[t0], tests=test_names, lengths=[T - t0] * len(ex))
@@ -108,6 +110,14 @@ def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:
         return -B
     lref = 0.5 * (np.asarray(sim.loss_min_)[cols] + np.asarray(sim.loss_max_)[cols])
     lref = np.where(np.isfinite(lref), lref, np.asarray(sim.init_loss_mean_)[cols])
+    if sim.method == "optimizer-aware":  # in transformed space y = f(L), mapped back by dL/dy
+        from simfluence_cli.model.optimizer_aware import forward, inverse
+
+        tr = sim.config_.transform
+        y = forward(lref, tr)
+        eps = 1e-6 * np.maximum(1.0, np.abs(y))
+        dLdy = (inverse(y + eps, tr) - inverse(y - eps, tr)) / (2 * eps)
+        return -(A * y + B) * dLdy
     a0 = 1.0 / sim.batch_size_
     return -((A - a0) * lref + B)
 

@@ -221,7 +221,8 @@ def with_neutral(sim, curricula) -> object:
     import copy
 
     ext = copy.copy(sim)
-    a0 = 0.0 if sim.method == "additive" else 1.0 / sim.batch_size_
+    # a neutral example changes nothing: A = 1/b (linear), 0 (additive; optimizer-aware's a)
+    a0 = 0.0 if sim.method in ("additive", "optimizer-aware") else 1.0 / sim.batch_size_
     ext.A_ = np.vstack([sim.A_, np.full((1, sim.A_.shape[1]), a0)])
     ext.B_ = np.vstack([sim.B_, np.zeros((1, sim.B_.shape[1]))])
     ext.example_ids_ = np.append(np.asarray(sim.example_ids_, dtype=object), NEUTRAL)
