@@ -32,12 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simfluence_cli.analysis.evaluation import evaluate  # noqa: E402
-from simfluence_cli.io.score_files import read_scores  # noqa: E402
-from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline  # noqa: E402
-from simfluence_cli.model.external_scores import fit_scale, scores_simulator  # noqa: E402
-from simfluence_cli.model.simulator import Simulator  # noqa: E402
-from simfluence_cli.store.run_store import RunStore  # noqa: E402
+from simfluence_cli.analysis.evaluation import evaluate
+from simfluence_cli.io.score_files import read_scores
+from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
+from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
 
 HELDOUT = ("heldout-random", "heldout-leave30", "heldout-classordered")
 METRICS = ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman")
