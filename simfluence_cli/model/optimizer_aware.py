@@ -441,6 +441,8 @@ BASIS_CHOICES = (0, 8)
 #: the CV of the choices uses at most this many folds (grouped by run) and test examples
 OA_CV_FOLDS = 3
 OA_CV_TESTS = 32
+#: relative CV improvement an extra ingredient (AR, time basis, transform) must bring
+CV_MARGIN = 0.005
 
 
 def _folds(ids: list[str], k: int) -> list[list[str]]:
@@ -534,9 +536,11 @@ def choose_config(
         n_basis=BASIS_CHOICES[-1] if fixed.get("n_basis") is None else int(fixed["n_basis"]),
         l2=1.0 if fixed.get("l2") is None else float(fixed["l2"]),
     )
+    # candidates simplest first: an option is switched on (or a transform other than the
+    # identity taken) only when it lowers the CV error by more than CV_MARGIN (relative)
     options = {
         "l2": OA_L2_GRID,
-        "ar": (True, False),
+        "ar": (False, True),
         "n_basis": BASIS_CHOICES,
         "transform": TRANSFORMS,
     }
@@ -545,7 +549,12 @@ def choose_config(
         if fixed.get(name) is not None:
             continue
         cands = [Config(**{**cur.as_dict(), name: v}) for v in options[name]]
-        cur = min(cands, key=lambda c: (score(c), cands.index(c)))
+        vals = [score(c) for c in cands]
+        best = min(vals)
+        if name == "l2":
+            cur = cands[int(np.argmin(vals))]
+        else:
+            cur = next(c for c, v in zip(cands, vals) if v <= best * (1 + CV_MARGIN))
     if not scores:
         return cur, [], folds
     curve = [{**c.as_dict(), "cv_mse": v} for c, v in scores.items()]
