@@ -528,7 +528,7 @@ def simulate(
     _check_ids(cur, sim, st, unseen.value)
     L0 = _init_loss(init_loss, sim, st)
     sizes = {len(b) for b in cur.batches}
-    if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
+    if sim.method not in ("additive", "optimizer-aware") and sizes != {int(round(sim.batch_size_))}:
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
