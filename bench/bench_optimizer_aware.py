@@ -141,7 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-optimizer.md"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--render", default=None, help="only re-render OUT from this --json file")
     ns = ap.parse_args(argv)
+    if ns.render:
+        Path(ns.out).write_text(render(json.loads(Path(ns.render).read_text())))
+        return 0
     work = Path(ns.work or tempfile.mkdtemp(prefix="bench-oa-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"families": {}, "command": " ".join(sys.argv)}
@@ -196,11 +200,57 @@ def render(res: dict) -> str:
                 cells = ["-" if v is None else f"{v:.4g}" for v in vals]
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += targets(res)
     if "noise_floor" in res:
         lines += ["## Noise floor (plain family, retraining fit-000)", ""]
         lines += [f"- {k}: {v}" for k, v in res["noise_floor"].items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def targets(res: dict, new: str = "optimizer-aware") -> list[str]:
+    """The issue-11 targets, checked on these numbers."""
+    out = ["## Targets (issue 11), checked on the numbers above", ""]
+    fams = res["families"]
+    for fam, fr in fams.items():
+        for h, t in fr["heldout"].items():
+            if new not in t or "mean-trajectory" not in t:
+                continue
+            o, mt = t[new], t["mean-trajectory"]
+            beat = o["all_steps_mse"] < mt["all_steps_mse"]
+            near = o["final_step_mse"] <= 1.1 * mt["final_step_mse"]
+            out.append(
+                f"- {fam}/{h}: all-steps MSE {o['all_steps_mse']:.4g} vs mean-trajectory "
+                f"{mt['all_steps_mse']:.4g} ({'beats' if beat else 'MISSED'}); final MSE "
+                f"{o['final_step_mse']:.4g} vs {mt['final_step_mse']:.4g} "
+                f"({'within 10% or better' if near else 'MISSED'})"
+            )
+    rs = [
+        fams[f]["heldout"][h][new]["run_spearman"]
+        for f in ("momentum", "adamw")
+        if f in fams
+        for h in ("heldout-random", "heldout-leave30")
+    ]
+    if rs:
+        ok = np.mean(rs) >= 0.4 and min(rs) > 0.1
+        out.append(
+            f"- run-Spearman over momentum/AdamW random + leave-30%: mean {np.mean(rs):.3f}, "
+            f"min {min(rs):.3f} (target mean >= 0.4, each > 0.1: {'met' if ok else 'MISSED'})"
+        )
+    if "plain" in fams:
+        worst = []
+        for h, t in fams["plain"]["heldout"].items():
+            for k in METRICS:
+                d = t[new][k] - t["linear"][k]
+                worse = d if k.endswith("mse") else -d
+                if worse > 0.02:
+                    worst.append(f"{h} {k} {t[new][k]:.4g} vs linear {t['linear'][k]:.4g}")
+        out.append(
+            "- plain SGD, never worse than the paper's Linear by > 0.02 on any metric: "
+            + ("met" if not worst else "MISSED on " + "; ".join(worst))
+        )
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
