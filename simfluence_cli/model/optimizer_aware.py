@@ -584,6 +584,10 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
             "n_basis": 8 if fixed["n_basis"] is None else fixed["n_basis"],
             "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
         }
+    if sim.workers > 1 or sim.dask:
+        sim.warnings_.append(
+            "optimizer-aware fits in this process: --workers and --dask are ignored"
+        )
     cols = cv_test_subset(runs.n_tests, OA_CV_TESTS)
     k = min(sim.cv_folds, OA_CV_FOLDS)
     cfg, curve, folds = choose_config(runs, fixed, k, sim.clip, sim.clip_margin, cols)
