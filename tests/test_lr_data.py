@@ -123,3 +123,34 @@ def test_runset_lr_via_add_runset(tmp_path):
     back = st.load("all")["r"]
     np.testing.assert_array_equal(back.lr, [0.5, 0.25])
     assert back.optimizer == "SGD(momentum=0.9)"
+
+
+def _tables(tmp_path, lr_rows):
+    cur = ["run,step,example_id,lr"]
+    for step, ids in ((1, ["a", "b"]), (2, ["c"]), (3, ["a"])):
+        for e in ids:
+            cur.append(f"r,{step},{e},{lr_rows.get((step, e), 0.1 * step)}")
+    (tmp_path / "cur.csv").write_text("\n".join(cur) + "\n")
+    los = ["run,step,test_id,loss", "r,0,t,1.0", "r,3,t,0.7"]
+    (tmp_path / "loss.csv").write_text("\n".join(los) + "\n")
+    return [tmp_path / "cur.csv", tmp_path / "loss.csv"]
+
+
+def test_long_tables_carry_an_optional_lr_column(tmp_path):
+    st = RunStore(tmp_path / "s", create=True)
+    st.ingest(_tables(tmp_path, {}))
+    np.testing.assert_allclose(st.load("all")["r"].lr, [0.1, 0.2, 0.3])
+    assert verify_store(tmp_path / "s").ok
+
+
+def test_long_table_lr_must_be_constant_within_a_step(tmp_path):
+    st = RunStore(tmp_path / "s", create=True)
+    with pytest.raises(InputError, match="differs within step") as e:
+        st.ingest(_tables(tmp_path, {(1, "b"): 0.5}))
+    assert e.value.line == 3
+
+
+def test_long_table_lr_on_some_rows_only_is_an_error(tmp_path):
+    st = RunStore(tmp_path / "s", create=True)
+    with pytest.raises(InputError, match="empty lr"):
+        st.ingest(_tables(tmp_path, {(2, "c"): ""}))
