@@ -247,7 +247,14 @@ def rollout_runs(
         L0 = np.vstack([r.losses[0, test_cols] for r in chunk])
         if init_fallback is not None and not np.isfinite(L0).all():
             L0 = np.where(np.isfinite(L0), L0, init_fallback)
-        traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths)
+        if getattr(model, "stateful", False):  # each run's own logged lr (None: the schedule)
+            lr = np.full((len(chunk), idx.shape[1]), np.nan)
+            for c, r in enumerate(chunk):
+                if r.lr is not None:
+                    lr[c, : len(r.lr)] = r.lr
+            traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths, lr=lr)
+        else:
+            traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths)
         for c, r in enumerate(chunk):
             yield r, traj[c, r.loss_steps]
 

@@ -120,9 +120,36 @@ def fit(
             "--method",
             help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
             "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
-            "fixed at 0 (fits A).",
+            "fixed at 0 (fits A); optimizer-aware: dL_t = w_t * sum_i (a_i L_{t-1} + B_i) + "
+            "rho dL_{t-1} + drift(t) on a transformed loss, w_t = lr_t/lr_ref * b_ref/|c_t| "
+            "(logged lr; batch mean), rho = optimizer memory, drift = per-test time basis; "
+            "choices by CV (see --transform, --ar, --time-basis; docs/optimizer-aware.md).",
         ),
     ] = Method.linear,
+    transform: Annotated[
+        str,
+        typer.Option(
+            "--transform",
+            help="optimizer-aware only: loss transform the model works on: identity | log | "
+            "logodds (log(e^L - 1)) | auto (chosen by CV grouped by run).",
+        ),
+    ] = "auto",
+    ar: Annotated[
+        str,
+        typer.Option(
+            "--ar",
+            help="optimizer-aware only: autoregressive term rho * (previous loss increment), "
+            "one rho per test (momentum-like memory): on | off | auto (CV).",
+        ),
+    ] = "auto",
+    time_basis: Annotated[
+        str,
+        typer.Option(
+            "--time-basis",
+            help="optimizer-aware only: number of hat functions of the step absorbing the "
+            "drift shared by all curricula (0 = none), or auto (CV between 0 and 8).",
+        ),
+    ] = "auto",
     l2: Annotated[
         str,
         typer.Option(
@@ -201,11 +228,19 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
+    import numpy as np
+
     from simfluence_cli.model.simulator import ExecutionOptions, Simulator
     from simfluence_cli.store.saved_models import check_name, fit_model
 
     name = check_name(name or method.value)
-    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value)
+    sim = Simulator(
+        method=method.value,
+        l2=_parse_l2(l2),
+        prior=prior.value,
+        clip=clip.value,
+        **_oa_options(method.value, transform, ar, time_basis),
+    )
     execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
     sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
     execution.validate()
@@ -243,7 +278,14 @@ def fit(
         f"clip {clip.value}; {len(ids)} run(s), {res.n_examples} examples x {res.n_tests} tests, "
         f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}"
     )
-    if sim.cv_curve_:
+    if sim.method == "optimizer-aware":
+        c = sim.config_
+        info(
+            f"optimizer-aware choices: transform {c.transform}, AR {'on' if c.ar else 'off'}"
+            f" (median rho {float(np.median(sim.ar_)) if c.ar else 0.0:.3f}), time basis "
+            f"{c.n_basis}, l2 {c.l2:g}; lr {'logged' if sim.schedule_.lr_by_step is not None else 'not logged'}"
+        )
+    elif sim.cv_curve_:
         info(
             "CV rollout MSE by l2: "
             + ", ".join(
@@ -259,6 +301,30 @@ def fit(
             )
     if json_out:
         render_object(man)
+
+
+def _oa_options(method: str, transform: str, ar: str, time_basis: str) -> dict:
+    given = {"--transform": transform, "--ar": ar, "--time-basis": time_basis}
+    if method != "optimizer-aware":
+        bad = [k for k, v in given.items() if v != "auto"]
+        if bad:
+            raise UsageError(f"{', '.join(bad)} only apply to --method optimizer-aware")
+        return {}
+    if ar not in ("auto", "on", "off"):
+        raise UsageError(f"--ar must be on, off or auto, got {ar!r}")
+    tb: int | str = time_basis
+    if time_basis != "auto":
+        try:
+            tb = int(time_basis)
+        except ValueError:
+            raise UsageError(
+                f"--time-basis must be an integer >= 0 or auto, got {time_basis!r}"
+            ) from None
+    return {
+        "transform": transform,
+        "ar": {"on": True, "off": False}.get(ar, "auto"),
+        "time_basis": tb,
+    }
 
 
 def _default_model(st) -> str:
@@ -370,11 +436,17 @@ def simulate(
     L0 = resolve_init_loss(init_loss, sim, st)
     from simfluence_cli.model.diagnostics import batch_size_warning
 
-    varying = batch_size_warning([[len(b) for b in cur.batches]], cur.source)
-    if varying:
+    varying = not getattr(sim, "stateful", False) and batch_size_warning(
+        [[len(b) for b in cur.batches]], cur.source
+    )
+    if varying:  # the optimizer-aware method normalises by the batch size: no warning
         warn(varying)
     sizes = {len(b) for b in cur.batches}
-    if sim.method != "additive" and len(sizes) == 1 and sizes != {int(round(sim.batch_size_))}:
+    if (
+        sim.method not in ("additive", "optimizer-aware")
+        and len(sizes) == 1
+        and sizes != {int(round(sim.batch_size_))}
+    ):
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"

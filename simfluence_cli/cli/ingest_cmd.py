@@ -163,6 +163,13 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
                 f"CV {cov['cv']} (0 = perfectly even)",
             )
         )
+    rows.append(
+        (
+            "learning_rate",
+            f"logged per step in {d.get('runs_with_lr', 0):,} of {d['runs']:,} runs"
+            + (f"; optimizer(s): {'; '.join(d['optimizers'])}" if d.get("optimizers") else ""),
+        )
+    )
     rows.append(("models", ", ".join(d["models"]) or "(none)"))
     return rows
 

@@ -13,7 +13,12 @@ from typing import ClassVar
 
 from simfluence_cli.errors import UsageError
 
-METHODS = ("linear", "additive", "multiplicative")
+LINEAR_METHODS = ("linear", "additive", "multiplicative")  # the paper's form and its ablations
+#: the optimizer-aware simulator (model/optimizer_aware.py): batch mean x logged lr, AR memory,
+#: per-test time basis, loss transform; its choices by CV grouped by run
+OPTIMIZER_AWARE = "optimizer-aware"
+METHODS = (*LINEAR_METHODS, OPTIMIZER_AWARE)
+TRANSFORMS = ("identity", "log", "logodds")  # optimizer-aware loss transforms
 DEFAULT_L2_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # 10^-3 .. 10^3
 PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
 CLIPS = ("observed", "none")  # rollout safeguard
@@ -38,6 +43,13 @@ class SimulatorConfig:
     clip_margin: float = 0.5
     cv_folds: int = 5
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    # optimizer-aware only; "auto" = chosen by CV grouped by run (see docs/optimizer-aware.md)
+    transform: str = "auto"
+    ar: bool | str = "auto"
+    time_basis: int | str = "auto"
+
+    #: keys recorded only for the optimizer-aware method (older manifests lack them)
+    OPTIMIZER_KEYS: ClassVar[tuple[str, ...]] = ("transform", "ar", "time_basis")
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "method": METHODS,
@@ -63,12 +75,26 @@ class SimulatorConfig:
         grid = [float(g) for g in self.l2_grid]
         if not grid or not all(math.isfinite(g) and g >= 0 for g in grid):
             raise UsageError("l2_grid must be a non-empty list of finite numbers >= 0")
+        if self.transform != "auto" and self.transform not in TRANSFORMS:
+            raise UsageError(
+                f"unknown transform {self.transform!r}; choose auto, {', '.join(TRANSFORMS)}"
+            )
+        if self.ar not in ("auto", True, False):
+            raise UsageError(f"ar must be 'auto', True or False, got {self.ar!r}")
+        tb = self.time_basis
+        if tb != "auto" and not (
+            isinstance(tb, numbers.Integral) and not isinstance(tb, bool) and 0 <= tb <= 64
+        ):
+            raise UsageError(f"time_basis must be 'auto' or an integer 0..64, got {tb!r}")
         return self
 
     def to_json(self) -> dict:
         """The configuration as JSON-ready values (what a model manifest records)."""
         d = asdict(self)
         d["l2_grid"] = list(self.l2_grid)
+        if self.method != OPTIMIZER_AWARE:  # the paper's methods record what they always did
+            for k in self.OPTIMIZER_KEYS:
+                d.pop(k)
         return d
 
     @classmethod

@@ -34,7 +34,11 @@ def fit_warnings(runs, sim) -> list[str]:
     the run; tests logged more sparsely than others can have larger groups).
     """
     out: list[str] = []
-    varying = batch_size_warning([r.batch_sizes for r in runs.runs], "the fitting runs")
+    varying = (
+        None
+        if getattr(sim, "method", None) == "optimizer-aware"  # normalises by the batch size
+        else batch_size_warning([r.batch_sizes for r in runs.runs], "the fitting runs")
+    )
     if varying:
         out.append(varying)
     n = len(sim.example_ids_)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from simfluence_cli.model.config import METHODS
+from simfluence_cli.model.config import LINEAR_METHODS as METHODS
 from simfluence_cli.runs import RunSet
 
 

@@ -230,22 +230,26 @@ def _save_model(
         _write_parameters(d / files["parameters"], sim)
     else:
         files["parameters"] = parameters.commit()
-    _write_table(
-        d / files["tests"],
-        pa.table(
-            {
-                "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
-                "init_loss_mean": sim.init_loss_mean_,
-                "loss_min": sim.loss_min_,
-                "loss_max": sim.loss_max_,
-            }
-        ),
-        {
-            "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
-            "loss_min": "smallest observed loss in the fitting runs",
-            "loss_max": "largest observed loss in the fitting runs",
-        },
-    )
+    test_cols = {
+        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
+        "init_loss_mean": sim.init_loss_mean_,
+        "loss_min": sim.loss_min_,
+        "loss_max": sim.loss_max_,
+    }
+    test_meanings = {
+        "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
+        "loss_min": "smallest observed loss in the fitting runs",
+        "loss_max": "largest observed loss in the fitting runs",
+    }
+    oa = None
+    if sim.method == "optimizer-aware":
+        test_cols["ar"] = sim.ar_
+        test_meanings["ar"] = "AR coefficient rho on the previous (transformed) loss increment"
+        for h in range(sim.basis_.shape[1]):
+            test_cols[f"basis_{h}"] = sim.basis_[:, h]
+            test_meanings[f"basis_{h}"] = f"weight of time hat function {h} (drift per step)"
+        oa = {"chosen": sim.config_.as_dict(), "schedule": sim.schedule_.to_dict()}
+    _write_table(d / files["tests"], pa.table(test_cols), test_meanings)
     _write_table(
         d / files["examples"],
         pa.table(
@@ -273,6 +277,7 @@ def _save_model(
         "tool_version": __version__,
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
+        **({"optimizer_aware": oa} if oa is not None else {}),
         **(extra or {}),
     }
     write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
@@ -578,6 +583,19 @@ def _load_model(
     sim.fit_seconds_ = man.get("fit_seconds", 0.0)
     sim.solver_stats_ = dict(man.get("solver_stats") or {})
     sim.manifest_ = man
+    if sim.method == "optimizer-aware":
+        from simfluence_cli.model.optimizer_aware import Config, Schedule
+
+        oa = man["optimizer_aware"]
+        sim.config_ = Config(**oa["chosen"])
+        sim.schedule_ = Schedule.from_dict(oa["schedule"])
+        sim.ar_ = tt["ar"].to_numpy()[cols]
+        H = sim.config_.n_basis
+        sim.basis_ = (
+            np.column_stack([tt[f"basis_{h}"].to_numpy()[cols] for h in range(H)])
+            if H
+            else np.zeros((len(cols), 0))
+        )
     n, m = len(sim.example_ids_), len(cols)
     if not parameters:  # check the parameters file is there and readable (its footer only)
         _ = pq.ParquetFile(d / man["files"]["parameters"]).metadata
