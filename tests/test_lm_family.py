@@ -186,3 +186,15 @@ def test_corpus_windows_are_printable_ascii_and_disjoint():
     assert all(set(x) <= set(lm.VOCAB) for x in texts)
     assert len(set(x for _, _, x in pool) & set(x for _, _, x in tests)) == 0
     assert len(sha) == 64 and lm.build_split(CFG)[3] == sha
+
+
+def test_eval_subcommand_ingests_fits_and_tabulates_every_heldout_family(small, tmp_path):
+    out, _ = small
+    results, shown = lm.evaluate(out, tmp_path / "store", ["additive"])
+    assert list(results) == lm.HELDOUT
+    for rows in results.values():
+        assert [r["model"] for r in rows] == ["lm-additive", "constant", "mean-trajectory"]
+    assert sum(c.startswith("simfluence ingest") for c in shown) == 4
+    assert any("--method additive --l2 auto" in c for c in shown)
+    md = lm.markdown(results)
+    assert md.count("| lm-additive |") == 3 and "### heldout-ordered" in md
