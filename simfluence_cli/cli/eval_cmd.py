@@ -115,7 +115,7 @@ def eval_command(
     Each model is rolled from every run's observed step-0 loss through the run's curriculum.
     Metrics: all_steps_mse (test examples x logged steps > 0), final_step_mse, final_spearman
     (across test examples, mean and std over runs), run_spearman (per test example across runs,
-    averaged: counterfactual skill, 0 = none), mae. Lower MSE/MAE and higher Spearman are better.
+    averaged: counterfactual skill, 0 = none), all_steps_mae. Lower MSE/MAE and higher Spearman are better.
     """
     from simfluence_cli.analysis.evaluation import (
         RUN_COLUMNS,
