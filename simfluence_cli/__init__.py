@@ -63,6 +63,7 @@ __all__ = [
     "simulate_chunks",
     "evaluate_models",
     "resolve_init_loss",
+    "write_scores",
 ]
 
 # Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
@@ -84,6 +85,7 @@ _LAZY = {
     "simulate_chunks": ".store.saved_models",
     "evaluate_models": ".analysis.evaluation",
     "resolve_init_loss": ".analysis.initial_losses",
+    "write_scores": ".io.score_files",
 }
 
 

@@ -28,6 +28,11 @@ from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows
 from simfluence_cli.errors import SelectionError, UsageError
 
 
+class MatrixLayout(str, Enum):
+    test_by_train = "test-by-train"
+    train_by_test = "train-by-test"
+
+
 class By(str, Enum):
     summary = "summary"
     run = "run"
@@ -284,10 +289,39 @@ def import_scores_command(
     file: Annotated[
         Path,
         typer.Argument(
-            help="Table with columns test_id,example_id,score (.csv, .csv.gz or .parquet)."
+            help="Table with columns test_id,example_id,score (.csv, .csv.gz or .parquet), or "
+            "a score matrix (.npy, .pt, .safetensors) with --test-ids and --train-ids."
         ),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name of the model to create.")],
+    test_ids_file: Annotated[
+        str | None,
+        typer.Option(
+            "--test-ids",
+            help="For a matrix: the test IDs in matrix order, one per line (or a JSON list); "
+            "'-' = stdin.",
+        ),
+    ] = None,
+    train_ids_file: Annotated[
+        str | None,
+        typer.Option(
+            "--train-ids",
+            help="For a matrix: the training example IDs in matrix order, one per line (or a "
+            "JSON list); '-' = stdin.",
+        ),
+    ] = None,
+    layout: Annotated[
+        MatrixLayout,
+        typer.Option(
+            "--layout",
+            help="For a matrix: test-by-train = rows are test examples (Captum TracInCP, "
+            "Kronfluence); train-by-test = rows are training examples (TRAK, dattri).",
+        ),
+    ] = MatrixLayout.test_by_train,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="For a .pt/.safetensors file holding several tensors: which."),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     scale: Annotated[
         str,
@@ -323,10 +357,16 @@ def import_scores_command(
     """Turn TracIn-style scores into an additive simulator: B_i = -scale * score_i.
 
     score = predicted decrease of the test loss from one update containing the example
-    (positive = helpful), so a positive score lowers the simulated loss.
+    (positive = helpful), so a positive score lowers the simulated loss. Negate scores that
+    measure the increase of the loss (see docs/tda-libraries.md for each library's sign).
     """
     from simfluence_cli._hashing import file_sha256
-    from simfluence_cli.io.score_files import read_scores
+    from simfluence_cli.io.score_files import (
+        is_matrix_file,
+        read_id_list,
+        read_score_matrix,
+        read_scores,
+    )
     from simfluence_cli.model.external_scores import fit_scale, scores_simulator
     from simfluence_cli.store.saved_models import check_name, save_model
 
@@ -344,7 +384,28 @@ def import_scores_command(
             raise UsageError(f"--scale must be 'fit', 'none' or a number, got {scale!r}") from None
         if not np.isfinite(value):
             raise UsageError("--scale must be finite")
-    table = read_scores(file)
+    if is_matrix_file(file):
+        if test_ids_file is None or train_ids_file is None:
+            raise UsageError(
+                f"{file.name} is a score matrix: give its IDs with --test-ids FILE and "
+                "--train-ids FILE (one ID per line, in row/column order)"
+            )
+        if test_ids_file == "-" and train_ids_file == "-":
+            raise UsageError("only one of --test-ids / --train-ids can read stdin ('-')")
+        table = read_score_matrix(
+            file,
+            read_id_list(test_ids_file, "test ids"),
+            read_id_list(train_ids_file, "training example ids"),
+            layout=layout.value,
+            key=key,
+        )
+    else:
+        if test_ids_file is not None or train_ids_file is not None or key is not None:
+            raise UsageError(
+                "--test-ids/--train-ids/--key are for score matrices (.npy, .pt, "
+                ".safetensors); a table names its IDs in its test_id,example_id columns"
+            )
+        table = read_scores(file)
     st = _open_store(store)
     rs = st.load(st.select(runs)) if runs is not None else None
     fit_info = None
@@ -365,6 +426,7 @@ def import_scores_command(
     data_hash = st.data_hash(run_ids) if run_ids else f"scores-sha256:{file_sha256(file)}"
     extra = {
         "source": str(file),
+        "source_layout": layout.value if is_matrix_file(file) else "long-table",
         "scale": value,
         "scale_mode": scale if scale in ("fit", "none") else "given",
         "scale_on": scale_on.value if scale == "fit" else None,
