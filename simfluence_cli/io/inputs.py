@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ def plan_inputs(
         setattr(plan, name, list(seen.values()))
     if plan.gptdynamics:
         ids = [plan.gptdynamics_ids[d] for d in plan.gptdynamics]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+        dup = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dup:
             raise InputError(
                 f"{len(dup)} GPTDynamics run id(s) repeat ({', '.join(dup[:3])}): run directory "
