@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SF := $(BIN)/simfluence
 DEMO_STORE ?= demo-store
+# demo outputs (data files, not store content) go here; git ignores it
+DEMO_OUT ?= demo-out
 
 .PHONY: install demo test bench samples samples-realistic clean
 
@@ -17,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	rm -rf $(DEMO_STORE)
+	rm -rf $(DEMO_STORE) $(DEMO_OUT)
+	mkdir -p $(DEMO_OUT)
 	$(SF) ingest sample_runs/fit --tag fit --store $(DEMO_STORE)
 	$(SF) ingest sample_runs/heldout-random --tag heldout-random --store $(DEMO_STORE)
 	$(SF) ingest sample_runs/heldout-leave30 --tag heldout-leave30 --store $(DEMO_STORE)
@@ -27,9 +30,9 @@ demo: install
 	$(SF) import-scores sample_runs/tracin_scores.csv.gz --store $(DEMO_STORE) --name tracin --scale fit --runs fit --format table
 	$(SF) curriculum heldout-classordered-000 --store $(DEMO_STORE) \
 	  | $(SF) simulate - --store $(DEMO_STORE) --model linear --init-loss run:heldout-classordered-000 \
-	    --tests t000,t001,t002 -o $(DEMO_STORE)/simulated-classordered-000.csv
-	@echo "simulated trajectory (last steps) -> $(DEMO_STORE)/simulated-classordered-000.csv"
-	@tail -n 3 $(DEMO_STORE)/simulated-classordered-000.csv
+	    --tests t000,t001,t002 -o $(DEMO_OUT)/simulated-classordered-000.csv
+	@echo "simulated trajectory (last steps) -> $(DEMO_OUT)/simulated-classordered-000.csv"
+	@tail -n 3 $(DEMO_OUT)/simulated-classordered-000.csv
 	$(SF) eval --store $(DEMO_STORE) --model linear --model tracin --runs heldout-random --format table
 	$(SF) top --store $(DEMO_STORE) --model linear --test all --k 5 --format table
 
@@ -49,4 +52,4 @@ samples-realistic: install
 	$(BIN)/python sample_runs/generate.py --family adamw
 
 clean:
-	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache
+	rm -rf $(VENV) $(DEMO_STORE) $(DEMO_OUT) .pytest_cache

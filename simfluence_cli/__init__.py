@@ -28,7 +28,6 @@ from simfluence_cli.errors import (
     StoreVersionError,
     UsageError,
 )
-from simfluence_cli.runs import Run, RunSet
 
 __all__ = [
     "__version__",
@@ -66,8 +65,11 @@ __all__ = [
     "write_scores",
 ]
 
-# Heavier modules (scipy, pyarrow) load on first use, so `import simfluence_cli` stays fast.
+# Everything that needs numpy, scipy or pyarrow loads on first use, so `import simfluence_cli`
+# (and with it `simfluence --help`) stays fast.
 _LAZY = {
+    "Run": ".runs",
+    "RunSet": ".runs",
     "RunStore": ".store.run_store",
     "Simulator": ".model.simulator",
     "Curriculum": ".io.curriculum",

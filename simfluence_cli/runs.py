@@ -31,6 +31,9 @@ class Run:
     loss_steps: np.ndarray  # int64 (K,), strictly increasing, starts at 0
     losses: np.ndarray  # float64 (K, M); NaN = not logged
     tags: tuple[str, ...] = ()
+    # learning rate logged for each step 1..T (float64 (T,), lr[t-1] = step t's), None = not logged
+    lr: np.ndarray | None = None
+    optimizer: str | None = None  # free-form optimizer description logged at step 0, or None
 
     @property
     def n_steps(self) -> int:

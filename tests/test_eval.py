@@ -23,7 +23,7 @@ RESULT_KEYS = {
     "final_spearman_std",
     "run_spearman",
     "n_runs",
-    "mae",
+    "all_steps_mae",
 }
 
 

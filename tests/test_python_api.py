@@ -62,6 +62,9 @@ def test_get_params_set_params_and_repr():
         "clip_margin": 0.5,
         "cv_folds": 5,
         "l2_grid": DEFAULT_L2_GRID,
+        "transform": "auto",  # the optimizer-aware method's choices (CV by default)
+        "ar": "auto",
+        "time_basis": "auto",
     }
     assert sim.get_params(deep=False) == sim.get_params(deep=True)
     assert repr(sim) == "Simulator()"

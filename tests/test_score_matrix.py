@@ -209,3 +209,22 @@ def test_cli_subprocess_one_line_error(tmp_path, store_and_scores):
     )
     assert p.returncode == 1
     assert p.stderr.strip().count("\n") == 0 and "does not match 2 test x 10 train" in p.stderr
+
+
+def test_cli_matrix_reimport_is_keyed_on_the_id_lists(tmp_path, store_and_scores):
+    store, rs, S_ex = store_and_scores
+    np.save(tmp_path / "scores.npy", S_ex.T)
+    te = _write_ids(tmp_path / "te.txt", list(rs.test_ids))
+    ex = list(rs.example_ids)
+    argv = ["import-scores", str(tmp_path / "scores.npy"), "-n", "re", "--store", str(store)]
+    argv += ["--scale", "none", "--test-ids", te, "--train-ids"]
+    assert CliRunner().invoke(app, [*argv, _write_ids(tmp_path / "a.txt", ex)]).exit_code == 0
+    r = CliRunner().invoke(app, [*argv, str(tmp_path / "a.txt")])
+    assert r.exit_code == 0 and "up to date" in r.stderr
+    # the same matrix with its training IDs in another order is another model
+    swapped = ex[1:] + ex[:1]
+    r = CliRunner().invoke(app, [*argv, _write_ids(tmp_path / "b.txt", swapped), "--replace"])
+    assert r.exit_code == 0 and "up to date" not in r.stderr
+    sim = load_model(RunStore(store), "re")
+    i = list(sim.example_ids_).index(swapped[0])
+    assert sim.B_[i, list(sim.test_ids_).index(rs.test_ids[0])] == pytest.approx(-S_ex[0, 0])

@@ -38,7 +38,8 @@ from simfluence_cli.errors import ModelError, SelectionError, UsageError
 
 __all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula", "curriculum_text"]
 
-OBJECTIVES = ("mean-final-loss",)
+from simfluence_cli.analysis.choices import OBJECTIVES
+
 _SIM_BYTES = 256 * 2**20
 
 
@@ -240,7 +241,8 @@ def design_curriculum(
         keep = firsts < steps
         if keep.any():
             cand = np.stack([c for (c, _), k in zip(props, keep) if k])
-            start = int(firsts[keep].min())
+            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
+            start = 0 if getattr(sim, "stateful", False) else int(firsts[keep].min())
             sub = sim.simulate(cand[:, start:], traj[start], tests=tests)  # (K, T-start+1, M)
             obj = sub[:, -1].mean(axis=1)
             k = int(np.argmin(obj))

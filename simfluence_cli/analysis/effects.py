@@ -85,7 +85,8 @@ def removal_effect(
         per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(M, b) * 8)))
         for s in range(0, len(present), per):
             ex = present[s : s + per]
-            t0 = int(first[s])
+            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
+            t0 = 0 if getattr(sim, "stateful", False) else int(first[s])
             sub = base[t0:]
             idx = np.where(sub[None] == ex[:, None, None], n, sub[None])
             out = neutral.simulate(idx, traj[t0], tests=test_names, lengths=[T - t0] * len(ex))
@@ -103,6 +104,14 @@ def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:
         return -B
     lref = 0.5 * (np.asarray(sim.loss_min_)[cols] + np.asarray(sim.loss_max_)[cols])
     lref = np.where(np.isfinite(lref), lref, np.asarray(sim.init_loss_mean_)[cols])
+    if sim.method == "optimizer-aware":  # in transformed space y = f(L), mapped back by dL/dy
+        from simfluence_cli.model.optimizer_aware import forward, inverse
+
+        tr = sim.config_.transform
+        y = forward(lref, tr)
+        eps = 1e-6 * np.maximum(1.0, np.abs(y))
+        dLdy = (inverse(y + eps, tr) - inverse(y - eps, tr)) / (2 * eps)
+        return -(A * y + B) * dLdy
     a0 = 1.0 / sim.batch_size_
     return -((A - a0) * lref + B)
 

@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = [
     "final_spearman",
     "final_spearman_std",
     "run_spearman",
-    "mae",
+    "all_steps_mae",
     "final_step_mae",
     "n_runs",
     "n_tests",
@@ -58,7 +58,10 @@ METRIC_HELP = {
     "final_spearman_std": "std over runs of final_spearman",
     "run_spearman": "mean over test examples of Spearman's rho across runs of final losses "
     "(counterfactual skill; 0 = none)",
-    "mae": "mean over runs of the mean absolute error over test examples and logged steps > 0",
+    "all_steps_mae": "mean over runs of the mean absolute error over test examples and "
+    "logged steps > 0",
+    "final_step_mae": "mean over runs of the absolute error at the last logged step",
+    "on_fitting_runs": "how many of the evaluated runs the model was fitted on (in-sample)",
 }
 
 _ROLL_BYTES = 256 * 2**20
@@ -98,11 +101,11 @@ class Evaluation:
                             "final_spearman",
                             "final_spearman_std",
                             "run_spearman",
-                            "mae",
-                            "final_step_mae",
-                            "n_runs",
                         )
                     },
+                    "all_steps_mae": s["mae"],  # the name the per-run rows use
+                    "final_step_mae": s["final_step_mae"],
+                    "n_runs": s["n_runs"],
                     "n_tests": len(self.test_ids),
                     "on_fitting_runs": len(me.on_fitting_runs),
                 }
@@ -244,7 +247,14 @@ def rollout_runs(
         L0 = np.vstack([r.losses[0, test_cols] for r in chunk])
         if init_fallback is not None and not np.isfinite(L0).all():
             L0 = np.where(np.isfinite(L0), L0, init_fallback)
-        traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths)
+        if getattr(model, "stateful", False):  # each run's own logged lr (None: the schedule)
+            lr = np.full((len(chunk), idx.shape[1]), np.nan)
+            for c, r in enumerate(chunk):
+                if r.lr is not None:
+                    lr[c, : len(r.lr)] = r.lr
+            traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths, lr=lr)
+        else:
+            traj = model.simulate(idx, L0, tests=list(tests), lengths=lengths)
         for c, r in enumerate(chunk):
             yield r, traj[c, r.loss_steps]
 
@@ -370,6 +380,11 @@ def model_record(sim) -> dict:
         "kind": cfg.get("kind"),
         "config": cfg,
         "l2": man.get("l2"),
+        **(
+            {"scale": man.get("scale"), "scale_mode": man.get("scale_mode")}
+            if cfg.get("kind") == "tracin-scores"
+            else {}
+        ),
         "data_hash": cfg.get("data_hash"),
         "fitted_at": man.get("fitted_at"),
         "fitting_runs": list(cfg.get("runs", [])),

@@ -58,11 +58,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli.analysis.choices import MODES, NEUTRAL, ORDERS
 from simfluence_cli.errors import SelectionError, UsageError
 
-MODES = ("keep-steps", "repack", "shrink", "neutral")
-NEUTRAL = "<neutral>"  # placeholder example of mode 'neutral' (A = 1/b, B = 0)
-ORDERS = ("shuffle", "shuffle-steps", "reverse")
 _SIM_BYTES = 256 * 2**20  # memory for one chunk of simulated trajectories
 
 Batches = list[list[str]]

@@ -7,6 +7,7 @@ tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -18,11 +19,74 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+
+class _Group(TyperGroup):
+    """Accepts the global flags (-q/--quiet, --debug) after the subcommand too."""
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        if flags:
+            args = flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+        return super().parse_args(ctx, args)
+
+
+class _Command(TyperCommand):
+    """Usage and help show plain metavars (``--model MODEL``, ``CURRICULUM``), not internal
+    types (``<str>``, ``<list[str]>``, ``{curriculum}``); enum options keep their choices."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if p.metavar is None and not getattr(p, "is_flag", False):
+                desc = getattr(p, "type_descriptor", None)
+                is_choice = getattr(desc, "is_choice", False)
+                choices = getattr(desc, "choices", None) if is_choice else None
+                if choices:
+                    p.metavar = "[" + "|".join(str(getattr(c, "value", c)) for c in choices) + "]"
+                elif p.param_type_name == "argument":
+                    p.metavar = (p.name or "value").upper()
+                else:
+                    longs = [o for o in p.opts if o.startswith("--")] or p.opts
+                    p.metavar = longs[0].lstrip("-").replace("-", "_").upper()
+            if p.param_type_name == "argument":  # usage: FILE or [FILE], never {file}
+                shown = p.metavar if p.required else f"[{p.metavar}]"
+                dots = "..." if p.nargs != 1 and not p.metavar.endswith("...") else ""
+                p.get_usage_pieces = lambda ctx, shown=shown + dots: [shown]
+                p.display_type_rich = lambda ctx: None  # the metavar says it all
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:  # a usage error: word it without the validator's prefixes
+            msg = getattr(exc, "message", None)
+            if isinstance(msg, str):
+                exc.message = plain_validation_message(msg)
+            raise
+
+
+_VALIDATOR_PREFIXES = ("Value error, ", "Assertion failed, ", "Input should be ")
+
+
+def plain_validation_message(msg: str) -> str:
+    """'Value error, 'x' is not one of ...' -> ''x' is not one of ...'; 'Input should be
+    greater than or equal to 1' -> 'must be greater than or equal to 1'."""
+    for prefix in _VALIDATOR_PREFIXES:
+        if msg.startswith(prefix):
+            rest = msg[len(prefix) :]
+            return f"must be {rest}" if prefix == "Input should be " else rest
+    return msg
+
+
 app = typer.Typer(
     name="simfluence",
+    cls=_Group,
     help=(
         "Learn training-run simulators (Simfluence) from logged runs, then simulate, evaluate "
         "and design curricula. Data goes to stdout, messages to stderr. Exit codes: 0 ok, "
@@ -53,6 +117,11 @@ def info(message: str) -> None:
         stderr_console().print(message, markup=False, soft_wrap=True)
 
 
+def wrote(path) -> None:
+    """The one line every command prints on stderr after writing its -o file."""
+    info(f"wrote {path}")
+
+
 def warn(message: str) -> None:
     """A warning on stderr (never silenced)."""
     stderr_console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
@@ -63,8 +132,22 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and not _state["quiet"]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from simfluence_cli._version import __version__
+
+        typer.echo(f"simfluence {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main_options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = None,
     debug: Annotated[
         bool,
         typer.Option("--debug", envvar="SIMFLUENCE_DEBUG", help="Show full tracebacks on errors."),
@@ -101,10 +184,43 @@ def command(name: str | None = None, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 stderr_console().print("interrupted", markup=False)
                 raise typer.Exit(130) from None
+            except Exception as exc:  # environment problems and bugs: one line, never a traceback
+                if _state["debug"] or type(exc).__module__.startswith(("typer", "click")):
+                    raise  # typer.Exit and usage errors are the framework's own
+                stderr_console().print(
+                    f"error: {describe_exception(exc)}", markup=False, style="red", soft_wrap=True
+                )
+                raise typer.Exit(1) from None
 
-        return app.command(name, **kwargs)(wrapper)
+        return app.command(name, cls=_Command, **kwargs)(wrapper)
 
     return decorate
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception that is not a SimfluenceError.
+
+    OSErrors (permissions, read-only file systems, a --store under a regular file or /proc,
+    a full disk) name the path and the reason; anything else is an internal error.
+    """
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = " (no write permission or a read-only file system; reads still work)"
+        elif exc.errno in (errno.ENOTDIR, errno.ENOENT):
+            hint = " (a parent of this path is missing or is a file; check --store / -o)"
+        elif exc.errno == errno.ENOSPC:
+            hint = " (free some space; nothing was committed)"
+        return f"{where}{what}{hint}"
+    if isinstance(exc, UnicodeError):
+        return f"input is not UTF-8 text ({exc})"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"internal error: {type(exc).__name__}: {first} (please report it; rerun with --debug "
+        "for the traceback)"
+    )
 
 
 # Shared option types -------------------------------------------------------------------------

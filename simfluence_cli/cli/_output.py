@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.cli._app import stdout_console
+from simfluence_cli.cli._app import stdout_console, wrote
 from simfluence_cli.errors import UsageError
 
 
@@ -53,7 +53,12 @@ def resolve_format(fmt: Format | None, output: str = "-") -> Format:
         if suffix in Format.__members__ and suffix != "table":
             return Format(suffix)
         return Format.csv
-    return Format.table if sys.stdout.isatty() else Format.csv
+    return Format.table if stdout_is_terminal() else Format.csv
+
+
+def stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal (tables and summaries) rather than a pipe or file."""
+    return sys.stdout.isatty()
 
 
 def _jsonable(v: Any) -> Any:
@@ -82,24 +87,28 @@ def render_rows(
     title: str | None = None,
     document: dict | None = None,
     column_help: dict[str, str] | None = None,
+    table_columns: Sequence[str] | None = None,
 ) -> None:
-    """Render records. ``document`` (for json) wraps rows in an object with extra keys."""
+    """Render records. ``document`` (for json) wraps rows in an object with extra keys.
+
+    ``table_columns``: the subset of ``columns`` a terminal table shows (the other formats
+    always carry every column, under the same names)."""
     if fmt is Format.table:
         if output != "-":
             raise UsageError(
                 "--format table prints to the terminal; use csv/json/jsonl/parquet with -o"
             )
-        table = Table(
-            title=title,
-            caption=None
-            if not column_help
-            else "; ".join(f"{k}: {v}" for k, v in column_help.items()),
+        shown = [c for c in columns if table_columns is None or c in table_columns]
+        cells = [[_fmt_cell(r.get(c)) for c in shown] for r in rows]
+        numeric = {
+            i
+            for i, c in enumerate(shown)
+            if rows and all(_is_number(r.get(c)) for r in rows if r.get(c) is not None)
+        }
+        caption = (
+            None if not column_help else "; ".join(f"{k}: {v}" for k, v in column_help.items())
         )
-        for c in columns:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*[_fmt_cell(r.get(c)) for c in columns])
-        stdout_console().print(table)
+        stdout_console().print(build_table(shown, cells, numeric, title=title, caption=caption))
         return
     if fmt is Format.parquet:
         import pyarrow as pa
@@ -137,13 +146,74 @@ def render_object(obj: dict, output: str = "-") -> None:
     _emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
 
 
+SIG_DIGITS = 4  # significant digits of floats in terminal tables (csv/json keep full precision)
+
+
+def _is_number(v: Any) -> bool:
+    v = _jsonable(v)
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def _fmt_cell(v: Any) -> str:
     v = _jsonable(v)
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return f"{v:#.{SIG_DIGITS}g}".rstrip(".") if math.isfinite(v) else str(v)
     return str(v)
+
+
+def build_table(
+    columns: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    numeric: set[int],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    width: int | None = None,
+) -> Table:
+    """A terminal table that fits ``width`` (default: the console's) without cutting values.
+
+    Headers are the column names (the same as in csv/json); when the table would be too wide,
+    the headers longer than their values are broken at '_' (never inside a word), longest
+    first. Numeric columns are right-aligned and never wrapped or cut; text columns fold.
+    """
+    width = width or stdout_console().width
+    n = len(columns)
+    cellw = [max([len(r[i]) for r in cells] or [0]) for i in range(n)]
+    natural = [max(len(c), cellw[i]) for i, c in enumerate(columns)]
+    headers = list(columns)
+
+    def total() -> int:
+        return sum(natural) + 3 * n + 1  # borders and one space of padding either side
+
+    for i in sorted(range(n), key=lambda i: cellw[i] - len(columns[i])):  # biggest gain first
+        if total() <= width:
+            break
+        parts = columns[i].split("_")
+        if len(parts) > 1:
+            headers[i] = "_\n".join(parts)
+            natural[i] = max(max(len(p) for p in headers[i].split("\n")), cellw[i])
+    keep = n
+    while total() > width and keep > 1:  # still too wide: leave the last columns to csv/json
+        keep -= 1
+        natural[keep] = -3  # a dropped column takes no width (nor borders)
+    if keep < n:
+        dropped = ", ".join(columns[keep:])
+        more = f"not shown at this width (see -f csv/json or a wider terminal): {dropped}"
+        caption = f"{caption}; {more}" if caption else more
+        columns, headers = columns[:keep], headers[:keep]
+        cells = [r[:keep] for r in cells]
+    table = Table(title=title, caption=caption)
+    for i, h in enumerate(headers):
+        words = max(len(p) for p in h.split("\n"))  # the longest header line
+        if i in numeric:
+            table.add_column(h, justify="right", no_wrap=True, min_width=max(words, cellw[i]))
+        else:
+            table.add_column(h, overflow="fold", min_width=max(words, min(cellw[i], 24)))
+    for r in cells:
+        table.add_row(*r)
+    return table
 
 
 def _emit_text(text: str, output: str) -> None:
@@ -152,6 +222,7 @@ def _emit_text(text: str, output: str) -> None:
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)
 
 
 def _emit_bytes(data: bytes, output: str) -> None:
@@ -162,3 +233,4 @@ def _emit_bytes(data: bytes, output: str) -> None:
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, data)
+        wrote(output)

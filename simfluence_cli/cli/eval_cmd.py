@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -22,10 +21,11 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
-from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.errors import InputError, SelectionError, UsageError
 
 
 class MatrixLayout(str, Enum):
@@ -206,6 +206,8 @@ COVERAGE_HELP = {
 
 def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
     """Rows with the coverage columns (None for models without intervals, e.g. baselines)."""
+    import numpy as np
+
     out = []
     for r in rows:
         per = cov.get(r["model"])
@@ -221,48 +223,49 @@ def _with_coverage(rows: list[dict], cov: dict, by) -> list[dict]:
 
 
 def _g(v, digits: int = 4) -> str:
+    import numpy as np
+
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    return f"{v:#.{digits}g}".rstrip(".") if isinstance(v, float) else str(v)
 
 
 def _summary_table(rows: list[dict], title: str, in_sample: bool) -> None:
-    """The eval summary as a compact rich table (lower MSE/MAE, higher Spearman = better)."""
-    from rich.table import Table
+    """The eval summary as a terminal table (lower MSE/MAE, higher Spearman = better); the
+    columns are named as in csv/json (final_spearman shows its std over runs after ±)."""
+    import numpy as np
 
     from simfluence_cli.cli._app import stdout_console
+    from simfluence_cli.cli._output import build_table
 
-    t = Table(
-        title=title,
-        caption="all_steps_mse: over test examples and logged steps > 0; "
-        "final_spearman: across test examples, mean ± std over runs; run_spearman: per test "
-        "example across runs, averaged (counterfactual skill, 0 = none); mae: all steps. "
-        "Means over runs."
-        + (" fit = evaluated runs the model was fitted on." if in_sample else ""),
-    )
-    t.add_column("model", no_wrap=True, min_width=max(len(r["model"]) for r in rows))
-    for c in ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman", "mae"):
-        t.add_column(c.replace("_", "_\n", 1) if c != "mae" else c, justify="right")
-    if in_sample:
-        t.add_column("fit", justify="right")
+    cols = ["model", "all_steps_mse", "final_step_mse", "final_spearman", "run_spearman"]
+    cols += ["all_steps_mae"] + (["on_fitting_runs"] if in_sample else [])
+    cells = []
     for r in rows:
         sp = _g(r["final_spearman"], 3) + (
             f" ± {_g(r['final_spearman_std'], 2)}"
             if r["final_spearman_std"] is not None and np.isfinite(r["final_spearman_std"])
             else ""
         )
-        cells = [
-            r["model"],
-            _g(r["all_steps_mse"]),
-            _g(r["final_step_mse"]),
-            sp,
-            _g(r["run_spearman"], 3),
-            _g(r["mae"]),
-        ]
-        if in_sample:
-            cells.append(str(r["on_fitting_runs"]))
-        t.add_row(*cells)
-    stdout_console().print(t)
+        cells.append(
+            [
+                r["model"],
+                _g(r["all_steps_mse"]),
+                _g(r["final_step_mse"]),
+                sp,
+                _g(r["run_spearman"], 3),
+                _g(r["all_steps_mae"]),
+            ]
+            + ([str(r["on_fitting_runs"])] if in_sample else [])
+        )
+    caption = (
+        "all_steps: over test examples and logged steps > 0; final_spearman: across test "
+        "examples, mean ± std over runs; run_spearman: per test example across runs, averaged "
+        "(counterfactual skill, 0 = none). Means over runs."
+        + (" on_fitting_runs: evaluated runs the model was fitted on." if in_sample else "")
+    )
+    numeric = set(range(1, len(cols)))
+    stdout_console().print(build_table(cols, cells, numeric, title=title, caption=caption))
     sys.stdout.flush()
 
 
@@ -273,8 +276,13 @@ def _provenance(records, ev, base_ids, evaluated_fit) -> None:
     for r in records:
         cfg = r["config"]
         info(
-            f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} l2={r['l2']} "
-            f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
+            f"model {r['name']}: kind={r['kind']} method={cfg.get('method')} "
+            + (
+                f"scale={r['scale']:.6g} ({r.get('scale_mode')}) "
+                if r["kind"] == "tracin-scores" and r.get("scale") is not None
+                else f"l2={r['l2']} "
+            )
+            + f"data_hash={r['data_hash']} fitted_at={r['fitted_at']} "
             f"fitting runs={len(r['fitting_runs'])}"
         )
     info(f"mean-trajectory baseline from {len(base_ids)} run(s)")
@@ -282,6 +290,65 @@ def _provenance(records, ev, base_ids, evaluated_fit) -> None:
         warn(
             f"{len(evaluated_fit)} evaluated run(s) were fitting runs: {', '.join(evaluated_fit[:6])}"
         )
+
+
+KIND = "tracin-scores"
+
+
+def _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace) -> dict:
+    """Read (``read_table()``), scale and save a score table as an additive model (write lock
+    held)."""
+    from simfluence_cli.model.external_scores import fit_scale, scores_simulator
+    from simfluence_cli.store.saved_models import save_model
+
+    request = identity["import"]
+    table = read_table()
+    rs = st.load(run_ids) if run_ids else None
+    fit_info = None
+    if request["scale"] == "fit":
+        sim0 = scores_simulator(table, 1.0, rs)
+        fit_info = fit_scale(
+            -sim0.B_, sim0.example_ids_, sim0.test_ids_, rs, on=request["scale_on"]
+        )
+        value = fit_info["scale"]
+        if value <= 0:
+            warn(
+                f"the fitted scale is {value:.4g} <= 0: the scores predict loss changes with the "
+                "wrong sign on these runs"
+            )
+    elif request["scale"] == "none":
+        value = 1.0
+    else:
+        value = float(request["scale"])
+    sim = scores_simulator(table, value, rs)
+    extra = {
+        **identity,
+        "scale": value,
+        "scale_mode": request["scale"] if request["scale"] in ("fit", "none") else "given",
+        "scale_on": request["scale_on"],
+        "scale_fit": fit_info,
+        "score_rows": table.n_rows,
+        "missing_pairs": table.n_missing,
+        "score_convention": "score = predicted decrease of the test loss from one update "
+        "containing the example; B = -scale * score",
+    }
+    man = save_model(
+        st,
+        name,
+        sim,
+        runs=run_ids,
+        data_hash=data_hash,
+        selector=runs,
+        kind=KIND,
+        replace=replace,
+        extra=extra,
+    )
+    info(
+        f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
+        f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
+        "from the table: score 0)"
+    )
+    return man
 
 
 @command("import-scores")
@@ -327,6 +394,7 @@ def import_scores_command(
         str,
         typer.Option(
             "--scale",
+            metavar="[fit|none|NUMBER]",
             help="Multiply scores by this before use: 'fit' (one least-squares factor on "
             "the --runs loss changes, recorded), 'none' (= 1) or a number.",
         ),
@@ -360,15 +428,12 @@ def import_scores_command(
     (positive = helpful), so a positive score lowers the simulated loss. Negate scores that
     measure the increase of the loss (see docs/tda-libraries.md for each library's sign).
     """
+    import numpy as np
+
     from simfluence_cli._hashing import file_sha256
-    from simfluence_cli.io.score_files import (
-        is_matrix_file,
-        read_id_list,
-        read_score_matrix,
-        read_scores,
-    )
-    from simfluence_cli.model.external_scores import fit_scale, scores_simulator
-    from simfluence_cli.store.saved_models import check_name, save_model
+    from simfluence_cli.io.score_files import is_matrix_file, read_id_list
+    from simfluence_cli.model.external_scores import scores_base
+    from simfluence_cli.store.saved_models import check_existing, check_name, model_config
 
     check_name(name)
     out_fmt = resolve_format(fmt, output)
@@ -384,6 +449,7 @@ def import_scores_command(
             raise UsageError(f"--scale must be 'fit', 'none' or a number, got {scale!r}") from None
         if not np.isfinite(value):
             raise UsageError("--scale must be finite")
+    matrix = None
     if is_matrix_file(file):
         if test_ids_file is None or train_ids_file is None:
             raise UsageError(
@@ -392,76 +458,62 @@ def import_scores_command(
             )
         if test_ids_file == "-" and train_ids_file == "-":
             raise UsageError("only one of --test-ids / --train-ids can read stdin ('-')")
-        table = read_score_matrix(
-            file,
-            read_id_list(test_ids_file, "test ids"),
-            read_id_list(train_ids_file, "training example ids"),
-            layout=layout.value,
-            key=key,
+        import hashlib
+
+        tids = read_id_list(test_ids_file, "test ids")
+        eids = read_id_list(train_ids_file, "training example ids")
+        ids_sha = hashlib.sha256("\n".join([*tids, "", *eids]).encode()).hexdigest()
+        matrix = {"layout": layout.value, "key": key, "ids_sha256": ids_sha}
+    elif test_ids_file is not None or train_ids_file is not None or key is not None:
+        raise UsageError(
+            "--test-ids/--train-ids/--key are for score matrices (.npy, .pt, "
+            ".safetensors); a table names its IDs in its test_id,example_id columns"
         )
-    else:
-        if test_ids_file is not None or train_ids_file is not None or key is not None:
-            raise UsageError(
-                "--test-ids/--train-ids/--key are for score matrices (.npy, .pt, "
-                ".safetensors); a table names its IDs in its test_id,example_id columns"
-            )
-        table = read_scores(file)
     st = _open_store(store)
-    rs = st.load(st.select(runs)) if runs is not None else None
-    fit_info = None
-    if scale == "fit":
-        sim0 = scores_simulator(table, 1.0, rs)
-        S = -sim0.B_
-        fit_info = fit_scale(S, sim0.example_ids_, sim0.test_ids_, rs, on=scale_on.value)
-        value = fit_info["scale"]
-        if value <= 0:
-            warn(
-                f"the fitted scale is {value:.4g} <= 0: the scores predict loss changes with the "
-                "wrong sign on these runs"
-            )
-    elif scale == "none":
-        value = 1.0
-    sim = scores_simulator(table, value, rs)
-    run_ids = list(rs.run_ids) if rs is not None else []
-    data_hash = st.data_hash(run_ids) if run_ids else f"scores-sha256:{file_sha256(file)}"
-    extra = {
-        "source": str(file),
-        "source_layout": layout.value if is_matrix_file(file) else "long-table",
-        "scale": value,
-        "scale_mode": scale if scale in ("fit", "none") else "given",
+    run_ids = st.select(runs) if runs is not None else []
+    try:
+        source_sha = file_sha256(file)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=str(file)) from None
+    data_hash = st.data_hash(run_ids) if run_ids else f"scores-sha256:{source_sha}"
+    request = {
+        "scale": scale if scale in ("fit", "none") else value,
         "scale_on": scale_on.value if scale == "fit" else None,
-        "scale_fit": fit_info,
-        "source_sha256": file_sha256(file),
-        "score_convention": "score = predicted decrease of the test loss from one update "
-        "containing the example; B = -scale * score",
     }
+    identity = {"source": str(file), "source_sha256": source_sha, "import": request}
+    if matrix is not None:
+        identity["matrix"] = matrix
+
+    def read_table():
+        from simfluence_cli.io.score_files import read_score_matrix, read_scores
+
+        if matrix is None:
+            return read_scores(file)
+        return read_score_matrix(file, tids, eids, layout=layout.value, key=key)
+
+    config = model_config(scores_base(bool(run_ids)), run_ids, data_hash, KIND, identity)
     with st.write_lock():
-        save_model(
-            st,
-            name,
-            sim,
-            runs=run_ids,
-            data_hash=data_hash,
-            selector=runs,
-            kind="tracin-scores",
-            replace=replace,
-            extra=extra,
-        )
-    info(
-        f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
-        f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
-        "from the table: score 0)"
-    )
+        prev = check_existing(st, name, config, replace=replace)
+        if prev is not None:
+            info(
+                f"model {name!r} is up to date (same score file, options and runs, imported "
+                f"{prev.get('fitted_at')}); pass --replace to import again"
+            )
+            man = prev
+        else:
+            man = _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace)
+    sim_scale = man.get("scale")
+    fit_info = man.get("scale_fit") or {}
     row = {
         "name": name,
-        "kind": "tracin-scores",
-        "scale": value,
-        "scale_mode": extra["scale_mode"],
-        "scale_r2": (fit_info or {}).get("r2"),
-        "n_tests": int(len(sim.test_ids_)),
-        "n_examples": int(len(sim.example_ids_)),
-        "rows": table.n_rows,
-        "missing_pairs": table.n_missing,
+        "kind": KIND,
+        "scale": sim_scale,
+        "scale_mode": man.get("scale_mode"),
+        "scale_r2": fit_info.get("r2"),
+        "n_tests": man.get("n_tests"),
+        "n_examples": man.get("n_examples"),
+        "rows": man.get("score_rows"),
+        "missing_pairs": man.get("missing_pairs"),
         "fitting_runs": len(run_ids),
     }
     if out_fmt is Format.table:  # one record: print it vertically
@@ -485,9 +537,9 @@ def top_command(
             "--test",
             "-t",
             help="Test example id, a,b,c / @FILE (averaged), or 'all' (mean over all "
-            "test examples).",
+            "test examples; the default).",
         ),
-    ],
+    ] = "all",
     store: StoreOpt = DEFAULT_STORE,
     k: Annotated[
         int, typer.Option("--k", "-k", help="How many helpful and harmful examples.")
@@ -524,6 +576,8 @@ def top_command(
     measure. Rows: direction (helpful = largest values, harmful = smallest), rank, example_id,
     value, occurrences (in the fitting curricula).
     """
+    import numpy as np
+
     from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
     from simfluence_cli.analysis.evaluation import model_record
     from simfluence_cli.io.curriculum import read_id_list
@@ -673,4 +727,4 @@ def plot_command(
         mt = MeanTrajectoryBaseline().fit(st.load(fit_ids))
         extra = {"mean-trajectory": trajectories(mt, "mean-trajectory", rs, run, chosen).simulated}
     plot_file(tr, output, extra)
-    info(f"wrote {output}")
+    wrote(output)

@@ -7,9 +7,8 @@ import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import (
@@ -23,6 +22,7 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import (
@@ -34,7 +34,12 @@ from simfluence_cli.cli._output import (
     resolve_format,
 )
 from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
-from simfluence_cli.model.simulator import SOLVERS, SimulatorConfig
+from simfluence_cli.model.config import SOLVERS, SimulatorConfig
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -115,13 +120,41 @@ def fit(
             "--method",
             help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
             "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
-            "fixed at 0 (fits A).",
+            "fixed at 0 (fits A); optimizer-aware: dL_t = w_t * sum_i (a_i L_{t-1} + B_i) + "
+            "rho dL_{t-1} + drift(t) on a transformed loss, w_t = lr_t/lr_ref * b_ref/|c_t| "
+            "(logged lr; batch mean), rho = optimizer memory, drift = per-test time basis; "
+            "choices by CV (see --transform, --ar, --time-basis; docs/optimizer-aware.md).",
         ),
     ] = Method.linear,
+    transform: Annotated[
+        str,
+        typer.Option(
+            "--transform",
+            help="optimizer-aware only: loss transform the model works on: identity | log | "
+            "logodds (log(e^L - 1)) | auto (chosen by CV grouped by run).",
+        ),
+    ] = "auto",
+    ar: Annotated[
+        str,
+        typer.Option(
+            "--ar",
+            help="optimizer-aware only: autoregressive term rho * (previous loss increment), "
+            "one rho per test (momentum-like memory): on | off | auto (CV).",
+        ),
+    ] = "auto",
+    time_basis: Annotated[
+        str,
+        typer.Option(
+            "--time-basis",
+            help="optimizer-aware only: number of hat functions of the step absorbing the "
+            "drift shared by all curricula (0 = none), or auto (CV between 0 and 8).",
+        ),
+    ] = "auto",
     l2: Annotated[
         str,
         typer.Option(
             "--l2",
+            metavar="[auto|NUMBER]",
             help="Ridge penalty l2 * ||theta - prior||^2 (a number >= 0), or 'auto': picked "
             "from 1e-3..1e3 by 5-fold cross-validation grouped by run (whole runs held "
             "out) on held-out rollout MSE; the choice and the CV curve are saved.",
@@ -185,7 +218,7 @@ def fit(
             help="Shard the fit over an existing Dask cluster (scheduler address, e.g. "
             "tcp://host:8786); its workers read this store's path, so it must be on "
             "a shared file system. One model is written here. Needs the "
-            "simfluence[dask] extra.",
+            "simfluence-cli[dask] extra (pip install 'simfluence-cli[dask]').",
         ),
     ] = None,
 ) -> None:
@@ -195,11 +228,19 @@ def fit(
     on one-step predictions (closed form). Same name, configuration and data as an existing
     model: nothing to do ("up to date"); a different configuration needs --replace.
     """
+    import numpy as np
+
     from simfluence_cli.model.simulator import ExecutionOptions, Simulator
     from simfluence_cli.store.saved_models import check_name, fit_model
 
     name = check_name(name or method.value)
-    sim = Simulator(method=method.value, l2=_parse_l2(l2), prior=prior.value, clip=clip.value)
+    sim = Simulator(
+        method=method.value,
+        l2=_parse_l2(l2),
+        prior=prior.value,
+        clip=clip.value,
+        **_oa_options(method.value, transform, ar, time_basis),
+    )
     execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
     sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
     execution.validate()
@@ -225,13 +266,26 @@ def fit(
             render_object(res.manifest)
         return
     man, ids = res.manifest, res.run_ids
-    how = "chosen by CV" if sim.cv_curve_ else "given"
+    how = (
+        "chosen by CV"
+        if sim.cv_curve_
+        else "fallback: --l2 auto could not cross-validate with 1 run"
+        if sim.l2 == "auto"
+        else "given"
+    )
     info(
         f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
         f"clip {clip.value}; {len(ids)} run(s), {res.n_examples} examples x {res.n_tests} tests, "
         f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}"
     )
-    if sim.cv_curve_:
+    if sim.method == "optimizer-aware":
+        c = sim.config_
+        info(
+            f"optimizer-aware choices: transform {c.transform}, AR {'on' if c.ar else 'off'}"
+            f" (median rho {float(np.median(sim.ar_)) if c.ar else 0.0:.3f}), time basis "
+            f"{c.n_basis}, l2 {c.l2:g}; lr {'logged' if sim.schedule_.lr_by_step is not None else 'not logged'}"
+        )
+    elif sim.cv_curve_:
         info(
             "CV rollout MSE by l2: "
             + ", ".join(
@@ -247,6 +301,30 @@ def fit(
             )
     if json_out:
         render_object(man)
+
+
+def _oa_options(method: str, transform: str, ar: str, time_basis: str) -> dict:
+    given = {"--transform": transform, "--ar": ar, "--time-basis": time_basis}
+    if method != "optimizer-aware":
+        bad = [k for k, v in given.items() if v != "auto"]
+        if bad:
+            raise UsageError(f"{', '.join(bad)} only apply to --method optimizer-aware")
+        return {}
+    if ar not in ("auto", "on", "off"):
+        raise UsageError(f"--ar must be on, off or auto, got {ar!r}")
+    tb: int | str = time_basis
+    if time_basis != "auto":
+        try:
+            tb = int(time_basis)
+        except ValueError:
+            raise UsageError(
+                f"--time-basis must be an integer >= 0 or auto, got {time_basis!r}"
+            ) from None
+    return {
+        "transform": transform,
+        "ar": {"on": True, "off": False}.get(ar, "auto"),
+        "time_basis": tb,
+    }
 
 
 def _default_model(st) -> str:
@@ -265,20 +343,6 @@ def _default_model(st) -> str:
     )
 
 
-def _store_example_ids(st) -> set[str]:
-    """Every training-example ID in the store's curricula (read only on the error path)."""
-    import pyarrow.parquet as pq
-
-    out: set[str] = set()
-    for r in st.runs():
-        col = pq.read_table(Path(st.path) / r["curriculum_file"], columns=["example_id"])
-        chunked = col.column("example_id")
-        for chunk in chunked.chunks:
-            vals = chunk.dictionary if hasattr(chunk, "dictionary") else chunk.unique()
-            out.update(vals.to_pylist())
-    return out
-
-
 def _where(cur, ids) -> str:
     locs = cur.locate(set(ids))
     shown = ", ".join(f"{e} (line {ln})" for e, ln in locs[:10])
@@ -286,22 +350,18 @@ def _where(cur, ids) -> str:
 
 
 def _check_ids(cur, sim, st, unseen: str) -> None:
+    from simfluence_cli.store.example_ids import check_known_ids
+
     missing = sim.unseen_ids([cur.batches])
     if not missing:
         return
-    in_model = set(sim.example_ids_)
-    candidates = [e for e in missing if e not in in_model]
-    unknown = []
-    if candidates:
-        known = _store_example_ids(st)
-        unknown = [e for e in candidates if e not in known]
-    if unknown:
-        raise InputError(
-            f"{len(unknown)} unknown training example ID(s) (not in any run of the "
-            f"store): {_where(cur, unknown)}",
-            path=cur.source,
-            hint="check the IDs; `simfluence info` shows the store's examples",
-        )
+    check_known_ids(
+        st,
+        [(cur.source, missing)],
+        known=sim.example_ids_,
+        where=lambda ids: _where(cur, ids),
+        path=cur.source,
+    )
     if unseen == "error":
         raise ModelError(
             f"{cur.source}: {len(missing)} training example(s) the model has no "
@@ -359,10 +419,13 @@ def simulate(
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
     """
+    import numpy as np
+
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
     from simfluence_cli.io.curriculum import read_curriculum, read_id_list
     from simfluence_cli.store.saved_models import StoredModel, simulate_chunks
 
+    explicit = fmt is not None
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
     st = _open_store(store)
@@ -371,8 +434,19 @@ def simulate(
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
     _check_ids(cur, sim, st, unseen.value)
     L0 = resolve_init_loss(init_loss, sim, st)
+    from simfluence_cli.model.diagnostics import batch_size_warning
+
+    varying = not getattr(sim, "stateful", False) and batch_size_warning(
+        [[len(b) for b in cur.batches]], cur.source
+    )
+    if varying:  # the optimizer-aware method normalises by the batch size: no warning
+        warn(varying)
     sizes = {len(b) for b in cur.batches}
-    if sim.method != "additive" and sizes != {int(round(sim.batch_size_))}:
+    if (
+        sim.method not in ("additive", "optimizer-aware")
+        and len(sizes) == 1
+        and sizes != {int(round(sim.batch_size_))}
+    ):
         warn(
             f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
             f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
@@ -396,9 +470,33 @@ def simulate(
         )
         c_lo, c_hi = interval_columns(interval)
         extra = {c_lo: lo_b[0], c_hi: hi_b[0]}
+    if fmt is Format.table and not explicit and output == "-" and len(traj) > 2 * HEAD_STEPS:
+        # a terminal without -f: the first and last steps, not T x M rows
+        keep = np.r_[0:HEAD_STEPS, len(traj) - HEAD_STEPS : len(traj)]
+        tests = [str(t) for t in sim.test_ids_]
+        rows = [
+            {"step": int(t), **dict(zip(tests[:SHOWN_TESTS], traj[t, :SHOWN_TESTS].tolist()))}
+            for t in keep
+        ]
+        render_rows(
+            rows,
+            ["step", *tests[:SHOWN_TESTS]],
+            fmt,
+            title=f"simulated loss ({name}): first and last {HEAD_STEPS} of {len(traj)} steps"
+            + (f", {SHOWN_TESTS} of {len(tests)} tests" if len(tests) > SHOWN_TESTS else ""),
+        )
+        info(
+            f"summary of {len(traj) * len(tests):,} rows; all of them: -f csv|json|parquet "
+            "or -o FILE (-f table prints them all)"
+        )
+        return
     _write_long(
         traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})", extra=extra
     )
+
+
+HEAD_STEPS = 3  # steps shown at each end by `simulate` on a terminal without -f
+SHOWN_TESTS = 5  # tests shown there (one column each)
 
 
 def _write_long(
@@ -406,6 +504,7 @@ def _write_long(
 ) -> None:
     """Long form (step, test_id, loss[, extra columns]), step-major; CSV and Parquet are
     written vectorised. ``extra``: column name -> (T+1, M) array (e.g. interval bounds)."""
+    import numpy as np
     import pyarrow as pa
 
     extra = dict(extra or {})
@@ -453,6 +552,7 @@ def _write_long(
                 sys.stdout.flush()
             else:
                 write_atomic(output, lambda fh: pq.write_table(table, fh))
+                wrote(output)
             return
         if not any(set(t) & set(',"\r\n') for t in tests):
             import pyarrow.csv as pcsv
@@ -477,6 +577,7 @@ def _write_long(
                 from simfluence_cli._atomic import write_bytes_atomic
 
                 write_bytes_atomic(output, data)
+                wrote(output)
             return
     flat = {c: v.reshape(-1) for c, v in extra.items()}
     rows = [
@@ -523,3 +624,4 @@ def curriculum(
         sys.stdout.flush()
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)

@@ -17,6 +17,8 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     stdout_console,
+    warn,
+    wrote,
 )
 from simfluence_cli.cli._output import (
     FormatOpt,
@@ -25,7 +27,6 @@ from simfluence_cli.cli._output import (
     render_rows,
     resolve_format,
 )
-from simfluence_cli.store.run_store import RunStore
 
 
 class InputFormat(str, Enum):
@@ -101,6 +102,8 @@ def ingest(
     and the field, exits 1 and leaves the store unchanged. A run id already stored with other
     content is refused unless --replace.
     """
+    from simfluence_cli.store.run_store import RunStore
+
     if tag is None:
         tag = []
     rs = RunStore(store, create=True)
@@ -144,6 +147,14 @@ def ingest(
     for note in report.notes:
         info(f"note: {note}")
     info(report.summary())
+    written = report.added + report.replaced
+    if written:
+        from simfluence_cli.model.diagnostics import batch_size_warning
+        from simfluence_cli.store.shapes import stored_batch_sizes
+
+        msg = batch_size_warning(stored_batch_sizes(rs, written), "the ingested runs")
+        if msg:
+            warn(msg)
     if json_out:
         render_object(report.to_dict())
 
@@ -180,6 +191,13 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
                 f"CV {cov['cv']} (0 = perfectly even)",
             )
         )
+    rows.append(
+        (
+            "learning_rate",
+            f"logged per step in {d.get('runs_with_lr', 0):,} of {d['runs']:,} runs"
+            + (f"; optimizer(s): {'; '.join(d['optimizers'])}" if d.get("optimizers") else ""),
+        )
+    )
     rows.append(("models", ", ".join(d["models"]) or "(none)"))
     return rows
 
@@ -207,6 +225,8 @@ def info_cmd(
     Coverage = how often each training example occurs across all curricula (min/median/max
     and coefficient of variation; CV 0 = every example seen equally often).
     """
+    from simfluence_cli.store.run_store import RunStore
+
     rs = RunStore(store)
     if list_runs:
         cols = [
@@ -224,7 +244,18 @@ def info_cmd(
             "ingested_at",
         ]
         rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
-        render_rows(rows, cols, resolve_format(fmt, output), output, title=f"runs in {store}")
+        render_rows(
+            rows,
+            cols,
+            resolve_format(fmt, output),
+            output,
+            title=f"runs in {store}",
+            table_columns=cols[:8],
+            column_help={
+                "table": "the first 8 columns; --format csv/json adds loss_rows, source_format, "
+                "source, ingested_at"
+            },
+        )
         return
     d = rs.info()
     if json_out:
@@ -248,3 +279,4 @@ def info_cmd(
             from simfluence_cli._atomic import write_bytes_atomic
 
             write_bytes_atomic(output, text.encode())
+            wrote(output)

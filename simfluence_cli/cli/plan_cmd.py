@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info
@@ -91,6 +90,8 @@ def plan_cmd(
     the simulator see examples used more or less often and at uneven positions, which plain
     shuffles never show (docs/plan.md).
     """
+    import numpy as np
+
     from simfluence_cli.analysis.plan import parse_mix, plan_curricula
     from simfluence_cli.io.curriculum import read_id_list
 

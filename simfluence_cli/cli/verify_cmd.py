@@ -8,7 +8,6 @@ import typer
 
 from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info
 from simfluence_cli.cli._output import render_object
-from simfluence_cli.store.integrity import verify_store
 
 
 @command("verify")
@@ -27,7 +26,8 @@ def verify(
         typer.Option(
             "--repair",
             help="First remove leftovers of interrupted writes (unnamed partition "
-            "files, temp files, model directories without model.json) and rewrite "
+            "files, temp files, superseded model files, model directories without "
+            "model.json) and rewrite "
             "runs.parquet, holding the write lock. Never touches committed data.",
         ),
     ] = False,
@@ -44,6 +44,8 @@ def verify(
     simfluence ignores), 1 = errors found (missing/damaged data, stale models), or warnings
     with --strict.
     """
+    from simfluence_cli.store.integrity import verify_store
+
     rep = verify_store(store, repair=repair)
     for line in rep.repaired:
         info(f"repair: {line}")

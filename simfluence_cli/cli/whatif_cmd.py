@@ -6,16 +6,12 @@ Thin layer over :mod:`simfluence_cli.counterfactual` and :mod:`simfluence_cli.cu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.analysis.curriculum_design import OBJECTIVES, curriculum_text, design_curriculum
-from simfluence_cli.analysis.groups import group_effects, read_groups
-from simfluence_cli.analysis.initial_losses import resolve_init_loss, run_init_loss
-from simfluence_cli.analysis.whatif import MODES, NEUTRAL, ORDERS, Edits, run_batches, whatif
+from simfluence_cli.analysis.choices import MODES, OBJECTIVES, ORDERS
 from simfluence_cli.cli._app import (
     DEFAULT_STORE,
     StoreOpt,
@@ -26,11 +22,16 @@ from simfluence_cli.cli._app import (
     show_progress,
     stderr_console,
     warn,
+    wrote,
 )
 from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
-from simfluence_cli.io.curriculum import read_curriculum, read_id_list
+
+# The library (numpy, scipy, pyarrow) is imported inside the commands, so that
+# `simfluence --help` and option errors stay fast (see docs/speed.md).
+if TYPE_CHECKING:
+    pass
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Name of a fitted model in the store.")
@@ -66,6 +67,7 @@ ModeOpt = Annotated[
     str,
     typer.Option(
         "--mode",
+        metavar="[" + "|".join(MODES) + "]",
         help="How removed/added examples change the batches: 'keep-steps' (the edited "
         "example stream, in order, cut into full batches of the base's size and "
         "cycled to the base's number of steps: same compute), 'repack' (same, "
@@ -76,6 +78,7 @@ ModeOpt = Annotated[
 
 
 def _open(store: Path, model: str, tests: str | None):
+    from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.run_store import RunStore
     from simfluence_cli.store.saved_models import load_model
 
@@ -87,6 +90,9 @@ def _open(store: Path, model: str, tests: str | None):
 
 def _curriculum(st, spec: str, what: str = "--base"):
     """(batches, RunSet or None, run id or None, description) of a run id or curriculum file."""
+    from simfluence_cli.analysis.whatif import run_batches
+    from simfluence_cli.io.curriculum import read_curriculum
+
     force_run = spec.startswith("run:")
     rid = spec[4:] if force_run else spec
     if not force_run and (spec == "-" or Path(spec).is_file()):
@@ -100,6 +106,10 @@ def _curriculum(st, spec: str, what: str = "--base"):
 
 def _base(st, sim, base: str, init: str | None):
     """(batches, init_loss, description) of --base, with --init-loss applied."""
+    import numpy as np
+
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss, run_init_loss
+
     tests = list(sim.test_ids_)
     L0 = None
     batches, rs, rid, desc = _curriculum(st, base)
@@ -120,11 +130,21 @@ def _base(st, sim, base: str, init: str | None):
     return batches, L0, desc
 
 
+def _flat(batches) -> list[str]:
+    """The distinct example IDs of a curriculum (a list of batches)."""
+    return list(dict.fromkeys(e for b in batches for e in b))
+
+
 def _ids(spec: str | None, what: str):
+    from simfluence_cli.io.curriculum import read_id_list
+
     return None if spec is None else read_id_list(spec, what)
 
 
 def _order(spec: str | None):
+    from simfluence_cli.analysis.whatif import ORDERS
+    from simfluence_cli.io.curriculum import read_id_list
+
     if spec is None or spec in ORDERS:
         return spec
     if spec.startswith("@"):
@@ -133,6 +153,9 @@ def _order(spec: str | None):
 
 
 def _check_mode(mode: str) -> str:
+
+    from simfluence_cli.analysis.whatif import MODES
+
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
@@ -159,6 +182,7 @@ def whatif_cmd(
         str | None,
         typer.Option(
             "--order",
+            metavar="[" + "|".join(ORDERS) + "|@FILE]",
             help="Reorder: 'shuffle' (random order of the examples, re-batched), "
             "'shuffle-steps' (random order of whole steps), 'reverse' (steps "
             "reversed), or @FILE (example IDs in the wanted order; each epoch is "
@@ -169,6 +193,7 @@ def whatif_cmd(
         str,
         typer.Option(
             "--order-scope",
+            metavar="[epoch|run]",
             help="For --order @FILE: sort each epoch (one pass over the data) "
             "by the file's order ('epoch'), or the whole run ('run').",
         ),
@@ -213,6 +238,11 @@ def whatif_cmd(
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
     Edits are applied in the order --only, --drop, --repeat, --order; see docs/counterfactuals.md.
     """
+    import numpy as np
+
+    from simfluence_cli.analysis.curriculum_design import curriculum_text
+    from simfluence_cli.analysis.whatif import NEUTRAL, Edits, whatif
+
     st, sim = _open(store, model, tests)
     edits = Edits(
         drop=_ids(drop, "example IDs for --drop"),
@@ -244,6 +274,22 @@ def whatif_cmd(
             n_in = sum(e in present for e in set(ids))
             if n_in == 0:
                 warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    if edited_spec is None:
+        order_ids = [] if edits.order is None or isinstance(edits.order, str) else edits.order
+        check_known_ids(
+            st,
+            [(w, ids or []) for w, ids in checks]
+            + [(f"--order {order}", order_ids), (f"--base {base}", _flat(batches))],
+            known=sim.example_ids_,
+        )
+    else:
+        check_known_ids(
+            st,
+            [(f"--base {base}", _flat(batches)), (f"--edited {edited_spec}", _flat(edits))],
+            known=sim.example_ids_,
+        )
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     if edited_spec is not None:
         res.edits = {"edited": edesc}
@@ -261,7 +307,8 @@ def whatif_cmd(
                 res.edited, header, title="simfluence whatif: edited curriculum"
             ).encode(),
         )
-    info(
+        wrote(save_edited)
+    summary = (
         f"{desc}: {s['base_steps']} steps -> edited {s['edited_steps']} steps "
         f"({s['base_examples']} -> {s['edited_examples']} example occurrences); mean final loss "
         f"{s['mean_base_final']:.6g} -> {s['mean_edited_final']:.6g}, change "
@@ -314,6 +361,7 @@ def whatif_cmd(
                 "edited": "simulated loss under the edited curriculum (empty after its last step)",
             },
         )
+        info(summary)  # after the table, so it stays visible
         return
     rows = res.rows()
     cols = ["test_id", "base_final", "edited_final", "change"]
@@ -336,6 +384,7 @@ def whatif_cmd(
             mean[c_lo], mean[c_hi] = bounds[3], bounds[4]
         rows = rows + [mean]
     render_rows(rows, cols, f, output, title=f"what if: {desc}", document=doc, column_help=helps)
+    info(summary)  # after the table, so it stays visible
 
 
 @command("groups")
@@ -365,6 +414,7 @@ def groups_cmd(
         str,
         typer.Option(
             "--by",
+            metavar="[group|test]",
             help="'group': one row per group, averaged over "
             "tests; 'test': one row per group and test.",
         ),
@@ -384,6 +434,11 @@ def groups_cmd(
     redundancy: each member alone is replaceable by the others, the whole group is not;
     negative = the parts overlap, removing all costs less than their sum).
     """
+    import numpy as np
+
+    from simfluence_cli.analysis.groups import group_effects, read_groups
+    from simfluence_cli.io.curriculum import read_id_list
+
     if by not in ("group", "test"):
         raise UsageError("--by must be 'group' or 'test'")
     groups: dict[str, list[str]] = {}
@@ -395,14 +450,23 @@ def groups_cmd(
         )
     elif column:
         raise UsageError("--column needs --groups-from TABLE")
+    origin = {name: f"--groups-from {groups_from}, group {name}" for name in groups}
     for k, spec in enumerate(group or []):
         name, _, ids = spec.partition("=") if "=" in spec.split("@", 1)[0] else ("", "", spec)
         name = name or (Path(ids[1:]).stem if ids.startswith("@") else f"group{k + 1}")
         groups[name] = read_id_list(ids, f"example IDs of group {name}")
+        origin[name] = f"--group {name}" + (f" from {ids}" if ids.startswith("@") else "")
     if not groups:
         raise UsageError("give --group IDS|@FILE (repeatable) or --groups-from TABLE --column C")
     st, sim = _open(store, model, tests)
     batches, L0, desc = _base(st, sim, base, init_loss)
+    from simfluence_cli.store.example_ids import check_known_ids
+
+    check_known_ids(
+        st,
+        [(origin[g], ids) for g, ids in groups.items()] + [(f"--base {base}", _flat(batches))],
+        known=sim.example_ids_,
+    )
     members = len({e for v in groups.values() for e in v})
     info(
         f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
@@ -463,6 +527,7 @@ def design_cmd(
         str,
         typer.Option(
             "--objective",
+            metavar="[" + "|".join(OBJECTIVES) + "]",
             help="What to minimise: 'mean-final-loss' = mean simulated loss of "
             "the chosen tests after the last step.",
         ),
@@ -522,6 +587,13 @@ def design_cmd(
     in one vectorised call). Reports the design's objective next to random curricula from the
     same pool. Deterministic given --seed. See docs/counterfactuals.md.
     """
+    from simfluence_cli.analysis.curriculum_design import (
+        OBJECTIVES,
+        curriculum_text,
+        design_curriculum,
+    )
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss
+
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if report == "-" and output == "-":
@@ -529,6 +601,10 @@ def design_cmd(
     st, sim = _open(store, model, tests)
     L0 = resolve_init_loss(init_loss, sim, st)
     pool_ids = _ids(pool, "pool example IDs")
+    if pool_ids:
+        from simfluence_cli.store.example_ids import check_known_ids
+
+        check_known_ids(st, [(f"--pool {pool}", pool_ids)], known=sim.example_ids_)
     progress = None
     bar = None
     if show_progress():
@@ -582,6 +658,7 @@ def design_cmd(
         typer.echo(text, nl=False)
     else:
         write_bytes_atomic(output, text.encode())
+        wrote(output)
     msg = f"design: {objective} {res.objective:.6g}"
     if interval is not None:
         msg += (
@@ -595,7 +672,7 @@ def design_cmd(
             f"{rep['random_mean']:.6g} (std {rep['random_std']:.3g}), best "
             f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
         )
-    info(msg + (f"; wrote {output}" if output != "-" else ""))
+    info(msg)
     if rep["tests_at_clip_floor"]:
         warn(
             f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "

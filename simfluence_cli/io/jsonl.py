@@ -3,6 +3,9 @@
 One object per training step ``{"step": t, "batch": [ids], "loss": {test_id: loss}}``; step 0
 holds the initial losses and no batch; ``loss`` may be partial or absent after step 0; an
 optional ``"run"`` key overrides the run id (default: the file stem); integer IDs become strings.
+Optional: ``"lr": float`` on every step t >= 1 (the learning rate that step's update used; all
+steps or none) and ``"optimizer": str`` on the step-0 line (a free-form description); both are
+stored with the run (``Run.lr``, ``Run.optimizer``) and used by ``--method optimizer-aware``.
 Errors are :class:`InputError` with ``FILE:LINE``, the field and the fix.
 """
 
@@ -51,6 +54,9 @@ def read_jsonl(path: Path) -> RunData:
     prev_keys = None
     prev_codes = None
     ex_map = ex.map
+    lrs: list[float] = []
+    lr_lines: list[int] = []  # lines of steps >= 1 without "lr" (an error once any step has one)
+    optimizer = None
     for lineno, obj in _json_lines(
         path, object_hint='write {"step": t, "batch": [...], "loss": {...}} per line'
     ):
@@ -151,6 +157,29 @@ def read_jsonl(path: Path) -> RunData:
                     c = ex.code(e)
                 batch_codes.append(c)
             sizes.append(len(batch))
+            lr = obj.get("lr")
+            if lr is None:
+                lr_lines.append(lineno)
+            else:
+                if type(lr) not in (float, int) or not np.isfinite(lr) or lr < 0:
+                    raise InputError(
+                        f"expected a finite number >= 0, got {json.dumps(lr)[:40]}",
+                        path=label,
+                        line=lineno,
+                        field="lr",
+                        hint='"lr" is the learning rate this step\'s update used, e.g. "lr": 0.01',
+                    )
+                lrs.append(float(lr))
+        if prev < 0 and "optimizer" in obj:
+            optimizer = obj["optimizer"]
+            if type(optimizer) is not str or not optimizer:
+                raise InputError(
+                    f"expected a non-empty string, got {json.dumps(optimizer)[:40]}",
+                    path=label,
+                    line=lineno,
+                    field="optimizer",
+                    hint='"optimizer" describes the optimizer, e.g. "AdamW(lr=1e-3)"',
+                )
         prev = step
         loss = obj.get("loss")
         if loss is None or (type(loss) is dict and not loss):
@@ -241,6 +270,14 @@ def read_jsonl(path: Path) -> RunData:
     np.cumsum(sizes, out=ptr[1:])
     steps = np.repeat(np.asarray(lstep, dtype=np.int64), counts)
     rid = run_id if run_id is not None else _stem(path)
+    if lrs and lr_lines:
+        raise InputError(
+            f'step without "lr" although {len(lrs)} other step(s) log it',
+            path=label,
+            line=lr_lines[0],
+            field="lr",
+            hint='log "lr" on every training step or on none',
+        )
     return make_rundata(
         rid,
         np.asarray(batch_codes, dtype=np.int64),
@@ -252,4 +289,6 @@ def read_jsonl(path: Path) -> RunData:
         loss,
         source=label,
         source_format="jsonl",
+        lr=np.asarray(lrs, dtype=np.float64) if lrs else None,
+        optimizer=optimizer,
     )

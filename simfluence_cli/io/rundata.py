@@ -32,6 +32,8 @@ class RunData:
     sources: list[dict] = field(default_factory=list)  # [{"path", "sha256"}]
     notes: list[str] = field(default_factory=list)
     tags: tuple[str, ...] = ()
+    lr: np.ndarray | None = None  # float64 (T,): the learning rate of each step 1..T, or None
+    optimizer: str | None = None  # optimizer description (step-0 "optimizer"), or None
     _hash: str | None = None
 
     @property
@@ -42,7 +44,7 @@ class RunData:
     def content_hash(self) -> str:
         """sha256 of the canonical content: the same run gives the same hash from any format."""
         if self._hash is None:
-            self._hash = sha256_hex(
+            parts = [
                 b"simfluence-run-content-v1\n",
                 json.dumps(list(self.example_ids), ensure_ascii=False).encode(),
                 b"\n",
@@ -53,7 +55,10 @@ class RunData:
                 np.ascontiguousarray(self.loss_step, "<i8").tobytes(),
                 np.ascontiguousarray(self.loss_test, "<i4").tobytes(),
                 np.ascontiguousarray(self.loss + 0.0, "<f8").tobytes(),  # -0.0 -> 0.0
-            )
+            ]
+            if self.lr is not None:  # runs without lr keep the hash they always had
+                parts += [b"lr\n", np.ascontiguousarray(self.lr + 0.0, "<f8").tobytes()]
+            self._hash = sha256_hex(*parts)
         return self._hash
 
     def stats(self) -> dict:
@@ -69,6 +74,8 @@ class RunData:
             ),
             "curriculum_rows": int(len(self.ex_codes)),
             "loss_rows": int(len(self.loss)),
+            **({"has_lr": True} if self.lr is not None else {}),
+            **({"optimizer": self.optimizer} if self.optimizer is not None else {}),
         }
 
 
@@ -198,4 +205,28 @@ def run_from_runset(runset, run, source: str = "python") -> RunData:
         source=source,
         source_format="python",
         tags=tuple(run.tags or ()),
+        lr=check_lr(run.lr, run.n_steps, source),
+        optimizer=run.optimizer,
     )
+
+
+def check_lr(lr, n_steps: int, source: str) -> np.ndarray | None:
+    """A per-step learning-rate array (T,) validated (finite, >= 0), or None."""
+    if lr is None:
+        return None
+    a = np.asarray(lr, dtype=np.float64).reshape(-1)
+    if len(a) != n_steps:
+        raise InputError(
+            f"lr has {len(a)} values for {n_steps} steps",
+            path=source,
+            field="lr",
+            hint="give one learning rate per training step, or none at all",
+        )
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise InputError(
+            "lr must be finite and >= 0",
+            path=source,
+            field="lr",
+            hint="log the learning rate each step's update used",
+        )
+    return a

@@ -46,6 +46,25 @@ def _is_parquet(path: Path) -> bool:
 
 def _locate_bad_csv_row(path: Path) -> InputError:
     """Find the first malformed row with the csv module (error path only)."""
+    try:
+        return _locate_bad_row(path)
+    except UnicodeDecodeError:
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        with opener(path, "rb") as fh:
+            for line, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return InputError(
+                        f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                        path=str(path),
+                        line=line,
+                        hint="re-export the table as UTF-8",
+                    )
+        return InputError("not UTF-8 text", path=str(path), hint="re-export the table as UTF-8")
+
+
+def _locate_bad_row(path: Path) -> InputError:
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)

@@ -123,6 +123,10 @@ def write_jsonl(runs: RunSet, directory, gz: bool = False) -> list:
                     "step": t,
                     "batch": [] if t == 0 else runs.example_ids[run.batch(t)].tolist(),
                 }
+                if t > 0 and run.lr is not None:
+                    rec["lr"] = float(run.lr[t - 1])
+                elif t == 0 and run.optimizer is not None:
+                    rec["optimizer"] = run.optimizer
                 k = logged.get(t)
                 if k is not None:
                     row = run.losses[k]

@@ -22,8 +22,12 @@ from simfluence_cli.io.rundata import RunData, make_rundata
 # --------------------------------------------------------------------------------------------
 
 _WANT = {"curriculum": ("run", "step", "example_id"), "losses": ("run", "step", "test_id", "loss")}
+#: optional columns: "lr" in a curriculum table (the learning rate of the row's step, the same
+#: on every row of a step; all rows of a run or none)
+_OPTIONAL = {"curriculum": ("lr",), "losses": ()}
 _TABLE_HINT = (
-    "a curriculum table has the columns run,step,example_id; a loss table run,step,test_id,loss"
+    "a curriculum table has the columns run,step,example_id (and optionally lr); "
+    "a loss table run,step,test_id,loss"
 )
 
 
@@ -82,7 +86,7 @@ def table_kind(path: Path, cols: list[str], is_parquet: bool) -> str:
         )
     want = _WANT[kind]
     for c in cols:
-        if c not in want:
+        if c not in want and c not in _OPTIONAL[kind]:
             raise InputError(
                 f"unknown column in a {kind} table",
                 path=label,
@@ -158,7 +162,7 @@ class _TableReader:
         chunks = store.pop(code, None) or []
         n = self.spilled.pop((kind, code), 0)
         if n:
-            width = 3 if kind == "curriculum" else 4
+            width = 4  # (step, id code, loss or lr, row ids)
             loaded = []
             with open(os.path.join(self.spill_dir, f"{kind}-{code}.npy"), "rb") as fh:
                 for _ in range(n):
@@ -220,14 +224,21 @@ class _TableReader:
             run = self._codes(batch.column("run"), self.runs, "run")
             idc = self._codes(batch.column(idcol), ids, idcol)
             step = self._numbers(batch.column("step"), "step")
-            loss = self._numbers(batch.column("loss"), "loss") if kind == "losses" else None
+            if kind == "losses":
+                loss = self._numbers(batch.column("loss"), "loss")
+            elif "lr" in batch.schema.names:  # optional; empty cells = NaN (checked per run)
+                loss = np.asarray(
+                    batch.column("lr").cast("float64").to_numpy(zero_copy_only=False), np.float64
+                )
+            else:
+                loss = np.full(n, np.nan)
             if n and int(step.max()) < 2**31 and int(step.min()) >= -(2**31):
                 step = step.astype(np.int32)  # compact while buffered (16 B per loss row)
             idc = idc.astype(np.int32)
             lo, hi = int(run.min()), int(run.max())
             self.buffered += step.nbytes + idc.nbytes + (0 if loss is None else loss.nbytes)
             if lo == hi:  # the common case: a block of one run; row ids = a range
-                chunk = (step, idc, self.gid) if loss is None else (step, idc, loss, self.gid)
+                chunk = (step, idc, loss, self.gid)  # loss = the lr column for curricula
                 store.setdefault(lo, []).append(chunk)
                 self.run_files.setdefault(lo, set()).add(fidx)
             else:
@@ -237,11 +248,7 @@ class _TableReader:
                 for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
                     code, sel = int(sr[a]), order[a:b]
                     gid = self.gid + sel.astype(np.int64)
-                    chunk = (
-                        (step[sel], idc[sel], gid)
-                        if loss is None
-                        else (step[sel], idc[sel], loss[sel], gid)
-                    )
+                    chunk = (step[sel], idc[sel], loss[sel], gid)
                     store.setdefault(code, []).append(chunk)
                     self.run_files.setdefault(code, set()).add(fidx)
                 self.buffered += 8 * n  # explicit row numbers
@@ -345,10 +352,11 @@ class _TableReader:
     def _finish_run(self, code: int, rid: str, cur: list, los: list) -> RunData:
         cstep = np.concatenate([c[0] for c in cur]).astype(np.int64)
         cex = np.concatenate([c[1] for c in cur])
+        clr = np.concatenate([c[2] for c in cur])
         cgid = np.concatenate([_gids(c) for c in cur])
         if len(cgid) > 1 and not bool(np.all(cgid[1:] > cgid[:-1])):
             o = np.argsort(cgid, kind="stable")  # back to file order
-            cstep, cex, cgid = cstep[o], cex[o], cgid[o]
+            cstep, cex, clr, cgid = cstep[o], cex[o], clr[o], cgid[o]
         if (cstep < 1).any():
             i = int(np.argmax(cstep < 1))
             if cstep[i] == 0:
@@ -371,9 +379,10 @@ class _TableReader:
                 "every training step 1..T needs its batch (one row per example)",
             )
         o = np.argsort(cstep, kind="stable")
-        cstep, cex = cstep[o], cex[o]
+        cstep, cex, clr, cgo = cstep[o], cex[o], clr[o], cgid[o]
         ptr = np.zeros(T + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
+        run_lr = self._run_lr(rid, clr, cgo, ptr, counts)
 
         lstep = np.concatenate([c[0] for c in los]).astype(np.int64)
         lte = np.concatenate([c[1] for c in los])
@@ -452,7 +461,30 @@ class _TableReader:
             source=" + ".join(s["path"] for s in srcs),
             source_format="table",
             sources=srcs,
+            lr=run_lr,
         )
+
+    def _run_lr(self, rid, clr, cgid, ptr, counts):
+        """The per-step lr of a run from its curriculum rows (None when it has none)."""
+        have = np.isfinite(clr)
+        if not have.any():
+            return None
+        if not have.all():
+            i = int(np.argmax(~have))
+            raise self.error(
+                cgid[i], f"run {rid!r}: empty lr", "lr", "give lr on every row of a run or on none"
+            )
+        lr = clr[ptr[:-1]]
+        bad = (clr != np.repeat(lr, counts)) | (clr < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise self.error(
+                cgid[i],
+                f"run {rid!r}: lr {clr[i]!r} differs within step or is negative",
+                "lr",
+                "lr is the learning rate of the row's step: one value >= 0 per (run, step)",
+            )
+        return lr
 
 
 _SPLIT_MIN_BYTES = 48 << 20  # plain CSV files at least this big are parsed in parallel ranges
@@ -541,6 +573,7 @@ def _csv_batches(
     types = {"run": dict_t, "step": pa.int64()}
     if kind == "curriculum":
         types["example_id"] = pa.string()
+        types["lr"] = pa.float64()
     else:
         types.update(test_id=pa.string(), loss=pa.float64())
     try:
@@ -622,7 +655,8 @@ def _parquet_batches(path: Path, kind: str):
 
     try:
         pf = pq.ParquetFile(path)
-        yield from pf.iter_batches(batch_size=1 << 20, columns=list(_WANT[kind]))
+        opt = [c for c in _OPTIONAL[kind] if c in pf.schema_arrow.names]
+        yield from pf.iter_batches(batch_size=1 << 20, columns=[*_WANT[kind], *opt])
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
             f"cannot read Parquet ({exc})",

@@ -34,6 +34,13 @@ def fit_warnings(runs, sim) -> list[str]:
     the run; tests logged more sparsely than others can have larger groups).
     """
     out: list[str] = []
+    varying = (
+        None
+        if getattr(sim, "method", None) == "optimizer-aware"  # normalises by the batch size
+        else batch_size_warning([r.batch_sizes for r in runs.runs], "the fitting runs")
+    )
+    if varying:
+        out.append(varying)
     n = len(sim.example_ids_)
     counts = np.asarray(sim.example_counts_)
     never = np.flatnonzero(counts == 0)
@@ -110,3 +117,39 @@ def fit_warnings(runs, sim) -> list[str]:
             f"{_names(sim.test_ids_[const])}"
         )
     return out
+
+
+BATCH_SIZE_ADVICE = (
+    "log with DataLoader(drop_last=True) so every step has a full batch, or use a method that "
+    "normalises by batch size (see `simfluence fit --help`)"
+)
+
+
+def batch_size_warning(sizes, what: str = "the runs") -> str | None:
+    """A warning when batch sizes vary within or across runs, else None.
+
+    ``sizes``: one array of per-step batch sizes per run (or curriculum). The batch-sum
+    simulator adds A_i and B_i over a step's batch, so a step with k examples instead of the
+    usual b moves the loss by about k/b of a full step (a DataLoader's short last batch, kept
+    by default, roughly halves the simulated change at every such step).
+    """
+    arrays = [np.asarray(s, dtype=np.int64) for s in sizes if len(s)]
+    if not arrays:
+        return None
+    allsz = np.concatenate(arrays)
+    vals, counts = np.unique(allsz, return_counts=True)
+    if len(vals) < 2:
+        return None
+    b = int(vals[np.argmax(counts)])
+    odd = int(np.sum(allsz != b))
+    within = sum(1 for s in arrays if len(np.unique(s)) > 1)
+    smaller = int(np.sum(allsz < b))
+    return (
+        f"batch sizes vary in {what}: {odd} of {len(allsz)} steps have a batch size other than "
+        f"the usual {b} (sizes {', '.join(map(str, vals[:6].tolist()))}"
+        f"{', ...' if len(vals) > 6 else ''}; {within} of {len(arrays)} run(s) vary within "
+        f"the run, {smaller} step(s) are smaller"
+        + (", e.g. a DataLoader's short last batch). The " if smaller else "). The ")
+        + "simulator sums A_i and B_i over the batch, so a step of k examples moves the loss "
+        f"by about k/{b} of a full step (a half batch roughly halves it): {BATCH_SIZE_ADVICE}"
+    )

@@ -70,6 +70,12 @@ def fit_scale(
     return {"scale": float(s), "r2": float(r2), "n_obs": n, "on": on}
 
 
+def scores_base(with_runs: bool, clip: str = "observed") -> Simulator:
+    """The unfitted additive simulator scores become (its configuration is the model's);
+    without fitting runs there is no observed loss range, so clipping is off."""
+    return Simulator(method="additive", l2=0.0, prior="zero", clip=clip if with_runs else "none")
+
+
 def scores_simulator(
     table: ScoreTable, scale: float, runs: RunSet | None = None, clip: str = "observed"
 ) -> Simulator:
@@ -93,9 +99,7 @@ def scores_simulator(
         if extra:
             example_ids = np.concatenate([example_ids, np.asarray(extra, dtype=object)])
             S = np.vstack([S, np.zeros((len(extra), S.shape[1]))])
-    else:
-        clip = "none"
-    sim = Simulator(method="additive", l2=0.0, prior="zero", clip=clip)
+    sim = scores_base(runs is not None and len(runs) > 0, clip)
     n, m = S.shape
     sim.example_ids_ = np.asarray(example_ids, dtype=object)
     sim.test_ids_ = np.asarray(test_ids, dtype=object)

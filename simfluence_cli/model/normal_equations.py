@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from simfluence_cli.model.config import LINEAR_METHODS as METHODS
 from simfluence_cli.runs import RunSet
-
-METHODS = ("linear", "additive", "multiplicative")
 
 
 @dataclass
@@ -60,8 +59,12 @@ class ObsBlock:
 def _run_blocks(run, n_examples: int) -> list[ObsBlock]:
     finite = np.isfinite(run.losses)  # (K, M)
     # group tests by their logging pattern (usually a single group)
-    patterns, inverse = np.unique(finite.T, axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).reshape(-1)
+    if finite.all():  # every test logged at every logged step: one group, no row sort
+        patterns = np.ones((1, finite.shape[0]), dtype=bool)
+        inverse = np.zeros(finite.shape[1], dtype=np.int64)
+    else:
+        patterns, inverse = np.unique(finite.T, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
     blocks = []
     step_of_entry = run.step_of_entry()
     for g, pattern in enumerate(patterns):

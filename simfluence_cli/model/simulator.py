@@ -27,8 +27,7 @@ import inspect
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -39,7 +38,17 @@ from simfluence_cli.errors import (
     SimfluenceWarning,
     UsageError,
 )
-from simfluence_cli.model.normal_equations import METHODS, Design
+from simfluence_cli.model.config import (
+    CLIPS,
+    DEFAULT_L2_GRID,
+    METHODS,
+    OPTIMIZER_AWARE,
+    PRIORS,
+    SOLVERS,
+    UNSEEN_POLICIES,
+    SimulatorConfig,
+)
+from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
 from simfluence_cli.runs import RunSet, stack_index
@@ -56,73 +65,6 @@ __all__ = [
     "SOLVERS",
     "UNSEEN_POLICIES",
 ]
-
-DEFAULT_L2_GRID = tuple(float(x) for x in 10.0 ** np.arange(-3, 4))
-PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
-CLIPS = ("observed", "none")  # rollout safeguard
-SOLVERS = ("auto", "direct", "cg")  # execution only: every solver gives the same parameters
-UNSEEN_POLICIES = ("error", "prior", "skip")
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """A simulator's model configuration: everything that changes the fitted parameters.
-
-    Saved as JSON in the model manifest (``config``) beside the results and read back into
-    this dataclass on load. Execution options (solver, workers, ...) are not part of it:
-    see :class:`ExecutionOptions`. The CLI's ``--method/--prior/--clip`` choices come from
-    ``SimulatorConfig.CHOICES``.
-    """
-
-    method: str = "linear"
-    l2: float | str = 1.0
-    prior: str = "no-change"
-    clip: str = "observed"
-    clip_margin: float = 0.5
-    cv_folds: int = 5
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "method": METHODS,
-        "prior": PRIORS,
-        "clip": CLIPS,
-    }
-
-    def validate(self) -> SimulatorConfig:
-        """Raise UsageError on a malformed configuration; returns self."""
-        for key, allowed in self.CHOICES.items():
-            v = getattr(self, key)
-            if v not in allowed:
-                raise UsageError(f"unknown {key} {v!r}; choose one of {', '.join(allowed)}")
-        if isinstance(self.l2, str):
-            if self.l2 != "auto":
-                raise UsageError(f"--l2 must be a number >= 0 or 'auto', got {self.l2!r}")
-        elif not (isinstance(self.l2, int | float) and np.isfinite(self.l2) and self.l2 >= 0):
-            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2!r}")
-        if not (np.isfinite(self.clip_margin) and self.clip_margin >= 0):
-            raise UsageError(f"clip_margin must be a finite number >= 0, got {self.clip_margin!r}")
-        if not (isinstance(self.cv_folds, int | np.integer) and self.cv_folds >= 2):
-            raise UsageError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
-        grid = [float(g) for g in self.l2_grid]
-        if not grid or not all(np.isfinite(g) and g >= 0 for g in grid):
-            raise UsageError("l2_grid must be a non-empty list of finite numbers >= 0")
-        return self
-
-    def to_json(self) -> dict:
-        """The configuration as JSON-ready values (what a model manifest records)."""
-        d = asdict(self)
-        d["l2_grid"] = list(self.l2_grid)
-        return d
-
-    @classmethod
-    def from_json(cls, data: dict) -> SimulatorConfig:
-        """Read back :meth:`to_json` (extra keys, e.g. a manifest's runs, are ignored; missing
-        keys take the defaults, as in manifests written before a key existed)."""
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in names}
-        if "l2_grid" in kw:
-            kw["l2_grid"] = tuple(float(x) for x in kw["l2_grid"])
-        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -170,6 +112,9 @@ class Simulator:
         clip_margin: float = 0.5,
         cv_folds: int = 5,
         l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+        transform: str = "auto",
+        ar: bool | str = "auto",
+        time_basis: int | str = "auto",
     ):
         self.method = method
         self.l2 = l2
@@ -178,6 +123,10 @@ class Simulator:
         self.clip_margin = clip_margin
         self.cv_folds = cv_folds
         self.l2_grid = l2_grid
+        # optimizer-aware only ("auto" = chosen by CV grouped by run on the fitting runs)
+        self.transform = transform
+        self.ar = ar
+        self.time_basis = time_basis
 
     # -- configuration (scikit-learn estimator protocol) -----------------------------------
     @classmethod
@@ -336,6 +285,15 @@ class Simulator:
         )  # identifiability: never-seen / co-occurring / constant
 
         self.warnings_ = fit_warnings(runs, self)
+        if self.method == OPTIMIZER_AWARE:  # its own loss transform and scaling
+            from simfluence_cli.model.optimizer_aware import fit_simulator
+
+            fit_simulator(self, runs, param_sink=param_sink, keep_params=keep_params)
+            self.fit_seconds_ = time.perf_counter() - t0
+            self._exec = ExecutionOptions()
+            for msg in self.warnings_:
+                warnings.warn(msg, SimfluenceWarning, stacklevel=2)
+            return self
         # per-test standardisation (no threshold): fit L / s with s = the test's RMS logged
         # loss, so A (dimensionless) and the penalty do not depend on the units of the losses;
         # B is scaled back by s below. fit(c * losses) = (A, c * B) for any c > 0.
@@ -426,6 +384,8 @@ class Simulator:
     def _prior_multiplier(self) -> float:
         """A_i of the shrink target: 1/b with prior 'no-change' (a batch of b examples then
         predicts alpha = 1, beta = 0: no change), 0 with prior 'zero'. B_i of it is 0."""
+        if self.method == OPTIMIZER_AWARE:  # its A is a deviation from "no change": 0
+            return 0.0
         return 1.0 / self.batch_size_ if self.prior == "no-change" else 0.0
 
     def _theta0(self, n: int) -> np.ndarray:
@@ -643,6 +603,7 @@ class Simulator:
         lengths: Sequence[int] | None = None,
         return_: str = "trajectory",
         precision: str = "float64",
+        lr=None,
     ) -> np.ndarray:
         """Roll curricula forward from ``init_loss``.
 
@@ -656,6 +617,8 @@ class Simulator:
         :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned with ``tests``
         (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
         Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
+        lr: (optimizer-aware models only) the learning rate of each step, (T,) shared or (C, T);
+        None (or NaN entries) = the fitting runs' schedule by step index.
         """
         self._check_fitted(parameters=True)
         if isinstance(curricula, np.ndarray):
@@ -683,11 +646,16 @@ class Simulator:
             B = np.vstack([B, np.zeros((1, len(cols)))])
         if return_ not in ("trajectory", "final"):
             raise UsageError(f"return_ must be 'trajectory' or 'final', got {return_!r}")
-        from simfluence_cli.model.rollout import rollout  # chunked over test columns, threaded
+        if self.method == OPTIMIZER_AWARE:
+            from simfluence_cli.model.optimizer_aware import simulate_params
 
-        out = rollout(
-            A, B, idx, L0, self.method, lo, hi, final=return_ == "final", precision=precision
-        )
+            out = simulate_params(self, A, B, cols, idx, L0, lo, hi, lr, return_ == "final")
+        else:
+            from simfluence_cli.model.rollout import rollout  # chunked over test columns
+
+            out = rollout(
+                A, B, idx, L0, self.method, lo, hi, final=return_ == "final", precision=precision
+            )
         if return_ == "final":
             return out
         if lengths is not None:
@@ -705,12 +673,18 @@ class Simulator:
 
         ext = copy.copy(self)
         m = self.A_.shape[1]
-        a0 = 0.0 if self.method == "additive" else 1.0 / self.batch_size_
+        a0 = 0.0 if self.method in ("additive", OPTIMIZER_AWARE) else 1.0 / self.batch_size_
         ext.A_ = np.vstack([self.A_, np.full((1, m), a0)])
         ext.B_ = np.vstack([self.B_, np.zeros((1, m))])
         ext.example_ids_ = np.append(np.asarray(self.example_ids_, dtype=object), example_id)
         ext.example_counts_ = np.append(np.asarray(self.example_counts_), 1)
         return ext
+
+    @property
+    def stateful(self) -> bool:
+        """True when a rollout depends on more than the current loss (AR memory, time basis,
+        per-step lr): such models cannot restart a rollout mid-curriculum from a loss alone."""
+        return self.method == OPTIMIZER_AWARE
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
         if tests is None:

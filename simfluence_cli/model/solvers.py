@@ -55,7 +55,8 @@ def ridge_solve(
 # Choosing and running the solver over all test examples.
 # ---------------------------------------------------------------------------------------------
 
-SOLVERS = ("auto", "direct", "cg")
+from simfluence_cli.model.config import SOLVERS  # noqa: E402
+
 #: default stopping rule of the iterative solver: per test example the relative residual
 #: ||r + l2 theta0 - (G + l2 I) theta|| / ||r + l2 theta0|| of its normal equations.
 CG_TOL = 1e-10
@@ -76,8 +77,10 @@ def cv_test_subset(m: int, max_tests: int | None = None) -> np.ndarray:
 
 
 #: ``solver="auto"`` uses the exact dense solve up to this many parameters per test example
-#: (P = 2 N for linear, N otherwise), the preconditioned conjugate gradient above it.
-DIRECT_MAX_PARAMS = 400
+#: (P = 2 N for linear, N otherwise), the preconditioned conjugate gradient above it. Measured
+#: (bench/bench_speed.py, RESULTS-speed.md): the two cost the same near P = 50; at P = 300 (the
+#: sample runs' additive and multiplicative fits) CG is 5-20x cheaper, and the gap grows as P^2.
+DIRECT_MAX_PARAMS = 64
 _GRAM_BYTES = 64 * 2**20  # memory for the stacked dense normal equations of one test chunk
 _CG_CHUNK_BYTES = 36 * 2**20  # working set of one CG chunk (measured best: fits in L3)
 CG_MIN_CHUNK = 4

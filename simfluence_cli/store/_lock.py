@@ -22,7 +22,7 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
-from simfluence_cli.errors import SimfluenceWarning, StoreLockedError
+from simfluence_cli.errors import SimfluenceWarning, StoreError, StoreLockedError
 
 LOCK_NAME = ".lock"
 _held: dict[str, int] = {}  # resolved store path -> re-entrancy depth (this process)
@@ -139,6 +139,12 @@ def write_lock(store: str | os.PathLike, timeout: float | None = None):
                 raise StoreLockedError(_describe(_read(lock), lock)) from None
             time.sleep(0.1)
             continue
+        except OSError as exc:  # read-only store: EACCES / EPERM / EROFS
+            raise StoreError(
+                f"{store} is not writable ({exc.strerror}): commands that write to the store "
+                "(ingest, fit, import-scores, verify --repair) are refused; commands that "
+                "only read it still work"
+            ) from None
         try:
             os.write(fd, payload)
             os.fsync(fd)

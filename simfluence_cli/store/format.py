@@ -28,6 +28,8 @@ CURRICULUM_COLUMNS = {
     "run": "run id",
     "step": "training step t (1..T); the batch trained on at step t, in batch order",
     "example_id": "training example in the batch of step t",
+    "lr": "optional (float64): learning rate of step t's update, the same on every row of the "
+    "step; absent column = not logged",
 }
 
 
@@ -64,6 +66,8 @@ _DICT = pa.dictionary(pa.int32(), pa.string())
 
 
 CURRICULUM_SCHEMA = pa.schema([("run", _DICT), ("step", pa.int64()), ("example_id", _DICT)])
+# runs that log a learning rate per step carry it as a fourth column (older stores never do)
+CURRICULUM_LR_SCHEMA = CURRICULUM_SCHEMA.append(pa.field("lr", pa.float64()))
 
 
 LOSS_SCHEMA = pa.schema(

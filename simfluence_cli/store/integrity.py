@@ -18,7 +18,8 @@
 
 Each finding is a :class:`Finding` with a severity (``error``: data is missing, damaged or
 inconsistent, or a model is stale; ``warning``: leftovers that simfluence ignores) and the
-command that fixes it. ``repair=True`` (``simfluence verify --repair``) removes leftovers and
+command that fixes it. Superseded model files (an older generation left by a crash between a model's commit and
+its cleanup) are warnings too. ``repair=True`` (``simfluence verify --repair``) removes leftovers and
 rewrites ``runs.parquet`` under the write lock; it never touches committed data.
 """
 
@@ -46,6 +47,7 @@ from simfluence_cli.store.format import (
 )
 from simfluence_cli.store.run_check import ERROR, WARNING, VerifyReport, _check_run, _dict_values
 from simfluence_cli.store.run_store import RunStore
+from simfluence_cli.store.saved_models import stray_files
 
 
 def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
@@ -309,6 +311,19 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
             ERROR, f"{rel}/model.json", "malformed model manifest (files/config)", refit, model=name
         )
         return
+    for f in stray_files(d, mm):
+        hidden = f.name.startswith(".")
+        rep.add(
+            WARNING,
+            f"{rel}/{f.name}",
+            "temporary file of an interrupted (or running) model write"
+            if hidden
+            else "superseded model file, not named by model.json (an older generation left "
+            "by a crash after the commit): simfluence ignores it, but a glob such as "
+            f"'models/{name}/parameters-*.parquet' in duckdb/pandas would read it",
+            "`simfluence verify --repair` (or the next fit of this name) removes it",
+            model=name,
+        )
     if mm.get("name") not in (None, name):
         rep.add(
             WARNING,
@@ -450,10 +465,20 @@ def _repair(store) -> list[str]:
         done += [f"removed {rel}" for rel in sorted(before - listing())]
         for d in _model_dirs(root):
             if (d / "model.json").is_file():
-                for f in d.iterdir():
-                    if f.name.startswith(".") and f.name.endswith(".tmp"):
-                        f.unlink(missing_ok=True)
-                        done.append(f"removed models/{d.name}/{f.name}")
+                try:
+                    mm = json.loads((d / "model.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    mm = None
+                files = mm.get("files") if isinstance(mm, dict) else None
+                if isinstance(files, dict) and all(
+                    isinstance(files.get(k), str) for k in ("parameters", "tests", "examples")
+                ):
+                    strays = stray_files(d, mm)  # superseded generations and temp files
+                else:  # unreadable manifest: only temp files are certainly leftovers
+                    strays = [f for f in d.iterdir() if f.name.startswith(".")]
+                for f in strays:
+                    f.unlink(missing_ok=True)
+                    done.append(f"removed models/{d.name}/{f.name}")
                 continue
             ours = all(
                 f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))

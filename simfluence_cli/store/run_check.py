@@ -9,6 +9,7 @@ import numpy as np
 
 from simfluence_cli.io._arrow import _dict_column
 from simfluence_cli.store.format import (
+    CURRICULUM_LR_SCHEMA,
     CURRICULUM_SCHEMA,
     LOSS_SCHEMA,
     MANIFEST,
@@ -161,6 +162,8 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
             ok = False
             continue
         want = schemas[part]
+        if part == "curriculum" and entry.get("has_lr"):
+            want = CURRICULUM_LR_SCHEMA
         if not schema.remove_metadata().equals(want):
             rep.add(
                 ERROR,
@@ -231,7 +234,13 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
         order = np.argsort(cstep, kind="stable")
         ptr = np.zeros(T + 1, dtype=np.int64)
         np.cumsum(sizes, out=ptr[1:])
-        rd = make_rundata(rid, ex_codes[order], ex_vals, ptr, lstep, te_codes, te_vals, loss)
+        lr = None
+        if entry.get("has_lr"):
+            lr_rows = cur.column("lr").to_numpy()[order]
+            lr = lr_rows[ptr[:-1]]
+            if not np.array_equal(lr_rows, np.repeat(lr, sizes)):
+                raise ValueError("lr differs within a step")
+        rd = make_rundata(rid, ex_codes[order], ex_vals, ptr, lstep, te_codes, te_vals, loss, lr=lr)
     except (ValueError, TypeError, IndexError) as exc:
         rep.add(
             ERROR,

@@ -51,6 +51,7 @@ from simfluence_cli.store import _lock
 from simfluence_cli.store.format import (
     _PART_FILE,
     CURRICULUM_COLUMNS,
+    CURRICULUM_LR_SCHEMA,
     CURRICULUM_SCHEMA,
     LOSS_COLUMNS,
     LOSS_SCHEMA,
@@ -358,7 +359,9 @@ class RunStore:
 
     def _load(self, man: dict, ids: list[str]) -> RunSet:
         def read(rid: str):
-            cur = self._read_part(man, rid, "curriculum", ["step", "example_id"])
+            has_lr = bool(man["runs"][rid].get("has_lr"))
+            cols = ["step", "example_id", "lr"] if has_lr else ["step", "example_id"]
+            cur = self._read_part(man, rid, "curriculum", cols)
             los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
@@ -371,6 +374,7 @@ class RunStore:
                 te_vals,
                 te_codes,
                 np_view(los.column("loss")),
+                np_view(cur.column("lr")) if has_lr else None,
             )
 
         if len(ids) > 1:  # Parquet decoding releases the GIL: read runs concurrently
@@ -385,7 +389,7 @@ class RunStore:
         ex_all = np.asarray(ex_all, dtype=object)
         te_all = np.asarray(te_all, dtype=object)
         out = []
-        for rid, cstep, ex_vals, ex_codes, lstep, te_vals, te_codes, loss in raw:
+        for rid, cstep, ex_vals, ex_codes, lstep, te_vals, te_codes, loss, lr_rows in raw:
             entry = man["runs"][rid]
             T = int(entry["steps"])
             order = np.argsort(cstep, kind="stable")  # files are written sorted; be safe
@@ -395,8 +399,20 @@ class RunStore:
             steps, row = np.unique(lstep, return_inverse=True)
             L = np.full((len(steps), len(te_all)), np.nan)
             L[row, np.searchsorted(te_all, te_vals)[te_codes]] = loss
+            lr = None
+            if lr_rows is not None:  # one value per step: the first row of each step's batch
+                lr = np.asarray(lr_rows, dtype=np.float64)[order][ptr[:-1]]
             out.append(
-                Run(rid, ptr, ex_idx, steps.astype(np.int64), L, tuple(entry.get("tags", [])))
+                Run(
+                    rid,
+                    ptr,
+                    ex_idx,
+                    steps.astype(np.int64),
+                    L,
+                    tuple(entry.get("tags", [])),
+                    lr=lr,
+                    optimizer=entry.get("optimizer"),
+                )
             )
         return RunSet(ex_all, te_all, out)
 
@@ -461,6 +477,8 @@ class RunStore:
             "batch_size_min": min((s[0] for s in sizes), default=None),
             "batch_size_max": max((s[1] for s in sizes), default=None),
             "coverage": coverage,
+            "runs_with_lr": sum(1 for e in entries.values() if e.get("has_lr")),
+            "optimizers": sorted({e["optimizer"] for e in entries.values() if e.get("optimizer")}),
             "models": models,
             "updated_at": man.get("updated_at"),
         }
@@ -680,15 +698,19 @@ class RunStore:
         if part == "curriculum":
             n = len(rd.ex_codes)
             step = np.repeat(np.arange(1, rd.n_steps + 1, dtype=np.int64), np.diff(rd.batch_ptr))
+            cols = [
+                pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
+                _num(step),
+                pa.DictionaryArray.from_arrays(
+                    _num(rd.ex_codes.astype(np.int32)), _str(rd.example_ids.tolist())
+                ),
+            ]
+            schema = CURRICULUM_SCHEMA
+            if rd.lr is not None:  # optional 4th column, constant within a step
+                cols.append(_num(np.asarray(rd.lr, dtype=np.float64)[step - 1]))
+                schema = CURRICULUM_LR_SCHEMA
             table = pa.Table.from_arrays(
-                [
-                    pa.DictionaryArray.from_arrays(_num(np.zeros(n, np.int32)), _str([rd.run_id])),
-                    _num(step),
-                    pa.DictionaryArray.from_arrays(
-                        _num(rd.ex_codes.astype(np.int32)), _str(rd.example_ids.tolist())
-                    ),
-                ],
-                schema=CURRICULUM_SCHEMA.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS)),
+                cols, schema=schema.with_metadata(_meta("curriculum", CURRICULUM_COLUMNS))
             )
         else:
             n = len(rd.loss)

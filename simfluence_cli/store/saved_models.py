@@ -8,9 +8,10 @@ Each model directory holds
 - ``examples-<gen>.parquet``: per training example its occurrences in the fitting curricula;
 - ``model.json``: the manifest (configuration, penalty chosen and CV curve, runs used, data
   hash, tool version, fit time, file names). It is written last and is the commit point.
-  After a save, files named neither by it nor by the previous manifest (leftovers of older
-  generations or interrupted writes) are removed; the previous generation is kept so a reader
-  that opened the old manifest can still read its files.
+  After a save commits, every other model file in the directory (the previous generation,
+  leftovers of interrupted writes) is removed, so exactly one generation remains. A crash
+  between the commit and that cleanup leaves strays, which ``simfluence verify`` reports and
+  ``verify --repair`` (or the next save) removes: see :func:`stray_files`.
 
 Refitting a name with a different configuration or data (method, penalty, prior, clip, runs,
 data hash) is refused unless ``replace=True``. The same configuration on the same data is
@@ -37,9 +38,13 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
-from simfluence_cli.model.simulator import ExecutionOptions, Simulator, SimulatorConfig
+from simfluence_cli.model.simulator import (
+    ExecutionOptions,
+    Simulator,
+    SimulatorConfig,
+)
 from simfluence_cli.runs import RunSet
-from simfluence_cli.store.format import MODEL_FORMAT, PARAM_COLUMNS
+from simfluence_cli.store.format import MODEL_FILE_PREFIXES, MODEL_FORMAT, PARAM_COLUMNS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -123,7 +128,8 @@ def model_config(
         **sim.config.to_json(),
         "runs": list(runs),
         "data_hash": data_hash,
-        **({"source": extra["source"]} if extra and "source" in extra else {}),
+        # imported scores: the file and the import options are part of what identifies them
+        **{k: extra[k] for k in ("source", "source_sha256", "import") if extra and k in extra},
     }
 
 
@@ -213,12 +219,6 @@ def _save_model(
     d = model_dir(store, name)
     config = model_config(sim, runs, data_hash, kind, extra)
     check_existing(store, name, config, replace=replace)  # raises on a different configuration
-    prev_files: set[str] = set()
-    if (d / "model.json").is_file():
-        try:
-            prev_files = set(json.loads((d / "model.json").read_text()).get("files", {}).values())
-        except (ValueError, AttributeError):
-            prev_files = set()
     gen = f"{int(time.time())}-{secrets.token_hex(3)}" if parameters is None else parameters.gen
     d.mkdir(parents=True, exist_ok=True)
     files = {
@@ -230,22 +230,26 @@ def _save_model(
         _write_parameters(d / files["parameters"], sim)
     else:
         files["parameters"] = parameters.commit()
-    _write_table(
-        d / files["tests"],
-        pa.table(
-            {
-                "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
-                "init_loss_mean": sim.init_loss_mean_,
-                "loss_min": sim.loss_min_,
-                "loss_max": sim.loss_max_,
-            }
-        ),
-        {
-            "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
-            "loss_min": "smallest observed loss in the fitting runs",
-            "loss_max": "largest observed loss in the fitting runs",
-        },
-    )
+    test_cols = {
+        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
+        "init_loss_mean": sim.init_loss_mean_,
+        "loss_min": sim.loss_min_,
+        "loss_max": sim.loss_max_,
+    }
+    test_meanings = {
+        "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
+        "loss_min": "smallest observed loss in the fitting runs",
+        "loss_max": "largest observed loss in the fitting runs",
+    }
+    oa = None
+    if sim.method == "optimizer-aware":
+        test_cols["ar"] = sim.ar_
+        test_meanings["ar"] = "AR coefficient rho on the previous (transformed) loss increment"
+        for h in range(sim.basis_.shape[1]):
+            test_cols[f"basis_{h}"] = sim.basis_[:, h]
+            test_meanings[f"basis_{h}"] = f"weight of time hat function {h} (drift per step)"
+        oa = {"chosen": sim.config_.as_dict(), "schedule": sim.schedule_.to_dict()}
+    _write_table(d / files["tests"], pa.table(test_cols), test_meanings)
     _write_table(
         d / files["examples"],
         pa.table(
@@ -268,17 +272,35 @@ def _save_model(
         "n_examples": int(len(sim.example_ids_)),
         "n_tests": int(len(sim.test_ids_)),
         "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
+        # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
+        "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
         "tool_version": __version__,
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
+        **({"optimizer_aware": oa} if oa is not None else {}),
         **(extra or {}),
     }
     write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    keep = {"model.json", *files.values(), *prev_files}
-    for f in d.iterdir():  # leftovers of older generations or interrupted writes
-        if f.name not in keep:
-            f.unlink(missing_ok=True)
+    for f in stray_files(d, manifest):  # committed: older generations, interrupted writes
+        f.unlink(missing_ok=True)
     return manifest
+
+
+def stray_files(d: Path, manifest: dict) -> list[Path]:
+    """Files of model directory ``d`` that its committed ``manifest`` does not name.
+
+    Only files this tool writes are considered (``parameters-*``, ``tests-*``, ``examples-*``
+    and hidden temp files): superseded generations and leftovers of interrupted writes.
+    """
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    keep = {"model.json", *(files.values() if isinstance(files, dict) else ())}
+    return sorted(
+        f
+        for f in d.iterdir()
+        if f.is_file()
+        and f.name not in keep
+        and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))
+    )
 
 
 def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
@@ -559,7 +581,21 @@ def _load_model(
     sim.batch_size_ = man["batch_size"]
     sim.run_ids_ = list(cfg.get("runs", []))
     sim.fit_seconds_ = man.get("fit_seconds", 0.0)
+    sim.solver_stats_ = dict(man.get("solver_stats") or {})
     sim.manifest_ = man
+    if sim.method == "optimizer-aware":
+        from simfluence_cli.model.optimizer_aware import Config, Schedule
+
+        oa = man["optimizer_aware"]
+        sim.config_ = Config(**oa["chosen"])
+        sim.schedule_ = Schedule.from_dict(oa["schedule"])
+        sim.ar_ = tt["ar"].to_numpy()[cols]
+        H = sim.config_.n_basis
+        sim.basis_ = (
+            np.column_stack([tt[f"basis_{h}"].to_numpy()[cols] for h in range(H)])
+            if H
+            else np.zeros((len(cols), 0))
+        )
     n, m = len(sim.example_ids_), len(cols)
     if not parameters:  # check the parameters file is there and readable (its footer only)
         _ = pq.ParquetFile(d / man["files"]["parameters"]).metadata
@@ -692,6 +728,17 @@ def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
     dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
     where = order[np.searchsorted(universe[order], dict_vals)]
     return where[column.indices.to_numpy(zero_copy_only=False)]
+
+
+def _json_safe(d: dict) -> dict:
+    """Plain JSON types of a flat stats dict (numpy scalars -> int / float)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+    return out
 
 
 # -- workflows: fit and save under a name, simulate chunk by chunk, the store's model registry --

@@ -1,0 +1,171 @@
+"""Time every `simfluence` command on the demo store (issue 15, item 1).
+
+    .venv/bin/python bench/bench_commands.py                       # builds /tmp/simfluence-demo
+    .venv/bin/python bench/bench_commands.py --store demo-store    # reuse a store made by make demo
+    .venv/bin/python bench/bench_commands.py --repeat 3 --out bench/commands.md
+
+Each command runs as a child process (the console script, as a user runs it). Reported per
+command: wall seconds, CPU seconds of the child (user + sys, all threads, from
+``resource.getrusage(RUSAGE_CHILDREN)`` deltas), the target in CPU seconds and the 1-minute load
+average just before. With ``--repeat K`` the best (lowest CPU) of K runs is kept. The machine is
+shared: CPU seconds are the figure to compare with the targets, wall seconds depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SF = [str(Path(sys.executable).parent / "simfluence")]
+if not Path(SF[0]).exists():  # not installed as a console script: run the package
+    SF = [sys.executable, "-m", "simfluence_cli"]
+
+
+def run(args: list[str], check: bool = True) -> dict:
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    r = subprocess.run(SF + args, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    if check and r.returncode != 0:
+        raise SystemExit(
+            f"simfluence {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        )
+    return {"wall": wall, "cpu": cpu, "load": load, "stdout": r.stdout, "stderr": r.stderr}
+
+
+def build_store(store: Path) -> None:
+    if store.exists():
+        shutil.rmtree(store)
+    for fam in ("fit", "heldout-random", "heldout-leave30", "heldout-classordered"):
+        run(["ingest", f"sample_runs/{fam}", "--tag", fam, "--store", str(store)])
+
+
+def commands(store: Path, work: Path) -> list[tuple[str, list[str], float]]:
+    """(label, argv, CPU-second target) for every command, in an order that creates what the
+    later ones need (models, curriculum files)."""
+    s = ["--store", str(store)]
+    cur = str(work / "classordered-000.txt")
+    return [
+        ("--help", ["--help"], 0.25),
+        ("info", ["info", *s, "--format", "table"], 1.0),
+        ("verify", ["verify", *s], 1.0),
+        (
+            "fit linear --l2 auto",
+            ["fit", *s, "--runs", "fit", "--method", "linear", "--l2", "auto", "--name", "linear"],
+            2.0,
+        ),
+        *[
+            (
+                f"fit {m} --l2 1 --solver {so}",
+                ["fit", *s, "--runs", "fit", "--method", m, "--l2", "1", "--solver", so]
+                + ["--name", f"{m}-{so}", "--replace"],
+                1.0,
+            )
+            for m in ("linear", "additive", "multiplicative")
+            for so in ("auto", "cg", "direct")
+        ],
+        (
+            "import-scores",
+            ["import-scores", "sample_runs/tracin_scores.csv.gz", *s, "--name", "tracin"]
+            + ["--scale", "fit", "--runs", "fit", "--replace"],
+            1.0,
+        ),
+        ("curriculum", ["curriculum", "heldout-classordered-000", *s, "-o", cur], 1.0),
+        (
+            "simulate",
+            ["simulate", cur, *s, "--model", "linear", "--init-loss"]
+            + ["run:heldout-classordered-000", "-o", str(work / "sim.csv")],
+            1.0,
+        ),
+        (
+            "eval",
+            ["eval", *s, "--model", "linear", "--model", "tracin", "--runs", "heldout-random"],
+            1.0,
+        ),
+        ("top --test all", ["top", *s, "--model", "linear", "--test", "all", "--k", "5"], 1.0),
+        (
+            "whatif",
+            ["whatif", *s, "--model", "linear", "--base", "fit-000", "--drop", "e001,e007"],
+            1.0,
+        ),
+        (
+            "groups",
+            ["groups", *s, "--model", "linear", "--base", "fit-000"]
+            + ["--groups-from", "sample_runs/examples.csv", "--column", "label"],
+            1.0,
+        ),
+        (
+            "design",
+            ["design", *s, "--model", "linear", "--steps", "250", "--seed", "0"]
+            + ["-o", str(work / "designed.txt")],
+            3.0,
+        ),
+    ]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default=None, help="existing demo store (default: build one)")
+    ap.add_argument("--work", default="/tmp/simfluence-bench-commands")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--only", default=None, help="comma-separated labels (prefix match)")
+    ap.add_argument("--out", default=None, help="write the markdown table here too")
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if a.store is None:
+        store = work / "demo-store"
+        t0 = time.perf_counter()
+        build_store(store)
+        print(f"built {store} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    else:
+        store = Path(a.store)
+    rows = []
+    for label, args, target in commands(store, work):
+        if a.only and not any(label.startswith(p) for p in a.only.split(",")):
+            continue
+        if label == "fit linear --l2 auto":
+            args = [*args, "--replace"]
+        best = None
+        for _ in range(max(1, a.repeat)):
+            r = run(args)
+            if best is None or r["cpu"] < best["cpu"]:
+                best = r
+        row = {
+            "command": label,
+            "wall_s": round(best["wall"], 2),
+            "cpu_s": round(best["cpu"], 2),
+            "target_cpu_s": target,
+            "ok": best["cpu"] <= target,
+            "load": round(best["load"], 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    md = [
+        "| command | wall s | CPU s | target CPU s | met | load avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| `{r['command']}` | {r['wall_s']} | {r['cpu_s']} | {r['target_cpu_s']} | "
+            f"{'yes' if r['ok'] else 'NO'} | {r['load']} |"
+        )
+    text = "\n".join(md) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,647 @@
+"""The optimizer-aware simulator (``method="optimizer-aware"``): closed form, linear in its parameters.
+
+On a transformed loss y = f(L) (``transform``: identity, log, or log-odds log(e^L - 1)), per test z:
+
+    y_t - y_{t-1} = w_t * sum_{i in c_t} (a_i y_{t-1} + B_i)          (i)  batch mean x lr
+                    + rho * (y_{t-1} - y_{t-2})                      (ii) optimizer memory (AR(1))
+                    + sum_h gamma_h phi_h(t)                         (iii) shared drift, hat basis
+    w_t = (lr_t / lr_ref) * (b_ref / |c_t|)
+
+lr_t is the logged learning rate of step t (1 when not logged), lr_ref the median logged lr of
+the fitting runs, b_ref their median batch size; y_{-1} := y_0 (no increment before step 1).
+With a constant lr and batch size (w_t = 1), rho = 0, no basis and the identity transform this is
+exactly the paper's Linear model with A_i = a_i + 1/b_ref (and the ridge penalty
+||a||^2 + ||B||^2 is the paper's penalty toward the "no-change" prior A_i = 1/b).
+
+Fit: ridge least squares on one-step increments with the *observed* y_{t-1}, y_{t-2}; in the
+rollout the simulated ones are fed back. Per test the parameters are the 2n sparse-design
+columns (a, B) plus p = [rho] + H dense columns; the dense ones are eliminated exactly by a
+Schur complement: with D the (obs x p) dense design and S = (D^T D + eps I)^-1 the reduced
+system on u = (a, B) is X^T (I - D S D^T) X u + l2 u = X^T (I - D S D^T) y, solved by batched
+preconditioned CG over the tests of a chunk (operator applied matrix-free with the sparse
+(obs x n) batch matrix Z shared by all tests); then v = S D^T (y - X u).
+
+Choices not read from the logs (AR term on/off, number of basis functions, transform, l2) are
+made by K-fold cross-validation grouped by run on the fitting runs: held-out all-steps rollout
+MSE in loss space (coordinate-wise search from a start configuration, one pass).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from simfluence_cli.errors import ModelError, UsageError
+from simfluence_cli.model.config import TRANSFORMS
+from simfluence_cli.runs import RunSet
+
+_LMIN = 1e-6  # losses are floored here before log / log-odds
+_FMAX = 1e6  # transformed values are clamped to +-_FMAX in unclipped rollouts
+
+
+def forward(L: np.ndarray, transform: str) -> np.ndarray:
+    """y = f(L)."""
+    if transform == "identity":
+        return np.asarray(L, dtype=np.float64)
+    Lc = np.maximum(L, _LMIN)
+    if transform == "log":
+        return np.log(Lc)
+    if transform == "logodds":  # log(e^L - 1), stable for large L
+        return np.where(Lc > 30, Lc, np.log(np.expm1(np.minimum(Lc, 30))))
+    raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+
+
+def inverse(y: np.ndarray, transform: str) -> np.ndarray:
+    """L = f^-1(y)."""
+    if transform == "identity":
+        return y
+    if transform == "log":
+        return np.exp(np.minimum(y, 700.0))
+    return np.logaddexp(0.0, y)  # softplus = log(1 + e^y)
+
+
+def hat_basis(steps: np.ndarray, n_basis: int, T_ref: int) -> np.ndarray:
+    """(len(steps), H) hat functions with knots evenly spread over 1..T_ref (a partition of
+    unity: the constant is in their span); steps past T_ref use the last knot's value."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if n_basis <= 0:
+        return np.zeros((len(steps), 0))
+    if n_basis == 1:
+        return np.ones((len(steps), 1))
+    knots = np.linspace(1.0, max(float(T_ref), 2.0), n_basis)
+    h = knots[1] - knots[0]
+    s = np.clip(steps, knots[0], knots[-1])
+    return np.maximum(0.0, 1.0 - np.abs(s[:, None] - knots[None, :]) / h)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One model configuration (what CV chooses)."""
+
+    transform: str = "identity"
+    ar: bool = True
+    n_basis: int = 8
+    l2: float = 1.0
+
+    def as_dict(self) -> dict:
+        return {"transform": self.transform, "ar": self.ar, "n_basis": self.n_basis, "l2": self.l2}
+
+
+@dataclass
+class Schedule:
+    """What the model reads from the fitting runs' logs (not chosen by CV)."""
+
+    lr_ref: float  # median logged lr (1.0 when no run logs lr)
+    b_ref: float  # median batch size
+    T_ref: int  # longest fitting run
+    lr_by_step: np.ndarray | None  # (T_ref,) median lr of step t over the runs that log it
+
+    def to_dict(self) -> dict:
+        return {
+            "lr_ref": self.lr_ref,
+            "b_ref": self.b_ref,
+            "T_ref": self.T_ref,
+            "lr_by_step": None if self.lr_by_step is None else self.lr_by_step.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schedule:
+        lr = d.get("lr_by_step")
+        return cls(
+            float(d["lr_ref"]),
+            float(d["b_ref"]),
+            int(d["T_ref"]),
+            None if lr is None else np.asarray(lr, dtype=np.float64),
+        )
+
+    @classmethod
+    def from_runs(cls, runs: RunSet) -> Schedule:
+        sizes = np.concatenate([r.batch_sizes for r in runs.runs])
+        b_ref = float(np.median(sizes)) if len(sizes) else 1.0
+        T_ref = max(r.n_steps for r in runs.runs)
+        with_lr = [r.lr for r in runs.runs if r.lr is not None]
+        if len(with_lr) and len(with_lr) < len(runs):
+            raise ModelError(
+                f"{len(with_lr)} of {len(runs)} fitting runs log a learning rate, the others do "
+                "not; fit on runs that all log lr, or all do not"
+            )
+        if not with_lr:
+            return cls(1.0, b_ref, T_ref, None)
+        allv = np.concatenate(with_lr)
+        lr_ref = float(np.median(allv[allv > 0])) if np.any(allv > 0) else 1.0
+        M = np.full((len(with_lr), T_ref), np.nan)
+        for k, lr in enumerate(with_lr):
+            M[k, : len(lr)] = lr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            by_step = np.nanmedian(M, axis=0)
+        return cls(lr_ref, b_ref, T_ref, by_step)
+
+    def lr_for(self, T: int) -> np.ndarray:
+        """Default lr of steps 1..T for a curriculum without its own: the fitting runs'
+        schedule by step index (held at its last value past the longest fitting run)."""
+        if self.lr_by_step is None:
+            return np.full(T, self.lr_ref)
+        s = np.minimum(np.arange(T), len(self.lr_by_step) - 1)
+        return self.lr_by_step[s]
+
+
+def step_weights(sched: Schedule, lr: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """w_t = (lr_t / lr_ref) * (b_ref / |c_t|); 0 where the batch is empty (padding)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (np.asarray(lr, float) / sched.lr_ref) * (sched.b_ref / np.asarray(sizes, float))
+    return np.where(np.asarray(sizes) > 0, w, 0.0)
+
+
+# -- the regression ------------------------------------------------------------------------------
+
+
+class Observations:
+    """Test-independent part of the regression over some runs: one row per (run, step t >= 1).
+
+    ``Z`` (obs x n) holds w_t x (occurrences of example i in c_t); ``Phi`` the time basis at t.
+    The per-test parts (y_{t-1}, y_{t-2}, y_t) are gathered per chunk of tests by ``losses``.
+    """
+
+    def __init__(self, runs: RunSet, sched: Schedule, n_basis: int):
+        n = runs.n_examples
+        rows, cols, vals, obs_run, obs_t = [], [], [], [], []
+        off = 0
+        self.runs = runs.runs
+        self.full_index = []  # per run: (T+1,) row of each step in run.losses, -1 = not logged
+        for k, r in enumerate(runs.runs):
+            T = r.n_steps
+            lr = r.lr if r.lr is not None else np.full(T, sched.lr_ref)
+            w = step_weights(sched, lr, r.batch_sizes)
+            step = r.step_of_entry()
+            rows.append(off + step - 1)
+            cols.append(r.batch_idx)
+            vals.append(w[step - 1])
+            obs_run.append(np.full(T, k))
+            obs_t.append(np.arange(1, T + 1))
+            pos = np.full(T + 1, -1, dtype=np.int64)
+            pos[r.loss_steps] = np.arange(len(r.loss_steps))
+            self.full_index.append(pos)
+            off += T
+        self.n_obs = off
+        self.Z = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(off, n)
+        )
+        self.Z.sum_duplicates()
+        self.ZT = self.Z.T.tocsr()
+        self.Z2T = self.Z.multiply(self.Z).T.tocsr()
+        self.obs_run = np.concatenate(obs_run)
+        self.obs_t = np.concatenate(obs_t)
+        self.Phi = hat_basis(self.obs_t, n_basis, sched.T_ref)
+        # hat functions overlap only their neighbours: sparse products are ~5x faster
+        self.PhiS = sp.csr_matrix(self.Phi)
+        self.PhiTS = self.PhiS.T.tocsr()
+
+    def losses(self, cols: np.ndarray, transform: str):
+        """(y_prev, dy_prev, dy, mask) each (obs, k) for the test columns ``cols``."""
+        k = len(cols)
+        y1 = np.empty((self.n_obs, k))
+        y0 = np.empty((self.n_obs, k))
+        y2 = np.empty((self.n_obs, k))
+        off = 0
+        for r, pos in zip(self.runs, self.full_index):
+            T = r.n_steps
+            Y = np.full((T + 1, k), np.nan)
+            ok = pos >= 0
+            Y[ok] = forward(r.losses[pos[ok]][:, cols], transform)
+            y1[off : off + T] = Y[1:]
+            y0[off : off + T] = Y[:-1]
+            y2[off : off + T] = np.vstack([Y[:1], Y[:-2]]) if T > 1 else Y[:1]
+            off += T
+        dprev = y0 - y2
+        mask = np.isfinite(y1) & np.isfinite(y0) & np.isfinite(dprev)
+        z = np.where(mask, 1.0, 0.0)
+        return np.nan_to_num(y0), np.nan_to_num(dprev), np.nan_to_num(y1 - y0), z
+
+
+def _solve_chunk(obs: Observations, y0, dprev, dy, Mk, ar: bool, l2: float, tol, maxiter):
+    """Exact ridge solution for one chunk of tests (dense columns eliminated by Schur).
+
+    Returns a (n, k), B (n, k), rho (k,), gamma (k, H), CG iterations.
+    """
+    n = obs.Z.shape[1]
+    O, k = y0.shape
+    Phi = obs.Phi  # (O, H), shared by all tests
+    H = Phi.shape[1]
+    p = int(ar) + H
+    if p:  # per-test Gram of the dense columns [dprev | Phi] under the mask: (k, p, p)
+        G = np.empty((k, p, p))
+        if H:
+            G[:, -H:, -H:] = 0.0
+            for h in range(H):  # hat functions only overlap their neighbours
+                for g in range(max(0, h - 1), min(H, h + 2)):
+                    G[:, p - H + h, p - H + g] = (Phi[:, h] * Phi[:, g]) @ Mk
+        if ar:
+            Md = Mk * dprev
+            G[:, 0, 0] = np.sum(Md * dprev, axis=0)
+            if H:
+                cross = (obs.PhiTS @ Md).T  # (k, H)
+                G[:, 0, 1:] = cross
+                G[:, 1:, 0] = cross
+        eps = 1e-10 * np.maximum(np.trace(G, axis1=1, axis2=2) / p, 1e-300) + 1e-12
+        G = G + eps[:, None, None] * np.eye(p)[None]
+        S = np.linalg.inv(G)  # (k, p, p), small
+
+    def Dt(R):  # D^T R per test: (O, k) -> (k, p)
+        parts = []
+        if ar:
+            parts.append(np.sum(dprev * R, axis=0)[:, None])
+        if H:
+            parts.append((obs.PhiTS @ R).T)
+        return np.concatenate(parts, axis=1)
+
+    def Dv(c):  # D c per test: (k, p) -> (O, k)
+        out = obs.PhiS @ c[:, int(ar) :].T if H else np.zeros((O, k))
+        if ar:
+            out += dprev * c[:, 0]
+        return out
+
+    def project(R):  # M (I - D S D^T M) R, (O, k)
+        MR = Mk * R
+        if not p:
+            return MR
+        c = np.einsum("kpq,kq->kp", S, Dt(MR))
+        return MR - Mk * Dv(c)
+
+    def X(U):  # (2n, k) -> (O, k)
+        return y0 * (obs.Z @ U[:n]) + obs.Z @ U[n:]
+
+    def XT(R):  # (O, k) -> (2n, k)
+        return np.vstack([obs.ZT @ (y0 * R), obs.ZT @ R])
+
+    rhs = XT(project(dy))
+    diag = np.vstack([obs.Z2T @ (Mk * y0 * y0), obs.Z2T @ Mk]) + l2
+    diag = np.where(diag > 0, diag, 1.0)
+    U = np.zeros((2 * n, k))
+    R = rhs.copy()
+    bnorm = np.linalg.norm(rhs, axis=0)
+    bnorm = np.where(bnorm > 0, bnorm, 1.0)
+    Zp = R / diag
+    P = Zp.copy()
+    rz = np.sum(R * Zp, axis=0)
+    it = 0
+    for it in range(1, maxiter + 1):  # noqa: B007
+        AP = XT(project(X(P))) + l2 * P
+        pap = np.sum(P * AP, axis=0)
+        alpha = np.where(pap > 0, rz / np.where(pap > 0, pap, 1.0), 0.0)
+        U += alpha * P
+        R -= alpha * AP
+        if np.all(np.linalg.norm(R, axis=0) <= tol * bnorm):
+            break
+        Zp = R / diag
+        rz_new = np.sum(R * Zp, axis=0)
+        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+        P = Zp + beta * P
+        rz = rz_new
+    a, B = U[:n], U[n:]
+    rho = np.zeros(k)
+    gamma = np.zeros((k, H))
+    if p:
+        resid = Mk * (dy - X(U))
+        v = np.einsum("kpq,kq->kp", S, Dt(resid))
+        if ar:
+            rho = v[:, 0]
+            gamma = v[:, 1:]
+        else:
+            gamma = v
+    return a, B, rho, gamma, it
+
+
+def fit_params(
+    runs: RunSet,
+    sched: Schedule,
+    cfg: Config,
+    tests: np.ndarray | None = None,
+    *,
+    obs: Observations | None = None,
+    tol: float = 1e-8,
+    maxiter: int = 3000,
+    chunk: int = 64,
+    progress=None,
+):
+    """Fit a, B (n, m), rho (m,), gamma (m, H) for the test columns ``tests`` (default all)."""
+    if obs is None:
+        obs = Observations(runs, sched, cfg.n_basis)
+    m = runs.n_tests if tests is None else len(tests)
+    tests = np.arange(runs.n_tests) if tests is None else np.asarray(tests)
+    n = runs.n_examples
+    a = np.zeros((n, m))
+    B = np.zeros((n, m))
+    rho = np.zeros(m)
+    gamma = np.zeros((m, cfg.n_basis))
+    iters = 0
+    for s in range(0, m, chunk):
+        cols = tests[s : s + chunk]
+        y0, dprev, dy, Mk = obs.losses(cols, cfg.transform)
+        if not Mk.any():
+            raise ModelError(
+                "no losses logged at consecutive steps: the optimizer-aware model fits "
+                "one-step increments; log every step (at least in stretches)"
+            )
+        ca, cB, cr, cg, it = _solve_chunk(obs, y0, dprev, dy, Mk, cfg.ar, cfg.l2, tol, maxiter)
+        sl = slice(s, s + len(cols))
+        a[:, sl], B[:, sl], rho[sl], gamma[sl] = ca, cB, cr, cg
+        iters = max(iters, it)
+        if progress is not None:
+            progress(len(cols))
+    return a, B, rho, gamma, iters
+
+
+# -- rollout ------------------------------------------------------------------------------------
+
+
+def rollout(
+    a: np.ndarray,
+    B: np.ndarray,
+    rho: np.ndarray,
+    gamma: np.ndarray,
+    idx: np.ndarray,
+    w: np.ndarray,
+    phi: np.ndarray,
+    L0: np.ndarray,
+    transform: str,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+    *,
+    final: bool = False,
+) -> np.ndarray:
+    """Roll C curricula x m tests forward.
+
+    a, B: (n, m) (an extra trailing row allowed); idx (C, T, b) with -1 = padding; w (C, T)
+    step weights (0 on padded steps); phi (T, H) the time basis at steps 1..T; L0 (C, m).
+    Steps whose batch is all padding leave the loss and the carried increment unchanged.
+    Losses are clamped to [lo, hi] (in loss space; applied in transformed space).
+    Returns (C, T+1, m) losses or (C, m) final losses.
+    """
+    C, T, _ = idx.shape
+    m = a.shape[1]
+    Pa = np.vstack([a, np.zeros((1, m))])
+    Pb = np.vstack([B, np.zeros((1, m))])
+    drift = phi @ gamma.T if gamma.shape[1] else np.zeros((T, m))  # (T, m)
+    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
+    y = forward(L0, transform).copy()
+    d = np.zeros_like(y)
+    ylo = None if lo is None else forward(lo, transform)
+    yhi = None if hi is None else forward(hi, transform)
+    out = np.empty((C, m) if final else (C, T + 1, m))
+    if not final:
+        out[:, 0] = L0
+    active = (idx >= 0).any(axis=2)  # (C, T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(T):
+            ix = idx[:, t, :]
+            sa = Pa[ix].sum(axis=1)
+            sb = Pb[ix].sum(axis=1)
+            inc = w[:, t, None] * (sa * y + sb) + rho * d + drift[t]
+            new = y + inc
+            if ylo is not None:
+                np.clip(new, ylo, yhi, out=new)
+            else:
+                np.clip(new, -_FMAX, _FMAX, out=new)
+            act = active[:, t, None]
+            d = np.where(act, new - y, d)
+            y = np.where(act, new, y)
+            if not final:
+                out[:, t + 1] = inverse(y, transform)
+    if final:
+        out[:] = inverse(y, transform)
+    return out
+
+
+def curriculum_weights(sched: Schedule, idx: np.ndarray, lr=None) -> np.ndarray:
+    """(C, T) step weights for an index array; ``lr`` (C, T) / (T,) or None (the fitting
+    runs' schedule by step index). NaN entries of ``lr`` also fall back to the schedule."""
+    C, T, _ = idx.shape
+    sizes = (idx >= 0).sum(axis=2)
+    default = np.broadcast_to(sched.lr_for(T), (C, T))
+    if lr is None:
+        L = default
+    else:
+        L = np.full((C, T), np.nan)
+        lr_arr = np.asarray(lr, dtype=np.float64)
+        if lr_arr.ndim == 1:
+            lr_arr = np.broadcast_to(lr_arr[:T], (C, min(T, len(lr_arr))))
+        L[:, : lr_arr.shape[1]] = lr_arr[:, :T]
+        L = np.where(np.isfinite(L), L, default)
+    return step_weights(sched, L, sizes)
+
+
+# -- fitting a Simulator (choices by grouped CV) -------------------------------------------------
+
+OA_L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+BASIS_CHOICES = (0, 8)
+#: the CV of the choices uses at most this many folds (grouped by run) and test examples
+OA_CV_FOLDS = 3
+OA_CV_TESTS = 32
+#: relative CV improvement an extra ingredient (AR, time basis, transform) must bring
+CV_MARGIN = 0.005
+
+
+def _folds(ids: list[str], k: int) -> list[list[str]]:
+    order = np.random.default_rng(0).permutation(len(ids))
+    return [[ids[j] for j in sorted(order[f::k])] for f in range(k)]
+
+
+def _bounds(runs: RunSet, clip: str, margin: float):
+    if clip == "none":
+        return None, None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        allL = np.vstack([r.losses for r in runs.runs])
+        lo, hi = np.nanmin(allL, axis=0), np.nanmax(allL, axis=0)
+    span = hi - lo
+    return np.maximum(lo - margin * span, 0.0), hi + margin * span
+
+
+def _index_array(runs: list) -> np.ndarray:
+    T = max(r.n_steps for r in runs)
+    mats = [r.index_matrix() for r in runs]
+    b = max(mm.shape[1] for mm in mats)
+    idx = np.full((len(runs), T, b), -1, dtype=np.int64)
+    for c, mm in enumerate(mats):
+        idx[c, : mm.shape[0], : mm.shape[1]] = mm
+    return idx
+
+
+def _run_lr(runs: list, T: int):
+    if all(r.lr is None for r in runs):
+        return None
+    L = np.full((len(runs), T), np.nan)
+    for c, r in enumerate(runs):
+        if r.lr is not None:
+            L[c, : len(r.lr)] = r.lr
+    return L
+
+
+def cv_score(runs: RunSet, folds, cfg: Config, cols, clip, margin, cache) -> float:
+    """Held-out all-steps rollout MSE (loss space) of ``cfg``, K folds grouped by run."""
+    sse = cnt = 0.0
+    for f, fold in enumerate(folds):
+        train = runs.subset([r for r in runs.run_ids if r not in fold])
+        key = (f, cfg.n_basis)
+        if key not in cache:
+            sched = Schedule.from_runs(train)
+            cache[key] = (sched, Observations(train, sched, cfg.n_basis))
+        sched, obs = cache[key]
+        a, B, rho, gamma, _ = fit_params(train, sched, cfg, cols, obs=obs, tol=1e-6)
+        held = [runs[r] for r in fold]
+        idx = _index_array(held)
+        T = idx.shape[1]
+        w = curriculum_weights(sched, idx, _run_lr(held, T))
+        phi = hat_basis(np.arange(1, T + 1), cfg.n_basis, sched.T_ref)
+        lo, hi = _bounds(train, clip, margin)
+        if lo is not None:
+            lo, hi = lo[cols], hi[cols]
+        L0 = np.vstack([r.losses[0, cols] for r in held])
+        traj = rollout(a, B, rho, gamma, idx, w, phi, L0, cfg.transform, lo, hi)
+        for c, r in enumerate(held):
+            sim = traj[c][r.loss_steps][1:]
+            obsL = r.losses[1:, cols]
+            ok = np.isfinite(obsL) & np.isfinite(sim)
+            sse += float(np.sum((sim[ok] - obsL[ok]) ** 2))
+            cnt += float(ok.sum())
+            bad = np.isfinite(obsL) & ~np.isfinite(sim)
+            if bad.any():  # a diverging rollout scores as badly as possible
+                return float("inf")
+    return sse / max(cnt, 1.0)
+
+
+def choose_config(
+    runs: RunSet, fixed: dict, k_folds: int, clip: str, margin: float, cols, progress=None
+) -> tuple[Config, list[dict], list[list[str]]]:
+    """Coordinate-wise CV search over the options not fixed by the user (one pass:
+    l2, AR, basis, transform, l2 again). Returns (config, curve of every scored config, folds)."""
+    folds = _folds(runs.run_ids, min(k_folds, len(runs)))
+    cache: dict = {}
+    scores: dict[Config, float] = {}
+
+    def score(cfg):
+        if cfg not in scores:
+            scores[cfg] = cv_score(runs, folds, cfg, cols, clip, margin, cache)
+            if progress is not None:
+                progress(cfg, scores[cfg])
+        return scores[cfg]
+
+    cur = Config(
+        transform=fixed.get("transform") or "identity",
+        ar=True if fixed.get("ar") is None else bool(fixed["ar"]),
+        n_basis=BASIS_CHOICES[-1] if fixed.get("n_basis") is None else int(fixed["n_basis"]),
+        l2=1.0 if fixed.get("l2") is None else float(fixed["l2"]),
+    )
+    # candidates simplest first: an option is switched on (or a transform other than the
+    # identity taken) only when it lowers the CV error by more than CV_MARGIN (relative)
+    options = {
+        "l2": OA_L2_GRID,
+        "ar": (False, True),
+        "n_basis": BASIS_CHOICES,
+        "transform": TRANSFORMS,
+    }
+    order = ["l2", "ar", "n_basis", "transform", "l2"]
+    for name in order:
+        if fixed.get(name) is not None:
+            continue
+        cands = [Config(**{**cur.as_dict(), name: v}) for v in options[name]]
+        vals = [score(c) for c in cands]
+        best = min(vals)
+        if name == "l2":
+            cur = cands[int(np.argmin(vals))]
+        else:
+            cur = next(c for c, v in zip(cands, vals) if v <= best * (1 + CV_MARGIN))
+    if not scores:
+        return cur, [], folds
+    curve = [{**c.as_dict(), "cv_mse": v} for c, v in scores.items()]
+    return cur, curve, folds
+
+
+def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> None:
+    """Fit ``sim`` (a Simulator with method optimizer-aware) on ``runs``: CV for the choices
+    left "auto", then the final fit on all tests. Sets A_ (= a), B_, ar_ (m,), basis_ (m, H),
+    schedule_, config_ (the chosen configuration), cv_curve_, l2_, cv_folds_."""
+    from simfluence_cli.model.solvers import cv_test_subset
+
+    fixed = {
+        "transform": None if sim.transform == "auto" else sim.transform,
+        "ar": None if sim.ar == "auto" else bool(sim.ar),
+        "n_basis": None if sim.time_basis == "auto" else int(sim.time_basis),
+        "l2": None if sim.l2 == "auto" else float(sim.l2),
+    }
+    if len(runs) < 2 and any(v is None for v in fixed.values()):
+        sim.warnings_.append(
+            "optimizer-aware: cross-validation needs at least 2 fitting runs; the unset "
+            "choices use identity transform, AR on, 8 basis functions, l2 = 1"
+        )
+        fixed = {
+            "transform": fixed["transform"] or "identity",
+            "ar": True if fixed["ar"] is None else fixed["ar"],
+            "n_basis": 8 if fixed["n_basis"] is None else fixed["n_basis"],
+            "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
+        }
+    if sim._exec.workers > 1 or sim._exec.dask:
+        sim.warnings_.append(
+            "optimizer-aware fits in this process: --workers and --dask are ignored"
+        )
+    cols = cv_test_subset(runs.n_tests, OA_CV_TESTS)
+    k = min(sim.cv_folds, OA_CV_FOLDS)
+    cfg, curve, folds = choose_config(runs, fixed, k, sim.clip, sim.clip_margin, cols)
+    sched = Schedule.from_runs(runs)
+    n, m = runs.n_examples, runs.n_tests
+    obs = Observations(runs, sched, cfg.n_basis)
+    sim.schedule_, sim.config_ = sched, cfg
+    sim.l2_, sim.cv_curve_, sim.cv_folds_ = cfg.l2, (curve or None), (folds if curve else None)
+    sim.ar_ = np.zeros(m)
+    sim.basis_ = np.zeros((m, cfg.n_basis))
+    sim.A_ = np.empty((n, m)) if keep_params else None
+    sim.B_ = np.empty((n, m)) if keep_params else None
+    chunk = 64
+    iters = 0
+    for s in range(0, m, chunk):
+        tests = np.arange(s, min(m, s + chunk))
+        a, B, rho, gamma, it = fit_params(
+            runs, sched, cfg, tests, obs=obs, tol=min(sim._exec.tol * 100, 1e-8), chunk=chunk
+        )
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
+            raise ModelError("the fit produced non-finite parameters; raise --l2")
+        iters = max(iters, it)
+        sim.ar_[tests], sim.basis_[tests] = rho, gamma
+        if keep_params:
+            sim.A_[:, tests], sim.B_[:, tests] = a, B
+        if param_sink is not None:
+            param_sink(tests, a, B)
+        sim._tick(len(tests))
+    sim.solver_stats_ = {"solver": "cg (schur)", "max_iterations": iters}
+    rho = sim.ar_
+    if cfg.ar and np.any(np.abs(rho) >= 1):
+        sim.warnings_.append(
+            f"optimizer-aware: {int(np.sum(np.abs(rho) >= 1))} test(s) have an AR coefficient "
+            "|rho| >= 1 (rollouts may oscillate or grow); raise --l2 or fix --ar off"
+        )
+
+
+def simulate_params(sim, a, B, cols, idx, L0, lo, hi, lr, final: bool) -> np.ndarray:
+    """Rollout of a fitted optimizer-aware Simulator for the test columns ``cols``."""
+    sched = sim.schedule_
+    T = idx.shape[1]
+    w = curriculum_weights(sched, idx, lr)
+    phi = hat_basis(np.arange(1, T + 1), sim.config_.n_basis, sched.T_ref)
+    return rollout(
+        a,
+        B,
+        sim.ar_[cols],
+        sim.basis_[cols],
+        idx,
+        w,
+        phi,
+        L0,
+        sim.config_.transform,
+        lo,
+        hi,
+        final=final,
+    )
