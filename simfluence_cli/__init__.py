@@ -62,6 +62,7 @@ __all__ = [
     "simulate_chunks",
     "evaluate_models",
     "resolve_init_loss",
+    "write_scores",
 ]
 
 # Everything that needs numpy, scipy or pyarrow loads on first use, so `import simfluence_cli`
@@ -86,6 +87,7 @@ _LAZY = {
     "simulate_chunks": ".store.saved_models",
     "evaluate_models": ".analysis.evaluation",
     "resolve_init_loss": ".analysis.initial_losses",
+    "write_scores": ".io.score_files",
 }
 
 

@@ -92,7 +92,7 @@ def test_conflict_and_replace(tmp_path, runs):
 def test_directory_walk_detection_and_many_paths(tmp_path, runs):
     src = tmp_path / "logs"
     write_jsonl(runs.subset(["syn-000"]), src / "nested" / "deeper", gz=True)
-    write_gptdynamics(runs.subset(["syn-001"]), src / "gd")
+    write_gptdynamics(runs.subset(["syn-001"]), src)  # run id = path below src
     (src / "README.md").write_text("not a log")
     (src / ".hidden.jsonl").write_text("garbage")
     (src / "nested" / "notes.txt").write_text("x")
@@ -366,9 +366,9 @@ BAD_C = {
         None,
         "malformed JSON",
     ),
-    "nan": (
+    "inf": (  # NaN means "not logged" (a note); an infinite loss is still an error
         "all_loss_trajectory.out",
-        '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": NaN}]}\n',
+        '{"id": 1, "loss_trajectory": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": Infinity}]}\n',
         1,
         "loss_trajectory.loss",
         "non-finite",

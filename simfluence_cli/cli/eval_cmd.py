@@ -28,6 +28,11 @@ from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows
 from simfluence_cli.errors import InputError, SelectionError, UsageError
 
 
+class MatrixLayout(str, Enum):
+    test_by_train = "test-by-train"
+    train_by_test = "train-by-test"
+
+
 class By(str, Enum):
     summary = "summary"
     run = "run"
@@ -290,14 +295,14 @@ def _provenance(records, ev, base_ids, evaluated_fit) -> None:
 KIND = "tracin-scores"
 
 
-def _import_scores(st, file, name, run_ids, runs, data_hash, identity, replace) -> dict:
-    """Read, scale and save a score table as an additive model (write lock held)."""
-    from simfluence_cli.io.score_files import read_scores
+def _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace) -> dict:
+    """Read (``read_table()``), scale and save a score table as an additive model (write lock
+    held)."""
     from simfluence_cli.model.external_scores import fit_scale, scores_simulator
     from simfluence_cli.store.saved_models import save_model
 
     request = identity["import"]
-    table = read_scores(file)
+    table = read_table()
     rs = st.load(run_ids) if run_ids else None
     fit_info = None
     if request["scale"] == "fit":
@@ -351,10 +356,39 @@ def import_scores_command(
     file: Annotated[
         Path,
         typer.Argument(
-            help="Table with columns test_id,example_id,score (.csv, .csv.gz or .parquet)."
+            help="Table with columns test_id,example_id,score (.csv, .csv.gz or .parquet), or "
+            "a score matrix (.npy, .pt, .safetensors) with --test-ids and --train-ids."
         ),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name of the model to create.")],
+    test_ids_file: Annotated[
+        str | None,
+        typer.Option(
+            "--test-ids",
+            help="For a matrix: the test IDs in matrix order, one per line (or a JSON list); "
+            "'-' = stdin.",
+        ),
+    ] = None,
+    train_ids_file: Annotated[
+        str | None,
+        typer.Option(
+            "--train-ids",
+            help="For a matrix: the training example IDs in matrix order, one per line (or a "
+            "JSON list); '-' = stdin.",
+        ),
+    ] = None,
+    layout: Annotated[
+        MatrixLayout,
+        typer.Option(
+            "--layout",
+            help="For a matrix: test-by-train = rows are test examples (Captum TracInCP, "
+            "Kronfluence); train-by-test = rows are training examples (TRAK, dattri).",
+        ),
+    ] = MatrixLayout.test_by_train,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="For a .pt/.safetensors file holding several tensors: which."),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     scale: Annotated[
         str,
@@ -391,11 +425,13 @@ def import_scores_command(
     """Turn TracIn-style scores into an additive simulator: B_i = -scale * score_i.
 
     score = predicted decrease of the test loss from one update containing the example
-    (positive = helpful), so a positive score lowers the simulated loss.
+    (positive = helpful), so a positive score lowers the simulated loss. Negate scores that
+    measure the increase of the loss (see docs/tda-libraries.md for each library's sign).
     """
     import numpy as np
 
     from simfluence_cli._hashing import file_sha256
+    from simfluence_cli.io.score_files import is_matrix_file, read_id_list
     from simfluence_cli.model.external_scores import scores_base
     from simfluence_cli.store.saved_models import check_existing, check_name, model_config
 
@@ -413,6 +449,26 @@ def import_scores_command(
             raise UsageError(f"--scale must be 'fit', 'none' or a number, got {scale!r}") from None
         if not np.isfinite(value):
             raise UsageError("--scale must be finite")
+    matrix = None
+    if is_matrix_file(file):
+        if test_ids_file is None or train_ids_file is None:
+            raise UsageError(
+                f"{file.name} is a score matrix: give its IDs with --test-ids FILE and "
+                "--train-ids FILE (one ID per line, in row/column order)"
+            )
+        if test_ids_file == "-" and train_ids_file == "-":
+            raise UsageError("only one of --test-ids / --train-ids can read stdin ('-')")
+        import hashlib
+
+        tids = read_id_list(test_ids_file, "test ids")
+        eids = read_id_list(train_ids_file, "training example ids")
+        ids_sha = hashlib.sha256("\n".join([*tids, "", *eids]).encode()).hexdigest()
+        matrix = {"layout": layout.value, "key": key, "ids_sha256": ids_sha}
+    elif test_ids_file is not None or train_ids_file is not None or key is not None:
+        raise UsageError(
+            "--test-ids/--train-ids/--key are for score matrices (.npy, .pt, "
+            ".safetensors); a table names its IDs in its test_id,example_id columns"
+        )
     st = _open_store(store)
     run_ids = st.select(runs) if runs is not None else []
     try:
@@ -425,6 +481,16 @@ def import_scores_command(
         "scale_on": scale_on.value if scale == "fit" else None,
     }
     identity = {"source": str(file), "source_sha256": source_sha, "import": request}
+    if matrix is not None:
+        identity["matrix"] = matrix
+
+    def read_table():
+        from simfluence_cli.io.score_files import read_score_matrix, read_scores
+
+        if matrix is None:
+            return read_scores(file)
+        return read_score_matrix(file, tids, eids, layout=layout.value, key=key)
+
     config = model_config(scores_base(bool(run_ids)), run_ids, data_hash, KIND, identity)
     with st.write_lock():
         prev = check_existing(st, name, config, replace=replace)
@@ -435,7 +501,7 @@ def import_scores_command(
             )
             man = prev
         else:
-            man = _import_scores(st, file, name, run_ids, runs, data_hash, identity, replace)
+            man = _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace)
     sim_scale = man.get("scale")
     fit_info = man.get("scale_fit") or {}
     row = {

@@ -43,7 +43,8 @@ def ingest(
             help="Log files or directories (walked). Encodings: jsonl = A, one <run>.jsonl[.gz] per "
             "run; table = B, long CSV/Parquet tables run,step,example_id and "
             "run,step,test_id,loss; gptdynamics = C, directories with train_samples_id.json "
-            "and all_loss_trajectory.out (run id = directory name).",
+            "and all_loss_trajectory.out (run id = its path below PATH, e.g. runs/ -> "
+            "rte/seed-1; a run directory given directly keeps its name).",
             show_default=False,
             metavar="PATH...",
         ),
@@ -77,6 +78,23 @@ def ingest(
             help="Print the report (added/replaced/unchanged runs, rows) as JSON on stdout.",
         ),
     ] = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="GPTDynamics: read all_NAME_trajectory.out (e.g. bleu, rougeL; values under "
+            "'loss') instead of all_loss_trajectory.out. The simulator then models that metric "
+            "(higher may be better).",
+        ),
+    ] = "loss",
+    id_prefix: Annotated[
+        str,
+        typer.Option(
+            "--id-prefix",
+            help="GPTDynamics: prepend this to every example and test ID; {task} = the run "
+            "directory's parent (e.g. '{task}:' keeps task-local IDs of runs/<task>/<run> apart).",
+        ),
+    ] = "",
 ) -> None:
     """Read training logs into the run store (all-or-nothing; identical content is a no-op).
 
@@ -113,9 +131,19 @@ def ingest(
             def progress(done: int, total: int, label: str) -> None:
                 bar.update(task, completed=done, total=total, description=Path(label).name)
 
-            report = rs.ingest(paths, tags=tag, format=fmt, replace=replace, progress=progress)
+            report = rs.ingest(
+                paths,
+                tags=tag,
+                format=fmt,
+                replace=replace,
+                progress=progress,
+                metric=metric,
+                id_prefix=id_prefix,
+            )
     else:
-        report = rs.ingest(paths, tags=tag, format=fmt, replace=replace)
+        report = rs.ingest(
+            paths, tags=tag, format=fmt, replace=replace, metric=metric, id_prefix=id_prefix
+        )
     for note in report.notes:
         info(f"note: {note}")
     info(report.summary())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +15,14 @@ from pathlib import Path
 from simfluence_cli._hashing import file_sha256
 from simfluence_cli.errors import InputError, UsageError
 from simfluence_cli.io._fields import _base, _open_text
-from simfluence_cli.io.gptdynamics import C_LOSS, C_TRAIN, _is_c_dir, read_gptdynamics
+from simfluence_cli.io.gptdynamics import (
+    C_LOSS,
+    C_TRAIN,
+    _is_c_dir,
+    loss_file_name,
+    raw_output_hint,
+    read_gptdynamics,
+)
 from simfluence_cli.io.jsonl import read_jsonl
 from simfluence_cli.io.rundata import RunData
 from simfluence_cli.io.tables import _TableReader, table_header
@@ -67,16 +75,28 @@ class Plan:
     tables: list[Path] = field(default_factory=list)
     gptdynamics: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # files skipped while walking directories
+    # GPTDynamics: run id per directory (``<task>/<run>`` when found by walking a tree), the
+    # trajectory file's metric and the example/test ID prefix (``{task}`` = parent dir name)
+    gptdynamics_ids: dict[Path, str] = field(default_factory=dict)
+    metric: str = "loss"
+    id_prefix: str = ""
 
     @property
     def n_sources(self) -> int:
         return len(self.jsonl) + len(self.tables) + len(self.gptdynamics)
 
 
-def _walk(d: Path, forced: str | None, plan: Plan) -> None:
-    if forced in (None, "gptdynamics") and _is_c_dir(d):
+def _walk(d: Path, forced: str | None, plan: Plan, root: Path | None = None) -> None:
+    root = d if root is None else root
+    if forced in (None, "gptdynamics") and _is_c_dir(d, plan.metric):
         plan.gptdynamics.append(d)
+        rel = d.relative_to(root).as_posix()
+        plan.gptdynamics_ids[d] = rel if rel != "." else d.resolve().name
         return
+    if forced in (None, "gptdynamics"):
+        hint = raw_output_hint(d)
+        if hint is not None:
+            raise InputError(hint)
     try:
         entries = sorted(d.iterdir(), key=lambda p: p.name)
     except OSError as exc:
@@ -87,7 +107,7 @@ def _walk(d: Path, forced: str | None, plan: Plan) -> None:
         if p.name.startswith("."):
             continue
         if p.is_dir():
-            _walk(p, forced, plan)
+            _walk(p, forced, plan, root)
             continue
         base = _base(p.name)
         if base.endswith(_JSONL_SUFFIXES) and forced in (None, "jsonl"):
@@ -115,8 +135,24 @@ def _walked_table_is_log(p: Path, plan: Plan) -> bool:
     return False
 
 
-def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -> Plan:
-    """Expand paths (files and directories) into the sources of each encoding."""
+def plan_inputs(
+    paths: Sequence[str | os.PathLike],
+    format: str | None = None,
+    metric: str = "loss",
+    id_prefix: str = "",
+) -> Plan:
+    """Expand paths (files and directories) into the sources of each encoding.
+
+    GPTDynamics only: ``metric`` reads ``all_<metric>_trajectory.out`` instead of the loss
+    file; ``id_prefix`` is prepended to example and test IDs (``{task}`` = the run directory's
+    parent, e.g. ``"{task}:"``). A run directory found by walking ``PATH`` gets the id of its
+    path below ``PATH`` (``runs/`` -> ``rte/seed-1``); one given directly keeps its name.
+    """
+    if metric != "loss" or id_prefix:
+        if format is not None and FORMAT_ALIASES.get(str(format).lower()) != "gptdynamics":
+            raise UsageError("--metric and --id-prefix apply to GPTDynamics run directories only")
+    if not metric or "/" in metric or not metric.replace("_", "").replace("-", "").isalnum():
+        raise UsageError(f"--metric must be a plain name (e.g. loss, bleu), got {metric!r}")
     forced = None
     if format is not None:
         forced = FORMAT_ALIASES.get(str(format).lower())
@@ -126,7 +162,8 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
             )
     if not paths:
         raise UsageError("no input paths; give log files or directories to ingest")
-    plan = Plan()
+    plan = Plan(metric=metric, id_prefix=id_prefix)
+    c_loss = loss_file_name(metric)
     for raw in paths:
         p = Path(raw)
         if not p.exists():
@@ -145,19 +182,20 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
                     path=str(p),
                     hint="expected *.jsonl[.gz] (one run per file), *.csv[.gz] / "
                     "*.parquet long tables, or GPTDynamics run directories "
-                    f"({C_TRAIN} + {C_LOSS}); use --format to force one",
+                    f"({C_TRAIN} + {c_loss}); use --format to force one",
                 )
             continue
         base = _base(p.name)
         kind = forced
-        if base in (C_TRAIN, C_LOSS) and forced in (None, "gptdynamics"):
-            if not _is_c_dir(p.parent):
+        if base in (C_TRAIN, C_LOSS, c_loss) and forced in (None, "gptdynamics"):
+            if not _is_c_dir(p.parent, metric):
                 raise InputError(
-                    f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} and {C_LOSS}",
+                    f"GPTDynamics run directory is incomplete: needs both {C_TRAIN} and {c_loss}",
                     path=str(p.parent),
                     hint="put both files in the run's directory",
                 )
             plan.gptdynamics.append(p.parent)
+            plan.gptdynamics_ids.setdefault(p.parent, p.parent.resolve().name)
             continue
         if kind is None:
             if base.endswith(_JSONL_SUFFIXES):
@@ -186,6 +224,23 @@ def plan_inputs(paths: Sequence[str | os.PathLike], format: str | None = None) -
         for p in getattr(plan, name):
             seen.setdefault(p.resolve(), p)
         setattr(plan, name, list(seen.values()))
+    if plan.gptdynamics:
+        ids = [plan.gptdynamics_ids[d] for d in plan.gptdynamics]
+        dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if dup:
+            raise InputError(
+                f"{len(dup)} GPTDynamics run id(s) repeat ({', '.join(dup[:3])}): run directory "
+                "names repeat across tasks",
+                path=str(plan.gptdynamics[ids.index(dup[0])]),
+                hint="ingest the whole runs/ tree in one call (run id = <task>/<run>)",
+            )
+        tasks = sorted({d.resolve().parent.name for d in plan.gptdynamics})
+        if len(tasks) > 1 and "{task}" not in id_prefix:
+            plan.notes.append(
+                f"GPTDynamics runs of {len(tasks)} tasks ({', '.join(tasks[:4])}) share one "
+                "example/test ID space; if their IDs are task-local (the published data's are), "
+                "re-ingest with --id-prefix '{task}:'"
+            )
     return plan
 
 
@@ -219,7 +274,12 @@ def iter_runs(
                 progress(done, total, str(p))
             yield rd
         for d in plan.gptdynamics:
-            rd = read_gptdynamics(d)
+            rd = read_gptdynamics(
+                d,
+                run_id=plan.gptdynamics_ids.get(d),
+                metric=plan.metric,
+                id_prefix=plan.id_prefix,
+            )
             rd = hashed(rd, [s["path"] for s in rd.sources])
             done += 1
             if progress:

@@ -1,4 +1,12 @@
-"""Reading external attribution scores (long tables ``test_id,example_id,score``)."""
+"""External attribution scores: long tables ``test_id,example_id,score`` and score matrices.
+
+Sign convention everywhere: score = predicted decrease of the test loss from one update that
+contains the training example (positive = helpful); ``import-scores`` uses B_i = -scale * score.
+
+Matrices (``.npy``, ``.pt``, ``.safetensors``) come with their ID lists: ``layout``
+``test-by-train`` (rows = test examples, columns = training examples; what Captum's TracInCP
+``influence`` and Kronfluence's pairwise scores return) or ``train-by-test`` (TRAK, dattri).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from simfluence_cli.errors import InputError
+from simfluence_cli.errors import InputError, MissingExtraError, UsageError
 
 REQUIRED = ("test_id", "example_id", "score")
 
@@ -116,7 +124,7 @@ def _read_table(path: Path) -> pa.Table:
                     hint="the file is truncated or not gzip; re-export it",
                 ) from None
         head = raw[:65536].decode("utf-8", errors="replace").splitlines()
-        header = [h.strip() for h in head[0].split(",")] if head else []
+        header = [h.strip().strip('"') for h in head[0].split(",")] if head else []
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(
@@ -193,3 +201,221 @@ def read_scores(path: str | Path) -> ScoreTable:
     S = np.zeros((len(example_ids), len(test_ids)))
     S[einv[ei], tinv[ti]] = score
     return ScoreTable(example_ids[eo], test_ids[to], S, int(t.num_rows), str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# score matrices
+# --------------------------------------------------------------------------------------------
+
+MATRIX_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+LAYOUTS = ("test-by-train", "train-by-test")
+
+
+def is_matrix_file(path: str | Path) -> bool:
+    """True for the matrix formats (``.npy``, ``.pt``/``.pth``, ``.safetensors``)."""
+    return Path(path).suffix.lower() in MATRIX_SUFFIXES
+
+
+def read_id_list(path: str | Path, what: str = "ids") -> list[str]:
+    """One ID per line (blank lines skipped), or a JSON list; ``-`` reads stdin."""
+    import sys
+
+    if str(path) == "-":
+        text = sys.stdin.read()
+        src = "<stdin>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("no such file", path=str(p), hint=f"give the {what}, one per line")
+        text = p.read_text(encoding="utf-8")
+        src = str(p)
+    stripped = text.strip()
+    if stripped.startswith("["):
+        import json
+
+        try:
+            ids = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not a JSON list ({exc.msg})", path=src) from None
+        if not isinstance(ids, list):
+            raise InputError("expected a JSON list of ids", path=src)
+        ids = [str(i) for i in ids]
+    else:
+        ids = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not ids:
+        raise InputError(f"no {what}", path=src, hint="one ID per line")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"duplicate id {dup!r} in the {what}", path=src)
+    return ids
+
+
+def _load_matrix(path: Path, key: str | None) -> np.ndarray:
+    suf = path.suffix.lower()
+    if not path.is_file():
+        raise InputError("no such file", path=str(path))
+    if suf == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"not a readable .npy array ({exc})", path=str(path)) from None
+    if suf in (".pt", ".pth"):
+        try:
+            import torch
+        except ImportError:
+            raise MissingExtraError(
+                f"reading {path.name} needs PyTorch: pip install 'simfluence[torch]' "
+                "(or save the matrix with numpy.save as .npy)"
+            ) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"not a readable torch file ({exc})", path=str(path)) from None
+        if isinstance(obj, dict):
+            obj = _pick(obj, key, path)
+        if not isinstance(obj, torch.Tensor):
+            raise InputError(
+                f"expected a tensor (or a dict of tensors), found {type(obj).__name__}",
+                path=str(path),
+            )
+        return obj.detach().to(torch.float64).numpy()
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise MissingExtraError(
+            f"reading {path.name} needs the safetensors package: pip install 'simfluence[tda]' "
+            "(or save the matrix with numpy.save as .npy)"
+        ) from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise InputError(f"not a readable .safetensors file ({exc})", path=str(path)) from None
+    return _pick(tensors, key, path)
+
+
+def _pick(d: dict, key: str | None, path: Path):
+    if key is not None:
+        if key not in d:
+            raise InputError(f"no tensor {key!r}; found {', '.join(map(str, d))}", path=str(path))
+        return d[key]
+    if len(d) != 1:
+        raise InputError(
+            f"{len(d)} tensors ({', '.join(map(str, list(d)[:6]))}): say which with --key",
+            path=str(path),
+        )
+    return next(iter(d.values()))
+
+
+def read_score_matrix(
+    path: str | Path,
+    test_ids,
+    example_ids,
+    layout: str = "test-by-train",
+    key: str | None = None,
+) -> ScoreTable:
+    """Read a dense score matrix with its ID lists into a :class:`ScoreTable`.
+
+    ``layout='test-by-train'``: ``M[j, i]`` = score of training example i for test j (rows =
+    test examples, as Captum TracInCP and Kronfluence return it);
+    ``'train-by-test'``: ``M[i, j]`` (TRAK, dattri). ``key`` names the tensor in a multi-tensor file.
+    """
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    M = np.asarray(_load_matrix(path, key))
+    if M.ndim != 2:
+        raise InputError(f"expected a 2-D score matrix, found shape {M.shape}", path=str(path))
+    if not np.issubdtype(M.dtype, np.number) or np.iscomplexobj(M):
+        raise InputError(f"expected real numbers, found dtype {M.dtype}", path=str(path))
+    test_ids = [str(t) for t in test_ids]
+    example_ids = [str(e) for e in example_ids]
+    want = (
+        (len(test_ids), len(example_ids))
+        if layout == "test-by-train"
+        else (len(example_ids), len(test_ids))
+    )
+    if M.shape != want:
+        rows, cols = ("test", "train") if layout == "test-by-train" else ("train", "test")
+        flipped = M.shape == want[::-1]
+        raise InputError(
+            f"matrix shape {M.shape[0]}x{M.shape[1]} does not match {want[0]} {rows} x "
+            f"{want[1]} {cols} ids (--layout {layout})"
+            + ("; it matches the other --layout" if flipped else ""),
+            path=str(path),
+        )
+    S = np.asarray(M, dtype=np.float64)
+    if layout == "test-by-train":
+        S = S.T
+    if not np.isfinite(S).all():
+        i, j = np.argwhere(~np.isfinite(S))[0]
+        raise InputError(
+            f"non-finite score for test {test_ids[j]!r}, example {example_ids[i]!r}",
+            path=str(path),
+        )
+    for what, ids in (("test", test_ids), ("train", example_ids)):
+        if len(set(ids)) != len(ids):
+            raise InputError(f"duplicate {what} ids", path=str(path))
+    te = np.asarray(test_ids, dtype=object)
+    ex = np.asarray(example_ids, dtype=object)
+    to = np.argsort(te.astype(str), kind="stable")
+    eo = np.argsort(ex.astype(str), kind="stable")
+    S = np.ascontiguousarray(S[np.ix_(eo, to)])
+    return ScoreTable(ex[eo], te[to], S, int(S.size), str(path))
+
+
+def write_scores(matrix, test_ids, example_ids, path, layout: str = "test-by-train") -> Path:
+    """Write a score matrix as the long table ``test_id,example_id,score`` that
+    ``simfluence import-scores`` reads (CSV, ``.csv.gz`` or Parquet, by the suffix of ``path``).
+
+    ``matrix``: numpy array or torch tensor, rows = test examples and columns = training
+    examples (``layout='test-by-train'``, as Captum TracInCP and Kronfluence return it) or
+    the transpose (``'train-by-test'``, TRAK, dattri). Scores must follow the convention
+    score = predicted decrease of the test loss (positive = helpful): negate first if your
+    library reports the change in loss. The write is atomic.
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from simfluence_cli._atomic import write_atomic
+
+    if hasattr(matrix, "detach"):
+        matrix = matrix.detach().cpu().double().numpy()
+    test_ids = [str(t) for t in test_ids]
+    example_ids = [str(e) for e in example_ids]
+    M = np.asarray(matrix, dtype=np.float64)
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "train-by-test":
+        M = M.T
+    if M.shape != (len(test_ids), len(example_ids)):
+        raise InputError(
+            f"matrix shape {M.shape} does not match {len(test_ids)} test x "
+            f"{len(example_ids)} train ids (layout {layout})"
+        )
+    if not np.isfinite(M).all():
+        raise InputError("the score matrix has non-finite values")
+    n_t, n_e = M.shape
+    t = pa.table(
+        {
+            "test_id": pa.array(np.repeat(np.asarray(test_ids, dtype=object), n_e), pa.string()),
+            "example_id": pa.array(
+                np.tile(np.asarray(example_ids, dtype=object), n_t), pa.string()
+            ),
+            "score": pa.array(M.reshape(-1)),
+        }
+    )
+    path = Path(path)
+    _CSV_OPTS = pcsv.WriteOptions(quoting_style="needed")
+
+    def writer(fh):
+        if _is_parquet(path):
+            pq.write_table(t, fh)
+        elif path.suffix.lower() == ".gz":
+            with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
+                pcsv.write_csv(t, gz, _CSV_OPTS)
+        else:
+            pcsv.write_csv(t, fh, _CSV_OPTS)
+
+    write_atomic(path, writer)
+    return path

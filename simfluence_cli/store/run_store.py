@@ -492,8 +492,13 @@ class RunStore:
         format: str | None = None,
         replace: bool = False,
         progress: Callable | None = None,
+        metric: str = "loss",
+        id_prefix: str = "",
     ) -> IngestReport:
         """Read training logs (files or directories, encodings A/B/C) into the store.
+
+        GPTDynamics only: ``metric`` reads ``all_<metric>_trajectory.out``; ``id_prefix``
+        namespaces example and test IDs (``"{task}:"``, ``{task}`` = the run's parent directory).
 
         All inputs are parsed and validated before anything is committed; any error leaves the
         store unchanged. Identical content (any format) is a no-op; a run id that exists with
@@ -502,7 +507,7 @@ class RunStore:
         """
         from simfluence_cli.io.inputs import iter_runs, plan_inputs
 
-        plan = plan_inputs(paths, format)
+        plan = plan_inputs(paths, format, metric=metric, id_prefix=id_prefix)
         report = IngestReport(sources=plan.n_sources, notes=list(plan.notes))
         return self._commit(
             iter_runs(plan, progress=progress, notes=report.notes), tags, replace, report
