@@ -29,6 +29,7 @@ from simfluence_cli.cli._output import (
     Format,
     FormatOpt,
     OutputOpt,
+    emit_text,
     render_object,
     render_rows,
     resolve_format,
@@ -598,8 +599,6 @@ def curriculum(
 
     One line per training step with the batch's example IDs; a leading '#' comment names the run.
     """
-    from simfluence_cli._atomic import write_bytes_atomic
-
     st = _open_store(store)
     ids = [run] if run in st.run_ids() else st.select(run)
     if len(ids) != 1:
@@ -618,10 +617,4 @@ def curriculum(
         )
     lines = [f"# curriculum of run {ids[0]}: {r.n_steps} steps (line k+1 = step k)"]
     lines += [" ".join(ex[r.batch(t)]) for t in range(1, r.n_steps + 1)]
-    text = "\n".join(lines) + "\n"
-    if output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_bytes_atomic(output, text.encode())
-        wrote(output)
+    emit_text("\n".join(lines) + "\n", output)
