@@ -19,6 +19,7 @@ from simfluence_cli.cli._app import (
     UnseenOpt,
     command,
     info,
+    open_store,
     show_progress,
     stderr_console,
     warn,
@@ -59,12 +60,6 @@ LOSS_HELP = {
     "test_id": "test example",
     "loss": "simulated loss of test_id after training on steps 1..step",
 }
-
-
-def _open_store(path: Path):
-    from simfluence_cli.store.run_store import RunStore
-
-    return RunStore(path)
 
 
 def _parse_l2(text: str) -> float | str:
@@ -245,7 +240,7 @@ def fit(
     execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
     sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
     execution.validate()
-    st = _open_store(store)
+    st = open_store(store)
     with _Progress(None, "fitting") as bar:
 
         def start(rs):
@@ -429,7 +424,7 @@ def simulate(
     explicit = fmt is not None
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
-    st = _open_store(store)
+    st = open_store(store)
     name = model or _default_model(st)
     test_ids = read_id_list(tests, "test IDs") if tests else None
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
@@ -599,7 +594,7 @@ def curriculum(
 
     One line per training step with the batch's example IDs; a leading '#' comment names the run.
     """
-    st = _open_store(store)
+    st = open_store(store)
     ids = [run] if run in st.run_ids() else st.select(run)
     if len(ids) != 1:
         raise SelectionError(
