@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli.errors import SelectionError
+
 __all__ = ["Run", "RunSet"]
 
 
@@ -65,6 +67,21 @@ class Run:
     def step_of_entry(self) -> np.ndarray:
         """For each entry of ``batch_idx``, the (1-based) step it belongs to."""
         return np.repeat(np.arange(1, self.n_steps + 1), self.batch_sizes)
+
+
+def id_columns(
+    known: Sequence[str], wanted: Sequence[str] | None, unknown: str = "unknown test id(s): {ids}"
+) -> np.ndarray:
+    """The (int64) positions of the ``wanted`` ids in ``known`` (every position, in order, when
+    ``wanted`` is None). An id not in ``known`` raises SelectionError with ``unknown``, whose
+    ``{ids}`` names the first 10 of them."""
+    if wanted is None:
+        return np.arange(len(known))
+    pos = {t: j for j, t in enumerate(known)}
+    bad = [t for t in wanted if t not in pos]
+    if bad:
+        raise SelectionError(unknown.format(ids=", ".join(map(str, bad[:10]))))
+    return np.asarray([pos[t] for t in wanted], dtype=np.int64)
 
 
 def stack_index(mats: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simfluence_cli.errors import SelectionError, UsageError
-from simfluence_cli.runs import RunSet
+from simfluence_cli.runs import RunSet, id_columns
 
 __all__ = [
     "Calibration",
@@ -142,13 +142,7 @@ class Calibration:
         return len(self.fold_models)
 
     def _cols(self, tests: Sequence[str] | None) -> np.ndarray:
-        if tests is None:
-            return np.arange(len(self.test_ids))
-        pos = {t: j for j, t in enumerate(self.test_ids)}
-        bad = [t for t in tests if t not in pos]
-        if bad:
-            raise SelectionError(f"unknown test id(s): {', '.join(map(str, bad[:10]))}")
-        return np.asarray([pos[t] for t in tests], dtype=np.int64)
+        return id_columns(self.test_ids, tests)
 
     def _floor(self, cols: np.ndarray) -> np.ndarray:
         """(M,) lowest possible loss: the model's lower clip bound (0 or more), else -inf."""

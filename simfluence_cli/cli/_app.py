@@ -122,6 +122,14 @@ def wrote(path) -> None:
     info(f"wrote {path}")
 
 
+def open_store(path, create: bool = False):
+    """The RunStore at ``path`` (imported here: the CLI loads the library only when a command
+    runs); ``create`` makes an empty store where there is none."""
+    from simfluence_cli.store.run_store import RunStore
+
+    return RunStore(path, create=create)
+
+
 def warn(message: str) -> None:
     """A warning on stderr (never silenced)."""
     stderr_console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)

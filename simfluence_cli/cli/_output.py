@@ -138,12 +138,12 @@ def render_rows(
         recs = [{c: _jsonable(r.get(c)) for c in columns} for r in rows]
         obj: Any = recs if document is None else {**document, "results": recs}
         text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
-    _emit_text(text, output)
+    emit_text(text, output)
 
 
 def render_object(obj: dict, output: str = "-") -> None:
     """Print one JSON object (for --json reports)."""
-    _emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
+    emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
 
 
 SIG_DIGITS = 4  # significant digits of floats in terminal tables (csv/json keep full precision)
@@ -216,7 +216,8 @@ def build_table(
     return table
 
 
-def _emit_text(text: str, output: str) -> None:
+def emit_text(text: str, output: str) -> None:
+    """Write text to stdout ('-') or atomically to the file ``output`` (noted on stderr)."""
     if output == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -18,6 +18,7 @@ from simfluence_cli.cli._app import (
     UnseenOpt,
     command,
     info,
+    open_store,
     show_progress,
     stderr_console,
     warn,
@@ -47,12 +48,6 @@ class Measure(str, Enum):
 class ScaleOn(str, Enum):
     step = "step"
     cumulative = "cumulative"
-
-
-def _open_store(path: Path):
-    from simfluence_cli.store.run_store import RunStore
-
-    return RunStore(path)
 
 
 def _present(store, ids: list[str]) -> list[str]:
@@ -131,7 +126,7 @@ def eval_command(
     from simfluence_cli.io.curriculum import read_id_list
 
     out_fmt = resolve_format(fmt, output)
-    st = _open_store(store)
+    st = open_store(store)
     res = evaluate_models(
         st,
         model,
@@ -469,7 +464,7 @@ def import_scores_command(
             "--test-ids/--train-ids/--key are for score matrices (.npy, .pt, "
             ".safetensors); a table names its IDs in its test_id,example_id columns"
         )
-    st = _open_store(store)
+    st = open_store(store)
     run_ids = st.select(runs) if runs is not None else []
     try:
         source_sha = file_sha256(file)
@@ -586,7 +581,7 @@ def top_command(
     if k < 1:
         raise UsageError("--k must be at least 1")
     out_fmt = resolve_format(fmt, output)
-    st = _open_store(store)
+    st = open_store(store)
     tests = None if test == "all" else read_id_list(test, "test ids")
     sim = StoredModel(st, model)  # parameters loaded one chunk of test examples at a time
     if tests is not None:
@@ -709,7 +704,7 @@ def plot_command(
     from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import load_model
 
-    st = _open_store(store)
+    st = open_store(store)
     sim = load_model(st, model)
     rs = st.load([run]) if run in set(st.select("all")) else None
     if rs is None:

@@ -19,6 +19,7 @@ from simfluence_cli.cli._app import (
     UnseenOpt,
     command,
     info,
+    open_store,
     show_progress,
     stderr_console,
     warn,
@@ -29,6 +30,7 @@ from simfluence_cli.cli._output import (
     Format,
     FormatOpt,
     OutputOpt,
+    emit_text,
     render_object,
     render_rows,
     resolve_format,
@@ -58,12 +60,6 @@ LOSS_HELP = {
     "test_id": "test example",
     "loss": "simulated loss of test_id after training on steps 1..step",
 }
-
-
-def _open_store(path: Path):
-    from simfluence_cli.store.run_store import RunStore
-
-    return RunStore(path)
 
 
 def _parse_l2(text: str) -> float | str:
@@ -244,7 +240,7 @@ def fit(
     execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
     sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
     execution.validate()
-    st = _open_store(store)
+    st = open_store(store)
     with _Progress(None, "fitting") as bar:
 
         def start(rs):
@@ -428,7 +424,7 @@ def simulate(
     explicit = fmt is not None
     fmt = resolve_format(fmt, output)
     cur = read_curriculum(curriculum)
-    st = _open_store(store)
+    st = open_store(store)
     name = model or _default_model(st)
     test_ids = read_id_list(tests, "test IDs") if tests else None
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
@@ -598,9 +594,7 @@ def curriculum(
 
     One line per training step with the batch's example IDs; a leading '#' comment names the run.
     """
-    from simfluence_cli._atomic import write_bytes_atomic
-
-    st = _open_store(store)
+    st = open_store(store)
     ids = [run] if run in st.run_ids() else st.select(run)
     if len(ids) != 1:
         raise SelectionError(
@@ -618,10 +612,4 @@ def curriculum(
         )
     lines = [f"# curriculum of run {ids[0]}: {r.n_steps} steps (line k+1 = step k)"]
     lines += [" ".join(ex[r.batch(t)]) for t in range(1, r.n_steps + 1)]
-    text = "\n".join(lines) + "\n"
-    if output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_bytes_atomic(output, text.encode())
-        wrote(output)
+    emit_text("\n".join(lines) + "\n", output)

@@ -14,6 +14,7 @@ from simfluence_cli.cli._app import (
     StoreOpt,
     command,
     info,
+    open_store,
     show_progress,
     stderr_console,
     stdout_console,
@@ -102,11 +103,9 @@ def ingest(
     and the field, exits 1 and leaves the store unchanged. A run id already stored with other
     content is refused unless --replace.
     """
-    from simfluence_cli.store.run_store import RunStore
-
     if tag is None:
         tag = []
-    rs = RunStore(store, create=True)
+    rs = open_store(store, create=True)
     fmt = input_format.value if input_format else None
     if show_progress():
         from rich.progress import (
@@ -225,9 +224,7 @@ def info_cmd(
     Coverage = how often each training example occurs across all curricula (min/median/max
     and coefficient of variation; CV 0 = every example seen equally often).
     """
-    from simfluence_cli.store.run_store import RunStore
-
-    rs = RunStore(store)
+    rs = open_store(store)
     if list_runs:
         cols = [
             "run",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info
+from simfluence_cli.cli._app import DEFAULT_STORE, StoreOpt, command, info, open_store
 from simfluence_cli.errors import InputError, SelectionError, UsageError
 
 
@@ -98,13 +98,11 @@ def plan_cmd(
     weights = parse_mix(mix)
     ids = read_id_list(pool, "pool example IDs") if pool else None
     if ids is None or steps is None or batch_size is None:
-        from simfluence_cli.store.run_store import RunStore
-
         if not Path(store).is_dir():
             raise UsageError(
                 "give --pool, --steps and --batch-size, or --store with runs to take them from"
             )
-        st = RunStore(store)
+        st = open_store(store)
         sel = st.select(pool_from or "all")
         if not sel:
             raise SelectionError(f"no runs in {st.path} match {pool_from or 'all'!r}")

@@ -19,6 +19,7 @@ from simfluence_cli.cli._app import (
     UnseenOpt,
     command,
     info,
+    open_store,
     show_progress,
     stderr_console,
     warn,
@@ -79,10 +80,9 @@ ModeOpt = Annotated[
 
 def _open(store: Path, model: str, tests: str | None):
     from simfluence_cli.io.curriculum import read_id_list
-    from simfluence_cli.store.run_store import RunStore
     from simfluence_cli.store.saved_models import load_model
 
-    st = RunStore(store)
+    st = open_store(store)
     test_list = None if tests in (None, "all") else read_id_list(tests, "test IDs")
     sim = load_model(st, model, tests=test_list)
     return st, sim

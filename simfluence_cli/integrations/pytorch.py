@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from simfluence_cli import RunLogger
+from simfluence_cli.io.run_logger import CommitOnExit
 
 __all__ = [
     "IdDataset",
@@ -236,7 +237,7 @@ def _batch_len(batch) -> int | None:
     return None
 
 
-class TorchRunLogger:
+class TorchRunLogger(CommitOnExit):
     """Log one PyTorch training run as encoding A: batch IDs, lr and test losses per optimizer step.
 
     On entering the ``with`` block the test losses of the current model are logged as step 0.
@@ -303,12 +304,6 @@ class TorchRunLogger:
             self.abort()
             raise
         return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
     def _remove_hook(self) -> None:
         if self._hook is not None:

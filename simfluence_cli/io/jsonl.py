@@ -240,31 +240,37 @@ def read_jsonl(path: Path) -> RunData:
     loss = np.concatenate(val_chunks)
     codes = np.concatenate(code_chunks)
     counts = np.asarray(lcount, dtype=np.int64)
-    bad = ~np.isfinite(loss)
-    if bad.any():
-        i = int(np.argmax(bad))
+
+    def entry_error(flagged: np.ndarray, message: str, hint: str) -> InputError:
+        """The error at the first flagged loss entry: its line, its test id as the field;
+        ``message`` may name the entry's ``{loss}`` and ``{test}``."""
+        i = int(np.argmax(flagged))
         k = int(np.searchsorted(np.cumsum(counts), i, side="right"))
-        raise InputError(
-            f"non-finite loss {loss[i]!r}",
+        tid = te.list[codes[i]]
+        return InputError(
+            message.format(loss=loss[i], test=tid),
             path=label,
             line=lline[k],
-            field=f"loss.{te.list[codes[i]]}",
-            hint="losses must be finite; a diverged run cannot be simulated (leave "
+            field=f"loss.{tid}",
+            hint=hint,
+        )
+
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        raise entry_error(
+            bad,
+            "non-finite loss {loss!r}",
+            "losses must be finite; a diverged run cannot be simulated (leave "
             'a test out of "loss" if it was not evaluated)',
         )
     n0 = int(counts[0])
     if n0 < len(te.list):
         missing = np.ones(len(te.list), dtype=bool)
         missing[codes[:n0]] = False
-        hit = missing[codes]
-        i = int(np.argmax(hit))
-        k = int(np.searchsorted(np.cumsum(counts), i, side="right"))
-        raise InputError(
-            f"test {te.list[codes[i]]!r} has no step-0 loss",
-            path=label,
-            line=lline[k],
-            field=f"loss.{te.list[codes[i]]}",
-            hint="log every test example at step 0 (the initial losses)",
+        raise entry_error(
+            missing[codes],
+            "test {test!r} has no step-0 loss",
+            "log every test example at step 0 (the initial losses)",
         )
     ptr = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])

@@ -64,7 +64,24 @@ def _as_id(x, path: str, field: str) -> str:
     )
 
 
-class RunLogger:
+class CommitOnExit:
+    """The loggers' ``with`` protocol: leaving the block commits the log (``close()``); an
+    exception in it discards the log (``abort()``) and propagates."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+class RunLogger(CommitOnExit):
     """Write one run's curriculum and per-example test losses as encoding A.
 
     Parameters
@@ -365,12 +382,6 @@ class RunLogger:
 
     def __enter__(self) -> RunLogger:
         return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
     def __del__(self):  # a logger dropped without close() leaves no temp file behind
         try:

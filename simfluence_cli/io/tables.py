@@ -115,6 +115,12 @@ def _gids(chunk) -> np.ndarray:
     return np.arange(g, g + len(chunk[0]), dtype=np.int64) if isinstance(g, int) else g
 
 
+def _first_flagged(bad: np.ndarray, gid: np.ndarray) -> int:
+    """Position of the flagged row that comes first in the input (smallest global row number),
+    the row an error reports; rows are buffered out of file order."""
+    return int(np.argmin(np.where(bad, gid, np.iinfo(np.int64).max)))
+
+
 class _TableReader:
     """Streams long tables into compact per-run numpy chunks, then validates per run."""
 
@@ -391,7 +397,7 @@ class _TableReader:
         del los
         bad = ~np.isfinite(lval)
         if bad.any():
-            i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
+            i = _first_flagged(bad, lgid)
             raise self.error(
                 lgid[i],
                 f"non-finite loss {lval[i]!r}",
@@ -400,7 +406,7 @@ class _TableReader:
             )
         bad = (lstep < 0) | (lstep > T)
         if bad.any():
-            i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
+            i = _first_flagged(bad, lgid)
             raise self.error(
                 lgid[i],
                 f"step {lstep[i]} outside 0..{T} (run {rid!r} has {T} training steps)",
@@ -440,7 +446,7 @@ class _TableReader:
         have0[lte[is0]] = True
         bad = ~have0[lte]
         if bad.any():
-            i = int(np.argmin(np.where(bad, lgid, np.iinfo(np.int64).max)))
+            i = _first_flagged(bad, lgid)
             raise self.error(
                 lgid[i],
                 f"test {self.te.list[lte[i]]!r} has no step-0 loss in run {rid!r}",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simfluence_cli.errors import ModelError, SelectionError
-from simfluence_cli.runs import RunSet
+from simfluence_cli.runs import RunSet, id_columns
 
 __all__ = ["ConstantBaseline", "MeanTrajectoryBaseline", "interpolate_run"]
 
@@ -109,15 +109,7 @@ class MeanTrajectoryBaseline:
         return self
 
     def _test_columns(self, tests):
-        if tests is None:
-            return np.arange(len(self.test_ids_))
-        pos = {t: j for j, t in enumerate(self.test_ids_)}
-        bad = [t for t in tests if t not in pos]
-        if bad:
-            raise SelectionError(
-                f"the fitting runs have no test id(s) {', '.join(map(str, bad[:10]))}"
-            )
-        return np.asarray([pos[t] for t in tests], dtype=np.int64)
+        return id_columns(self.test_ids_, tests, "the fitting runs have no test id(s) {ids}")
 
     def simulate(
         self,

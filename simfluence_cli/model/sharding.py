@@ -122,7 +122,6 @@ def _fit_processes(
     _, chunks = plan_chunks(design, method, solver)
     parts = chunk_shards(chunks, workers * 4)  # several shards per worker: balance, progress
     P = design.n_params(method)
-    out = None if sink is not None else np.empty((P, m))
     if "fork" in mp.get_all_start_methods():
         ctx = mp.get_context("fork")
         _SHARED["design"] = design  # inherited by the forked workers, not pickled
@@ -131,32 +130,40 @@ def _fit_processes(
         pool = ProcessPoolExecutor(
             workers, mp_context=mp.get_context("spawn"), initializer=_init_spawned, initargs=(runs,)
         )
-    iters, parts_st = [], []
     try:
         with pool:
             futs = {
                 pool.submit(_shard_local, c, method, l2, theta0, solver, tol): np.concatenate(c)
                 for c in parts
             }
-            for f in as_completed(futs):
-                th, st = f.result()
-                t = futs[f]
-                if sink is not None:
-                    sink(t, th)
-                else:
-                    out[:, t] = th
-                iters.append(st.get("cg_iterations_max", 0))
-                parts_st.append(st)
-                if progress is not None:
-                    progress(len(t))
+            done = ((futs[f], *f.result()) for f in as_completed(futs))
+            return _gather_shards(
+                done, P, m, sink, progress, stats, workers=workers, shards=len(parts)
+            )
     finally:
         _SHARED.pop("design", None)
+
+
+def _gather_shards(done, P, m, sink, progress, stats, **where):
+    """Place each finished shard's (tests, theta (P, k), solver stats) as it arrives: into
+    ``sink`` or the returned (P, m) array (None with a sink); record the fit's stats (solver,
+    size, ``where`` it ran, CG iterations merged over the shards) into ``stats``."""
+    out = None if sink is not None else np.empty((P, m))
+    iters, parts_st = [], []
+    for tests, th, st in done:
+        if sink is not None:
+            sink(tests, th)
+        else:
+            out[:, tests] = th
+        iters.append(st.get("cg_iterations_max", 0))
+        parts_st.append(st)
+        if progress is not None:
+            progress(len(tests))
     if stats is not None:
         stats.update(
-            solver=st.get("solver"),
+            solver=parts_st[-1].get("solver") if parts_st else None,
             n_params=P,
-            workers=workers,
-            shards=len(parts),
+            **where,
             cg_iterations_max=max(iters) if iters else 0,
             **merge_cg_stats(parts_st),
         )
@@ -235,30 +242,17 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         ]
         from distributed import as_completed as das_completed
 
-        P = len(theta0)
-        out = None if sink is not None else np.empty((P, m))
-        iters, parts_st = [], []
-        for f in das_completed(futs):
-            tests, th, st = f.result()
-            if sink is not None:
-                sink(tests, th)
-            else:
-                out[:, tests] = th
-            iters.append(st.get("cg_iterations_max", 0))
-            parts_st.append(st)
-            if progress is not None:
-                progress(len(tests))
-        if stats is not None:
-            stats.update(
-                solver=st.get("solver"),
-                n_params=P,
-                dask_workers=nworkers,
-                shards=len(parts),
-                cg_iterations_max=max(iters) if iters else 0,
-                source="loaded by workers" if hasattr(source, "load") else "scattered",
-                **merge_cg_stats(parts_st),
-            )
-        return out
+        return _gather_shards(
+            (f.result() for f in das_completed(futs)),
+            len(theta0),
+            m,
+            sink,
+            progress,
+            stats,
+            dask_workers=nworkers,
+            shards=len(parts),
+            source="loaded by workers" if hasattr(source, "load") else "scattered",
+        )
     finally:
         if own:
             client.close()

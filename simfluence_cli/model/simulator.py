@@ -51,7 +51,7 @@ from simfluence_cli.model.config import (
 from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
-from simfluence_cli.runs import RunSet, stack_index
+from simfluence_cli.runs import RunSet, id_columns, stack_index
 
 __all__ = [
     "Simulator",
@@ -687,16 +687,11 @@ class Simulator:
         return self.method == OPTIMIZER_AWARE
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
-        if tests is None:
-            return np.arange(len(self.test_ids_))
-        pos = {t: j for j, t in enumerate(self.test_ids_)}
-        bad = [t for t in tests if t not in pos]
-        if bad:
-            raise SelectionError(
-                f"unknown test id(s): {', '.join(map(str, bad[:10]))}; "
-                "the model knows the test ids of its fitting runs"
-            )
-        return np.asarray([pos[t] for t in tests], dtype=np.int64)
+        return id_columns(
+            self.test_ids_,
+            tests,
+            "unknown test id(s): {ids}; the model knows the test ids of its fitting runs",
+        )
 
 
 def _loss_scale(runs: RunSet) -> np.ndarray:

@@ -61,6 +61,31 @@ RUNS_COLUMNS = {
     "losses_file": "losses file, relative to the store",
 }
 
+# the runs table's types: these counts are int64, "tags" a list of strings, the rest strings
+RUNS_INT_COLUMNS = (
+    "steps",
+    "batch_size_min",
+    "batch_size_max",
+    "n_examples",
+    "n_tests",
+    "loss_steps",
+    "curriculum_rows",
+    "loss_rows",
+)
+RUNS_SCHEMA = pa.schema(
+    [
+        (
+            k,
+            pa.list_(pa.string())
+            if k == "tags"
+            else pa.int64()
+            if k in RUNS_INT_COLUMNS
+            else pa.string(),
+        )
+        for k in RUNS_COLUMNS
+    ]
+)
+
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 

@@ -58,6 +58,8 @@ from simfluence_cli.store.format import (
     MANIFEST,
     PARTS,
     RUNS_COLUMNS,
+    RUNS_INT_COLUMNS,
+    RUNS_SCHEMA,
     RUNS_TABLE,
     STORE_FORMAT,
     run_key,
@@ -748,19 +750,7 @@ class RunStore:
                 {
                     "run": rid,
                     "tags": list(e.get("tags", [])),
-                    **{
-                        k: int(e[k])
-                        for k in (
-                            "steps",
-                            "batch_size_min",
-                            "batch_size_max",
-                            "n_examples",
-                            "n_tests",
-                            "loss_steps",
-                            "curriculum_rows",
-                            "loss_rows",
-                        )
-                    },
+                    **{k: int(e[k]) for k in RUNS_INT_COLUMNS},
                     "source_format": e.get("source_format"),
                     "source": e.get("source"),
                     "source_sha256": ",".join(s.get("sha256") or "" for s in e.get("sources", [])),
@@ -770,37 +760,8 @@ class RunStore:
                     "losses_file": e["files"]["losses"],
                 }
             )
-        schema = pa.schema(
-            [
-                ("run", pa.string()),
-                ("tags", pa.list_(pa.string())),
-                *[
-                    (k, pa.int64())
-                    for k in (
-                        "steps",
-                        "batch_size_min",
-                        "batch_size_max",
-                        "n_examples",
-                        "n_tests",
-                        "loss_steps",
-                        "curriculum_rows",
-                        "loss_rows",
-                    )
-                ],
-                *[
-                    (k, pa.string())
-                    for k in (
-                        "source_format",
-                        "source",
-                        "source_sha256",
-                        "content_hash",
-                        "ingested_at",
-                        "curriculum_file",
-                        "losses_file",
-                    )
-                ],
-            ],
-            metadata={
+        schema = RUNS_SCHEMA.with_metadata(
+            {
                 **_meta("runs", RUNS_COLUMNS),
                 b"simfluence.generation": str(man["generation"]).encode(),
             },

@@ -546,13 +546,7 @@ def load_model(
         ) from None
 
 
-def _load_model(
-    store,
-    name: str,
-    tests: list[str] | None = None,
-    parameters: bool = True,
-    manifest: dict | None = None,
-) -> Simulator:
+def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see load_model
     man = manifest if manifest is not None else read_manifest(store, name)
     if man.get("format", 0) > MODEL_FORMAT:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
