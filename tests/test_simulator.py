@@ -379,6 +379,7 @@ def test_runs_with_different_test_sets_and_batch_sizes():
         r.losses = r.losses.copy()
         r.losses[:, 1] = np.nan  # test t1 never logged in these runs
     both = RunSet(rs.example_ids, rs.test_ids, rs.runs + rs2.runs)
-    sim = Simulator(method="additive", l2=TINY).fit(both)
+    with pytest.warns(SimfluenceWarning, match=r"batch sizes vary .* 40 of 160 steps"):
+        sim = Simulator(method="additive", l2=TINY).fit(both)
     assert _rel(sim.B_, B) < 1e-6
     assert sim.batch_size_ == 2.0 and np.all(np.isfinite(sim.init_loss_mean_))
