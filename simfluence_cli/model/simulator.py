@@ -289,11 +289,7 @@ class Simulator:
             from simfluence_cli.model.optimizer_aware import fit_simulator
 
             fit_simulator(self, runs, param_sink=param_sink, keep_params=keep_params)
-            self.fit_seconds_ = time.perf_counter() - t0
-            self._exec = ExecutionOptions()
-            for msg in self.warnings_:
-                warnings.warn(msg, SimfluenceWarning, stacklevel=2)
-            return self
+            return self._finish_fit(t0)
         # per-test standardisation (no threshold): fit L / s with s = the test's RMS logged
         # loss, so A (dimensionless) and the penalty do not depend on the units of the losses;
         # B is scaled back by s below. fit(c * losses) = (A, c * B) for any c > 0.
@@ -355,10 +351,16 @@ class Simulator:
                 raise ModelError("the fit produced non-finite parameters; raise --l2")
         elif not keep_params:
             self.A_ = self.B_ = None
+        return self._finish_fit(t0)
+
+    def _finish_fit(self, t0: float) -> Simulator:
+        """Every method's fit ends here: time it, drop the execution options (a Dask client or
+        progress bar is not kept on the model), emit the fit's warnings (the CLI prints each as
+        one "warning:" line)."""
         self.fit_seconds_ = time.perf_counter() - t0
-        self._exec = ExecutionOptions()  # a Dask client or progress bar is not kept on the model
-        for msg in self.warnings_:  # the CLI prints each as one "warning:" line
-            warnings.warn(msg, SimfluenceWarning, stacklevel=2)
+        self._exec = ExecutionOptions()
+        for msg in self.warnings_:
+            warnings.warn(msg, SimfluenceWarning, stacklevel=3)
         return self
 
     def _cg_warning(self) -> None:
