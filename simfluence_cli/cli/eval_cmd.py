@@ -453,11 +453,11 @@ def import_scores_command(
             )
         if test_ids_file == "-" and train_ids_file == "-":
             raise UsageError("only one of --test-ids / --train-ids can read stdin ('-')")
-        import hashlib
+        from simfluence_cli._hashing import sha256_hex
 
         tids = read_id_list(test_ids_file, "test ids")
         eids = read_id_list(train_ids_file, "training example ids")
-        ids_sha = hashlib.sha256("\n".join([*tids, "", *eids]).encode()).hexdigest()
+        ids_sha = sha256_hex("\n".join([*tids, "", *eids]))
         matrix = {"layout": layout.value, "key": key, "ids_sha256": ids_sha}
     elif test_ids_file is not None or train_ids_file is not None or key is not None:
         raise UsageError(

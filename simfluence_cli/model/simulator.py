@@ -724,9 +724,9 @@ class _ScaledSource:
         return _rescaled(runs, self.scale)
 
     def __repr__(self) -> str:  # the workers' cache key: source and scale
-        import hashlib
+        from simfluence_cli._hashing import sha256_hex
 
-        return f"_ScaledSource({self.source!r}, {hashlib.sha1(self.scale.tobytes()).hexdigest()})"
+        return f"_ScaledSource({self.source!r}, {sha256_hex(self.scale.tobytes())})"
 
 
 def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
