@@ -153,3 +153,17 @@ def batch_size_warning(sizes, what: str = "the runs") -> str | None:
         + "simulator sums A_i and B_i over the batch, so a step of k examples moves the loss "
         f"by about k/{b} of a full step (a half batch roughly halves it): {BATCH_SIZE_ADVICE}"
     )
+
+
+def cg_warning(stats: dict, test_ids, tol: float) -> str | None:
+    """The warning naming the test examples whose CG solve did not converge (None if all did):
+    their parameters are inaccurate; raising the penalty or the direct solver helps."""
+    bad = stats.get("cg_not_converged_tests") or []
+    if not bad:
+        return None
+    return (
+        f"the CG solver did not converge for {len(bad)} test example(s) (largest relative "
+        f"residual {stats['cg_max_rel_residual']:.2g}, tolerance {tol:g}); their "
+        f"parameters are inaccurate: raise --l2 or use --solver direct: "
+        f"{_names(np.asarray(test_ids)[np.asarray(bad)])}"
+    )

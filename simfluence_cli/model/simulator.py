@@ -364,19 +364,11 @@ class Simulator:
         return self
 
     def _cg_warning(self) -> None:
-        """A warning naming the test examples whose CG solve did not converge (if any)."""
-        st = self.solver_stats_
-        bad = st.get("cg_not_converged_tests") or []
-        if not bad:
-            return
-        from simfluence_cli.model.diagnostics import _names
+        from simfluence_cli.model.diagnostics import cg_warning
 
-        self.warnings_.append(
-            f"the CG solver did not converge for {len(bad)} test example(s) (largest relative "
-            f"residual {st['cg_max_rel_residual']:.2g}, tolerance {self._exec.tol:g}); their "
-            f"parameters are inaccurate: raise --l2 or use --solver direct: "
-            f"{_names(self.test_ids_[np.asarray(bad)])}"
-        )
+        msg = cg_warning(self.solver_stats_, self.test_ids_, self._exec.tol)
+        if msg:
+            self.warnings_.append(msg)
 
     def _tick(self, k: int) -> None:
         progress = getattr(self, "_exec", ExecutionOptions()).progress
