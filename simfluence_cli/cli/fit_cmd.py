@@ -432,14 +432,15 @@ def simulate(
     L0 = resolve_init_loss(init_loss, sim, st)
     from simfluence_cli.model.diagnostics import batch_size_warning
 
-    varying = not getattr(sim, "stateful", False) and batch_size_warning(
+    varying = not sim.normalises_batch_size and batch_size_warning(
         [[len(b) for b in cur.batches]], cur.source
     )
-    if varying:  # the optimizer-aware method normalises by the batch size: no warning
+    if varying:
         warn(varying)
     sizes = {len(b) for b in cur.batches}
     if (
-        sim.method not in ("additive", "optimizer-aware")
+        sim.method != "additive"  # additive: alpha = 1 whatever the batch size
+        and not sim.normalises_batch_size
         and len(sizes) == 1
         and sizes != {int(round(sim.batch_size_))}
     ):

@@ -36,7 +36,7 @@ def fit_warnings(runs, sim) -> list[str]:
     out: list[str] = []
     varying = (
         None
-        if getattr(sim, "method", None) == "optimizer-aware"  # normalises by the batch size
+        if sim.normalises_batch_size
         else batch_size_warning([r.batch_sizes for r in runs.runs], "the fitting runs")
     )
     if varying:

@@ -675,6 +675,12 @@ class Simulator:
         return ext
 
     @property
+    def normalises_batch_size(self) -> bool:
+        """True when a step's effect is the batch *mean* (optimizer-aware): varying batch sizes
+        (a DataLoader's short last batch) are then modelled, not a trap to warn about."""
+        return self.method == OPTIMIZER_AWARE
+
+    @property
     def stateful(self) -> bool:
         """True when a rollout depends on more than the current loss (AR memory, time basis,
         per-step lr): such models cannot restart a rollout mid-curriculum from a loss alone."""
