@@ -270,6 +270,27 @@ def _csv(rows, header) -> str:
     return buf.getvalue()
 
 
+def _write_pool_files(out: Path, ex: Experiment, precision: int, S: np.ndarray | None) -> None:
+    """``tracin_scores.csv.gz`` (when ``S`` is given), ``examples.csv`` and ``tests.csv``."""
+    if S is not None:
+        rows = [
+            (t, e, _fmt(S[j, i], precision))
+            for j, t in enumerate(ex.test_ids)
+            for i, e in enumerate(ex.example_ids)
+        ]
+        write_bytes_atomic(
+            out / "tracin_scores.csv.gz",
+            _gzip_bytes(_csv(rows, ("test_id", "example_id", "score"))),
+        )
+    labelled = [
+        ("examples.csv", "example_id", ex.example_ids, ex.yp),
+        ("tests.csv", "test_id", ex.test_ids, ex.yt),
+    ]
+    for name, column, ids, labels in labelled:
+        rows = [(i, int(c)) for i, c in zip(ids, labels)]
+        write_bytes_atomic(out / name, _csv(rows, (column, "label")).encode())
+
+
 def generate(cfg: Config, out: Path, quiet: bool = False) -> dict:
     """Write every family, the TracIn table, metadata and config.json under ``out``."""
     t0 = time.perf_counter()
@@ -326,25 +347,7 @@ def generate(cfg: Config, out: Path, quiet: bool = False) -> dict:
             out / "heldout-classordered" / "class_order.json", _json_lines_obj(class_orders)
         )
 
-    S = ex.tracin()
-    rows = [
-        (ex.test_ids[j], ex.example_ids[i], _fmt(S[j, i], cfg.precision))
-        for j in range(cfg.tests)
-        for i in range(cfg.pool)
-    ]
-    write_bytes_atomic(
-        out / "tracin_scores.csv.gz", _gzip_bytes(_csv(rows, ("test_id", "example_id", "score")))
-    )
-    write_bytes_atomic(
-        out / "examples.csv",
-        _csv(
-            [(e, int(c)) for e, c in zip(ex.example_ids, ex.yp)], ("example_id", "label")
-        ).encode(),
-    )
-    write_bytes_atomic(
-        out / "tests.csv",
-        _csv([(t, int(c)) for t, c in zip(ex.test_ids, ex.yt)], ("test_id", "label")).encode(),
-    )
+    _write_pool_files(out, ex, cfg.precision, ex.tracin())
 
     if inits is None:
         inits = per_example_loss(ex.checkpoint, ex.Xt, ex.yt)
@@ -728,26 +731,7 @@ def generate_family(
         write_bytes_atomic(
             out / "heldout-classordered" / "class_order.json", _json_lines_obj(class_orders)
         )
-    if S is not None:
-        rows = [
-            (ex.test_ids[j], ex.example_ids[i], _fmt(S[j, i], cfg.precision))
-            for j in range(cfg.tests)
-            for i in range(cfg.pool)
-        ]
-        write_bytes_atomic(
-            out / "tracin_scores.csv.gz",
-            _gzip_bytes(_csv(rows, ("test_id", "example_id", "score"))),
-        )
-    write_bytes_atomic(
-        out / "examples.csv",
-        _csv(
-            [(e, int(c)) for e, c in zip(ex.example_ids, ex.yp)], ("example_id", "label")
-        ).encode(),
-    )
-    write_bytes_atomic(
-        out / "tests.csv",
-        _csv([(t, int(c)) for t, c in zip(ex.test_ids, ex.yt)], ("test_id", "label")).encode(),
-    )
+    _write_pool_files(out, ex, cfg.precision, S)
 
     if inits is None:
         inits = per_example_loss(ex.checkpoint, ex.Xt, ex.yt)
