@@ -50,7 +50,8 @@ def save_calibration_for(st, name: str, force: bool = False) -> None:
     from simfluence_cli.analysis.intervals import calibrate_stored, save_stored
     from simfluence_cli.store.calibrations import DEFAULT_FOLDS, DEFAULT_SEED, calibration_status
 
-    status, why = calibration_status(st, name, DEFAULT_FOLDS, DEFAULT_SEED)
+    with st.write_lock():  # a read-only store fails here, before the refits
+        status, why = calibration_status(st, name, DEFAULT_FOLDS, DEFAULT_SEED)
     if status == "calibrated" and not force:
         info(f"calibration of {name!r} is up to date; pass --force to recompute it")
         return
