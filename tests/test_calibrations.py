@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
 from typer.testing import CliRunner
 
 from simfluence_cli.analysis import intervals
@@ -282,3 +284,19 @@ def test_novelty_on_the_sample_families(tmp_path):
     for fam, flagged in (("heldout-random", 0), ("heldout-classordered", 8)):
         rs = st.load(fam)
         assert nv.score([run_batches(rs, r) for r in rs.run_ids])["flag"].sum() == flagged
+
+
+@given(
+    hs.lists(
+        hs.lists(hs.integers(0, 12), min_size=1, max_size=4, unique=True), min_size=2, max_size=40
+    ),
+    hs.permutations(list(range(13))),
+)
+def test_novelty_features_ignore_names_and_time_direction(cur, perm):
+    """Laws: renaming examples and reversing the order of steps leave both features as they
+    are (gaps keep their multiset; positions p become 1 - p)."""
+    named = [[f"e{i}" for i in b] for b in cur]
+    renamed = [[f"x{perm[i]}" for i in b] for b in cur]
+    f = features_of_batches([named, renamed, named[::-1]])
+    np.testing.assert_allclose(f[1], f[0], equal_nan=True)
+    np.testing.assert_allclose(f[2], f[0], rtol=1e-9, atol=1e-12, equal_nan=True)

@@ -29,7 +29,9 @@ How (Barber, Candes, Ramdas & Tibshirani 2021, "jackknife+ / CV+", grouped by ru
 
 Cost: K extra fits at a fixed penalty (no penalty search) plus K extra rollouts per query;
 with K = 8 on the demo store (48 runs x 250 steps, 300 examples, 100 tests) about 8 fixed-l2
-fits. Memory: the residuals are (runs, steps+1, tests) float64.
+fits. A calibration can be saved beside its model (:func:`save_stored`,
+:mod:`simfluence_cli.store.calibrations`) and is then reused while it is current
+(:func:`stored_calibration`): a cached query costs the K rollouts only. Memory: the residuals are (runs, steps+1, tests) float64.
 """
 
 from __future__ import annotations
@@ -427,7 +429,10 @@ def stored_calibration(
         key = calibration_key(store, name, folds, seed, manifest=getattr(sim, "manifest_", None))
     except SelectionError:
         key = None  # fitting runs gone: calibrate_stored says so
-    payload, why = load_calibration(store, name, key) if key is not None else (None, "")
+    if key is None or not getattr(sim, "run_ids_", None):  # nothing to refit: its error
+        sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
+        return sim, cal, "no saved calibration"
+    payload, why = load_calibration(store, name, key)
     if payload is None:
         why = why or "no saved calibration"
         if on_compute is not None:
