@@ -97,6 +97,28 @@ def test_saved_calibration_round_trips_exactly(store):
     np.testing.assert_array_equal(saved.novelty.reference, cal.novelty.reference)
 
 
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param("optimizer-aware", marks=pytest.mark.slow), "additive", "multiplicative"],
+)
+def test_every_method_round_trips(store, method):
+    from simfluence_cli.model.simulator import Simulator
+
+    st = RunStore(store)
+    st.models.fit(method, Simulator(method, l2=0.1), "fit")
+    _, cal, _ = stored_calibration(st, method)
+    save_stored(st, method, cal)
+    _, saved, _ = stored_calibration(st, method)
+    assert saved.source == "saved"
+    held = st.load("held")
+    run = held["syn-011"]
+    cur = [[str(held.example_ids[i]) for i in run.batch(t)] for t in range(1, run.n_steps + 1)]
+    want = cal.trajectory([cur], run.losses[0], 0.8)
+    got = saved.trajectory([cur], run.losses[0], 0.8)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 # ---- CLI: cache hit, staleness ---------------------------------------------------------------
 
 
