@@ -180,7 +180,7 @@ def test_cli_simulate_interval_columns(store):
             assert lo == hi == loss
         else:
             assert lo < hi
-    assert "calibrated on 10 fitting run(s)" in r.stderr
+    assert "no saved calibration; refitting on 8 folds" in r.stderr
 
 
 def test_cli_interval_level_out_of_range_is_usage_error(store):

@@ -52,8 +52,9 @@ COMMANDS = {
     ],
     "verify": ["verify", "--store", "{s}"],
     "plan": ["plan", "--store", "{s}", "-n", "2", "--steps", "3"],
+    "calibrate": ["calibrate", "--store", "{s}", "-m", "m"],
 }
-WRITES = {"ingest", "fit", "import-scores"}
+WRITES = {"ingest", "fit", "import-scores", "calibrate"}
 
 
 def test_every_subcommand_is_swept():

@@ -29,7 +29,9 @@ How (Barber, Candes, Ramdas & Tibshirani 2021, "jackknife+ / CV+", grouped by ru
 
 Cost: K extra fits at a fixed penalty (no penalty search) plus K extra rollouts per query;
 with K = 8 on the demo store (48 runs x 250 steps, 300 examples, 100 tests) about 8 fixed-l2
-fits. Memory: the residuals are (runs, steps+1, tests) float64.
+fits. A calibration can be saved beside its model (:func:`save_stored`,
+:mod:`simfluence_cli.store.calibrations`) and is then reused while it is current
+(:func:`stored_calibration`): a cached query costs the K rollouts only. Memory: the residuals are (runs, steps+1, tests) float64.
 """
 
 from __future__ import annotations
@@ -42,19 +44,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli.analysis.novelty import Novelty
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.runs import RunSet, id_columns
+from simfluence_cli.store.calibrations import DEFAULT_FOLDS
 
 __all__ = [
     "Calibration",
     "calibrate",
+    "calibrate_stored",
+    "stored_calibration",
+    "save_stored",
     "refit_like",
     "check_level",
     "interval_columns",
     "DEFAULT_FOLDS",
 ]
-
-DEFAULT_FOLDS = 8
 
 
 def check_level(level: float) -> float:
@@ -136,6 +141,9 @@ class Calibration:
     test_ids: np.ndarray
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    novelty: Novelty | None = None  # how unlike the fitting runs a curriculum is
+    key: dict | None = None  # what a saved copy must match (store.calibrations)
+    source: str = "computed"  # 'computed' or 'saved'
 
     @property
     def n_folds(self) -> int:
@@ -350,6 +358,7 @@ def calibrate(
         pred_final,
         np.asarray(tests, dtype=object),
         time.perf_counter() - t0,
+        novelty=Novelty.from_runs(runs),
     )
 
 
@@ -371,4 +380,79 @@ def calibrate_stored(store, name: str, *, folds: int = DEFAULT_FOLDS, seed: int 
                 else "it records none (imported scores have no fitting runs)"
             )
         )
-    return sim, calibrate(sim, store.load(ids), folds=folds, seed=seed, progress=progress)
+    from simfluence_cli.store.calibrations import calibration_key
+
+    key = calibration_key(store, name, folds, seed, manifest=getattr(sim, "manifest_", None))
+    cal = calibrate(sim, store.load(ids), folds=folds, seed=seed, progress=progress)
+    cal.key = key
+    return sim, cal
+
+
+def save_stored(store, name: str, cal: Calibration) -> dict:
+    """Save ``cal`` (from :func:`calibrate_stored`) beside model ``name``; returns the
+    calibration manifest (ConflictError if the model or its runs changed meanwhile)."""
+    from simfluence_cli.store.calibrations import save_calibration
+
+    arrays = {
+        "obs": cal.obs,
+        "pred": cal.pred,
+        "obs_final": cal.obs_final,
+        "pred_final": cal.pred_final,
+        "fold_of": cal.fold_of,
+        "novelty": cal.novelty.reference if cal.novelty is not None else np.zeros((0, 2)),
+    }
+    meta = {
+        "run_ids": list(cal.run_ids),
+        "test_ids": [str(t) for t in cal.test_ids],
+        "seconds": round(float(cal.seconds), 3),
+    }
+    return save_calibration(store, name, cal.key, cal.fold_models, arrays, meta)
+
+
+def stored_calibration(
+    store,
+    name: str,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    progress=None,
+    on_compute=None,
+) -> tuple[object, Calibration, str]:
+    """(full model, Calibration, note) for stored model ``name``: the saved calibration when
+    its key matches (note ''), else a fresh one (refits; nothing is written) and a note
+    saying why the saved one was not used (also passed to ``on_compute(note)`` first)."""
+    from simfluence_cli.store.calibrations import calibration_key, load_calibration
+    from simfluence_cli.store.saved_models import load_model
+
+    sim = load_model(store, name)
+    try:
+        key = calibration_key(store, name, folds, seed, manifest=getattr(sim, "manifest_", None))
+    except SelectionError:
+        key = None  # fitting runs gone: calibrate_stored says so
+    if key is None or not getattr(sim, "run_ids_", None):  # nothing to refit: its error
+        sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
+        return sim, cal, "no saved calibration"
+    payload, why = load_calibration(store, name, key)
+    if payload is None:
+        why = why or "no saved calibration"
+        if on_compute is not None:
+            on_compute(why)
+        sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
+        return sim, cal, why
+    a, man = payload["arrays"], payload["manifest"]
+    cal = Calibration(
+        sim,
+        payload["fold_models"],
+        list(man["run_ids"]),
+        a["fold_of"].astype(np.int64),
+        a["obs"],
+        a["pred"],
+        a["obs_final"],
+        a["pred_final"],
+        np.asarray(man["test_ids"], dtype=object),
+        0.0,
+        novelty=Novelty(a["novelty"]) if len(a["novelty"]) else None,
+        key=key,
+        source="saved",
+    )
+    return sim, cal, ""

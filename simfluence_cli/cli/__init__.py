@@ -6,6 +6,7 @@ Each command lives in its own module and registers itself on the shared ``app``.
 from __future__ import annotations
 
 from simfluence_cli.cli import (
+    calibrate_cmd,  # noqa: F401  (calibrate)
     eval_cmd,  # noqa: F401  (eval, import-scores, top, plot)
     fit_cmd,  # noqa: F401  (fit, simulate)
     ingest_cmd,  # noqa: F401  (ingest, info)

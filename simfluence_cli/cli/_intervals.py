@@ -1,5 +1,6 @@
 """The ``--interval LEVEL`` option shared by simulate, eval, whatif and design (CV+ intervals,
-see :mod:`simfluence_cli.analysis.intervals` and docs/intervals.md)."""
+see :mod:`simfluence_cli.analysis.intervals` and docs/intervals.md), and the saved
+calibration it uses (``fit --calibrate``, ``simfluence calibrate``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from typing import Annotated
 
 import typer
 
-from simfluence_cli.cli._app import info
+from simfluence_cli.cli._app import info, warn
 
 IntervalOpt = Annotated[
     float | None,
     typer.Option(
         "--interval",
         help="Also give a prediction interval at this coverage level, e.g. 0.9 (columns "
-        "lo_90, hi_90): CV+ over 8 grouped-CV folds of the model's fitting runs (refits the "
-        "model 8 times; needs the fitting runs in the store). Calibrated for curricula like the "
-        "fitting runs; see docs/intervals.md.",
+        "lo_90, hi_90): CV+ over 8 grouped-CV folds of the model's fitting runs. Uses the "
+        "calibration saved by `fit --calibrate` / `simfluence calibrate` when it is current, "
+        "else refits the model 8 times (needs the fitting runs in the store; says so on "
+        "stderr). Calibrated for curricula like the fitting runs: a curriculum unlike them "
+        "gets a warning; see docs/intervals.md.",
         min=0.0,
         max=1.0,
     ),
@@ -24,11 +27,51 @@ IntervalOpt = Annotated[
 
 
 def calibration_for(st, name: str, level: float):
-    """(full model, Calibration) for stored model ``name``, with a progress line on stderr."""
-    from simfluence_cli.analysis.intervals import calibrate_stored, check_level
+    """(full model, Calibration) for stored model ``name``: the saved calibration when it is
+    current (silent), else computed now with one line on stderr saying why."""
+    from simfluence_cli.analysis.intervals import check_level, stored_calibration
 
     check_level(level)
-    info(f"calibrating {100 * level:g}% intervals for {name!r}: refitting on 8 folds of its runs")
-    sim, cal = calibrate_stored(st, name)
-    info(f"calibrated on {len(cal.run_ids)} fitting run(s) in {cal.seconds:.1f} s")
+    sim, cal, why = stored_calibration(st, name, on_compute=lambda why: _say_computing(name, why))
     return sim, cal
+
+
+def _say_computing(name: str, why: str) -> None:
+    msg = (
+        f"intervals for {name!r}: {why}; refitting on 8 folds of its fitting runs "
+        f"(`simfluence calibrate --model {name}` saves a calibration)"
+    )
+    (warn if "stale" in why or "damaged" in why else info)(msg)
+
+
+def save_calibration_for(st, name: str, force: bool = False) -> None:
+    """Calibrate stored model ``name`` and save it beside the model (skipped when a current
+    one is saved, unless ``force``); one status line on stderr."""
+    from simfluence_cli.analysis.intervals import calibrate_stored, save_stored
+    from simfluence_cli.store.calibrations import DEFAULT_FOLDS, DEFAULT_SEED, calibration_status
+
+    with st.write_lock():  # a read-only store fails here, before the refits
+        status, why = calibration_status(st, name, DEFAULT_FOLDS, DEFAULT_SEED)
+    if status == "calibrated" and not force:
+        info(f"calibration of {name!r} is up to date; pass --force to recompute it")
+        return
+    info(
+        f"calibrating {name!r} ({'stale: ' + why if status == 'stale' else 'none saved'}): "
+        f"refitting on {DEFAULT_FOLDS} folds of its fitting runs"
+    )
+    _, cal = calibrate_stored(st, name, folds=DEFAULT_FOLDS, seed=DEFAULT_SEED)
+    man = save_stored(st, name, cal)
+    info(
+        f"saved calibration of {name!r}: {len(cal.run_ids)} run(s), {DEFAULT_FOLDS} folds, "
+        f"{cal.seconds:.1f} s -> {st.path}/models/{name}/{man['generation']}"
+    )
+
+
+def novelty_warning(cal, curricula, what: str = "curriculum") -> None:
+    """Warn on stderr (one line) when a queried curriculum is unlike the fitting runs, so its
+    interval may under-cover (:mod:`simfluence_cli.analysis.novelty`)."""
+    if cal.novelty is None or not len(curricula):
+        return
+    msg = cal.novelty.warning(curricula, what)
+    if msg:
+        warn(msg)

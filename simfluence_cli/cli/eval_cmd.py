@@ -24,7 +24,7 @@ from simfluence_cli.cli._app import (
     warn,
     wrote,
 )
-from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for, novelty_warning
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import InputError, SelectionError, UsageError
 
@@ -143,6 +143,8 @@ def eval_command(
     document = res.document(st.path, by.value)
     cov = {}
     if interval is not None:
+        from simfluence_cli.analysis.whatif import run_batches
+
         rs = st.load(list(ev.run_ids))
         for name in model:
             try:
@@ -150,6 +152,7 @@ def eval_command(
             except SelectionError as exc:  # e.g. imported scores: nothing to refit
                 warn(f"no interval for model {name!r}: {exc}")
                 continue
+            novelty_warning(cal, [run_batches(rs, r) for r in rs.run_ids], "evaluated run")
             cov[name] = cal.coverage(rs, interval, tests=list(ev.test_ids), unseen=unseen.value)
     if by is By.summary:
         rows, cols = ev.summary_rows(), ["model", "kind"] + SUMMARY_COLUMNS[1:]

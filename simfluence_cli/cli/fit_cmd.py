@@ -25,7 +25,12 @@ from simfluence_cli.cli._app import (
     warn,
     wrote,
 )
-from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
+from simfluence_cli.cli._intervals import (
+    IntervalOpt,
+    calibration_for,
+    novelty_warning,
+    save_calibration_for,
+)
 from simfluence_cli.cli._output import (
     Format,
     FormatOpt,
@@ -188,6 +193,14 @@ def fit(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the model manifest as JSON on stdout.")
     ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Also compute and save the calibration --interval uses (8 refits at the "
+            "chosen l2; same as `simfluence calibrate --model NAME` afterwards).",
+        ),
+    ] = False,
     solver: Annotated[
         Solver,
         typer.Option(
@@ -258,6 +271,8 @@ def fit(
             f"model {name!r} is up to date (same configuration and data, fitted "
             f"{res.manifest.get('fitted_at')}); pass --replace to refit"
         )
+        if calibrate:
+            save_calibration_for(st, name)
         if json_out:
             render_object(res.manifest)
         return
@@ -295,6 +310,8 @@ def fit(
                 f"the chosen l2={sim.l2_:g} is at the edge of the searched range "
                 f"{min(grid):g}..{max(grid):g}; a value beyond it may fit better: try --l2 X"
             )
+    if calibrate:
+        save_calibration_for(st, name)
     if json_out:
         render_object(man)
 
@@ -462,6 +479,7 @@ def simulate(
         from simfluence_cli.analysis.intervals import interval_columns
 
         _, cal = calibration_for(st, name, interval)
+        novelty_warning(cal, [cur.batches])
         lo_b, hi_b = cal.trajectory(
             [cur.batches], L0, interval, tests=list(sim.test_ids_), unseen=unseen.value
         )

@@ -197,7 +197,13 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
             + (f"; optimizer(s): {'; '.join(d['optimizers'])}" if d.get("optimizers") else ""),
         )
     )
-    rows.append(("models", ", ".join(d["models"]) or "(none)"))
+    cal = d.get("calibrations") or {}
+    rows.append(
+        (
+            "models",
+            ", ".join(f"{m} (intervals {cal.get(m, 'no')})" for m in d["models"]) or "(none)",
+        )
+    )
     return rows
 
 

@@ -26,8 +26,8 @@ def verify(
         typer.Option(
             "--repair",
             help="First remove leftovers of interrupted writes (unnamed partition "
-            "files, temp files, superseded model files, model directories without "
-            "model.json) and rewrite "
+            "files, temp files, superseded model files and calibration generations, model "
+            "directories without model.json) and rewrite "
             "runs.parquet, holding the write lock. Never touches committed data.",
         ),
     ] = False,

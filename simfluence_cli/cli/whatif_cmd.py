@@ -25,7 +25,7 @@ from simfluence_cli.cli._app import (
     warn,
     wrote,
 )
-from simfluence_cli.cli._intervals import IntervalOpt, calibration_for
+from simfluence_cli.cli._intervals import IntervalOpt, calibration_for, novelty_warning
 from simfluence_cli.cli._output import Format, FormatOpt, OutputOpt, render_rows, resolve_format
 from simfluence_cli.errors import SelectionError, UsageError
 
@@ -322,6 +322,7 @@ def whatif_cmd(
         from simfluence_cli.analysis.intervals import interval_columns
 
         _, cal = calibration_for(st, model, interval)
+        novelty_warning(cal, [batches, res.edited], "base or edited curriculum")
         tl = list(res.test_ids)
         lo, hi = cal.change(batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value)
         mlo, mhi = cal.change(
@@ -636,6 +637,7 @@ def design_cmd(
     rep = {"model": model, **res.report()}
     if interval is not None:
         _, cal = calibration_for(st, model, interval)
+        novelty_warning(cal, [res.batches], "designed curriculum")
         mlo, mhi = cal.final([res.batches], L0, interval, tests=list(sim.test_ids_), reduce="mean")
         rep["interval"] = {"level": interval, "lo": float(mlo[0]), "hi": float(mhi[0])}
     header = {

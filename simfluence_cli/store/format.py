@@ -123,3 +123,21 @@ PARAM_COLUMNS = {
 
 
 MODEL_FILE_PREFIXES = ("parameters-", "tests-", "examples-")
+
+
+CALIBRATION_FORMAT = 1
+CALIBRATION_MANIFEST = "calibration.json"  # models/<name>/calibration.json: the commit point
+CALIBRATION_DIR_PREFIX = "calibration-"  # models/<name>/calibration-<gen>/: one generation
+CALIBRATION_ARRAYS = "residuals.npz"  # in the generation dir: out-of-fold residual arrays
+CALIBRATION_FOLD_PREFIX = "fold-"  # in the generation dir: fold-<k>/ = fold model k's files
+CALIBRATION_ARRAY_MEANINGS = {
+    "obs": "(runs, steps+1, tests) observed losses of the fitting runs on the step grid (NaN = "
+    "not logged)",
+    "pred": "(runs, steps+1, tests) out-of-fold predictions (by the model fitted without the "
+    "run's fold) from the run's own step-0 losses",
+    "obs_final": "(runs, tests) observed loss at each run's last logged step",
+    "pred_final": "(runs, tests) out-of-fold prediction at that step",
+    "fold_of": "(runs,) fold index of each fitting run (run order: calibration.json run_ids)",
+    "novelty": "(runs, 2) curriculum features of the fitting runs: regularity, imbalance "
+    "(simfluence_cli/analysis/novelty.py)",
+}

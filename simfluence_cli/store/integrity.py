@@ -37,6 +37,9 @@ from simfluence_cli.errors import StoreError, StoreVersionError
 from simfluence_cli.store import _lock
 from simfluence_cli.store.format import (
     _PART_FILE,
+    CALIBRATION_ARRAYS,
+    CALIBRATION_DIR_PREFIX,
+    CALIBRATION_MANIFEST,
     MANIFEST,
     MODEL_FILE_PREFIXES,
     MODEL_FORMAT,
@@ -47,7 +50,7 @@ from simfluence_cli.store.format import (
 )
 from simfluence_cli.store.run_check import ERROR, WARNING, VerifyReport, _check_run, _dict_values
 from simfluence_cli.store.run_store import RunStore
-from simfluence_cli.store.saved_models import stray_files
+from simfluence_cli.store.saved_models import remove_tree, stray_calibrations, stray_files
 
 
 def verify_store(path: str | os.PathLike, repair: bool = False) -> VerifyReport:
@@ -324,6 +327,7 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
             "`simfluence verify --repair` (or the next fit of this name) removes it",
             model=name,
         )
+    _check_calibration(store, man, d, mm, rep)
     if mm.get("name") not in (None, name):
         rep.add(
             WARNING,
@@ -450,6 +454,56 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
 # ---- repair -------------------------------------------------------------------------------
 
 
+def _check_calibration(store, man: dict, d: Path, mm: dict, rep: VerifyReport) -> None:
+    """A model's saved interval calibration (store/calibrations.py): stray generations,
+    damage, staleness. All warnings: ``--interval`` then recomputes the calibration."""
+    name, rel = d.name, f"models/{d.name}"
+    fix = f"`simfluence calibrate --model {name}` rewrites it (--interval recomputes meanwhile)"
+    for p in stray_calibrations(d):
+        rep.add(
+            WARNING,
+            f"{rel}/{p.name}/",
+            "calibration generation not named by calibration.json (left by a crash or an "
+            "interrupted calibrate): simfluence ignores it",
+            "`simfluence verify --repair` (or the next calibrate of this model) removes it",
+            model=name,
+        )
+    cf = d / CALIBRATION_MANIFEST
+    if not cf.exists():
+        return
+    try:
+        saved = json.loads(cf.read_text(encoding="utf-8"))
+        gen = d / saved["generation"]
+        key = saved["key"]
+        folds = [gen / f / "model.json" for f in saved["folds"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        rep.add(WARNING, f"{rel}/{CALIBRATION_MANIFEST}", f"unreadable ({exc})", fix, model=name)
+        return
+    missing = [p for p in [gen / CALIBRATION_ARRAYS, *folds] if not p.is_file()]
+    rep.files_checked += 1
+    if missing:
+        rep.add(
+            WARNING,
+            f"{rel}/{CALIBRATION_MANIFEST}",
+            f"saved calibration is missing {len(missing)} file(s) ({missing[0].relative_to(d)})",
+            fix,
+            model=name,
+        )
+        return
+    runs = (mm.get("config") or {}).get("runs") or []
+    stale = None
+    if key.get("model_generation") != (mm.get("files") or {}).get("parameters"):
+        stale = "it belongs to an earlier fit of the model"
+    elif any(r not in (man.get("runs") or {}) for r in runs):
+        stale = "fitting runs are gone from the store"
+    elif runs and key.get("runs_hash") != store.data_hash(runs):
+        stale = "the fitting runs' data changed since it was made"
+    if stale:
+        rep.add(
+            WARNING, f"{rel}/{CALIBRATION_MANIFEST}", f"stale calibration: {stale}", fix, model=name
+        )
+
+
 def _repair(store) -> list[str]:
     """Remove leftovers and rewrite runs.parquet, holding the write lock."""
     done: list[str] = []
@@ -479,9 +533,14 @@ def _repair(store) -> list[str]:
                 for f in strays:
                     f.unlink(missing_ok=True)
                     done.append(f"removed models/{d.name}/{f.name}")
+                for p in stray_calibrations(d):  # calibration generations not committed
+                    remove_tree(p)
+                    done.append(f"removed models/{d.name}/{p.name}/")
                 continue
             ours = all(
-                f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))
+                (f.is_file() and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith(".")))
+                or f.name == CALIBRATION_MANIFEST
+                or (f.is_dir() and f.name.startswith(CALIBRATION_DIR_PREFIX))
                 for f in d.iterdir()
             )
             if ours:

@@ -41,6 +41,7 @@ from simfluence_cli.errors import (
     ConflictError,
     InputError,
     SelectionError,
+    SimfluenceError,
     StoreError,
     StoreVersionError,
     UsageError,
@@ -482,8 +483,26 @@ class RunStore:
             "runs_with_lr": sum(1 for e in entries.values() if e.get("has_lr")),
             "optimizers": sorted({e["optimizer"] for e in entries.values() if e.get("optimizer")}),
             "models": models,
+            "calibrations": self._calibrations(models),
             "updated_at": man.get("updated_at"),
         }
+
+    def _calibrations(self, models: list[str]) -> dict[str, str]:
+        """Per model: saved interval calibration 'calibrated', 'stale: <why>' or 'no'."""
+        from simfluence_cli.store.calibrations import (
+            DEFAULT_FOLDS,
+            DEFAULT_SEED,
+            calibration_status,
+        )
+
+        out = {}
+        for name in models:
+            try:
+                status, why = calibration_status(self, name, DEFAULT_FOLDS, DEFAULT_SEED)
+            except SimfluenceError as exc:
+                status, why = "stale", str(exc)
+            out[name] = f"{status}: {why}" if why else status
+        return out
 
     # ---- writing -------------------------------------------------------------------------
 

@@ -44,7 +44,13 @@ from simfluence_cli.model.simulator import (
     SimulatorConfig,
 )
 from simfluence_cli.runs import RunSet
-from simfluence_cli.store.format import MODEL_FILE_PREFIXES, MODEL_FORMAT, PARAM_COLUMNS
+from simfluence_cli.store.format import (
+    CALIBRATION_DIR_PREFIX,
+    CALIBRATION_MANIFEST,
+    MODEL_FILE_PREFIXES,
+    MODEL_FORMAT,
+    PARAM_COLUMNS,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -220,6 +226,39 @@ def _save_model(
     config = model_config(sim, runs, data_hash, kind, extra)
     check_existing(store, name, config, replace=replace)  # raises on a different configuration
     gen = f"{int(time.time())}-{secrets.token_hex(3)}" if parameters is None else parameters.gen
+    files, oa = write_model_files(d, sim, gen, parameters)
+    manifest = {
+        "format": MODEL_FORMAT,
+        "name": name,
+        "config": config,
+        "selector": selector,
+        "l2": sim.l2_,
+        "cv_curve": sim.cv_curve_,
+        "cv_folds": getattr(sim, "cv_folds_", None),
+        "batch_size": sim.batch_size_,
+        "n_examples": int(len(sim.example_ids_)),
+        "n_tests": int(len(sim.test_ids_)),
+        "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
+        # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
+        "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
+        "tool_version": __version__,
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": files,
+        **({"optimizer_aware": oa} if oa is not None else {}),
+        **(extra or {}),
+    }
+    write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    for f in stray_files(d, manifest):  # committed: older generations, interrupted writes
+        f.unlink(missing_ok=True)
+    drop_calibration(d)  # a saved calibration belongs to the previous fit
+    return manifest
+
+
+def write_model_files(
+    d: Path, sim: Simulator, gen: str, parameters=None
+) -> tuple[dict, dict | None]:
+    """Write ``sim``'s parameters, tests and examples files of generation ``gen`` into ``d``
+    (atomically, each); returns the manifest's ``files`` and ``optimizer_aware`` entries."""
     d.mkdir(parents=True, exist_ok=True)
     files = {
         "parameters": f"parameters-{gen}.parquet",
@@ -260,30 +299,7 @@ def _save_model(
         ),
         {"count": "occurrences of the example in the fitting runs' curricula"},
     )
-    manifest = {
-        "format": MODEL_FORMAT,
-        "name": name,
-        "config": config,
-        "selector": selector,
-        "l2": sim.l2_,
-        "cv_curve": sim.cv_curve_,
-        "cv_folds": getattr(sim, "cv_folds_", None),
-        "batch_size": sim.batch_size_,
-        "n_examples": int(len(sim.example_ids_)),
-        "n_tests": int(len(sim.test_ids_)),
-        "fit_seconds": round(float(getattr(sim, "fit_seconds_", 0.0)), 4),
-        # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
-        "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
-        "tool_version": __version__,
-        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": files,
-        **({"optimizer_aware": oa} if oa is not None else {}),
-        **(extra or {}),
-    }
-    write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    for f in stray_files(d, manifest):  # committed: older generations, interrupted writes
-        f.unlink(missing_ok=True)
-    return manifest
+    return files, oa
 
 
 def stray_files(d: Path, manifest: dict) -> list[Path]:
@@ -301,6 +317,48 @@ def stray_files(d: Path, manifest: dict) -> list[Path]:
         and f.name not in keep
         and (f.name.startswith(MODEL_FILE_PREFIXES) or f.name.startswith("."))
     )
+
+
+def stray_calibrations(d: Path) -> list[Path]:
+    """Calibration leftovers in model directory ``d``: ``calibration-*`` directories that its
+    ``calibration.json`` does not name (all of them when there is none)."""
+    if not d.is_dir():
+        return []
+    saved = _read_calibration(d) if (d / CALIBRATION_MANIFEST).exists() else None
+    keep = saved.get("generation") if saved else None
+    return sorted(
+        p
+        for p in d.iterdir()
+        if p.is_dir() and p.name.startswith(CALIBRATION_DIR_PREFIX) and p.name != keep
+    )
+
+
+def drop_calibration(d: Path) -> None:
+    """Remove the calibration of model directory ``d``: the commit point first, then the
+    generation directories (call with the write lock held)."""
+    (d / CALIBRATION_MANIFEST).unlink(missing_ok=True)
+    for p in stray_calibrations(d):
+        remove_tree(p)
+
+
+def remove_tree(p: Path) -> None:
+    """Remove directory ``p``: renamed to a hidden name first (atomic), then deleted."""
+    import shutil
+
+    trash = p.with_name(f".{p.name}.deleted-{secrets.token_hex(4)}")
+    try:
+        p.rename(trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _read_calibration(d: Path) -> dict | None:
+    try:
+        out = json.loads((d / CALIBRATION_MANIFEST).read_text(encoding="utf-8"))
+        return out if isinstance(out, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
@@ -548,9 +606,16 @@ def load_model(
 
 def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see load_model
     man = manifest if manifest is not None else read_manifest(store, name)
+    return load_model_files(model_dir(store, name), man, name, tests, parameters)
+
+
+def load_model_files(
+    d: Path, man: dict, name: str, tests=None, parameters: bool = True
+) -> Simulator:
+    """A Simulator from the files in ``d`` that manifest ``man`` names (see :func:`load_model`;
+    errors are raw, the caller names the model)."""
     if man.get("format", 0) > MODEL_FORMAT:
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
-    d = model_dir(store, name)
     cfg = man["config"]
     sim = Simulator.from_config(SimulatorConfig.from_json({"l2": 0.0, **cfg}))
     tt = pq.read_table(d / man["files"]["tests"])
