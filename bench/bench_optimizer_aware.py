@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from _machine import cpu_model
 
 from simfluence_cli.analysis.evaluation import evaluate
 from simfluence_cli.io.score_files import read_scores
+from simfluence_cli.model import optimizer_aware as oa
 from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
 from simfluence_cli.model.external_scores import fit_scale, scores_simulator
 from simfluence_cli.model.simulator import Simulator
@@ -83,11 +85,14 @@ def without_lr(runs):
     return RunSet(runs.example_ids, runs.test_ids, [replace(r, lr=None) for r in runs.runs])
 
 
-def ablations(cfg) -> list[tuple[str, dict]]:
+def ablations(sim) -> list[tuple[str, dict]]:
     """The chosen optimizer-aware configuration with one component changed (no CV)."""
+    cfg = sim.config_
     base = dict(method="optimizer-aware", l2=cfg.l2, transform=cfg.transform, ar=cfg.ar)
     base["time_basis"] = cfg.n_basis
-    out = [("oa-no-lr", base)]  # fitted and evaluated on runs stripped of their lr
+    out = []
+    if sim.schedule_.lr_by_step is not None:  # fitted and evaluated on runs stripped of lr
+        out.append(("oa-no-lr", base))
     if cfg.ar:
         out.append(("oa-no-ar", {**base, "ar": False}))
     if cfg.n_basis:
@@ -96,7 +101,21 @@ def ablations(cfg) -> list[tuple[str, dict]]:
         out.append(("oa-basis-8", {**base, "time_basis": 8}))
     other = "logodds" if cfg.transform == "identity" else "identity"
     out.append((f"oa-{other}", {**base, "transform": other}))
+    # the identity transform without the per-test standardisation (l2 in loss units)
+    if cfg.transform == "identity":
+        out.append(("oa-unstandardised", base))
+    else:
+        out.append(("oa-identity-unstandardised", {**base, "transform": "identity"}))
     return out
+
+
+def fit_one(name: str, kw: dict, fit):
+    """Fit one spec; the ``*-unstandardised`` ablations fit the identity transform on the
+    losses as they are (``optimizer_aware.standardised`` patched to a unit scale)."""
+    if name.endswith("-unstandardised"):
+        with mock.patch.object(oa, "standardised", lambda r: (r, np.ones(r.n_tests))):
+            return Simulator(**kw).fit(fit)
+    return Simulator(**kw).fit(without_lr(fit) if name == "oa-no-lr" else fit)
 
 
 def fit_models(st: RunStore, fam: str, ablation: bool) -> tuple[dict, dict]:
@@ -110,7 +129,7 @@ def fit_models(st: RunStore, fam: str, ablation: bool) -> tuple[dict, dict]:
     while specs:
         name, kw = specs.pop(0)
         t0, c0 = time.perf_counter(), time.process_time()
-        sim = Simulator(**kw).fit(without_lr(fit) if name == "oa-no-lr" else fit)
+        sim = fit_one(name, kw, fit)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         note = {"fit_seconds": round(dt, 1), "fit_cpu_seconds": round(cpu, 1), "l2": sim.l2_}
         if sim.method == "optimizer-aware":
@@ -120,7 +139,7 @@ def fit_models(st: RunStore, fam: str, ablation: bool) -> tuple[dict, dict]:
         models[name], notes[name] = sim, note
         print(f"  {fam}: fitted {name} in {dt:.1f} s {note}", file=sys.stderr)
         if name == "optimizer-aware" and ablation:
-            specs[:0] = ablations(sim.config_)
+            specs[:0] = ablations(sim)
     scores = family_dir(fam) / "tracin_scores.csv.gz"
     if scores.is_file():
         table = read_scores(scores)
@@ -287,11 +306,19 @@ def targets(res: dict, new: str = "optimizer-aware") -> list[str]:
             o, mt = t[new], t["mean-trajectory"]
             beat = o["all_steps_mse"] < mt["all_steps_mse"]
             near = o["final_step_mse"] <= 1.1 * mt["final_step_mse"]
+            lin = ""
+            if "linear" in t:
+                lt = t["linear"]
+                lin = (
+                    f" [linear: all-steps {lt['all_steps_mse'] / mt['all_steps_mse']:.3f}x, "
+                    f"final {lt['final_step_mse'] / mt['final_step_mse']:.3f}x of mean-trajectory]"
+                )
             out.append(
                 f"- {fam}/{h}: all-steps MSE {o['all_steps_mse']:.4g} vs mean-trajectory "
                 f"{mt['all_steps_mse']:.4g} ({'beats' if beat else 'MISSED'}); final MSE "
-                f"{o['final_step_mse']:.4g} vs {mt['final_step_mse']:.4g} "
-                f"({'within 10% or better' if near else 'MISSED'})"
+                f"{o['final_step_mse']:.4g} vs {mt['final_step_mse']:.4g} = "
+                f"{o['final_step_mse'] / mt['final_step_mse']:.3f}x "
+                f"({'within 10% or better' if near else 'MISSED'})" + lin
             )
     rs = [
         fams[f]["heldout"][h][new]["run_spearman"]
