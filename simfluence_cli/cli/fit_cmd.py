@@ -143,7 +143,8 @@ def fit(
         typer.Option(
             "--time-basis",
             help="optimizer-aware only: number of hat functions of the step absorbing the "
-            "drift shared by all curricula (0 = none), or auto (CV between 0 and 8).",
+            "drift shared by all curricula (0 = none), or auto: CV between 0 and 8 when the "
+            "fitting runs' logged lr varies (a schedule), else 0.",
         ),
     ] = "auto",
     l2: Annotated[
