@@ -151,6 +151,28 @@ def fit_models(st: RunStore, fam: str, ablation: bool) -> tuple[dict, dict]:
     return models, notes
 
 
+def final_bias(models: dict, held) -> dict:
+    """Final-step MSE of optimizer-aware and Linear split into the per-test bias shared by
+    all held-out runs (mean error over runs, squared) and the rest: the share a
+    curriculum-independent correction (mean trajectory, time basis) could remove."""
+    out = {}
+    real = np.stack([r.losses[-1] for r in held.runs])
+    for name in ("optimizer-aware", "linear"):
+        if name not in models:
+            continue
+        sim = models[name]
+        pred = []
+        for r in held.runs:
+            cur = [held.example_ids[r.index_matrix()].tolist()]
+            kw = {"lr": r.lr} if sim.method == "optimizer-aware" else {}
+            pred.append(sim.simulate(cur, r.losses[0], return_="final", **kw)[0])
+        err = np.stack(pred) - real
+        mse, bias2 = float(np.mean(err**2)), float(np.mean(err.mean(axis=0) ** 2))
+        out[name] = {"final_mse": mse, "bias2": bias2, "bias2_share": bias2 / mse}
+    out["real_final_variance"] = float(real.var(axis=0).mean())
+    return out
+
+
 def noise_floor(work: Path) -> dict | None:
     """Retrain plain fit-000 with steps 100 and 101 swapped: how far real outcomes move."""
     st = RunStore(work / "store-plain")
@@ -223,7 +245,7 @@ def main(argv=None) -> int:
         ensure_family(fam)
         st = build_store(fam, work)
         models, notes = fit_models(st, fam, not ns.no_ablation)
-        famres = {"models": notes, "heldout": {}}
+        famres = {"models": notes, "heldout": {}, "final_bias": {}}
         for h in HELDOUT:
             held = st.load(h)
             rows = evaluate({k: v for k, v in models.items() if k != "oa-no-lr"}, held)
@@ -233,6 +255,7 @@ def main(argv=None) -> int:
             order = list(models)
             rows.sort(key=lambda row: order.index(row["model"]))
             famres["heldout"][h] = {row["model"]: {k: row[k] for k in METRICS} for row in rows}
+            famres["final_bias"][h] = final_bias(models, held)
         results["families"][fam] = famres
         print(json.dumps(famres["heldout"], indent=1), file=sys.stderr)
     if "plain" in results["families"]:
@@ -287,12 +310,45 @@ def render(res: dict) -> str:
                 cells = ["-" if v is None else f"{v:.4g}" for v in vals]
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += bias_table(res)
     lines += targets(res)
     if "noise_floor" in res:
         lines += ["## Noise floor (plain family, retraining fit-000)", ""]
         lines += [f"- {k}: {v}" for k, v in res["noise_floor"].items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def bias_table(res: dict) -> list[str]:
+    """The final-step error split: per-test bias shared by the held-out runs vs the rest."""
+    rows = [
+        (fam, h, fb)
+        for fam, fr in res["families"].items()
+        for h, fb in fr.get("final_bias", {}).items()
+    ]
+    if not rows:
+        return []
+    out = [
+        "## Final-step MSE: the per-test bias shared by all held-out runs",
+        "",
+        "bias^2 = mean over tests of (mean over the held-out runs of simulated - real final "
+        "loss)^2; a correction that does not depend on the curriculum can remove at most this. "
+        "Real variance = variance of the real final losses across the held-out runs (what the "
+        "mean-trajectory baseline pays).",
+        "",
+        "| family / held-out | OA final MSE | OA bias^2 share | Linear final MSE | "
+        "Linear bias^2 share | real variance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fam, h, fb in rows:
+        o, li = fb.get("optimizer-aware", {}), fb.get("linear", {})
+        out.append(
+            f"| {fam} / {h} | {o.get('final_mse', float('nan')):.4g} | "
+            f"{o.get('bias2_share', float('nan')):.0%} | {li.get('final_mse', float('nan')):.4g} | "
+            f"{li.get('bias2_share', float('nan')):.0%} | {fb['real_final_variance']:.4g} |"
+        )
+    out.append("")
+    return out
 
 
 def targets(res: dict, new: str = "optimizer-aware") -> list[str]:
