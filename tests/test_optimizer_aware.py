@@ -235,6 +235,7 @@ def test_cli_fit_save_load_eval_simulate_top(tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
+    assert "time basis 3, l2 0.01; lr varies" in res.output  # warm-up + cosine lr logged
     from simfluence_cli.store.run_store import RunStore
     from simfluence_cli.store.saved_models import load_model
 
