@@ -130,7 +130,7 @@ def test_rollout_semantics_lr_schedule_padding_and_final():
     sim = Simulator("optimizer-aware", l2=0.01, transform="identity", ar=True, time_basis=3).fit(
         runs
     )
-    cur = [runs.example_ids[runs.runs[0].index_matrix()[t][:4]].tolist() for t in range(50)]
+    cur = [runs.example_ids[runs.runs[0].batch(t)].tolist() for t in range(1, 51)]
     L0 = runs.runs[0].losses[0]
     # no lr given = the fitting runs' schedule by step index
     default = sim.simulate([cur], L0)
