@@ -163,7 +163,7 @@ def final_bias(models: dict, held) -> dict:
         sim = models[name]
         pred = []
         for r in held.runs:
-            cur = [held.example_ids[r.index_matrix()].tolist()]
+            cur = [[held.example_ids[r.batch(t)].tolist() for t in range(1, r.n_steps + 1)]]
             kw = {"lr": r.lr} if sim.method == "optimizer-aware" else {}
             pred.append(sim.simulate(cur, r.losses[0], return_="final", **kw)[0])
         err = np.stack(pred) - real
