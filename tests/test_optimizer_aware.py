@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -49,25 +51,56 @@ def oa_runs(n=24, m=4, R=10, T=50, b=4, rho=0.6, H=3, transform="identity", nois
 
 def test_reduces_exactly_to_the_papers_linear_model():
     """Constant lr and batch size, no AR, no basis, identity transform: the paper's Linear
-    (A_i = a_i + 1/b, same ridge penalty toward the no-change prior). Linear fits each test's
-    losses divided by their RMS; losses standardised beforehand make that a no-op, so the
-    penalties mean the same in both."""
-    from simfluence_cli.model.simulator import _loss_scale
-
+    (A_i = a_i + 1/b, same ridge penalty toward the no-change prior). Both fit each test's
+    losses divided by their RMS, so this holds in any loss units (here per-test factors)."""
     runs, _, _ = make_runs(20, 3, 6, 40, 4, seed=3, noise=0.01)
-    scale = _loss_scale(runs)
     for r in runs.runs:
         r.lr = np.full(r.n_steps, 0.05)
-        r.losses = r.losses / scale
-    np.testing.assert_allclose(_loss_scale(runs), 1.0)
+        r.losses = r.losses * np.array([1.0, 30.0, 0.02])
     lin = Simulator("linear", l2=0.3).fit(runs, solver="direct")
     opt = Simulator("optimizer-aware", l2=0.3, transform="identity", ar=False, time_basis=0)
     opt.fit(runs, tol=1e-12)
     np.testing.assert_allclose(opt.A_ + 1 / 4, lin.A_, atol=1e-7)
-    np.testing.assert_allclose(opt.B_, lin.B_, atol=1e-7)
+    np.testing.assert_allclose(opt.B_, lin.B_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(opt.loss_scale_, lin.loss_scale_)
     cur = [runs.example_ids[r.index_matrix()].tolist() for r in runs.runs[:2]]
     L0 = runs.runs[0].losses[0]
-    np.testing.assert_allclose(opt.simulate(cur, L0), lin.simulate(cur, L0), atol=1e-6)
+    np.testing.assert_allclose(opt.simulate(cur, L0), lin.simulate(cur, L0), rtol=1e-6)
+
+
+def test_identity_fit_does_not_depend_on_loss_units():
+    """Scaling a test's losses by c scales its B and drift weights by c; a and rho (and the
+    CV's choices) do not change."""
+    runs, _ = oa_runs(R=6, noise=0.002, seed=4)
+    c = np.array([1.0, 50.0, 0.01, 3.0])
+    scaled = RunSet(
+        runs.example_ids,
+        runs.test_ids,
+        [replace(r, losses=r.losses * c) for r in runs.runs],
+    )
+    kw = dict(method="optimizer-aware", transform="identity", time_basis=3)
+    one, two = Simulator(**kw).fit(runs, tol=1e-12), Simulator(**kw).fit(scaled, tol=1e-12)
+    assert one.config_ == two.config_
+    np.testing.assert_allclose(two.A_, one.A_, atol=1e-8)
+    np.testing.assert_allclose(two.ar_, one.ar_, atol=1e-8)
+    np.testing.assert_allclose(two.B_, one.B_ * c, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(two.basis_, one.basis_ * c[:, None], rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("lr", ["schedule", "constant", "none"])
+def test_time_basis_auto_is_offered_only_under_an_lr_schedule(lr):
+    """--time-basis auto: CV weighs 0 against 8 hat functions only when the logged lr varies;
+    at a constant or unlogged lr the basis is off without being scored; a number forces it."""
+    runs, _ = oa_runs(R=4, noise=0.002, seed=2)
+    for r in runs.runs:
+        r.lr = {"schedule": r.lr, "constant": np.full(r.n_steps, 0.05), "none": None}[lr]
+    sim = Simulator("optimizer-aware", l2=0.1, transform="identity").fit(runs)  # AR by CV
+    scored = {c["n_basis"] for c in sim.cv_curve_}
+    assert scored == ({0, 8} if lr == "schedule" else {0})
+    if lr != "schedule":
+        assert sim.config_.n_basis == 0
+    forced = Simulator("optimizer-aware", l2=0.1, transform="identity", ar=False, time_basis=5)
+    assert forced.fit(runs).config_.n_basis == 5
 
 
 def test_recovers_its_own_parameters_from_noise_free_runs():
@@ -97,7 +130,7 @@ def test_rollout_semantics_lr_schedule_padding_and_final():
     sim = Simulator("optimizer-aware", l2=0.01, transform="identity", ar=True, time_basis=3).fit(
         runs
     )
-    cur = [runs.example_ids[runs.runs[0].index_matrix()[t][:4]].tolist() for t in range(50)]
+    cur = [runs.example_ids[runs.runs[0].batch(t)].tolist() for t in range(1, 51)]
     L0 = runs.runs[0].losses[0]
     # no lr given = the fitting runs' schedule by step index
     default = sim.simulate([cur], L0)
@@ -202,6 +235,7 @@ def test_cli_fit_save_load_eval_simulate_top(tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
+    assert "time basis 3, l2 0.01; lr varies" in res.output  # warm-up + cosine lr logged
     from simfluence_cli.store.run_store import RunStore
     from simfluence_cli.store.saved_models import load_model
 

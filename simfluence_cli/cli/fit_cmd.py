@@ -148,7 +148,8 @@ def fit(
         typer.Option(
             "--time-basis",
             help="optimizer-aware only: number of hat functions of the step absorbing the "
-            "drift shared by all curricula (0 = none), or auto (CV between 0 and 8).",
+            "drift shared by all curricula (0 = none), or auto: CV between 0 and 8 when the "
+            "fitting runs' logged lr varies (a schedule), else 0.",
         ),
     ] = "auto",
     l2: Annotated[
@@ -291,10 +292,12 @@ def fit(
     )
     if sim.method == "optimizer-aware":
         c = sim.config_
+        s = sim.schedule_
+        lr = "varies" if s.lr_varies() else "not logged" if s.lr_by_step is None else "constant"
         info(
             f"optimizer-aware choices: transform {c.transform}, AR {'on' if c.ar else 'off'}"
             f" (median rho {float(np.median(sim.ar_)) if c.ar else 0.0:.3f}), time basis "
-            f"{c.n_basis}, l2 {c.l2:g}; lr {'logged' if sim.schedule_.lr_by_step is not None else 'not logged'}"
+            f"{c.n_basis}, l2 {c.l2:g}; lr {lr} (auto offers the time basis only under a schedule)"
         )
     elif sim.cv_curve_:
         info(

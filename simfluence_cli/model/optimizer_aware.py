@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.model.config import TRANSFORMS
+from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet
 
 _LMIN = 1e-6  # losses are floored here before log / log-odds
@@ -139,6 +140,15 @@ class Schedule:
             warnings.simplefilter("ignore", RuntimeWarning)
             by_step = np.nanmedian(M, axis=0)
         return cls(lr_ref, b_ref, T_ref, by_step)
+
+    def lr_varies(self) -> bool:
+        """Whether the fitting runs follow a learning-rate schedule (the median logged lr of
+        some step differs from another's by more than 1e-6 relative): only then does the
+        time basis have a drift shared by every curriculum to absorb (see ``fit_simulator``)."""
+        if self.lr_by_step is None:
+            return False
+        lr = self.lr_by_step[np.isfinite(self.lr_by_step)]
+        return bool(len(lr)) and float(np.ptp(lr)) > 1e-6 * abs(self.lr_ref)
 
     def lr_for(self, T: int) -> np.ndarray:
         """Default lr of steps 1..T for a curriculum without its own: the fitting runs'
@@ -481,17 +491,34 @@ def _run_lr(runs: list, T: int):
     return L
 
 
-def cv_score(runs: RunSet, folds, cfg: Config, cols, clip, margin, cache) -> float:
-    """Held-out all-steps rollout MSE (loss space) of ``cfg``, K folds grouped by run."""
+def standardised(runs: RunSet) -> tuple[RunSet, np.ndarray]:
+    """The runs the identity transform fits: each test's losses divided by their RMS over the
+    fitting runs (the paper's methods' per-test standardisation), and that (m,) scale.
+    B and the basis weights fitted on them are multiplied by the scale to return to loss units
+    (a and rho are dimensionless): the fit and its ridge penalty do not depend on loss units."""
+    scale = loss_scale(runs)
+    return rescaled(runs, scale), scale
+
+
+def cv_score(runs: RunSet, folds, cfg: Config, cols, clip, margin, cache, std=None) -> float:
+    """Held-out all-steps rollout MSE (loss space) of ``cfg``, K folds grouped by run.
+    ``std`` = ``standardised(runs)``, which the identity transform fits (default: computed)."""
     sse = cnt = 0.0
+    units = cfg.transform == "identity"
+    if units and std is None:
+        std = standardised(runs)
     for f, fold in enumerate(folds):
-        train = runs.subset([r for r in runs.run_ids if r not in fold])
-        key = (f, cfg.n_basis)
+        train_ids = [r for r in runs.run_ids if r not in fold]
+        train = runs.subset(train_ids)
+        key = (f, cfg.n_basis, units)
         if key not in cache:
-            sched = Schedule.from_runs(train)
-            cache[key] = (sched, Observations(train, sched, cfg.n_basis))
-        sched, obs = cache[key]
-        a, B, rho, gamma, _ = fit_params(train, sched, cfg, cols, obs=obs, tol=1e-6)
+            fit_runs = std[0].subset(train_ids) if units else train
+            sched = Schedule.from_runs(fit_runs)
+            cache[key] = (sched, Observations(fit_runs, sched, cfg.n_basis), fit_runs)
+        sched, obs, fit_runs = cache[key]
+        a, B, rho, gamma, _ = fit_params(fit_runs, sched, cfg, cols, obs=obs, tol=1e-6)
+        if units:
+            B, gamma = B * std[1][cols], gamma * std[1][cols, None]
         held = [runs[r] for r in fold]
         idx = _index_array(held)
         T = idx.shape[1]
@@ -522,10 +549,11 @@ def choose_config(
     folds = _folds(runs.run_ids, min(k_folds, len(runs)))
     cache: dict = {}
     scores: dict[Config, float] = {}
+    std = standardised(runs) if fixed.get("transform") in (None, "identity") else None
 
     def score(cfg):
         if cfg not in scores:
-            scores[cfg] = cv_score(runs, folds, cfg, cols, clip, margin, cache)
+            scores[cfg] = cv_score(runs, folds, cfg, cols, clip, margin, cache, std)
             if progress is not None:
                 progress(cfg, scores[cfg])
         return scores[cfg]
@@ -573,15 +601,23 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
         "n_basis": None if sim.time_basis == "auto" else int(sim.time_basis),
         "l2": None if sim.l2 == "auto" else float(sim.l2),
     }
+    sched = Schedule.from_runs(runs)
+    if fixed["n_basis"] is None and not sched.lr_varies():
+        # no lr schedule (constant or unlogged lr): the loss drift of the fitting runs comes
+        # from what their curricula trained on, which the per-example terms model and which
+        # differs between curricula; a time basis would hard-code the fitting curricula's
+        # drift (CV on reshuffled fitting runs cannot see the harm on e.g. class-ordered ones)
+        fixed["n_basis"] = 0
     if len(runs) < 2 and any(v is None for v in fixed.values()):
         sim.warnings_.append(
             "optimizer-aware: cross-validation needs at least 2 fitting runs; the unset "
-            "choices use identity transform, AR on, 8 basis functions, l2 = 1"
+            "choices use identity transform, AR on, 8 basis functions (with an lr schedule), "
+            "l2 = 1"
         )
         fixed = {
             "transform": fixed["transform"] or "identity",
             "ar": True if fixed["ar"] is None else fixed["ar"],
-            "n_basis": 8 if fixed["n_basis"] is None else fixed["n_basis"],
+            "n_basis": BASIS_CHOICES[-1] if fixed["n_basis"] is None else fixed["n_basis"],
             "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
         }
     if sim._exec.workers > 1 or sim._exec.dask:
@@ -591,10 +627,12 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
     cols = cv_test_subset(runs.n_tests, OA_CV_TESTS)
     k = min(sim.cv_folds, OA_CV_FOLDS)
     cfg, curve, folds = choose_config(runs, fixed, k, sim.clip, sim.clip_margin, cols)
-    sched = Schedule.from_runs(runs)
     n, m = runs.n_examples, runs.n_tests
+    scale = np.ones(m)
+    if cfg.transform == "identity":  # fit L / s per test; B and gamma scaled back below
+        runs, scale = standardised(runs)
     obs = Observations(runs, sched, cfg.n_basis)
-    sim.schedule_, sim.config_ = sched, cfg
+    sim.schedule_, sim.config_, sim.loss_scale_ = sched, cfg, scale
     sim.l2_, sim.cv_curve_, sim.cv_folds_ = cfg.l2, (curve or None), (folds if curve else None)
     sim.ar_ = np.zeros(m)
     sim.basis_ = np.zeros((m, cfg.n_basis))
@@ -607,6 +645,7 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
         a, B, rho, gamma, it = fit_params(
             runs, sched, cfg, tests, obs=obs, tol=min(sim._exec.tol * 100, 1e-8), chunk=chunk
         )
+        B, gamma = B * scale[tests], gamma * scale[tests, None]
         if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
             raise ModelError("the fit produced non-finite parameters; raise --l2")
         iters = max(iters, it)

@@ -51,6 +51,7 @@ from simfluence_cli.model.config import (
 from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
+from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet, id_columns, stack_index
 
 __all__ = [
@@ -293,9 +294,9 @@ class Simulator:
         # per-test standardisation (no threshold): fit L / s with s = the test's RMS logged
         # loss, so A (dimensionless) and the penalty do not depend on the units of the losses;
         # B is scaled back by s below. fit(c * losses) = (A, c * B) for any c > 0.
-        scale = _loss_scale(runs)
+        scale = loss_scale(runs)
         self.loss_scale_ = scale
-        runs = _rescaled(runs, scale)
+        runs = rescaled(runs, scale)
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
@@ -692,52 +693,6 @@ class Simulator:
             tests,
             "unknown test id(s): {ids}; the model knows the test ids of its fitting runs",
         )
-
-
-def _loss_scale(runs: RunSet) -> np.ndarray:
-    """(m,) per-test standardisation scale: the root mean square of the test's logged losses
-    over all runs (1 for a test with no finite non-zero loss). Equivariant: c * losses gives
-    c * scale, so the standardised losses (and hence the fitted A) do not change."""
-    ss = np.zeros(runs.n_tests)
-    cnt = np.zeros(runs.n_tests)
-    with np.errstate(all="ignore"):
-        for r in runs.runs:
-            ok = np.isfinite(r.losses)
-            ss += np.square(np.where(ok, r.losses, 0.0)).sum(axis=0)
-            cnt += ok.sum(axis=0)
-        rms = np.sqrt(ss / cnt)
-    return np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
-
-
-class _ScaledSource:
-    """A run source (see ``model/sharding.py``) whose loaded runs are standardised by
-    ``scale``: Dask workers that load the runs themselves fit the same data as the
-    coordinator."""
-
-    def __init__(self, source, scale: np.ndarray):
-        self.source, self.scale = source, np.asarray(scale, dtype=np.float64)
-
-    def load(self, run_ids) -> RunSet:
-        runs = self.source.load(run_ids) if hasattr(self.source, "load") else self.source
-        return _rescaled(runs, self.scale)
-
-    def __repr__(self) -> str:  # the workers' cache key: source and scale
-        from simfluence_cli._hashing import sha256_hex
-
-        return f"_ScaledSource({self.source!r}, {sha256_hex(self.scale.tobytes())})"
-
-
-def _rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
-    """The same runs with each test's losses divided by its scale (a copy of the losses)."""
-    from dataclasses import replace
-
-    source = getattr(runs, "source", None)
-    return RunSet(
-        runs.example_ids,
-        runs.test_ids,
-        [replace(r, losses=r.losses / scale) for r in runs.runs],
-        source=None if source is None else _ScaledSource(source, scale),
-    )
 
 
 def map_examples(model_ids, counts, ids, unseen: str = "error") -> np.ndarray:
