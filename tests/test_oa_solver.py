@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from test_optimizer_aware import oa_runs
 
 from simfluence_cli.model import optimizer_aware as oa
 from simfluence_cli.model.oa_system import OAChunkSystem
+from simfluence_cli.model.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,3 +97,69 @@ def test_the_reduced_operator_is_symmetric_positive_definite():
     vAu = np.einsum("ij,ij->j", V, s.matvec(U, cols))
     np.testing.assert_allclose(uAv, vAu, rtol=1e-10)
     assert (np.einsum("ij,ij->j", U, s.matvec(U, cols)) > 0).all()
+
+
+@pytest.fixture(scope="module")
+def oa_data():
+    runs, _ = oa_runs(m=13, R=5, T=40, noise=0.01, seed=5)
+    kw = dict(l2=0.1, transform="identity", ar=True, time_basis=3)
+    ref = Simulator("optimizer-aware", **kw).fit(runs)
+    assert ref.solver_stats_["shards"] > 1  # several chunks: the sharding is exercised
+    return runs, kw, ref
+
+
+def _same(sim, ref):
+    for name in ("A_", "B_", "ar_", "basis_"):
+        np.testing.assert_array_equal(getattr(sim, name), getattr(ref, name))
+
+
+def test_workers_processes_equal_single_process(oa_data):
+    runs, kw, ref = oa_data
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "--workers ignored" warning any more
+        sim = Simulator("optimizer-aware", **kw).fit(runs, workers=2, progress=seen.append)
+    _same(sim, ref)
+    assert sum(seen) == runs.n_tests
+    assert sim.solver_stats_["workers"] == 2
+    assert sim.solver_stats_["cg_not_converged"] == 0
+
+
+def test_param_sink_streams_every_test_once(oa_data):
+    runs, kw, ref = oa_data
+    got = {}
+
+    def sink(tests, A, B):
+        for j, t in enumerate(tests):
+            assert int(t) not in got
+            got[int(t)] = (A[:, j].copy(), B[:, j].copy())
+
+    sim = Simulator("optimizer-aware", **kw).fit(runs, param_sink=sink, keep_params=False)
+    assert sim.A_ is None and sorted(got) == list(range(runs.n_tests))
+    for t, (A, B) in got.items():
+        np.testing.assert_array_equal(A, ref.A_[:, t])
+        np.testing.assert_array_equal(B, ref.B_[:, t])
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_equals_single_process(oa_data, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from simfluence_cli.store.run_store import RunStore
+
+    runs, kw, ref = oa_data
+    store = RunStore(tmp_path / "store", create=True)
+    store.add_runset(runs, tags=("fit",))
+    loaded = store.load("all")
+    local = Simulator("optimizer-aware", **kw).fit(loaded)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        sim = Simulator("optimizer-aware", **kw).fit(runs, dask=client)  # runs scattered
+        _same(sim, ref)
+        assert sim.solver_stats_["dask_workers"] == 2
+        # the workers reload the runs from the store path
+        sim2 = Simulator("optimizer-aware", **kw).fit(loaded, dask=cluster.scheduler_address)
+        _same(sim2, local)
