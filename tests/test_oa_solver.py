@@ -163,3 +163,22 @@ def test_dask_local_cluster_equals_single_process(oa_data, tmp_path):
         # the workers reload the runs from the store path
         sim2 = Simulator("optimizer-aware", **kw).fit(loaded, dask=cluster.scheduler_address)
         _same(sim2, local)
+
+
+def test_chunks_follow_the_memory_budget():
+    from types import SimpleNamespace
+
+    from simfluence_cli.model.solvers import _CG_CHUNK_BYTES, CG_MIN_CHUNK
+
+    def sizes(n, n_obs, m, min_chunks=1):
+        fake = SimpleNamespace(Z=SimpleNamespace(shape=(n_obs, n)), n_obs=n_obs)
+        chunks = oa.plan_chunks(fake, np.arange(m), min_chunks=min_chunks)
+        assert np.array_equal(np.concatenate(chunks), np.arange(m))
+        return {len(c) for c in chunks[:-1]} or {len(chunks[0])}
+
+    per_test = 8 * (oa.OA_OBS_ARRAYS * 32_000 + 8 * 4_000)  # M: 64 runs x 500 steps
+    (k,) = sizes(2_000, 32_000, 200)
+    assert k == _CG_CHUNK_BYTES // per_test
+    assert sizes(20_000, 128_000, 1_000) == {CG_MIN_CHUNK}  # L: the floor
+    assert sizes(300, 1_000, 100) == {100}  # small: one chunk
+    assert max(sizes(300, 1_000, 100, min_chunks=8)) <= 13  # shared among threads / workers
