@@ -17,9 +17,10 @@ Fit: ridge least squares on one-step increments with the *observed* y_{t-1}, y_{
 rollout the simulated ones are fed back. Per test the parameters are the 2n sparse-design
 columns (a, B) plus p = [rho] + H dense columns; the dense ones are eliminated exactly by a
 Schur complement: with D the (obs x p) dense design and S = (D^T D + eps I)^-1 the reduced
-system on u = (a, B) is X^T (I - D S D^T) X u + l2 u = X^T (I - D S D^T) y, solved by batched
-preconditioned CG over the tests of a chunk (operator applied matrix-free with the sparse
-(obs x n) batch matrix Z shared by all tests); then v = S D^T (y - X u).
+system on u = (a, B) is X^T (I - D S D^T) X u + l2 u = X^T (I - D S D^T) y, solved by the
+shared batched PCG (solvers.pcg) over the tests of a chunk (model/oa_system.py: operator applied
+matrix-free with the sparse (obs x n) batch matrix Z shared by all tests); then
+v = S D^T (y - X u). The final fit is sharded over test chunks by sharding.fit_chunks.
 
 Choices not read from the logs (AR term on/off, number of basis functions, transform, l2) are
 made by K-fold cross-validation grouped by run on the fitting runs: held-out all-steps rollout
