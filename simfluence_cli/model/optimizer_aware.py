@@ -17,9 +17,10 @@ Fit: ridge least squares on one-step increments with the *observed* y_{t-1}, y_{
 rollout the simulated ones are fed back. Per test the parameters are the 2n sparse-design
 columns (a, B) plus p = [rho] + H dense columns; the dense ones are eliminated exactly by a
 Schur complement: with D the (obs x p) dense design and S = (D^T D + eps I)^-1 the reduced
-system on u = (a, B) is X^T (I - D S D^T) X u + l2 u = X^T (I - D S D^T) y, solved by batched
-preconditioned CG over the tests of a chunk (operator applied matrix-free with the sparse
-(obs x n) batch matrix Z shared by all tests); then v = S D^T (y - X u).
+system on u = (a, B) is X^T (I - D S D^T) X u + l2 u = X^T (I - D S D^T) y, solved by the
+shared batched PCG (solvers.pcg) over the tests of a chunk (model/oa_system.py: operator applied
+matrix-free with the sparse (obs x n) batch matrix Z shared by all tests); then
+v = S D^T (y - X u). The final fit is sharded over test chunks by sharding.fit_chunks.
 
 Choices not read from the logs (AR term on/off, number of basis functions, transform, l2) are
 made by K-fold cross-validation grouped by run on the fitting runs: held-out all-steps rollout
@@ -28,6 +29,7 @@ MSE in loss space (coordinate-wise search from a start configuration, one pass).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ import scipy.sparse as sp
 
 from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.model.config import TRANSFORMS
+from simfluence_cli.model.oa_system import OAChunkSystem
+from simfluence_cli.model.solvers import CG_MAXITER
 from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet
 
@@ -233,96 +237,37 @@ class Observations:
 
 
 def _solve_chunk(obs: Observations, y0, dprev, dy, Mk, ar: bool, l2: float, tol, maxiter):
-    """Exact ridge solution for one chunk of tests (dense columns eliminated by Schur).
+    """Exact ridge solution for one chunk of tests (dense columns eliminated by Schur,
+    model/oa_system.py). Returns a (n, k), B (n, k), rho (k,), gamma (k, H), iterations (k,),
+    converged (k,), true relative residual (k,)."""
+    return OAChunkSystem(obs, y0, dprev, dy, Mk, ar, l2).solve(tol, maxiter)
 
-    Returns a (n, k), B (n, k), rho (k,), gamma (k, H), CG iterations.
-    """
+
+#: float64 arrays of length n_obs per test in a CG chunk's working set (y0, dprev, dy, mask,
+#: the operator's products and temporaries): sizes the test chunks to the memory budget
+OA_OBS_ARRAYS = 12
+
+
+def plan_chunks(obs: Observations, tests: np.ndarray, min_chunks: int = 1) -> list[np.ndarray]:
+    """Test chunks of the solve within the CG memory budget (``solvers.chunk_tests``); at
+    least ``min_chunks`` of them, so threads / workers have work to share."""
+    from simfluence_cli.model.solvers import chunk_tests
+
     n = obs.Z.shape[1]
-    O, k = y0.shape
-    Phi = obs.Phi  # (O, H), shared by all tests
-    H = Phi.shape[1]
-    p = int(ar) + H
-    if p:  # per-test Gram of the dense columns [dprev | Phi] under the mask: (k, p, p)
-        G = np.empty((k, p, p))
-        if H:
-            G[:, -H:, -H:] = 0.0
-            for h in range(H):  # hat functions only overlap their neighbours
-                for g in range(max(0, h - 1), min(H, h + 2)):
-                    G[:, p - H + h, p - H + g] = (Phi[:, h] * Phi[:, g]) @ Mk
-        if ar:
-            Md = Mk * dprev
-            G[:, 0, 0] = np.sum(Md * dprev, axis=0)
-            if H:
-                cross = (obs.PhiTS @ Md).T  # (k, H)
-                G[:, 0, 1:] = cross
-                G[:, 1:, 0] = cross
-        eps = 1e-10 * np.maximum(np.trace(G, axis1=1, axis2=2) / p, 1e-300) + 1e-12
-        G = G + eps[:, None, None] * np.eye(p)[None]
-        S = np.linalg.inv(G)  # (k, p, p), small
+    return chunk_tests(
+        tests, "cg", 2 * n, obs.n_obs, obs_arrays=OA_OBS_ARRAYS, min_chunks=min_chunks
+    )
 
-    def Dt(R):  # D^T R per test: (O, k) -> (k, p)
-        parts = []
-        if ar:
-            parts.append(np.sum(dprev * R, axis=0)[:, None])
-        if H:
-            parts.append((obs.PhiTS @ R).T)
-        return np.concatenate(parts, axis=1)
 
-    def Dv(c):  # D c per test: (k, p) -> (O, k)
-        out = obs.PhiS @ c[:, int(ar) :].T if H else np.zeros((O, k))
-        if ar:
-            out += dprev * c[:, 0]
-        return out
-
-    def project(R):  # M (I - D S D^T M) R, (O, k)
-        MR = Mk * R
-        if not p:
-            return MR
-        c = np.einsum("kpq,kq->kp", S, Dt(MR))
-        return MR - Mk * Dv(c)
-
-    def X(U):  # (2n, k) -> (O, k)
-        return y0 * (obs.Z @ U[:n]) + obs.Z @ U[n:]
-
-    def XT(R):  # (O, k) -> (2n, k)
-        return np.vstack([obs.ZT @ (y0 * R), obs.ZT @ R])
-
-    rhs = XT(project(dy))
-    diag = np.vstack([obs.Z2T @ (Mk * y0 * y0), obs.Z2T @ Mk]) + l2
-    diag = np.where(diag > 0, diag, 1.0)
-    U = np.zeros((2 * n, k))
-    R = rhs.copy()
-    bnorm = np.linalg.norm(rhs, axis=0)
-    bnorm = np.where(bnorm > 0, bnorm, 1.0)
-    Zp = R / diag
-    P = Zp.copy()
-    rz = np.sum(R * Zp, axis=0)
-    it = 0
-    for it in range(1, maxiter + 1):  # noqa: B007
-        AP = XT(project(X(P))) + l2 * P
-        pap = np.sum(P * AP, axis=0)
-        alpha = np.where(pap > 0, rz / np.where(pap > 0, pap, 1.0), 0.0)
-        U += alpha * P
-        R -= alpha * AP
-        if np.all(np.linalg.norm(R, axis=0) <= tol * bnorm):
-            break
-        Zp = R / diag
-        rz_new = np.sum(R * Zp, axis=0)
-        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
-        P = Zp + beta * P
-        rz = rz_new
-    a, B = U[:n], U[n:]
-    rho = np.zeros(k)
-    gamma = np.zeros((k, H))
-    if p:
-        resid = Mk * (dy - X(U))
-        v = np.einsum("kpq,kq->kp", S, Dt(resid))
-        if ar:
-            rho = v[:, 0]
-            gamma = v[:, 1:]
-        else:
-            gamma = v
-    return a, B, rho, gamma, it
+def solve_chunk(obs: Observations, cols: np.ndarray, cfg: Config, tol: float, maxiter: int):
+    """(a, B, rho, gamma, iterations, converged, relative residual) of the test columns ``cols``."""
+    y0, dprev, dy, Mk = obs.losses(cols, cfg.transform)
+    if not Mk.any():
+        raise ModelError(
+            "no losses logged at consecutive steps: the optimizer-aware model fits "
+            "one-step increments; log every step (at least in stretches)"
+        )
+    return _solve_chunk(obs, y0, dprev, dy, Mk, cfg.ar, cfg.l2, tol, maxiter)
 
 
 def fit_params(
@@ -333,36 +278,49 @@ def fit_params(
     *,
     obs: Observations | None = None,
     tol: float = 1e-8,
-    maxiter: int = 3000,
-    chunk: int = 64,
+    maxiter: int = CG_MAXITER,
+    chunks: list[np.ndarray] | None = None,
     progress=None,
+    stats: dict | None = None,
 ):
-    """Fit a, B (n, m), rho (m,), gamma (m, H) for the test columns ``tests`` (default all)."""
+    """Fit a, B (n, m), rho (m,), gamma (m, H) for the test columns ``tests`` (default all),
+    chunk by chunk (``chunks``: their concatenation equals ``tests``; default: the memory
+    budget's). Returns (a, B, rho, gamma, largest CG iteration count); ``stats`` receives
+    the CG iterations and convergence (``solvers.cg_stats``)."""
+    from simfluence_cli.model.solvers import cg_stats
+
     if obs is None:
         obs = Observations(runs, sched, cfg.n_basis)
-    m = runs.n_tests if tests is None else len(tests)
-    tests = np.arange(runs.n_tests) if tests is None else np.asarray(tests)
-    n = runs.n_examples
+    tests = np.arange(runs.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
+    if chunks is None:
+        chunks = plan_chunks(obs, tests)
+    m, n = len(tests), runs.n_examples
     a = np.zeros((n, m))
     B = np.zeros((n, m))
     rho = np.zeros(m)
     gamma = np.zeros((m, cfg.n_basis))
-    iters = 0
-    for s in range(0, m, chunk):
-        cols = tests[s : s + chunk]
-        y0, dprev, dy, Mk = obs.losses(cols, cfg.transform)
-        if not Mk.any():
-            raise ModelError(
-                "no losses logged at consecutive steps: the optimizer-aware model fits "
-                "one-step increments; log every step (at least in stretches)"
-            )
-        ca, cB, cr, cg, it = _solve_chunk(obs, y0, dprev, dy, Mk, cfg.ar, cfg.l2, tol, maxiter)
+    iters, unconverged, max_rel = [], [], []
+    s = 0
+    for cols in chunks:
+        ca, cB, cr, cg, it, conv, rel = solve_chunk(obs, cols, cfg, tol, maxiter)
         sl = slice(s, s + len(cols))
         a[:, sl], B[:, sl], rho[sl], gamma[sl] = ca, cB, cr, cg
-        iters = max(iters, it)
+        s += len(cols)
+        iters.append(int(it.max()) if len(it) else 0)
+        max_rel.append(float(rel.max()) if len(rel) else 0.0)
+        if not conv.all():
+            unconverged.append((cols[~conv], rel[~conv]))
         if progress is not None:
             progress(len(cols))
-    return a, B, rho, gamma, iters
+    if stats is not None:
+        stats.update(
+            solver="cg (schur)",
+            chunks=len(chunks),
+            cg_iterations_max=max(iters, default=0),
+            cg_iterations_mean=float(np.mean(iters)) if iters else 0.0,
+            **cg_stats(unconverged, max_rel),
+        )
+    return a, B, rho, gamma, max(iters, default=0)
 
 
 # -- rollout ------------------------------------------------------------------------------------
@@ -589,11 +547,53 @@ def choose_config(
     return cur, curve, folds
 
 
+class FitTask:
+    """The final fit of some test chunks, ``task(chunks) -> (tests, theta, stats)`` with theta
+    rows a (n), B (n), rho (1), gamma (H): what ``sharding.fit_chunks`` runs in this process, on
+    local workers or on Dask. Picklable: runs with a ``source`` (a store) travel as the source
+    and are reloaded on the worker; the Observations are built once per process."""
+
+    def __init__(self, runs: RunSet, sched: Schedule, cfg: Config, tol: float):
+        self.runs, self.sched, self.cfg, self.tol = runs, sched, cfg, float(tol)
+        self.source = getattr(runs, "source", None)
+        self.run_ids = list(runs.run_ids)
+        self._obs = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        d = {k: v for k, v in self.__dict__.items() if k not in ("_obs", "_lock")}
+        if self.source is not None:
+            d["runs"] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._obs, self._lock = None, threading.Lock()
+
+    def observations(self) -> Observations:
+        with self._lock:
+            if self._obs is None:
+                if self.runs is None:
+                    self.runs = self.source.load(self.run_ids)
+                self._obs = Observations(self.runs, self.sched, self.cfg.n_basis)
+            return self._obs
+
+    def __call__(self, chunks: list[np.ndarray]):
+        obs = self.observations()
+        tests = np.concatenate(chunks)
+        st: dict = {}
+        a, B, rho, gamma, _ = fit_params(
+            self.runs, self.sched, self.cfg, tests, obs=obs, tol=self.tol, chunks=chunks, stats=st
+        )
+        return tests, np.vstack([a, B, rho[None], gamma.T]), st
+
+
 def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> None:
     """Fit ``sim`` (a Simulator with method optimizer-aware) on ``runs``: CV for the choices
     left "auto", then the final fit on all tests. Sets A_ (= a), B_, ar_ (m,), basis_ (m, H),
     schedule_, config_ (the chosen configuration), cv_curve_, l2_, cv_folds_."""
-    from simfluence_cli.model.solvers import cv_test_subset
+    from simfluence_cli.model.sharding import fit_chunks
+    from simfluence_cli.model.solvers import MIN_CHUNKS, cv_test_subset
 
     fixed = {
         "transform": None if sim.transform == "auto" else sim.transform,
@@ -620,10 +620,6 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
             "n_basis": BASIS_CHOICES[-1] if fixed["n_basis"] is None else fixed["n_basis"],
             "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
         }
-    if sim._exec.workers > 1 or sim._exec.dask:
-        sim.warnings_.append(
-            "optimizer-aware fits in this process: --workers and --dask are ignored"
-        )
     cols = cv_test_subset(runs.n_tests, OA_CV_TESTS)
     k = min(sim.cv_folds, OA_CV_FOLDS)
     cfg, curve, folds = choose_config(runs, fixed, k, sim.clip, sim.clip_margin, cols)
@@ -631,31 +627,38 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
     scale = np.ones(m)
     if cfg.transform == "identity":  # fit L / s per test; B and gamma scaled back below
         runs, scale = standardised(runs)
-    obs = Observations(runs, sched, cfg.n_basis)
     sim.schedule_, sim.config_, sim.loss_scale_ = sched, cfg, scale
     sim.l2_, sim.cv_curve_, sim.cv_folds_ = cfg.l2, (curve or None), (folds if curve else None)
     sim.ar_ = np.zeros(m)
     sim.basis_ = np.zeros((m, cfg.n_basis))
     sim.A_ = np.empty((n, m)) if keep_params else None
     sim.B_ = np.empty((n, m)) if keep_params else None
-    chunk = 64
-    iters = 0
-    for s in range(0, m, chunk):
-        tests = np.arange(s, min(m, s + chunk))
-        a, B, rho, gamma, it = fit_params(
-            runs, sched, cfg, tests, obs=obs, tol=min(sim._exec.tol * 100, 1e-8), chunk=chunk
-        )
-        B, gamma = B * scale[tests], gamma * scale[tests, None]
+    task = FitTask(runs, sched, cfg, tol=min(sim._exec.tol * 100, 1e-8))
+    chunks = plan_chunks(task.observations(), np.arange(m), min_chunks=MIN_CHUNKS)
+
+    def sink(tests, theta):  # rows: a (n), B (n), rho (1), gamma (H); B, gamma in loss units
+        a, B = theta[:n], theta[n : 2 * n] * scale[tests]
+        gamma = theta[2 * n + 1 :].T * scale[tests, None]
         if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
             raise ModelError("the fit produced non-finite parameters; raise --l2")
-        iters = max(iters, it)
-        sim.ar_[tests], sim.basis_[tests] = rho, gamma
+        sim.ar_[tests], sim.basis_[tests] = theta[2 * n], gamma
         if keep_params:
             sim.A_[:, tests], sim.B_[:, tests] = a, B
         if param_sink is not None:
-            param_sink(tests, a, B)
-        sim._tick(len(tests))
-    sim.solver_stats_ = {"solver": "cg (schur)", "max_iterations": iters}
+            param_sink(np.asarray(tests), a, B)
+
+    sim.solver_stats_ = {}
+    fit_chunks(
+        task,
+        chunks,
+        2 * n + 1 + cfg.n_basis,
+        workers=sim._exec.workers,
+        dask=sim._exec.dask,
+        progress=sim._tick,
+        stats=sim.solver_stats_,
+        sink=sink,
+    )
+    sim._cg_warning()
     rho = sim.ar_
     if cfg.ar and np.any(np.abs(rho) >= 1):
         sim.warnings_.append(

@@ -256,3 +256,107 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
     finally:
         if own:
             client.close()
+
+
+# -- any per-chunk solve (the optimizer-aware fit) -----------------------------------------------
+
+
+def fit_chunks(
+    task,
+    chunks: list[np.ndarray],
+    n_rows: int,
+    *,
+    workers: int = 1,
+    dask=None,
+    threads: int | None = None,
+    progress=None,
+    stats: dict | None = None,
+    sink=None,
+) -> np.ndarray | None:
+    """Parameters (n_rows, n_tests) from ``task(chunks) -> (tests, theta (n_rows, k), stats)``
+    over consecutive groups of test ``chunks``: in this process (chunks on ``threads``
+    threads), on ``workers`` local processes, or on a Dask cluster (``dask``). Every backend
+    solves exactly these chunks, so the parameters do not depend on it. ``task`` must be
+    picklable for Dask; ``sink``, ``progress`` and ``stats`` as in :func:`fit_theta`.
+    """
+    m = int(sum(len(c) for c in chunks))
+    if dask is not None:
+        return _chunks_dask(task, chunks, n_rows, m, dask, progress, stats, sink)
+    workers = int(workers or 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and len(chunks) > 1:
+        return _chunks_processes(task, chunks, n_rows, m, workers, progress, stats, sink)
+    from simfluence_cli.model.solvers import default_threads
+
+    threads = default_threads() if threads is None else max(1, int(threads))
+    if threads == 1 or len(chunks) == 1:
+        done = (task([c]) for c in chunks)
+        return _gather_shards(done, n_rows, m, sink, progress, stats, threads=1, shards=len(chunks))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as ex:
+        futs = [ex.submit(task, [c]) for c in chunks]
+        done = (f.result() for f in as_completed(futs))
+        return _gather_shards(
+            done, n_rows, m, sink, progress, stats, threads=threads, shards=len(chunks)
+        )
+
+
+def _task_shard(chunks):
+    return _SHARED["task"](chunks)
+
+
+def _chunks_processes(task, chunks, n_rows, m, workers, progress, stats, sink):
+    parts = chunk_shards(chunks, workers * 4)
+    if "fork" in mp.get_all_start_methods():
+        _SHARED["task"] = task  # inherited by the forked workers, not pickled
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+        fn, args = _task_shard, [(c,) for c in parts]
+    else:  # pragma: no cover
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        fn, args = task, [(c,) for c in parts]
+    try:
+        with pool:
+            futs = [pool.submit(fn, *a) for a in args]
+            done = (f.result() for f in as_completed(futs))
+            return _gather_shards(
+                done, n_rows, m, sink, progress, stats, workers=workers, shards=len(parts)
+            )
+    finally:
+        _SHARED.pop("task", None)
+
+
+def _chunks_dask(task, chunks, n_rows, m, address, progress, stats, sink):
+    try:
+        from distributed import Client
+        from distributed import as_completed as das_completed
+    except ImportError as exc:
+        raise MissingExtraError(
+            "--dask needs the optional extra: pip install 'simfluence-cli[dask]' "
+            "(dask + distributed)"
+        ) from exc
+    own = not isinstance(address, Client)
+    client = Client(address) if own else address
+    try:
+        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        parts = chunk_shards(chunks, nworkers * 4)
+        shared = client.scatter(task, broadcast=True)  # pickled once, not per shard
+        futs = [client.submit(_call, shared, c, pure=False) for c in parts]
+        return _gather_shards(
+            (f.result() for f in das_completed(futs)),
+            n_rows,
+            m,
+            sink,
+            progress,
+            stats,
+            dask_workers=nworkers,
+            shards=len(parts),
+        )
+    finally:
+        if own:
+            client.close()
+
+
+def _call(task, chunks):
+    return task(chunks)

@@ -98,16 +98,26 @@ def choose_solver(solver: str, n_params: int) -> str:
     return solver
 
 
-def chunk_tests(tests: np.ndarray, solver: str, n_params: int, n_obs: int) -> list[np.ndarray]:
-    """Split test indices into chunks sized for the memory budget of ``solver``."""
+def chunk_tests(
+    tests: np.ndarray,
+    solver: str,
+    n_params: int,
+    n_obs: int,
+    *,
+    obs_arrays: int = 6,
+    min_chunks: int = MIN_CHUNKS,
+) -> list[np.ndarray]:
+    """Split test indices into chunks sized for the memory budget of ``solver``
+    (``obs_arrays``: float64 arrays of length n_obs per test in a CG chunk's working set)."""
     tests = np.asarray(tests, dtype=np.int64)
     if solver == "direct":
         size = int(_GRAM_BYTES // max(1, n_params * n_params * 8))
     else:  # small chunks keep the working set (losses, products, CG vectors) in cache
-        size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, 8 * (6 * n_obs + 8 * n_params))))
-        # and at least MIN_CHUNKS chunks, so threads / workers have work to share (a fixed
+        per_test = 8 * (obs_arrays * n_obs + 8 * n_params)
+        size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, per_test)))
+        # and at least ``min_chunks`` chunks, so threads / workers have work to share (a fixed
         # number, not the CPU count: the numbers must not depend on the machine)
-        size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // MIN_CHUNKS)))
+        size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // max(1, min_chunks))))
     size = max(1, min(len(tests), size, 256))
     return [tests[s : s + size] for s in range(0, len(tests), size)]
 
@@ -188,6 +198,19 @@ def pcg(
     return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
 
 
+def block_jacobi_2x2(daa: np.ndarray, dab: np.ndarray, dbb: np.ndarray):
+    """Inverses (inv_aa, inv_ab, inv_bb) of the 2x2 blocks [[daa, dab], [dab, dbb]] (the
+    (A_i, B_i) diagonal blocks of a Gram, elementwise); a block that is numerically singular
+    falls back to its diagonal (Jacobi)."""
+    det = daa * dbb - dab * dab
+    ok = det > 1e-12 * daa * dbb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_aa = np.where(ok, dbb / det, 1.0 / daa)
+        inv_bb = np.where(ok, daa / det, 1.0 / dbb)
+        inv_ab = np.where(ok, -dab / det, 0.0)
+    return inv_aa, inv_ab, inv_bb
+
+
 class _ChunkSolver:
     """(G + l2 I) theta = r + l2 theta0 for one chunk of tests, matrix-free, any l2."""
 
@@ -212,15 +235,7 @@ class _ChunkSolver:
         if empty.any():
             b = np.where(empty, theta0, b)
         if s.method == "linear":
-            daa = s.daa + shift[:n]
-            dbb = s.dbb + shift[n:]
-            dab = s.dab
-            det = daa * dbb - dab * dab
-            ok = det > 1e-12 * daa * dbb
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv_aa = np.where(ok, dbb / det, 1.0 / daa)
-                inv_bb = np.where(ok, daa / det, 1.0 / dbb)
-                inv_ab = np.where(ok, -dab / det, 0.0)
+            inv_aa, inv_ab, inv_bb = block_jacobi_2x2(s.daa + shift[:n], s.dab, s.dbb + shift[n:])
 
             def precond(R, cols):
                 ra, rb = R[:n], R[n:]
