@@ -60,3 +60,9 @@ def test_average_ranks_hand_case():
 def test_eval_modules_do_not_import_scipy_stats():
     code = "import simfluence_cli.analysis.evaluation, simfluence_cli.analysis.metrics"
     assert _loaded_after(code, ("scipy.stats",)) == []
+
+
+def test_loading_a_model_does_not_import_scipy():
+    # the normal equations (scipy.sparse) and the dense solver (scipy.linalg) load when fitting
+    code = "import simfluence_cli.store.saved_models, simfluence_cli.model.simulator"
+    assert _loaded_after(code, ("scipy", "scipy.sparse", "scipy.linalg")) == []

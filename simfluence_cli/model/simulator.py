@@ -28,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,10 +49,12 @@ from simfluence_cli.model.config import (
     UNSEEN_POLICIES,
     SimulatorConfig,
 )
-from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
 from simfluence_cli.runs import RunSet, id_columns, stack_index
+
+if TYPE_CHECKING:  # the normal equations (scipy.sparse) load only when fitting
+    from simfluence_cli.model.normal_equations import Design
 
 __all__ = [
     "Simulator",
@@ -296,6 +299,8 @@ class Simulator:
         scale = _loss_scale(runs)
         self.loss_scale_ = scale
         runs = _rescaled(runs, scale)
+        from simfluence_cli.model.normal_equations import Design
+
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
