@@ -66,3 +66,49 @@ def test_loading_a_model_does_not_import_scipy():
     # the normal equations (scipy.sparse) and the dense solver (scipy.linalg) load when fitting
     code = "import simfluence_cli.store.saved_models, simfluence_cli.model.simulator"
     assert _loaded_after(code, ("scipy", "scipy.sparse", "scipy.linalg")) == []
+
+
+def _small_store(tmp_path):
+    from simfluence_cli.io.synthetic import make_runs
+    from simfluence_cli.model.simulator import Simulator
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(30, 4, 3, 20, 2, seed=0)
+    sim = Simulator(l2=1.0).fit(runs)
+    st = RunStore(tmp_path / "s", create=True)
+    save_model(st, "m", sim, runs=sim.run_ids_, data_hash="x")
+    return st, sim
+
+
+def test_read_parquet_equals_read_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    from simfluence_cli.io._arrow import read_parquet
+
+    st, _ = _small_store(tmp_path)
+    files = sorted((st.path / "models").rglob("*.parquet"))
+    assert files
+    for f in files:
+        t = read_parquet(f)
+        assert t.equals(pq.read_table(f)) and t.schema.metadata == pq.read_table(f).schema.metadata
+        assert read_parquet(f, columns=t.column_names[:1]).equals(
+            pq.read_table(f, columns=t.column_names[:1])
+        )
+
+
+def test_loading_a_model_imports_neither_pandas_nor_pyarrow_dataset(tmp_path):
+    st, sim = _small_store(tmp_path)
+    code = (
+        "import numpy as np\n"
+        "from simfluence_cli.store.run_store import RunStore\n"
+        "from simfluence_cli.store.saved_models import load_model\n"
+        f"m = load_model(RunStore({str(st.path)!r}, create=True), 'm')\n"
+        f"m2 = load_model(RunStore({str(st.path)!r}, create=True), 'm', tests=['t1', 't0'])\n"
+        "np.save(" + repr(str(tmp_path / "A.npy")) + ", m.A_)\n"
+        "np.save(" + repr(str(tmp_path / "B2.npy")) + ", m2.B_)"
+    )
+    assert _loaded_after(code, ("pandas", "pyarrow.dataset", "scipy")) == []
+    np.testing.assert_array_equal(np.load(tmp_path / "A.npy"), sim.A_)
+    cols = [list(sim.test_ids_).index(t) for t in ("t1", "t0")]
+    np.testing.assert_array_equal(np.load(tmp_path / "B2.npy"), sim.B_[:, cols])

@@ -103,10 +103,10 @@ def _read_table(path: Path) -> pa.Table:
             hint="give a CSV/Parquet table with columns test_id,example_id,score",
         )
     if _is_parquet(path):
-        import pyarrow.parquet as pq
+        from simfluence_cli.io._arrow import read_parquet
 
         try:
-            return pq.read_table(path)
+            return read_parquet(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"not a readable Parquet file ({exc})", path=str(path)) from None
     import pyarrow.csv as pcsv

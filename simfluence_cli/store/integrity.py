@@ -267,7 +267,8 @@ def _check_models(store, man: dict, good_runs: dict, rep: VerifyReport) -> None:
 
 def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from simfluence_cli.io._arrow import read_parquet
 
     name = d.name
     rel = f"models/{name}"
@@ -355,7 +356,7 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
             return
         rep.files_checked += 1
         try:
-            tables[key] = pq.read_table(f)
+            tables[key] = read_parquet(f)
         except (OSError, pa.ArrowException) as exc:
             rep.add(
                 ERROR,

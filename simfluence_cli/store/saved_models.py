@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
+from simfluence_cli.io._arrow import np_view, read_parquet
 from simfluence_cli.model.simulator import (
     ExecutionOptions,
     Simulator,
@@ -553,8 +554,8 @@ def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see l
     d = model_dir(store, name)
     cfg = man["config"]
     sim = Simulator.from_config(SimulatorConfig.from_json({"l2": 0.0, **cfg}))
-    tt = pq.read_table(d / man["files"]["tests"])
-    et = pq.read_table(d / man["files"]["examples"])
+    tt = read_parquet(d / man["files"]["tests"])
+    et = read_parquet(d / man["files"]["examples"])
     all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
     cols = np.arange(len(all_tests))
     if tests is not None:
@@ -567,10 +568,10 @@ def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see l
         cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
     sim.test_ids_ = all_tests[cols]
     sim.example_ids_ = np.asarray(et["example_id"].to_pylist(), dtype=object)
-    sim.example_counts_ = et["count"].to_numpy()
-    sim.init_loss_mean_ = tt["init_loss_mean"].to_numpy()[cols]
-    sim.loss_min_ = tt["loss_min"].to_numpy()[cols]
-    sim.loss_max_ = tt["loss_max"].to_numpy()[cols]
+    sim.example_counts_ = np.array(np_view(et["count"]))
+    sim.init_loss_mean_ = np_view(tt["init_loss_mean"])[cols]
+    sim.loss_min_ = np_view(tt["loss_min"])[cols]
+    sim.loss_max_ = np_view(tt["loss_max"])[cols]
     sim.l2_, sim.cv_curve_, sim.cv_folds_ = man["l2"], man.get("cv_curve"), man.get("cv_folds")
     sim.batch_size_ = man["batch_size"]
     sim.run_ids_ = list(cfg.get("runs", []))
@@ -583,10 +584,10 @@ def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see l
         oa = man["optimizer_aware"]
         sim.config_ = Config(**oa["chosen"])
         sim.schedule_ = Schedule.from_dict(oa["schedule"])
-        sim.ar_ = tt["ar"].to_numpy()[cols]
+        sim.ar_ = np_view(tt["ar"])[cols]
         H = sim.config_.n_basis
         sim.basis_ = (
-            np.column_stack([tt[f"basis_{h}"].to_numpy()[cols] for h in range(H)])
+            np.column_stack([np_view(tt[f"basis_{h}"])[cols] for h in range(H)])
             if H
             else np.zeros((len(cols), 0))
         )
@@ -618,8 +619,8 @@ def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see l
     sim.A_ = np.zeros((n, m))
     sim.B_ = np.zeros((n, m))
     if sim.method != "additive":
-        sim.A_[ex, te] = pt["A"].to_numpy()
-    sim.B_[ex, te] = pt["B"].to_numpy()
+        sim.A_[ex, te] = np_view(pt["A"])
+    sim.B_[ex, te] = np_view(pt["B"])
     return sim
 
 
@@ -669,8 +670,8 @@ def _fill_parameters(
             A[:] = 0.0
             B[:] = 0.0
             return False
-        a = t["A"].to_numpy().reshape(k, n) if with_a else None
-        b = t["B"].to_numpy().reshape(k, n)
+        a = np_view(t["A"]).reshape(k, n) if with_a else None
+        b = np_view(t["B"]).reshape(k, n)
         del t, te
         for c in range(int(first[g]), int(first[g]) + k):
             for j in where.get(c, ()):
@@ -691,7 +692,7 @@ def _read_parameters(
     A file not laid out like that falls back to a Parquet filter on test_id.
     """
     if cols is None:
-        return pq.read_table(path)
+        return read_parquet(path)
     wanted = np.unique(cols)
     pf = pq.ParquetFile(path)
     md = pf.metadata
@@ -705,7 +706,7 @@ def _read_parameters(
     hi = np.searchsorted(wanted, last_test, side="right")
     groups = [int(g) for g in np.flatnonzero((hi > lo) & (sizes > 0))]
     if not groups:
-        return pq.read_table(path).slice(0, 0)
+        return read_parquet(path).slice(0, 0)
     pt = pf.read_row_groups(groups)
     keep = np.zeros(len(all_tests), dtype=bool)
     keep[wanted] = True
@@ -721,7 +722,7 @@ def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
     order = np.argsort(universe)
     dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
     where = order[np.searchsorted(universe[order], dict_vals)]
-    return where[column.indices.to_numpy(zero_copy_only=False)]
+    return where[np_view(column.indices)]
 
 
 def _json_safe(d: dict) -> dict:
