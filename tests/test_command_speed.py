@@ -112,3 +112,36 @@ def test_loading_a_model_imports_neither_pandas_nor_pyarrow_dataset(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "A.npy"), sim.A_)
     cols = [list(sim.test_ids_).index(t) for t in ("t1", "t0")]
     np.testing.assert_array_equal(np.load(tmp_path / "B2.npy"), sim.B_[:, cols])
+
+
+@given(
+    arrays(
+        st.sampled_from([np.float64, np.int64, np.int32]),
+        st.integers(0, 20),
+        elements=st.integers(-1000, 1000),
+    ),
+    st.lists(st.text(max_size=6), max_size=8),
+)
+def test_arrow_builders_equal_pa_array(a, strs):
+    import pyarrow as pa
+
+    from simfluence_cli.io._arrow import arrow_numbers, arrow_strings
+
+    assert arrow_numbers(a).equals(pa.array(a))
+    assert arrow_numbers(a[::2]).equals(pa.array(a[::2]))
+    assert arrow_strings(strs).equals(pa.array(strs, pa.string()))
+
+
+def test_fit_and_save_do_not_import_pandas(tmp_path):
+    code = (
+        "from simfluence_cli.io.synthetic import make_runs\n"
+        "from simfluence_cli.model.simulator import Simulator\n"
+        "from simfluence_cli.store.run_store import RunStore\n"
+        "from simfluence_cli.store.saved_models import save_model\n"
+        "runs, _, _ = make_runs(30, 4, 3, 20, 2, seed=0)\n"
+        f"st = RunStore({str(tmp_path / 's')!r}, create=True)\n"
+        "for m in ('linear', 'additive'):\n"
+        "    sim = Simulator(l2=1.0, method=m).fit(runs)\n"
+        "    save_model(st, m, sim, runs=sim.run_ids_, data_hash='x')"
+    )
+    assert _loaded_after(code, ("pandas", "pyarrow.dataset")) == []

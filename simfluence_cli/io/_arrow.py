@@ -6,6 +6,23 @@ import numpy as np
 import pyarrow as pa
 
 
+# Arrow arrays built from buffers: pa.array() imports pandas when it is installed (~0.4 s CPU)
+def arrow_numbers(a: np.ndarray) -> pa.Array:
+    """A null-free numeric Arrow array of a 1-D numpy array (``pa.array(a)``, without pandas)."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
+
+
+def arrow_strings(values) -> pa.Array:
+    """A string Arrow array of ``values`` (``pa.array(values, pa.string())``, without pandas)."""
+    enc = [str(v).encode("utf-8") for v in values]
+    off = np.zeros(len(enc) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in enc], out=off[1:])
+    return pa.Array.from_buffers(
+        pa.large_string(), len(enc), [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
+    ).cast(pa.string())
+
+
 def read_parquet(path, columns=None) -> pa.Table:
     """One Parquet file as a table (``pq.read_table(path, columns=columns)`` for a file path).
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
-from simfluence_cli.io._arrow import np_view, read_parquet
+from simfluence_cli.io._arrow import arrow_numbers, arrow_strings, np_view, read_parquet
 from simfluence_cli.model.simulator import (
     ExecutionOptions,
     Simulator,
@@ -232,10 +232,10 @@ def _save_model(
     else:
         files["parameters"] = parameters.commit()
     test_cols = {
-        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
-        "init_loss_mean": sim.init_loss_mean_,
-        "loss_min": sim.loss_min_,
-        "loss_max": sim.loss_max_,
+        "test_id": arrow_strings(sim.test_ids_.tolist()),
+        "init_loss_mean": arrow_numbers(sim.init_loss_mean_),
+        "loss_min": arrow_numbers(sim.loss_min_),
+        "loss_max": arrow_numbers(sim.loss_max_),
     }
     test_meanings = {
         "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
@@ -244,20 +244,22 @@ def _save_model(
     }
     oa = None
     if sim.method == "optimizer-aware":
-        test_cols["ar"] = sim.ar_
+        test_cols["ar"] = arrow_numbers(sim.ar_)
         test_meanings["ar"] = "AR coefficient rho on the previous (transformed) loss increment"
         for h in range(sim.basis_.shape[1]):
-            test_cols[f"basis_{h}"] = sim.basis_[:, h]
+            test_cols[f"basis_{h}"] = arrow_numbers(sim.basis_[:, h])
             test_meanings[f"basis_{h}"] = f"weight of time hat function {h} (drift per step)"
         oa = {"chosen": sim.config_.as_dict(), "schedule": sim.schedule_.to_dict()}
-    _write_table(d / files["tests"], pa.table(test_cols), test_meanings)
+    _write_table(
+        d / files["tests"],
+        pa.Table.from_arrays(list(test_cols.values()), names=list(test_cols)),
+        test_meanings,
+    )
     _write_table(
         d / files["examples"],
-        pa.table(
-            {
-                "example_id": pa.array(sim.example_ids_.tolist(), pa.string()),
-                "count": sim.example_counts_,
-            }
+        pa.Table.from_arrays(
+            [arrow_strings(sim.example_ids_.tolist()), arrow_numbers(sim.example_counts_)],
+            names=["example_id", "count"],
         ),
         {"count": "occurrences of the example in the fitting runs' curricula"},
     )
@@ -346,13 +348,13 @@ def _param_group(
     te = np.repeat(cols, n).astype(np.int32)
     ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
     a = A.T.reshape(-1)
-    return pa.table(
-        {
-            "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
-            "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
-            "A": pa.array(a, mask=np.ones(len(a), bool)) if additive else a,
-            "B": B.T.reshape(-1),
-        },
+    return pa.Table.from_arrays(
+        [
+            pa.DictionaryArray.from_arrays(arrow_numbers(te), te_dict),
+            pa.DictionaryArray.from_arrays(arrow_numbers(ex), ex_dict),
+            pa.nulls(len(a), pa.float64()) if additive else arrow_numbers(a),
+            arrow_numbers(B.T.reshape(-1)),
+        ],
         schema=schema,
     )
 
@@ -360,8 +362,8 @@ def _param_group(
 def _write_parameters(path: Path, sim: Simulator) -> None:
     n, m = sim.A_.shape
     additive = sim.method == "additive"
-    ex_dict = pa.array(sim.example_ids_.tolist(), pa.string())
-    te_dict = pa.array(sim.test_ids_.tolist(), pa.string())
+    ex_dict = arrow_strings(sim.example_ids_.tolist())
+    te_dict = arrow_strings(sim.test_ids_.tolist())
     schema = _param_schema()
     per_group = _tests_per_group(n)
 
@@ -397,8 +399,8 @@ class ParameterWriter:
         self.tmp = self.dir / f".{self.file_name}.{secrets.token_hex(4)}.tmp"
         self.n, self.m = len(example_ids), len(test_ids)
         self.additive = method == "additive"
-        self.ex_dict = pa.array([str(e) for e in example_ids], pa.string())
-        self.te_dict = pa.array([str(t) for t in test_ids], pa.string())
+        self.ex_dict = arrow_strings(example_ids)
+        self.te_dict = arrow_strings(test_ids)
         self.schema = _param_schema()
         self.per_group = _tests_per_group(self.n)
         self.pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
