@@ -145,3 +145,25 @@ def test_fit_and_save_do_not_import_pandas(tmp_path):
         "    save_model(st, m, sim, runs=sim.run_ids_, data_hash='x')"
     )
     assert _loaded_after(code, ("pandas", "pyarrow.dataset")) == []
+
+
+def test_verify_imports_neither_pandas_nor_pyarrow_compute(tmp_path):
+    from simfluence_cli.io.synthetic import make_runs
+    from simfluence_cli.model.simulator import Simulator
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(10, 4, 4, 8, 3, seed=5, noise=0.01)
+    st = RunStore(tmp_path / "s", create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    for m in ("linear", "additive"):
+        sim = Simulator(l2=1.0, method=m).fit(st.load(ids))
+        with st.write_lock():
+            save_model(st, m, sim, runs=ids, data_hash=st.data_hash(ids), selector="fit")
+    code = (
+        "from simfluence_cli.store.integrity import verify_store\n"
+        f"rep = verify_store({str(st.path)!r})\n"
+        "assert rep.files_checked > 0 and rep.models_checked == 2 and not rep.findings, rep.findings"
+    )
+    assert _loaded_after(code, ("pandas", "pyarrow.compute", "pyarrow.dataset")) == []
