@@ -144,7 +144,7 @@ def test_fit_and_save_do_not_import_pandas(tmp_path):
         "    sim = Simulator(l2=1.0, method=m).fit(runs)\n"
         "    save_model(st, m, sim, runs=sim.run_ids_, data_hash='x')"
     )
-    assert _loaded_after(code, ("pandas", "pyarrow.dataset")) == []
+    assert _loaded_after(code, ("pandas", "pyarrow.dataset", "pyarrow.compute")) == []
 
 
 def test_verify_imports_neither_pandas_nor_pyarrow_compute(tmp_path):
@@ -167,3 +167,12 @@ def test_verify_imports_neither_pandas_nor_pyarrow_compute(tmp_path):
         "assert rep.files_checked > 0 and rep.models_checked == 2 and not rep.findings, rep.findings"
     )
     assert _loaded_after(code, ("pandas", "pyarrow.compute", "pyarrow.dataset")) == []
+
+
+def test_arrow_strings_utf8_and_empty():
+    import pyarrow as pa
+
+    from simfluence_cli.io._arrow import arrow_strings
+
+    out = arrow_strings(["é", "", "abc"])
+    assert out.type == pa.string() and out.to_pylist() == ["é", "", "abc"]

@@ -18,9 +18,14 @@ def arrow_strings(values) -> pa.Array:
     enc = [str(v).encode("utf-8") for v in values]
     off = np.zeros(len(enc) + 1, dtype=np.int64)
     np.cumsum([len(e) for e in enc], out=off[1:])
-    return pa.Array.from_buffers(
-        pa.large_string(), len(enc), [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
-    ).cast(pa.string())
+    data = pa.py_buffer(b"".join(enc))
+    if off[-1] < 2**31:  # int32 offsets: a plain string array (a cast imports pyarrow.compute)
+        return pa.Array.from_buffers(
+            pa.string(), len(enc), [None, pa.py_buffer(off.astype(np.int32)), data]
+        )
+    return pa.Array.from_buffers(pa.large_string(), len(enc), [None, pa.py_buffer(off), data]).cast(
+        pa.string()
+    )
 
 
 def read_parquet(path, columns=None) -> pa.Table:
