@@ -176,3 +176,30 @@ def test_arrow_strings_utf8_and_empty():
 
     out = arrow_strings(["é", "", "abc"])
     assert out.type == pa.string() and out.to_pylist() == ["é", "", "abc"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([1, 3, 7]), st.integers(1, 5))
+def test_interval_sums_equal_the_sparse_product_bitwise(seed, log_every, batch):
+    import scipy.sparse as sp
+
+    from simfluence_cli.io.synthetic import make_runs
+    from simfluence_cli.model.external_scores import _interval_sums
+
+    runs, _, _ = make_runs(12, 3, 2, 20, batch, seed=seed, log_every=log_every)
+    S = np.random.default_rng(seed).standard_normal((runs.n_examples, 5))
+    for run in runs.runs:
+        steps = run.step_of_entry()
+        k = np.searchsorted(run.loss_steps, steps, side="left")
+        keep = k < len(run.loss_steps)
+        K = len(run.loss_steps)
+        cnt = sp.csr_matrix(
+            (np.ones(int(keep.sum())), (k[keep] - 1, run.batch_idx[keep])),
+            shape=(K - 1, S.shape[0]),
+        )
+        np.testing.assert_array_equal(_interval_sums(run, S), np.asarray(cnt @ S))
+
+
+def test_scores_modules_do_not_import_scipy():
+    code = "import simfluence_cli.model.external_scores, simfluence_cli.io.score_files"
+    assert _loaded_after(code, ("scipy",)) == []
