@@ -203,3 +203,49 @@ def test_interval_sums_equal_the_sparse_product_bitwise(seed, log_every, batch):
 def test_scores_modules_do_not_import_scipy():
     code = "import simfluence_cli.model.external_scores, simfluence_cli.io.score_files"
     assert _loaded_after(code, ("scipy",)) == []
+
+
+def _encode_loop(sim, curricula, unseen):
+    """Simulator.encode as it was (a loop per batch): the reference for the vectorised one."""
+    from simfluence_cli.model.simulator import map_examples
+    from simfluence_cli.runs import stack_index
+
+    vocab = sorted({str(e) for cur in curricula for batch in cur for e in batch})
+    code = dict(zip(vocab, map_examples(sim.example_ids_, sim.example_counts_, vocab, unseen)))
+    mats = []
+    for cur in curricula:
+        m = np.full((len(cur), max((len(b) for b in cur), default=1)), -1, dtype=np.int64)
+        for t, batch in enumerate(cur):
+            codes = [c for c in (int(code[str(e)]) for e in batch) if c != -1]
+            m[t, : len(codes)] = codes
+        mats.append(m)
+    b = max((len(batch) for c in curricula for batch in c), default=1)
+    return stack_index(mats, width=b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.lists(st.sampled_from(["e0", "e1", "e3", "e5", "x", "y"]), max_size=4), max_size=5
+        ),
+        max_size=4,
+    ),
+    st.sampled_from(["skip", "prior"]),
+)
+def test_encode_equals_the_batch_loop(curricula, unseen):
+    from simfluence_cli.io.synthetic import make_runs
+    from simfluence_cli.model.simulator import Simulator
+
+    global _ENC_SIM
+    if _ENC_SIM is None:
+        runs, _, _ = make_runs(8, 2, 2, 10, 2, seed=1)
+        _ENC_SIM = Simulator(l2=1.0).fit(runs)
+        _ENC_SIM.example_counts_[3] = 0  # e3 never trained on: "unseen" like x and y
+    got = _ENC_SIM.encode(curricula, unseen=unseen)
+    want = _encode_loop(_ENC_SIM, curricula, unseen)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+_ENC_SIM = None
