@@ -147,7 +147,7 @@ def test_fit_and_save_do_not_import_pandas(tmp_path):
     assert _loaded_after(code, ("pandas", "pyarrow.dataset", "pyarrow.compute")) == []
 
 
-def test_verify_imports_neither_pandas_nor_pyarrow_compute(tmp_path):
+def test_verify_and_batch_sizes_import_neither_pandas_nor_pyarrow_compute(tmp_path):
     from simfluence_cli.io.synthetic import make_runs
     from simfluence_cli.model.simulator import Simulator
     from simfluence_cli.store.run_store import RunStore
@@ -164,7 +164,11 @@ def test_verify_imports_neither_pandas_nor_pyarrow_compute(tmp_path):
     code = (
         "from simfluence_cli.store.integrity import verify_store\n"
         f"rep = verify_store({str(st.path)!r})\n"
-        "assert rep.files_checked > 0 and rep.models_checked == 2 and not rep.findings, rep.findings"
+        "assert rep.files_checked > 0 and rep.models_checked == 2 and not rep.findings, rep.findings\n"
+        "from simfluence_cli.store.run_store import RunStore\n"
+        "from simfluence_cli.store.shapes import stored_batch_sizes\n"
+        f"sizes = stored_batch_sizes(RunStore({str(st.path)!r}), {list(ids)!r})\n"
+        "assert len(sizes) == 4 and all((s == 3).all() for s in sizes), sizes"
     )
     assert _loaded_after(code, ("pandas", "pyarrow.compute", "pyarrow.dataset")) == []
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_cli.io._arrow import read_parquet
+from simfluence_cli.io._arrow import np_view, read_parquet
 
 
 def stored_batch_sizes(store, run_ids: Sequence[str]) -> list[np.ndarray]:
@@ -19,6 +19,6 @@ def stored_batch_sizes(store, run_ids: Sequence[str]) -> list[np.ndarray]:
         if entry is None:
             continue
         steps = read_parquet(Path(store.path) / entry["curriculum_file"], columns=["step"])
-        s = steps.column("step").to_numpy()
+        s = np_view(steps.column("step"))
         out.append(np.bincount(s, minlength=int(entry.get("steps") or 0) + 1)[1:])
     return out
