@@ -253,3 +253,27 @@ def test_encode_equals_the_batch_loop(curricula, unseen):
 
 
 _ENC_SIM = None
+
+
+_IDS = ["a", "b", "c", "d", "e"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from(_IDS), min_size=1, max_size=4), min_size=1, max_size=6),
+    st.lists(st.sampled_from(_IDS), min_size=1, max_size=3),
+    st.none() | st.lists(st.sampled_from(_IDS), min_size=1, max_size=4),
+    st.sampled_from(["keep-steps", "repack", "shrink", "neutral"]),
+)
+def test_apply_edits_fast_filter_equals_the_general_loop(batches, drop, only, mode):
+    from simfluence_cli.analysis.whatif import Edits, apply_edits
+    from simfluence_cli.errors import SelectionError
+
+    def edited(**extra):
+        try:
+            return apply_edits(batches, Edits(drop=drop, only=only, mode=mode, **extra))
+        except SelectionError:
+            return "empty"
+
+    # repeating an ID that is not in the curriculum changes nothing but takes the general loop
+    assert edited() == edited(repeat=["absent"])
