@@ -3,12 +3,17 @@
     .venv/bin/python bench/bench_commands.py                       # builds /tmp/simfluence-demo
     .venv/bin/python bench/bench_commands.py --store demo-store    # reuse a store made by make demo
     .venv/bin/python bench/bench_commands.py --repeat 3 --out bench/commands.md
+    .venv/bin/python bench/bench_commands.py --baseline /tmp/cmd-base   # against another tree
 
 Each command runs as a child process (the console script, as a user runs it). Reported per
 command: wall seconds, CPU seconds of the child (user + sys, all threads, from
 ``resource.getrusage(RUSAGE_CHILDREN)`` deltas), the target in CPU seconds and the 1-minute load
 average just before. With ``--repeat K`` the best (lowest CPU) of K runs is kept. The machine is
 shared: CPU seconds are the figure to compare with the targets, wall seconds depend on the load.
+
+``--baseline TREE`` times every command also with ``PYTHONPATH=TREE`` (e.g. a ``git worktree`` of
+main), on its own copy of the same store, alternating baseline and this tree run by run, and
+reports CPU ratios (this tree / baseline) measured under the same load.
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ if not Path(SF[0]).exists():  # not installed as a console script: run the packa
     SF = [sys.executable, "-m", "simfluence_cli"]
 
 
-def run(args: list[str], check: bool = True) -> dict:
+def run(args: list[str], check: bool = True, tree: str | None = None) -> dict:
+    """Run one command as a child; ``tree``: the source tree to import (PYTHONPATH)."""
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": tree}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    r = subprocess.run(SF + args, capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(SF + args, capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -114,14 +123,31 @@ def commands(store: Path, work: Path) -> list[tuple[str, list[str], float]]:
     ]
 
 
+def _best(args: list[str], repeat: int, trees: list[str | None], swap) -> list[dict]:
+    """Best (lowest CPU) of ``repeat`` runs per tree, the trees alternating run by run;
+    ``swap(args, k)`` gives tree k's arguments (its own store and work directory)."""
+    best: list[dict | None] = [None] * len(trees)
+    for _ in range(max(1, repeat)):
+        for k, tree in enumerate(trees):
+            r = run(swap(args, k), tree=tree)
+            if best[k] is None or r["cpu"] < best[k]["cpu"]:
+                best[k] = r
+    return best
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=None, help="existing demo store (default: build one)")
     ap.add_argument("--work", default="/tmp/simfluence-bench-commands")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated labels (prefix match)")
+    ap.add_argument("--skip", default=None, help="comma-separated labels to leave out (prefix)")
+    ap.add_argument("--baseline", default=None, help="source tree to compare with (PYTHONPATH)")
     ap.add_argument("--out", default=None, help="write the markdown table here too")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _machine import cpu_model
+
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if a.store is None:
@@ -131,37 +157,79 @@ def main(argv=None) -> None:
         print(f"built {store} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
         store = Path(a.store)
+    this = os.environ.get("PYTHONPATH") or str(ROOT)
+    trees: list[str | None] = [this]
+    stores, works = [store], [work]
+    if a.baseline:
+        bstore, bwork = work / "baseline-store", work / "baseline-work"
+        if bstore.exists():
+            shutil.rmtree(bstore)
+        shutil.copytree(store, bstore)
+        bwork.mkdir(parents=True, exist_ok=True)
+        trees = [a.baseline, this]
+        stores, works = [bstore, store], [bwork, work]
+
+    def swap(args: list[str], k: int) -> list[str]:
+        return [
+            str(stores[k]) if x == str(store) else x.replace(str(work), str(works[k])) for x in args
+        ]
+
+    facts = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "tree": this,
+        "baseline": a.baseline,
+        "load_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(facts), flush=True)
     rows = []
     for label, args, target in commands(store, work):
         if a.only and not any(label.startswith(p) for p in a.only.split(",")):
             continue
+        if a.skip and any(label.startswith(p) for p in a.skip.split(",")):
+            continue
         if label == "fit linear --l2 auto":
             args = [*args, "--replace"]
-        best = None
-        for _ in range(max(1, a.repeat)):
-            r = run(args)
-            if best is None or r["cpu"] < best["cpu"]:
-                best = r
+        res = _best(args, a.repeat, trees, swap)
+        head = res[-1]
         row = {
             "command": label,
-            "wall_s": round(best["wall"], 2),
-            "cpu_s": round(best["cpu"], 2),
+            "wall_s": round(head["wall"], 2),
+            "cpu_s": round(head["cpu"], 2),
             "target_cpu_s": target,
-            "ok": best["cpu"] <= target,
-            "load": round(best["load"], 1),
+            "ok": head["cpu"] <= target,
+            "load": round(head["load"], 1),
         }
+        if a.baseline:
+            row["base_cpu_s"] = round(res[0]["cpu"], 2)
+            row["ratio"] = round(head["cpu"] / res[0]["cpu"], 2) if res[0]["cpu"] else None
         rows.append(row)
         print(json.dumps(row), flush=True)
-    md = [
-        "| command | wall s | CPU s | target CPU s | met | load avg |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        md.append(
-            f"| `{r['command']}` | {r['wall_s']} | {r['cpu_s']} | {r['target_cpu_s']} | "
-            f"{'yes' if r['ok'] else 'NO'} | {r['load']} |"
-        )
-    text = "\n".join(md) + "\n"
+    facts["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    if a.baseline:
+        md = [
+            "| command | baseline CPU s | CPU s | ratio | wall s | target CPU s | met | load avg |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            md.append(
+                f"| `{r['command']}` | {r['base_cpu_s']} | {r['cpu_s']} | {r['ratio']} | "
+                f"{r['wall_s']} | {r['target_cpu_s']} | {'yes' if r['ok'] else 'NO'} | "
+                f"{r['load']} |"
+            )
+    else:
+        md = [
+            "| command | wall s | CPU s | target CPU s | met | load avg |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            md.append(
+                f"| `{r['command']}` | {r['wall_s']} | {r['cpu_s']} | {r['target_cpu_s']} | "
+                f"{'yes' if r['ok'] else 'NO'} | {r['load']} |"
+            )
+    text = json.dumps(facts) + "\n\n" + "\n".join(md) + "\n"
     print(text)
     if a.out:
         Path(a.out).write_text(text)

@@ -118,11 +118,12 @@ def read_groups(path: str, column: str, id_column: str = "example_id") -> dict[s
     distinct value of ``column``; members = the ``id_column`` values of its rows."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+
+    from simfluence_cli.io._arrow import read_parquet
 
     try:
         if path.endswith(".parquet"):
-            tbl = pq.read_table(path)
+            tbl = read_parquet(path)
         else:
             tbl = pcsv.read_csv(
                 path,

@@ -108,7 +108,8 @@ class Edits:
 
 def batch_size_of(batches: Sequence[Sequence[str]]) -> int:
     """The base's batch size: the most common batch size (ties: the larger)."""
-    sizes = Counter(len(b) for b in batches if len(b))
+    sizes = Counter(map(len, batches))
+    sizes.pop(0, None)
     if not sizes:
         return 1
     return max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0]
@@ -142,6 +143,10 @@ def apply_edits(batches: Sequence[Sequence[str]], edits: Edits) -> Batches:
         return (only is None or e in only) and e not in drop
 
     def expand(seq, filler=None):
+        if filler is None and not rep:  # the common case (drop / only), one comprehension
+            if only is None:
+                return [e for e in seq if e not in drop]
+            return [e for e in seq if e in only and e not in drop]
         out = []
         for e in seq:
             if keep(e):

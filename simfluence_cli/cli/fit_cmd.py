@@ -540,14 +540,13 @@ def _write_long(
     codes = np.tile(np.arange(M, dtype=np.int32), T1)
     loss = traj.reshape(-1)
     if fmt in (Format.csv, Format.parquet):
-        tid = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(tests, pa.string()))
-        table = pa.table(
-            {
-                "step": step,
-                "test_id": tid,
-                "loss": loss,
-                **{c: v.reshape(-1) for c, v in extra.items()},
-            }
+        from simfluence_cli.io._arrow import arrow_numbers, arrow_strings  # no pandas import
+
+        tid = pa.DictionaryArray.from_arrays(arrow_numbers(codes), arrow_strings(tests))
+        table = pa.Table.from_arrays(
+            [arrow_numbers(step), tid, arrow_numbers(loss)]
+            + [arrow_numbers(v.reshape(-1)) for v in extra.values()],
+            names=names,
         )
         if fmt is Format.parquet:
             import json

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from simfluence_cli.errors import InputError, MissingExtraError, UsageError
+from simfluence_cli.io._arrow import np_view
 
 REQUIRED = ("test_id", "example_id", "score")
 
@@ -103,10 +104,10 @@ def _read_table(path: Path) -> pa.Table:
             hint="give a CSV/Parquet table with columns test_id,example_id,score",
         )
     if _is_parquet(path):
-        import pyarrow.parquet as pq
+        from simfluence_cli.io._arrow import read_parquet
 
         try:
-            return pq.read_table(path)
+            return read_parquet(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"not a readable Parquet file ({exc})", path=str(path)) from None
     import pyarrow.csv as pcsv
@@ -162,7 +163,7 @@ def read_scores(path: str | Path) -> ScoreTable:
             row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError("empty id", path=str(path), line=row + 2, field=name)
     try:
-        score = t["score"].cast(pa.float64()).to_numpy()
+        score = np_view(t["score"].cast(pa.float64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise InputError("score must be numeric", path=str(path), field="score") from None
     bad = np.flatnonzero(~np.isfinite(score))
@@ -177,8 +178,8 @@ def read_scores(path: str | Path) -> ScoreTable:
     te_d, ex_d = te.dictionary_encode(), ex.dictionary_encode()
     test_ids = np.asarray(te_d.dictionary.to_pylist(), dtype=object)
     example_ids = np.asarray(ex_d.dictionary.to_pylist(), dtype=object)
-    ti = te_d.indices.to_numpy().astype(np.int64)
-    ei = ex_d.indices.to_numpy().astype(np.int64)
+    ti = np_view(te_d.indices).astype(np.int64)
+    ei = np_view(ex_d.indices).astype(np.int64)
     key = ei * len(test_ids) + ti
     uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
     if (counts > 1).any():

@@ -28,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,11 +49,13 @@ from simfluence_cli.model.config import (
     UNSEEN_POLICIES,
     SimulatorConfig,
 )
-from simfluence_cli.model.normal_equations import Design
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
 from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet, id_columns, stack_index
+
+if TYPE_CHECKING:  # the normal equations (scipy.sparse) load only when fitting
+    from simfluence_cli.model.normal_equations import Design
 
 __all__ = [
     "Simulator",
@@ -297,6 +300,8 @@ class Simulator:
         scale = loss_scale(runs)
         self.loss_scale_ = scale
         runs = rescaled(runs, scale)
+        from simfluence_cli.model.normal_equations import Design
+
         design = Design(runs)
         theta0 = self._theta0(n)
         if self.l2 == "auto" and len(runs) < 2:  # no cross-validation by run with one run
@@ -579,15 +584,31 @@ class Simulator:
                 "choose --unseen prior (no effect beyond the prior) or --unseen skip"
             )
         code = dict(zip(vocab, where.tolist()))
-        mats = []
-        for cur in curricula:
-            m = np.full((len(cur), max((len(b) for b in cur), default=1)), -1, dtype=np.int64)
-            for t, batch in enumerate(cur):
-                codes = [c for c in (code[str(e)] for e in batch) if c != -1]  # -1 = skipped
-                m[t, : len(codes)] = codes
-            mats.append(m)
-        b = max((len(batch) for c in curricula for batch in c), default=1)
-        return stack_index(mats, width=b)
+        # one flat pass over all IDs, then scattered into (C, T, b): the layout of
+        # runs.stack_index, with skipped IDs (-1) dropped and their batch packed to the left
+        n_batches = np.asarray([len(cur) for cur in curricula], dtype=np.int64)
+        lens = np.fromiter(
+            (len(batch) for cur in curricula for batch in cur),
+            dtype=np.int64,
+            count=int(n_batches.sum()),
+        )
+        codes = np.fromiter(
+            (code[str(e)] for cur in curricula for batch in cur for e in batch),
+            dtype=np.int64,
+            count=int(lens.sum()),
+        )
+        T = int(n_batches.max()) if len(n_batches) else 0
+        width = max(int(lens.max()) if len(lens) else 1, 1)
+        idx = np.full((len(curricula), T, width), -1, dtype=np.int64)
+        first = np.cumsum(n_batches) - n_batches  # each curriculum's first batch
+        cur_of = np.repeat(np.arange(len(curricula)), n_batches)
+        step_of = np.arange(len(lens)) - first[cur_of]
+        kept = codes != -1  # -1 = skipped
+        batch_of = np.repeat(np.arange(len(lens)), lens)[kept]
+        per_batch = np.bincount(batch_of, minlength=len(lens))
+        pos = np.arange(len(batch_of)) - (np.cumsum(per_batch) - per_batch)[batch_of]
+        idx[cur_of[batch_of], step_of[batch_of], pos] = codes[kept]
+        return idx
 
     def simulate(
         self,

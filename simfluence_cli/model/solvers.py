@@ -9,7 +9,6 @@ solution accurate. Parameters of examples with no observations stay at ``theta0`
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg as sl
 
 
 def ridge_solve(
@@ -19,6 +18,8 @@ def ridge_solve(
 
     With ``overwrite=True`` G is used as scratch space (saves a copy).
     """
+    import scipy.linalg as sl  # here, not at the top: loading a model needs no scipy
+
     m, P, _ = G.shape
     H = G if overwrite else G.copy()
     idx = np.arange(P)

@@ -13,16 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from simfluence_cli.errors import InputError
+from simfluence_cli.io._arrow import read_parquet
 
 
 def store_example_ids(store) -> set[str]:
     """Every training-example ID in the store's curricula (reads only the dictionaries)."""
     out: set[str] = set()
     for r in store.runs():
-        col = pq.read_table(Path(store.path) / r["curriculum_file"], columns=["example_id"])
+        col = read_parquet(Path(store.path) / r["curriculum_file"], columns=["example_id"])
         for chunk in col.column("example_id").chunks:
             vals = chunk.dictionary if hasattr(chunk, "dictionary") else chunk.unique()
             out.update(vals.to_pylist())

@@ -270,7 +270,8 @@ def _check_models(store, man: dict, good_runs: dict, rep: VerifyReport) -> None:
 
 def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from simfluence_cli.io._arrow import np_view, read_parquet
 
     name = d.name
     rel = f"models/{name}"
@@ -359,7 +360,7 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
             return
         rep.files_checked += 1
         try:
-            tables[key] = pq.read_table(f)
+            tables[key] = read_parquet(f)
         except (OSError, pa.ArrowException) as exc:
             rep.add(
                 ERROR,
@@ -403,10 +404,9 @@ def _check_model(store, man: dict, good_runs: dict, d: Path, rep: VerifyReport) 
                     "parameter table names test/example ids its tests/examples tables do not"
                 )
             for col in ("A", "B"):
-                v = pt.column(col).to_numpy(zero_copy_only=False)
-                v = np.asarray(v, dtype=np.float64)
                 if col == "A" and cfg.get("method") == "additive":
                     continue
+                v = np.asarray(np_view(pt.column(col)), dtype=np.float64)
                 if not np.isfinite(v).all():
                     problems.append(f"non-finite values in column {col}")
     if problems:

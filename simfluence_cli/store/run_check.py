@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from simfluence_cli.io._arrow import _dict_column
+from simfluence_cli.io._arrow import _dict_column, np_view
 from simfluence_cli.store.format import (
     CURRICULUM_LR_SCHEMA,
     CURRICULUM_SCHEMA,
@@ -86,9 +86,14 @@ def _replace_fix(rid: str) -> str:
     )
 
 
+def _present_values(col) -> set:
+    """The distinct values of a null-free string column (without pyarrow.compute, ~0.1 s)."""
+    values, codes = _dict_column(col)
+    return set(values[np.unique(codes)].tolist())
+
+
 def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bool:
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from simfluence_cli.io.rundata import make_rundata
@@ -194,7 +199,7 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
             ok = False
             continue
         run_col = table.column("run")
-        if run_col.null_count or set(pc.unique(run_col).to_pylist()) - {rid}:
+        if run_col.null_count or _present_values(run_col) - {rid}:
             rep.add(
                 ERROR, rel, f"holds rows of another run than {rid!r}", _replace_fix(rid), run=rid
             )
@@ -217,9 +222,9 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
             )
             return False
     try:
-        cstep = cur.column("step").to_numpy()
-        lstep = los.column("step").to_numpy()
-        loss = los.column("loss").to_numpy()
+        cstep = np_view(cur.column("step"))
+        lstep = np_view(los.column("step"))
+        loss = np_view(los.column("loss"))
         if len(cstep) == 0 or cstep.min() < 1 or cstep.max() != T:
             raise ValueError(f"curriculum steps must cover 1..{T}")
         sizes = np.bincount(cstep, minlength=T + 1)[1:]
@@ -236,7 +241,7 @@ def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bo
         np.cumsum(sizes, out=ptr[1:])
         lr = None
         if entry.get("has_lr"):
-            lr_rows = cur.column("lr").to_numpy()[order]
+            lr_rows = np_view(cur.column("lr"))[order]
             lr = lr_rows[ptr[:-1]]
             if not np.array_equal(lr_rows, np.repeat(lr, sizes)):
                 raise ValueError("lr differs within a step")

@@ -47,6 +47,8 @@ from simfluence_cli.errors import (
     UsageError,
 )
 from simfluence_cli.io._arrow import _dict_column, np_view
+from simfluence_cli.io._arrow import arrow_numbers as _num
+from simfluence_cli.io._arrow import arrow_strings as _str
 from simfluence_cli.runs import Run, RunSet
 from simfluence_cli.store import _lock
 from simfluence_cli.store.format import (
@@ -179,21 +181,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-# Arrow arrays built from buffers: pa.array() imports pandas when it is installed (~0.5 s)
-def _num(a: np.ndarray) -> pa.Array:
-    a = np.ascontiguousarray(a)
-    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
-
-
-def _str(values: list[str]) -> pa.Array:
-    enc = [v.encode("utf-8") for v in values]
-    off = np.zeros(len(enc) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in enc], out=off[1:])
-    return pa.Array.from_buffers(
-        pa.large_string(), len(enc), [None, pa.py_buffer(off), pa.py_buffer(b"".join(enc))]
-    ).cast(pa.string())
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
+from simfluence_cli.io._arrow import arrow_numbers, arrow_strings, np_view, read_parquet
 from simfluence_cli.model.simulator import (
     ExecutionOptions,
     Simulator,
@@ -270,10 +271,10 @@ def write_model_files(
     else:
         files["parameters"] = parameters.commit()
     test_cols = {
-        "test_id": pa.array(sim.test_ids_.tolist(), pa.string()),
-        "init_loss_mean": sim.init_loss_mean_,
-        "loss_min": sim.loss_min_,
-        "loss_max": sim.loss_max_,
+        "test_id": arrow_strings(sim.test_ids_.tolist()),
+        "init_loss_mean": arrow_numbers(sim.init_loss_mean_),
+        "loss_min": arrow_numbers(sim.loss_min_),
+        "loss_max": arrow_numbers(sim.loss_max_),
     }
     test_meanings = {
         "init_loss_mean": "mean observed loss at step 0 over the fitting runs",
@@ -282,20 +283,22 @@ def write_model_files(
     }
     oa = None
     if sim.method == "optimizer-aware":
-        test_cols["ar"] = sim.ar_
+        test_cols["ar"] = arrow_numbers(sim.ar_)
         test_meanings["ar"] = "AR coefficient rho on the previous (transformed) loss increment"
         for h in range(sim.basis_.shape[1]):
-            test_cols[f"basis_{h}"] = sim.basis_[:, h]
+            test_cols[f"basis_{h}"] = arrow_numbers(sim.basis_[:, h])
             test_meanings[f"basis_{h}"] = f"weight of time hat function {h} (drift per step)"
         oa = {"chosen": sim.config_.as_dict(), "schedule": sim.schedule_.to_dict()}
-    _write_table(d / files["tests"], pa.table(test_cols), test_meanings)
+    _write_table(
+        d / files["tests"],
+        pa.Table.from_arrays(list(test_cols.values()), names=list(test_cols)),
+        test_meanings,
+    )
     _write_table(
         d / files["examples"],
-        pa.table(
-            {
-                "example_id": pa.array(sim.example_ids_.tolist(), pa.string()),
-                "count": sim.example_counts_,
-            }
+        pa.Table.from_arrays(
+            [arrow_strings(sim.example_ids_.tolist()), arrow_numbers(sim.example_counts_)],
+            names=["example_id", "count"],
         ),
         {"count": "occurrences of the example in the fitting runs' curricula"},
     )
@@ -403,13 +406,13 @@ def _param_group(
     te = np.repeat(cols, n).astype(np.int32)
     ex = np.tile(np.arange(n, dtype=np.int32), len(cols))
     a = A.T.reshape(-1)
-    return pa.table(
-        {
-            "test_id": pa.DictionaryArray.from_arrays(pa.array(te), te_dict),
-            "example_id": pa.DictionaryArray.from_arrays(pa.array(ex), ex_dict),
-            "A": pa.array(a, mask=np.ones(len(a), bool)) if additive else a,
-            "B": B.T.reshape(-1),
-        },
+    return pa.Table.from_arrays(
+        [
+            pa.DictionaryArray.from_arrays(arrow_numbers(te), te_dict),
+            pa.DictionaryArray.from_arrays(arrow_numbers(ex), ex_dict),
+            pa.nulls(len(a), pa.float64()) if additive else arrow_numbers(a),
+            arrow_numbers(B.T.reshape(-1)),
+        ],
         schema=schema,
     )
 
@@ -417,8 +420,8 @@ def _param_group(
 def _write_parameters(path: Path, sim: Simulator) -> None:
     n, m = sim.A_.shape
     additive = sim.method == "additive"
-    ex_dict = pa.array(sim.example_ids_.tolist(), pa.string())
-    te_dict = pa.array(sim.test_ids_.tolist(), pa.string())
+    ex_dict = arrow_strings(sim.example_ids_.tolist())
+    te_dict = arrow_strings(sim.test_ids_.tolist())
     schema = _param_schema()
     per_group = _tests_per_group(n)
 
@@ -454,8 +457,8 @@ class ParameterWriter:
         self.tmp = self.dir / f".{self.file_name}.{secrets.token_hex(4)}.tmp"
         self.n, self.m = len(example_ids), len(test_ids)
         self.additive = method == "additive"
-        self.ex_dict = pa.array([str(e) for e in example_ids], pa.string())
-        self.te_dict = pa.array([str(t) for t in test_ids], pa.string())
+        self.ex_dict = arrow_strings(example_ids)
+        self.te_dict = arrow_strings(test_ids)
         self.schema = _param_schema()
         self.per_group = _tests_per_group(self.n)
         self.pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -618,8 +621,8 @@ def load_model_files(
         raise ModelError(f"model {name!r} was written by a newer simfluence; upgrade to read it")
     cfg = man["config"]
     sim = Simulator.from_config(SimulatorConfig.from_json({"l2": 0.0, **cfg}))
-    tt = pq.read_table(d / man["files"]["tests"])
-    et = pq.read_table(d / man["files"]["examples"])
+    tt = read_parquet(d / man["files"]["tests"])
+    et = read_parquet(d / man["files"]["examples"])
     all_tests = np.asarray(tt["test_id"].to_pylist(), dtype=object)
     cols = np.arange(len(all_tests))
     if tests is not None:
@@ -632,10 +635,10 @@ def load_model_files(
         cols = np.asarray([pos[t] for t in tests], dtype=np.int64)
     sim.test_ids_ = all_tests[cols]
     sim.example_ids_ = np.asarray(et["example_id"].to_pylist(), dtype=object)
-    sim.example_counts_ = et["count"].to_numpy()
-    sim.init_loss_mean_ = tt["init_loss_mean"].to_numpy()[cols]
-    sim.loss_min_ = tt["loss_min"].to_numpy()[cols]
-    sim.loss_max_ = tt["loss_max"].to_numpy()[cols]
+    sim.example_counts_ = np.array(np_view(et["count"]))
+    sim.init_loss_mean_ = np_view(tt["init_loss_mean"])[cols]
+    sim.loss_min_ = np_view(tt["loss_min"])[cols]
+    sim.loss_max_ = np_view(tt["loss_max"])[cols]
     sim.l2_, sim.cv_curve_, sim.cv_folds_ = man["l2"], man.get("cv_curve"), man.get("cv_folds")
     sim.batch_size_ = man["batch_size"]
     sim.run_ids_ = list(cfg.get("runs", []))
@@ -648,10 +651,10 @@ def load_model_files(
         oa = man["optimizer_aware"]
         sim.config_ = Config(**oa["chosen"])
         sim.schedule_ = Schedule.from_dict(oa["schedule"])
-        sim.ar_ = tt["ar"].to_numpy()[cols]
+        sim.ar_ = np_view(tt["ar"])[cols]
         H = sim.config_.n_basis
         sim.basis_ = (
-            np.column_stack([tt[f"basis_{h}"].to_numpy()[cols] for h in range(H)])
+            np.column_stack([np_view(tt[f"basis_{h}"])[cols] for h in range(H)])
             if H
             else np.zeros((len(cols), 0))
         )
@@ -683,8 +686,8 @@ def load_model_files(
     sim.A_ = np.zeros((n, m))
     sim.B_ = np.zeros((n, m))
     if sim.method != "additive":
-        sim.A_[ex, te] = pt["A"].to_numpy()
-    sim.B_[ex, te] = pt["B"].to_numpy()
+        sim.A_[ex, te] = np_view(pt["A"])
+    sim.B_[ex, te] = np_view(pt["B"])
     return sim
 
 
@@ -734,8 +737,8 @@ def _fill_parameters(
             A[:] = 0.0
             B[:] = 0.0
             return False
-        a = t["A"].to_numpy().reshape(k, n) if with_a else None
-        b = t["B"].to_numpy().reshape(k, n)
+        a = np_view(t["A"]).reshape(k, n) if with_a else None
+        b = np_view(t["B"]).reshape(k, n)
         del t, te
         for c in range(int(first[g]), int(first[g]) + k):
             for j in where.get(c, ()):
@@ -756,7 +759,7 @@ def _read_parameters(
     A file not laid out like that falls back to a Parquet filter on test_id.
     """
     if cols is None:
-        return pq.read_table(path)
+        return read_parquet(path)
     wanted = np.unique(cols)
     pf = pq.ParquetFile(path)
     md = pf.metadata
@@ -770,7 +773,7 @@ def _read_parameters(
     hi = np.searchsorted(wanted, last_test, side="right")
     groups = [int(g) for g in np.flatnonzero((hi > lo) & (sizes > 0))]
     if not groups:
-        return pq.read_table(path).slice(0, 0)
+        return read_parquet(path).slice(0, 0)
     pt = pf.read_row_groups(groups)
     keep = np.zeros(len(all_tests), dtype=bool)
     keep[wanted] = True
@@ -786,7 +789,7 @@ def _dict_codes(column: pa.ChunkedArray, universe: np.ndarray) -> np.ndarray:
     order = np.argsort(universe)
     dict_vals = np.asarray(column.dictionary.to_pylist(), dtype=object)
     where = order[np.searchsorted(universe[order], dict_vals)]
-    return where[column.indices.to_numpy(zero_copy_only=False)]
+    return where[np_view(column.indices)]
 
 
 def _json_safe(d: dict) -> dict:

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from simfluence_cli.io._arrow import np_view, read_parquet
 
 
 def stored_batch_sizes(store, run_ids: Sequence[str]) -> list[np.ndarray]:
@@ -17,7 +18,7 @@ def stored_batch_sizes(store, run_ids: Sequence[str]) -> list[np.ndarray]:
         entry = by_id.get(rid)
         if entry is None:
             continue
-        steps = pq.read_table(Path(store.path) / entry["curriculum_file"], columns=["step"])
-        s = steps.column("step").to_numpy()
+        steps = read_parquet(Path(store.path) / entry["curriculum_file"], columns=["step"])
+        s = np_view(steps.column("step"))
         out.append(np.bincount(s, minlength=int(entry.get("steps") or 0) + 1)[1:])
     return out
