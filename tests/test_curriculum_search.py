@@ -319,3 +319,29 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     assert r.exit_code == 0 and "greedy construction" in " ".join(r.stderr.split())
     r = CliRunner().invoke(app, [*base, "--steps", "7", "--start", "best-run", "-o", str(out)])
     assert r.exit_code == 2 and "differs from the best fitting run" in " ".join(r.stderr.split())
+
+
+def test_floor_guard_keeps_tests_off_the_clip_floor():
+    rng = np.random.default_rng(0)
+    base = known_sim()
+    sim = Simulator.from_params(
+        base.A_,
+        base.B_,
+        base.example_ids_,
+        base.test_ids_,
+        method="additive",
+        init_loss=np.full(M, 2.0),
+        batch_size=B,
+        loss_range=(np.full(M, 1.4) + rng.uniform(0, 0.1, M), np.full(M, 2.0)),
+    )
+    start = random_curricula(np.arange(N), 20, B, 1, rng)[0]
+    start = [[f"e{i}" for i in b] for b in start]
+    lo, _ = sim.bounds_
+    at_floor = lambda cur: int(np.sum(sim.simulate([cur])[0, -1] <= lo + 1e-12))  # noqa: E731
+    kw = dict(start=start, trust=0.5, iters=60, candidates=16, n_random=0)
+    free = design_curriculum(sim, floor_guard=False, **kw)
+    guarded = design_curriculum(sim, **kw)
+    assert at_floor(free.batches) > at_floor(start)  # the unguarded search does saturate here
+    assert at_floor(guarded.batches) <= at_floor(start)
+    assert guarded.params["tests_at_clip_floor"] == at_floor(guarded.batches)
+    assert free.objective <= guarded.objective < guarded.start_objective

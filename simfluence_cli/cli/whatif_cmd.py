@@ -559,6 +559,14 @@ def design_cmd(
             "under more than this fraction of the interval's fold models.",
         ),
     ] = 0.5,
+    floor_guard: Annotated[
+        bool,
+        typer.Option(
+            "--floor-guard/--no-floor-guard",
+            help="Reject moves that bring more tests to the simulator's lower clip bound (the "
+            "lowest loss the fitting runs showed) than the start has: there it extrapolates.",
+        ),
+    ] = True,
     objective: Annotated[
         str,
         typer.Option(
@@ -692,6 +700,7 @@ def design_cmd(
             trust=trust,
             fold_models=None if cal is None else cal.fold_models,
             consensus=consensus,
+            floor_guard=floor_guard,
             progress=progress,
         )
     finally:
