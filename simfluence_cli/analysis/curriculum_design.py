@@ -334,7 +334,7 @@ def _adjoint_moves(
     keep_best = n_best
     n_best = n_best if Sf is None else 4 * n_best  # room for the consensus filter
     here = S[st, fe]  # (N,) first-order contribution of each slot's example where it is
-    out: list[tuple[float, np.ndarray, tuple]] = []
+    out: list[tuple[float, tuple]] = []
     # replace: slot i -> pool example p (not in that batch, uses left)
     P = pool_idx
     Dr = S[st][:, P] - here[:, None]  # (N, |P|)
@@ -347,7 +347,7 @@ def _adjoint_moves(
         sel = np.argpartition(Dr.reshape(-1), k - 1)[:k]
         i, j = np.unravel_index(sel, Dr.shape)
         for a, c in zip(i.tolist(), j.tolist()):
-            out.append((float(Dr[a, c]), ("r", int(st[a]), int(sk[a]), int(P[c])), (a, int(P[c]))))
+            out.append((float(Dr[a, c]), ("r", int(st[a]), int(sk[a]), int(P[c]))))
     # swap: slot i (among the n_rows worst-placed) <-> any slot j of another step
     cand_i = np.flatnonzero(valid)
     if len(cand_i) > n_rows:
@@ -372,13 +372,11 @@ def _adjoint_moves(
         r, j = np.unravel_index(sel, Ds.shape)
         for a, c in zip(r.tolist(), j.tolist()):
             i = int(cand_i[a])
-            out.append(
-                (float(Ds[a, c]), ("s", int(st[i]), int(sk[i]), int(st[c]), int(sk[c])), None)
-            )
+            out.append((float(Ds[a, c]), ("s", int(st[i]), int(sk[i]), int(st[c]), int(sk[c]))))
     out.sort(key=lambda x: x[0])
     if Sf is not None and out:  # consensus of the fold models, first order
         keep = []
-        for d, mv, _ in out:
+        for d, mv in out:
             if mv[0] == "r":
                 _, t, kk, e = mv
                 old = cur[t, kk]
@@ -388,9 +386,9 @@ def _adjoint_moves(
                 e1, e2 = cur[t1, k1], cur[t2, k2]
                 df = Sf[:, t1, e2] - Sf[:, t1, e1] + Sf[:, t2, e1] - Sf[:, t2, e2]
             if np.mean(df < 0) > consensus:
-                keep.append((d, mv, None))
+                keep.append((d, mv))
         out = keep
-    return [(d, mv) for d, mv, _ in out[:keep_best]]
+    return out[:keep_best]
 
 
 def _adjoint_search(
@@ -461,7 +459,7 @@ def _adjoint_search(
             steps_used |= _move_steps(mv)
         nxt = cands[order[0]]
         if len(chosen) > 1:
-            tc, oc, gAc, gBc = final_loss_adjoint(A_all, B_all, combo, L0, additive, lo_k, hi_k)
+            tc, oc, _, _ = final_loss_adjoint(A_all, B_all, combo, L0, additive, lo_k, hi_k)
             if (
                 oc[0] < fin[order[0]]
                 and (len(models) == 1 or np.mean(oc[1:] < obj_k[1:]) > consensus)
