@@ -248,7 +248,8 @@ def resolve_start(
             else "the model records no fitting runs"
         )
     else:
-        rid, cur = best_run_start(store.load(ids), tests)
+        runs = store.load(ids)
+        rid, cur = best_run_start(runs, tests)
         if steps is not None and steps != len(cur):
             why = f"--steps {steps} differs from the best fitting run's {len(cur)} steps"
         elif pool is not None and {e for b in cur for e in b} - {str(e) for e in pool}:
@@ -256,7 +257,9 @@ def resolve_start(
         elif batch_size is not None and max(len(b) for b in cur) > batch_size:
             why = f"the best fitting run has batches larger than --batch-size {batch_size}"
         else:
-            return rid, cur, None
+            cols = [j for j, t in enumerate(runs.test_ids) if tests is None or t in set(tests)]
+            real = float(np.nanmean(runs[rid].losses[-1][cols]))
+            return rid, cur, f"starting from fitting run {rid} (real mean final loss {real:.6g})"
     if start == "best-run":
         raise UsageError(f"--start best-run: {why}; use --start greedy")
     if steps is None:

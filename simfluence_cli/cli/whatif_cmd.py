@@ -741,7 +741,7 @@ def design_cmd(
             f"[{rep['interval']['lo']:.4g}, {rep['interval']['hi']:.4g}])"
         )
     msg += (
-        f" (start {start_run or 'greedy'}: {res.start_objective:.6g}; "
+        f" (start {start_run or 'greedy'}: simulated {res.start_objective:.6g}; "
         f"{rep['changed_slots']} of at most {rep['max_changes']} slots changed)"
     )
     if "random_mean" in rep:
