@@ -265,7 +265,7 @@ def design_check(
         rep = d.report()
         res["designs"][label] = {
             "simulated": d.objective,
-            "greedy": d.greedy_objective,
+            "start (greedy)": d.start_objective,
             "beats_existing_random_runs": int(np.sum(real < np.asarray(existing))),
             "random_sim_mean": rep["random_mean"],
             "random_sim_best": rep["random_best"],

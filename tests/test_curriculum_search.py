@@ -1,13 +1,17 @@
-"""``design``: greedy + local search beats random curricula where the good examples are known."""
+"""``design``: greedy or best-run start, trust-region descent by adjoint-ranked moves; beats random curricula."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simfluence_cli.analysis.curriculum_design import (
+    best_run_start,
     curriculum_text,
     design_curriculum,
     random_curricula,
@@ -59,7 +63,7 @@ def test_local_search_improves_on_greedy_for_a_fitted_linear_model():
     runs, _, _ = make_runs(40, 8, 8, 30, 4, method="linear", seed=2, noise=0.0)
     sim = Simulator("linear", l2=0.01).fit(runs)
     res = design_curriculum(sim, 30, seed=1, iters=60, candidates=32, n_random=40)
-    assert res.objective <= res.greedy_objective
+    assert res.objective <= res.start_objective
     assert all(np.diff(res.history) <= 0)  # never worse
     rep = res.report()
     assert res.objective < rep["random_mean"]
@@ -146,6 +150,8 @@ def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
                 str(tmp_path / "s"),
                 "-m",
                 "lin",
+                "--start",
+                "greedy",
                 "--steps",
                 "12",
                 "--seed",
@@ -170,4 +176,196 @@ def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
     cur = read_curriculum(str(tmp_path / "d0.txt"))
     assert len(cur) == 12 and all(len(b) == 2 for b in cur.batches)
     assert "# model: lin" in outs[0] and "# seed: 4" in outs[0]
-    assert report["design"] <= report["greedy"] and report["random_n"] == 20
+    assert report["design"] <= report["start_objective"] and report["random_n"] == 20
+    assert report["start"] == "greedy" and report["trust"] == 1.0
+
+
+# -- start from the best fitting run, trust region, adjoint-ranked moves, consensus ------------
+
+
+def _fitted(seed=2):
+    runs, _, _ = make_runs(40, 8, 10, 30, 4, method="linear", seed=seed, noise=0.0)
+    return runs, Simulator("linear", l2=0.01).fit(runs)
+
+
+def test_best_run_start_is_the_run_with_the_lowest_final_loss():
+    runs, _ = _fitted()
+    rid, cur = best_run_start(runs)
+    finals = [np.nanmean(r.losses[-1]) for r in runs.runs]
+    k = int(np.argmin(finals))
+    assert rid == runs.run_ids[k]
+    run = runs.runs[k]
+    assert len(cur) == run.n_steps
+    assert cur[0] == [str(runs.example_ids[q]) for q in run.batch(1)]
+    # restricted to one test: the best run for that test
+    t = str(runs.test_ids[3])
+    rid3, _ = best_run_start(runs, [t])
+    assert rid3 == runs.run_ids[int(np.argmin([r.losses[-1][3] for r in runs.runs]))]
+
+
+@pytest.mark.parametrize("trust", [0.0, 0.02, 0.1, 0.3])
+def test_design_from_a_run_respects_the_trust_region_and_never_gets_worse(trust):
+    runs, sim = _fitted()
+    _, start = best_run_start(runs)
+    res = design_curriculum(sim, start=start, trust=trust, iters=40, candidates=16, n_random=0)
+    slots = sum(len(b) for b in start)
+    changed = sum(x != y for a, b in zip(res.batches, start) for x, y in zip(a, b))
+    assert changed == res.params["changed_slots"] <= int(trust * slots)
+    assert res.params["max_changes"] == int(trust * slots)
+    assert res.objective <= res.start_objective
+    assert all(np.diff(res.history) <= 0)
+    assert res.objective == pytest.approx(sim.simulate([res.batches])[0, -1].mean(), rel=1e-10)
+    assert all(len(set(b)) == len(b) for b in res.batches)
+    if trust == 0.0:
+        assert res.batches == start and res.objective == res.start_objective
+    else:
+        assert res.objective < res.start_objective  # a noiseless linear model: moves help
+    if trust == 0.3:  # a wider region reaches at least as low
+        narrow = design_curriculum(
+            sim, start=start, trust=0.02, iters=40, candidates=16, n_random=0
+        )
+        assert res.objective <= narrow.objective
+
+
+def test_design_from_a_run_is_deterministic_and_keeps_the_use_cap():
+    runs, sim = _fitted(4)
+    _, start = best_run_start(runs)
+    a = design_curriculum(sim, start=start, trust=0.2, iters=30, candidates=8, n_random=5, seed=3)
+    b = design_curriculum(sim, start=start, trust=0.2, iters=30, candidates=8, n_random=5, seed=3)
+    assert a.batches == b.batches and a.objective == b.objective
+    np.testing.assert_array_equal(a.random_objectives, b.random_objectives)
+    used = Counter(e for x in a.batches for e in x)
+    assert max(used.values()) <= a.params["max_uses"]
+
+
+def test_consensus_of_fold_models_blocks_moves_they_disagree_with():
+    runs, sim = _fitted()
+    _, start = best_run_start(runs)
+    free = design_curriculum(sim, start=start, trust=0.2, iters=20, candidates=8, n_random=0)
+    assert free.params["moves_accepted"] > 0
+    # fold models whose example effects are reversed: every move that helps the full model
+    # hurts them, so a majority never agrees and the start is kept
+    contrary = copy.deepcopy(sim)
+    contrary.B_ = -sim.B_
+    contrary.A_ = 2.0 / sim.batch_size_ - sim.A_
+    blocked = design_curriculum(
+        sim,
+        start=start,
+        trust=0.2,
+        iters=20,
+        candidates=8,
+        n_random=0,
+        fold_models=[contrary, contrary, sim],
+    )
+    assert blocked.batches == start and blocked.params["fold_models"] == 3
+    agreeing = design_curriculum(
+        sim,
+        start=start,
+        trust=0.2,
+        iters=20,
+        candidates=8,
+        n_random=0,
+        fold_models=[sim, sim, contrary],
+    )
+    assert agreeing.objective < agreeing.start_objective
+
+
+def test_design_start_errors():
+    runs, sim = _fitted()
+    _, start = best_run_start(runs)
+    with pytest.raises(UsageError, match="differs from the start"):
+        design_curriculum(sim, 7, start=start)
+    with pytest.raises(UsageError, match="--trust"):
+        design_curriculum(sim, start=start, trust=1.5)
+
+
+def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+    from simfluence_cli.io.curriculum import read_curriculum
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(20, 4, 6, 15, 2, method="linear", seed=3)
+    st = RunStore(tmp_path / "s", create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    with st.write_lock():
+        save_model(
+            st,
+            "lin",
+            Simulator("linear", l2=0.1).fit(st.load(ids)),
+            runs=ids,
+            data_hash=st.data_hash(ids),
+        )
+    rid, start = best_run_start(st.load(ids))
+    base = ["design", "--store", str(tmp_path / "s"), "-m", "lin", "--iters", "10", "-K", "8"]
+    out, rep = tmp_path / "d.txt", tmp_path / "r.json"
+    r = CliRunner().invoke(
+        app, [*base, "--trust", "0.2", "--interval", "0.9", "-o", str(out), "--report", str(rep)]
+    )
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(rep.read_text())
+    assert report["start_run"] == rid and report["steps"] == 15
+    assert report["fold_models"] > 0 and report["interval"]["lo"] <= report["interval"]["hi"]
+    assert report["design"] <= report["start_objective"]
+    cur = read_curriculum(str(out)).batches
+    changed = sum(x != y for a, b in zip(cur, start) for x, y in zip(a, b))
+    assert changed == report["changed_slots"] <= int(0.2 * 30)
+    assert f"# start: {rid}" in out.read_text()
+    # auto falls back to greedy (with a note) when --steps differs; best-run refuses
+    r = CliRunner().invoke(app, [*base, "--steps", "7", "-o", str(out)])
+    assert r.exit_code == 0 and "greedy construction" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(app, [*base, "--steps", "7", "--start", "best-run", "-o", str(out)])
+    assert r.exit_code == 2 and "differs from the best fitting run" in " ".join(r.stderr.split())
+
+
+def test_floor_guard_keeps_tests_off_the_clip_floor():
+    rng = np.random.default_rng(0)
+    base = known_sim()
+    sim = Simulator.from_params(
+        base.A_,
+        base.B_,
+        base.example_ids_,
+        base.test_ids_,
+        method="additive",
+        init_loss=np.full(M, 2.0),
+        batch_size=B,
+        loss_range=(np.full(M, 1.4) + rng.uniform(0, 0.1, M), np.full(M, 2.0)),
+    )
+    start = random_curricula(np.arange(N), 20, B, 1, rng)[0]
+    start = [[f"e{i}" for i in b] for b in start]
+    lo, _ = sim.bounds_
+    at_floor = lambda cur: int(np.sum(sim.simulate([cur])[0, -1] <= lo + 1e-12))  # noqa: E731
+    kw = dict(start=start, trust=0.5, iters=60, candidates=16, n_random=0)
+    free = design_curriculum(sim, floor_guard=False, **kw)
+    guarded = design_curriculum(sim, **kw)
+    assert at_floor(free.batches) > at_floor(start)  # the unguarded search does saturate here
+    assert at_floor(guarded.batches) <= at_floor(start)
+    assert guarded.params["tests_at_clip_floor"] == at_floor(guarded.batches)
+    assert free.objective <= guarded.objective < guarded.start_objective
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    trust=st.floats(0.0, 1.0),
+    method=st.sampled_from(["linear", "additive", "multiplicative"]),
+    l2=st.sampled_from([0.001, 0.1, 10.0]),
+)
+def test_law_design_never_worse_than_its_start_and_inside_the_trust_region(seed, trust, method, l2):
+    runs, _, _ = make_runs(16, 4, 5, 12, 3, method="linear", seed=seed % 97)
+    sim = Simulator(method, l2=l2).fit(runs)
+    rng = np.random.default_rng(seed)
+    start = [[f"e{i}" for i in b] for b in random_curricula(np.arange(16), 12, 3, 1, rng)[0]]
+    res = design_curriculum(
+        sim, start=start, trust=trust, iters=15, candidates=8, n_random=0, seed=seed
+    )
+    changed = sum(x != y for a, b in zip(res.batches, start) for x, y in zip(a, b))
+    assert changed <= int(trust * 36 + 1e-9)
+    assert res.objective <= res.start_objective + 1e-12
+    assert all(len(set(b)) == len(b) == 3 for b in res.batches)
+    assert max(Counter(e for b in res.batches for e in b).values()) <= res.params["max_uses"]

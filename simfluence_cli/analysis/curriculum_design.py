@@ -5,24 +5,31 @@ after the last step, rolled out from ``init_loss`` (default: the model's mean ob
 
 The search space: ``steps`` batches of ``batch_size`` distinct examples from the pool, each
 pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch_size /
-|pool|)``: 1.5 times the uniform coverage of a random curriculum, so the design may favour
-helpful examples and leave out harmful ones without training on a handful of examples over
-and over, far outside what the fitting runs showed the simulator; on the sample runs a looser
-cap (2x) gave a better simulated but a worse real final loss, see bench/RESULTS.md).
+|pool|)``: 1.5 times the uniform coverage of a random curriculum).
 
-1. **Greedy construction**: step by step, pick the ``batch_size`` available examples with the
-   smallest one-step contribution ``mean_z(A_i(z) L_{t-1}(z) + B_i(z))`` to the next loss
-   (exact one-step optimum of the Simfluence recurrence, myopic over steps).
-2. **Local search** (``iters`` rounds): each round makes ``candidates`` variants of the current
-   curriculum, each with 1-3 random moves: *swap* two examples between two different steps
-   (order / batch composition) or *replace* one example by a pool example with uses left (data
-   selection). All variants are simulated in one vectorised call, restarting from the earliest
-   changed step; the best variant replaces the current curriculum if it lowers the objective.
-3. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
+1. **Start**: a given curriculum, typically the fitting run with the lowest observed mean
+   final loss (:func:`best_run_start`, the CLI's ``--start best-run``), or a **greedy
+   construction** (step by step, the ``batch_size`` available examples with the smallest
+   one-step contribution ``mean_z(A_i(z) L_{t-1}(z) + B_i(z))``, myopic over steps).
+2. **Trust region**: at most ``max_changes`` slots (step, position) may hold a different
+   example than the start. The simulator is only trustworthy near curricula like the ones it
+   was fitted on; an unbounded search drifts to curricula it extrapolates badly to (a lower
+   simulated, but not a lower real, loss: bench/RESULTS-design.md).
+3. **Descent with exact move ranking** (``iters`` rounds): one forward and one adjoint pass
+   (model/adjoint.py) give dJ/dalpha_t and dJ/dbeta_t for every step, hence the first-order
+   change of the objective of every *replace* (slot -> a pool example with uses left) and
+   every *swap* (two examples of different steps) move. With ``fold_models`` (the CV fold
+   models of the interval) a move must lower the objective under more than ``consensus`` of
+   them (first order). The ``candidates`` best moves are simulated exactly (one vectorised
+   rollout from the earliest changed step); the best exact improvement is taken, together
+   with further improving moves on other steps when their combination is better still.
+   Stops when no move improves. Stateful models (optimizer-aware) have no adjoint here: they
+   fall back to random proposals (1-3 moves, ``candidates`` per round, same trust region).
+4. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
    fresh random orders, cut into batches, as the fitting runs of the samples were made) are
    simulated too; the report gives their mean, std and best objective next to the design's.
 
-Deterministic given ``seed``.
+The objective never gets worse than the start's. Deterministic given ``seed``.
 """
 
 from __future__ import annotations
@@ -35,8 +42,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
+from simfluence_cli.model.adjoint import final_loss_adjoint
 
-__all__ = ["OBJECTIVES", "DesignResult", "design_curriculum", "random_curricula", "curriculum_text"]
+__all__ = [
+    "OBJECTIVES",
+    "DesignResult",
+    "best_run_start",
+    "resolve_start",
+    "START_CHOICES",
+    "design_curriculum",
+    "random_curricula",
+    "curriculum_text",
+]
 
 from simfluence_cli.analysis.choices import OBJECTIVES
 
@@ -47,7 +64,7 @@ _SIM_BYTES = 256 * 2**20
 class DesignResult:
     batches: list[list[str]]
     objective: float
-    greedy_objective: float
+    start_objective: float  # the start's (greedy or given curriculum) simulated objective
     random_objectives: np.ndarray
     history: list[float] = field(default_factory=list)
     params: dict = field(default_factory=dict)
@@ -57,7 +74,6 @@ class DesignResult:
         out = {
             "objective": self.params.get("objective"),
             "design": self.objective,
-            "greedy": self.greedy_objective,
             **self.params,
         }
         if len(r):
@@ -177,9 +193,328 @@ def _propose(
     return cand, first
 
 
+def best_run_start(runs, tests: Sequence[str] | None = None) -> tuple[str, list[list[str]]]:
+    """(run id, curriculum) of the run with the lowest observed mean final loss over ``tests``
+    (default: all the runs' tests): the start of ``design --start best-run``."""
+    if not len(runs):
+        raise SelectionError("no fitting runs to start the design from")
+    cols = np.arange(runs.n_tests)
+    if tests is not None:
+        pos = {str(t): j for j, t in enumerate(runs.test_ids)}
+        cols = np.asarray([pos[str(t)] for t in tests if str(t) in pos], dtype=np.int64)
+    finals = np.array([np.nanmean(r.losses[-1][cols]) if len(cols) else np.nan for r in runs.runs])
+    if not np.isfinite(finals).any():
+        raise SelectionError("no fitting run has a final loss for the chosen tests")
+    k = int(np.nanargmin(finals))
+    run = runs.runs[k]
+    ex = runs.example_ids
+    return str(runs.run_ids[k]), [
+        [str(ex[q]) for q in run.batch(t)] for t in range(1, run.n_steps + 1)
+    ]
+
+
+START_CHOICES = ("auto", "best-run", "greedy")
+
+
+def resolve_start(
+    store,
+    sim,
+    start: str,
+    *,
+    steps: int | None = None,
+    pool: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    tests: Sequence[str] | None = None,
+) -> tuple[str | None, list[list[str]] | None, str | None]:
+    """The start of ``design``: (run id, curriculum, note) for 'best-run' (the model's fitting
+    run with the lowest real mean final loss over ``tests``, loaded from ``store``), (None,
+    None, note) for 'greedy'. 'auto' = best-run when that run fits the request (its length is
+    ``steps``, its examples are in ``pool``, its batches fit ``batch_size``), else greedy with
+    a note saying why; an explicit 'best-run' that does not fit is a UsageError."""
+    if start not in START_CHOICES:
+        raise UsageError(f"--start must be one of {', '.join(START_CHOICES)}, got {start!r}")
+    if start == "greedy":
+        if steps is None:
+            raise UsageError("--start greedy needs --steps")
+        return None, None, None
+    ids = list(getattr(sim, "run_ids_", []) or [])
+    have = set(store.run_ids())
+    missing = [r for r in ids if r not in have]
+    why = None
+    if not ids or missing:
+        why = (
+            f"{len(missing)} of the model's fitting runs are not in the store"
+            if ids
+            else "the model records no fitting runs"
+        )
+    else:
+        runs = store.load(ids)
+        rid, cur = best_run_start(runs, tests)
+        if steps is not None and steps != len(cur):
+            why = f"--steps {steps} differs from the best fitting run's {len(cur)} steps"
+        elif pool is not None and {e for b in cur for e in b} - {str(e) for e in pool}:
+            why = "the best fitting run uses examples outside --pool"
+        elif batch_size is not None and max(len(b) for b in cur) > batch_size:
+            why = f"the best fitting run has batches larger than --batch-size {batch_size}"
+        else:
+            cols = [j for j, t in enumerate(runs.test_ids) if tests is None or t in set(tests)]
+            real = float(np.nanmean(runs[rid].losses[-1][cols]))
+            return rid, cur, f"starting from fitting run {rid} (real mean final loss {real:.6g})"
+    if start == "best-run":
+        raise UsageError(f"--start best-run: {why}; use --start greedy")
+    if steps is None:
+        raise UsageError(
+            f"--start auto cannot start from the best fitting run ({why}); give --steps"
+        )
+    return None, None, f"starting from a greedy construction: {why}"
+
+
+def _aligned(model, ids, cols, n) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s (A, B) on the rows of example ids ``ids`` (n + 1 rows, the last the zero
+    padding row); examples the model never trained on get the prior (a0, 0)."""
+    pos = {str(e): i for i, e in enumerate(model.example_ids_)}
+    seen = np.asarray(model.example_counts_) > 0
+    rows = np.asarray([pos.get(str(e), -1) for e in ids], dtype=np.int64)
+    ok = rows >= 0
+    ok[ok] = seen[rows[ok]]
+    M = len(cols)
+    A = np.zeros((n + 1, M))
+    B = np.zeros((n + 1, M))
+    A[:n] = model._prior_multiplier()
+    A[:n][ok] = model.A_[rows[ok]][:, cols]
+    B[:n][ok] = model.B_[rows[ok]][:, cols]
+    return A, B
+
+
+def _uses(cur: np.ndarray, n: int) -> np.ndarray:
+    flat = cur.reshape(-1)
+    return np.bincount(flat[flat >= 0], minlength=n)
+
+
+def _apply(cur: np.ndarray, move: tuple) -> np.ndarray:
+    """A copy of ``cur`` with ``move`` applied: ('r', t, k, e) or ('s', t1, k1, t2, k2)."""
+    out = cur.copy()
+    if move[0] == "r":
+        _, t, k, e = move
+        out[t, k] = e
+    else:
+        _, t1, k1, t2, k2 = move
+        out[t1, k1], out[t2, k2] = cur[t2, k2], cur[t1, k1]
+    return out
+
+
+def _move_steps(move: tuple) -> set:
+    return {move[1]} if move[0] == "r" else {move[1], move[3]}
+
+
+def _adjoint_moves(
+    S: np.ndarray,
+    Sf: np.ndarray | None,
+    cur: np.ndarray,
+    start: np.ndarray,
+    pool_idx: np.ndarray,
+    max_uses: int,
+    max_changes: int,
+    consensus: float,
+    n_best: int,
+    n_rows: int,
+) -> list[tuple[float, tuple]]:
+    """The ``n_best`` moves with the most negative first-order change of the objective (and,
+    with fold models, negative under more than ``consensus`` of them), best first."""
+    T, b = cur.shape
+    n = S.shape[1]
+    flat = cur.reshape(-1)
+    st = np.repeat(np.arange(T), b)
+    sk = np.tile(np.arange(b), T)
+    valid = flat >= 0
+    inb = np.zeros((T, n + 1), dtype=bool)
+    inb[st, flat] = True
+    inb = inb[:, :n]
+    changed = flat != start.reshape(-1)
+    n_changed = int(changed.sum())
+    uses = _uses(cur, n)
+    fe = np.where(valid, flat, 0)
+    keep_best = n_best
+    n_best = n_best if Sf is None else 4 * n_best  # room for the consensus filter
+    here = S[st, fe]  # (N,) first-order contribution of each slot's example where it is
+    out: list[tuple[float, tuple]] = []
+    # replace: slot i -> pool example p (not in that batch, uses left)
+    P = pool_idx
+    Dr = S[st][:, P] - here[:, None]  # (N, |P|)
+    ok = valid[:, None] & ~inb[st][:, P] & (uses[P] < max_uses)[None, :]
+    newch = P[None, :] != start.reshape(-1)[:, None]
+    ok &= n_changed + newch.astype(np.int64) - changed[:, None] <= max_changes
+    Dr = np.where(ok & (Dr < 0), Dr, np.inf)
+    k = min(n_best, int(np.isfinite(Dr).sum()))
+    if k:
+        sel = np.argpartition(Dr.reshape(-1), k - 1)[:k]
+        i, j = np.unravel_index(sel, Dr.shape)
+        for a, c in zip(i.tolist(), j.tolist()):
+            out.append((float(Dr[a, c]), ("r", int(st[a]), int(sk[a]), int(P[c]))))
+    # swap: slot i (among the n_rows worst-placed) <-> any slot j of another step
+    cand_i = np.flatnonzero(valid)
+    if len(cand_i) > n_rows:
+        cand_i = cand_i[np.argpartition(-here[cand_i], n_rows - 1)[:n_rows]]
+    ti, ei = st[cand_i], fe[cand_i]
+    Ds = (
+        S[ti][:, fe] - here[cand_i][:, None] + S[st][:, ei].T - here[None, :]
+    )  # (R, N): S[ti, ej] - S[ti, ei] + S[tj, ei] - S[tj, ej]
+    ok = valid[None, :] & ~inb[ti][:, fe] & ~inb[st][:, ei].T
+    sf = start.reshape(-1)
+    dch = (
+        (fe[None, :] != sf[cand_i][:, None]).astype(np.int64)
+        + (ei[:, None] != sf[None, :])
+        - changed[cand_i][:, None]
+        - changed[None, :]
+    )
+    ok &= n_changed + dch <= max_changes
+    Ds = np.where(ok & (Ds < 0), Ds, np.inf)
+    k = min(n_best, int(np.isfinite(Ds).sum()))
+    if k:
+        sel = np.argpartition(Ds.reshape(-1), k - 1)[:k]
+        r, j = np.unravel_index(sel, Ds.shape)
+        for a, c in zip(r.tolist(), j.tolist()):
+            i = int(cand_i[a])
+            out.append((float(Ds[a, c]), ("s", int(st[i]), int(sk[i]), int(st[c]), int(sk[c]))))
+    out.sort(key=lambda x: x[0])
+    if Sf is not None and out:  # consensus of the fold models, first order
+        keep = []
+        for d, mv in out:
+            if mv[0] == "r":
+                _, t, kk, e = mv
+                old = cur[t, kk]
+                df = Sf[:, t, e] - Sf[:, t, old]
+            else:
+                _, t1, k1, t2, k2 = mv
+                e1, e2 = cur[t1, k1], cur[t2, k2]
+                df = Sf[:, t1, e2] - Sf[:, t1, e1] + Sf[:, t2, e1] - Sf[:, t2, e2]
+            if np.mean(df < 0) > consensus:
+                keep.append((d, mv))
+        out = keep
+    return out[:keep_best]
+
+
+def _adjoint_search(
+    sim, models, cur, start, L0, lo, hi, pool_idx, max_uses, max_changes, tests, cfg, progress
+):
+    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history)."""
+    iters, candidates, consensus, floor_guard = cfg
+    n = len(sim.example_ids_)
+
+    def at_floor(final):  # tests at the lower clip bound after the last step, per curriculum
+        return np.zeros(len(final), int) if lo is None else np.sum(final <= lo + 1e-12, axis=-1)
+
+    additive = sim.method == "additive"
+    A_all = np.stack([m[0] for m in models])  # (K, n + 1, M), model 0 = the full model
+    B_all = np.stack([m[1] for m in models])
+    lo_k = None if lo is None else np.broadcast_to(lo, (len(models), len(lo)))
+    hi_k = None if hi is None else np.broadcast_to(hi, (len(models), len(hi)))
+    traj_k, obj_k, gA, gB = final_loss_adjoint(A_all, B_all, cur, L0, additive, lo_k, hi_k)
+    best = float(obj_k[0])
+    history = [best]
+    cap = int(at_floor(traj_k[0, -1][None])[0]) if floor_guard else None
+    for _it in range(iters):
+        S = gA[0] @ A_all[0, :n].T + gB[0] @ B_all[0, :n].T  # (T, n)
+        Sf = None
+        if len(models) > 1:
+            Sf = np.einsum("ktm,knm->ktn", gA[1:], A_all[1:, :n]) + np.einsum(
+                "ktm,knm->ktn", gB[1:], B_all[1:, :n]
+            )
+        moves = _adjoint_moves(
+            S,
+            Sf,
+            cur,
+            start,
+            pool_idx,
+            max_uses,
+            max_changes,
+            consensus,
+            candidates,
+            128,
+        )
+        if not moves:
+            break
+        cands = np.stack([_apply(cur, mv) for _, mv in moves])
+        first = min(min(_move_steps(mv)) for _, mv in moves)
+        F = sim.simulate(cands[:, first:], traj_k[0, first], tests=tests)[:, -1]
+        fin = F.mean(axis=1)
+        if cap is not None:
+            fin[at_floor(F) > cap] = np.inf
+        order = np.argsort(fin, kind="stable")
+        if fin[order[0]] >= best - 1e-12 * max(1.0, abs(best)):
+            break
+        # the best move plus further improving moves on other steps, if jointly better
+        chosen = [moves[order[0]][1]]
+        steps_used = set(_move_steps(chosen[0]))
+        combo = _apply(cur, chosen[0])
+        for o in order[1:]:
+            if fin[o] >= best:
+                break
+            mv = moves[o][1]
+            if steps_used & _move_steps(mv):
+                continue
+            trial = _apply(combo, mv)
+            u = _uses(trial, n)
+            if u.max() > max_uses or int((trial != start).sum()) > max_changes:
+                continue
+            combo = trial
+            chosen.append(mv)
+            steps_used |= _move_steps(mv)
+        nxt = cands[order[0]]
+        if len(chosen) > 1:
+            tc, oc, _, _ = final_loss_adjoint(A_all, B_all, combo, L0, additive, lo_k, hi_k)
+            if (
+                oc[0] < fin[order[0]]
+                and (len(models) == 1 or np.mean(oc[1:] < obj_k[1:]) > consensus)
+                and (cap is None or at_floor(tc[0, -1][None])[0] <= cap)
+            ):
+                nxt = combo
+        traj_k, obj_k, gA, gB = final_loss_adjoint(A_all, B_all, nxt, L0, additive, lo_k, hi_k)
+        cur = nxt
+        best = float(obj_k[0])
+        history.append(best)
+        if progress is not None:
+            progress(1)
+    return cur, traj_k[0], history
+
+
+def _random_search(
+    sim, cur, start, traj, pool_idx, max_uses, max_changes, tests, cfg, rng, progress
+):
+    """Random proposals (stateful models): ``candidates`` variants of 1-3 moves per round."""
+    iters, candidates, steps = cfg
+    best = float(traj[-1].mean())
+    history = [best]
+    uses: dict = {}
+    for e in cur.reshape(-1):
+        uses[e] = uses.get(e, 0) + 1
+    for _it in range(iters):
+        props = [_propose(cur, uses, pool_idx, max_uses, rng) for _ in range(candidates)]
+        keep = [(c, f) for c, f in props if f < steps and int((c != start).sum()) <= max_changes]
+        if keep:
+            cand = np.stack([c for c, _ in keep])
+            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
+            first = min(f for _, f in keep)
+            s0 = 0 if getattr(sim, "stateful", False) else first
+            sub = sim.simulate(cand[:, s0:], traj[s0], tests=tests)  # (K, T-s0+1, M)
+            obj = sub[:, -1].mean(axis=1)
+            k = int(np.argmin(obj))
+            if obj[k] < best - 1e-12 * max(1.0, abs(best)):
+                best = float(obj[k])
+                cur = cand[k]
+                traj = np.concatenate([traj[:s0], sub[k]], axis=0)
+                uses = {}
+                for e in cur.reshape(-1):
+                    uses[e] = uses.get(e, 0) + 1
+        history.append(best)
+        if progress is not None:
+            progress(1)
+    return cur, traj, history
+
+
 def design_curriculum(
     sim,
-    steps: int,
+    steps: int | None = None,
     *,
     objective: str = "mean-final-loss",
     tests: Sequence[str] | None = None,
@@ -191,17 +526,43 @@ def design_curriculum(
     iters: int = 100,
     max_uses: int | None = None,
     n_random: int = 100,
+    start: Sequence[Sequence[str]] | None = None,
+    trust: float | None = None,
+    fold_models: Sequence | None = None,
+    consensus: float = 0.5,
+    floor_guard: bool = True,
     progress=None,
 ) -> DesignResult:
-    """Greedy construction + vectorised local search; see the module docstring."""
+    """Start (``start`` curriculum, else greedy) + trust-region descent; see the module doc.
+
+    ``trust``: the fraction of the curriculum's slots that may differ from the start (default
+    0.1 with a ``start``, 1 = unlimited for the greedy start). ``fold_models``: models whose
+    majority (> ``consensus``) must agree that a move helps (first order). ``floor_guard``: no
+    move may bring more tests to the lower clip bound than the start has there."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
-    if steps < 1:
+    if start is not None:
+        start = [list(map(str, b)) for b in start]
+        if steps is None:
+            steps = len(start)
+        if len(start) != steps:
+            raise UsageError(
+                f"--steps {steps} differs from the start curriculum's {len(start)} steps; "
+                "omit --steps or choose --start greedy"
+            )
+    if steps is None or steps < 1:
         raise UsageError("--steps must be >= 1")
     if candidates < 1 or iters < 0 or n_random < 0:
         raise UsageError("--candidates must be >= 1, --iters and --random >= 0")
+    if not 0.0 <= consensus < 1.0:
+        raise UsageError(f"consensus must be in [0, 1), got {consensus:g}")
+    trust = (0.1 if start is not None else 1.0) if trust is None else float(trust)
+    if not 0.0 <= trust <= 1.0:
+        raise UsageError(f"--trust must be a fraction in [0, 1], got {trust:g}")
     b = int(batch_size if batch_size is not None else round(sim.batch_size_))
+    if start is not None and batch_size is None:
+        b = max(len(x) for x in start)
     if b < 1:
         raise UsageError("--batch-size must be >= 1")
     pool_idx = _pool_indices(sim, pool)
@@ -227,57 +588,99 @@ def design_curriculum(
     A, B = sim.A_[:, cols], sim.B_[:, cols]
     rng = np.random.default_rng(seed)
 
-    cur = _greedy(A, B, L0, lo, hi, pool_idx, steps, b, max_uses, sim.method == "additive")
+    if start is not None:
+        if any(len(x) > b or len(set(x)) != len(x) for x in start):
+            raise UsageError(f"the start curriculum needs batches of at most {b} distinct examples")
+        cur = sim.encode([start])[0]
+        if cur.shape[1] < b:
+            cur = np.hstack([cur, np.full((steps, b - cur.shape[1]), -1, dtype=np.int64)])
+        outside = set(cur[cur >= 0].tolist()) - set(pool_idx.tolist())
+        if outside:
+            raise SelectionError(
+                f"the start curriculum uses {len(outside)} example(s) outside the pool"
+            )
+        u = _uses(cur, len(sim.example_ids_))
+        max_uses = max(max_uses, int(u.max()))
+    else:
+        cur = _greedy(A, B, L0, lo, hi, pool_idx, steps, b, max_uses, sim.method == "additive")
+    start_idx = cur.copy()
+    max_changes = int(math.floor(trust * int((cur >= 0).sum()) + 1e-9))
     traj = sim.simulate(cur[None], L0, tests=tests)[0]  # (T+1, M)
+    start_obj = float(traj[-1].mean())
+    n_folds = 0
+    if getattr(sim, "stateful", False):
+        cur, traj, history = _random_search(
+            sim,
+            cur,
+            start_idx,
+            traj,
+            pool_idx,
+            max_uses,
+            max_changes,
+            tests,
+            (iters, candidates, steps),
+            rng,
+            progress,
+        )
+    else:
+        ids = list(sim.example_ids_)
+        n = len(ids)
+        models = [
+            (np.vstack([A, np.zeros((1, len(cols)))]), np.vstack([B, np.zeros((1, len(cols)))]))
+        ]
+        for fm in fold_models or []:
+            models.append(
+                _aligned(
+                    fm, ids, fm._test_columns([str(t) for t in np.asarray(sim.test_ids_)[cols]]), n
+                )
+            )
+        n_folds = len(models) - 1
+        cur, traj, history = _adjoint_search(
+            sim,
+            models,
+            cur,
+            start_idx,
+            L0,
+            lo,
+            hi,
+            pool_idx,
+            max_uses,
+            max_changes,
+            tests,
+            (iters, candidates, consensus, floor_guard),
+            progress,
+        )
+        traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
-    greedy_obj = best
-    history = [best]
-    uses: dict = {}
-    for e in cur.reshape(-1):
-        uses[e] = uses.get(e, 0) + 1
-    for _it in range(iters):
-        props = [_propose(cur, uses, pool_idx, max_uses, rng) for _ in range(candidates)]
-        firsts = np.asarray([f for _, f in props])
-        keep = firsts < steps
-        if keep.any():
-            cand = np.stack([c for (c, _), k in zip(props, keep) if k])
-            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
-            start = 0 if getattr(sim, "stateful", False) else int(firsts[keep].min())
-            sub = sim.simulate(cand[:, start:], traj[start], tests=tests)  # (K, T-start+1, M)
-            obj = sub[:, -1].mean(axis=1)
-            k = int(np.argmin(obj))
-            if obj[k] < best - 1e-12 * max(1.0, abs(best)):
-                best = float(obj[k])
-                cur = cand[k]
-                traj = np.concatenate([traj[:start], sub[k]], axis=0)
-                uses = {}
-                for e in cur.reshape(-1):
-                    uses[e] = uses.get(e, 0) + 1
-        history.append(best)
-        if progress is not None:
-            progress(1)
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
     rnd = np.empty(0)
     if n_random:
         ridx = random_curricula(pool_idx, steps, b, n_random, np.random.default_rng(seed + 1))
         rnd = _finals(sim, ridx, L0, tests).mean(axis=1)
     ex = sim.example_ids_
-    batches = [[str(ex[i]) for i in row] for row in cur]
+    batches = [[str(ex[i]) for i in row if i >= 0] for row in cur]
     params = {
         "objective": objective,
+        "start": "curriculum" if start is not None else "greedy",
+        "start_objective": start_obj,
         "steps": steps,
         "batch_size": b,
         "pool": int(len(pool_idx)),
         "tests": int(len(cols)),
         "max_uses": max_uses,
+        "trust": trust,
+        "max_changes": max_changes,
+        "changed_slots": int(np.sum(cur != start_idx)),
+        "fold_models": n_folds,
         "candidates": candidates,
         "iters": iters,
+        "moves_accepted": len(history) - 1 if not getattr(sim, "stateful", False) else None,
         "seed": seed,
-        "distinct_examples": int(len(np.unique(cur))),
+        "distinct_examples": int(len(np.unique(cur[cur >= 0]))),
         "tests_at_clip_floor": at_floor,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return DesignResult(batches, best, greedy_obj, rnd, history, params)
+    return DesignResult(batches, best, start_obj, rnd, history, params)
 
 
 def curriculum_text(
