@@ -122,17 +122,30 @@ def rollout(
 REMOVAL_BUDGET = 32 * 2**20  # bytes of composition tables held at once (curricula x columns)
 
 
-def compose_clamped(inner, outer):
+def compose_clamped(inner, outer, out=None):
     """The clamped affine map ``outer(inner(x))`` as (a, b, lo, hi): each map is a tuple of
     broadcastable arrays (a, b, lo, hi) meaning x -> min(max(a x + b, lo), hi), lo <= hi,
-    finite bounds (use +-float max for "none")."""
+    finite bounds (use +-float max for "none"). ``out``: four arrays to write into (none of
+    them may be one of the inputs)."""
     a1, b1, l1, h1 = inner
     a2, b2, l2, h2 = outer
+    if out is None:
+        shape = np.broadcast_shapes(*(np.shape(v) for v in (*inner, *outer)))
+        out = tuple(np.empty(shape) for _ in range(4))
+    a, b, lo, hi = out
     with np.errstate(over="ignore", invalid="ignore"):
-        p, q = a2 * l1, a2 * h1  # a2 < 0 swaps the ends of inner's range
-        lo = np.minimum(np.maximum(np.minimum(p, q) + b2, l2), h2)
-        hi = np.minimum(np.maximum(np.maximum(p, q) + b2, l2), h2)
-        return a2 * a1, a2 * b1 + b2, lo, hi
+        np.multiply(a2, a1, out=a)
+        np.multiply(a2, b1, out=b)
+        b += b2
+        p = np.multiply(a2, l1)  # a2 < 0 swaps the ends of inner's range
+        q = np.multiply(a2, h1)
+        np.minimum(p, q, out=lo)
+        np.maximum(p, q, out=hi)
+        for v in (lo, hi):
+            v += b2
+            np.maximum(v, l2, out=v)
+            np.minimum(v, h2, out=v)
+    return a, b, lo, hi
 
 
 def _apply(a, b, lo, hi, x, out=None):
@@ -154,7 +167,7 @@ def removal_deltas(
     hi: np.ndarray | None,
     neutral: int,
     *,
-    budget: int = REMOVAL_BUDGET,
+    budget: int | None = None,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every row i of A, B: the final loss with each occurrence of i in a curriculum
@@ -167,6 +180,7 @@ def removal_deltas(
     groups of curricula x test columns whose composition tables take about ``budget`` bytes.
     Curricula whose tables overflow (diverging unclipped rollouts) are rolled again instead.
     """
+    budget = REMOVAL_BUDGET if budget is None else budget
     C, T, b = idx.shape
     R, m = A.shape
     L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
@@ -224,16 +238,14 @@ def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
     hi_c = np.full(k, _FMAX) if hi is None else np.asarray(hi, dtype=np.float64)[cols]
     # level 0: the step maps; tables (K, C, T, k) of a, b, lo, hi; entry [j, c, s] = steps
     # s .. s + 2^j - 1 of curriculum c composed (valid for s + 2^j <= T)
-    ta = np.empty((K, C, T, k))
-    tb = np.empty((K, C, T, k))
-    tl = np.empty((K, C, T, k))
-    th = np.empty((K, C, T, k))
-    ta[0], tb[0] = _step_params(A, B, idx, method, cols)
+    ta, tb, tl, th = (np.empty((K, C, T, k)) for _ in range(4))
+    alpha, beta = _step_params(A, B, idx, method, cols)
     act = active[..., None]
-    ta[0] = np.where(act, ta[0], 1.0)
-    tb[0] = np.where(act, tb[0], 0.0)
-    tl[0] = np.where(act, lo_c, -_FMAX)
-    th[0] = np.where(act, hi_c, _FMAX)
+    np.copyto(ta[0], np.where(act, alpha, 1.0))
+    np.copyto(tb[0], np.where(act, beta, 0.0))
+    np.copyto(tl[0], np.where(act, lo_c, -_FMAX))
+    np.copyto(th[0], np.where(act, hi_c, _FMAX))
+    alpha = beta = None
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.empty((C, T + 1, k))  # the unchanged trajectory
         x[:, 0] = L0
@@ -241,15 +253,16 @@ def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
             _apply(ta[0, :, t], tb[0, :, t], tl[0, :, t], th[0, :, t], x[:, t], out=x[:, t + 1])
         for j in range(1, K):
             h, n = 1 << (j - 1), T - (1 << j) + 1
-            inner = (ta[j - 1, :, :n], tb[j - 1, :, :n], tl[j - 1, :, :n], th[j - 1, :, :n])
-            outer = (ta[j - 1, :, h : h + n], tb[j - 1, :, h : h + n])
-            outer += (tl[j - 1, :, h : h + n], th[j - 1, :, h : h + n])
-            ta[j, :, :n], tb[j, :, :n], tl[j, :, :n], th[j, :, :n] = compose_clamped(inner, outer)
-        bad = ~(np.isfinite(x).all(axis=(1, 2)))
-        for j in range(K):
-            n = T - (1 << j) + 1
-            bad |= ~(np.isfinite(ta[j, :, :n]).all(axis=(1, 2)))
-            bad |= ~(np.isfinite(tb[j, :, :n]).all(axis=(1, 2)))
+            prev = (ta[j - 1], tb[j - 1], tl[j - 1], th[j - 1])
+            compose_clamped(
+                tuple(v[:, :n] for v in prev),
+                tuple(v[:, h : h + n] for v in prev),
+                out=(ta[j, :, :n], tb[j, :, :n], tl[j, :, :n], th[j, :, :n]),
+            )
+        # non-finite entries propagate to the top level, whose ranges cover every step
+        n = T - (1 << (K - 1)) + 1
+        bad = ~np.isfinite(x).all(axis=(1, 2))
+        bad |= ~(np.isfinite(ta[K - 1, :, :n]) & np.isfinite(tb[K - 1, :, :n])).all(axis=(1, 2))
     deltas = np.zeros((R, k))
     final = x[:, T].copy()
     # occurrences: unique (curriculum, example, step), sorted in that order
