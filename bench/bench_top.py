@@ -11,7 +11,9 @@ batch 4; model `linear`, --l2 auto, clip observed):
    example's curriculum rolled again from its first occurrence) against
    ``analysis.effects.removal_effect`` (``model.rollout.removal_deltas``); their largest
    difference; peak traced memory of the new path (tracemalloc, a separate untimed run);
-2. the command `top --test all --k 5` as a child process (CPU = user + sys of the child),
+2. with ``--m-size``: the same on a synthetic M-size problem (2,000 train x 200 tests, 64 runs
+   x 500 steps, batch 8), the re-roll timed on 2 runs only and scaled to 64;
+3. the command `top --test all --k 5` as a child process (CPU = user + sys of the child),
    this tree against a baseline revision exported with ``git archive`` (``--baseline-rev``,
    default: the commit before this work) and run with the same interpreter.
 """
@@ -121,11 +123,38 @@ def best(fn, repeat):
     return out
 
 
+def m_size() -> None:
+    from simfluence_cli.io.synthetic import make_params, make_runs
+    from simfluence_cli.model.simulator import Simulator
+
+    N, M, R, T, b = 2000, 200, 64, 500, 8
+    A, B = make_params(N, M, b, seed=0)
+    rs, _, _ = make_runs(N, M, R, T, b, seed=0, params=(A, B))
+    rng = (np.zeros(M), np.full(M, 10.0))
+    sim = Simulator.from_params(A, B, rs.example_ids, rs.test_ids, batch_size=b, loss_range=rng)
+    load = os.getloadavg()[0]
+    t = time.process_time()
+    removal_effect(sim, rs)
+    cpu_new = time.process_time() - t
+    two = rs.subset([r.run_id for r in rs.runs[:2]])
+    t = time.process_time()
+    old = removal_effect_rerolled(sim, two)
+    cpu_old = (time.process_time() - t) * R / 2
+    diff = float(np.max(np.abs(removal_effect(sim, two) - old)))
+    print(f"\n## M size: {N} train x {M} tests, {R} runs x {T} steps, batch {b}\n")
+    print("| path | CPU s | ratio to re-roll | load (1 min) |")
+    print("|---|---|---|---|")
+    print(f"| re-roll (2 runs timed, x {R // 2}) | {cpu_old:.1f} | 1.00 | {load:.1f} |")
+    print(f"| exact deltas | {cpu_new:.2f} | {cpu_new / cpu_old:.3f} | |")
+    print(f"\nmax |difference| on the 2 runs {diff:.1e} (largest effect {np.abs(old).max():.1e})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=1, help="best (lowest CPU) of this many")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--m-size", action="store_true", help="also the synthetic M-size problem")
     a = ap.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}")
@@ -155,6 +184,9 @@ def main() -> None:
     print(f"| exact deltas (removal_deltas) | {cpu_new:.3f} | {cpu_new / cpu_old:.3f} | |")
     print(f"\nmax |difference| {diff:.2e} (relative to the largest effect {rel:.2e});")
     print(f"peak traced memory of the exact path {peak / 2**20:.1f} MiB")
+
+    if a.m_size:
+        m_size()
 
     top = ["top", "--store", str(store), "--model", "linear", "--test", "all", "--k", "5"]
     top += ["--format", "json", "-q"]
