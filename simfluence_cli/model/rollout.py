@@ -156,7 +156,7 @@ def rollout(
 # final loss without an example be rolled from its first occurrence in O(occurrences x log T)
 # map applications instead of T steps (docs/rollout.md).
 
-REMOVAL_BUDGET = 32 * 2**20  # bytes of composition tables held at once (curricula x columns)
+REMOVAL_BUDGET = 16 * 2**20  # bytes of composition tables held at once (curricula x columns)
 
 
 def compose_clamped(inner, outer, out=None):
