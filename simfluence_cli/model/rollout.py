@@ -51,8 +51,7 @@ def rollout(
     memory traffic) while the loss recurrence itself stays in float64. A is stored centred,
     A - (its mean over examples, per test), so float32 rounds only the small deviations and
     alpha = (examples in the batch) x mean + their float32 sum keeps ~1e-9 relative accuracy
-    instead of ~1e-7 per step; B stays float64 (its float32 rounding, summed over thousands of
-    steps, was the larger error on small losses). bench/RESULTS-rollout.md has the deviation.
+    instead of ~1e-7 per step (bench/RESULTS-rollout.md measures the deviation).
     """
     if precision not in ("float64", "float32"):
         from simfluence_cli.errors import UsageError
@@ -77,8 +76,7 @@ def rollout(
     if centred:
         counts = (idx >= 0).sum(axis=1).astype(np.float64)  # (T, C) examples per batch
         uniform = T > 0 and counts.min() == counts.max()
-    # bytes per table row and column: float32 A deviations + float64 B = 2 x 6 when centred
-    width = chunk_cols(A.shape[0], C, 6 if centred else np.dtype(pdt).itemsize)
+    width = chunk_cols(A.shape[0], C, np.dtype(pdt).itemsize)
     chunks = [np.arange(s, min(m, s + width)) for s in range(0, m, width)]
 
     def run(cols):
@@ -89,14 +87,10 @@ def rollout(
             P = np.zeros((A.shape[0] + 1, 2 * k), dtype=pdt)
             P[:-1, :k] = A[:, cols]
             P[:-1, k:] = B[:, cols]
-            if centred:  # float32 deviations of A; B stays float64 (own table)
+            if centred:
                 centre = A[:, cols].mean(axis=0)
                 centre = np.where(np.isfinite(centre), centre, 0.0)
-                P = np.zeros((A.shape[0] + 1, k), dtype=pdt)
-                P[:-1] = A[:, cols] - centre
-                PB = np.zeros((A.shape[0] + 1, k))
-                PB[:-1] = B[:, cols]
-                accB, tmpB = np.empty((C, k)), np.empty((C, k))
+                P[:-1, :k] = A[:, cols] - centre
                 alpha = np.empty((C, k))
                 base = counts[0, 0] * centre if uniform else None
         w = P.shape[1]
@@ -113,11 +107,6 @@ def rollout(
                 for j in range(1, ix.shape[0]):
                     np.take(P, ix[j], axis=0, out=tmp)
                     acc += tmp
-                if centred:
-                    np.take(PB, ix[0], axis=0, out=accB)
-                    for j in range(1, ix.shape[0]):
-                        np.take(PB, ix[j], axis=0, out=tmpB)
-                        accB += tmpB
                 if additive:
                     np.add(L, acc, out=new)
                 elif centred:
@@ -127,7 +116,7 @@ def rollout(
                         np.multiply.outer(counts[t], centre, out=alpha)
                         alpha += acc[:, :k]
                     np.multiply(alpha, L, out=new)
-                    new += accB
+                    new += acc[:, k:]
                 else:
                     np.multiply(acc[:, :k], L, out=new)
                     new += acc[:, k:]
