@@ -45,7 +45,12 @@ def _cols(sim, tests: Sequence[str] | None) -> np.ndarray:
 def removal_effect(
     sim, runs: RunSet, tests: Sequence[str] | None = None, unseen: str = "skip", progress=None
 ) -> np.ndarray:
-    """(n_examples_of_model, M) mean change of the final loss when each example is removed."""
+    """(n_examples_of_model, M) mean change of the final loss when each example is removed.
+
+    Exact and without re-rolling for the paper's methods (``model.rollout.removal_deltas``:
+    compositions of the clamped affine step maps, docs/rollout.md); models with optimizer
+    state roll every removal again.
+    """
     cols = _cols(sim, tests)
     test_names = list(np.asarray(sim.test_ids_)[cols])
     tpos = {t: j for j, t in enumerate(runs.test_ids)}
@@ -54,46 +59,67 @@ def removal_effect(
         raise ModelError(f"the curricula's runs did not log test id(s) {', '.join(missing[:5])}")
     rcols = np.asarray([tpos[t] for t in test_names], dtype=np.int64)
     n = len(sim.example_ids_)
-    M = len(cols)
     mapping = example_map(sim, runs.example_ids, unseen)
-    total = np.zeros((n, M))
     # a copy of the model with one extra, neutral example (row n): A = 1/b, B = 0
     neutral = sim.with_no_change_example("\x00neutral")
     if len(runs) == 0:
         raise ModelError("no curricula to remove examples from; give --runs")
+    bases, L0s = [], []
     for run in runs.runs:
         raw = run.index_matrix()
         base = np.where(raw < 0, -1, mapping[np.maximum(raw, 0)])
         if (base == -2).any():
             raise ModelError("some examples of the runs are unknown to the model")
-        T, b = base.shape
         L0 = run.losses[0, rcols]
         if not np.isfinite(L0).all():
             L0 = np.where(np.isfinite(L0), L0, np.asarray(sim.init_loss_mean_)[cols])
+        bases.append(base)
+        L0s.append(L0)
+    if getattr(sim, "stateful", False):
+        total = _removal_rerolled(sim, neutral, bases, L0s, test_names, progress)
+    else:
+        from simfluence_cli.model.rollout import removal_deltas
+        from simfluence_cli.runs import stack_index
+
+        lo, hi = sim.bounds_
+        if lo is not None:
+            lo, hi = lo[cols], hi[cols]
+        deltas, _ = removal_deltas(
+            neutral.A_[:, cols],
+            neutral.B_[:, cols],
+            stack_index(bases),
+            np.asarray(L0s),
+            sim.method,
+            lo,
+            hi,
+            n,
+            progress=progress,
+        )
+        total = deltas[:n]
+    return total / len(runs)
+
+
+def _removal_rerolled(sim, neutral, bases, L0s, test_names, progress) -> np.ndarray:
+    """Summed removal deltas by rolling every one-example-removed curriculum again (models
+    whose rollout depends on more than the current loss: restart at step 0)."""
+    n = len(sim.example_ids_)
+    total = np.zeros((n, len(test_names)))
+    for base, L0 in zip(bases, L0s):
+        T, b = base.shape
         traj = sim.simulate(base[None], L0, tests=test_names, lengths=[T])[0]  # (T+1, M)
         final = traj[T]
         present = np.unique(base[(base >= 0) & (base < n)])
         if len(present) == 0:
             continue
-        # first step (0-based) at which each present example occurs
-        hit = np.zeros((T, n + 1), dtype=bool)
-        r_, c_ = np.nonzero(base >= 0)
-        hit[r_, base[r_, c_]] = True
-        first = np.argmax(hit[:, present], axis=0)
-        order = np.argsort(first, kind="stable")
-        present, first = present[order], first[order]
-        per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(M, b) * 8)))
+        per = max(1, int(_CHUNK_BYTES // max(1, (T + 1) * max(len(test_names), b) * 8)))
         for s in range(0, len(present), per):
             ex = present[s : s + per]
-            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
-            t0 = 0 if getattr(sim, "stateful", False) else int(first[s])
-            sub = base[t0:]
-            idx = np.where(sub[None] == ex[:, None, None], n, sub[None])
-            out = neutral.simulate(idx, traj[t0], tests=test_names, lengths=[T - t0] * len(ex))
-            total[ex] += out[:, T - t0] - final
+            idx = np.where(base[None] == ex[:, None, None], n, base[None])
+            out = neutral.simulate(idx, L0, tests=test_names, lengths=[T] * len(ex))
+            total[ex] += out[:, T] - final
             if progress is not None:
-                progress(len(ex) / len(present) / len(runs))
-    return total / len(runs)
+                progress(len(ex) / len(present) / len(bases))
+    return total
 
 
 def coefficient_effect(sim, tests: Sequence[str] | None = None) -> np.ndarray:

@@ -7,6 +7,22 @@ import numpy as np
 # -- rollouts -----------------------------------------------------------------------------------
 
 ROLLOUT_COLS = 128  # test columns per rollout chunk: the (C, 2 * cols) state stays in cache
+BLOCK_COLS = 16  # narrower chunks when the gathered table is large (cache blocking)
+TABLE_CACHE_BYTES = 4 * 2**20  # per thread: keep the (n + 1, 2 * cols) table in L2/L3
+
+
+def chunk_cols(n_rows: int, n_curricula: int, itemsize: int = 8) -> int:
+    """Test columns per rollout chunk: ROLLOUT_COLS, or down to BLOCK_COLS when the chunk's
+    parameter table [A | B] would not stay in cache and there are enough curricula (>= 64)
+    for each narrower gather to amortise its call. Only the grouping changes: each column's
+    arithmetic is the same, so the results are bit-identical."""
+    cols = ROLLOUT_COLS
+    if n_curricula >= 64:
+        while cols > BLOCK_COLS and (n_rows + 1) * 2 * cols * itemsize > TABLE_CACHE_BYTES:
+            cols //= 2
+    return cols
+
+
 _FMAX = float(np.finfo(np.float64).max)
 
 
@@ -32,8 +48,10 @@ def rollout(
     1,000 curricula x 2,000 steps x 1,000 tests that would be 16 GB). Each column chunk
     gathers the rows of [A | B] for every batch, so memory is O(C * cols) per thread.
     ``precision="float32"`` gathers and sums the parameters of each batch in float32 (half the
-    memory traffic, about 2.5x faster; alpha and beta then carry a relative rounding error of
-    ~1e-7 per step) while the loss recurrence itself stays in float64.
+    memory traffic) while the loss recurrence itself stays in float64. A is stored centred,
+    A - (its mean over examples, per test), so float32 rounds only the small deviations and
+    alpha = (examples in the batch) x mean + their float32 sum keeps ~1e-9 relative accuracy
+    instead of ~1e-7 per step (bench/RESULTS-rollout.md measures the deviation).
     """
     if precision not in ("float64", "float32"):
         from simfluence_cli.errors import UsageError
@@ -54,7 +72,12 @@ def rollout(
     if not final:
         out[:, 0] = L0
     additive = method == "additive"
-    chunks = [np.arange(s, min(m, s + ROLLOUT_COLS)) for s in range(0, m, ROLLOUT_COLS)]
+    centred = pdt is np.float32 and not additive
+    if centred:
+        counts = (idx >= 0).sum(axis=1).astype(np.float64)  # (T, C) examples per batch
+        uniform = T > 0 and counts.min() == counts.max()
+    width = chunk_cols(A.shape[0], C, np.dtype(pdt).itemsize)
+    chunks = [np.arange(s, min(m, s + width)) for s in range(0, m, width)]
 
     def run(cols):
         k = len(cols)
@@ -64,6 +87,12 @@ def rollout(
             P = np.zeros((A.shape[0] + 1, 2 * k), dtype=pdt)
             P[:-1, :k] = A[:, cols]
             P[:-1, k:] = B[:, cols]
+            if centred:
+                centre = A[:, cols].mean(axis=0)
+                centre = np.where(np.isfinite(centre), centre, 0.0)
+                P[:-1, :k] = A[:, cols] - centre
+                alpha = np.empty((C, k))
+                base = counts[0, 0] * centre if uniform else None
         w = P.shape[1]
         acc = np.empty((C, w), dtype=pdt)
         tmp = np.empty((C, w), dtype=pdt)
@@ -80,6 +109,14 @@ def rollout(
                     acc += tmp
                 if additive:
                     np.add(L, acc, out=new)
+                elif centred:
+                    if uniform:
+                        np.add(acc[:, :k], base, out=alpha)
+                    else:
+                        np.multiply.outer(counts[t], centre, out=alpha)
+                        alpha += acc[:, :k]
+                    np.multiply(alpha, L, out=new)
+                    new += acc[:, k:]
                 else:
                     np.multiply(acc[:, :k], L, out=new)
                     new += acc[:, k:]
@@ -108,3 +145,230 @@ def rollout(
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(run, chunks))
     return out
+
+
+# -- exact removal deltas ---------------------------------------------------------------------
+#
+# One step of a rollout, for one test, is a clamped affine map x -> min(max(a x + b, lo), hi)
+# (lo <= hi; an unclipped model saturates at +-_FMAX, an all-padding step is the identity
+# a = 1, b = 0, lo = -_FMAX, hi = _FMAX). Such maps are closed under composition
+# (``compose_clamped``), so a table of the compositions over every range [s, s + 2^k) lets the
+# final loss without an example be rolled from its first occurrence in O(occurrences x log T)
+# map applications instead of T steps (docs/rollout.md).
+
+REMOVAL_BUDGET = 16 * 2**20  # bytes of composition tables held at once (curricula x columns)
+
+
+def compose_clamped(inner, outer, out=None):
+    """The clamped affine map ``outer(inner(x))`` as (a, b, lo, hi): each map is a tuple of
+    broadcastable arrays (a, b, lo, hi) meaning x -> min(max(a x + b, lo), hi), lo <= hi,
+    finite bounds (use +-float max for "none"). ``out``: four arrays to write into (none of
+    them may be one of the inputs)."""
+    a1, b1, l1, h1 = inner
+    a2, b2, l2, h2 = outer
+    if out is None:
+        shape = np.broadcast_shapes(*(np.shape(v) for v in (*inner, *outer)))
+        out = tuple(np.empty(shape) for _ in range(4))
+    a, b, lo, hi = out
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(a2, a1, out=a)
+        np.multiply(a2, b1, out=b)
+        b += b2
+        p = np.multiply(a2, l1)  # a2 < 0 swaps the ends of inner's range
+        q = np.multiply(a2, h1)
+        np.minimum(p, q, out=lo)
+        np.maximum(p, q, out=hi)
+        for v in (lo, hi):
+            v += b2
+            np.maximum(v, l2, out=v)
+            np.minimum(v, h2, out=v)
+    return a, b, lo, hi
+
+
+def _apply(a, b, lo, hi, x, out=None):
+    """min(max(a x + b, lo), hi) in the rollout kernel's order of operations."""
+    out = np.multiply(a, x, out=out)
+    out += b
+    np.maximum(out, lo, out=out)
+    np.minimum(out, hi, out=out)
+    return out
+
+
+def removal_deltas(
+    A: np.ndarray,
+    B: np.ndarray,
+    idx: np.ndarray,
+    L0: np.ndarray,
+    method: str,
+    lo: np.ndarray | None,
+    hi: np.ndarray | None,
+    neutral: int,
+    *,
+    budget: int | None = None,
+    progress=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every row i of A, B: the final loss with each occurrence of i in a curriculum
+    replaced by row ``neutral`` minus the final loss of the curriculum as it is, summed over
+    the C curricula, exactly (same recurrence as :func:`rollout`, rounding aside).
+
+    A, B: (R, m) parameters (row ``neutral`` included); idx: (C, T, b), -1 = padding;
+    L0: (m,) or (C, m); lo, hi: (m,) clamp or None. Returns (deltas (R, m), final (C, m):
+    the unchanged curricula's final losses). Rows that occur in no curriculum get 0. Works on
+    groups of curricula x test columns whose composition tables take about ``budget`` bytes.
+    Curricula whose tables overflow (diverging unclipped rollouts) are rolled again instead.
+    """
+    budget = REMOVAL_BUDGET if budget is None else budget
+    C, T, b = idx.shape
+    R, m = A.shape
+    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
+    deltas = np.zeros((R, m))
+    final = np.empty((C, m))
+    if T == 0 or C == 0:
+        final[:] = L0
+        return deltas, final
+    K = T.bit_length()  # levels 0..K-1: ranges of 1, 2, ..., 2^(K-1) <= T steps
+    per_cell = K * T * 4 * 8  # table bytes per curriculum x column
+    cols_per = int(min(m, max(1, budget // per_cell)))
+    curr_per = int(min(C, max(1, budget // (per_cell * cols_per))))
+    groups = [
+        (np.arange(c, min(C, c + curr_per)), np.arange(s, min(m, s + cols_per)))
+        for s in range(0, m, cols_per)
+        for c in range(0, C, curr_per)
+    ]
+    for cs, cols in groups:
+        d, f, bad = _removal_group(A, B, idx[cs], L0[cs][:, cols], method, lo, hi, neutral, cols)
+        deltas[:, cols] += d
+        final[np.ix_(cs, cols)] = f
+        for c in np.flatnonzero(bad):  # overflowing tables: roll each removal again
+            d, f = _reroll_deltas(A, B, idx[cs[c]], L0[cs[c]][cols], method, lo, hi, neutral, cols)
+            deltas[:, cols] += d
+            final[cs[c], cols] = f
+        if progress is not None:
+            progress(len(cs) * len(cols) / (C * m))
+    return deltas, final
+
+
+def _step_params(A, B, idx, method, cols):
+    """alpha, beta (C, T, k) of every step, summed over the batch in the rollout's order."""
+    k = len(cols)
+    additive = method == "additive"
+    P = np.zeros((A.shape[0] + 1, k if additive else 2 * k))  # last row: padding
+    if additive:
+        P[:-1] = B[:, cols]
+    else:
+        P[:-1, :k] = A[:, cols]
+        P[:-1, k:] = B[:, cols]
+    acc = np.take(P, idx[..., 0], axis=0)
+    for j in range(1, idx.shape[-1]):
+        acc += np.take(P, idx[..., j], axis=0)
+    if additive:
+        return np.ones_like(acc), acc
+    return acc[..., :k], acc[..., k:]
+
+
+def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
+    C, T, b = idx.shape
+    R, k = A.shape[0], len(cols)
+    K = T.bit_length()
+    active = (idx >= 0).any(axis=2)  # (C, T)
+    lo_c = np.full(k, -_FMAX) if lo is None else np.asarray(lo, dtype=np.float64)[cols]
+    hi_c = np.full(k, _FMAX) if hi is None else np.asarray(hi, dtype=np.float64)[cols]
+    # level 0: the step maps; tables (K, C, T, k) of a, b, lo, hi; entry [j, c, s] = steps
+    # s .. s + 2^j - 1 of curriculum c composed (valid for s + 2^j <= T)
+    ta, tb, tl, th = (np.empty((K, C, T, k)) for _ in range(4))
+    alpha, beta = _step_params(A, B, idx, method, cols)
+    act = active[..., None]
+    np.copyto(ta[0], np.where(act, alpha, 1.0))
+    np.copyto(tb[0], np.where(act, beta, 0.0))
+    np.copyto(tl[0], np.where(act, lo_c, -_FMAX))
+    np.copyto(th[0], np.where(act, hi_c, _FMAX))
+    alpha = beta = None
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.empty((C, T + 1, k))  # the unchanged trajectory
+        x[:, 0] = L0
+        for t in range(T):
+            _apply(ta[0, :, t], tb[0, :, t], tl[0, :, t], th[0, :, t], x[:, t], out=x[:, t + 1])
+        for j in range(1, K):
+            h, n = 1 << (j - 1), T - (1 << j) + 1
+            prev = (ta[j - 1], tb[j - 1], tl[j - 1], th[j - 1])
+            compose_clamped(
+                tuple(v[:, :n] for v in prev),
+                tuple(v[:, h : h + n] for v in prev),
+                out=(ta[j, :, :n], tb[j, :, :n], tl[j, :, :n], th[j, :, :n]),
+            )
+        # non-finite entries propagate to the top level, whose ranges cover every step
+        n = T - (1 << (K - 1)) + 1
+        bad = ~np.isfinite(x).all(axis=(1, 2))
+        bad |= ~(np.isfinite(ta[K - 1, :, :n]) & np.isfinite(tb[K - 1, :, :n])).all(axis=(1, 2))
+    deltas = np.zeros((R, k))
+    final = x[:, T].copy()
+    # occurrences: unique (curriculum, example, step), sorted in that order
+    c_, t_, j_ = np.nonzero(idx >= 0)
+    e_ = idx[c_, t_, j_]
+    keep = (e_ != neutral) & ~bad[c_]
+    key = np.unique((c_[keep] * R + e_[keep]) * T + t_[keep])
+    if key.size == 0:
+        return deltas, final, bad
+    t_o, ce = key % T, key // T
+    starts = np.flatnonzero(np.r_[True, ce[1:] != ce[:-1]])
+    counts = np.diff(np.r_[starts, len(ce)])
+    order = np.argsort(-counts, kind="stable")  # most occurrences first: round r = a prefix
+    starts, counts = starts[order], counts[order]
+    gc, ge = ce[starts] // R, ce[starts] % R
+    V = x[gc, t_o[starts]]  # (G, k): the loss just before each example's first occurrence
+    P = np.zeros((R + 1, k if method == "additive" else 2 * k))
+    if method == "additive":
+        P[:-1] = B[:, cols]
+    else:
+        P[:-1, :k], P[:-1, k:] = A[:, cols], B[:, cols]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r in range(int(counts[0])):
+            nr = int(np.count_nonzero(counts > r))
+            v, cc, ee = V[:nr], gc[:nr], ge[:nr]
+            tt = t_o[starts[:nr] + r]
+            # the step with the example's slot(s) refilled by the neutral row
+            rows = idx[cc, tt]
+            rows = np.where(rows == ee[:, None], neutral, rows)
+            acc = np.take(P, rows[:, 0], axis=0)
+            for j in range(1, b):
+                acc += np.take(P, rows[:, j], axis=0)
+            if method == "additive":
+                v += acc
+            else:
+                v *= acc[:, :k]
+                v += acc[:, k:]
+            np.maximum(v, lo_c, out=v)
+            np.minimum(v, hi_c, out=v)
+            # then the unchanged steps up to the next occurrence (or the end)
+            more = counts[:nr] > r + 1
+            nxt = np.where(more, t_o[np.minimum(starts[:nr] + r + 1, len(t_o) - 1)], T)
+            pos = tt + 1
+            length = nxt - pos
+            for j in range(K):
+                sel = np.flatnonzero((length >> j) & 1)
+                if sel.size == 0:
+                    continue
+                ci, pi = cc[sel], pos[sel]
+                v[sel] = _apply(ta[j, ci, pi], tb[j, ci, pi], tl[j, ci, pi], th[j, ci, pi], v[sel])
+                pos[sel] += 1 << j
+    delta = V - final[gc]
+    o = np.argsort(ge, kind="stable")
+    uniq, first = np.unique(ge[o], return_index=True)
+    deltas[uniq] += np.add.reduceat(delta[o], first, axis=0)
+    return deltas, final, bad
+
+
+def _reroll_deltas(A, B, idx, L0, method, lo, hi, neutral, cols):
+    """removal_deltas of one curriculum (T, b) by rolling every removal again (the reference)."""
+    R = A.shape[0]
+    Ac, Bc = A[:, cols], B[:, cols]
+    loc = None if lo is None else np.asarray(lo)[cols]
+    hic = None if hi is None else np.asarray(hi)[cols]
+    final = rollout(Ac, Bc, idx[None], L0, method, loc, hic, final=True, threads=1)[0]
+    deltas = np.zeros((R, len(cols)))
+    ex = np.unique(idx[(idx >= 0) & (idx != neutral)])
+    if ex.size:
+        sub = np.where(idx[None] == ex[:, None, None], neutral, idx[None])
+        out = rollout(Ac, Bc, sub, L0, method, loc, hic, final=True, threads=1)
+        deltas[ex] = out - final
+    return deltas, final

@@ -1,0 +1,102 @@
+"""simulate at scale: 1,000 curricula x 1,000 tests x 2,000 steps (issue 15, item 4).
+
+    .venv/bin/python bench/bench_simulate.py                   # the target size
+    .venv/bin/python bench/bench_simulate.py --steps 200       # a tenth of the work
+
+``Simulator.simulate(..., return_="final")`` on bench_scale.py's problem (N = 20,000 train
+examples, batch 8, Linear parameters, losses clamped to [0, 10]), default threads. Timed in the
+same run: the previous kernel (every rollout chunk 128 test columns wide: this module sets
+``model.rollout.BLOCK_COLS = ROLLOUT_COLS``, which is exactly the code before cache blocking)
+and the cache-blocked kernel, each in float64 and float32. Reported: wall and CPU seconds
+(this process, all threads), ratios to the previous float64, whether blocked and unblocked
+results are bit-identical, and float32's largest deviation from float64 (max |diff| / max
+|float64|, and the largest elementwise relative deviation where |float64| > 1e-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _machine import cpu_model
+
+import simfluence_cli.model.rollout as ro
+from simfluence_cli.io.synthetic import make_params
+from simfluence_cli.model.simulator import Simulator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--curricula", type=int, default=1000)
+    ap.add_argument("--tests", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--examples", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--skip-previous", action="store_true", help="time the blocked kernel only")
+    a = ap.parse_args()
+    C, M, T, N, b = a.curricula, a.tests, a.steps, a.examples, a.batch
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()},")
+    print(f"  numpy {np.__version__}; load average {os.getloadavg()}")
+    print(f"problem: {C} curricula x {M} tests x {T} steps, N = {N}, batch {b}")
+    A, B = make_params(N, M, b, seed=0)
+    sim = Simulator.from_params(
+        A,
+        B,
+        [f"e{i}" for i in range(N)],
+        [f"t{j}" for j in range(M)],
+        batch_size=b,
+        loss_range=(np.zeros(M), np.full(M, 10.0)),
+    )
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, N, (C, T, b))
+    L0 = rng.uniform(1, 3, M)
+    blocked_cols = ro.BLOCK_COLS
+    rows, outs = [], {}
+    kernels = [("blocked", blocked_cols)]
+    if not a.skip_previous:
+        kernels.insert(0, ("previous", ro.ROLLOUT_COLS))
+    for label, cols in kernels:
+        ro.BLOCK_COLS = cols
+        for prec in ("float64", "float32"):
+            load = os.getloadavg()[0]
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = sim.simulate(idx, L0, return_="final", precision=prec)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            outs[label, prec] = out
+            width = ro.chunk_cols(N, C, 4 if prec == "float32" else 8)
+            rows.append((label, prec, width, wall, cpu, load))
+            print(f"  {label} {prec}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    ro.BLOCK_COLS = blocked_cols
+    base = rows[0]
+    print("\n| kernel | precision | columns per chunk | wall s | CPU s | CPU ratio | load |")
+    print("|---|---|---|---|---|---|---|")
+    for label, prec, width, wall, cpu, load in rows:
+        print(
+            f"| {label} | {prec} | {width} | {wall:.1f} | {cpu:.1f} | {cpu / base[4]:.2f} "
+            f"| {load:.1f} |"
+        )
+    if not a.skip_previous:
+        for prec in ("float64", "float32"):
+            same = np.array_equal(outs["previous", prec], outs["blocked", prec])
+            print(f"\nblocked == previous ({prec}), bit for bit: {same}")
+    f64, f32 = outs["blocked", "float64"], outs["blocked", "float32"]
+    dev = float(np.max(np.abs(f32 - f64)) / np.max(np.abs(f64)))
+    big = np.abs(f64) > 1e-3
+    rel = float(np.max(np.abs(f32 - f64)[big] / np.abs(f64)[big]))
+    print(f"float32 vs float64: max |diff| / max |float64| = {dev:.2e}; ", end="")
+    print(f"largest relative deviation where |float64| > 1e-3: {rel:.2e}")
+
+
+if __name__ == "__main__":
+    main()
