@@ -196,3 +196,19 @@ def test_cv_test_subset_spread_and_complete_when_small():
     sub = cv_test_subset(1000)
     assert len(sub) == CV_MAX_TESTS and sub[0] == 0 and sub[-1] == 999
     assert np.all(np.diff(sub) > 0)
+
+
+@pytest.mark.parametrize("method", ["linear", "additive", "multiplicative"])
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_csc_transpose_is_bit_identical_to_csr_copy(monkeypatch, method, log_every):
+    """E^T as a CSC view gives the very same fitted parameters (==) as the old CSR copy."""
+    from simfluence_cli.model import normal_equations as ne
+
+    rs, _, _ = make_runs(40, 7, 3, 60, 3, method=method, seed=5, noise=0.01, log_every=log_every)
+    new = Simulator(method=method, l2=0.1).fit(rs, solver="cg")
+    assert ne._transpose(ne.sp.csr_matrix(np.eye(3))).format == "csc"
+    monkeypatch.setattr(ne, "_transpose", lambda m: m.T.tocsr())
+    old = Simulator(method=method, l2=0.1).fit(rs, solver="cg")
+    assert old.solver_stats_["solver"] == new.solver_stats_["solver"] == "cg"
+    assert np.array_equal(new.A_, old.A_) and np.array_equal(new.B_, old.B_)
+    assert new.solver_stats_.get("cg_iterations_max") == old.solver_stats_.get("cg_iterations_max")
