@@ -462,6 +462,9 @@ class Simulator:
         threads = min(len(jobs), default_threads())
 
         def fold_fits():
+            if threads == 1:
+                yield from (fold_fit(folds[f], chunks[c]) for f, c in jobs)
+                return
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(threads) as ex:
