@@ -262,3 +262,31 @@ def test_cv_curve_does_not_depend_on_threads(monkeypatch):
     one = Simulator(l2="auto").fit(rs, solver="cg")
     assert [c["cv_mse"] for c in many.cv_curve_] == [c["cv_mse"] for c in one.cv_curve_]
     assert many.l2_ == one.l2_
+
+
+def test_penalty_path_reuses_the_last_product_bit_identically(monkeypatch):
+    """Down a warm-started penalty path each solve's initial residual reuses G x from the
+    previous solve's final check: the same solutions (==) as fresh solvers, fewer products."""
+    from simfluence_cli.model.normal_equations import ChunkSystem
+    from simfluence_cli.model.solvers import _ChunkSolver
+
+    rs, _, _ = make_runs(20, 6, 3, 50, 2, seed=11, noise=0.01)
+    sd = SparseDesign(Design(rs), "linear")
+    theta0 = _theta0("linear", 20, 2)
+    calls = []
+    orig = ChunkSystem.matvec
+    monkeypatch.setattr(
+        ChunkSystem, "matvec", lambda s, V, c=None: calls.append(1) or orig(s, V, c)
+    )
+    grid = [100.0, 1.0, 0.01]
+    cs = _ChunkSolver(sd.chunk(np.arange(6)), theta0)
+    x, path = None, []
+    for lam in grid:
+        x = cs.solve(lam, x0=x, tol=1e-8)[0]
+        path.append(x)
+    n_path, calls[:] = len(calls), []
+    x = None
+    for lam, want in zip(grid, path):
+        x = _ChunkSolver(sd.chunk(np.arange(6)), theta0).solve(lam, x0=x, tol=1e-8)[0]
+        assert np.array_equal(x, want)
+    assert n_path == len(calls) - (len(grid) - 1)
