@@ -72,6 +72,9 @@ def main(argv=None):
     U = np.ascontiguousarray(Ls)
     t_fwd = cpu(lambda: g.En @ V[:n], a.reps)
     t_tr = cpu(lambda: g.EnT @ U, a.reps)
+    EnT_csr = g.En.T.tocsr()  # main's transposed matrix before the CSC view
+    t_tr_csr = cpu(lambda: EnT_csr @ U, a.reps)
+    assert np.array_equal(EnT_csr @ U, g.EnT @ U)
     flops = 4 * 2 * nnz * k
     e_bytes = nnz * (8 + 4) + (n_obs + 1) * 4  # CSR/CSC values + indices + pointers
     bytes_min = 8 * n_obs * k + 4 * e_bytes + 8 * 2 * (2 * n * k)
@@ -84,6 +87,7 @@ def main(argv=None):
         "chunks": len(chunks), "nnz_E": nnz,
         "matvec_cpu_s": round(t_mv, 5), "fwd_product_cpu_s": round(t_fwd, 5),
         "transposed_product_cpu_s": round(t_tr, 5),
+        "transposed_product_csr_copy_cpu_s": round(t_tr_csr, 5),
         "four_products_cpu_s": round(2 * (t_fwd + t_tr), 5),
         "flops_per_matvec": flops, "bytes_min_per_matvec": bytes_min,
         "stream_GBps": round(bw / 1e9, 2), "sparse_GFlops": round(rate / 1e9, 2),
