@@ -196,3 +196,97 @@ def test_cv_test_subset_spread_and_complete_when_small():
     sub = cv_test_subset(1000)
     assert len(sub) == CV_MAX_TESTS and sub[0] == 0 and sub[-1] == 999
     assert np.all(np.diff(sub) > 0)
+
+
+@pytest.mark.parametrize("method", ["linear", "additive", "multiplicative"])
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_csc_transpose_is_bit_identical_to_csr_copy(monkeypatch, method, log_every):
+    """E^T as a CSC view gives the very same fitted parameters (==) as the old CSR copy."""
+    from simfluence_cli.model import normal_equations as ne
+
+    rs, _, _ = make_runs(40, 7, 3, 60, 3, method=method, seed=5, noise=0.01, log_every=log_every)
+    new = Simulator(method=method, l2=0.1).fit(rs, solver="cg")
+    assert ne._transpose(ne.sp.csr_matrix(np.eye(3))).format == "csc"
+    monkeypatch.setattr(ne, "_transpose", lambda m: m.T.tocsr())
+    old = Simulator(method=method, l2=0.1).fit(rs, solver="cg")
+    assert old.solver_stats_["solver"] == new.solver_stats_["solver"] == "cg"
+    assert np.array_equal(new.A_, old.A_) and np.array_equal(new.B_, old.B_)
+    assert new.solver_stats_.get("cg_iterations_max") == old.solver_stats_.get("cg_iterations_max")
+
+
+# l2="auto" on the demo's fitting runs (sample_runs/fit), as computed by main before the CV
+# fits were solved one system per fold on threads: choice and curve must not move
+_MAIN_CV = {
+    "linear": (1.0, [0.035591747772573554, 0.035589563911738245, 0.03556854794124729,
+                     0.035448607156202204, 0.03693452598514816, 0.05567239103340067,
+                     0.07349007170571151]),
+    "additive": (100.0, [0.17260389105079543, 0.17258020664452023, 0.17234379940685854,
+                         0.17002353004046625, 0.1504383475343922, 0.09190553941077777,
+                         0.17336785251112669]),
+    "multiplicative": (1000.0, [0.39927762774799047, 0.39926367623245734, 0.39911394720058335,
+                                0.39762822358049876, 0.3836992345016032, 0.29917718767824186,
+                                0.11064048120010675]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_fit_runs(tmp_path_factory):
+    from pathlib import Path
+
+    from simfluence_cli.store.run_store import RunStore
+
+    root = tmp_path_factory.mktemp("demo") / "store"
+    st = RunStore(root, create=True)
+    st.ingest([Path(__file__).resolve().parents[1] / "sample_runs" / "fit"], tags=["fit"])
+    return st.load("fit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear", "additive", "multiplicative"])
+def test_cv_choice_and_curve_unchanged_on_demo_runs(demo_fit_runs, method):
+    sim = Simulator(method=method, l2="auto").fit(demo_fit_runs, solver="cg")
+    l2, curve = _MAIN_CV[method]
+    assert sim.l2_ == l2
+    got = [c["cv_mse"] for c in sim.cv_curve_]
+    np.testing.assert_allclose(got, curve, rtol=1e-12, atol=0)
+
+
+def test_cv_curve_does_not_depend_on_threads(monkeypatch):
+    """The CV fits run one per fold on threads: the curve is the same on 1 thread."""
+    from simfluence_cli.model import simulator as _sim
+
+    rs, _, _ = make_runs(30, 5, 6, 40, 2, seed=3, noise=0.02)
+    monkeypatch.setattr(_sim, "default_threads", lambda: 3)
+    many = Simulator(l2="auto").fit(rs, solver="cg")
+    monkeypatch.setattr(_sim, "default_threads", lambda: 1)
+    one = Simulator(l2="auto").fit(rs, solver="cg")
+    assert [c["cv_mse"] for c in many.cv_curve_] == [c["cv_mse"] for c in one.cv_curve_]
+    assert many.l2_ == one.l2_
+
+
+def test_penalty_path_reuses_the_last_product_bit_identically(monkeypatch):
+    """Down a warm-started penalty path each solve's initial residual reuses G x from the
+    previous solve's final check: the same solutions (==) as fresh solvers, fewer products."""
+    from simfluence_cli.model.normal_equations import ChunkSystem
+    from simfluence_cli.model.solvers import _ChunkSolver
+
+    rs, _, _ = make_runs(20, 6, 3, 50, 2, seed=11, noise=0.01)
+    sd = SparseDesign(Design(rs), "linear")
+    theta0 = _theta0("linear", 20, 2)
+    calls = []
+    orig = ChunkSystem.matvec
+    monkeypatch.setattr(
+        ChunkSystem, "matvec", lambda s, V, c=None: calls.append(1) or orig(s, V, c)
+    )
+    grid = [100.0, 1.0, 0.01]
+    cs = _ChunkSolver(sd.chunk(np.arange(6)), theta0)
+    x, path = None, []
+    for lam in grid:
+        x = cs.solve(lam, x0=x, tol=1e-8)[0]
+        path.append(x)
+    n_path, calls[:] = len(calls), []
+    x = None
+    for lam, want in zip(grid, path):
+        x = _ChunkSolver(sd.chunk(np.arange(6)), theta0).solve(lam, x0=x, tol=1e-8)[0]
+        assert np.array_equal(x, want)
+    assert n_path == len(calls) - (len(grid) - 1)

@@ -278,6 +278,13 @@ def _pairs(ent_obs: np.ndarray):
 # ---------------------------------------------------------------------------------------------
 
 
+def _transpose(m: sp.csr_matrix):
+    """E^T for the transposed products: the CSC view of ``m`` (no copy). Bit-identical to
+    ``m.T.tocsr()``: for each output row the additions run in increasing observation order in
+    both kernels, and the CSC kernel is ~4x faster for (n, n_obs) @ (n_obs, k) products."""
+    return m.T
+
+
 class _SparseGroup:
     """Sparse coefficient matrices of all observations of tests sharing a logging pattern."""
 
@@ -300,7 +307,7 @@ class _SparseGroup:
         def mat(vals):
             m = sp.csr_matrix((vals, (eo, ex)), shape=shape)
             m.sum_duplicates()
-            return m, m.T.tocsr()
+            return m, _transpose(m)
 
         # no gaps: Ea == En (one occurrence count per entry), Eb == 0: one matrix serves all
         self.En, self.EnT = mat(en)

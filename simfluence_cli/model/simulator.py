@@ -50,7 +50,14 @@ from simfluence_cli.model.config import (
     SimulatorConfig,
 )
 from simfluence_cli.model.rollout import rollout
-from simfluence_cli.model.solvers import CG_TOL, CV_TOL, choose_solver, cv_test_subset, solve_tests
+from simfluence_cli.model.solvers import (
+    CG_TOL,
+    CV_TOL,
+    choose_solver,
+    cv_test_subset,
+    default_threads,
+    solve_tests,
+)
 from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet, id_columns, stack_index
 
@@ -438,6 +445,34 @@ class Simulator:
         # tests with >= 2 logged losses in a run have observations there
         observed = {rid: np.isfinite(runs[rid].losses).sum(axis=0) >= 2 for rid in ids}
         chunks = [sub[s : s + 256] for s in range(0, len(sub), 256)]
+        tol = max(self._exec.tol, CV_TOL)
+
+        def fold_fit(fold, chunk):
+            # one CG system per (fold, chunk): the <= 48 CV tests together, not split into
+            # MIN_CHUNKS pieces (per-column CG, so the same solutions; fewer, wider products)
+            train = [x for x in ids if x not in fold]
+            return solve_tests(
+                design, self.method, grid, theta0, tests=chunk, run_ids=train,
+                solver=self._exec.solver, tol=tol, chunks=[chunk], threads=1,
+            )  # fmt: skip
+
+        # the folds' fits are independent: solve them on threads (sparse products drop the
+        # GIL), ``threads`` at a time so at most that many fits' solutions are held at once
+        jobs = [(f, c) for f in range(k) for c in range(len(chunks))]
+        threads = min(len(jobs), default_threads())
+
+        def fold_fits():
+            if threads == 1:
+                yield from (fold_fit(folds[f], chunks[c]) for f, c in jobs)
+                return
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as ex:
+                for s in range(0, len(jobs), threads):
+                    batch = jobs[s : s + threads]
+                    yield from ex.map(lambda j: fold_fit(folds[j[0]], chunks[j[1]]), batch)
+
+        fits = fold_fits()
         for _f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
             trained = np.logical_or.reduce([observed[rid] for rid in train])  # (m,)
@@ -447,18 +482,9 @@ class Simulator:
                 hi_all = np.where(np.isfinite(hi_all), hi_all, np.inf)
             # held-out runs as one padded (C, T, b) curriculum batch
             idx = stack_index([encoded[rid] for rid in fold])
-            for chunk in chunks:
+            for c, chunk in enumerate(chunks):
                 k = len(chunk)
-                ths = solve_tests(
-                    design,
-                    self.method,
-                    grid,
-                    theta0,
-                    tests=chunk,
-                    run_ids=train,
-                    solver=self._exec.solver,
-                    tol=max(self._exec.tol, CV_TOL),
-                )
+                ths = next(fits)
                 # all penalties side by side as columns: (n, G*k)
                 A, B = self._split(np.hstack(ths), n)
                 lo, hi = (
@@ -482,6 +508,7 @@ class Simulator:
                     sse[:, pos[chunk]] += err.sum(axis=0)
                     count[pos[chunk]] += ok.sum(axis=0)
                 self._tick(k * m / len(sub) / len(folds))
+        fits.close()  # shuts the thread pool down
         return self._cv_choice(sse * scale[sub] ** 2, count)
 
     def _cv_choice(self, sse: np.ndarray, count: np.ndarray):
