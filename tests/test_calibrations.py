@@ -322,3 +322,18 @@ def test_novelty_features_ignore_names_and_time_direction(cur, perm):
     f = features_of_batches([named, renamed, named[::-1]])
     np.testing.assert_allclose(f[1], f[0], equal_nan=True)
     np.testing.assert_allclose(f[2], f[0], rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_calibrate_an_unknown_model_fails_before_any_work(store):
+    r = cli("calibrate", "--store", store, "-m", "nosuch")
+    assert r.exit_code == 1
+    assert "no model named 'nosuch'" in r.stderr
+    assert "calibrating" not in r.stderr  # no "refitting on 8 folds" line for a missing model
+    assert calibration_status(RunStore(store), "lin", 8, 0)[0] == "no"
+
+
+def test_design_trust_outside_0_1_is_a_usage_error(store):
+    r = cli("design", "--store", store, "-m", "lin", "--trust", "2", "-o", store.parent / "d.txt")
+    assert r.exit_code == 2
+    assert "--trust" in r.stderr
+    assert "starting from" not in r.stderr  # rejected while parsing, before the search starts

@@ -49,7 +49,9 @@ def save_calibration_for(st, name: str, force: bool = False) -> None:
     one is saved, unless ``force``); one status line on stderr."""
     from simfluence_cli.analysis.intervals import calibrate_stored, save_stored
     from simfluence_cli.store.calibrations import DEFAULT_FOLDS, DEFAULT_SEED, calibration_status
+    from simfluence_cli.store.saved_models import read_manifest
 
+    read_manifest(st, name)  # an unknown model fails here, before any message or lock
     with st.write_lock():  # a read-only store fails here, before the refits
         status, why = calibration_status(st, name, DEFAULT_FOLDS, DEFAULT_SEED)
     if status == "calibrated" and not force:

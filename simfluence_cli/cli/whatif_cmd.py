@@ -547,6 +547,8 @@ def design_cmd(
         float | None,
         typer.Option(
             "--trust",
+            min=0.0,
+            max=1.0,
             help="Trust region: the largest fraction of the curriculum's slots (step, position) "
             "that may hold another example than the start (default 0.1 for best-run, 1 = "
             "unlimited for greedy).",
