@@ -51,14 +51,9 @@ def uniform(tmp_path_factory):
 
 
 def _close(got: np.ndarray, ref: np.ndarray, patchy: bool) -> None:
-    """Every test logged at the same steps: one logging group per run, so the shard's design
-    sums exactly the same terms in the same order (bitwise equal). Tests logged differently:
-    the shard may merge logging groups the full design keeps apart, so sums are reordered and
-    CG (tol 1e-10) stops at a slightly different iterate: equal to ~1e-8 relative."""
-    if patchy:
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
-    else:
-        np.testing.assert_array_equal(got, ref)
+    """Bitwise equal, also when tests are logged differently (several logging groups per
+    run): the shard's design keeps the coordinator's groups (Design.group_as)."""
+    np.testing.assert_array_equal(got, ref)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> None:
@@ -113,7 +108,20 @@ def test_worker_shard_builds_the_design_of_its_tests_only(stored, uniform, kind,
         for part in sharding.chunk_shards(chunks, 3):
             tests = np.concatenate(part)
             ids = runs.test_ids[tests].tolist()
-            args = (source, key, runs.run_ids, part, ids, "linear", 0.1, theta0, "cg", 1e-10)
+            labels = design.group_labels()[:, tests]
+            args = (
+                source,
+                key,
+                runs.run_ids,
+                part,
+                ids,
+                labels,
+                "linear",
+                0.1,
+                theta0,
+                "cg",
+                1e-10,
+            )
             got_tests, th, _ = sharding._shard_dask(*args, runs.n_examples)
             np.testing.assert_array_equal(got_tests, tests)
             assert sharding._SHARED["dask"][2].n_tests == len(tests)  # only the shard's columns
@@ -122,7 +130,7 @@ def test_worker_shard_builds_the_design_of_its_tests_only(stored, uniform, kind,
             cached = sharding._SHARED["dask"][2]
             sub = [part[-1][-1:]]
             sharding._shard_dask(
-                source, key, runs.run_ids, sub, runs.test_ids[sub[0]].tolist(), *args[5:],
+                source, key, runs.run_ids, sub, runs.test_ids[sub[0]].tolist(), None, *args[6:],
                 runs.n_examples,
             )  # fmt: skip
             assert sharding._SHARED["dask"][2] is cached
@@ -138,7 +146,8 @@ def test_worker_detects_a_different_store(stored):
         with pytest.raises(Exception, match="same store"):
             sharding._shard_dask(
                 full.source, "k", full.run_ids, [np.arange(2)], full.test_ids[:2].tolist(),
-                "linear", 0.1, theta0, "cg", 1e-10, full.n_examples + 1,
+                Design(full).group_labels()[:, :2], "linear", 0.1, theta0, "cg", 1e-10,
+                full.n_examples + 1,
             )  # fmt: skip
     finally:
         sharding._SHARED.pop("dask", None)

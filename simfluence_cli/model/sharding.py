@@ -188,7 +188,7 @@ def _columns(runs, cols: np.ndarray):
     )
 
 
-def _dask_design(source, key, run_ids, tests: np.ndarray, test_ids):
+def _dask_design(source, key, run_ids, tests: np.ndarray, test_ids, labels):
     """(Design of the shard's test columns only, global indices of its columns) on a Dask
     worker. Loaded sources read only those tests' losses; a scattered RunSet is cut to them
     before the design is built. One design is cached per worker process and reused while a
@@ -205,13 +205,18 @@ def _dask_design(source, key, run_ids, tests: np.ndarray, test_ids):
     else:
         runs = _columns(source, tests)
     design = Design(runs)
+    design.group_as(labels, run_ids)  # the coordinator's logging groups: identical sums
     _SHARED["dask"] = (key, tests, design)
     return design, tests
 
 
-def _shard_dask(source, key, run_ids, chunks, test_ids, method, l2, theta0, solver, tol, n_ex):
+def _shard_dask(
+    source, key, run_ids, chunks, test_ids, labels, method, l2, theta0, solver, tol, n_ex
+):
+    """Solve one shard on a Dask worker: ``chunks`` (global test indices), ``test_ids`` and
+    ``labels`` (the coordinator's :meth:`Design.group_labels` of those tests) describe it."""
     tests = np.concatenate(chunks)
-    design, cols = _dask_design(source, key, run_ids, tests, test_ids)
+    design, cols = _dask_design(source, key, run_ids, tests, test_ids, labels)
     if design.n_examples != n_ex or design.n_tests != len(cols):
         from simfluence_cli.errors import StoreError
 
@@ -260,14 +265,16 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         else:
             key = repr(source)
         test_ids = np.asarray(runs.test_ids, dtype=object)
+        labels = design.group_labels()  # (runs, tests): small next to the losses
         futs = [
             client.submit(
                 _shard_dask,
                 source,
                 key,
-                list(runs.run_ids),
+                list(design.run_ids),
                 t,
                 test_ids[np.concatenate(t)].tolist(),
+                labels[:, np.concatenate(t)],
                 method,
                 float(l2),
                 theta0,
