@@ -389,7 +389,7 @@ class RunStore:
                 raw = list(pool.map(read, ids))
         else:
             raw = [read(rid) for rid in ids]
-        ex_all = np.unique(np.concatenate([r[2] for r in raw])) if raw else np.asarray([], object)
+        ex_all = sorted({e for r in raw for e in r[2].tolist()})  # a set: no object-array sort
         te_all = np.unique(np.concatenate([r[5] for r in raw])) if raw else np.asarray([], object)
         ex_all = np.asarray(ex_all, dtype=object)
         te_all = np.asarray(te_all, dtype=object)
@@ -402,12 +402,13 @@ class RunStore:
                     f"selected runs of {self.path}"
                 )
             te_all = wanted
+        ex_pos = {e: i for i, e in enumerate(ex_all.tolist())}  # dict: no object searchsorted
         out = []
         for rid, cstep, ex_vals, ex_codes, lstep, te_vals, te_codes, loss, lr_rows in raw:
             entry = man["runs"][rid]
             T = int(entry["steps"])
             order = np.argsort(cstep, kind="stable")  # files are written sorted; be safe
-            ex_idx = np.searchsorted(ex_all, ex_vals)[ex_codes][order].astype(np.int64)
+            ex_idx = _index_of(ex_pos, ex_vals)[ex_codes][order]
             ptr = np.zeros(T + 1, dtype=np.int64)
             np.cumsum(np.bincount(cstep, minlength=T + 1)[1 : T + 1], out=ptr[1:])
             steps, row = np.unique(lstep, return_inverse=True)
@@ -838,6 +839,11 @@ class RunStore:
                     self._write_runs_table(man)
                 except OSError:
                     pass
+
+
+def _index_of(pos: dict, values: np.ndarray) -> np.ndarray:
+    """(len(values),) int64 positions ``pos[v]`` of string ``values``."""
+    return np.fromiter((pos[v] for v in values.tolist()), dtype=np.int64, count=len(values))
 
 
 def _positions(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
