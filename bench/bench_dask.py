@@ -48,7 +48,16 @@ def line(name, **kw):
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB)."""
+    """This process's peak resident set size: VmHWM of /proc/self/status, the high-water
+    mark of this process image. (getrusage's ru_maxrss survives exec, so a spawned Dask
+    worker would report at least its parent's RSS at spawn time: the coordinator's.)"""
+    try:
+        with open("/proc/self/status") as fh:
+            for ln in fh:
+                if ln.startswith("VmHWM:"):
+                    return int(ln.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
