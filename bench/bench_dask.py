@@ -48,7 +48,16 @@ def line(name, **kw):
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB)."""
+    """This process's peak resident set size: VmHWM of /proc/self/status, the high-water
+    mark of this process image. (getrusage's ru_maxrss survives exec, so a spawned Dask
+    worker would report at least its parent's RSS at spawn time: the coordinator's.)"""
+    try:
+        with open("/proc/self/status") as fh:
+            for ln in fh:
+                if ln.startswith("VmHWM:"):
+                    return int(ln.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -68,6 +77,34 @@ def test_subset(runs: RunSet, cols: np.ndarray) -> RunSet:
             for r in runs.runs
         ],
     )
+
+
+def load_costs(runs: RunSet, n_shards: int) -> dict:
+    """What a worker does before solving, measured here: load the runs from the store and
+    build the design, of every test column (before: once per worker) and of one shard's
+    columns (now: once per shard). CPU seconds and the traced peak of allocations (numpy
+    reports its buffers to tracemalloc)."""
+    import tracemalloc
+
+    from simfluence_cli.model.normal_equations import Design
+    from simfluence_cli.model.sharding import shards
+
+    out = {}
+    first = shards(runs.n_tests, n_shards)[0]
+    for name, tests in [("all_columns", None), ("one_shard", runs.test_ids[first].tolist())]:
+        tracemalloc.start()
+        c0 = time.process_time()
+        design = Design(runs.source.load(runs.run_ids, tests=tests))
+        cpu = time.process_time() - c0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out[name] = {
+            "tests": design.n_tests,
+            "cpu_s": round(cpu, 2),
+            "traced_peak_gib": round(peak / GiB, 3),
+        }
+        del design
+    return out
 
 
 def main(argv=None) -> int:
@@ -152,6 +189,8 @@ def main(argv=None) -> int:
         shards=stats.get("shards"),
         source=stats.get("source"),
     )
+
+    line("worker_load", **load_costs(runs, stats.get("shards") or 1))
 
     cols = np.sort(np.random.default_rng(1).choice(m, size=min(a.check_tests, m), replace=False))
     t0, c0 = time.perf_counter(), time.process_time()

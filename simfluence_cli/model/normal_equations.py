@@ -46,6 +46,8 @@ class ObsBlock:
     ent_a: np.ndarray  # (E,) sum of (1 - lam_u) over the example's occurrences in the gap
     ent_b: np.ndarray  # (E,) sum of lam_u
     ent_n: np.ndarray  # (E,) occurrences in the gap
+    # which blocks share one logging group (see Design.groups); None = by ``tests``
+    key: object = None
 
     @property
     def n_obs(self) -> int:
@@ -124,12 +126,40 @@ class Design:
     def n_params(self, method: str) -> int:
         return 2 * self.n_examples if method == "linear" else self.n_examples
 
-    def equations(self, method: str, run_ids=None) -> NormalEquations:
-        """Normal equations of ``method`` over ``run_ids`` (default: all runs)."""
-        groups: dict[tuple, list[ObsBlock]] = {}
+    def groups(self, run_ids=None) -> dict[object, list[ObsBlock]]:
+        """Blocks of the runs grouped by logging group, in order of first appearance: blocks
+        of different runs logging the same tests at the same steps share one group. A block's
+        ``key`` (set by :meth:`group_as`) overrides its tests as the grouping key."""
+        groups: dict[object, list[ObsBlock]] = {}
         for rid in self.run_ids if run_ids is None else run_ids:
             for b in self.blocks[rid]:
-                groups.setdefault(tuple(b.tests.tolist()), []).append(b)
+                key = tuple(b.tests.tolist()) if b.key is None else b.key
+                groups.setdefault(key, []).append(b)
+        return groups
+
+    def group_labels(self, run_ids=None) -> np.ndarray:
+        """(runs, tests) int: each test's logging group in each run (-1: no observations)."""
+        ids = self.run_ids if run_ids is None else list(run_ids)
+        labels = np.full((len(ids), self.n_tests), -1, dtype=np.int64)
+        seen: dict[object, int] = {}  # the same keys, in the same order, as groups()
+        for i, rid in enumerate(ids):
+            for b in self.blocks[rid]:
+                key = tuple(b.tests.tolist()) if b.key is None else b.key
+                labels[i, b.tests] = seen.setdefault(key, len(seen))
+        return labels
+
+    def group_as(self, labels: np.ndarray, run_ids) -> None:
+        """Group this design's blocks by ``labels`` (rows: ``run_ids``; columns: this
+        design's tests) taken from :meth:`group_labels` of a design of more tests, so a
+        design of some of the test columns sums the same observations in the same order
+        (identical numbers: otherwise it could merge groups the larger design keeps apart)."""
+        for i, rid in enumerate(run_ids):
+            for b in self.blocks[rid]:
+                b.key = int(labels[i, b.tests[0]])
+
+    def equations(self, method: str, run_ids=None) -> NormalEquations:
+        """Normal equations of ``method`` over ``run_ids`` (default: all runs)."""
+        groups = [(b[0].tests, b) for b in self.groups(run_ids).values()]
         return NormalEquations(method, self.n_examples, self.n_tests, groups)
 
     def gram(self, method: str, tests, run_ids=None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,15 +228,14 @@ class NormalEquations:
     so a fit streams over test chunks with bounded memory.
     """
 
-    def __init__(self, method: str, n: int, n_tests: int, groups: dict[tuple, list[ObsBlock]]):
+    def __init__(self, method: str, n: int, n_tests: int, groups: list):
+        """``groups``: (test indices, blocks) pairs, one per logging group."""
         if method not in METHODS:
             raise ValueError(method)
         self.method, self.n = method, n
         self.n_params = 2 * n if method == "linear" else n
         self.n_tests = n_tests
-        self.groups = [
-            _Group(np.asarray(k, dtype=np.int64), b, n, method) for k, b in groups.items()
-        ]
+        self.groups = [_Group(np.asarray(k, dtype=np.int64), b, n, method) for k, b in groups]
 
     def fill(self, tests: np.ndarray, G: np.ndarray, r: np.ndarray) -> None:
         n, P, method = self.n, self.n_params, self.method
@@ -470,13 +499,9 @@ class SparseDesign:
             raise ValueError(method)
         self.method, self.n, self.n_tests = method, design.n_examples, design.n_tests
         self.n_params = design.n_params(method)
-        groups: dict[tuple, list[ObsBlock]] = {}
-        for rid in design.run_ids if run_ids is None else run_ids:
-            for b in design.blocks[rid]:
-                groups.setdefault(tuple(b.tests.tolist()), []).append(b)
         self.groups = [
-            _SparseGroup(np.asarray(k, dtype=np.int64), b, self.n, method)
-            for k, b in groups.items()
+            _SparseGroup(b[0].tests.astype(np.int64), b, self.n, method)
+            for b in design.groups(run_ids).values()
         ]
         self.nnz = sum(g.En.nnz for g in self.groups)  # per test, per coefficient matrix
 

@@ -11,9 +11,11 @@ parameters do not depend on the backend or the number of workers.
   sparse design are shared copy-on-write, nothing is pickled but the results).
 - ``dask=ADDRESS``: an existing ``distributed`` scheduler (``tcp://host:8786``) or a
   ``distributed.Client``. If the RunSet has a ``source`` attribute (a picklable object whose
-  ``load(run_ids)`` returns the runs; ``RunStore.load`` sets one that reopens the store path,
-  on a shared file system), each Dask worker loads the runs itself, once per worker process;
-  otherwise the RunSet is scattered to the workers.
+  ``load(run_ids, tests=test_ids)`` returns the runs with only those tests' losses;
+  ``RunStore.load`` sets one that reopens the store path, on a shared file system), each Dask
+  worker loads the runs with only its shard's test columns; otherwise the RunSet is scattered
+  to the workers and cut to the shard's columns there. Either way a worker's design holds its
+  shard's tests only, so worker memory does not grow with the number of tests.
 """
 
 from __future__ import annotations
@@ -173,35 +175,70 @@ def _gather_shards(done, P, m, sink, progress, stats, **where):
 # -- dask ---------------------------------------------------------------------------------------
 
 
-def _dask_design(source, run_ids):
-    """The Design of the runs on a Dask worker, built once per worker process."""
-    key = (repr(source), tuple(run_ids))
+def _columns(runs, cols: np.ndarray):
+    """The same runs restricted to the test columns ``cols`` (copies of those losses)."""
+    from dataclasses import replace
+
+    from simfluence_cli.runs import RunSet
+
+    return RunSet(
+        runs.example_ids,
+        runs.test_ids[cols],
+        [replace(r, losses=r.losses[:, cols]) for r in runs.runs],
+    )
+
+
+def _dask_design(source, key, run_ids, tests: np.ndarray, test_ids, labels):
+    """(Design of the shard's test columns only, global indices of its columns) on a Dask
+    worker. Loaded sources read only those tests' losses; a scattered RunSet is cut to them
+    before the design is built. One design is cached per worker process and reused while a
+    shard's tests are a subset of its columns (then nothing is loaded or built again)."""
+    key = (key, tuple(run_ids))
     hit = _SHARED.get("dask")
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    if hit is not None and hit[0] == key and np.isin(tests, hit[1]).all():
+        return hit[2], hit[1]
+    _SHARED.pop("dask", None)  # free the previous shard's design before building this one
     from simfluence_cli.model.normal_equations import Design
 
-    runs = source.load(run_ids) if hasattr(source, "load") else source
+    if hasattr(source, "load"):
+        runs = source.load(run_ids, tests=list(test_ids))
+    else:
+        runs = _columns(source, tests)
     design = Design(runs)
-    _SHARED["dask"] = (key, design)
-    return design
+    design.group_as(labels, run_ids)  # the coordinator's logging groups: identical sums
+    _SHARED["dask"] = (key, tests, design)
+    return design, tests
 
 
-def _shard_dask(source, run_ids, chunks, method, l2, theta0, solver, tol, shape=None):
-    design = _dask_design(source, run_ids)
-    if shape is not None and (design.n_examples, design.n_tests) != tuple(shape):
+def _shard_dask(
+    source, key, run_ids, chunks, test_ids, labels, method, l2, theta0, solver, tol, n_ex
+):
+    """Solve one shard on a Dask worker: ``chunks`` (global test indices), ``test_ids`` and
+    ``labels`` (the coordinator's :meth:`Design.group_labels` of those tests) describe it."""
+    tests = np.concatenate(chunks)
+    design, cols = _dask_design(source, key, run_ids, tests, test_ids, labels)
+    if design.n_examples != n_ex or design.n_tests != len(cols):
         from simfluence_cli.errors import StoreError
 
         raise StoreError(
             f"a Dask worker loaded {design.n_examples} training x {design.n_tests} "
-            f"test examples from {source!r}, the coordinator has {shape[0]} x "
-            f"{shape[1]}: the workers must see the same store (shared path) and it "
+            f"test examples from {source!r}, the coordinator has {n_ex} x "
+            f"{len(cols)}: the workers must see the same store (shared path) and it "
             "must not change during the fit"
         )
+    order = np.argsort(cols, kind="stable")  # global test index -> the design's column
+    local = [order[np.searchsorted(cols, c, sorter=order)] for c in chunks]
     st: dict = {}
-    tests = np.concatenate(chunks)
     th = solve_tests(
-        design, method, l2, theta0, tests=tests, solver=solver, tol=tol, stats=st, chunks=chunks
+        design,
+        method,
+        l2,
+        theta0,
+        tests=np.concatenate(local),
+        solver=solver,
+        tol=tol,
+        stats=st,
+        chunks=local,
     )
     return tests, th, st
 
@@ -224,18 +261,26 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
         source = getattr(runs, "source", None)
         if source is None:
             source = client.scatter(runs, broadcast=True)
+            key = source.key  # names this RunSet's content on the workers
+        else:
+            key = repr(source)
+        test_ids = np.asarray(runs.test_ids, dtype=object)
+        labels = design.group_labels()  # (runs, tests): small next to the losses
         futs = [
             client.submit(
                 _shard_dask,
                 source,
-                list(runs.run_ids),
+                key,
+                list(design.run_ids),
                 t,
+                test_ids[np.concatenate(t)].tolist(),
+                labels[:, np.concatenate(t)],
                 method,
                 float(l2),
                 theta0,
                 solver,
                 tol,
-                (runs.n_examples, runs.n_tests),
+                runs.n_examples,
                 pure=False,
             )
             for t in parts

@@ -131,12 +131,8 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
     n_obs = 0
     if kind == "cg":
-        per_group: dict = {}
-        for rid in design.run_ids if run_ids is None else run_ids:
-            for b in design.blocks[rid]:
-                key = tuple(b.tests.tolist())
-                per_group[key] = per_group.get(key, 0) + b.n_obs
-        n_obs = max(per_group.values(), default=0)
+        groups = design.groups(run_ids).values()
+        n_obs = max((sum(b.n_obs for b in g) for g in groups), default=0)
     return kind, chunk_tests(tests, kind, P, n_obs)
 
 

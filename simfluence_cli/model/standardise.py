@@ -31,12 +31,20 @@ class ScaledSource:
     ``scale``: Dask workers that load the runs themselves fit the same data as the
     coordinator."""
 
-    def __init__(self, source, scale: np.ndarray):
+    def __init__(self, source, scale: np.ndarray, test_ids=None):
         self.source, self.scale = source, np.asarray(scale, dtype=np.float64)
+        self.test_ids = None if test_ids is None else np.asarray(test_ids, dtype=object)
 
-    def load(self, run_ids) -> RunSet:
-        runs = self.source.load(run_ids) if hasattr(self.source, "load") else self.source
-        return rescaled(runs, self.scale)
+    def load(self, run_ids, tests=None) -> RunSet:
+        """The runs standardised; with ``tests`` (test IDs) only those loss columns."""
+        if tests is None:
+            runs = self.source.load(run_ids) if hasattr(self.source, "load") else self.source
+            return rescaled(runs, self.scale)
+        if self.test_ids is None:
+            raise ValueError("ScaledSource without test_ids cannot load a subset of tests")
+        runs = self.source.load(run_ids, tests=tests)
+        pos = {t: i for i, t in enumerate(self.test_ids.tolist())}
+        return rescaled(runs, self.scale[[pos[t] for t in runs.test_ids.tolist()]])
 
     def __repr__(self) -> str:  # the workers' cache key: source and scale
         from simfluence_cli._hashing import sha256_hex
@@ -51,5 +59,5 @@ def rescaled(runs: RunSet, scale: np.ndarray) -> RunSet:
         runs.example_ids,
         runs.test_ids,
         [replace(r, losses=r.losses / scale) for r in runs.runs],
-        source=None if source is None else ScaledSource(source, scale),
+        source=None if source is None else ScaledSource(source, scale, runs.test_ids),
     )

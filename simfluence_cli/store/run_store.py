@@ -190,8 +190,9 @@ class StoreSource:
 
     path: str
 
-    def load(self, run_ids: Sequence[str]) -> RunSet:
-        return RunStore(self.path).load(list(run_ids))
+    def load(self, run_ids: Sequence[str], tests: Sequence[str] | None = None) -> RunSet:
+        """The runs; with ``tests`` (test IDs) only those loss columns, in that order."""
+        return RunStore(self.path).load(list(run_ids), tests=tests)
 
 
 class RunStore:
@@ -328,13 +329,20 @@ class RunStore:
                 f"re-ingest run {run_id!r} with --replace"
             ) from None
 
-    def load(self, selector: str | Sequence[str] = "all") -> RunSet:
-        """Selected runs as one RunSet in the union index space (IDs sorted)."""
+    def load(
+        self, selector: str | Sequence[str] = "all", tests: Sequence[str] | None = None
+    ) -> RunSet:
+        """Selected runs as one RunSet in the union index space (IDs sorted).
+
+        ``tests``: keep only these test IDs' losses (columns in the order given), filtered
+        run by run while reading, so the losses of the other tests are never held at once
+        (what a Dask worker fitting a shard of tests loads); each must be logged by some run.
+        """
         for attempt in range(3):
             man = self._manifest()
             ids = resolve_selector(selector, {r: e.get("tags", []) for r, e in man["runs"].items()})
             try:
-                runs = self._load(man, ids)
+                runs = self._load(man, ids, tests)
             except _Retry:  # a writer replaced a run between our manifest read and file read
                 time.sleep(0.05 * (attempt + 1))
                 continue
@@ -347,7 +355,9 @@ class RunStore:
             "process replacing runs? retry when it is done"
         )
 
-    def _load(self, man: dict, ids: list[str]) -> RunSet:
+    def _load(self, man: dict, ids: list[str], tests: Sequence[str] | None = None) -> RunSet:
+        wanted = None if tests is None else np.asarray([str(t) for t in tests], dtype=object)
+
         def read(rid: str):
             has_lr = bool(man["runs"][rid].get("has_lr"))
             cols = ["step", "example_id", "lr"] if has_lr else ["step", "example_id"]
@@ -355,15 +365,20 @@ class RunStore:
             los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
+            lstep, loss = np_view(los.column("step")), np_view(los.column("loss"))
+            del los
+            if wanted is not None:  # only the wanted tests' rows (copies), the table is dropped
+                rows = np.isin(te_vals, wanted)[te_codes]
+                lstep, te_codes, loss = lstep[rows], te_codes[rows], loss[rows]
             return (
                 rid,
                 np_view(cur.column("step")),
                 ex_vals,
                 ex_codes,
-                np_view(los.column("step")),
+                lstep,
                 te_vals,
                 te_codes,
-                np_view(los.column("loss")),
+                loss,
                 np_view(cur.column("lr")) if has_lr else None,
             )
 
@@ -374,21 +389,31 @@ class RunStore:
                 raw = list(pool.map(read, ids))
         else:
             raw = [read(rid) for rid in ids]
-        ex_all = np.unique(np.concatenate([r[2] for r in raw])) if raw else np.asarray([], object)
+        ex_all = sorted({e for r in raw for e in r[2].tolist()})  # a set: no object-array sort
         te_all = np.unique(np.concatenate([r[5] for r in raw])) if raw else np.asarray([], object)
         ex_all = np.asarray(ex_all, dtype=object)
         te_all = np.asarray(te_all, dtype=object)
+        if wanted is not None:
+            logged = {str(t) for r in raw for t in r[5][np.unique(r[6])]}
+            missing = [t for t in wanted if t not in logged]
+            if missing:
+                raise SelectionError(
+                    f"test(s) {', '.join(map(repr, missing[:5]))} not logged by the "
+                    f"selected runs of {self.path}"
+                )
+            te_all = wanted
+        ex_pos = {e: i for i, e in enumerate(ex_all.tolist())}  # dict: no object searchsorted
         out = []
         for rid, cstep, ex_vals, ex_codes, lstep, te_vals, te_codes, loss, lr_rows in raw:
             entry = man["runs"][rid]
             T = int(entry["steps"])
             order = np.argsort(cstep, kind="stable")  # files are written sorted; be safe
-            ex_idx = np.searchsorted(ex_all, ex_vals)[ex_codes][order].astype(np.int64)
+            ex_idx = _index_of(ex_pos, ex_vals)[ex_codes][order]
             ptr = np.zeros(T + 1, dtype=np.int64)
             np.cumsum(np.bincount(cstep, minlength=T + 1)[1 : T + 1], out=ptr[1:])
             steps, row = np.unique(lstep, return_inverse=True)
             L = np.full((len(steps), len(te_all)), np.nan)
-            L[row, np.searchsorted(te_all, te_vals)[te_codes]] = loss
+            L[row, _positions(te_all, te_vals)[te_codes]] = loss
             lr = None
             if lr_rows is not None:  # one value per step: the first row of each step's batch
                 lr = np.asarray(lr_rows, dtype=np.float64)[order][ptr[:-1]]
@@ -814,6 +839,20 @@ class RunStore:
                     self._write_runs_table(man)
                 except OSError:
                     pass
+
+
+def _index_of(pos: dict, values: np.ndarray) -> np.ndarray:
+    """(len(values),) int64 positions ``pos[v]`` of string ``values``."""
+    return np.fromiter((pos[v] for v in values.tolist()), dtype=np.int64, count=len(values))
+
+
+def _positions(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position in ``ids`` (any order, unique) of each of ``values`` (-1 if absent)."""
+    order = np.argsort(ids, kind="stable")
+    srt = ids[order]
+    at = np.minimum(np.searchsorted(srt, values), max(len(srt) - 1, 0))
+    found = (srt[at] == values) if len(srt) else np.zeros(len(values), dtype=bool)
+    return np.where(found, order[at] if len(srt) else -1, -1)
 
 
 class _Retry(Exception):
