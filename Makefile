@@ -36,8 +36,9 @@ demo: install
 	$(SF) eval --store $(DEMO_STORE) --model linear --model tracin --runs heldout-random --format table
 	$(SF) top --store $(DEMO_STORE) --model linear --test all --k 5 --format table
 
+# the whole suite on both cores; test files stay whole per worker (module fixtures built once)
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python bench/run_all.py
