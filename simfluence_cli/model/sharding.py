@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -243,7 +244,10 @@ def _shard_dask(
     return tests, th, st
 
 
-def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats, sink=None):
+@contextmanager
+def _dask_client(address):
+    """``(client, n_workers)`` for a Dask scheduler ``address`` (a client made here and closed
+    on exit) or an existing ``distributed.Client`` (left open)."""
     try:
         from distributed import Client
     except ImportError as exc:
@@ -254,7 +258,14 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
     own = not isinstance(address, Client)
     client = Client(address) if own else address
     try:
-        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        yield client, max(1, len(client.scheduler_info().get("workers", {})))
+    finally:
+        if own:
+            client.close()
+
+
+def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, stats, sink=None):
+    with _dask_client(address) as (client, nworkers):
         m = runs.n_tests
         _, chunks = plan_chunks(design, method, solver)
         parts = chunk_shards(chunks, nworkers * 4)
@@ -298,9 +309,6 @@ def _fit_dask(runs, design, method, l2, theta0, solver, tol, address, progress, 
             shards=len(parts),
             source="loaded by workers" if hasattr(source, "load") else "scattered",
         )
-    finally:
-        if own:
-            client.close()
 
 
 # -- any per-chunk solve (the optimizer-aware fit) -----------------------------------------------
@@ -373,18 +381,9 @@ def _chunks_processes(task, chunks, n_rows, m, workers, progress, stats, sink):
 
 
 def _chunks_dask(task, chunks, n_rows, m, address, progress, stats, sink):
-    try:
-        from distributed import Client
+    with _dask_client(address) as (client, nworkers):
         from distributed import as_completed as das_completed
-    except ImportError as exc:
-        raise MissingExtraError(
-            "--dask needs the optional extra: pip install 'simfluence-cli[dask]' "
-            "(dask + distributed)"
-        ) from exc
-    own = not isinstance(address, Client)
-    client = Client(address) if own else address
-    try:
-        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+
         parts = chunk_shards(chunks, nworkers * 4)
         shared = client.scatter(task, broadcast=True)  # pickled once, not per shard
         futs = [client.submit(_call, shared, c, pure=False) for c in parts]
@@ -398,9 +397,6 @@ def _chunks_dask(task, chunks, n_rows, m, address, progress, stats, sink):
             dask_workers=nworkers,
             shards=len(parts),
         )
-    finally:
-        if own:
-            client.close()
 
 
 def _call(task, chunks):
