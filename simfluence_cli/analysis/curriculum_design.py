@@ -43,6 +43,7 @@ import numpy as np
 
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.model.adjoint import final_loss_adjoint
+from simfluence_cli.model.simulator import map_examples
 
 __all__ = [
     "OBJECTIVES",
@@ -193,16 +194,22 @@ def _propose(
     return cand, first
 
 
+def _mean_final_losses(runs, tests: Sequence[str] | None = None) -> np.ndarray:
+    """(runs,) each run's observed mean final loss over ``tests`` (default: all; NaN where
+    none of them is logged)."""
+    cols = np.arange(runs.n_tests)
+    if tests is not None:
+        pos = {str(t): j for j, t in enumerate(runs.test_ids)}
+        cols = np.asarray([pos[str(t)] for t in tests if str(t) in pos], dtype=np.int64)
+    return np.array([np.nanmean(r.losses[-1][cols]) if len(cols) else np.nan for r in runs.runs])
+
+
 def best_run_start(runs, tests: Sequence[str] | None = None) -> tuple[str, list[list[str]]]:
     """(run id, curriculum) of the run with the lowest observed mean final loss over ``tests``
     (default: all the runs' tests): the start of ``design --start best-run``."""
     if not len(runs):
         raise SelectionError("no fitting runs to start the design from")
-    cols = np.arange(runs.n_tests)
-    if tests is not None:
-        pos = {str(t): j for j, t in enumerate(runs.test_ids)}
-        cols = np.asarray([pos[str(t)] for t in tests if str(t) in pos], dtype=np.int64)
-    finals = np.array([np.nanmean(r.losses[-1][cols]) if len(cols) else np.nan for r in runs.runs])
+    finals = _mean_final_losses(runs, tests)
     if not np.isfinite(finals).any():
         raise SelectionError("no fitting run has a final loss for the chosen tests")
     k = int(np.nanargmin(finals))
@@ -257,8 +264,7 @@ def resolve_start(
         elif batch_size is not None and max(len(b) for b in cur) > batch_size:
             why = f"the best fitting run has batches larger than --batch-size {batch_size}"
         else:
-            cols = [j for j, t in enumerate(runs.test_ids) if tests is None or t in set(tests)]
-            real = float(np.nanmean(runs[rid].losses[-1][cols]))
+            real = float(np.nanmin(_mean_final_losses(runs, tests)))  # the start run's
             return rid, cur, f"starting from fitting run {rid} (real mean final loss {real:.6g})"
     if start == "best-run":
         raise UsageError(f"--start best-run: {why}; use --start greedy")
@@ -272,11 +278,8 @@ def resolve_start(
 def _aligned(model, ids, cols, n) -> tuple[np.ndarray, np.ndarray]:
     """``model``'s (A, B) on the rows of example ids ``ids`` (n + 1 rows, the last the zero
     padding row); examples the model never trained on get the prior (a0, 0)."""
-    pos = {str(e): i for i, e in enumerate(model.example_ids_)}
-    seen = np.asarray(model.example_counts_) > 0
-    rows = np.asarray([pos.get(str(e), -1) for e in ids], dtype=np.int64)
-    ok = rows >= 0
-    ok[ok] = seen[rows[ok]]
+    rows = map_examples(model.example_ids_, model.example_counts_, ids, unseen="prior")
+    ok = rows < len(model.example_ids_)  # the others map to the prior row
     M = len(cols)
     A = np.zeros((n + 1, M))
     B = np.zeros((n + 1, M))
