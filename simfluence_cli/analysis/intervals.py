@@ -53,6 +53,7 @@ __all__ = [
     "Calibration",
     "calibrate",
     "calibrate_stored",
+    "calibrate_and_save",
     "stored_calibration",
     "save_stored",
     "refit_like",
@@ -407,6 +408,29 @@ def save_stored(store, name: str, cal: Calibration) -> dict:
         "seconds": round(float(cal.seconds), 3),
     }
     return save_calibration(store, name, cal.key, cal.fold_models, arrays, meta)
+
+
+def calibrate_and_save(
+    store, name: str, *, force: bool = False, on_start=None, progress=None
+) -> tuple[Calibration | None, dict | None]:
+    """Calibrate stored model ``name`` and save it beside the model, unless a current one is
+    saved (then ``(None, None)``; ``force`` recomputes). ``on_start(status, why)`` is called
+    before the refits (status 'no' or 'stale'). Returns (Calibration, calibration manifest).
+    An unknown model and a read-only store fail before any refit."""
+    from simfluence_cli.store.calibrations import DEFAULT_SEED, calibration_status
+    from simfluence_cli.store.saved_models import read_manifest
+
+    read_manifest(store, name)  # an unknown model fails here
+    with store.write_lock():  # a read-only store fails here, before the refits
+        status, why = calibration_status(store, name, DEFAULT_FOLDS, DEFAULT_SEED)
+    if status == "calibrated" and not force:
+        return None, None
+    if on_start is not None:
+        on_start(status, why)
+    _, cal = calibrate_stored(
+        store, name, folds=DEFAULT_FOLDS, seed=DEFAULT_SEED, progress=progress
+    )
+    return cal, save_stored(store, name, cal)
 
 
 def stored_calibration(

@@ -47,22 +47,18 @@ def _say_computing(name: str, why: str) -> None:
 def save_calibration_for(st, name: str, force: bool = False) -> None:
     """Calibrate stored model ``name`` and save it beside the model (skipped when a current
     one is saved, unless ``force``); one status line on stderr."""
-    from simfluence_cli.analysis.intervals import calibrate_stored, save_stored
-    from simfluence_cli.store.calibrations import DEFAULT_FOLDS, DEFAULT_SEED, calibration_status
-    from simfluence_cli.store.saved_models import read_manifest
+    from simfluence_cli.analysis.intervals import DEFAULT_FOLDS, calibrate_and_save
 
-    read_manifest(st, name)  # an unknown model fails here, before any message or lock
-    with st.write_lock():  # a read-only store fails here, before the refits
-        status, why = calibration_status(st, name, DEFAULT_FOLDS, DEFAULT_SEED)
-    if status == "calibrated" and not force:
+    def starting(status: str, why: str) -> None:
+        info(
+            f"calibrating {name!r} ({'stale: ' + why if status == 'stale' else 'none saved'}): "
+            f"refitting on {DEFAULT_FOLDS} folds of its fitting runs"
+        )
+
+    cal, man = calibrate_and_save(st, name, force=force, on_start=starting)
+    if cal is None:
         info(f"calibration of {name!r} is up to date; pass --force to recompute it")
         return
-    info(
-        f"calibrating {name!r} ({'stale: ' + why if status == 'stale' else 'none saved'}): "
-        f"refitting on {DEFAULT_FOLDS} folds of its fitting runs"
-    )
-    _, cal = calibrate_stored(st, name, folds=DEFAULT_FOLDS, seed=DEFAULT_SEED)
-    man = save_stored(st, name, cal)
     info(
         f"saved calibration of {name!r}: {len(cal.run_ids)} run(s), {DEFAULT_FOLDS} folds, "
         f"{cal.seconds:.1f} s -> {st.path}/models/{name}/{man['generation']}"
