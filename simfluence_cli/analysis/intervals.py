@@ -444,7 +444,8 @@ def stored_calibration(
 ) -> tuple[object, Calibration, str]:
     """(full model, Calibration, note) for stored model ``name``: the saved calibration when
     its key matches (note ''), else a fresh one (refits; nothing is written) and a note
-    saying why the saved one was not used (also passed to ``on_compute(note)`` first)."""
+    saying why the saved one was not used (also passed to ``on_compute(note, saved)``
+    first; ``saved``: a calibration is saved but unusable)."""
     from simfluence_cli.store.calibrations import calibration_key, load_calibration
     from simfluence_cli.store.saved_models import load_model
 
@@ -458,9 +459,10 @@ def stored_calibration(
         return sim, cal, "no saved calibration"
     payload, why = load_calibration(store, name, key)
     if payload is None:
+        saved = bool(why)  # one is saved but cannot be used (stale, damaged, unreadable)
         why = why or "no saved calibration"
         if on_compute is not None:
-            on_compute(why)
+            on_compute(why, saved)
         sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
         return sim, cal, why
     a, man = payload["arrays"], payload["manifest"]

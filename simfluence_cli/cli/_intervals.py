@@ -32,16 +32,20 @@ def calibration_for(st, name: str, level: float):
     from simfluence_cli.analysis.intervals import check_level, stored_calibration
 
     check_level(level)
-    sim, cal, why = stored_calibration(st, name, on_compute=lambda why: _say_computing(name, why))
+    sim, cal, why = stored_calibration(
+        st, name, on_compute=lambda why, saved: _say_computing(name, why, saved)
+    )
     return sim, cal
 
 
-def _say_computing(name: str, why: str) -> None:
+def _say_computing(name: str, why: str, saved: bool) -> None:
+    """One line before the refits: a warning (not hidden by -q) when a saved calibration
+    could not be used, else information."""
     msg = (
         f"intervals for {name!r}: {why}; refitting on 8 folds of its fitting runs "
         f"(`simfluence calibrate --model {name}` saves a calibration)"
     )
-    (warn if "stale" in why or "damaged" in why else info)(msg)
+    (warn if saved else info)(msg)
 
 
 def save_calibration_for(st, name: str, force: bool = False) -> None:
