@@ -337,3 +337,21 @@ def test_design_trust_outside_0_1_is_a_usage_error(store):
     assert r.exit_code == 2
     assert "--trust" in r.stderr
     assert "starting from" not in r.stderr  # rejected while parsing, before the search starts
+
+
+def test_novelty_warning_is_said_once_per_command(capsys):
+    """eval --interval over several models fitted on the same runs: one warning line, not one
+    per model; without ``said`` every call warns."""
+    from types import SimpleNamespace
+
+    from simfluence_cli.cli._intervals import novelty_warning
+
+    line = "warning: 2 of 2 evaluated runs are unlike the fitting runs"
+    cal = SimpleNamespace(novelty=SimpleNamespace(warning=lambda curricula, what: line))
+    said: set[str] = set()
+    for _ in range(3):
+        novelty_warning(cal, [[[0]]], "evaluated run", said)
+    assert capsys.readouterr().err.count("unlike the fitting runs") == 1
+    novelty_warning(cal, [[[0]]])
+    novelty_warning(cal, [[[0]]])
+    assert capsys.readouterr().err.count("unlike the fitting runs") == 2

@@ -69,11 +69,14 @@ def save_calibration_for(st, name: str, force: bool = False) -> None:
     )
 
 
-def novelty_warning(cal, curricula, what: str = "curriculum") -> None:
+def novelty_warning(cal, curricula, what: str = "curriculum", said: set | None = None) -> None:
     """Warn on stderr (one line) when a queried curriculum is unlike the fitting runs, so its
-    interval may under-cover (:mod:`simfluence_cli.analysis.novelty`)."""
+    interval may under-cover (:mod:`simfluence_cli.analysis.novelty`). ``said`` collects the
+    lines already printed by this command: models fitted on the same runs warn once, not per model."""
     if cal.novelty is None or not len(curricula):
         return
     msg = cal.novelty.warning(curricula, what)
-    if msg:
+    if msg and (said is None or msg not in said):
         warn(msg)
+        if said is not None:
+            said.add(msg)

@@ -146,13 +146,14 @@ def eval_command(
         from simfluence_cli.analysis.whatif import run_batches
 
         rs = st.load(list(ev.run_ids))
+        said: set[str] = set()
         for name in model:
             try:
                 _, cal = calibration_for(st, name, interval)
             except SelectionError as exc:  # e.g. imported scores: nothing to refit
                 warn(f"no interval for model {name!r}: {exc}")
                 continue
-            novelty_warning(cal, [run_batches(rs, r) for r in rs.run_ids], "evaluated run")
+            novelty_warning(cal, [run_batches(rs, r) for r in rs.run_ids], "evaluated run", said)
             cov[name] = cal.coverage(rs, interval, tests=list(ev.test_ids), unseen=unseen.value)
     if by is By.summary:
         rows, cols = ev.summary_rows(), ["model", "kind"] + SUMMARY_COLUMNS[1:]
