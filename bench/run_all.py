@@ -19,17 +19,39 @@ HERE = Path(__file__).resolve().parent
 ORDER = [
     "ingest",
     "fit",
+    "speed",
+    "matvec",
+    "transpose_ab",
+    "commands",
+    "top",
+    "simulate",
     "prior_clip",
     "sparse_logging",
     "scale",
     "memory",
+    "oa_scale",
+    "dask",
     "accuracy",
+    "optimizer_aware",
     "counterfactual",
+    "cv_demo",
+    "calibration",
+    "plan",
+    "design",
     "fuzz",
     "crash",
 ]
-# arguments for scripts whose defaults expect data made by an earlier run
-ARGS = {"memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"]}
+# scripts that compare against data or a tree only the user can name: run them by hand
+MANUAL = {
+    "fitspeed": "needs --baseline TREE (an older checkout to time in the same run)",
+    "design_interval": "needs --store with planned fitting runs (docs/plan.md)",
+}
+# arguments for scripts whose defaults expect data made by an earlier run, or a work folder
+ARGS = {
+    "memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"],
+    "calibration": ["--work", "/tmp/simfluence-bench-calibration"],
+    "design": ["--work", "/tmp/simfluence-bench-design"],
+}
 
 
 def script(name: str) -> Path:
@@ -41,6 +63,11 @@ def script(name: str) -> Path:
 
 def main(argv: list[str]) -> int:
     names = argv or ORDER
+    manual = [n for n in names if n in MANUAL]
+    if manual:
+        raise SystemExit(
+            "; ".join(f"{n}: {MANUAL[n]}" for n in manual) + " (run bench/bench_<name>.py directly)"
+        )
     failed = []
     for name in names:
         path = script(name)
