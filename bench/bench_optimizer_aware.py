@@ -1,18 +1,21 @@
 """The optimizer-aware simulator against the paper's Linear and the baselines (issue 11).
 
-    .venv/bin/python bench/bench_optimizer_aware.py [--families plain,momentum,adamw]
-        [--samples DIR] [--work DIR] [--out bench/RESULTS-optimizer.md] [--json OUT.json]
-        [--no-ablation]
+    .venv/bin/python bench/bench_optimizer_aware.py [--families plain,momentum,adamw,lm]
+        [--samples DIR] [--lm-runs DIR] [--work DIR] [--out bench/RESULTS-optimizer.md]
+        [--json OUT.json] [--no-ablation]
 
 Families: ``plain`` = the bundled plain-SGD sample runs (sample_runs/{fit,heldout-*}),
 ``momentum`` / ``adamw`` = the realistic-loop families of ``make samples-realistic``
 (--samples DIR/<family>/..., default sample_runs/<family>/; generated on demand when
-missing). Per family: ingest into a store
+missing), ``lm`` = the language-model family of bench/lm_family.py (--lm-runs DIR, default
+bench/lm_runs/; generated on demand, ~5 min CPU; its class-ordered set is ``heldout-ordered``,
+ordered by source). Per family: ingest into a store
 under --work, fit on the ``fit`` runs, evaluate on the three held-out sets (random, leave-30%,
 class-ordered) with simfluence's own evaluation (all-steps MSE, final-step MSE, final Spearman
 across tests, run-Spearman per test across runs).
 
-Models: ``optimizer-aware`` (all choices by CV), its ablations (the chosen configuration with
+Models: ``optimizer-aware`` (all choices by CV; what ``simfluence fit``'s default ``--method
+auto`` stands for on runs logged every step, checked per family: ``auto_resolves_to``), its ablations (the chosen configuration with
 one component changed, no CV: ``oa-no-lr`` fitted and evaluated on runs without their logged lr,
 ``oa-no-ar``, ``oa-no-basis`` / ``oa-basis-8`` (the trade-off of item iii), ``oa-identity`` /
 ``oa-logodds``), ``linear`` (the paper's, l2 by CV), ``additive``
@@ -45,23 +48,39 @@ from simfluence_cli.analysis.evaluation import evaluate
 from simfluence_cli.io.score_files import read_scores
 from simfluence_cli.model import optimizer_aware as oa
 from simfluence_cli.model.baselines import ConstantBaseline, MeanTrajectoryBaseline
+from simfluence_cli.model.config import resolve_method
 from simfluence_cli.model.external_scores import fit_scale, scores_simulator
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.run_store import RunStore
 
 HELDOUT = ("heldout-random", "heldout-leave30", "heldout-classordered")
+LM_HELDOUT = ("heldout-random", "heldout-leave30", "heldout-ordered")
+
+
+def heldout_sets(fam: str) -> tuple[str, ...]:
+    return LM_HELDOUT if fam == "lm" else HELDOUT
+
+
 METRICS = ("all_steps_mse", "final_step_mse", "final_spearman", "run_spearman")
 
 
 SAMPLES = ROOT / "sample_runs"  # where the realistic families live (--samples)
+LM_RUNS = ROOT / "bench" / "lm_runs"  # the LM family (--lm-runs)
 
 
 def family_dir(fam: str) -> Path:
+    if fam == "lm":
+        return LM_RUNS
     return ROOT / "sample_runs" if fam == "plain" else SAMPLES / fam
 
 
 def ensure_family(fam: str) -> None:
     d = family_dir(fam)
+    if fam == "lm":
+        if not (d / "heldout-ordered").is_dir():
+            lm = [sys.executable, str(ROOT / "bench" / "lm_family.py"), "--out", str(d)]
+            subprocess.run(lm, check=True)
+        return
     if fam != "plain" and not (d / "heldout-classordered").is_dir():
         gen = [sys.executable, str(ROOT / "sample_runs" / "generate.py"), "--family", fam]
         subprocess.run([*gen, "--out", str(d)], check=True)
@@ -70,7 +89,7 @@ def ensure_family(fam: str) -> None:
 def build_store(fam: str, work: Path) -> RunStore:
     path = work / f"store-{fam}"
     st = RunStore(path, create=True)
-    for part in ("fit", *HELDOUT):
+    for part in ("fit", *heldout_sets(fam)):
         files = sorted((family_dir(fam) / part).glob("*.jsonl*"))
         st.ingest(files, tags=[part])
     return st
@@ -132,6 +151,9 @@ def fit_models(st: RunStore, fam: str, ablation: bool) -> tuple[dict, dict]:
         sim = fit_one(name, kw, fit)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         note = {"fit_seconds": round(dt, 1), "fit_cpu_seconds": round(cpu, 1), "l2": sim.l2_}
+        if name == "optimizer-aware":  # what `simfluence fit` (--method auto) fits here
+            every = all(len(r.loss_steps) == r.n_steps + 1 for r in fit.runs)
+            note["auto_resolves_to"] = resolve_method("auto", every)
         if sim.method == "optimizer-aware":
             note.update(sim.config_.as_dict())
             note["rho_median"] = float(np.median(sim.ar_))
@@ -218,6 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--samples", default=None, help="dir of the realistic families (default sample_runs/)"
     )
+    ap.add_argument("--lm-runs", default=None, help="dir of the LM family (bench/lm_runs/)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-optimizer.md"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-ablation", action="store_true")
@@ -226,9 +249,11 @@ def main(argv=None) -> int:
     if ns.render:
         Path(ns.out).write_text(render(json.loads(Path(ns.render).read_text())))
         return 0
-    global SAMPLES
+    global SAMPLES, LM_RUNS
     if ns.samples:
         SAMPLES = Path(ns.samples)
+    if ns.lm_runs:
+        LM_RUNS = Path(ns.lm_runs)
     work = Path(ns.work or tempfile.mkdtemp(prefix="bench-oa-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -246,7 +271,7 @@ def main(argv=None) -> int:
         st = build_store(fam, work)
         models, notes = fit_models(st, fam, not ns.no_ablation)
         famres = {"models": notes, "heldout": {}, "final_bias": {}}
-        for h in HELDOUT:
+        for h in heldout_sets(fam):
             held = st.load(h)
             rows = evaluate({k: v for k, v in models.items() if k != "oa-no-lr"}, held)
             rows = rows.summary_rows()

@@ -65,7 +65,12 @@ def demo_dir(tmp_path_factory) -> Path:
     (d / "sample_runs").symlink_to(ROOT / "sample_runs")
     for fam in ("fit", "heldout-random", "heldout-leave30", "heldout-classordered"):
         _sf("ingest", f"sample_runs/{fam}", "--tag", fam, "--store", "demo-store", cwd=d)
-    _sf("fit", "--store", "demo-store", "--runs", "fit", "--l2", "auto", "--name", "linear", cwd=d)
+    _sf(
+        "fit",
+        *("--store", "demo-store", "--runs", "fit", "--method", "linear", "--l2", "auto"),
+        *("--name", "linear"),
+        cwd=d,
+    )
     _sf(
         "import-scores",
         "sample_runs/tracin_scores.csv.gz",

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from simfluence_cli import RunStore
 from simfluence_cli.cli import app
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.runs import RunSet
 from simfluence_cli.store.saved_models import load_model
 
@@ -45,7 +46,9 @@ def store(tmp_path, data):
 
 
 def test_fit_saves_model_and_reports(store):
-    res = invoke("fit", "--store", store.path, "--runs", "fit", "--l2", "0.1", "--json")
+    res = invoke(
+        "fit", "--store", store.path, "--runs", "fit", "--method", "linear", "--l2", "0.1", "--json"
+    )
     assert res.exit_code == 0, res.stderr
     man = json.loads(res.stdout)
     assert man["name"] == "linear" and man["config"]["method"] == "linear"
@@ -54,6 +57,31 @@ def test_fit_saves_model_and_reports(store):
     assert "saved model 'linear'" in res.stderr
     sim = load_model(store, "linear")
     assert sim.A_.shape == (12, 3)
+
+
+def test_default_method_auto_fits_and_records_optimizer_aware(store):
+    res = invoke("fit", "--store", store.path, "--runs", "fit", "--l2", "0.1", "--json")
+    assert res.exit_code == 0, res.stderr
+    man = json.loads(res.stdout)
+    assert man["name"] == "optimizer-aware" and man["config"]["method"] == "optimizer-aware"
+    assert "optimizer_aware" in man and "l2=0.1 (given)" in res.stderr
+    # the resolved method is what identifies the fit: naming it is the same configuration
+    res = invoke("fit", "-s", store.path, "-r", "fit", "--method", "optimizer-aware", "--l2", "0.1")
+    assert res.exit_code == 0 and "up to date" in res.stderr
+
+
+def test_default_method_auto_is_linear_when_losses_are_not_logged_every_step(tmp_path):
+    sparse, _, _ = make_runs(12, 3, 4, 30, 2, seed=0, noise=0.002, log_every=3)
+    st = RunStore(tmp_path / "sparse", create=True)
+    st.add_runset(sparse)
+    res = invoke("fit", "--store", st.path, "--l2", "0.1", "--json")
+    assert res.exit_code == 0, res.stderr
+    man = json.loads(res.stdout)
+    assert man["name"] == "linear" and man["config"]["method"] == "linear"
+    # the library resolves "auto" the same way from the runs themselves
+    assert Simulator("auto", l2=0.1).fit(sparse).method == "linear"
+    every, _, _ = make_runs(12, 3, 4, 30, 2, seed=0, noise=0.002)
+    assert Simulator("auto", l2=0.1).fit(every).method == "optimizer-aware"
 
 
 def test_fit_auto_records_cv_and_methods(store):
@@ -66,18 +94,21 @@ def test_fit_auto_records_cv_and_methods(store):
 
 
 def test_refit_same_is_noop_and_different_is_refused(store):
-    assert invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1").exit_code == 0
+    lin = ("--method", "linear")
+    assert invoke("fit", "-s", store.path, "-r", "fit", *lin, "--l2", "1").exit_code == 0
     before = json.loads((store.path / "models/linear/model.json").read_text())
-    res = invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1")
+    res = invoke("fit", "-s", store.path, "-r", "fit", *lin, "--l2", "1")
     assert res.exit_code == 0 and "up to date" in res.stderr
     assert json.loads((store.path / "models/linear/model.json").read_text()) == before
-    res = invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1", "--prior", "zero")
+    res = invoke("fit", "-s", store.path, "-r", "fit", *lin, "--l2", "1", "--prior", "zero")
     assert res.exit_code == 1
     assert "different configuration" in res.stderr and '"no-change" -> "zero"' in res.stderr
     assert "existing:" in res.stderr and "new:" in res.stderr and "--replace" in res.stderr
-    res = invoke("fit", "-s", store.path, "-r", "all", "--l2", "1")  # different runs
+    res = invoke("fit", "-s", store.path, "-r", "all", *lin, "--l2", "1")  # different runs
     assert res.exit_code == 1 and "runs: 5 -> 6" in res.stderr
-    res = invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1", "--prior", "zero", "--replace")
+    res = invoke(
+        "fit", "-s", store.path, "-r", "fit", *lin, "--l2", "1", "--prior", "zero", "--replace"
+    )
     assert res.exit_code == 0
     assert (
         json.loads((store.path / "models/linear/model.json").read_text())["config"]["prior"]
@@ -102,7 +133,8 @@ def test_fit_usage_errors(store, tmp_path):
 
 @pytest.fixture
 def fitted(store):
-    assert invoke("fit", "-s", store.path, "-r", "fit", "--l2", "0.1").exit_code == 0
+    lin = ("--method", "linear")
+    assert invoke("fit", "-s", store.path, "-r", "fit", *lin, "--l2", "0.1").exit_code == 0
     return store
 
 
@@ -237,7 +269,7 @@ def test_simulate_batch_size_warning_and_default_model(store, tmp_path):
     cur.write_text("e0 e1 e2\n")
     res = invoke("simulate", cur, "-s", store.path)
     assert res.exit_code == 2 and "no models" in res.stderr
-    invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1")
+    invoke("fit", "-s", store.path, "-r", "fit", "--method", "linear", "--l2", "1")
     res = invoke("simulate", cur, "-s", store.path, "-f", "csv")  # the only model is the default
     assert res.exit_code == 0 and "batch sizes [3]" in res.stderr
     invoke("fit", "-s", store.path, "-r", "fit", "--l2", "1", "--method", "additive")

@@ -19,6 +19,7 @@ from simfluence_cli.errors import (
     UsageError,
 )
 from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.config import FIT_METHODS
 from simfluence_cli.model.simulator import (
     DEFAULT_L2_GRID,
     ExecutionOptions,
@@ -138,7 +139,8 @@ def test_config_dataclass_round_trip():
 def test_cli_choices_come_from_the_config():
     from simfluence_cli.cli import fit_cmd
 
-    assert tuple(m.value for m in fit_cmd.Method) == SimulatorConfig.CHOICES["method"]
+    methods = tuple(m.value for m in fit_cmd.Method)
+    assert methods == ("auto", *SimulatorConfig.CHOICES["method"]) == FIT_METHODS
     assert tuple(p.value for p in fit_cmd.Prior) == SimulatorConfig.CHOICES["prior"]
     assert tuple(c.value for c in fit_cmd.Clip) == SimulatorConfig.CHOICES["clip"]
 

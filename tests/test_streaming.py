@@ -108,7 +108,9 @@ def test_cli_fit_streams_and_equals_python_fit(tmp_path, runs):
     st = RunStore(tmp_path / "s", create=True)
     st.add_runset(runs, tags=["fit"])
     r = CliRunner().invoke(
-        app, ["fit", "--store", str(st.path), "--l2", "0.5", "--name", "m", "--workers", "2"]
+        app,
+        ["fit", "--store", str(st.path), "--method", "linear", "--l2", "0.5", "--name", "m"]
+        + ["--workers", "2"],
     )
     assert r.exit_code == 0, r.stderr
     ref = Simulator(l2=0.5).fit(st.load("all"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+from dataclasses import replace as replace_field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -41,7 +42,7 @@ from simfluence_cli.cli._output import (
     resolve_format,
 )
 from simfluence_cli.errors import InputError, ModelError, SelectionError, UsageError
-from simfluence_cli.model.config import SOLVERS, SimulatorConfig
+from simfluence_cli.model.config import FIT_METHODS, SOLVERS, SimulatorConfig, resolve_method
 
 # The library (numpy, scipy, pyarrow) is imported inside the commands, so that
 # `simfluence --help` and option errors stay fast (see docs/speed.md).
@@ -54,7 +55,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-Method = _choices("Method", SimulatorConfig.CHOICES["method"])
+Method = _choices("Method", FIT_METHODS)
 Prior = _choices("Prior", SimulatorConfig.CHOICES["prior"])
 Clip = _choices("Clip", SimulatorConfig.CHOICES["clip"])
 Solver = _choices("Solver", SOLVERS)
@@ -119,14 +120,16 @@ def fit(
         Method,
         typer.Option(
             "--method",
-            help="linear: L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, beta = sum of "
+            help="auto (default): optimizer-aware (the model records it by that name); "
+            "linear: the paper's L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, "
+            "beta = sum of "
             "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
             "fixed at 0 (fits A); optimizer-aware: dL_t = w_t * sum_i (a_i L_{t-1} + B_i) + "
             "rho dL_{t-1} + drift(t) on a transformed loss, w_t = lr_t/lr_ref * b_ref/|c_t| "
             "(logged lr; batch mean), rho = optimizer memory, drift = per-test time basis; "
             "choices by CV (see --transform, --ar, --time-basis; docs/optimizer-aware.md).",
         ),
-    ] = Method.linear,
+    ] = Method.auto,
     transform: Annotated[
         str,
         typer.Option(
@@ -181,7 +184,9 @@ def fit(
     ] = Clip.observed,
     name: Annotated[
         str | None,
-        typer.Option("--name", "-n", help="Model name in the store (default: the method)."),
+        typer.Option(
+            "--name", "-n", help="Model name in the store (default: the method, auto resolved)."
+        ),
     ] = None,
     replace: Annotated[
         bool,
@@ -241,25 +246,31 @@ def fit(
     import numpy as np
 
     from simfluence_cli.model.simulator import ExecutionOptions, Simulator
-    from simfluence_cli.store.saved_models import check_name, fit_model
+    from simfluence_cli.store.saved_models import check_name, fit_model, resolve_fit_method
 
-    name = check_name(name or method.value)
+    if name is not None:
+        check_name(name)
+    requested = method.value
+    if requested == "auto" and any(v != "auto" for v in (transform, ar, time_basis)):
+        requested = "optimizer-aware"  # an optimizer-aware option given: that method
     sim = Simulator(
-        method=method.value,
+        method=requested,
         l2=_parse_l2(l2),
         prior=prior.value,
         clip=clip.value,
-        **_oa_options(method.value, transform, ar, time_basis),
+        **_oa_options(requested, transform, ar, time_basis),
     )
     execution = ExecutionOptions(solver=solver.value, workers=workers, dask=dask)
-    sim.config.validate()  # a malformed option is a usage error (exit 2) before the store
+    replace_field(sim.config, method=resolve_method(requested)).validate()  # usage: exit 2
     execution.validate()
     st = open_store(store)
+    chosen = resolve_fit_method(st, requested, st.select(runs))
+    name = check_name(name or chosen)
     with _Progress(None, "fitting") as bar:
 
         def start(rs):
             info(
-                f"fitting {method.value} on {len(rs)} run(s): {rs.n_examples} training x "
+                f"fitting {chosen} on {len(rs)} run(s): {rs.n_examples} training x "
                 f"{rs.n_tests} test examples"
                 + (" (l2 by cross-validation)" if sim.l2 == "auto" else "")
             )
@@ -280,13 +291,13 @@ def fit(
     man, ids = res.manifest, res.run_ids
     how = (
         "chosen by CV"
-        if sim.cv_curve_
+        if sim.cv_curve_ and sim.l2 == "auto"
         else "fallback: --l2 auto could not cross-validate with 1 run"
         if sim.l2 == "auto"
         else "given"
     )
     info(
-        f"saved model {name!r}: {method.value}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
+        f"saved model {name!r}: {chosen}{' (method auto)' if requested == 'auto' else ''}, l2={sim.l2_:g} ({how}), prior {prior.value}, "
         f"clip {clip.value}; {len(ids)} run(s), {res.n_examples} examples x {res.n_tests} tests, "
         f"{sim.fit_seconds_:.2f} s -> {Path(st.path) / 'models' / name}"
     )
@@ -321,7 +332,7 @@ def fit(
 
 def _oa_options(method: str, transform: str, ar: str, time_basis: str) -> dict:
     given = {"--transform": transform, "--ar": ar, "--time-basis": time_basis}
-    if method != "optimizer-aware":
+    if method not in ("optimizer-aware", "auto"):
         bad = [k for k, v in given.items() if v != "auto"]
         if bad:
             raise UsageError(f"{', '.join(bad)} only apply to --method optimizer-aware")

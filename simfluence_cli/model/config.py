@@ -18,12 +18,28 @@ LINEAR_METHODS = ("linear", "additive", "multiplicative")  # the paper's form an
 #: per-test time basis, loss transform; its choices by CV grouped by run
 OPTIMIZER_AWARE = "optimizer-aware"
 METHODS = (*LINEAR_METHODS, OPTIMIZER_AWARE)
+#: what ``simfluence fit --method`` takes: a method, or "auto" (the default), resolved by
+#: :func:`resolve_method` before the fit (a fitted model records the resolved method)
+AUTO_METHOD = "auto"
+FIT_METHODS = (AUTO_METHOD, *METHODS)
 TRANSFORMS = ("identity", "log", "logodds")  # optimizer-aware loss transforms
 DEFAULT_L2_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # 10^-3 .. 10^3
 PRIORS = ("no-change", "zero")  # what the penalty shrinks toward
 CLIPS = ("observed", "none")  # rollout safeguard
 SOLVERS = ("auto", "direct", "cg")  # execution only: every solver gives the same parameters
 UNSEEN_POLICIES = ("error", "prior", "skip")
+
+
+def resolve_method(method: str, every_step_logged: bool = True) -> str:
+    """The method ``auto`` stands for, given whether every fitting run logs its test losses
+    after every step: optimizer-aware if so (it nests the paper's Linear, reducing to its form
+    where the logs show no lr schedule and CV finds no memory, and is the more accurate on
+    held-out runs of every optimizer family measured, bench/RESULTS-accuracy.md); else the
+    paper's linear (optimizer-aware fits increments between consecutive logged steps; Linear
+    also fits losses logged every k steps). Any other name is returned as is."""
+    if method != AUTO_METHOD:
+        return method
+    return OPTIMIZER_AWARE if every_step_logged else "linear"
 
 
 @dataclass(frozen=True)

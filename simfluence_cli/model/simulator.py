@@ -40,6 +40,7 @@ from simfluence_cli.errors import (
     UsageError,
 )
 from simfluence_cli.model.config import (
+    AUTO_METHOD,
     CLIPS,
     DEFAULT_L2_GRID,
     METHODS,
@@ -48,6 +49,7 @@ from simfluence_cli.model.config import (
     SOLVERS,
     UNSEEN_POLICIES,
     SimulatorConfig,
+    resolve_method,
 )
 from simfluence_cli.model.rollout import rollout
 from simfluence_cli.model.solvers import (
@@ -103,6 +105,9 @@ class Simulator:
     The constructor only stores its arguments (the :class:`SimulatorConfig` fields); they are
     validated by :meth:`fit`. ``get_params``/``set_params``/``sklearn.base.clone`` work as
     for a scikit-learn estimator. Execution options are arguments of :meth:`fit`.
+    ``method="auto"`` (the CLI's default) is set by :meth:`fit` to the method it stands for
+    on the fitting runs (``config.resolve_method``: optimizer-aware when every run logs every
+    step, else linear); the library's default stays ``"linear"``.
 
     Learned state (after ``fit``): ``A_``, ``B_`` (n_examples, n_tests) parameters;
     ``example_ids_``, ``test_ids_``; ``l2_`` (penalty used) and ``cv_curve_`` (for ``l2="auto"``);
@@ -264,6 +269,9 @@ class Simulator:
         ``keep_params=False`` (with a sink) does not keep ``A_``/``B_`` (set to None), so the
         whole n_examples x n_tests matrix is never in memory.
         """
+        if self.method == AUTO_METHOD:  # resolved here, recorded as the method it stands for
+            every = all(len(r.loss_steps) == r.n_steps + 1 for r in runs.runs)
+            self.method = resolve_method(AUTO_METHOD, every)
         self._check_params()
         self._exec = (
             execution

@@ -39,6 +39,7 @@ from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import ConflictError, ModelError, UsageError
 from simfluence_cli.io._arrow import arrow_numbers, arrow_strings, np_view, read_parquet
+from simfluence_cli.model.config import AUTO_METHOD, OPTIMIZER_AWARE, resolve_method
 from simfluence_cli.model.simulator import (
     ExecutionOptions,
     Simulator,
@@ -820,6 +821,17 @@ class FitResult:
     n_tests: int = 0
 
 
+def resolve_fit_method(store, method: str, run_ids: Sequence[str]) -> str:
+    """The method ``method`` stands for when fitted on the store's ``run_ids``
+    (``config.resolve_method``: "auto" depends on whether every run logs every step, read from
+    the store's run table without loading the runs); any other method is returned as is."""
+    if method != AUTO_METHOD:
+        return method
+    ids = set(run_ids)
+    every = all(e["loss_steps"] == e["steps"] + 1 for e in store.runs() if e["run"] in ids)
+    return resolve_method(method, every)
+
+
 def fit_model(
     store,
     name: str,
@@ -840,12 +852,18 @@ def fit_model(
     the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
     before fitting and may return a ``progress(k)`` callback (k = tests solved; twice the
     tests with ``l2='auto'``). ``execution``: solver, workers, dask (the progress callback
-    from ``on_start`` takes precedence over ``execution.progress``).
+    from ``on_start`` takes precedence over ``execution.progress``). A simulator with method
+    "auto" is set to the method it stands for on these runs (:func:`resolve_fit_method`)
+    before anything else: the model records the resolved method.
     """
     check_name(name)
-    simulator.config.validate()  # a malformed option fails before the store is touched
+    auto = simulator.method == AUTO_METHOD
+    # a malformed option fails before the store is touched
+    replace_field(simulator.config, method=OPTIMIZER_AWARE if auto else simulator.method).validate()
     execution = (execution or ExecutionOptions()).validate()
     ids = store.select(runs)
+    if auto:
+        simulator.set_params(method=resolve_fit_method(store, AUTO_METHOD, ids))
     selector = runs if isinstance(runs, str) else None
     with store.write_lock():
         data_hash = store.data_hash(ids)
