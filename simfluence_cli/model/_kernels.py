@@ -12,47 +12,98 @@ import threading
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-BLOCK_COLS = 32  # test columns per block: the block's [A | B] table (n x 64 doubles) stays in L3
+BLOCK_COLS = 16  # test columns per task: its [A | B] table (n x 32 doubles) stays in L2/L3
+PF = 4  # prefetch the rows of the step this many steps ahead
 _FMAX = float(np.finfo(np.float64).max)
+TASKS_PER_THREAD = 4  # at least this many (block x curriculum group) tasks per thread
 _lock = threading.Lock()  # one parallel kernel at a time (numba's workqueue layer needs it)
 
 
-def _kernel(A, B, idx, L0, lo, hi, additive, final, width, out):
-    """Per block of ``width`` test columns: copy the block's [A | B] rows into one table, then
-    per curriculum (parallel) and step sum the batch's rows and update the losses in place."""
+@intrinsic
+def _prefetch(typingctx, arr, i, j):
+    """Hint the CPU to bring the cache line of ``arr[i, j]`` (2-D) in: llvm.prefetch."""
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ix = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, ix, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _kernel(A, B, idx, L0, lo, hi, additive, final, width, groups, out):
+    """Tasks (parallel, one thread each): a block of ``width`` test columns x a group of
+    curricula. A task copies its block's [A | B] rows into one table (plus a zero row for
+    padding, as the numpy path), then per curriculum and step sums the batch's rows in slot
+    order, four rows per pass, and updates the losses in place."""
     C, T, nb = idx.shape
     n, m = A.shape
-    for s in range(0, m, width):
+    per = (C + groups - 1) // groups
+    for task in prange(((m + width - 1) // width) * groups):
+        s = (task // groups) * width
         k = min(width, m - s)
         w = k if additive else 2 * k  # row r of the block's table: [A[r] | B[r]]
-        P = np.empty((n, w))
-        for r in prange(n):
+        P = np.zeros((n + 1, w))  # row n: padding
+        for r in range(n):
             if not additive:
                 for j in range(k):
                     P[r, j] = A[r, s + j]
             for j in range(k):
                 P[r, w - k + j] = B[r, s + j]
-        for c in prange(C):
-            L = np.empty(k)
-            acc = np.empty(w)
+        L = np.empty(k)
+        acc = np.empty(w)
+        rows = np.full(nb + 3, n)  # past nb: the zero row (read when nb < 4, never added)
+        for c in range((task % groups) * per, min(C, (task % groups + 1) * per)):
             for j in range(k):
                 L[j] = L0[c, s + j]
             for t in range(T):
-                seen = False
+                if t + PF < T:  # the rows of a later step: their cache lines load meanwhile
+                    for q in range(nb):
+                        r = idx[c, t + PF, q]
+                        if r >= 0:
+                            for j in range(0, w, 8):
+                                _prefetch(P, r, j)
+                active = False
                 for q in range(nb):
                     r = idx[c, t, q]
-                    if r < 0:  # padding: contributes nothing
-                        continue
-                    if seen:
+                    if r < 0:
+                        r = n
+                    else:
+                        active = True
+                    rows[q] = r
+                if active:  # an all-padding step leaves the loss unchanged
+                    # acc = P[rows[0]] + P[rows[1]] + ..., added left to right as numpy does
+                    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+                    if nb >= 4:
                         for j in range(w):
-                            acc[j] += P[r, j]
+                            acc[j] = P[r0, j] + P[r1, j] + P[r2, j] + P[r3, j]
+                        q = 4
                     else:
                         for j in range(w):
-                            acc[j] = P[r, j]
-                        seen = True
-                if seen:  # an all-padding step leaves the loss unchanged
+                            acc[j] = P[r0, j]
+                        q = 1
+                    while q + 4 <= nb:
+                        r0, r1, r2, r3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
+                        for j in range(w):
+                            acc[j] = acc[j] + P[r0, j] + P[r1, j] + P[r2, j] + P[r3, j]
+                        q += 4
+                    while q < nb:
+                        r0 = rows[q]
+                        for j in range(w):
+                            acc[j] += P[r0, j]
+                        q += 1
                     for j in range(k):
                         if additive:
                             x = L[j] + acc[j]
@@ -103,11 +154,16 @@ def rollout_numba(A, B, idx, L0, method, lo, hi, *, final, threads) -> np.ndarra
     if not final:
         out[:, 0] = L0
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    blocks = -(-m // BLOCK_COLS)
+    groups = max(1, min(C, -(-TASKS_PER_THREAD * threads // blocks)))
     with _lock:
         before = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            _compiled(A, B, idx, L0, lo, hi, method == "additive", final, BLOCK_COLS, out)
+            with numba.parallel_chunksize(1):  # tasks handed out one at a time
+                _compiled(
+                    A, B, idx, L0, lo, hi, method == "additive", final, BLOCK_COLS, groups, out
+                )
         finally:
             numba.set_num_threads(before)
     return out[:, 0] if final else out
