@@ -133,6 +133,27 @@ def test_kernel_choice_from_env_and_threshold(monkeypatch):
         ro.use_numba(1)
 
 
+@needs_numba
+def test_uncached_kernel_only_for_very_large_problems(monkeypatch):
+    """Without a writable cache every process compiles (~8 s): auto then keeps numpy below
+    NUMBA_MIN_WORK_UNCACHED; SIMFLUENCE_KERNELS=numba still forces the kernel."""
+    from simfluence_cli.model import _kernels
+
+    monkeypatch.setattr(_kernels, "CACHED", False)
+    monkeypatch.delenv(ro.KERNELS_ENV, raising=False)
+    A = np.ones((4, 100))
+    idx = np.zeros((ro.NUMBA_MIN_WORK // 100, 1, 1), np.int32)
+    assert not ro._kernel_applies(A, idx)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK_UNCACHED", ro.NUMBA_MIN_WORK)
+    assert ro._kernel_applies(A, idx)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK_UNCACHED", 10**12)
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    assert ro._kernel_applies(A, idx[:1])
+    monkeypatch.setattr(_kernels, "CACHED", True)
+    monkeypatch.delenv(ro.KERNELS_ENV)
+    assert ro._kernel_applies(A, idx) and not ro._kernel_applies(A, idx[:-1])
+
+
 def test_numpy_path_when_numba_forced_but_indices_out_of_its_range(monkeypatch):
     """Indices the kernel does not take (row n = the numpy path's zero row) go to numpy."""
     monkeypatch.setattr(ro, "numba_available", lambda: True)

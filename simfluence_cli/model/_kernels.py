@@ -126,16 +126,24 @@ def _kernel(A, B, idx, L0, lo, hi, additive, final, width, groups, out):
 
 
 def _jit(fn):
-    """numba.njit(parallel) cached on disk when numba finds a writable cache directory (the
-    package's __pycache__, else $NUMBA_CACHE_DIR or the user's cache dir), else compiled in
-    memory for each process."""
+    """(numba.njit(parallel) of fn, cached): cached on disk when numba finds a writable cache
+    directory (the package's __pycache__, else $NUMBA_CACHE_DIR or the user's cache dir),
+    else compiled in memory in each process (~8 s CPU per process instead of once)."""
     try:
-        return numba.njit(parallel=True, cache=True, nogil=True)(fn)
+        return numba.njit(parallel=True, cache=True, nogil=True)(fn), True
     except RuntimeError:  # no writable cache location: compile for this process only
-        return numba.njit(parallel=True, nogil=True)(fn)
+        return numba.njit(parallel=True, nogil=True)(fn), False
 
 
-_compiled = _jit(_kernel)
+_compiled, CACHED = _jit(_kernel)
+
+
+def _readonly(a, dtype=np.float64) -> np.ndarray:
+    """A C-contiguous, read-only view (a copy only when the dtype or layout differs): every
+    call then has the one signature the on-disk cache holds, whoever owns the arrays."""
+    a = np.ascontiguousarray(a, dtype=dtype).view()
+    a.flags.writeable = False
+    return a
 
 
 def rollout_numba(A, B, idx, L0, method, lo, hi, *, final, threads) -> np.ndarray:
@@ -143,13 +151,12 @@ def rollout_numba(A, B, idx, L0, method, lo, hi, *, final, threads) -> np.ndarra
     arguments (idx entries in [-1, A.shape[0]), -1 = padding), same result."""
     C, T, _ = idx.shape
     m = A.shape[1]
-    A = np.ascontiguousarray(A, dtype=np.float64)
-    B = np.ascontiguousarray(B, dtype=np.float64)
     itype = np.int32 if A.shape[0] < 2**31 else np.int64
-    idx = np.ascontiguousarray(idx, dtype=itype)
-    L0 = np.ascontiguousarray(np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m)))
-    lo = np.full(m, -_FMAX) if lo is None else np.ascontiguousarray(lo, dtype=np.float64)
-    hi = np.full(m, _FMAX) if hi is None else np.ascontiguousarray(hi, dtype=np.float64)
+    idx = _readonly(idx, itype)
+    L0 = _readonly(np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m)))
+    lo = np.full(m, -_FMAX) if lo is None else lo
+    hi = np.full(m, _FMAX) if hi is None else hi
+    A, B, lo, hi = (_readonly(v) for v in (A, B, lo, hi))
     out = np.empty((C, 1 if final else T + 1, m))
     if not final:
         out[:, 0] = L0

@@ -30,6 +30,8 @@ KERNELS_ENV = "SIMFLUENCE_KERNELS"  # auto (default) | numpy | numba
 # itself: importing numba and loading the cached kernel cost ~0.5-1 s CPU once per process,
 # the numpy path ~4e-9 s CPU per gather-add (bench/RESULTS-rollout.md, section 3)
 NUMBA_MIN_WORK = 3 * 10**8
+# without a writable numba cache directory every process compiles the kernel (~8 s CPU)
+NUMBA_MIN_WORK_UNCACHED = 5 * 10**9
 
 
 def kernels_choice() -> str:
@@ -69,6 +71,18 @@ def use_numba(work: int) -> bool:
     return work >= NUMBA_MIN_WORK and numba_available()
 
 
+def _kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
+    """use_numba, and indices the kernel takes (the numpy path alone reads row n as padding
+    and raises its IndexError beyond), and, when numba cannot cache the compiled kernel, a
+    problem that repays compiling it in this process."""
+    work = idx.size * A.shape[1]
+    if not (idx.size and use_numba(work)) or idx.min() < -1 or idx.max() >= A.shape[0]:
+        return False
+    from simfluence_cli.model import _kernels
+
+    return _kernels.CACHED or work >= NUMBA_MIN_WORK_UNCACHED or kernels_choice() == "numba"
+
+
 def rollout(
     A: np.ndarray,
     B: np.ndarray,
@@ -103,14 +117,12 @@ def rollout(
         from simfluence_cli.errors import UsageError
 
         raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
-    if precision == "float64" and idx.size and use_numba(idx.size * A.shape[1]):
-        n = A.shape[0]
-        if idx.min() >= -1 and idx.max() < n:  # else the numpy path (its IndexError, row n)
-            from simfluence_cli.model._kernels import rollout_numba
-            from simfluence_cli.model.solvers import default_threads
+    if precision == "float64" and _kernel_applies(A, idx):
+        from simfluence_cli.model._kernels import rollout_numba
+        from simfluence_cli.model.solvers import default_threads
 
-            threads = default_threads() if threads is None else max(1, int(threads))
-            return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=threads)
+        threads = default_threads() if threads is None else max(1, int(threads))
+        return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=threads)
     pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor
 
