@@ -224,3 +224,25 @@ def test_read_only_package_dir_and_no_cache_dir_does_not_crash(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "NullCache"  # compiled in memory, not cached
     assert not list(pkg.rglob("*.nbi"))  # nothing cached in the read-only tree
+
+
+@needs_numba
+def test_kernel_runs_in_a_forked_child_after_the_parent_ran_it():
+    """The threading layer is fork-safe (GNU OpenMP would abort the child)."""
+    code = (
+        "import os, numpy as np\n"
+        "from simfluence_cli.model import _kernels as K\n"
+        "args = (np.ones((5, 40)), np.ones((5, 40)), np.zeros((2, 3, 2), np.int64), np.ones(40))\n"
+        "K.rollout_numba(*args, 'linear', None, None, final=True, threads=2)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    out = K.rollout_numba(*args, 'linear', None, None, final=True, threads=2)\n"
+        "    os._exit(0 if out[0, 0] == 22.0 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"
