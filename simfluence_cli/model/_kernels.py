@@ -48,11 +48,12 @@ def _prefetch(typingctx, arr, i, j):
     return sig, codegen
 
 
-def _kernel(A, B, idx, L0, lo, hi, additive, final, width, groups, out):
+def _kernel(A, B, idx, L0, lo, hi, additive, final, width, groups, out, tables):
     """Tasks (parallel, one thread each): a block of ``width`` test columns x a group of
     curricula. A task copies its block's [A | B] rows into one table (plus a zero row for
     padding, as the numpy path), then per curriculum and step sums the batch's rows in slot
-    order, four rows per pass, and updates the losses in place."""
+    order, four rows per pass, and updates the losses in place. ``tables``: (threads, n + 1,
+    >= 2 width) scratch, one table per thread."""
     C, T, nb = idx.shape
     n, m = A.shape
     per = (C + groups - 1) // groups
@@ -60,7 +61,10 @@ def _kernel(A, B, idx, L0, lo, hi, additive, final, width, groups, out):
         s = (task // groups) * width
         k = min(width, m - s)
         w = k if additive else 2 * k  # row r of the block's table: [A[r] | B[r]]
-        P = np.zeros((n + 1, w))  # row n: padding
+        tid = numba.get_thread_id()
+        P = tables[tid] if tid < tables.shape[0] else np.empty((n + 1, 2 * width))
+        for j in range(w):
+            P[n, j] = 0.0  # row n: padding
         for r in range(n):
             if not additive:
                 for j in range(k):
@@ -143,6 +147,22 @@ def _jit(fn):
 _compiled, CACHED = _jit(_kernel)
 
 
+def _tables(threads: int, rows: int, cols: int) -> np.ndarray:
+    """(threads, rows, cols) float64 scratch, on transparent huge pages where the OS offers
+    them (madvise): fewer TLB misses on the random row reads (1.85-1.92 vs 2.10-2.75 s CPU
+    at a tenth of the 1,000 x 1,000 x 2,000 target)."""
+    size = threads * rows * cols * 8
+    try:
+        import mmap
+
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf.madvise(mmap.MADV_HUGEPAGE)
+        a = np.frombuffer(buf, dtype=np.float64)
+    except (AttributeError, OSError, ValueError):  # no mmap flags / madvise on this platform
+        a = np.empty(size // 8)
+    return a.reshape(threads, rows, cols)
+
+
 def _readonly(a, dtype=np.float64) -> np.ndarray:
     """A C-contiguous, read-only view (a copy only when the dtype or layout differs): every
     call then has the one signature the on-disk cache holds, whoever owns the arrays."""
@@ -174,8 +194,9 @@ def rollout_numba(A, B, idx, L0, method, lo, hi, *, final, threads) -> np.ndarra
         try:
             with numba.parallel_chunksize(1):  # tasks handed out one at a time
                 _compiled(
-                    A, B, idx, L0, lo, hi, method == "additive", final, BLOCK_COLS, groups, out
-                )
+                    A, B, idx, L0, lo, hi, method == "additive", final, BLOCK_COLS, groups, out,
+                    _tables(threads, A.shape[0] + 1, 2 * BLOCK_COLS),
+                )  # fmt: skip
         finally:
             numba.set_num_threads(before)
     return out[:, 0] if final else out
