@@ -154,6 +154,34 @@ def test_uncached_kernel_only_for_very_large_problems(monkeypatch):
     assert ro._kernel_applies(A, idx) and not ro._kernel_applies(A, idx[:-1])
 
 
+@needs_numba
+def test_kernel_that_fails_to_compile_falls_back_to_numpy_with_a_warning(monkeypatch):
+    import numba
+
+    from simfluence_cli.model import _kernels
+
+    def broken(*args):
+        raise numba.core.errors.TypingError("no such intrinsic")
+
+    monkeypatch.setattr(_kernels, "_compiled", broken)
+    monkeypatch.setattr(_kernels, "BROKEN", False)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK", 1)
+    monkeypatch.setattr(_kernels, "CACHED", True)
+    rng = np.random.default_rng(4)
+    A, B = rng.uniform(0.2, 0.3, (6, 20)), rng.normal(0, 0.1, (6, 20))
+    idx = rng.integers(-1, 6, (3, 4, 2))
+    monkeypatch.setenv(ro.KERNELS_ENV, "numpy")
+    ref = ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+    monkeypatch.setenv(ro.KERNELS_ENV, "auto")
+    with pytest.warns(RuntimeWarning, match="failed to compile.*TypingError"):
+        got = ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+    np.testing.assert_array_equal(got, ref)
+    assert _kernels.BROKEN and not ro._kernel_applies(A, idx)  # not tried again
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    with pytest.raises(_kernels.KernelUnavailable):
+        ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+
+
 def test_numpy_path_when_numba_forced_but_indices_out_of_its_range(monkeypatch):
     """Indices the kernel does not take (row n = the numpy path's zero row) go to numpy."""
     monkeypatch.setattr(ro, "numba_available", lambda: True)

@@ -13,7 +13,7 @@ import threading
 
 import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -27,6 +27,15 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     # parallel kernel; 'forksafe' takes TBB, else workqueue (as fast here: 2.07 vs 2.11 s CPU)
     numba.config.THREADING_LAYER = "forksafe"
 _lock = threading.Lock()  # one parallel kernel at a time (numba's workqueue layer needs it)
+BROKEN = False  # set when the kernel failed to compile: the numpy path from then on
+
+
+class KernelUnavailable(RuntimeError):
+    """numba could not compile the kernel (e.g. an llvmlite it was not tested with)."""
+
+
+# the intrinsic's name mangles its pointer type: opaque pointers from LLVM 15 (llvmlite 0.44)
+_PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
 
 
 @intrinsic
@@ -41,7 +50,7 @@ def _prefetch(typingctx, arr, i, j):
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, ix, wraparound=False)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH)
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep
         return context.get_dummy_value()
 
@@ -147,6 +156,15 @@ def _jit(fn):
 _compiled, CACHED = _jit(_kernel)
 
 
+def _call(*args) -> None:
+    global BROKEN
+    try:
+        _compiled(*args)
+    except numba.core.errors.NumbaError as e:  # typing / lowering: nothing was computed
+        BROKEN = True
+        raise KernelUnavailable(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+
+
 def _tables(threads: int, rows: int, cols: int) -> np.ndarray:
     """(threads, rows, cols) float64 scratch, on transparent huge pages where the OS offers
     them (madvise): fewer TLB misses on the random row reads (1.85-1.92 vs 2.10-2.75 s CPU
@@ -193,7 +211,7 @@ def rollout_numba(A, B, idx, L0, method, lo, hi, *, final, threads) -> np.ndarra
         numba.set_num_threads(threads)
         try:
             with numba.parallel_chunksize(1):  # tasks handed out one at a time
-                _compiled(
+                _call(
                     A, B, idx, L0, lo, hi, method == "additive", final, BLOCK_COLS, groups, out,
                     _tables(threads, A.shape[0] + 1, 2 * BLOCK_COLS),
                 )  # fmt: skip

@@ -80,7 +80,9 @@ def _kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
         return False
     from simfluence_cli.model import _kernels
 
-    return _kernels.CACHED or work >= NUMBA_MIN_WORK_UNCACHED or kernels_choice() == "numba"
+    if kernels_choice() == "numba":
+        return True
+    return not _kernels.BROKEN and (_kernels.CACHED or work >= NUMBA_MIN_WORK_UNCACHED)
 
 
 def rollout(
@@ -118,11 +120,22 @@ def rollout(
 
         raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
     if precision == "float64" and _kernel_applies(A, idx):
-        from simfluence_cli.model._kernels import rollout_numba
+        from simfluence_cli.model._kernels import KernelUnavailable, rollout_numba
         from simfluence_cli.model.solvers import default_threads
 
-        threads = default_threads() if threads is None else max(1, int(threads))
-        return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=threads)
+        nthreads = default_threads() if threads is None else max(1, int(threads))
+        try:
+            return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=nthreads)
+        except KernelUnavailable as e:
+            if kernels_choice() == "numba":
+                raise
+            import warnings
+
+            warnings.warn(
+                f"the compiled rollout kernel failed to compile ({e}); using numpy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor
 
