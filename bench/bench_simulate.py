@@ -2,15 +2,21 @@
 
     .venv/bin/python bench/bench_simulate.py                   # the target size
     .venv/bin/python bench/bench_simulate.py --steps 200       # a tenth of the work
+    .venv/bin/python bench/bench_simulate.py --skip-previous --numba-threads 2,1
+
 
 ``Simulator.simulate(..., return_="final")`` on bench_scale.py's problem (N = 20,000 train
 examples, batch 8, Linear parameters, losses clamped to [0, 10]), default threads. Timed in the
 same run: the previous kernel (every rollout chunk 128 test columns wide: this module sets
 ``model.rollout.BLOCK_COLS = ROLLOUT_COLS``, which is exactly the code before cache blocking)
 and the cache-blocked kernel, each in float64 and float32. Reported: wall and CPU seconds
-(this process, all threads), ratios to the previous float64, whether blocked and unblocked
-results are bit-identical, and float32's largest deviation from float64 (max |diff| / max
-|float64|, and the largest elementwise relative deviation where |float64| > 1e-3).
+(this process, all threads), ratios to the first row's CPU seconds, whether blocked and
+unblocked results are bit-identical, and float32's largest deviation from float64 (max |diff| /
+max |float64|, and the largest elementwise relative deviation where |float64| > 1e-3).
+The numpy rows run with SIMFLUENCE_KERNELS=numpy. When numba is installed (the ``fast`` extra)
+the compiled float64 kernel (model/_kernels.py) is timed too, at each ``--numba-threads``, after
+one small untimed call that loads (or first compiles) it; its deviation from the numpy float64
+result is reported.
 """
 
 from __future__ import annotations
@@ -43,11 +49,21 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--skip-previous", action="store_true", help="time the blocked kernel only")
+    ap.add_argument(
+        "--numba-threads", default="", help="comma-separated thread counts for numba (default: all)"
+    )
     a = ap.parse_args()
     C, M, T, N, b = a.curricula, a.tests, a.steps, a.examples, a.batch
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()},")
     print(f"  numpy {np.__version__}; load average {os.getloadavg()}")
+    from simfluence_cli.model.solvers import default_threads
+
+    has_numba = ro.numba_available()
+    if has_numba:
+        import numba
+
+        print(f"  numba {numba.__version__}; default threads {default_threads()}")
     print(f"problem: {C} curricula x {M} tests x {T} steps, N = {N}, batch {b}")
     A, B = make_params(N, M, b, seed=0)
     sim = Simulator.from_params(
@@ -66,6 +82,7 @@ def main() -> None:
     kernels = [("blocked", blocked_cols)]
     if not a.skip_previous:
         kernels.insert(0, ("previous", ro.ROLLOUT_COLS))
+    os.environ[ro.KERNELS_ENV] = "numpy"
     for label, cols in kernels:
         ro.BLOCK_COLS = cols
         for prec in ("float64", "float32"):
@@ -78,6 +95,26 @@ def main() -> None:
             rows.append((label, prec, width, wall, cpu, load))
             print(f"  {label} {prec}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     ro.BLOCK_COLS = blocked_cols
+    if has_numba:
+        os.environ[ro.KERNELS_ENV] = "numba"
+        c0 = time.process_time()
+        sim.simulate(idx[:2, :3], L0, return_="final")  # loads (or compiles) the kernel
+        print(f"  numba kernel load: {time.process_time() - c0:.2f} s CPU", flush=True)
+        counts = [int(x) for x in a.numba_threads.split(",") if x] or [default_threads()]
+        import simfluence_cli.model.solvers as solvers
+        from simfluence_cli.model import _kernels
+
+        for th in counts:
+            solvers.default_threads = lambda th=th: th  # rollout's thread count
+            load = os.getloadavg()[0]
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = sim.simulate(idx, L0, return_="final")
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            outs["numba", th] = out
+            rows.append((f"numba, {th} thread(s)", "float64", _kernels.BLOCK_COLS, wall, cpu, load))
+            print(f"  numba {th} thread(s): {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+        del os.environ[ro.KERNELS_ENV]
+        solvers.default_threads = default_threads
     base = rows[0]
     print("\n| kernel | precision | columns per chunk | wall s | CPU s | CPU ratio | load |")
     print("|---|---|---|---|---|---|---|")
@@ -96,6 +133,12 @@ def main() -> None:
     rel = float(np.max(np.abs(f32 - f64)[big] / np.abs(f64)[big]))
     print(f"float32 vs float64: max |diff| / max |float64| = {dev:.2e}; ", end="")
     print(f"largest relative deviation where |float64| > 1e-3: {rel:.2e}")
+    for key in [k for k in outs if k[0] == "numba"]:
+        got = outs[key]
+        same = np.array_equal(got, f64)
+        dev = float(np.max(np.abs(got - f64) / np.maximum(np.abs(f64), 1e-300)))
+        print(f"numba ({key[1]} thread(s)) vs numpy float64: bit for bit {same}; ", end="")
+        print(f"largest elementwise relative deviation {dev:.1e}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,65 @@ def chunk_cols(n_rows: int, n_curricula: int, itemsize: int = 8) -> int:
 
 _FMAX = float(np.finfo(np.float64).max)
 
+KERNELS_ENV = "SIMFLUENCE_KERNELS"  # auto (default) | numpy | numba
+# gather-adds (curricula x steps x batch slots x tests) from which the compiled kernel pays for
+# itself: importing numba and loading the cached kernel cost ~0.5-1 s CPU once per process,
+# the numpy path ~4e-9 s CPU per gather-add (bench/RESULTS-rollout.md, section 3)
+NUMBA_MIN_WORK = 3 * 10**8
+# without a writable numba cache directory every process compiles the kernel (~8 s CPU)
+NUMBA_MIN_WORK_UNCACHED = 5 * 10**9
+
+
+def kernels_choice() -> str:
+    """$SIMFLUENCE_KERNELS: 'auto' (default: numba for large float64 rollouts when it is
+    installed), 'numpy' (never numba) or 'numba' (always, for float64; error if missing)."""
+    import os
+
+    from simfluence_cli.errors import UsageError
+
+    v = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+    if v not in ("auto", "numpy", "numba"):
+        raise UsageError(f"{KERNELS_ENV} must be 'auto', 'numpy' or 'numba', got {v!r}")
+    return v
+
+
+def numba_available() -> bool:
+    """numba is importable (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+def use_numba(work: int) -> bool:
+    """Whether a float64 rollout of ``work`` gather-adds runs the compiled kernel."""
+    choice = kernels_choice()
+    if choice == "numpy":
+        return False
+    if choice == "numba":
+        if not numba_available():
+            from simfluence_cli.errors import UsageError
+
+            raise UsageError(
+                f"{KERNELS_ENV}=numba but numba is not installed "
+                "(pip install 'simfluence-cli[fast]')"
+            )
+        return True
+    return work >= NUMBA_MIN_WORK and numba_available()
+
+
+def _kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
+    """use_numba, and indices the kernel takes (the numpy path alone reads row n as padding
+    and raises its IndexError beyond), and, when numba cannot cache the compiled kernel, a
+    problem that repays compiling it in this process."""
+    work = idx.size * A.shape[1]
+    if not (idx.size and use_numba(work)) or idx.min() < -1 or idx.max() >= A.shape[0]:
+        return False
+    from simfluence_cli.model import _kernels
+
+    if kernels_choice() == "numba":
+        return True
+    return not _kernels.BROKEN and (_kernels.CACHED or work >= NUMBA_MIN_WORK_UNCACHED)
+
 
 def rollout(
     A: np.ndarray,
@@ -52,11 +111,31 @@ def rollout(
     A - (its mean over examples, per test), so float32 rounds only the small deviations and
     alpha = (examples in the batch) x mean + their float32 sum keeps ~1e-9 relative accuracy
     instead of ~1e-7 per step (bench/RESULTS-rollout.md measures the deviation).
+    float64 rollouts of >= NUMBA_MIN_WORK gather-adds run a compiled kernel (model._kernels)
+    when numba is installed, with the same results; ``$SIMFLUENCE_KERNELS`` (``kernels_choice``)
+    forces either path.
     """
     if precision not in ("float64", "float32"):
         from simfluence_cli.errors import UsageError
 
         raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    if precision == "float64" and _kernel_applies(A, idx):
+        from simfluence_cli.model._kernels import KernelUnavailable, rollout_numba
+        from simfluence_cli.model.solvers import default_threads
+
+        nthreads = default_threads() if threads is None else max(1, int(threads))
+        try:
+            return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=nthreads)
+        except KernelUnavailable as e:
+            if kernels_choice() == "numba":
+                raise
+            import warnings
+
+            warnings.warn(
+                f"the compiled rollout kernel failed to compile ({e}); using numpy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor
 

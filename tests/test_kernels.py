@@ -1,0 +1,276 @@
+"""The compiled rollout kernel (numba, optional) against the numpy path, and the choice between
+them ($SIMFLUENCE_KERNELS, the work threshold). numba tests skip when numba is not installed."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import simfluence_cli.model.rollout as ro
+from simfluence_cli.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_numba = pytest.mark.skipif(not ro.numba_available(), reason="numba not installed")
+FMAX = np.finfo(np.float64).max
+
+
+def _both(monkeypatch, *args, **kw):
+    """rollout(*args, **kw) on the numpy path and on the numba path."""
+    monkeypatch.setenv(ro.KERNELS_ENV, "numpy")
+    ref = ro.rollout(*args, **kw)
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    return ref, ro.rollout(*args, **kw)
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 12))
+    m = draw(st.integers(1, 70))  # > 2 blocks of BLOCK_COLS columns
+    C = draw(st.integers(1, 4))
+    T = draw(st.integers(1, 9))
+    b = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    spread = draw(st.sampled_from([0.05, 1.0, 30.0]))  # 30: negative alphas, divergence
+    A = rng.uniform(0.3 - spread, 0.3 + spread, (n, m))
+    B = rng.normal(0, 0.1 * spread, (n, m))
+    pad = draw(st.sampled_from([0.0, 0.3, 0.9]))
+    idx = np.where(rng.random((C, T, b)) < pad, -1, rng.integers(0, n, (C, T, b)))
+    if draw(st.booleans()):
+        idx[0, T // 2] = -1  # an all-padding step
+    L0 = rng.uniform(-1, 3, m) if draw(st.booleans()) else rng.uniform(-1, 3, (C, m))
+    clip = draw(st.sampled_from(["none", "finite", "open"]))
+    if clip == "none":
+        lo = hi = None
+    else:
+        lo, hi = np.sort(rng.uniform(-2, 4, (2, m)), axis=0)
+        if clip == "open":  # infinite ends, as the CV of --l2 auto passes for unlogged tests
+            hi[::2] = np.inf
+            lo[1::3] = -np.inf
+    method = draw(st.sampled_from(["linear", "additive", "multiplicative"]))
+    if method == "multiplicative":
+        B = np.zeros_like(B)
+    return A, B, idx, L0, method, lo, hi
+
+
+@needs_numba
+@settings(max_examples=60)
+@given(problems(), st.booleans(), st.sampled_from([1, 2]))
+def test_numba_kernel_equals_numpy_path(problem, final, threads):
+    """Same results to 1e-12 for every method, clip, padding pattern, block count, final mode
+    and thread count (in practice bit for bit: no fast-math, the sums in slot order)."""
+    with pytest.MonkeyPatch.context() as mp:
+        ref, got = _both(mp, *problem, final=final, threads=threads)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0, equal_nan=True)
+    # NaN-free and saturated at the largest float when unclipped (never inf)
+    assert np.isfinite(got).all()
+
+
+@needs_numba
+def test_numba_kernel_nan_in_losses_and_bounds_propagates_like_numpy(monkeypatch):
+    rng = np.random.default_rng(3)
+    n, m, C, T, b = 5, 40, 3, 6, 2
+    A, B = rng.uniform(0.2, 0.6, (n, m)), rng.normal(0, 0.1, (n, m))
+    idx = rng.integers(-1, n, (C, T, b))
+    L0 = rng.uniform(1, 2, (C, m))
+    L0[1, 3] = np.nan
+    lo, hi = np.zeros(m), np.full(m, 2.0)
+    lo[5], hi[7] = np.nan, np.nan  # np.maximum / np.minimum return NaN then
+    ref, got = _both(monkeypatch, A, B, idx, L0, "linear", lo, hi)
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(got, ref)  # NaN where the numpy path has NaN
+
+
+@needs_numba
+def test_simulate_with_unseen_prior_row_same_on_both_paths(monkeypatch):
+    """Simulator.simulate (the extra 'prior' row for unseen examples, per-curriculum L0)."""
+    from simfluence_cli.model.simulator import Simulator
+
+    rng = np.random.default_rng(5)
+    n, m = 30, 40
+    sim = Simulator.from_params(
+        rng.uniform(0.2, 0.3, (n, m)),
+        rng.normal(0, 0.05, (n, m)),
+        [f"e{i}" for i in range(n)],
+        [f"t{j}" for j in range(m)],
+        batch_size=4,
+        loss_range=(np.zeros(m), np.full(m, 5.0)),
+    )
+    cur = [[[f"e{(3 * t + j) % n}" for j in range(4)] for t in range(7)], [["e1", "new"]] * 3]
+    L0 = rng.uniform(1, 3, (2, m))
+    monkeypatch.setenv(ro.KERNELS_ENV, "numpy")
+    ref = sim.simulate(cur, L0, unseen="prior")
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    got = sim.simulate(cur, L0, unseen="prior")
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0, equal_nan=True)
+    assert np.isnan(got[1, 4:]).all() and np.isfinite(got[1, :4]).all()  # shorter curriculum
+
+
+def test_kernel_choice_from_env_and_threshold(monkeypatch):
+    monkeypatch.setattr(ro, "numba_available", lambda: True)
+    monkeypatch.delenv(ro.KERNELS_ENV, raising=False)
+    assert not ro.use_numba(ro.NUMBA_MIN_WORK - 1)  # small: numba's import would not pay
+    assert ro.use_numba(ro.NUMBA_MIN_WORK)
+    monkeypatch.setenv(ro.KERNELS_ENV, "numpy")
+    assert not ro.use_numba(10**15)
+    monkeypatch.setenv(ro.KERNELS_ENV, "NUMBA")
+    assert ro.use_numba(1)
+    monkeypatch.setenv(ro.KERNELS_ENV, "fast")
+    with pytest.raises(UsageError, match="SIMFLUENCE_KERNELS"):
+        ro.use_numba(1)
+    monkeypatch.setattr(ro, "numba_available", lambda: False)
+    monkeypatch.setenv(ro.KERNELS_ENV, "auto")
+    assert not ro.use_numba(10**15)  # not installed: numpy, silently
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    with pytest.raises(UsageError, match="not installed"):
+        ro.use_numba(1)
+
+
+@needs_numba
+def test_uncached_kernel_only_for_very_large_problems(monkeypatch):
+    """Without a writable cache every process compiles (~8 s): auto then keeps numpy below
+    NUMBA_MIN_WORK_UNCACHED; SIMFLUENCE_KERNELS=numba still forces the kernel."""
+    from simfluence_cli.model import _kernels
+
+    monkeypatch.setattr(_kernels, "CACHED", False)
+    monkeypatch.delenv(ro.KERNELS_ENV, raising=False)
+    A = np.ones((4, 100))
+    idx = np.zeros((ro.NUMBA_MIN_WORK // 100, 1, 1), np.int32)
+    assert not ro._kernel_applies(A, idx)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK_UNCACHED", ro.NUMBA_MIN_WORK)
+    assert ro._kernel_applies(A, idx)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK_UNCACHED", 10**12)
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    assert ro._kernel_applies(A, idx[:1])
+    monkeypatch.setattr(_kernels, "CACHED", True)
+    monkeypatch.delenv(ro.KERNELS_ENV)
+    assert ro._kernel_applies(A, idx) and not ro._kernel_applies(A, idx[:-1])
+
+
+@needs_numba
+def test_kernel_that_fails_to_compile_falls_back_to_numpy_with_a_warning(monkeypatch):
+    import numba
+
+    from simfluence_cli.model import _kernels
+
+    def broken(*args):
+        raise numba.core.errors.TypingError("no such intrinsic")
+
+    monkeypatch.setattr(_kernels, "_compiled", broken)
+    monkeypatch.setattr(_kernels, "BROKEN", False)
+    monkeypatch.setattr(ro, "NUMBA_MIN_WORK", 1)
+    monkeypatch.setattr(_kernels, "CACHED", True)
+    rng = np.random.default_rng(4)
+    A, B = rng.uniform(0.2, 0.3, (6, 20)), rng.normal(0, 0.1, (6, 20))
+    idx = rng.integers(-1, 6, (3, 4, 2))
+    monkeypatch.setenv(ro.KERNELS_ENV, "numpy")
+    ref = ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+    monkeypatch.setenv(ro.KERNELS_ENV, "auto")
+    with pytest.warns(RuntimeWarning, match="failed to compile.*TypingError"):
+        got = ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+    np.testing.assert_array_equal(got, ref)
+    assert _kernels.BROKEN and not ro._kernel_applies(A, idx)  # not tried again
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    with pytest.raises(_kernels.KernelUnavailable):
+        ro.rollout(A, B, idx, np.ones(20), "linear", None, None)
+
+
+def test_numpy_path_when_numba_forced_but_indices_out_of_its_range(monkeypatch):
+    """Indices the kernel does not take (row n = the numpy path's zero row) go to numpy."""
+    monkeypatch.setattr(ro, "numba_available", lambda: True)
+    monkeypatch.setenv(ro.KERNELS_ENV, "numba")
+    A, B = np.full((2, 3), 0.5), np.ones((2, 3))
+    idx = np.array([[[0, 2]]])  # 2 == n: padding in the numpy path
+    out = ro.rollout(A, B, idx, np.ones(3), "linear", None, None, final=True)
+    np.testing.assert_array_equal(out, [[1.5, 1.5, 1.5]])
+
+
+def test_small_simulate_does_not_import_numba():
+    """Demo-sized problems stay on numpy: numba's import alone costs ~0.3-0.5 s."""
+    code = (
+        "import sys, numpy as np\n"
+        "from simfluence_cli.model.rollout import rollout\n"
+        "rng = np.random.default_rng(0)\n"
+        "A = rng.uniform(0.2, 0.3, (300, 100)); B = rng.normal(0, 0.1, (300, 100))\n"
+        "idx = rng.integers(0, 300, (48, 250, 4))\n"
+        "rollout(A, B, idx, np.ones(100), 'linear', None, None, final=True)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(ro.KERNELS_ENV, None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+@needs_numba
+@pytest.mark.slow
+def test_read_only_package_dir_and_no_cache_dir_does_not_crash(tmp_path):
+    """With the package on a read-only path and no writable cache directory anywhere, the
+    kernel compiles in memory instead of caching (no crash, same results). Read-only for root
+    too: the cache directories numba would create are regular files."""
+    pkg = tmp_path / "ro"
+    shutil.copytree(ROOT / "simfluence_cli", pkg / "simfluence_cli")
+    for d in (pkg / "simfluence_cli").rglob("__pycache__"):
+        shutil.rmtree(d)
+    (pkg / "simfluence_cli" / "model" / "__pycache__").write_text("not a directory")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("not a directory")
+    for p in [*pkg.rglob("*"), pkg, home]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    code = (
+        "import os, numpy as np, simfluence_cli.model.rollout as ro\n"
+        "assert ro.__file__.startswith(os.environ['PYTHONPATH'])\n"
+        "rng = np.random.default_rng(0)\n"
+        "A = rng.uniform(0.2, 0.3, (20, 40)); B = rng.normal(0, 0.1, (20, 40))\n"
+        "idx = rng.integers(-1, 20, (3, 5, 2))\n"
+        "os.environ['SIMFLUENCE_KERNELS'] = 'numpy'\n"
+        "ref = ro.rollout(A, B, idx, np.ones(40), 'linear', None, None)\n"
+        "os.environ['SIMFLUENCE_KERNELS'] = 'numba'\n"
+        "got = ro.rollout(A, B, idx, np.ones(40), 'linear', None, None)\n"
+        "np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)\n"
+        "from simfluence_cli.model import _kernels\n"
+        "print(type(_kernels._compiled._cache).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XDG_", "PYTHON"))}
+    env.update(HOME=str(home), PYTHONPATH=str(pkg), PYTHONDONTWRITEBYTECODE="1")
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=home
+        )
+    finally:
+        for p in [*pkg.rglob("*"), pkg, home]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "NullCache"  # compiled in memory, not cached
+    assert not list(pkg.rglob("*.nbi"))  # nothing cached in the read-only tree
+
+
+@needs_numba
+def test_kernel_runs_in_a_forked_child_after_the_parent_ran_it():
+    """The threading layer is fork-safe (GNU OpenMP would abort the child)."""
+    code = (
+        "import os, numpy as np\n"
+        "from simfluence_cli.model import _kernels as K\n"
+        "args = (np.ones((5, 40)), np.ones((5, 40)), np.zeros((2, 3, 2), np.int64), np.ones(40))\n"
+        "K.rollout_numba(*args, 'linear', None, None, final=True, threads=2)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    out = K.rollout_numba(*args, 'linear', None, None, final=True, threads=2)\n"
+        "    os._exit(0 if out[0, 0] == 22.0 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"
