@@ -314,14 +314,10 @@ def simulator_removal_deltas(sim, A, B, cols, idx, L0, lo, hi, neutral, progress
     """``oa_removal_deltas`` of a fitted optimizer-aware Simulator's test columns ``cols``
     (A, B: its parameters with the neutral row; lr: the fitting runs' schedule by step, as
     ``Simulator.simulate`` with ``lr=None``)."""
-    from simfluence_cli.model.optimizer_aware import curriculum_weights, hat_basis
+    from simfluence_cli.model.optimizer_aware import step_inputs
 
-    sched, cfg = sim.schedule_, sim.config_
-    T = idx.shape[1]
-    w = curriculum_weights(sched, idx)
-    phi = hat_basis(np.arange(1, T + 1), cfg.n_basis, sched.T_ref)
-    basis = np.asarray(sim.basis_)[cols]
-    drift = phi @ basis.T if basis.shape[1] else np.zeros((T, len(cols)))
+    w, drift = step_inputs(sim, cols, idx)
+    cfg = sim.config_
     return oa_removal_deltas(
         A,
         B,
