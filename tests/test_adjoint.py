@@ -115,7 +115,7 @@ def test_oa_adjoint_equals_finite_differences(clip, transform):
     lo = hi = None
     if clip:  # the high starts clip at step 1, some tests reach the floor, others not
         ident = transform == "identity"
-        lo, hi = np.full(M, -0.5 if ident else 0.6), np.full(M, 1.3 if ident else 1.6)
+        lo, hi = np.full(M, -0.5 if ident else 0.6), np.full(M, 1.3 if ident else 1.5)
     traj, (y, _), obj, gA, gB = oa_final_loss_adjoint(
         a, B, rho, drift, w, idx, L0, transform, lo, hi
     )
