@@ -18,10 +18,11 @@ certificate that no step of it changes regime: with e the difference at the entr
 the change of step t's u is (p_t, rho) . (partial product) e, and its slack the unchanged u's
 distance from the nearest bound (0 on a bound); the entry stores q = the largest
 |(p_t, rho) . partial product| / slack_t over its steps (per component of |e|, composable
-like the products) and holds when q0 |e_y| + q1 |e_d| < 1. Where an entry's certificate fails, its two halves are tried, down to single steps,
-which are taken exactly (the clipped step from the changed state): the result is the
-rollout's, rounding aside, and costs single steps only near a bound. A removal whose
-difference is not finite (a diverging unclipped rollout) is rolled again from step 0.
+like the products) and holds when q0 |e_y| + q1 |e_d| < 1. Where an entry's certificate
+fails for a (removal, test) lane, that lane tries entries one level down (one up again after
+a success) and at level 0 takes the step exactly (the clipped step from the changed state):
+the result is the rollout's, rounding aside, and costs single steps only near a bound. A
+removal whose difference is not finite (a diverging unclipped rollout) is rolled again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from simfluence_cli.model.optimizer_aware import _FMAX, forward, inverse, rollou
 from simfluence_cli.model.rollout import REMOVAL_BUDGET
 
 __all__ = ["oa_removal_deltas"]
+
+#: bytes of tables held at once: 4 x the Linear budget (six tables instead of four, and fewer,
+#: larger groups amortise the per-step loop of the unchanged trajectory)
+OA_REMOVAL_BUDGET = 4 * REMOVAL_BUDGET
+_QMAX = 1e300  # q where the slack is 0: any nonzero difference fails, a zero one passes
 
 _TABLES = 6  # M (4 entries), q0, q1
 
@@ -62,7 +68,7 @@ def oa_removal_deltas(
     (m,) loss-space clip or None. Returns (deltas (R, m), final (C, m)). ``stats`` receives
     the number of removals (curriculum x example), of steps taken one by one where a
     certificate failed, and of removals rolled again (non-finite)."""
-    budget = REMOVAL_BUDGET if budget is None else budget
+    budget = OA_REMOVAL_BUDGET if budget is None else budget
     C, T, b = idx.shape
     R, m = a.shape
     L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
@@ -105,8 +111,11 @@ def oa_removal_deltas(
 
 def _certified(q0, q1, ey, ed):
     """No step of a table entry changes regime for the difference (ey, ed): the bound on
-    |change of u| / slack stays below 1 (or there is no difference)."""
-    return (q0 * np.abs(ey) + q1 * np.abs(ed) < 1.0) | ((ey == 0) & (ed == 0))
+    |change of u| / slack stays below 1 (q is capped at _QMAX, so no difference passes)."""
+    b = np.abs(ey)
+    b *= q0
+    b += q1 * np.abs(ed)
+    return b < 1.0
 
 
 def _sums(P, rows):
@@ -160,7 +169,7 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
         gap = np.where(inside, np.minimum(u - ylo, yhi - u), np.maximum(ylo - u, u - yhi))
         for q, v in ((q0, p), (q1, r)):  # |change of u| / slack per unit of |e_y|, |e_d|
             v = np.abs(v)
-            q[0] = np.where(act & (v > 0), v / np.where(gap > 0, gap, 0.0), 0.0)
+            q[0] = np.where(act & (v > 0), np.minimum(v / gap, _QMAX), 0.0)
         for j in range(1, K):
             h, n = 1 << (j - 1), T - (1 << j) + 1
             f = [v[j - 1, :, :n] for v in tabs]  # first half
@@ -194,46 +203,55 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
     failed = bad[gc].copy()
 
     # flat views: a lane is one (item, test column); lanes split independently
-    M = [v.reshape(K, -1) for v in tabs]
     EyF, EdF = Ey.reshape(-1), Ed.reshape(-1)
     yF, dF, saF, sbF = y.reshape(-1), d.reshape(-1), sa.reshape(-1), sb.reshape(-1)
     wF, actF, driftF = w.reshape(-1), active.reshape(-1), drift.reshape(-1)
 
-    def _advance(lanes, p, j, cc, force=False):
-        """Move the differences of ``lanes`` over the 2^j unchanged steps from ``p``: by the
-        table entry where its certificate holds, else by its two halves (level 0: the exact
-        clipped step from the changed state; ``force``: that step without the check)."""
+    Mflat = [v.reshape(-1) for v in tabs]  # entry (j, c, p, col) at ((j C + c) T + p) k + col
+
+    def _advance(lanes, p, end, j, cc):
+        """Move the differences of ``lanes`` from step ``p`` to ``end`` (per lane), trying
+        table entries of level ``j`` first (-1: a single exact step): an entry whose
+        certificate holds is applied and the next try is one level up; one that fails is
+        tried one level down; at level 0 a failing step is taken exactly (the clipped step
+        from the changed state). All lanes advance together, one entry each per pass."""
         g, col = np.divmod(lanes, k)
         c = cc[g]
-        fi = (c * T + p) * k + col
-        ey, ed = EyF[lanes], EdF[lanes]
-        if force:
-            ok = np.zeros(len(lanes), dtype=bool)
-        else:
-            ok = _certified(M[4][j, fi], M[5][j, fi], ey, ed)
-        if ok.all():
-            EyF[lanes] = M[0][j, fi] * ey + M[1][j, fi] * ed
-            EdF[lanes] = M[2][j, fi] * ey + M[3][j, fi] * ed
-            return
-        fo, lo_ = fi[ok], lanes[ok]
-        EyF[lo_] = M[0][j, fo] * ey[ok] + M[1][j, fo] * ed[ok]
-        EdF[lo_] = M[2][j, fo] * ey[ok] + M[3][j, fo] * ed[ok]
-        bad = ~ok
-        lb, pb = lanes[bad], p[bad]
-        if j:
-            _advance(lb, pb, j - 1, cc)
-            _advance(lb, pb + (1 << (j - 1)), j - 1, cc)
-            return
-        st["exact_steps"] += len(lb)
-        cb, colb = c[bad], col[bad]
-        yi = (cb * (T + 1) + pb) * k + colb
-        si, ct = (cb * T + pb) * k + colb, cb * T + pb
-        yp, dp = yF[yi] + EyF[lb], dF[yi] + EdF[lb]
-        new = yp + (wF[ct] * (saF[si] * yp + sbF[si]) + rho[colb] * dp + driftF[pb * k + colb])
-        new = np.minimum(np.maximum(new, ylo[colb]), yhi[colb])
-        on = actF[ct]
-        EyF[lb] = np.where(on, new, yp) - yF[yi + k]
-        EdF[lb] = np.where(on, new - yp, dp) - dF[yi + k]
+        j = np.full(len(lanes), j)
+        while len(lanes):
+            rem = end - p
+            j = np.minimum(j, np.frexp(rem)[1] - 1)  # largest 2^j <= rem
+            ex = j < 0
+            t = ~ex
+            if t.any():
+                lt, jt = lanes[t], j[t]
+                fi = ((jt * C + c[t]) * T + p[t]) * k + col[t]
+                ey, ed = EyF[lt], EdF[lt]
+                ok = _certified(Mflat[4][fi], Mflat[5][fi], ey, ed)
+                fo, lo_ = fi[ok], lt[ok]
+                ey, ed = ey[ok], ed[ok]
+                EyF[lo_] = Mflat[0][fo] * ey + Mflat[1][fo] * ed
+                EdF[lo_] = Mflat[2][fo] * ey + Mflat[3][fo] * ed
+                tp = np.flatnonzero(t)
+                p[tp[ok]] += 1 << jt[ok]
+                j[tp] = np.where(ok, jt + 1, jt - 1)
+            if ex.any():  # single steps taken exactly
+                st["exact_steps"] += int(ex.sum())
+                lb, cb, colb, pb = lanes[ex], c[ex], col[ex], p[ex]
+                yi = (cb * (T + 1) + pb) * k + colb
+                si, ct = (cb * T + pb) * k + colb, cb * T + pb
+                yp, dp = yF[yi] + EyF[lb], dF[yi] + EdF[lb]
+                new = yp + (
+                    wF[ct] * (saF[si] * yp + sbF[si]) + rho[colb] * dp + driftF[pb * k + colb]
+                )
+                new = np.minimum(np.maximum(new, ylo[colb]), yhi[colb])
+                on = actF[ct]
+                EyF[lb] = np.where(on, new, yp) - yF[yi + k]
+                EdF[lb] = np.where(on, new - yp, dp) - dF[yi + k]
+                p[ex] += 1
+                j[ex] = 0
+            go = p < end
+            lanes, p, end, j, c, col = (v[go] for v in (lanes, p, end, j, c, col))
 
     with np.errstate(over="ignore", invalid="ignore"):
         for rr in range(int(counts[0])):
@@ -272,12 +290,7 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
                     Ey[sel] = np.where(ok, ny, ey)
                     Ed[sel] = np.where(ok, nd, ed)
                     bi, bc = np.nonzero(~ok)
-                    lanes, p0 = sel[bi] * k + bc, pi[bi]
-                    if j:
-                        _advance(lanes, p0, j - 1, cc)
-                        _advance(lanes, p0 + (1 << (j - 1)), j - 1, cc)
-                    else:
-                        _advance(lanes, p0, 0, cc, force=True)
+                    _advance(sel[bi] * k + bc, pi[bi].copy(), pi[bi] + (1 << j), j - 1, cc)
                 pos[sel] += 1 << j
         delta = inverse(y[gc, T] + Ey, transform) - base_final[gc]
     failed |= ~np.isfinite(delta).all(axis=1)
