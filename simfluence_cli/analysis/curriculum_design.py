@@ -379,13 +379,15 @@ class _LinearObjective:
         self.lo = None if lo is None else np.broadcast_to(lo, (len(models), len(lo)))
         self.hi = None if hi is None else np.broadcast_to(hi, (len(models), len(hi)))
 
-    def evaluate(self, cur):
+    def evaluate(self, cur, grads: bool = True):
         """(trajectory of model 0 (T+1, M), objectives (K,), S (T, n) of model 0, the fold
-        models' S (K-1, T, n) or None)."""
+        models' S (K-1, T, n) or None); ``grads=False``: S and the folds' S are None."""
         n = self.n
         traj, obj, gA, gB = final_loss_adjoint(
             self.A, self.B, cur, self.L0, self.additive, self.lo, self.hi
         )
+        if not grads:
+            return traj[0], obj, None, None
         S = gA[0] @ self.A[0, :n].T + gB[0] @ self.B[0, :n].T  # (T, n)
         Sf = None
         if len(self.A) > 1:
@@ -415,19 +417,23 @@ class _OAObjective:
             w, drift = step_inputs(m, cols, cur[None])
             self.parts.append((a, B, np.asarray(m.ar_)[cols], drift, w[0], m.config_.transform))
 
-    def evaluate(self, cur):
+    def evaluate(self, cur, grads: bool = True):
         from simfluence_cli.model.adjoint import oa_final_loss_adjoint
 
         n = self.n
         objs, Ss = [], []
         for k, (a, B, rho, drift, w, tr) in enumerate(self.parts):
             traj, state, obj, gA, gB = oa_final_loss_adjoint(
-                a, B, rho, drift, w, cur, self.L0, tr, self.lo, self.hi
+                a, B, rho, drift, w, cur, self.L0, tr, self.lo, self.hi, grads=grads
             )
             objs.append(obj)
-            Ss.append(gA @ a[:n].T + gB @ B[:n].T)
+            if grads:
+                Ss.append(gA @ a[:n].T + gB @ B[:n].T)
             if k == 0:
-                self.traj, self.state = traj, state
+                first = (traj, state)
+        if not grads:
+            return first[0], np.asarray(objs), None, None
+        self.traj, self.state = first
         Sf = np.stack(Ss[1:]) if len(Ss) > 1 else None
         return self.traj, np.asarray(objs), Ss[0], Sf
 
@@ -510,7 +516,7 @@ def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, 
             steps_used |= _move_steps(mv)
         nxt = cands[order[0]]
         if len(chosen) > 1:
-            tc, oc, _, _ = objective.evaluate(combo)
+            tc, oc, _, _ = objective.evaluate(combo, grads=False)
             if (
                 oc[0] < fin[order[0]]
                 and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)

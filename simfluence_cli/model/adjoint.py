@@ -103,13 +103,15 @@ def oa_final_loss_adjoint(
     transform: str,
     lo: np.ndarray | None,
     hi: np.ndarray | None,
+    *,
+    grads: bool = True,
 ):
     """Forward + backward pass of one optimizer-aware model over one curriculum.
 
     a, B: (n + 1, M), the last row all zeros (the padding row, index -1); rho (M,); drift
     (T, M); w (T,) step weights; idx (T, b), -1 = padding; L0 (M,); lo, hi: (M,) loss-space
     clip or None. Returns (traj (T+1, M) losses, (y, d) each (T+1, M) the transformed state,
-    objective, dJ/dsa (T, M), dJ/dsb (T, M))."""
+    objective, dJ/dsa (T, M), dJ/dsb (T, M)); ``grads=False``: the forward pass only (None, None)."""
     from simfluence_cli.model.optimizer_aware import _FMAX, forward, inverse
 
     T, M = idx.shape[0], a.shape[1]
@@ -133,6 +135,8 @@ def oa_final_loss_adjoint(
             y[t + 1] = np.clip(u, ylo, yhi)
             d[t + 1] = y[t + 1] - y[t]
         traj = inverse(y, transform)
+        if not grads:
+            return traj, (y, d), float(traj[T].mean()), None, None
         lam_y = _inverse_slope(y[T], transform) / M
         lam_d = np.zeros(M)
         gA = np.zeros((T, M))
