@@ -140,3 +140,27 @@ def test_oa_adjoint_equals_finite_differences(clip, transform):
                 checked += abs(fd) > 1e-6
     assert not gA[4].any() and not gB[4].any()  # the all-padding step
     assert checked > T * M // 2  # many derivatives are not zero
+
+
+def test_oa_adjoint_of_stacked_models_equals_one_by_one():
+    """K models stacked (the fold models of design's consensus) == each model on its own."""
+    from simfluence_cli.model.adjoint import oa_final_loss_adjoint
+
+    rng = np.random.default_rng(8)
+    K, n, M, T, b = 3, 10, 4, 15, 2
+    a = np.concatenate([rng.uniform(-0.3, 0.05, (K, n, M)), np.zeros((K, 1, M))], axis=1)
+    B = np.concatenate([rng.normal(-0.05, 0.08, (K, n, M)), np.zeros((K, 1, M))], axis=1)
+    idx = np.stack([rng.choice(n, b, replace=False) for _ in range(T)])
+    idx[3] = -1
+    rho, drift = rng.uniform(-0.5, 0.8, (K, M)), rng.normal(0, 0.03, (K, T, M))
+    w = rng.uniform(0.2, 0.6, (K, T))
+    L0, lo, hi = rng.uniform(1.0, 2.0, M), np.full(M, 0.7), np.full(M, 1.6)
+    traj, (y, d), obj, gA, gB = oa_final_loss_adjoint(a, B, rho, drift, w, idx, L0, "log", lo, hi)
+    for k in range(K):
+        one = oa_final_loss_adjoint(a[k], B[k], rho[k], drift[k], w[k], idx, L0, "log", lo, hi)
+        np.testing.assert_array_equal(traj[k], one[0])
+        np.testing.assert_array_equal(y[k], one[1][0])
+        assert obj[k] == one[2]
+        np.testing.assert_array_equal(gA[k], one[3])
+        np.testing.assert_array_equal(gB[k], one[4])
+    assert len(set(obj.tolist())) == K  # the models differ

@@ -391,9 +391,8 @@ class _LinearObjective:
         S = gA[0] @ self.A[0, :n].T + gB[0] @ self.B[0, :n].T  # (T, n)
         Sf = None
         if len(self.A) > 1:
-            Sf = np.einsum("ktm,knm->ktn", gA[1:], self.A[1:, :n]) + np.einsum(
-                "ktm,knm->ktn", gB[1:], self.B[1:, :n]
-            )
+            At, Bt = self.A[1:, :n].transpose(0, 2, 1), self.B[1:, :n].transpose(0, 2, 1)
+            Sf = gA[1:] @ At + gB[1:] @ Bt  # batched matmul (BLAS), not einsum
         self.traj = traj[0]
         return traj[0], obj, S, Sf
 
@@ -420,22 +419,24 @@ class _OAObjective:
     def evaluate(self, cur, grads: bool = True):
         from simfluence_cli.model.adjoint import oa_final_loss_adjoint
 
-        n = self.n
-        objs, Ss = [], []
-        for k, (a, B, rho, drift, w, tr) in enumerate(self.parts):
+        n, K = self.n, len(self.parts)
+        objs = np.empty(K)
+        S = np.empty((K, *cur.shape[:1], n)) if grads else None
+        for tr in dict.fromkeys(p[5] for p in self.parts):  # models stacked by transform
+            ks = [k for k, p in enumerate(self.parts) if p[5] == tr]
+            a, B, rho, drift, w = (np.stack([self.parts[k][i] for k in ks]) for i in range(5))
             traj, state, obj, gA, gB = oa_final_loss_adjoint(
                 a, B, rho, drift, w, cur, self.L0, tr, self.lo, self.hi, grads=grads
             )
-            objs.append(obj)
+            objs[ks] = obj
             if grads:
-                Ss.append(gA @ a[:n].T + gB @ B[:n].T)
-            if k == 0:
-                first = (traj, state)
+                S[ks] = gA @ a[:, :n].transpose(0, 2, 1) + gB @ B[:, :n].transpose(0, 2, 1)
+            if ks[0] == 0:
+                first = (traj[0], (state[0][0], state[1][0]))
         if not grads:
-            return first[0], np.asarray(objs), None, None
+            return first[0], objs, None, None
         self.traj, self.state = first
-        Sf = np.stack(Ss[1:]) if len(Ss) > 1 else None
-        return self.traj, np.asarray(objs), Ss[0], Sf
+        return self.traj, objs, S[0], (S[1:] if K > 1 else None)
 
     def finals(self, cands, first):
         from simfluence_cli.model.optimizer_aware import rollout

@@ -106,46 +106,60 @@ def oa_final_loss_adjoint(
     *,
     grads: bool = True,
 ):
-    """Forward + backward pass of one optimizer-aware model over one curriculum.
+    """Forward + backward pass of optimizer-aware models (one, or K stacked with the same
+    transform) over one curriculum.
 
-    a, B: (n + 1, M), the last row all zeros (the padding row, index -1); rho (M,); drift
-    (T, M); w (T,) step weights; idx (T, b), -1 = padding; L0 (M,); lo, hi: (M,) loss-space
-    clip or None. Returns (traj (T+1, M) losses, (y, d) each (T+1, M) the transformed state,
-    objective, dJ/dsa (T, M), dJ/dsb (T, M)); ``grads=False``: the forward pass only (None, None)."""
+    a, B: (n + 1, M) or (K, n + 1, M), the last row all zeros (the padding row, index -1); rho
+    (M,) / (K, M); drift (T, M) / (K, T, M); w (T,) / (K, T) step weights; idx (T, b), -1 =
+    padding; L0 (M,); lo, hi: (M,) loss-space clip or None. Returns (traj (T+1, M) losses,
+    (y, d) each (T+1, M) the transformed state, objective, dJ/dsa (T, M), dJ/dsb (T, M)), each
+    with a leading K axis (objective (K,)) for stacked models; ``grads=False``: the forward
+    pass only (gradients None)."""
     from simfluence_cli.model.optimizer_aware import _FMAX, forward, inverse
 
-    T, M = idx.shape[0], a.shape[1]
+    single = a.ndim == 2
+    if single:
+        a, B, rho, drift, w = a[None], B[None], rho[None], drift[None], w[None]
+    K, M, T = a.shape[0], a.shape[2], idx.shape[0]
     ylo = np.full(M, -_FMAX) if lo is None else forward(lo, transform)
     yhi = np.full(M, _FMAX) if hi is None else forward(hi, transform)
     active = (idx >= 0).any(axis=1)
-    sa = a[idx].sum(axis=1)  # (T, M), the rollout's order
-    sb = B[idx].sum(axis=1)
-    y = np.empty((T + 1, M))
-    d = np.empty((T + 1, M))
+    sa = a[:, idx].sum(axis=2).transpose(1, 0, 2)  # (T, K, M), the rollout's order
+    sb = B[:, idx].sum(axis=2).transpose(1, 0, 2)
+    wt = np.asarray(w, dtype=np.float64).T[..., None]  # (T, K, 1)
+    dr = np.asarray(drift).transpose(1, 0, 2)  # (T, K, M)
+    y = np.empty((T + 1, K, M))
+    d = np.empty((T + 1, K, M))
     y[0] = forward(np.asarray(L0, dtype=np.float64), transform)
     d[0] = 0.0
-    gate = np.zeros((T, M), dtype=bool)
+    gate = np.zeros((T, K, M), dtype=bool)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(T):
             if not active[t]:
                 y[t + 1], d[t + 1] = y[t], d[t]
                 continue
-            u = y[t] + (w[t] * (sa[t] * y[t] + sb[t]) + rho * d[t] + drift[t])
+            u = y[t] + (wt[t] * (sa[t] * y[t] + sb[t]) + rho * d[t] + dr[t])
             gate[t] = (u > ylo) & (u < yhi)
             y[t + 1] = np.clip(u, ylo, yhi)
             d[t + 1] = y[t + 1] - y[t]
         traj = inverse(y, transform)
-        if not grads:
-            return traj, (y, d), float(traj[T].mean()), None, None
-        lam_y = _inverse_slope(y[T], transform) / M
-        lam_d = np.zeros(M)
-        gA = np.zeros((T, M))
-        gB = np.zeros((T, M))
-        for t in range(T - 1, -1, -1):
-            if not active[t]:
-                continue
-            lu = gate[t] * (lam_y + lam_d)
-            gB[t] = lu * w[t]
-            gA[t] = gB[t] * y[t]
-            lam_y, lam_d = lu * (1.0 + w[t] * sa[t]) - lam_d, lu * rho
-    return traj, (y, d), float(traj[T].mean()), gA, gB
+        obj = traj[T].mean(axis=1)
+        gA = gB = None
+        if grads:
+            lam_y = _inverse_slope(y[T], transform) / M
+            lam_d = np.zeros((K, M))
+            gA = np.zeros((T, K, M))
+            gB = np.zeros((T, K, M))
+            for t in range(T - 1, -1, -1):
+                if not active[t]:
+                    continue
+                lu = gate[t] * (lam_y + lam_d)
+                gB[t] = lu * wt[t]
+                gA[t] = gB[t] * y[t]
+                lam_y, lam_d = lu * (1.0 + wt[t] * sa[t]) - lam_d, lu * rho
+            gA, gB = gA.transpose(1, 0, 2), gB.transpose(1, 0, 2)
+    traj, y, d = (v.transpose(1, 0, 2) for v in (traj, y, d))
+    if single:
+        g = (None, None) if gA is None else (gA[0], gB[0])
+        return traj[0], (y[0], d[0]), float(obj[0]), *g
+    return traj, (y, d), obj, gA, gB
