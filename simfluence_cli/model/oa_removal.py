@@ -111,7 +111,8 @@ def oa_removal_deltas(
 
 def _certified(q0, q1, ey, ed):
     """No step of a table entry changes regime for the difference (ey, ed): the bound on
-    |change of u| / slack stays below 1 (q is capped at _QMAX, so no difference passes)."""
+    |change of u| / slack stays below 1 (q is capped at _QMAX: on a bound only a zero
+    difference passes)."""
     b = np.abs(ey)
     b *= q0
     b += q1 * np.abs(ed)
