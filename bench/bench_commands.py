@@ -85,6 +85,12 @@ def commands(store: Path, work: Path) -> list[tuple[str, list[str], float]]:
             for so in ("auto", "cg", "direct")
         ],
         (
+            "fit optimizer-aware",
+            ["fit", *s, "--runs", "fit", "--method", "optimizer-aware", "--name", "oa"]
+            + ["--replace"],
+            2.0,
+        ),
+        (
             "import-scores",
             ["import-scores", "sample_runs/tracin_scores.csv.gz", *s, "--name", "tracin"]
             + ["--scale", "fit", "--runs", "fit", "--replace"],
@@ -104,6 +110,11 @@ def commands(store: Path, work: Path) -> list[tuple[str, list[str], float]]:
         ),
         ("top --test all", ["top", *s, "--model", "linear", "--test", "all", "--k", "5"], 1.0),
         (
+            "top --test all (optimizer-aware)",
+            ["top", *s, "--model", "oa", "--test", "all", "--k", "5"],
+            1.0,
+        ),
+        (
             "whatif",
             ["whatif", *s, "--model", "linear", "--base", "fit-000", "--drop", "e001,e007"],
             1.0,
@@ -118,6 +129,12 @@ def commands(store: Path, work: Path) -> list[tuple[str, list[str], float]]:
             "design",
             ["design", *s, "--model", "linear", "--steps", "250", "--seed", "0"]
             + ["-o", str(work / "designed.txt")],
+            3.0,
+        ),
+        (
+            "design (optimizer-aware)",
+            ["design", *s, "--model", "oa", "--steps", "250", "--seed", "0"]
+            + ["-o", str(work / "designed-oa.txt")],
             3.0,
         ),
     ]

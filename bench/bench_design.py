@@ -26,6 +26,7 @@ retrained with two of its steps' batches swapped (``--noise`` variants). Prints 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -156,6 +157,15 @@ def main(argv=None) -> int:
         before = _before(ns.before)
         variants = {
             f"before ({ns.before}: greedy + random search)": dict(before=True),
+            **(
+                {  # a baseline that knows --start / --trust: the same start, its own search
+                    f"before ({ns.before}), best-run start + trust": dict(
+                        before=True, start=start, trust=ns.trust
+                    )
+                }
+                if "trust" in inspect.signature(before).parameters
+                else {}
+            ),
             "greedy, no trust region": dict(start=None, trust=1.0, steps=len(start)),
             "design, no consensus": dict(start=start, trust=ns.trust),
             "design (consensus)": dict(start=start, trust=ns.trust, fold_models=cal.fold_models),
@@ -166,11 +176,16 @@ def main(argv=None) -> int:
         base_s = None
         for name, kw in variants.items():
             if kw.get("before"):
+                bkw = {k: v for k, v in kw.items() if k != "before"}
                 res, s = _cpu(
-                    lambda: before(sim, len(start), init_loss=L0, iters=ns.iters, n_random=0)
+                    lambda bkw=bkw: before(
+                        sim, len(start), init_loss=L0, iters=ns.iters, n_random=0, **bkw
+                    )
                 )
-                res.start_objective = res.greedy_objective
-                res.params.update(changed_slots=None, moves_accepted=None)
+                if hasattr(res, "greedy_objective"):  # commits before the best-run start
+                    res.start_objective = res.greedy_objective
+                res.params.setdefault("changed_slots", None)
+                res.params["moves_accepted"] = res.params.get("moves_accepted")
             else:
                 res, s = _cpu(
                     lambda kw=kw: design_curriculum(

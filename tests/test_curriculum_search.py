@@ -369,3 +369,65 @@ def test_law_design_never_worse_than_its_start_and_inside_the_trust_region(seed,
     assert res.objective <= res.start_objective + 1e-12
     assert all(len(set(b)) == len(b) == 3 for b in res.batches)
     assert max(Counter(e for b in res.batches for e in b).values()) <= res.params["max_uses"]
+
+
+# -- optimizer-aware models: their own adjoint, exact checks from the mid-curriculum state ------
+
+
+def _oa_fitted(seed=2):
+    runs, _, _ = make_runs(30, 6, 6, 24, 3, method="linear", seed=seed, noise=0.0)
+    for r in runs.runs:  # a decaying learning-rate schedule: AR term and time basis matter
+        r.lr = np.linspace(1.0, 0.4, r.n_steps)
+    sim = Simulator("optimizer-aware", l2=0.1, ar=True, time_basis=3, transform="log")
+    return runs, sim.fit(runs)
+
+
+def test_oa_exact_checks_from_the_mid_curriculum_state_equal_full_rollouts():
+    """_OAObjective.finals (rolled from the state (y, d) at the first changed step) == the
+    model's simulate from step 0; its objective == simulate's."""
+    from simfluence_cli.analysis.curriculum_design import _apply, _OAObjective
+
+    runs, sim = _oa_fitted()
+    cols = np.arange(len(sim.test_ids_))
+    cur = sim.encode([best_run_start(runs)[1]])[0]
+    L0 = sim.init_loss_mean_
+    lo, hi = sim.bounds_
+    pad = np.zeros((1, len(cols)))
+    models = [(np.vstack([sim.A_, pad]), np.vstack([sim.B_, pad]))]
+    goal = _OAObjective(sim, [], models, [cols], cur, L0, lo, hi)
+    traj, obj, S, Sf = goal.evaluate(cur)
+    full = sim.simulate(cur[None], L0)[0]
+    np.testing.assert_allclose(traj, full, rtol=1e-12)
+    assert obj[0] == pytest.approx(full[-1].mean(), rel=1e-12) and Sf is None
+    T = cur.shape[0]
+    moves = [("r", 9, 0, int(cur[2, 1])), ("s", 12, 1, 20, 2), ("r", 15, 2, int(cur[3, 0]))]
+    cands = np.stack([_apply(cur, mv) for mv in moves])
+    got = goal.finals(cands, 9)
+    want = sim.simulate(cands, L0)[:, -1]
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+    assert np.abs(want - full[-1]).max() > 1e-6 and S.shape == (T, len(sim.example_ids_))
+
+
+def test_oa_design_descends_by_ranked_moves_inside_the_trust_region():
+    """design with an optimizer-aware model: ranked moves (accepted, counted), never worse
+    than the start, inside the trust region, the reported objective is the simulated one;
+    fold models' consensus is honoured."""
+    runs, sim = _oa_fitted()
+    name, start = best_run_start(runs)
+    res = design_curriculum(sim, start=start, trust=0.2, iters=20, candidates=16, n_random=5)
+    changed = sum(x != y for a, b in zip(res.batches, start) for x, y in zip(a, b))
+    assert 0 < changed <= res.params["max_changes"]
+    assert res.params["moves_accepted"] >= 1
+    assert res.objective < res.start_objective
+    assert res.objective == pytest.approx(sim.simulate([res.batches])[0, -1].mean(), rel=1e-12)
+    folds = [
+        Simulator("optimizer-aware", l2=0.1, ar=True, time_basis=3, transform="log").fit(
+            runs.subset([r for j, r in enumerate(runs.run_ids) if j % 3 != f])
+        )
+        for f in range(3)
+    ]
+    res2 = design_curriculum(
+        sim, start=start, trust=0.2, iters=20, candidates=16, n_random=0, fold_models=folds
+    )
+    assert res2.params["fold_models"] == 3
+    assert res2.objective <= res2.start_objective

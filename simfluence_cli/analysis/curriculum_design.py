@@ -23,8 +23,9 @@ pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch
    them (first order). The ``candidates`` best moves are simulated exactly (one vectorised
    rollout from the earliest changed step); the best exact improvement is taken, together
    with further improving moves on other steps when their combination is better still.
-   Stops when no move improves. Stateful models (optimizer-aware) have no adjoint here: they
-   fall back to random proposals (1-3 moves, ``candidates`` per round, same trust region).
+   Stops when no move improves. Optimizer-aware models use their own adjoint
+   (``oa_final_loss_adjoint``: the 2-D state (loss, carried increment), step weights and
+   drift by step index) and are checked exactly from the state at the first changed step.
 4. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
    fresh random orders, cut into batches, as the fitting runs of the samples were made) are
    simulated too; the report gives their mean, std and best objective next to the design's.
@@ -43,6 +44,7 @@ import numpy as np
 
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.model.adjoint import final_loss_adjoint
+from simfluence_cli.model.config import OPTIMIZER_AWARE
 from simfluence_cli.model.simulator import map_examples
 
 __all__ = [
@@ -160,38 +162,6 @@ def _greedy(A, B, L0, lo, hi, pool_idx, steps, b, max_uses, additive) -> np.ndar
         if lo is not None:
             np.clip(L, lo, hi, out=L)
     return out
-
-
-def _propose(
-    cur: np.ndarray, uses: dict, pool_idx: np.ndarray, max_uses: int, rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
-    """A variant of ``cur`` with 1-3 random swap/replace moves and its first changed step."""
-    cand = cur.copy()
-    T, b = cand.shape
-    first = T
-    counts = dict(uses)
-    for _ in range(int(rng.integers(1, 4))):
-        for _attempt in range(10):
-            if rng.random() < 0.5 and T > 1:  # swap between two steps
-                t1, t2 = rng.choice(T, 2, replace=False)
-                k1, k2 = rng.integers(b), rng.integers(b)
-                x1, x2 = cand[t1, k1], cand[t2, k2]
-                if x1 == x2 or x1 in cand[t2] or x2 in cand[t1]:
-                    continue
-                cand[t1, k1], cand[t2, k2] = x2, x1
-                first = min(first, t1, t2)
-                break
-            t, k = rng.integers(T), rng.integers(b)
-            e = pool_idx[rng.integers(len(pool_idx))]
-            if counts.get(e, 0) >= max_uses or e in cand[t]:
-                continue
-            old = cand[t, k]
-            counts[old] -= 1
-            counts[e] = counts.get(e, 0) + 1
-            cand[t, k] = e
-            first = min(first, t)
-            break
-    return cand, first
 
 
 def _mean_final_losses(runs, tests: Sequence[str] | None = None) -> np.ndarray:
@@ -397,32 +367,114 @@ def _adjoint_moves(
     return out[:keep_best]
 
 
-def _adjoint_search(
-    sim, models, cur, start, L0, lo, hi, pool_idx, max_uses, max_changes, tests, cfg, progress
-):
+class _LinearObjective:
+    """The paper's methods: stacked (A, B) of the model and its fold models (model 0 = the
+    full model) and their adjoint (model/adjoint.final_loss_adjoint)."""
+
+    def __init__(self, sim, models, L0, lo, hi, tests):
+        self.sim, self.L0, self.tests, self.n = sim, L0, tests, len(sim.example_ids_)
+        self.additive = sim.method == "additive"
+        self.A = np.stack([m[0] for m in models])  # (K, n + 1, M)
+        self.B = np.stack([m[1] for m in models])
+        self.lo = None if lo is None else np.broadcast_to(lo, (len(models), len(lo)))
+        self.hi = None if hi is None else np.broadcast_to(hi, (len(models), len(hi)))
+
+    def evaluate(self, cur, grads: bool = True):
+        """(trajectory of model 0 (T+1, M), objectives (K,), S (T, n) of model 0, the fold
+        models' S (K-1, T, n) or None); ``grads=False``: S and the folds' S are None."""
+        n = self.n
+        traj, obj, gA, gB = final_loss_adjoint(
+            self.A, self.B, cur, self.L0, self.additive, self.lo, self.hi
+        )
+        if not grads:
+            return traj[0], obj, None, None
+        S = gA[0] @ self.A[0, :n].T + gB[0] @ self.B[0, :n].T  # (T, n)
+        Sf = None
+        if len(self.A) > 1:
+            At, Bt = self.A[1:, :n].transpose(0, 2, 1), self.B[1:, :n].transpose(0, 2, 1)
+            Sf = gA[1:] @ At + gB[1:] @ Bt  # batched matmul (BLAS), not einsum
+        self.traj = traj[0]
+        return traj[0], obj, S, Sf
+
+    def finals(self, cands, first):
+        """(C, M) final losses of model 0 for curricula equal to the last evaluated one
+        before step ``first``: rolled from its loss there."""
+        return self.sim.simulate(cands[:, first:], self.traj[first], tests=self.tests)[:, -1]
+
+
+class _OAObjective:
+    """Optimizer-aware models: per model (full, then folds) its parameters, AR term, drift,
+    step weights and transform; adjoint ``model/adjoint.oa_final_loss_adjoint``; exact checks
+    rolled from the state (y, d) at the first changed step."""
+
+    def __init__(self, sim, fold_sims, models, cols_k, cur, L0, lo, hi):
+        from simfluence_cli.model.optimizer_aware import step_inputs
+
+        self.n, self.L0, self.lo, self.hi = len(sim.example_ids_), L0, lo, hi
+        self.parts = []
+        for m, (a, B), cols in zip([sim, *fold_sims], models, cols_k):
+            w, drift = step_inputs(m, cols, cur[None])
+            self.parts.append((a, B, np.asarray(m.ar_)[cols], drift, w[0], m.config_.transform))
+
+    def evaluate(self, cur, grads: bool = True):
+        from simfluence_cli.model.adjoint import oa_final_loss_adjoint
+
+        n, K = self.n, len(self.parts)
+        objs = np.empty(K)
+        S = np.empty((K, *cur.shape[:1], n)) if grads else None
+        for tr in dict.fromkeys(p[5] for p in self.parts):  # models stacked by transform
+            ks = [k for k, p in enumerate(self.parts) if p[5] == tr]
+            a, B, rho, drift, w = (np.stack([self.parts[k][i] for k in ks]) for i in range(5))
+            traj, state, obj, gA, gB = oa_final_loss_adjoint(
+                a, B, rho, drift, w, cur, self.L0, tr, self.lo, self.hi, grads=grads
+            )
+            objs[ks] = obj
+            if grads:
+                S[ks] = gA @ a[:, :n].transpose(0, 2, 1) + gB @ B[:, :n].transpose(0, 2, 1)
+            if ks[0] == 0:
+                first = (traj[0], (state[0][0], state[1][0]))
+        if not grads:
+            return first[0], objs, None, None
+        self.traj, self.state = first
+        return self.traj, objs, S[0], (S[1:] if K > 1 else None)
+
+    def finals(self, cands, first):
+        from simfluence_cli.model.optimizer_aware import rollout
+
+        a, B, rho, drift, w, tr = self.parts[0]
+        C, T = cands.shape[0], cands.shape[1] - first
+        y, d = (np.broadcast_to(v[first], (C, v.shape[1])) for v in self.state)
+        return rollout(
+            a,
+            B,
+            rho,
+            drift[first:].T,
+            cands[:, first:],
+            np.broadcast_to(w[first:], (C, T)),
+            np.eye(T),
+            self.traj[first],
+            tr,
+            self.lo,
+            self.hi,
+            final=True,
+            start=(y, d),
+        )
+
+
+def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, cfg, progress):
     """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history)."""
     iters, candidates, consensus, floor_guard = cfg
-    n = len(sim.example_ids_)
+    n = objective.n
 
     def at_floor(final):  # tests at the lower clip bound after the last step, per curriculum
         return np.zeros(len(final), int) if lo is None else np.sum(final <= lo + 1e-12, axis=-1)
 
-    additive = sim.method == "additive"
-    A_all = np.stack([m[0] for m in models])  # (K, n + 1, M), model 0 = the full model
-    B_all = np.stack([m[1] for m in models])
-    lo_k = None if lo is None else np.broadcast_to(lo, (len(models), len(lo)))
-    hi_k = None if hi is None else np.broadcast_to(hi, (len(models), len(hi)))
-    traj_k, obj_k, gA, gB = final_loss_adjoint(A_all, B_all, cur, L0, additive, lo_k, hi_k)
+    traj, obj_k, S, Sf = objective.evaluate(cur)
+    multi = Sf is not None
     best = float(obj_k[0])
     history = [best]
-    cap = int(at_floor(traj_k[0, -1][None])[0]) if floor_guard else None
+    cap = int(at_floor(traj[-1][None])[0]) if floor_guard else None
     for _it in range(iters):
-        S = gA[0] @ A_all[0, :n].T + gB[0] @ B_all[0, :n].T  # (T, n)
-        Sf = None
-        if len(models) > 1:
-            Sf = np.einsum("ktm,knm->ktn", gA[1:], A_all[1:, :n]) + np.einsum(
-                "ktm,knm->ktn", gB[1:], B_all[1:, :n]
-            )
         moves = _adjoint_moves(
             S,
             Sf,
@@ -439,7 +491,7 @@ def _adjoint_search(
             break
         cands = np.stack([_apply(cur, mv) for _, mv in moves])
         first = min(min(_move_steps(mv)) for _, mv in moves)
-        F = sim.simulate(cands[:, first:], traj_k[0, first], tests=tests)[:, -1]
+        F = objective.finals(cands, first)
         fin = F.mean(axis=1)
         if cap is not None:
             fin[at_floor(F) > cap] = np.inf
@@ -465,50 +517,16 @@ def _adjoint_search(
             steps_used |= _move_steps(mv)
         nxt = cands[order[0]]
         if len(chosen) > 1:
-            tc, oc, _, _ = final_loss_adjoint(A_all, B_all, combo, L0, additive, lo_k, hi_k)
+            tc, oc, _, _ = objective.evaluate(combo, grads=False)
             if (
                 oc[0] < fin[order[0]]
-                and (len(models) == 1 or np.mean(oc[1:] < obj_k[1:]) > consensus)
-                and (cap is None or at_floor(tc[0, -1][None])[0] <= cap)
+                and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)
+                and (cap is None or at_floor(tc[-1][None])[0] <= cap)
             ):
                 nxt = combo
-        traj_k, obj_k, gA, gB = final_loss_adjoint(A_all, B_all, nxt, L0, additive, lo_k, hi_k)
+        traj, obj_k, S, Sf = objective.evaluate(nxt)
         cur = nxt
         best = float(obj_k[0])
-        history.append(best)
-        if progress is not None:
-            progress(1)
-    return cur, traj_k[0], history
-
-
-def _random_search(
-    sim, cur, start, traj, pool_idx, max_uses, max_changes, tests, cfg, rng, progress
-):
-    """Random proposals (stateful models): ``candidates`` variants of 1-3 moves per round."""
-    iters, candidates, steps = cfg
-    best = float(traj[-1].mean())
-    history = [best]
-    uses: dict = {}
-    for e in cur.reshape(-1):
-        uses[e] = uses.get(e, 0) + 1
-    for _it in range(iters):
-        props = [_propose(cur, uses, pool_idx, max_uses, rng) for _ in range(candidates)]
-        keep = [(c, f) for c, f in props if f < steps and int((c != start).sum()) <= max_changes]
-        if keep:
-            cand = np.stack([c for c, _ in keep])
-            # models with optimizer state (AR memory, step-indexed lr and drift) restart at 0
-            first = min(f for _, f in keep)
-            s0 = 0 if getattr(sim, "stateful", False) else first
-            sub = sim.simulate(cand[:, s0:], traj[s0], tests=tests)  # (K, T-s0+1, M)
-            obj = sub[:, -1].mean(axis=1)
-            k = int(np.argmin(obj))
-            if obj[k] < best - 1e-12 * max(1.0, abs(best)):
-                best = float(obj[k])
-                cur = cand[k]
-                traj = np.concatenate([traj[:s0], sub[k]], axis=0)
-                uses = {}
-                for e in cur.reshape(-1):
-                    uses[e] = uses.get(e, 0) + 1
         history.append(best)
         if progress is not None:
             progress(1)
@@ -589,7 +607,6 @@ def design_curriculum(
     if lo is not None:
         lo, hi = lo[cols], hi[cols]
     A, B = sim.A_[:, cols], sim.B_[:, cols]
-    rng = np.random.default_rng(seed)
 
     if start is not None:
         if any(len(x) > b or len(set(x)) != len(x) for x in start):
@@ -610,50 +627,32 @@ def design_curriculum(
     max_changes = int(math.floor(trust * int((cur >= 0).sum()) + 1e-9))
     traj = sim.simulate(cur[None], L0, tests=tests)[0]  # (T+1, M)
     start_obj = float(traj[-1].mean())
-    n_folds = 0
-    if getattr(sim, "stateful", False):
-        cur, traj, history = _random_search(
-            sim,
-            cur,
-            start_idx,
-            traj,
-            pool_idx,
-            max_uses,
-            max_changes,
-            tests,
-            (iters, candidates, steps),
-            rng,
-            progress,
+    ids = list(sim.example_ids_)
+    n = len(ids)
+    test_names = [str(t) for t in np.asarray(sim.test_ids_)[cols]]
+    models = [(np.vstack([A, np.zeros((1, len(cols)))]), np.vstack([B, np.zeros((1, len(cols)))]))]
+    fold_cols = [fm._test_columns(test_names) for fm in fold_models or []]
+    for fm, fc in zip(fold_models or [], fold_cols):
+        models.append(_aligned(fm, ids, fc, n))
+    n_folds = len(models) - 1
+    if sim.method == OPTIMIZER_AWARE:
+        goal = _OAObjective(
+            sim, list(fold_models or []), models, [cols, *fold_cols], cur, L0, lo, hi
         )
     else:
-        ids = list(sim.example_ids_)
-        n = len(ids)
-        models = [
-            (np.vstack([A, np.zeros((1, len(cols)))]), np.vstack([B, np.zeros((1, len(cols)))]))
-        ]
-        for fm in fold_models or []:
-            models.append(
-                _aligned(
-                    fm, ids, fm._test_columns([str(t) for t in np.asarray(sim.test_ids_)[cols]]), n
-                )
-            )
-        n_folds = len(models) - 1
-        cur, traj, history = _adjoint_search(
-            sim,
-            models,
-            cur,
-            start_idx,
-            L0,
-            lo,
-            hi,
-            pool_idx,
-            max_uses,
-            max_changes,
-            tests,
-            (iters, candidates, consensus, floor_guard),
-            progress,
-        )
-        traj = sim.simulate(cur[None], L0, tests=tests)[0]
+        goal = _LinearObjective(sim, models, L0, lo, hi, tests)
+    cur, traj, history = _adjoint_search(
+        goal,
+        cur,
+        start_idx,
+        lo,
+        pool_idx,
+        max_uses,
+        max_changes,
+        (iters, candidates, consensus, floor_guard),
+        progress,
+    )
+    traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
     rnd = np.empty(0)
@@ -677,7 +676,7 @@ def design_curriculum(
         "fold_models": n_folds,
         "candidates": candidates,
         "iters": iters,
-        "moves_accepted": len(history) - 1 if not getattr(sim, "stateful", False) else None,
+        "moves_accepted": len(history) - 1,
         "seed": seed,
         "distinct_examples": int(len(np.unique(cur[cur >= 0]))),
         "tests_at_clip_floor": at_floor,

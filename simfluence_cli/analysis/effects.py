@@ -47,9 +47,9 @@ def removal_effect(
 ) -> np.ndarray:
     """(n_examples_of_model, M) mean change of the final loss when each example is removed.
 
-    Exact and without re-rolling for the paper's methods (``model.rollout.removal_deltas``:
-    compositions of the clamped affine step maps, docs/rollout.md); models with optimizer
-    state roll every removal again.
+    Exact and without re-rolling: ``model.rollout.removal_deltas`` (compositions of the clamped
+    affine step maps) for the paper's methods, ``model.oa_removal`` (the 2-D state's matrix
+    products, with a clip certificate) for optimizer-aware; docs/rollout.md.
     """
     cols = _cols(sim, tests)
     test_names = list(np.asarray(sim.test_ids_)[cols])
@@ -75,33 +75,30 @@ def removal_effect(
             L0 = np.where(np.isfinite(L0), L0, np.asarray(sim.init_loss_mean_)[cols])
         bases.append(base)
         L0s.append(L0)
-    if getattr(sim, "stateful", False):
-        total = _removal_rerolled(sim, neutral, bases, L0s, test_names, progress)
+    from simfluence_cli.runs import stack_index
+
+    lo, hi = sim.bounds_
+    if lo is not None:
+        lo, hi = lo[cols], hi[cols]
+    idx, A, B = stack_index(bases), neutral.A_[:, cols], neutral.B_[:, cols]
+    if sim.method == "optimizer-aware":  # its 2-D state (loss, carried increment)
+        from simfluence_cli.model.oa_removal import simulator_removal_deltas
+
+        deltas, _ = simulator_removal_deltas(
+            sim, A, B, cols, idx, np.asarray(L0s), lo, hi, n, progress=progress
+        )
     else:
         from simfluence_cli.model.rollout import removal_deltas
-        from simfluence_cli.runs import stack_index
 
-        lo, hi = sim.bounds_
-        if lo is not None:
-            lo, hi = lo[cols], hi[cols]
         deltas, _ = removal_deltas(
-            neutral.A_[:, cols],
-            neutral.B_[:, cols],
-            stack_index(bases),
-            np.asarray(L0s),
-            sim.method,
-            lo,
-            hi,
-            n,
-            progress=progress,
+            A, B, idx, np.asarray(L0s), sim.method, lo, hi, n, progress=progress
         )
-        total = deltas[:n]
-    return total / len(runs)
+    return deltas[:n] / len(runs)
 
 
 def _removal_rerolled(sim, neutral, bases, L0s, test_names, progress) -> np.ndarray:
-    """Summed removal deltas by rolling every one-example-removed curriculum again (models
-    whose rollout depends on more than the current loss: restart at step 0)."""
+    """Summed removal deltas by rolling every one-example-removed curriculum again from step 0
+    (the reference the exact paths are tested against)."""
     n = len(sim.example_ids_)
     total = np.zeros((n, len(test_names)))
     for base, L0 in zip(bases, L0s):

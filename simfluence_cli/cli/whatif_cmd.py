@@ -603,8 +603,7 @@ def design_cmd(
         typer.Option(
             "--candidates",
             "-K",
-            help="Best-ranked moves simulated exactly per round (random variants per round for "
-            "optimizer-aware models).",
+            help="Best-ranked moves simulated exactly per round.",
         ),
     ] = 64,
     iters: Annotated[int, typer.Option("--iters", help="Local-search rounds (at most).")] = 200,

@@ -340,6 +340,7 @@ def rollout(
     hi: np.ndarray | None,
     *,
     final: bool = False,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Roll C curricula x m tests forward.
 
@@ -347,7 +348,8 @@ def rollout(
     step weights (0 on padded steps); phi (T, H) the time basis at steps 1..T; L0 (C, m).
     Steps whose batch is all padding leave the loss and the carried increment unchanged.
     Losses are clamped to [lo, hi] (in loss space; applied in transformed space).
-    Returns (C, T+1, m) losses or (C, m) final losses.
+    Returns (C, T+1, m) losses or (C, m) final losses. ``start``: the state (y, d) to start
+    from instead of (forward(L0), 0), e.g. mid-curriculum (then idx, w, phi from that step).
     """
     C, T, _ = idx.shape
     m = a.shape[1]
@@ -357,6 +359,8 @@ def rollout(
     L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
     y = forward(L0, transform).copy()
     d = np.zeros_like(y)
+    if start is not None:
+        y[:], d[:] = start
     ylo = None if lo is None else forward(lo, transform)
     yhi = None if hi is None else forward(hi, transform)
     out = np.empty((C, m) if final else (C, T + 1, m))
@@ -687,3 +691,13 @@ def simulate_params(sim, a, B, cols, idx, L0, lo, hi, lr, final: bool) -> np.nda
         hi,
         final=final,
     )
+
+
+def step_inputs(sim, cols, idx: np.ndarray, lr=None) -> tuple[np.ndarray, np.ndarray]:
+    """(w (C, T), drift (T, len(cols))) of a fitted optimizer-aware Simulator on the index
+    array ``idx``: the step weights and the time-basis drift ``simulate_params`` rolls with."""
+    sched, T = sim.schedule_, idx.shape[1]
+    phi = hat_basis(np.arange(1, T + 1), sim.config_.n_basis, sched.T_ref)
+    basis = np.asarray(sim.basis_)[cols]
+    drift = phi @ basis.T if basis.shape[1] else np.zeros((T, len(cols)))
+    return curriculum_weights(sched, idx, lr), drift
