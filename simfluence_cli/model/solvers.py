@@ -141,8 +141,19 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
 CG_RESIDUAL_SLACK = 10.0
 
 
+#: mixed precision (``pcg(matvec_lo=...)``): the float64 residual replaces the recursive one
+#: whenever a column's recursive residual has fallen by this factor since the last replacement
+RELIABLE_DROP = 1e-3
+
+
 def pcg(
-    matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL, maxiter: int = CG_MAXITER
+    matvec,
+    b: np.ndarray,
+    precond,
+    x0: np.ndarray,
+    tol: float = CG_TOL,
+    maxiter: int = CG_MAXITER,
+    matvec_lo=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched preconditioned conjugate gradient: one independent SPD system per column.
 
@@ -153,7 +164,16 @@ def pcg(
     Returns (x, iterations per column, converged per column, true relative residual per
     column): ``converged`` is ``rel_residual <= CG_RESIDUAL_SLACK * tol`` with the residual
     recomputed from x at the end, so a stop at the cap or on breakdown is never silent.
+
+    ``matvec_lo`` (optional): a cheaper, less exact product (float32) for the search
+    directions. x and the residual stay float64; the residual of all active columns is
+    recomputed with ``matvec`` ("reliable updates") whenever one has fallen by
+    ``RELIABLE_DROP`` since the last recomputation, and columns whose true residual misses
+    ``tol`` at the end continue in full precision: the stopping rule is the same, on the
+    true residual.
     """
+    if matvec_lo is not None:
+        return _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter)
     x = np.array(x0, dtype=np.float64, copy=True)
     k = b.shape[1]
     bnorm = np.linalg.norm(b, axis=0)
@@ -195,6 +215,84 @@ def pcg(
     return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
 
 
+def _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter):
+    """``pcg`` with ``matvec_lo`` for the search directions and reliable updates."""
+    x = np.array(x0, dtype=np.float64, copy=True)
+    k = b.shape[1]
+    bnorm = np.linalg.norm(b, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    cols = np.arange(k)
+    r = b - matvec(x, cols)
+    iters = np.zeros(k, dtype=np.int64)
+    rn = r0 = np.linalg.norm(r, axis=0)
+    done = rn <= tol * bnorm
+    act = cols[~done]
+    r, rmax = r[:, act], rn[act]  # rmax: residual norm at the last recomputation
+    z = precond(r, act)
+    p = z.copy()
+    rz = np.einsum("ij,ij->j", r, z)
+    it = 0
+    for it in range(1, maxiter + 1):
+        if len(act) == 0:
+            break
+        q = matvec_lo(p, act)
+        pq = np.einsum("ij,ij->j", p, q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(pq > 0, rz / pq, 0.0)
+        x[:, act] += a * p
+        r -= a * q
+        iters[act] = it
+        rn = np.linalg.norm(r, axis=0)
+        # stop on convergence, breakdown or a non-finite step (the end check catches the last two)
+        stop = ~(pq > 0) | ~np.isfinite(rn)
+        conv = (rn <= tol * bnorm[act]) | stop
+        # the recursive residual fell by RELIABLE_DROP (or blew up) since the last true one
+        due = ((rn < RELIABLE_DROP * rmax) | (rn > 1e3 * rmax)) & ~conv
+        restart = bool(due.any())
+        if restart:  # true residuals, and CG restarted from them (an iterative refinement)
+            r = b[:, act] - matvec(x[:, act], act)
+            rn, last = np.linalg.norm(r, axis=0), rmax
+            rmax = rn
+            # a due column whose cycle did not halve its true residual: the low product is not
+            # good enough for that system; it is finished in full precision below
+            conv = (rn <= tol * bnorm[act]) | stop | (due & ~(rn <= 0.5 * last))
+        if conv.any():
+            keep = ~conv
+            act, r, p, rz, rmax = act[keep], r[:, keep], p[:, keep], rz[keep], rmax[keep]
+            if len(act) == 0:
+                break
+        z = precond(r, act)
+        rz_new = np.einsum("ij,ij->j", r, z)
+        if restart:
+            p = z.copy()  # (precond may return its input)
+        else:
+            p *= rz_new / rz
+            p += z
+        rz = rz_new
+    with np.errstate(all="ignore"):
+        rel = np.linalg.norm(b - matvec(x, cols), axis=0) / bnorm
+    rel = np.where(np.isfinite(rel), rel, np.inf)
+    more = np.flatnonzero((rel > tol) & (iters < maxiter))
+    if len(more):  # drift or breakdown of the low-precision steps: finish in full precision
+        start = x[:, more]
+        worse = ~(rel[more] * bnorm[more] <= r0[more])  # (or not finite): start afresh
+        start[:, worse] = np.asarray(x0, dtype=np.float64)[:, more[worse]]
+        x2, it2, _, _ = pcg(
+            lambda V, c: matvec(V, more[c]),
+            b[:, more],
+            lambda R, c: precond(R, more[c]),
+            start,
+            tol=tol,
+            maxiter=maxiter - int(iters[more].max()),
+        )
+        x[:, more] = x2
+        iters[more] += it2
+        with np.errstate(all="ignore"):
+            rel = np.linalg.norm(b - matvec(x, cols), axis=0) / bnorm
+        rel = np.where(np.isfinite(rel), rel, np.inf)
+    return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
+
+
 def block_jacobi_2x2(daa: np.ndarray, dab: np.ndarray, dbb: np.ndarray):
     """Inverses (inv_aa, inv_ab, inv_bb) of the 2x2 blocks [[daa, dab], [dab, dbb]] (the
     (A_i, B_i) diagonal blocks of a Gram, elementwise); a block that is numerically singular
@@ -208,6 +306,15 @@ def block_jacobi_2x2(daa: np.ndarray, dab: np.ndarray, dbb: np.ndarray):
     return inv_aa, inv_ab, inv_bb
 
 
+#: CG products in float32 (``pcg(matvec_lo=...)``) for chunks whose coefficient matrices have
+#: at least this many nonzeros: there the products are memory-bound and float32 halves the
+#: traffic (bench/RESULTS-fit.md, "mixed precision"); below it the conversions cost more than
+#: they save, and the small fits stay bit-identical to the float64 solver
+MIXED_MIN_NNZ = 100_000
+#: switch for the float32 products (False: every product in float64)
+MIXED_PRECISION = True
+
+
 class _ChunkSolver:
     """(G + l2 I) theta = r + l2 theta0 for one chunk of tests, matrix-free, any l2."""
 
@@ -216,6 +323,8 @@ class _ChunkSolver:
         self.theta0 = theta0
         self.n = system.n
         self.diag = system.diagonal()  # (P, k)
+        mixed = MIXED_PRECISION and getattr(system, "nnz", 0) >= MIXED_MIN_NNZ
+        self.low = system.lowered() if mixed else None
         # (x, G x) of the last product over all columns: a warm start down a penalty path
         # begins where the previous solve's true-residual check ended, so its initial
         # residual reuses that product (G does not depend on l2; same numbers, one matvec less)
@@ -264,9 +373,18 @@ class _ChunkSolver:
             out += shift[:, cols] * V
             return out
 
+        matvec_lo = None
+        if self.low is not None:
+            low = self.low
+
+            def matvec_lo(V, cols):
+                out = low.matvec(V.astype(np.float32), cols).astype(np.float64)
+                out += shift[:, cols] * V
+                return out
+
         if x0 is None:
             x0 = np.broadcast_to(theta0, b.shape)
-        return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter)
+        return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter, matvec_lo=matvec_lo)
 
 
 def cg_stats(unconverged, max_rel) -> dict:
