@@ -143,7 +143,8 @@ CG_RESIDUAL_SLACK = 10.0
 
 #: mixed precision (``pcg(matvec_lo=...)``): the float64 residual replaces the recursive one
 #: whenever a column's recursive residual has fallen by this factor since the last replacement
-RELIABLE_DROP = 1e-3
+RELIABLE_DROP = 1e-4
+RELIABLE_EVERY = 100
 
 
 def pcg(
@@ -228,6 +229,7 @@ def _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter):
     done = rn <= tol * bnorm
     act = cols[~done]
     r, rmax = r[:, act], rn[act]  # rmax: residual norm at the last recomputation
+    since = np.zeros(len(act), dtype=np.int64)  # iteration of the last recomputation
     z = precond(r, act)
     p = z.copy()
     rz = np.einsum("ij,ij->j", r, z)
@@ -247,18 +249,25 @@ def _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter):
         stop = ~(pq > 0) | ~np.isfinite(rn)
         conv = (rn <= tol * bnorm[act]) | stop
         # the recursive residual fell by RELIABLE_DROP (or blew up) since the last true one
-        due = ((rn < RELIABLE_DROP * rmax) | (rn > 1e3 * rmax)) & ~conv
-        restart = bool(due.any())
-        if restart:  # true residuals, and CG restarted from them (an iterative refinement)
+        # due: the recursive residual fell by RELIABLE_DROP, blew up, or has not been checked
+        # for RELIABLE_EVERY iterations
+        due = (rn < RELIABLE_DROP * rmax) | (rn > 1e3 * rmax) | (it - since >= RELIABLE_EVERY)
+        due &= ~conv
+        restart = False
+        if due.any():  # the true residuals replace the recursive ones
             r = b[:, act] - matvec(x[:, act], act)
-            rn, last = np.linalg.norm(r, axis=0), rmax
-            rmax = rn
-            # a due column whose cycle did not halve its true residual: the low product is not
-            # good enough for that system; it is finished in full precision below
+            true = np.linalg.norm(r, axis=0)
+            # if they had drifted apart, CG restarts from the true residual (iterative refinement)
+            restart = bool(np.any(true > 10 * rn))
+            rn, last, rmax = true, rmax, true
+            since[:] = it
+            # a due column whose true residual did not halve since the last check: the low
+            # product is not good enough for its system; it is finished in full precision below
             conv = (rn <= tol * bnorm[act]) | stop | (due & ~(rn <= 0.5 * last))
         if conv.any():
             keep = ~conv
             act, r, p, rz, rmax = act[keep], r[:, keep], p[:, keep], rz[keep], rmax[keep]
+            since = since[keep]
             if len(act) == 0:
                 break
         z = precond(r, act)
