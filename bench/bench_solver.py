@@ -54,6 +54,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tests", type=int, default=0, help="only this many test examples (0: all)")
     ap.add_argument("--threads", type=int, default=None, help="default: the usable CPUs")
     ap.add_argument("--repeat", type=int, default=1, help="keep the lowest CPU of K solves")
+    ap.add_argument(
+        "--width", type=int, default=0, help="mixed: chunks of this many tests (0: plan_chunks)"
+    )
     a = ap.parse_args(argv)
     print(
         json.dumps(
@@ -80,7 +83,11 @@ def main(argv=None) -> None:
             for _ in range(a.repeat):
                 for mixed in (False, True):
                     load = round(os.getloadavg()[0], 2)
-                    x, w, c, st = solve(design, l2, theta0, mixed, a.threads)
+                    chunks = None
+                    if mixed and a.width:
+                        t = np.arange(runs.n_tests)
+                        chunks = [t[i : i + a.width] for i in range(0, len(t), a.width)]
+                    x, w, c, st = solve(design, l2, theta0, mixed, a.threads, chunks)
                     if mixed not in best or c < best[mixed]["cpu_s"]:
                         best[mixed] = dict(
                             cpu_s=round(c, 3),

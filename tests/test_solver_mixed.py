@@ -98,7 +98,7 @@ def test_mixed_cg_equals_direct_solve(mixed_everywhere, method, log_every):
         direct = solve_tests(d, method, l2, th0, solver="direct")
         stats = {}
         mixed = solve_tests(d, method, l2, th0, solver="cg", tol=1e-12, stats=stats)
-        assert stats["cg_not_converged"] == 0
+        assert stats["cg_not_converged"] == 0 and stats["cg_float32_products"]
         assert _rel(mixed, direct) < 1e-8
 
 
@@ -106,6 +106,9 @@ def test_mixed_is_on_only_for_large_designs(monkeypatch):
     rs, _, _ = make_runs(30, 4, 2, 40, 3, seed=0)
     cs = SparseDesign(Design(rs), "linear").chunk(np.arange(4))
     assert solvers._ChunkSolver(cs, np.zeros(60)).low is None  # 240 nonzeros: float64 only
+    stats = {}
+    solve_tests(Design(rs), "linear", 1.0, np.zeros(60), solver="cg", stats=stats)
+    assert stats["cg_float32_products"] is False
     monkeypatch.setattr(solvers, "MIXED_MIN_NNZ", cs.nnz)
     low = solvers._ChunkSolver(cs, np.zeros(60)).low
     V = np.random.default_rng(0).normal(size=(60, 4))

@@ -396,15 +396,17 @@ class _ChunkSolver:
         return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter, matvec_lo=matvec_lo)
 
 
-def cg_stats(unconverged, max_rel) -> dict:
+def cg_stats(unconverged, max_rel, mixed: bool = False) -> dict:
     """Convergence counts for ``solver_stats_``: ``cg_not_converged`` (test examples whose
     system did not reach the tolerance, at any penalty solved), ``cg_not_converged_tests``
-    (their indices, sorted) and ``cg_max_rel_residual`` (largest true relative residual)."""
+    (their indices, sorted), ``cg_max_rel_residual`` (largest true relative residual) and
+    ``cg_float32_products`` (some chunk ran the mixed-precision CG)."""
     bad = np.unique(np.concatenate([t for t, _ in unconverged])) if unconverged else []
     return {
         "cg_not_converged": int(len(bad)),
         "cg_not_converged_tests": [int(t) for t in bad],
         "cg_max_rel_residual": max(max_rel) if max_rel else 0.0,
+        "cg_float32_products": bool(mixed),
     }
 
 
@@ -418,6 +420,7 @@ def merge_cg_stats(parts: list[dict]) -> dict:
         "cg_not_converged": len(bad),
         "cg_not_converged_tests": bad,
         "cg_max_rel_residual": max(p["cg_max_rel_residual"] for p in parts),
+        "cg_float32_products": any(p.get("cg_float32_products", False) for p in parts),
     }
 
 
@@ -484,6 +487,7 @@ def solve_tests(
     iters = []
     unconverged = []  # (test indices, true relative residuals) of CG systems that did not converge
     max_rel = []  # per chunk and penalty: the largest true relative residual
+    mixed = []  # per chunk: solved with float32 products
     if kind == "direct":
         eq = design.equations(method, run_ids)
         G = np.empty((len(chunks[0]), P, P))
@@ -508,6 +512,7 @@ def solve_tests(
         def run(o, chunk):
             k = len(chunk)
             cs = _ChunkSolver(sd.chunk(chunk), theta0)
+            mixed.append(cs.low is not None)
             x = None
             for g in order:
                 x, it, conv, rel = cs.solve(grid[g], x0=x, tol=tol, maxiter=CG_MAXITER)
@@ -550,7 +555,7 @@ def solve_tests(
             cg_iterations_mean=float(np.mean(iters)) if iters else 0.0,
         )
         if kind == "cg":
-            stats.update(cg_stats(unconverged, max_rel))
+            stats.update(cg_stats(unconverged, max_rel, any(mixed)))
     if sink is not None:
         return None
     return outs if path else outs[0]
