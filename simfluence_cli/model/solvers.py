@@ -84,6 +84,17 @@ def cv_test_subset(m: int, max_tests: int | None = None) -> np.ndarray:
 DIRECT_MAX_PARAMS = 64
 _GRAM_BYTES = 64 * 2**20  # memory for the stacked dense normal equations of one test chunk
 _CG_CHUNK_BYTES = 36 * 2**20  # working set of one CG chunk (measured best: fits in L3)
+#: the same for the mixed-precision CG, its (n_obs, k) arrays counted as float32: wider chunks
+#: read the coefficient matrices fewer times (measured at L: 16 tests wide 0.62-0.66x the CPU
+#: of float64 4-wide chunks, 4-wide mixed 0.84-0.95x; bench/RESULTS-fit.md)
+_CG_MIXED_CHUNK_BYTES = 96 * 2**20
+#: CG products in float32 (``pcg(matvec_lo=...)``) for chunks whose coefficient matrices have
+#: at least this many nonzeros: there the products are memory-bound and float32 halves the
+#: traffic (bench/RESULTS-fit.md, "mixed precision"); below it the conversions cost more than
+#: they save, and the small fits stay bit-identical to the float64 solver
+MIXED_MIN_NNZ = 100_000
+#: switch for the float32 products (False: every product in float64)
+MIXED_PRECISION = True
 CG_MIN_CHUNK = 4
 MIN_CHUNKS = 8
 
@@ -107,15 +118,21 @@ def chunk_tests(
     *,
     obs_arrays: int = 6,
     min_chunks: int = MIN_CHUNKS,
+    mixed: bool = False,
 ) -> list[np.ndarray]:
     """Split test indices into chunks sized for the memory budget of ``solver``
-    (``obs_arrays``: float64 arrays of length n_obs per test in a CG chunk's working set)."""
+    (``obs_arrays``: float64 arrays of length n_obs per test in a CG chunk's working set;
+    ``mixed``: the CG runs with float32 products, see ``_CG_MIXED_CHUNK_BYTES``)."""
     tests = np.asarray(tests, dtype=np.int64)
     if solver == "direct":
         size = int(_GRAM_BYTES // max(1, n_params * n_params * 8))
     else:  # small chunks keep the working set (losses, products, CG vectors) in cache
-        per_test = 8 * (obs_arrays * n_obs + 8 * n_params)
-        size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, per_test)))
+        if mixed:
+            per_test = 4 * obs_arrays * n_obs + 64 * n_params
+            size = max(CG_MIN_CHUNK, int(_CG_MIXED_CHUNK_BYTES // max(1, per_test)))
+        else:
+            per_test = 8 * (obs_arrays * n_obs + 8 * n_params)
+            size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, per_test)))
         # and at least ``min_chunks`` chunks, so threads / workers have work to share (a fixed
         # number, not the CPU count: the numbers must not depend on the machine)
         size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // max(1, min_chunks))))
@@ -129,11 +146,14 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     P = design.n_params(method)
     kind = choose_solver(solver, P)
     tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
-    n_obs = 0
+    n_obs = nnz = 0
     if kind == "cg":
         groups = design.groups(run_ids).values()
         n_obs = max((sum(b.n_obs for b in g) for g in groups), default=0)
-    return kind, chunk_tests(tests, kind, P, n_obs)
+        # (entries are unique (observation, example) pairs: the coefficient matrices' nnz)
+        nnz = max((sum(len(b.ent_ex) for b in g) for g in groups), default=0)
+    mixed = kind == "cg" and MIXED_PRECISION and nnz >= MIXED_MIN_NNZ
+    return kind, chunk_tests(tests, kind, P, n_obs, mixed=mixed)
 
 
 #: a CG system counts as converged when its TRUE relative residual ||b - H x|| / ||b||
@@ -313,15 +333,6 @@ def block_jacobi_2x2(daa: np.ndarray, dab: np.ndarray, dbb: np.ndarray):
         inv_bb = np.where(ok, daa / det, 1.0 / dbb)
         inv_ab = np.where(ok, -dab / det, 0.0)
     return inv_aa, inv_ab, inv_bb
-
-
-#: CG products in float32 (``pcg(matvec_lo=...)``) for chunks whose coefficient matrices have
-#: at least this many nonzeros: there the products are memory-bound and float32 halves the
-#: traffic (bench/RESULTS-fit.md, "mixed precision"); below it the conversions cost more than
-#: they save, and the small fits stay bit-identical to the float64 solver
-MIXED_MIN_NNZ = 100_000
-#: switch for the float32 products (False: every product in float64)
-MIXED_PRECISION = True
 
 
 class _ChunkSolver:
