@@ -21,12 +21,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import hashlib, json, sys, time
+sys.path.insert(0, {tree!r})
+import simfluence_cli  # from the tree: bench_speed puts this bench's own tree first on sys.path
 sys.path.insert(0, {bench!r})
 import bench_speed
 from bench_speed import make
@@ -39,15 +44,27 @@ t0, c0 = time.perf_counter(), time.process_time()
 sim = Simulator(l2={l2!r}).fit(runs, solver={solver!r})
 w, c = time.perf_counter() - t0, time.process_time() - c0
 h = hashlib.sha256(sim.A_.tobytes() + sim.B_.tobytes()).hexdigest()[:16]
+import numpy as np
+np.savez({save!r}, A=sim.A_, B=sim.B_)
 st = sim.solver_stats_
+assert simfluence_cli.__file__.startswith({tree!r}), simfluence_cli.__file__
 print(json.dumps(dict(cpu_s=round(c, 3), wall_s=round(w, 3), l2_chosen=sim.l2_,
     cg_it_max=st.get("cg_iterations_max"), cg_it_mean=st.get("cg_iterations_mean"), sha=h)))
 """
 
 
-def fit_once(tree: str, size: str, regime: str, l2, solver: str, tests: int = 0) -> dict:
+def fit_once(
+    tree: str, size: str, regime: str, l2, solver: str, tests: int = 0, save: str = ""
+) -> dict:
     code = CHILD.format(
-        bench=str(ROOT / "bench"), size=size, regime=regime, l2=l2, solver=solver, tests=tests
+        tree=str(Path(tree).resolve()),
+        bench=str(ROOT / "bench"),
+        size=size,
+        regime=regime,
+        l2=l2,
+        solver=solver,
+        tests=tests,
+        save=save,
     )
     env = {**os.environ, "PYTHONPATH": tree}
     load = round(os.getloadavg()[0], 2)
@@ -89,12 +106,20 @@ def main(argv=None) -> None:
         for l2s in a.l2.split(","):
             l2 = l2s if l2s == "auto" else float(l2s)
             best = {}
+            tmp = tempfile.mkdtemp(prefix="fitspeed-")
             for _ in range(a.repeat):
                 for name, tree in (("base", a.baseline), ("this", this)):
-                    r = fit_once(tree, a.size, regime, l2, a.solver, a.tests)
+                    save = os.path.join(tmp, f"{name}.npz")
+                    r = fit_once(tree, a.size, regime, l2, a.solver, a.tests, save)
                     if name not in best or r["cpu_s"] < best[name]["cpu_s"]:
                         best[name] = r
             b, t = best["base"], best["this"]
+            pb, pt = (np.load(os.path.join(tmp, f"{x}.npz")) for x in ("base", "this"))
+            # largest parameter difference between the trees, relative to the largest parameter
+            diff = {
+                k: float(np.abs(pt[k] - pb[k]).max() / max(np.abs(pb[k]).max(), 1e-300))
+                for k in ("A", "B")
+            }
             print(
                 json.dumps(
                     {
@@ -106,6 +131,7 @@ def main(argv=None) -> None:
                         "this": t,
                         "cpu_ratio": round(t["cpu_s"] / b["cpu_s"], 3),
                         "bit_identical": b["sha"] == t["sha"],
+                        "max_rel_diff": {k: float(f"{v:.2e}") for k, v in diff.items()},
                     }
                 ),
                 flush=True,

@@ -21,6 +21,7 @@ ORDER = [
     "fit",
     "speed",
     "matvec",
+    "solver",
     "transpose_ab",
     "commands",
     "top",

@@ -358,6 +358,23 @@ class _SparseGroup:
                 self.sq["bb"] = sp.csr_matrix((eb * eb, (ex, eo)), shape=shape[::-1])
                 self.sq["bn"] = sp.csr_matrix((eb * en, (ex, eo)), shape=shape[::-1])
 
+    def lowered(self) -> _SparseGroup:
+        """A float32 copy of the coefficient matrices (for the low-precision CG products),
+        built once and shared by every chunk of tests."""
+        low = getattr(self, "_low", None)
+        if low is None:
+            low = object.__new__(_SparseGroup)
+            low.gaps = self.gaps
+            low.En = self.En.astype(np.float32)
+            low.EnT = _transpose(low.En)
+            if self.gaps:
+                low.Ea, low.Eb = self.Ea.astype(np.float32), self.Eb.astype(np.float32)
+                low.EaT, low.EbT = _transpose(low.Ea), _transpose(low.Eb)
+            else:
+                low.Ea, low.EaT, low.Eb, low.EbT = low.En, low.EnT, None, None
+            self._low = low
+        return low
+
     def losses(self, cols: np.ndarray):
         """(Ls, Lt) (n_obs, k) of some of this group's tests (positions within the group)."""
         Ls = np.empty((self.n_obs, len(cols)))
@@ -415,6 +432,22 @@ class ChunkSystem:
                     d += g.sq["bn"] @ Lt
                 self.dab[:, cpos] += d
 
+    @property
+    def nnz(self) -> int:
+        """Nonzeros of the coefficient matrices of the chunk's logging groups (one of each)."""
+        return sum(g.En.nnz for g, _, _, _ in self.parts)
+
+    def lowered(self) -> ChunkSystem:
+        """The same operator in float32 (coefficients and losses): ``matvec`` of the copy takes
+        and returns float32 arrays, at about half the memory traffic. No right-hand side."""
+        low = object.__new__(ChunkSystem)
+        low.method, low.n, low.tests, low.k, low.P = self.method, self.n, self.tests, self.k, self.P
+        low.parts = [
+            (g.lowered(), cpos, Ls.astype(np.float32), Lt.astype(np.float32) if g.gaps else Lt)
+            for g, cpos, Ls, Lt in self.parts
+        ]
+        return low
+
     def _parts_for(self, cols: np.ndarray, allcols: bool):
         """Per group: (group, output columns, whole?, Ls, Lt) restricted to ``cols`` (cached:
         the active columns of CG change rarely, the loss slices are large)."""
@@ -432,8 +465,8 @@ class ChunkSystem:
                 continue
             w = li[keep]
             whole = len(w) == len(cols) and np.array_equal(w, np.arange(len(cols)))
-            if len(keep) != len(cpos):
-                Ls, Lt = Ls[:, keep], Lt[:, keep]
+            if len(keep) != len(cpos):  # (Lt only enters the products with logging gaps)
+                Ls, Lt = Ls[:, keep], (Lt[:, keep] if g.gaps else Lt)
             res.append((g, w, whole, Ls, Lt))
         self._cache = (key, res)
         return res

@@ -84,6 +84,17 @@ def cv_test_subset(m: int, max_tests: int | None = None) -> np.ndarray:
 DIRECT_MAX_PARAMS = 64
 _GRAM_BYTES = 64 * 2**20  # memory for the stacked dense normal equations of one test chunk
 _CG_CHUNK_BYTES = 36 * 2**20  # working set of one CG chunk (measured best: fits in L3)
+#: the same for the mixed-precision CG, its (n_obs, k) arrays counted as float32: wider chunks
+#: read the coefficient matrices fewer times (measured at L: 16 tests wide 0.62-0.66x the CPU
+#: of float64 4-wide chunks, 4-wide mixed 0.84-0.95x; bench/RESULTS-fit.md)
+_CG_MIXED_CHUNK_BYTES = 96 * 2**20
+#: CG products in float32 (``pcg(matvec_lo=...)``) for chunks whose coefficient matrices have
+#: at least this many nonzeros: there the products are memory-bound and float32 halves the
+#: traffic (bench/RESULTS-fit.md, "mixed precision"); below it the conversions cost more than
+#: they save, and the small fits stay bit-identical to the float64 solver
+MIXED_MIN_NNZ = 100_000
+#: switch for the float32 products (False: every product in float64)
+MIXED_PRECISION = True
 CG_MIN_CHUNK = 4
 MIN_CHUNKS = 8
 
@@ -107,15 +118,21 @@ def chunk_tests(
     *,
     obs_arrays: int = 6,
     min_chunks: int = MIN_CHUNKS,
+    mixed: bool = False,
 ) -> list[np.ndarray]:
     """Split test indices into chunks sized for the memory budget of ``solver``
-    (``obs_arrays``: float64 arrays of length n_obs per test in a CG chunk's working set)."""
+    (``obs_arrays``: float64 arrays of length n_obs per test in a CG chunk's working set;
+    ``mixed``: the CG runs with float32 products, see ``_CG_MIXED_CHUNK_BYTES``)."""
     tests = np.asarray(tests, dtype=np.int64)
     if solver == "direct":
         size = int(_GRAM_BYTES // max(1, n_params * n_params * 8))
     else:  # small chunks keep the working set (losses, products, CG vectors) in cache
-        per_test = 8 * (obs_arrays * n_obs + 8 * n_params)
-        size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, per_test)))
+        if mixed:
+            per_test = 4 * obs_arrays * n_obs + 64 * n_params
+            size = max(CG_MIN_CHUNK, int(_CG_MIXED_CHUNK_BYTES // max(1, per_test)))
+        else:
+            per_test = 8 * (obs_arrays * n_obs + 8 * n_params)
+            size = max(CG_MIN_CHUNK, int(_CG_CHUNK_BYTES // max(1, per_test)))
         # and at least ``min_chunks`` chunks, so threads / workers have work to share (a fixed
         # number, not the CPU count: the numbers must not depend on the machine)
         size = min(size, max(CG_MIN_CHUNK, -(-len(tests) // max(1, min_chunks))))
@@ -129,11 +146,14 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
     P = design.n_params(method)
     kind = choose_solver(solver, P)
     tests = np.arange(design.n_tests) if tests is None else np.asarray(tests, dtype=np.int64)
-    n_obs = 0
+    n_obs = nnz = 0
     if kind == "cg":
         groups = design.groups(run_ids).values()
         n_obs = max((sum(b.n_obs for b in g) for g in groups), default=0)
-    return kind, chunk_tests(tests, kind, P, n_obs)
+        # (entries are unique (observation, example) pairs: the coefficient matrices' nnz)
+        nnz = max((sum(len(b.ent_ex) for b in g) for g in groups), default=0)
+    mixed = kind == "cg" and MIXED_PRECISION and nnz >= MIXED_MIN_NNZ
+    return kind, chunk_tests(tests, kind, P, n_obs, mixed=mixed)
 
 
 #: a CG system counts as converged when its TRUE relative residual ||b - H x|| / ||b||
@@ -141,8 +161,22 @@ def plan_chunks(design, method: str, solver: str = "auto", tests=None, run_ids=N
 CG_RESIDUAL_SLACK = 10.0
 
 
+#: mixed precision (``pcg(matvec_lo=...)``): the float64 residual replaces the recursive one
+#: whenever a column's recursive residual has fallen by this factor since the last replacement
+#: (measured: 1e-2 .. 1e-4 cost the same iterations, 1e-4 the fewest float64 products) ...
+RELIABLE_DROP = 1e-4
+#: ... or after this many iterations without a replacement
+RELIABLE_EVERY = 100
+
+
 def pcg(
-    matvec, b: np.ndarray, precond, x0: np.ndarray, tol: float = CG_TOL, maxiter: int = CG_MAXITER
+    matvec,
+    b: np.ndarray,
+    precond,
+    x0: np.ndarray,
+    tol: float = CG_TOL,
+    maxiter: int = CG_MAXITER,
+    matvec_lo=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched preconditioned conjugate gradient: one independent SPD system per column.
 
@@ -153,7 +187,18 @@ def pcg(
     Returns (x, iterations per column, converged per column, true relative residual per
     column): ``converged`` is ``rel_residual <= CG_RESIDUAL_SLACK * tol`` with the residual
     recomputed from x at the end, so a stop at the cap or on breakdown is never silent.
+
+    ``matvec_lo`` (optional): a cheaper, less exact product (float32) for the search
+    directions. x and the residual stay float64; the residual of all active columns is
+    recomputed with ``matvec`` ("reliable updates") whenever one has fallen by
+    ``RELIABLE_DROP`` (or grown 1e3x, or ``RELIABLE_EVERY`` iterations passed) since the last
+    recomputation; a column whose recursive residual had drifted > 10x from the true one
+    restarts its direction, one whose true residual did not halve between recomputations is
+    left to the end, and every column whose true residual misses ``tol`` at the end continues
+    in full precision: the stopping rule is the same, on the true residual.
     """
+    if matvec_lo is not None:
+        return _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter)
     x = np.array(x0, dtype=np.float64, copy=True)
     k = b.shape[1]
     bnorm = np.linalg.norm(b, axis=0)
@@ -195,6 +240,88 @@ def pcg(
     return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
 
 
+def _pcg_mixed(matvec, matvec_lo, b, precond, x0, tol, maxiter):
+    """``pcg`` with ``matvec_lo`` for the search directions and reliable updates."""
+    x = np.array(x0, dtype=np.float64, copy=True)
+    k = b.shape[1]
+    bnorm = np.linalg.norm(b, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    cols = np.arange(k)
+    r = b - matvec(x, cols)
+    iters = np.zeros(k, dtype=np.int64)
+    rn = r0 = np.linalg.norm(r, axis=0)
+    done = rn <= tol * bnorm
+    act = cols[~done]
+    r, rmax = r[:, act], rn[act]  # rmax: residual norm at the last recomputation
+    since = np.zeros(len(act), dtype=np.int64)  # iteration of the last recomputation
+    z = precond(r, act)
+    p = z.copy()
+    rz = np.einsum("ij,ij->j", r, z)
+    it = 0
+    for it in range(1, maxiter + 1):
+        if len(act) == 0:
+            break
+        q = matvec_lo(p, act)
+        pq = np.einsum("ij,ij->j", p, q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(pq > 0, rz / pq, 0.0)
+        x[:, act] += a * p
+        r -= a * q
+        iters[act] = it
+        rn = np.linalg.norm(r, axis=0)
+        # stop on convergence, breakdown or a non-finite step (the end check catches the last two)
+        stop = ~(pq > 0) | ~np.isfinite(rn)
+        conv = (rn <= tol * bnorm[act]) | stop
+        # due: the recursive residual fell by RELIABLE_DROP, blew up, or has not been checked
+        # for RELIABLE_EVERY iterations
+        due = (rn < RELIABLE_DROP * rmax) | (rn > 1e3 * rmax) | (it - since >= RELIABLE_EVERY)
+        due &= ~conv
+        restart = np.zeros(len(act), dtype=bool)
+        if due.any():  # the true residuals replace the recursive ones
+            r = b[:, act] - matvec(x[:, act], act)
+            true = np.linalg.norm(r, axis=0)
+            # where they had drifted apart, CG restarts from the true residual
+            restart = true > 10 * rn
+            rn, last, rmax = true, rmax, true
+            since[:] = it
+            # a due column whose true residual did not halve since the last check: the low
+            # product is not good enough for its system; it is finished in full precision below
+            conv = (rn <= tol * bnorm[act]) | stop | (due & ~(rn <= 0.5 * last))
+        if conv.any():
+            keep = ~conv
+            act, r, p, rz, rmax = act[keep], r[:, keep], p[:, keep], rz[keep], rmax[keep]
+            since, restart = since[keep], restart[keep]
+            if len(act) == 0:
+                break
+        z = precond(r, act)
+        rz_new = np.einsum("ij,ij->j", r, z)
+        p *= np.where(restart, 0.0, rz_new / rz)
+        p += z
+        rz = rz_new
+    with np.errstate(all="ignore"):
+        rel = np.linalg.norm(b - matvec(x, cols), axis=0) / bnorm
+    rel = np.where(np.isfinite(rel), rel, np.inf)
+    more = np.flatnonzero((rel > tol) & (iters < maxiter))
+    if len(more):  # drift or breakdown of the low-precision steps: finish in full precision
+        start = x[:, more]
+        worse = ~(rel[more] * bnorm[more] <= r0[more])  # (or not finite): start afresh
+        start[:, worse] = np.asarray(x0, dtype=np.float64)[:, more[worse]]
+        x2, it2, _, _ = pcg(
+            lambda V, c: matvec(V, more[c]),
+            b[:, more],
+            lambda R, c: precond(R, more[c]),
+            start,
+            tol=tol,
+            maxiter=maxiter - int(iters[more].max()),
+        )
+        x[:, more] = x2
+        iters[more] += it2
+        with np.errstate(all="ignore"):
+            rel = np.linalg.norm(b - matvec(x, cols), axis=0) / bnorm
+        rel = np.where(np.isfinite(rel), rel, np.inf)
+    return x, iters, rel <= CG_RESIDUAL_SLACK * tol, rel
+
+
 def block_jacobi_2x2(daa: np.ndarray, dab: np.ndarray, dbb: np.ndarray):
     """Inverses (inv_aa, inv_ab, inv_bb) of the 2x2 blocks [[daa, dab], [dab, dbb]] (the
     (A_i, B_i) diagonal blocks of a Gram, elementwise); a block that is numerically singular
@@ -216,6 +343,8 @@ class _ChunkSolver:
         self.theta0 = theta0
         self.n = system.n
         self.diag = system.diagonal()  # (P, k)
+        mixed = MIXED_PRECISION and getattr(system, "nnz", 0) >= MIXED_MIN_NNZ
+        self.low = system.lowered() if mixed else None
         # (x, G x) of the last product over all columns: a warm start down a penalty path
         # begins where the previous solve's true-residual check ended, so its initial
         # residual reuses that product (G does not depend on l2; same numbers, one matvec less)
@@ -264,20 +393,31 @@ class _ChunkSolver:
             out += shift[:, cols] * V
             return out
 
+        matvec_lo = None
+        if self.low is not None:
+            low = self.low
+
+            def matvec_lo(V, cols):
+                out = low.matvec(V.astype(np.float32), cols).astype(np.float64)
+                out += shift[:, cols] * V
+                return out
+
         if x0 is None:
             x0 = np.broadcast_to(theta0, b.shape)
-        return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter)
+        return pcg(matvec, b, precond, x0, tol=tol, maxiter=maxiter, matvec_lo=matvec_lo)
 
 
-def cg_stats(unconverged, max_rel) -> dict:
+def cg_stats(unconverged, max_rel, mixed: bool = False) -> dict:
     """Convergence counts for ``solver_stats_``: ``cg_not_converged`` (test examples whose
     system did not reach the tolerance, at any penalty solved), ``cg_not_converged_tests``
-    (their indices, sorted) and ``cg_max_rel_residual`` (largest true relative residual)."""
+    (their indices, sorted), ``cg_max_rel_residual`` (largest true relative residual) and
+    ``cg_float32_products`` (some chunk ran the mixed-precision CG)."""
     bad = np.unique(np.concatenate([t for t, _ in unconverged])) if unconverged else []
     return {
         "cg_not_converged": int(len(bad)),
         "cg_not_converged_tests": [int(t) for t in bad],
         "cg_max_rel_residual": max(max_rel) if max_rel else 0.0,
+        "cg_float32_products": bool(mixed),
     }
 
 
@@ -291,6 +431,7 @@ def merge_cg_stats(parts: list[dict]) -> dict:
         "cg_not_converged": len(bad),
         "cg_not_converged_tests": bad,
         "cg_max_rel_residual": max(p["cg_max_rel_residual"] for p in parts),
+        "cg_float32_products": any(p.get("cg_float32_products", False) for p in parts),
     }
 
 
@@ -357,6 +498,7 @@ def solve_tests(
     iters = []
     unconverged = []  # (test indices, true relative residuals) of CG systems that did not converge
     max_rel = []  # per chunk and penalty: the largest true relative residual
+    mixed = []  # per chunk: solved with float32 products
     if kind == "direct":
         eq = design.equations(method, run_ids)
         G = np.empty((len(chunks[0]), P, P))
@@ -381,6 +523,7 @@ def solve_tests(
         def run(o, chunk):
             k = len(chunk)
             cs = _ChunkSolver(sd.chunk(chunk), theta0)
+            mixed.append(cs.low is not None)
             x = None
             for g in order:
                 x, it, conv, rel = cs.solve(grid[g], x0=x, tol=tol, maxiter=CG_MAXITER)
@@ -423,7 +566,7 @@ def solve_tests(
             cg_iterations_mean=float(np.mean(iters)) if iters else 0.0,
         )
         if kind == "cg":
-            stats.update(cg_stats(unconverged, max_rel))
+            stats.update(cg_stats(unconverged, max_rel, any(mixed)))
     if sink is not None:
         return None
     return outs if path else outs[0]
