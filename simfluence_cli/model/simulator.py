@@ -661,7 +661,7 @@ class Simulator:
         ``return_="final"`` returns only the losses after each curriculum's last step, (C, M),
         without materialising the (C, T+1, M) trajectory (large C x T x M).
         ``precision="float32"`` sums each batch's parameters in float32 (faster; ~1e-7 relative
-        rounding per step), the recurrence stays float64 (see ``_parallel.rollout``).
+        rounding per step), the recurrence stays float64 (see :func:`simfluence_cli.model.rollout.rollout`).
 
         curricula: list of curricula (each a list of batches of example IDs, or a
         :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
