@@ -1,0 +1,50 @@
+"""Issue 15, item 1 (second pass): cheaper command paths, results unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simfluence_cli.io.score_files import first_seen_codes, read_scores
+
+
+@given(st.lists(st.sampled_from(["a", "b", "t10", "t2", "", "é", "a "]), max_size=40))
+def test_first_seen_codes_equal_dictionary_encode(values):
+    col = pa.array(values, pa.string())
+    d = col.dictionary_encode()
+    uniq, codes = first_seen_codes(col)
+    assert list(uniq) == d.dictionary.to_pylist()
+    np.testing.assert_array_equal(codes, np.asarray(d.indices.to_pylist(), dtype=np.int64))
+    assert codes.dtype == np.int64
+
+
+def test_reading_a_csv_score_table_does_not_import_pyarrow_compute(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text("test_id,example_id,score\nt1,e2,0.5\nt0,e2,-1\nt1,e1,2e-3\n")
+    code = (
+        "import sys\nfrom simfluence_cli.io.score_files import read_scores\n"
+        f"t = read_scores({str(p)!r})\n"
+        "print(list(t.test_ids), list(t.example_ids), t.S.tolist(), 'pyarrow.compute' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("] ")[-1].strip() == "False", out.stdout
+    t = read_scores(p)  # sorted ids, scores in place, absent pairs 0
+    assert list(t.test_ids) == ["t0", "t1"] and list(t.example_ids) == ["e1", "e2"]
+    np.testing.assert_array_equal(t.S, [[0.0, 2e-3], [-1.0, 0.5]])
+
+
+def test_parquet_score_table_of_other_types_is_still_cast(tmp_path):
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "s.parquet"
+    t = pa.table({"test_id": pa.array([3, 1], pa.int64()), "example_id": ["x", "y"],
+                  "score": pa.array([1.5, -2], pa.float32())})  # fmt: skip
+    pq.write_table(t, p)
+    s = read_scores(p)
+    assert list(s.test_ids) == ["1", "3"] and list(s.example_ids) == ["x", "y"]
+    np.testing.assert_array_equal(s.S, [[0.0, 1.5], [-2.0, 0.0]])
