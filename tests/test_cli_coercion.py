@@ -116,3 +116,23 @@ def test_parsing_plain_values_does_not_import_pydantic(tmp_path, argv):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["False", "False"], out.stderr
+
+
+@pytest.mark.parametrize("name", [c.name for c in app.registered_commands])
+def test_one_command_app_answers_like_the_full_app(name):
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app_for
+
+    for args in ([name, "--help"], ["-q", name, "--no-such-option"], [name, "--debug", "--help"]):
+        one = app_for(args)
+        assert one is not app and [c.name for c in one.registered_commands] == [name]
+        a, b = CliRunner().invoke(one, args), CliRunner().invoke(app, args)
+        assert (a.exit_code, a.output) == (b.exit_code, b.output)
+
+
+def test_group_help_and_unknown_commands_use_the_full_app():
+    from simfluence_cli.cli import app_for
+
+    for args in ([], ["--help"], ["--help", "fit"], ["fitt"], ["--version"], ["--store", "x"]):
+        assert app_for(args) is app
