@@ -48,3 +48,32 @@ def test_parquet_score_table_of_other_types_is_still_cast(tmp_path):
     s = read_scores(p)
     assert list(s.test_ids) == ["1", "3"] and list(s.example_ids) == ["x", "y"]
     np.testing.assert_array_equal(s.S, [[0.0, 1.5], [-2.0, 0.0]])
+
+
+@given(st.integers(0, 10_000), st.sampled_from(["observed", "none"]))
+def test_fold_bounds_equal_the_stacked_losses_range(seed, clip):
+    import warnings
+
+    from simfluence_cli.model.simulator import Simulator
+    from simfluence_cli.runs import Run
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for r in range(4):
+        L = rng.uniform(0, 3, (rng.integers(2, 6), 5))
+        L[rng.random(L.shape) < 0.3] = np.nan  # tests absent from some steps / whole runs
+        L[:, r % 5] = np.nan
+        runs.append(Run(f"r{r}", np.array([0, 1]), np.array([0]), np.arange(len(L)), L))
+    sim = Simulator(clip=clip)
+    ranges = None if clip == "none" else {r.run_id: sim._range(r) for r in runs}
+    train = [runs[i].run_id for i in sorted(rng.choice(4, 3, replace=False))]
+    lo, hi = sim._fold_bounds(ranges, train)
+    if clip == "none":
+        assert lo is None and hi is None
+        return
+    stacked = np.vstack([r.losses for r in runs if r.run_id in train])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = sim._widen(np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0))
+    np.testing.assert_array_equal(lo, want[0])
+    np.testing.assert_array_equal(hi, want[1])
