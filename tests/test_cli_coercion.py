@@ -3,6 +3,7 @@ answers, and a command that parses only plain values never imports pydantic."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ EXAMPLES = ["1", "0", "-0", "007", "1.", ".5", "1e3", "1E-2", "1_000", " 1", "in
 
 
 def _values(desc):
-    vals = list(EXAMPLES)
+    vals = [*EXAMPLES, Path(HERE), Path("/no/such/file"), 3, 2.5]  # defaults are objects
     ann = desc.annotation
     if isinstance(ann, type) and issubclass(ann, __import__("enum").Enum):
         for c in ann:
@@ -104,7 +105,11 @@ def test_install_is_idempotent_per_parameter():
 
 @pytest.mark.parametrize(
     "argv",
-    [["info", "--store", "{s}"], ["fit", "--store", "{s}", "--runs", "all", "--l2", "1", "-q"]],
+    [
+        ["info", "--store", "{s}"],
+        ["info"],  # --store's default, a Path
+        ["fit", "--store", "{s}", "--runs", "all", "--l2", "1", "-q"],
+    ],
 )
 def test_parsing_plain_values_does_not_import_pydantic(tmp_path, argv):
     s = tmp_path / "store"
@@ -114,7 +119,15 @@ def test_parsing_plain_values_does_not_import_pydantic(tmp_path, argv):
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('pydantic' in sys.modules, 'typer._adapters' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "SIMFLUENCE_STORE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert out.stdout.split()[-2:] == ["False", "False"], out.stderr
 
 

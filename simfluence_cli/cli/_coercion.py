@@ -83,12 +83,12 @@ def _leaf(annotation, info):
         path_type = info.path_type or annotation
 
         def coerce(value, param, ctx):
-            if type(value) is not str or not value or "\0" in value:
+            if type(value) is str and value and "\0" not in value:
+                value = path_type(value)
+            elif not isinstance(value, path_type):  # e.g. a default that is a Path already
                 raise _Slow
-            try:  # a Path already: typer's own path checks, no pydantic validation
-                return coerce_cli_path(
-                    path_type(value), info, path_type=path_type, param=param, ctx=ctx
-                )
+            try:  # a Path: typer's own path checks, no pydantic validation
+                return coerce_cli_path(value, info, path_type=path_type, param=param, ctx=ctx)
             except Exception:
                 raise _Slow from None
 
