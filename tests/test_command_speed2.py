@@ -77,3 +77,14 @@ def test_fold_bounds_equal_the_stacked_losses_range(seed, clip):
         want = sim._widen(np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0))
     np.testing.assert_array_equal(lo, want[0])
     np.testing.assert_array_equal(hi, want[1])
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=0, max_size=30), st.integers(1, 3))
+def test_present_values_are_the_distinct_values(values, chunks):
+    from simfluence_cli.store.run_check import _present_values
+
+    parts = [values[k::chunks] for k in range(chunks)]
+    col = pa.chunked_array([pa.array(p, pa.string()) for p in parts], pa.string())
+    assert _present_values(col) == set(values)
+    dcol = pa.chunked_array([pa.array(p, pa.string()).dictionary_encode() for p in parts])
+    assert _present_values(dcol) == set(values)
