@@ -88,3 +88,15 @@ def test_present_values_are_the_distinct_values(values, chunks):
     assert _present_values(col) == set(values)
     dcol = pa.chunked_array([pa.array(p, pa.string()).dictionary_encode() for p in parts])
     assert _present_values(dcol) == set(values)
+
+
+@given(st.lists(st.integers(0, 6), max_size=40), st.booleans())
+def test_unique_inverse_equals_np_unique(values, presort):
+    from simfluence_cli.store.run_store import unique_inverse
+
+    a = np.asarray(sorted(values) if presort else values, dtype=np.int64)
+    u, inv = unique_inverse(a)
+    wu, winv = np.unique(a, return_inverse=True)
+    np.testing.assert_array_equal(u, wu)
+    np.testing.assert_array_equal(inv, winv)
+    assert u.dtype == wu.dtype and inv.dtype == winv.dtype
