@@ -100,3 +100,32 @@ def test_unique_inverse_equals_np_unique(values, presort):
     np.testing.assert_array_equal(u, wu)
     np.testing.assert_array_equal(inv, winv)
     assert u.dtype == wu.dtype and inv.dtype == winv.dtype
+
+
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    code += f"\nimport sys; print(*[m for m in {modules!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_loading_model_columns_and_store_info_do_not_import_numpy_ma(tmp_path):
+    # numpy 2.4's np.unique(x) imports numpy.ma (~0.015 s) to check for a masked array
+    from simfluence_cli.io.synthetic import make_runs
+    from simfluence_cli.model.simulator import Simulator
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(30, 4, 3, 20, 2, seed=0)
+    sim = Simulator(l2=1.0).fit(runs)
+    store = RunStore(tmp_path / "s", create=True)
+    store.add_runset(runs)
+    save_model(store, "m", sim, runs=sim.run_ids_, data_hash="x")
+    code = (
+        "from simfluence_cli.store.run_store import RunStore\n"
+        "from simfluence_cli.store.saved_models import load_model\n"
+        f"st = RunStore({str(store.path)!r})\n"
+        "m = load_model(st, 'm', tests=['t1', 't0'])\n"
+        "assert st.info()['test_examples'] == 4\n"
+    )
+    assert _loaded_after(code, ("numpy.ma",)) == []

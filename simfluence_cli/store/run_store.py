@@ -462,7 +462,7 @@ class RunStore:
             uniq, inv = np.unique(np.concatenate(ex_vals), return_inverse=True)
             occ = np.bincount(inv, weights=np.concatenate(ex_counts)).astype(np.int64)
             n_train = int(len(uniq))
-            n_test = int(len(np.unique(np.concatenate(te_vals))))
+            n_test = len({t for v in te_vals for t in v.tolist()})  # no np.unique: numpy.ma
             mean = float(occ.mean())
             coverage = {
                 "min": int(occ.min()),
