@@ -129,3 +129,22 @@ def test_loading_model_columns_and_store_info_do_not_import_numpy_ma(tmp_path):
         "assert st.info()['test_examples'] == 4\n"
     )
     assert _loaded_after(code, ("numpy.ma",)) == []
+
+
+def test_solver_help_and_docs_state_the_auto_threshold():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+    from simfluence_cli.model.solvers import CV_TOL, DIRECT_MAX_PARAMS
+
+    out = " ".join(CliRunner().invoke(app, ["fit", "--help"]).output.split())
+    assert f"auto: exact dense solve when a test example has <= {DIRECT_MAX_PARAMS} " in out
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert f"direct` for P <= {DIRECT_MAX_PARAMS}," in (docs / "scaling.md").read_text()
+    assert (
+        f"`{CV_TOL:.0e}`, they only rank penalties".replace("e-0", "e-")
+        in (docs / "scaling.md").read_text()
+    )
+    assert f"more than {DIRECT_MAX_PARAMS} parameters" in (docs / "numerics.md").read_text()
