@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,3 +150,34 @@ def test_solver_help_and_docs_state_the_auto_threshold():
         in (docs / "scaling.md").read_text()
     )
     assert f"more than {DIRECT_MAX_PARAMS} parameters" in (docs / "numerics.md").read_text()
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from simfluence_cli.cli._malloc import tune_malloc
+tuned = tune_malloc() if sys.argv[1] == "tune" else False
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for k in range(20):  # growing 8-27 MiB blocks: glibc's own threshold lags one size behind,
+    x = np.ones((1 << 20) + k * (1 << 17))  # so each is a fresh mapping, faulted page by page
+    del x
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_tuned_malloc_reuses_multi_mb_blocks():
+    def faults(mode, env=None):
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+            env=env,
+        ).stdout.split()  # fmt: skip
+        return out[0], int(out[1])
+
+    tuned, few = faults("tune")
+    if tuned != "True":
+        pytest.skip("not glibc")
+    _, many = faults("plain")
+    assert many > 2 * few  # tuned: the heap top grows by 1 MiB a step, its pages reused
+    off, _ = faults("tune", env={**os.environ, "SIMFLUENCE_MALLOC": "default"})
+    assert off == "False"

@@ -41,6 +41,9 @@ def main() -> None:
     """Console-script entry point."""
     import sys
 
+    from simfluence_cli.cli._malloc import tune_malloc
+
+    tune_malloc()  # multi-MB temporaries reuse heap blocks (see cli/_malloc.py)
     app_for(sys.argv[1:])()
 
 
