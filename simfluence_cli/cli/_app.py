@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
+from simfluence_cli.cli._coercion import install as install_plain_coercion
 from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
@@ -28,6 +29,17 @@ GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
 
 class _Group(TyperGroup):
     """Accepts the global flags (-q/--quiet, --debug) after the subcommand too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            install_plain_coercion(p)
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            install_plain_coercion(opt)
+        return opt
 
     def parse_args(self, ctx, args):
         end = args.index("--") if "--" in args else len(args)
@@ -44,6 +56,7 @@ class _Command(TyperCommand):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for p in self.params:
+            install_plain_coercion(p)  # plain values without pydantic (see cli/_coercion.py)
             if p.metavar is None and not getattr(p, "is_flag", False):
                 desc = getattr(p, "type_descriptor", None)
                 is_choice = getattr(desc, "is_choice", False)
@@ -60,6 +73,12 @@ class _Command(TyperCommand):
                 dots = "..." if p.nargs != 1 and not p.metavar.endswith("...") else ""
                 p.get_usage_pieces = lambda ctx, shown=shown + dots: [shown]
                 p.display_type_rich = lambda ctx: None  # the metavar says it all
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            install_plain_coercion(opt)
+        return opt
 
     def parse_args(self, ctx, args):
         try:

@@ -211,7 +211,7 @@ def fit(
         Solver,
         typer.Option(
             "--solver",
-            help="auto: exact dense solve when a test example has <= 400 parameters "
+            help="auto: exact dense solve when a test example has <= 64 parameters "
             "(2 x training examples for linear), preconditioned conjugate gradient "
             "(relative residual 1e-10) above; direct | cg force one. Both give the "
             "same parameters to 1e-6.",

@@ -480,11 +480,13 @@ class Simulator:
                     batch = jobs[s : s + threads]
                     yield from ex.map(lambda j: fold_fit(folds[j[0]], chunks[j[1]]), batch)
 
+        # per run: the tests' loss range, so a fold's clamp bounds need no stacked losses
+        ranges = None if self.clip == "none" else {rid: self._range(runs[rid]) for rid in ids}
         fits = fold_fits()
         for _f, fold in enumerate(folds):
             train = [x for x in ids if x not in fold]
             trained = np.logical_or.reduce([observed[rid] for rid in train])  # (m,)
-            lo_all, hi_all = self._bounds_from(runs.subset(train))
+            lo_all, hi_all = self._fold_bounds(ranges, train)
             if lo_all is not None:  # tests never logged in the training fold: NaN bounds
                 lo_all = np.where(np.isfinite(lo_all), lo_all, 0.0)
                 hi_all = np.where(np.isfinite(hi_all), hi_all, np.inf)
@@ -556,13 +558,23 @@ class Simulator:
             return T, np.zeros((n, m))
         return np.zeros((n, m)), T
 
-    def _bounds_from(self, runs: RunSet) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if self.clip == "none":
-            return None, None
-        allL = np.vstack([r.losses for r in runs.runs])
+    @staticmethod
+    def _range(run) -> tuple[np.ndarray, np.ndarray]:
+        """(nanmin, nanmax) of one run's losses per test (NaN where never logged)."""
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # tests not logged: NaN bounds
-            return self._widen(np.nanmin(allL, axis=0), np.nanmax(allL, axis=0))
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmin(run.losses, axis=0), np.nanmax(run.losses, axis=0)
+
+    def _fold_bounds(self, ranges, train):
+        """Clamp bounds of a CV fold fitted on ``train``: the widened range of their losses, from
+        the runs' ranges (min of the minima, max of the maxima: exact, no stacked losses)."""
+        if ranges is None:
+            return None, None
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = np.nanmin(np.vstack([ranges[r][0] for r in train]), axis=0)
+            hi = np.nanmax(np.vstack([ranges[r][1] for r in train]), axis=0)
+        return self._widen(lo, hi)
 
     def _widen(self, lo, hi):
         span = hi - lo

@@ -87,9 +87,10 @@ def _replace_fix(rid: str) -> str:
 
 
 def _present_values(col) -> set:
-    """The distinct values of a null-free string column (without pyarrow.compute, ~0.1 s)."""
+    """The distinct values of a null-free string column (without pyarrow.compute, ~0.1 s; the
+    codes present by a count, not a sort)."""
     values, codes = _dict_column(col)
-    return set(values[np.unique(codes)].tolist())
+    return set(values[np.flatnonzero(np.bincount(codes, minlength=len(values)))].tolist())
 
 
 def _check_run(store, rid: str, entry, rep: VerifyReport, named: set[str]) -> bool:

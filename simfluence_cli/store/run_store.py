@@ -390,7 +390,7 @@ class RunStore:
         else:
             raw = [read(rid) for rid in ids]
         ex_all = sorted({e for r in raw for e in r[2].tolist()})  # a set: no object-array sort
-        te_all = np.unique(np.concatenate([r[5] for r in raw])) if raw else np.asarray([], object)
+        te_all = sorted({t for r in raw for t in r[5].tolist()})  # as ex_all (np.unique: a sort)
         ex_all = np.asarray(ex_all, dtype=object)
         te_all = np.asarray(te_all, dtype=object)
         if wanted is not None:
@@ -411,7 +411,7 @@ class RunStore:
             ex_idx = _index_of(ex_pos, ex_vals)[ex_codes][order]
             ptr = np.zeros(T + 1, dtype=np.int64)
             np.cumsum(np.bincount(cstep, minlength=T + 1)[1 : T + 1], out=ptr[1:])
-            steps, row = np.unique(lstep, return_inverse=True)
+            steps, row = unique_inverse(lstep)
             L = np.full((len(steps), len(te_all)), np.nan)
             L[row, _positions(te_all, te_vals)[te_codes]] = loss
             lr = None
@@ -462,7 +462,7 @@ class RunStore:
             uniq, inv = np.unique(np.concatenate(ex_vals), return_inverse=True)
             occ = np.bincount(inv, weights=np.concatenate(ex_counts)).astype(np.int64)
             n_train = int(len(uniq))
-            n_test = int(len(np.unique(np.concatenate(te_vals))))
+            n_test = len({t for v in te_vals for t in v.tolist()})  # no np.unique: numpy.ma
             mean = float(occ.mean())
             coverage = {
                 "min": int(occ.min()),
@@ -839,6 +839,17 @@ class RunStore:
                     self._write_runs_table(man)
                 except OSError:
                     pass
+
+
+def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)``; one pass when ``a`` is sorted already (the
+    loss files are written sorted by step), no sort."""
+    if len(a) and np.all(a[1:] >= a[:-1]):
+        new = np.empty(len(a), dtype=bool)
+        new[0] = True
+        np.not_equal(a[1:], a[:-1], out=new[1:])
+        return a[new], np.cumsum(new) - 1
+    return np.unique(a, return_inverse=True)
 
 
 def _index_of(pos: dict, values: np.ndarray) -> np.ndarray:

@@ -722,7 +722,7 @@ def _fill_parameters(
         where.setdefault(c, []).append(j)
     group_of = np.searchsorted(first, np.fromiter(where, dtype=np.int64), side="right") - 1
     ex_expect = None
-    for g in np.unique(group_of).tolist():
+    for g in sorted(set(group_of.tolist())):  # (np.unique would import numpy.ma, ~0.015 s)
         k = int(sizes[g] // n)
         t = pf.read_row_group(g, columns=["test_id", "example_id", "A", "B"])
         te = _dict_codes(t["test_id"], all_tests)
