@@ -92,7 +92,7 @@ def test_invalid_values_keep_typer_errors():
 
     r = CliRunner().invoke(app, ["fit", "--method", "linearr"])
     assert r.exit_code == 2
-    assert "'linearr' is not one of 'linear', 'additive'" in r.output
+    assert "'linearr' is not one of 'auto', 'linear', 'additive'" in r.output
     r = CliRunner().invoke(app, ["top", "--k", "x"])
     assert r.exit_code == 2
     assert "--k" in r.output and "valid integer" in r.output
