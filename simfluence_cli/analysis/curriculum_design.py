@@ -23,7 +23,14 @@ pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch
    them (first order). The ``candidates`` best moves are simulated exactly (one vectorised
    rollout from the earliest changed step); the best exact improvement is taken, together
    with further improving moves on other steps when their combination is better still.
-   Stops when no move improves. Optimizer-aware models use their own adjoint
+   Stops when no move improves. **Data floor guard** (``floor_guard``, on by default): a
+   candidate is rejected when any test's simulated final loss falls below its data floor,
+   the lowest final loss any fitting run reached for that test (``floor``, from
+   :func:`final_loss_floor`; without it the lowest loss at any step, ``sim.loss_min_``), or
+   its simulated value at the start where that is lower already. Below the floor no real
+   run vouches for the simulator: a biased one finds its largest (unreal) gains there
+   (bench/RESULTS-design.md: the optimizer-aware simulator on AdamW). The same rule for
+   every method; it replaces the former clip-floor count. Optimizer-aware models use their own adjoint
    (``oa_final_loss_adjoint``: the 2-D state (loss, carried increment), step weights and
    drift by step index) and are checked exactly from the state at the first changed step.
 4. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +60,8 @@ __all__ = [
     "DesignResult",
     "best_run_start",
     "resolve_start",
+    "final_loss_floor",
+    "store_final_floor",
     "START_CHOICES",
     "design_curriculum",
     "random_curricula",
@@ -461,42 +471,83 @@ class _OAObjective:
         )
 
 
-def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, cfg, progress):
-    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history)."""
-    iters, candidates, consensus, floor_guard = cfg
-    n = objective.n
+def final_loss_floor(runs, tests: Sequence[str] | None = None) -> np.ndarray:
+    """Per test (``tests``, default all of ``runs``'): the lowest final loss any fitting run
+    reached (NaN where no run logged it): the data floor of ``design``."""
+    fin = np.vstack([r.losses[-1] for r in runs.runs])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanmin(fin, axis=0)
+    if tests is None:
+        return low
+    pos = {str(t): j for j, t in enumerate(runs.test_ids)}
+    return np.array([low[pos[str(t)]] if str(t) in pos else np.nan for t in tests])
 
-    def at_floor(final):  # tests at the lower clip bound after the last step, per curriculum
-        return np.zeros(len(final), int) if lo is None else np.sum(final <= lo + 1e-12, axis=-1)
+
+def store_final_floor(store, sim, tests: Sequence[str] | None = None) -> np.ndarray | None:
+    """:func:`final_loss_floor` of ``sim``'s fitting runs loaded from ``store``, or None when
+    the model records none or some are not in the store (design then falls back to
+    ``sim.loss_min_``, the lowest loss at any step)."""
+    ids = list(getattr(sim, "run_ids_", []) or [])
+    if not ids or set(ids) - set(store.run_ids()):
+        return None
+    return final_loss_floor(store.load(ids), tests)
+
+
+def data_floor(sim, cols, start_final: np.ndarray, floor=None) -> np.ndarray:
+    """Per test: ``floor`` (e.g. :func:`final_loss_floor`; default the lowest loss the fitting
+    runs showed at any step, ``sim.loss_min_``), or its simulated final loss at the start where
+    that is lower already; -inf where unknown. Below it the simulator extrapolates."""
+    if floor is None:
+        floor = np.asarray(getattr(sim, "loss_min_", np.full(len(sim.test_ids_), np.nan)), float)
+        floor = floor[cols]
+    lo = np.asarray(floor, float)
+    lo = np.where(np.isfinite(lo), lo, -np.inf)
+    return np.minimum(lo, start_final)
+
+
+def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_changes, cfg, progress):
+    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history).
+    ``floor`` (per test, or None): no accepted curriculum has a test's final loss below it."""
+    iters, candidates, consensus = cfg
+    n = objective.n
+    tol = (
+        None
+        if floor is None
+        else 1e-9 * np.maximum(1.0, np.abs(np.where(np.isfinite(floor), floor, 0)))
+    )
+
+    def below(final):  # tests below their data floor after the last step, per curriculum
+        if floor is None:
+            return np.zeros(len(final), int)
+        return np.sum(final < floor - tol, axis=-1)
 
     traj, obj_k, S, Sf = objective.evaluate(cur)
     multi = Sf is not None
     best = float(obj_k[0])
     history = [best]
-    cap = int(at_floor(traj[-1][None])[0]) if floor_guard else None
+    cap = 0 if floor is not None else None
     for _it in range(iters):
-        moves = _adjoint_moves(
-            S,
-            Sf,
-            cur,
-            start,
-            pool_idx,
-            max_uses,
-            max_changes,
-            consensus,
-            candidates,
-            128,
-        )
+        eps = 1e-12 * max(1.0, abs(best))
+        for width in (candidates, 4 * candidates, 16 * candidates):
+            moves = _adjoint_moves(
+                S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, width, 128
+            )
+            if not moves:
+                break
+            cands = np.stack([_apply(cur, mv) for _, mv in moves])
+            first = min(min(_move_steps(mv)) for _, mv in moves)
+            F = objective.finals(cands, first)
+            fin = F.mean(axis=1)
+            improving = bool(np.any(fin < best - eps))
+            if cap is not None:
+                fin[below(F) > cap] = np.inf
+            if not improving or np.any(fin < best - eps) or cap is None:
+                break  # else the guard rejected every improving move: look further down the ranking
         if not moves:
             break
-        cands = np.stack([_apply(cur, mv) for _, mv in moves])
-        first = min(min(_move_steps(mv)) for _, mv in moves)
-        F = objective.finals(cands, first)
-        fin = F.mean(axis=1)
-        if cap is not None:
-            fin[at_floor(F) > cap] = np.inf
         order = np.argsort(fin, kind="stable")
-        if fin[order[0]] >= best - 1e-12 * max(1.0, abs(best)):
+        if fin[order[0]] >= best - eps:
             break
         # the best move plus further improving moves on other steps, if jointly better
         chosen = [moves[order[0]][1]]
@@ -521,7 +572,7 @@ def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, 
             if (
                 oc[0] < fin[order[0]]
                 and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)
-                and (cap is None or at_floor(tc[-1][None])[0] <= cap)
+                and (cap is None or below(tc[-1][None])[0] <= cap)
             ):
                 nxt = combo
         traj, obj_k, S, Sf = objective.evaluate(nxt)
@@ -552,6 +603,7 @@ def design_curriculum(
     fold_models: Sequence | None = None,
     consensus: float = 0.5,
     floor_guard: bool = True,
+    floor: np.ndarray | None = None,
     progress=None,
 ) -> DesignResult:
     """Start (``start`` curriculum, else greedy) + trust-region descent; see the module doc.
@@ -559,7 +611,9 @@ def design_curriculum(
     ``trust``: the fraction of the curriculum's slots that may differ from the start (default
     0.1 with a ``start``, 1 = unlimited for the greedy start). ``fold_models``: models whose
     majority (> ``consensus``) must agree that a move helps (first order). ``floor_guard``: no
-    move may bring more tests to the lower clip bound than the start has there."""
+    test's simulated final loss below its data floor (``floor``, per chosen test: the lowest
+    final loss of the fitting runs, :func:`final_loss_floor`; default ``sim.loss_min_``) or
+    below its start value where that is lower; see the module doc."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
@@ -641,20 +695,26 @@ def design_curriculum(
         )
     else:
         goal = _LinearObjective(sim, models, L0, lo, hi, tests)
+    if floor is not None and np.shape(floor) != (len(cols),):
+        raise UsageError(f"floor has shape {np.shape(floor)}; expected ({len(cols)},)")
+    user_floor = floor
+    floor = data_floor(sim, cols, traj[-1], user_floor) if floor_guard else None
     cur, traj, history = _adjoint_search(
         goal,
         cur,
         start_idx,
-        lo,
+        floor,
         pool_idx,
         max_uses,
         max_changes,
-        (iters, candidates, consensus, floor_guard),
+        (iters, candidates, consensus),
         progress,
     )
     traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
+    lows = data_floor(sim, cols, np.full(len(cols), np.inf), user_floor)
+    below_data = int(np.sum(traj[-1] < lows - 1e-12))
     rnd = np.empty(0)
     if n_random:
         ridx = random_curricula(pool_idx, steps, b, n_random, np.random.default_rng(seed + 1))
@@ -680,6 +740,8 @@ def design_curriculum(
         "seed": seed,
         "distinct_examples": int(len(np.unique(cur[cur >= 0]))),
         "tests_at_clip_floor": at_floor,
+        "tests_at_data_floor": below_data,
+        "floor_guard": bool(floor_guard),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return DesignResult(batches, best, start_obj, rnd, history, params)

@@ -566,8 +566,9 @@ def design_cmd(
         bool,
         typer.Option(
             "--floor-guard/--no-floor-guard",
-            help="Reject moves that bring more tests to the simulator's lower clip bound (the "
-            "lowest loss the fitting runs showed) than the start has: there it extrapolates.",
+            help="Reject moves that push any test's simulated final loss below its data floor: "
+            "the lowest final loss any fitting run reached for that test (or the start's "
+            "simulated value where already lower). Below it the simulator extrapolates.",
         ),
     ] = True,
     objective: Annotated[
@@ -647,6 +648,7 @@ def design_cmd(
         curriculum_text,
         design_curriculum,
         resolve_start,
+        store_final_floor,
     )
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
 
@@ -703,6 +705,7 @@ def design_cmd(
             fold_models=None if cal is None else cal.fold_models,
             consensus=consensus,
             floor_guard=floor_guard,
+            floor=store_final_floor(st, sim, list(sim.test_ids_)) if floor_guard else None,
             progress=progress,
         )
     finally:
