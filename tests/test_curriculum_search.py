@@ -386,7 +386,9 @@ def test_data_floor_stops_a_biased_simulator_at_what_the_fitting_runs_support():
     s0 = sim.simulate([start])[0, -1]
     floor = s0 - np.linspace(0.1, 0.3, M)  # what the runs reached: a little below the start
     floor[0] = s0[0] + 0.01  # a test the start is already below: it may not fall further
-    kw = dict(start=start, trust=0.5, iters=60, candidates=16, n_random=0)
+    # enough candidates that moves sparing t0 are among them (the search stops when all
+    # best-ranked improving moves leave the floor)
+    kw = dict(start=start, trust=0.5, iters=60, candidates=400, n_random=0)
     free = design_curriculum(sim, floor=floor, floor_guard=False, **kw)
     guarded = design_curriculum(sim, floor=floor, **kw)
     f_free = sim.simulate([free.batches])[0, -1]
@@ -397,6 +399,9 @@ def test_data_floor_stops_a_biased_simulator_at_what_the_fitting_runs_support():
     assert np.all(f_guard >= bound - 1e-9)
     assert guarded.params["tests_at_data_floor"] == int(np.sum(f_guard < floor - 1e-12))
     assert free.objective < guarded.objective < guarded.start_objective
+    # with few candidates the best-ranked moves all lower t0 past its floor: the search stops
+    stopped = design_curriculum(sim, floor=floor, **{**kw, "candidates": 16})
+    assert stopped.batches == start and stopped.params["moves_accepted"] == 0
     with pytest.raises(UsageError, match="floor has shape"):
         design_curriculum(sim, floor=floor[:2], **kw)
 

@@ -29,8 +29,10 @@ pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch
    :func:`final_loss_floor`; without it the lowest loss at any step, ``sim.loss_min_``), or
    its simulated value at the start where that is lower already. Below the floor no real
    run vouches for the simulator: a biased one finds its largest (unreal) gains there
-   (bench/RESULTS-design.md: the optimizer-aware simulator on AdamW). The same rule for
-   every method; it replaces the former clip-floor count. Optimizer-aware models use their own adjoint
+   (bench/RESULTS-design.md: the optimizer-aware simulator on AdamW). So the search also
+   stops when all ``candidates`` best-ranked moves that improve leave the floor: the
+   simulator's preferred direction points past the data. The same rule for every method;
+   it replaces the former clip-floor count. Optimizer-aware models use their own adjoint
    (``oa_final_loss_adjoint``: the 2-D state (loss, carried increment), step weights and
    drift by step index) and are checked exactly from the state at the first changed step.
 4. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
@@ -529,26 +531,20 @@ def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_change
     cap = 0 if floor is not None else None
     for _it in range(iters):
         eps = 1e-12 * max(1.0, abs(best))
-        for width in (candidates, 4 * candidates, 16 * candidates):
-            moves = _adjoint_moves(
-                S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, width, 128
-            )
-            if not moves:
-                break
-            cands = np.stack([_apply(cur, mv) for _, mv in moves])
-            first = min(min(_move_steps(mv)) for _, mv in moves)
-            F = objective.finals(cands, first)
-            fin = F.mean(axis=1)
-            improving = bool(np.any(fin < best - eps))
-            if cap is not None:
-                fin[below(F) > cap] = np.inf
-            if not improving or np.any(fin < best - eps) or cap is None:
-                break  # else the guard rejected every improving move: look further down the ranking
+        moves = _adjoint_moves(
+            S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, candidates, 128
+        )
         if not moves:
             break
+        cands = np.stack([_apply(cur, mv) for _, mv in moves])
+        first = min(min(_move_steps(mv)) for _, mv in moves)
+        F = objective.finals(cands, first)
+        fin = F.mean(axis=1)
+        if cap is not None:  # the data floor: these moves leave what the fitting runs support
+            fin[below(F) > cap] = np.inf
         order = np.argsort(fin, kind="stable")
         if fin[order[0]] >= best - eps:
-            break
+            break  # no improving move, or the best-ranked ones all leave the data: stop
         # the best move plus further improving moves on other steps, if jointly better
         chosen = [moves[order[0]][1]]
         steps_used = set(_move_steps(chosen[0]))
