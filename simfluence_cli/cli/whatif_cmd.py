@@ -634,7 +634,9 @@ def design_cmd(
     Starts from the best fitting run (or a greedy construction) and descends within a trust
     region around it (--trust: how many slots may change): every round ranks all swap and
     replace moves by adjoint gradients of the objective, simulates the --candidates best
-    exactly and takes the best improvement. The result is never worse than the start.
+    exactly and takes the best improvement. No move may push a test's simulated final loss
+    below the lowest final loss any fitting run reached for it (--floor-guard); the search
+    stops when the best-ranked moves would. The result is never worse than the start.
 
     With --interval 0.9 the objective comes with a 90% interval for the real mean final loss
     of the designed curriculum (CV+ over the fitting runs; a designed curriculum is unlike the
