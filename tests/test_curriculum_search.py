@@ -321,6 +321,18 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     changed = sum(x != y for a, b in zip(cur, start) for x, y in zip(a, b))
     assert changed == report["changed_slots"] <= int(0.2 * 30)
     assert f"# start: {rid}" in out.read_text()
+    # the data floor comes from the model's fitting runs in the store; no test goes below it
+    from simfluence_cli.analysis.curriculum_design import final_loss_floor, store_final_floor
+    from simfluence_cli.store.saved_models import load_model
+
+    sim = load_model(st, "lin")
+    floor = store_final_floor(st, sim)
+    np.testing.assert_array_equal(floor, final_loss_floor(st.load(ids)))
+    s0 = sim.simulate([start])[0, -1]
+    assert report["tests_at_data_floor"] == 0 and report["floor_guard"] is True
+    assert np.all(sim.simulate([cur])[0, -1] >= np.minimum(floor, s0) - 1e-9)
+    sim.run_ids_ = [*sim.run_ids_, "not-in-store"]
+    assert store_final_floor(st, sim) is None  # design then falls back to sim.loss_min_
     # auto falls back to greedy (with a note) when --steps differs; best-run refuses
     r = CliRunner().invoke(app, [*base, "--steps", "7", "-o", str(out)])
     assert r.exit_code == 0 and "greedy construction" in " ".join(r.stderr.split())
