@@ -246,7 +246,7 @@ def main(argv=None) -> int:
                     "in noise sd": (real - finals.min()) / max(noise.std(), 1e-12),
                     "changed slots": res.params["changed_slots"],
                     "tests at floor": res.params["tests_at_clip_floor"],
-                    "below data floor": res.params.get("tests_at_data_floor"),
+                    "below data floor": res.params.get("tests_below_data_floor"),
                     "moves": res.params["moves_accepted"],
                     "CPU s": s,
                     "x baseline": s / base_s,

@@ -329,7 +329,7 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     floor = store_final_floor(st, sim)
     np.testing.assert_array_equal(floor, final_loss_floor(st.load(ids)))
     s0 = sim.simulate([start])[0, -1]
-    assert report["tests_at_data_floor"] == 0 and report["floor_guard"] is True
+    assert report["tests_below_data_floor"] == 0 and report["floor_guard"] is True
     assert np.all(sim.simulate([cur])[0, -1] >= np.minimum(floor, s0) - 1e-9)
     sim.run_ids_ = [*sim.run_ids_, "not-in-store"]
     assert store_final_floor(st, sim) is None  # design then falls back to sim.loss_min_
@@ -371,7 +371,7 @@ def test_floor_guard_keeps_tests_off_the_clip_floor():
     # without a given floor the data floor is the lowest loss at any step (sim.loss_min_)
     fin = sim.simulate([guarded.batches])[0, -1]
     assert np.all(fin >= np.minimum(sim.loss_min_, sim.simulate([start])[0, -1]) - 1e-12)
-    assert guarded.params["tests_at_data_floor"] == 0 < free.params["tests_at_data_floor"]
+    assert guarded.params["tests_below_data_floor"] == 0 < free.params["tests_below_data_floor"]
 
 
 def test_data_floor_stops_a_biased_simulator_at_what_the_fitting_runs_support():
@@ -407,9 +407,9 @@ def test_data_floor_stops_a_biased_simulator_at_what_the_fitting_runs_support():
     f_guard = sim.simulate([guarded.batches])[0, -1]
     bound = np.minimum(floor, s0)
     assert np.sum(f_free < bound - 1e-9) == M  # unguarded: every test past the data
-    assert free.params["tests_at_data_floor"] == int(np.sum(f_free < floor - 1e-12))
+    assert free.params["tests_below_data_floor"] == int(np.sum(f_free < floor - 1e-12))
     assert np.all(f_guard >= bound - 1e-9)
-    assert guarded.params["tests_at_data_floor"] == int(np.sum(f_guard < floor - 1e-12))
+    assert guarded.params["tests_below_data_floor"] == int(np.sum(f_guard < floor - 1e-12))
     assert free.objective < guarded.objective < guarded.start_objective
     # with few candidates the best-ranked moves all lower t0 past its floor: the search stops
     stopped = design_curriculum(sim, floor=floor, **{**kw, "candidates": 16})

@@ -496,7 +496,7 @@ def store_final_floor(store, sim, tests: Sequence[str] | None = None) -> np.ndar
     return final_loss_floor(store.load(ids), tests)
 
 
-def data_floor(sim, cols, start_final: np.ndarray, floor=None) -> np.ndarray:
+def _data_floor(sim, cols, start_final: np.ndarray, floor=None) -> np.ndarray:
     """Per test: ``floor`` (e.g. :func:`final_loss_floor`; default the lowest loss the fitting
     runs showed at any step, ``sim.loss_min_``), or its simulated final loss at the start where
     that is lower already; -inf where unknown. Below it the simulator extrapolates."""
@@ -653,6 +653,8 @@ def design_curriculum(
     L0 = np.asarray(sim.init_loss_mean_[cols] if init_loss is None else init_loss, float)
     if L0.shape != (len(cols),):
         raise UsageError(f"init_loss has shape {L0.shape}; expected ({len(cols)},)")
+    if floor is not None and np.shape(floor) != (len(cols),):
+        raise UsageError(f"floor has shape {np.shape(floor)}; expected ({len(cols)},)")
     lo, hi = sim.bounds_
     if lo is not None:
         lo, hi = lo[cols], hi[cols]
@@ -691,10 +693,8 @@ def design_curriculum(
         )
     else:
         goal = _LinearObjective(sim, models, L0, lo, hi, tests)
-    if floor is not None and np.shape(floor) != (len(cols),):
-        raise UsageError(f"floor has shape {np.shape(floor)}; expected ({len(cols)},)")
     user_floor = floor
-    floor = data_floor(sim, cols, traj[-1], user_floor) if floor_guard else None
+    floor = _data_floor(sim, cols, traj[-1], user_floor) if floor_guard else None
     cur, traj, history = _adjoint_search(
         goal,
         cur,
@@ -709,7 +709,7 @@ def design_curriculum(
     traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
-    lows = data_floor(sim, cols, np.full(len(cols), np.inf), user_floor)
+    lows = _data_floor(sim, cols, np.full(len(cols), np.inf), user_floor)
     below_data = int(np.sum(traj[-1] < lows - 1e-12))
     rnd = np.empty(0)
     if n_random:
@@ -736,7 +736,7 @@ def design_curriculum(
         "seed": seed,
         "distinct_examples": int(len(np.unique(cur[cur >= 0]))),
         "tests_at_clip_floor": at_floor,
-        "tests_at_data_floor": below_data,
+        "tests_below_data_floor": below_data,
         "floor_guard": bool(floor_guard),
         "seconds": round(time.perf_counter() - t0, 3),
     }
