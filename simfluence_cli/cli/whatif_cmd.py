@@ -566,9 +566,9 @@ def design_cmd(
         bool,
         typer.Option(
             "--floor-guard/--no-floor-guard",
-            help="Reject moves that push any test's simulated final loss below its data floor: "
-            "the lowest final loss any fitting run reached for that test (or the start's "
-            "simulated value where already lower). Below it the simulator extrapolates.",
+            help="Reject moves that bring more tests below their data floor than the start "
+            "has (usually none): a test's data floor is the lowest final loss any fitting run "
+            "reached for it. Below it the simulator extrapolates.",
         ),
     ] = True,
     objective: Annotated[
@@ -635,8 +635,9 @@ def design_cmd(
     region around it (--trust: how many slots may change): every round ranks all swap and
     replace moves by adjoint gradients of the objective, simulates the --candidates best
     exactly and takes the best improvement. No move may push a test's simulated final loss
-    below the lowest final loss any fitting run reached for it (--floor-guard); the search
-    stops when the best-ranked moves would. The result is never worse than the start.
+    below the lowest final loss any fitting run reached for it (--floor-guard; tests the
+    start already has there excepted); the search stops when the best-ranked moves would.
+    The result is never worse than the start.
 
     With --interval 0.9 the objective comes with a 90% interval for the real mean final loss
     of the designed curriculum (CV+ over the fitting runs; a designed curriculum is unlike the
