@@ -43,7 +43,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _machine import cpu_model
 from bench_plan import _generate_module
 
-from simfluence_cli.analysis.curriculum_design import best_run_start, design_curriculum
+from simfluence_cli.analysis.curriculum_design import (
+    best_run_start,
+    design_curriculum,
+    final_loss_floor,
+)
 from simfluence_cli.analysis.intervals import calibrate
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.run_store import RunStore
@@ -106,6 +110,17 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--noise", type=int, default=6, help="swapped-step variants of the best run")
     ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument(
+        "--variants",
+        default="before,before-trust,greedy,design,consensus,noguard",
+        help="which curricula to design and retrain (keys of the variants, comma-separated)",
+    )
+    ap.add_argument(
+        "--start-rank",
+        type=int,
+        default=1,
+        help="design from the k-th best fitting run (1 = the best, the CLI's start)",
+    )
     ns = ap.parse_args(argv)
     ns.work.mkdir(parents=True, exist_ok=True)
     gen = _generate_module()
@@ -133,6 +148,15 @@ def main(argv=None) -> int:
         finals = np.array([np.nanmean(r.losses[-1]) for r in runs.runs])
         L0 = np.nanmean(np.vstack([r.losses[0] for r in runs.runs]), axis=0)
         rid, start = best_run_start(runs)
+        if ns.start_rank > 1:  # a replicate: design from the k-th best fitting run instead
+            start_k = k = int(np.argsort(finals, kind="stable")[ns.start_rank - 1])
+            run = runs.runs[k]
+            start_rid = str(runs.run_ids[k])
+            design_start = [
+                [str(runs.example_ids[q]) for q in run.batch(t)] for t in range(1, run.n_steps + 1)
+            ]
+        else:
+            start_rid, design_start = rid, start
         tmp = ns.work / f"retrain-{fam}"
         tmp.mkdir(exist_ok=True)
         real_best = float(train(start, tmp / "best.jsonl.gz")[-1].mean())
@@ -155,24 +179,38 @@ def main(argv=None) -> int:
             flush=True,
         )
         before = _before(ns.before)
+        floor = final_loss_floor(runs)  # the data floor the CLI passes (design's default)
         variants = {
-            f"before ({ns.before}: greedy + random search)": dict(before=True),
-            **(
-                {  # a baseline that knows --start / --trust: the same start, its own search
-                    f"before ({ns.before}), best-run start + trust": dict(
-                        before=True, start=start, trust=ns.trust
-                    )
-                }
-                if "trust" in inspect.signature(before).parameters
-                else {}
+            "before": (f"before ({ns.before}: greedy + random search)", dict(before=True)),
+            "before-trust": (
+                f"before ({ns.before}), best-run start + trust",
+                dict(before=True, start=design_start, trust=ns.trust),
             ),
-            "greedy, no trust region": dict(start=None, trust=1.0, steps=len(start)),
-            "design, no consensus": dict(start=start, trust=ns.trust),
-            "design (consensus)": dict(start=start, trust=ns.trust, fold_models=cal.fold_models),
-            "design (consensus), no floor guard": dict(
-                start=start, trust=ns.trust, fold_models=cal.fold_models, floor_guard=False
+            "greedy": (
+                "greedy, no trust region",
+                dict(start=None, trust=1.0, steps=len(start), floor=floor),
+            ),
+            "design": (
+                "design, no consensus",
+                dict(start=design_start, trust=ns.trust, floor=floor),
+            ),
+            "consensus": (
+                "design (consensus)",
+                dict(start=design_start, trust=ns.trust, fold_models=cal.fold_models, floor=floor),
+            ),
+            "noguard": (
+                "design (consensus), no floor guard",
+                dict(
+                    start=design_start,
+                    trust=ns.trust,
+                    fold_models=cal.fold_models,
+                    floor_guard=False,
+                ),
             ),
         }
+        if "trust" not in inspect.signature(before).parameters:
+            variants.pop("before-trust")
+        variants = dict(v for k, v in variants.items() if k in ns.variants.split(","))
         base_s = None
         for name, kw in variants.items():
             if kw.get("before"):
@@ -208,6 +246,7 @@ def main(argv=None) -> int:
                     "in noise sd": (real - finals.min()) / max(noise.std(), 1e-12),
                     "changed slots": res.params["changed_slots"],
                     "tests at floor": res.params["tests_at_clip_floor"],
+                    "below data floor": res.params.get("tests_below_data_floor"),
                     "moves": res.params["moves_accepted"],
                     "CPU s": s,
                     "x baseline": s / base_s,
@@ -223,6 +262,16 @@ def main(argv=None) -> int:
                 "real - best run": 0.0,
             }
         )
+        if ns.start_rank > 1:
+            rows.append(
+                {
+                    "case": case,
+                    "curriculum": f"start: fitting run {start_rid} (rank {ns.start_rank})",
+                    "simulated": float(sim.simulate([design_start], L0)[0, -1].mean()),
+                    "real": float(finals[start_k]),
+                    "real - best run": float(finals[start_k] - finals.min()),
+                }
+            )
         rows.append({"case": case, "curriculum": "mean of fitting runs", "real": finals.mean()})
     cols = list(dict.fromkeys(k for r in rows for k in r))
     print("| " + " | ".join(cols) + " |")

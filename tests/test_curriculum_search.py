@@ -207,7 +207,10 @@ def test_best_run_start_is_the_run_with_the_lowest_final_loss():
 def test_design_from_a_run_respects_the_trust_region_and_never_gets_worse(trust):
     runs, sim = _fitted()
     _, start = best_run_start(runs)
-    res = design_curriculum(sim, start=start, trust=trust, iters=40, candidates=16, n_random=0)
+    # a noiseless simulator: the best run sits at some tests' data floor, which the guard
+    # would hold (test_data_floor_...): here the trust region alone is under test
+    kw = dict(iters=40, candidates=16, n_random=0, floor_guard=False)
+    res = design_curriculum(sim, start=start, trust=trust, **kw)
     slots = sum(len(b) for b in start)
     changed = sum(x != y for a, b in zip(res.batches, start) for x, y in zip(a, b))
     assert changed == res.params["changed_slots"] <= int(trust * slots)
@@ -221,9 +224,7 @@ def test_design_from_a_run_respects_the_trust_region_and_never_gets_worse(trust)
     else:
         assert res.objective < res.start_objective  # a noiseless linear model: moves help
     if trust == 0.3:  # a wider region reaches at least as low
-        narrow = design_curriculum(
-            sim, start=start, trust=0.02, iters=40, candidates=16, n_random=0
-        )
+        narrow = design_curriculum(sim, start=start, trust=0.02, **kw)
         assert res.objective <= narrow.objective
 
 
@@ -241,7 +242,9 @@ def test_design_from_a_run_is_deterministic_and_keeps_the_use_cap():
 def test_consensus_of_fold_models_blocks_moves_they_disagree_with():
     runs, sim = _fitted()
     _, start = best_run_start(runs)
-    free = design_curriculum(sim, start=start, trust=0.2, iters=20, candidates=8, n_random=0)
+    free = design_curriculum(
+        sim, start=start, trust=0.2, iters=20, candidates=8, n_random=0, floor_guard=False
+    )
     assert free.params["moves_accepted"] > 0
     # fold models whose example effects are reversed: every move that helps the full model
     # hurts them, so a majority never agrees and the start is kept
@@ -255,6 +258,7 @@ def test_consensus_of_fold_models_blocks_moves_they_disagree_with():
         iters=20,
         candidates=8,
         n_random=0,
+        floor_guard=False,
         fold_models=[contrary, contrary, sim],
     )
     assert blocked.batches == start and blocked.params["fold_models"] == 3
@@ -265,6 +269,7 @@ def test_consensus_of_fold_models_blocks_moves_they_disagree_with():
         iters=20,
         candidates=8,
         n_random=0,
+        floor_guard=False,
         fold_models=[sim, sim, contrary],
     )
     assert agreeing.objective < agreeing.start_objective
@@ -316,6 +321,19 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     changed = sum(x != y for a, b in zip(cur, start) for x, y in zip(a, b))
     assert changed == report["changed_slots"] <= int(0.2 * 30)
     assert f"# start: {rid}" in out.read_text()
+    # the data floor comes from the model's fitting runs in the store; no test goes below it
+    from simfluence_cli.analysis.curriculum_design import final_loss_floor, store_final_floor
+    from simfluence_cli.store.saved_models import load_model
+
+    sim = load_model(st, "lin")
+    floor = store_final_floor(st, sim)
+    np.testing.assert_array_equal(floor, final_loss_floor(st.load(ids)))
+    s0 = sim.simulate([start])[0, -1]
+    assert report["tests_below_data_floor"] == int(np.sum(s0 < floor))
+    assert report["floor_guard"] is True
+    assert np.sum(sim.simulate([cur])[0, -1] < floor - 1e-9) <= np.sum(s0 < floor)
+    sim.run_ids_ = [*sim.run_ids_, "not-in-store"]
+    assert store_final_floor(st, sim) is None  # design then falls back to sim.loss_min_
     # auto falls back to greedy (with a note) when --steps differs; best-run refuses
     r = CliRunner().invoke(app, [*base, "--steps", "7", "-o", str(out)])
     assert r.exit_code == 0 and "greedy construction" in " ".join(r.stderr.split())
@@ -323,10 +341,9 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     assert r.exit_code == 2 and "differs from the best fitting run" in " ".join(r.stderr.split())
 
 
-def test_floor_guard_keeps_tests_off_the_clip_floor():
-    rng = np.random.default_rng(0)
+def _floored_sim(rng):
     base = known_sim()
-    sim = Simulator.from_params(
+    return Simulator.from_params(
         base.A_,
         base.B_,
         base.example_ids_,
@@ -336,6 +353,11 @@ def test_floor_guard_keeps_tests_off_the_clip_floor():
         batch_size=B,
         loss_range=(np.full(M, 1.4) + rng.uniform(0, 0.1, M), np.full(M, 2.0)),
     )
+
+
+def test_floor_guard_keeps_tests_off_the_clip_floor():
+    rng = np.random.default_rng(0)
+    sim = _floored_sim(rng)
     start = random_curricula(np.arange(N), 20, B, 1, rng)[0]
     start = [[f"e{i}" for i in b] for b in start]
     lo, _ = sim.bounds_
@@ -347,6 +369,79 @@ def test_floor_guard_keeps_tests_off_the_clip_floor():
     assert at_floor(guarded.batches) <= at_floor(start)
     assert guarded.params["tests_at_clip_floor"] == at_floor(guarded.batches)
     assert free.objective <= guarded.objective < guarded.start_objective
+    # without a given floor the data floor is the lowest loss at any step (sim.loss_min_)
+    assert np.all(sim.simulate([start])[0, -1] >= sim.loss_min_)
+    assert np.all(sim.simulate([guarded.batches])[0, -1] >= sim.loss_min_ - 1e-12)
+    assert guarded.params["tests_below_data_floor"] == 0 < free.params["tests_below_data_floor"]
+
+
+def _biased_toy():
+    """A simulator that promises ever lower losses (every helpful example -0.05 per use, no
+    saturation); only e0..e4 move test t0. Returns (sim, start, its final losses)."""
+    rng = np.random.default_rng(1)
+    base = _floored_sim(rng)
+    Bm = base.B_.copy()
+    Bm[5:, 0] = 0.0  # only e0..e4 move t0
+    sim = Simulator.from_params(
+        base.A_,
+        Bm,
+        base.example_ids_,
+        base.test_ids_,
+        method="additive",
+        init_loss=np.full(M, 2.0),
+        batch_size=B,
+        clip="none",
+    )
+    start = random_curricula(np.arange(N), 20, B, 1, rng)[0]
+    start = [[f"e{i}" for i in b] for b in start]
+    return sim, start, sim.simulate([start])[0, -1]
+
+
+def test_data_floor_stops_a_biased_simulator_at_what_the_fitting_runs_support():
+    """The fitting runs never got a test below ``floor``: unguarded, design runs every test
+    past it; guarded, no test that starts above its floor ends below it (t0, already below
+    at the start, is not held), yet the design still improves on its start."""
+    sim, start, s0 = _biased_toy()
+    floor = s0 - np.linspace(0.1, 0.3, M)  # what the runs reached: below the start
+    floor[0] = s0[0] + 0.01  # the simulator already puts t0 past the data at the start
+    kw = dict(start=start, trust=0.5, iters=60, candidates=64, n_random=0)
+    free = design_curriculum(sim, floor=floor, floor_guard=False, **kw)
+    guarded = design_curriculum(sim, floor=floor, **kw)
+    f_free = sim.simulate([free.batches])[0, -1]
+    f_guard = sim.simulate([guarded.batches])[0, -1]
+    assert np.sum(f_free < floor - 1e-9) == M  # unguarded: every test past the data
+    assert free.params["tests_below_data_floor"] == M
+    assert np.all(f_guard[1:] >= floor[1:] - 1e-9)
+    assert guarded.params["tests_below_data_floor"] == 1  # t0, as at the start
+    assert free.objective < guarded.objective < guarded.start_objective
+    with pytest.raises(UsageError, match="floor has shape"):
+        design_curriculum(sim, floor=floor[:2], **kw)
+
+
+def test_design_stops_when_its_best_ranked_moves_all_leave_the_data():
+    """Every helpful move lowers the tests by ~0.066, the floor allows 0.03: the top-ranked
+    candidates all cross it and the search stops at the start; with room for the small
+    moves further down the ranking it takes those, and stays above the floor."""
+    sim, start, s0 = _biased_toy()
+    floor = s0 - 0.03
+    kw = dict(start=start, trust=0.5, iters=60, n_random=0, floor=floor)
+    stopped = design_curriculum(sim, candidates=16, **kw)
+    assert stopped.batches == start and stopped.params["moves_accepted"] == 0
+    wide = design_curriculum(sim, candidates=2000, **kw)
+    assert wide.params["moves_accepted"] > 0 and wide.objective < wide.start_objective
+    assert np.all(sim.simulate([wide.batches])[0, -1] >= floor - 1e-9)
+
+
+def test_final_loss_floor_is_the_lowest_final_loss_of_the_fitting_runs():
+    from simfluence_cli.analysis.curriculum_design import final_loss_floor
+
+    runs, _, _ = make_runs(8, 4, 5, 12, 3, method="linear", seed=3)
+    fin = np.vstack([r.losses[-1] for r in runs.runs])
+    np.testing.assert_array_equal(final_loss_floor(runs), fin.min(axis=0))
+    t = [str(runs.test_ids[2]), str(runs.test_ids[0]), "nope"]
+    got = final_loss_floor(runs, t)
+    np.testing.assert_array_equal(got[:2], fin.min(axis=0)[[2, 0]])
+    assert np.isnan(got[2])
 
 
 @settings(max_examples=15, deadline=None)

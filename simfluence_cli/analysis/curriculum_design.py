@@ -23,7 +23,16 @@ pool example used at most ``max_uses`` times (default ``ceil(1.5 * steps * batch
    them (first order). The ``candidates`` best moves are simulated exactly (one vectorised
    rollout from the earliest changed step); the best exact improvement is taken, together
    with further improving moves on other steps when their combination is better still.
-   Stops when no move improves. Optimizer-aware models use their own adjoint
+   Stops when no move improves. **Data floor guard** (``floor_guard``, on by default): a
+   candidate is rejected when it has more tests whose simulated final loss lies below their
+   data floor than the start has (usually none), the data floor of a test being the lowest
+   final loss any fitting run reached for it (``floor``, from :func:`final_loss_floor`;
+   without it the lowest loss at any step, ``sim.loss_min_``). Below the floor no real
+   run vouches for the simulator: a biased one finds its largest (unreal) gains there
+   (bench/RESULTS-design.md: the optimizer-aware simulator on AdamW). So the search also
+   stops when all ``candidates`` best-ranked moves that improve leave the floor: the
+   simulator's preferred direction points past the data. The same rule for every method;
+   it replaces the former clip-floor count. Optimizer-aware models use their own adjoint
    (``oa_final_loss_adjoint``: the 2-D state (loss, carried increment), step weights and
    drift by step index) and are checked exactly from the state at the first changed step.
 4. **Reference**: ``n_random`` random curricula from the same pool (the pool's examples in
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +62,8 @@ __all__ = [
     "DesignResult",
     "best_run_start",
     "resolve_start",
+    "final_loss_floor",
+    "store_final_floor",
     "START_CHOICES",
     "design_curriculum",
     "random_curricula",
@@ -461,31 +473,66 @@ class _OAObjective:
         )
 
 
-def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, cfg, progress):
-    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history)."""
-    iters, candidates, consensus, floor_guard = cfg
-    n = objective.n
+def final_loss_floor(runs, tests: Sequence[str] | None = None) -> np.ndarray:
+    """Per test (``tests``, default all of ``runs``'): the lowest final loss any fitting run
+    reached (NaN where no run logged it): the data floor of ``design``."""
+    fin = np.vstack([r.losses[-1] for r in runs.runs])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanmin(fin, axis=0)
+    if tests is None:
+        return low
+    pos = {str(t): j for j, t in enumerate(runs.test_ids)}
+    return np.array([low[pos[str(t)]] if str(t) in pos else np.nan for t in tests])
 
-    def at_floor(final):  # tests at the lower clip bound after the last step, per curriculum
-        return np.zeros(len(final), int) if lo is None else np.sum(final <= lo + 1e-12, axis=-1)
+
+def store_final_floor(store, sim, tests: Sequence[str] | None = None) -> np.ndarray | None:
+    """:func:`final_loss_floor` of ``sim``'s fitting runs loaded from ``store``, or None when
+    the model records none or some are not in the store (design then falls back to
+    ``sim.loss_min_``, the lowest loss at any step)."""
+    ids = list(getattr(sim, "run_ids_", []) or [])
+    if not ids or set(ids) - set(store.run_ids()):
+        return None
+    return final_loss_floor(store.load(ids), tests)
+
+
+def _data_floor(sim, cols, floor=None) -> np.ndarray:
+    """Per test: ``floor`` (e.g. :func:`final_loss_floor`; default the lowest loss the fitting
+    runs showed at any step, ``sim.loss_min_``); -inf where unknown. Below it the simulator
+    extrapolates."""
+    if floor is None:
+        floor = np.asarray(getattr(sim, "loss_min_", np.full(len(sim.test_ids_), np.nan)), float)
+        floor = floor[cols]
+    lo = np.asarray(floor, float)
+    return np.where(np.isfinite(lo), lo, -np.inf)
+
+
+def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_changes, cfg, progress):
+    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history).
+    ``floor`` (per test, or None): no accepted curriculum has more tests with a final loss
+    below it than ``cur`` has."""
+    iters, candidates, consensus = cfg
+    n = objective.n
+    tol = (
+        None
+        if floor is None
+        else 1e-9 * np.maximum(1.0, np.abs(np.where(np.isfinite(floor), floor, 0)))
+    )
+
+    def below(final):  # tests below their data floor after the last step, per curriculum
+        if floor is None:
+            return np.zeros(len(final), int)
+        return np.sum(final < floor - tol, axis=-1)
 
     traj, obj_k, S, Sf = objective.evaluate(cur)
     multi = Sf is not None
     best = float(obj_k[0])
     history = [best]
-    cap = int(at_floor(traj[-1][None])[0]) if floor_guard else None
+    cap = int(below(traj[-1][None])[0]) if floor is not None else None
     for _it in range(iters):
+        eps = 1e-12 * max(1.0, abs(best))
         moves = _adjoint_moves(
-            S,
-            Sf,
-            cur,
-            start,
-            pool_idx,
-            max_uses,
-            max_changes,
-            consensus,
-            candidates,
-            128,
+            S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, candidates, 128
         )
         if not moves:
             break
@@ -493,11 +540,11 @@ def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, 
         first = min(min(_move_steps(mv)) for _, mv in moves)
         F = objective.finals(cands, first)
         fin = F.mean(axis=1)
-        if cap is not None:
-            fin[at_floor(F) > cap] = np.inf
+        if cap is not None:  # the data floor: these moves leave what the fitting runs support
+            fin[below(F) > cap] = np.inf
         order = np.argsort(fin, kind="stable")
-        if fin[order[0]] >= best - 1e-12 * max(1.0, abs(best)):
-            break
+        if fin[order[0]] >= best - eps:
+            break  # no improving move, or the best-ranked ones all leave the data: stop
         # the best move plus further improving moves on other steps, if jointly better
         chosen = [moves[order[0]][1]]
         steps_used = set(_move_steps(chosen[0]))
@@ -521,7 +568,7 @@ def _adjoint_search(objective, cur, start, lo, pool_idx, max_uses, max_changes, 
             if (
                 oc[0] < fin[order[0]]
                 and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)
-                and (cap is None or at_floor(tc[-1][None])[0] <= cap)
+                and (cap is None or below(tc[-1][None])[0] <= cap)
             ):
                 nxt = combo
         traj, obj_k, S, Sf = objective.evaluate(nxt)
@@ -552,6 +599,7 @@ def design_curriculum(
     fold_models: Sequence | None = None,
     consensus: float = 0.5,
     floor_guard: bool = True,
+    floor: np.ndarray | None = None,
     progress=None,
 ) -> DesignResult:
     """Start (``start`` curriculum, else greedy) + trust-region descent; see the module doc.
@@ -559,7 +607,9 @@ def design_curriculum(
     ``trust``: the fraction of the curriculum's slots that may differ from the start (default
     0.1 with a ``start``, 1 = unlimited for the greedy start). ``fold_models``: models whose
     majority (> ``consensus``) must agree that a move helps (first order). ``floor_guard``: no
-    move may bring more tests to the lower clip bound than the start has there."""
+    move may bring more tests below their data floor (``floor``, per chosen test: the lowest
+    final loss of the fitting runs, :func:`final_loss_floor`; default ``sim.loss_min_``) than
+    the start has; see the module doc."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
@@ -603,6 +653,8 @@ def design_curriculum(
     L0 = np.asarray(sim.init_loss_mean_[cols] if init_loss is None else init_loss, float)
     if L0.shape != (len(cols),):
         raise UsageError(f"init_loss has shape {L0.shape}; expected ({len(cols)},)")
+    if floor is not None and np.shape(floor) != (len(cols),):
+        raise UsageError(f"floor has shape {np.shape(floor)}; expected ({len(cols)},)")
     lo, hi = sim.bounds_
     if lo is not None:
         lo, hi = lo[cols], hi[cols]
@@ -641,20 +693,24 @@ def design_curriculum(
         )
     else:
         goal = _LinearObjective(sim, models, L0, lo, hi, tests)
+    user_floor = floor
+    floor = _data_floor(sim, cols, user_floor) if floor_guard else None
     cur, traj, history = _adjoint_search(
         goal,
         cur,
         start_idx,
-        lo,
+        floor,
         pool_idx,
         max_uses,
         max_changes,
-        (iters, candidates, consensus, floor_guard),
+        (iters, candidates, consensus),
         progress,
     )
     traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))
+    lows = _data_floor(sim, cols, user_floor)
+    below_data = int(np.sum(traj[-1] < lows - 1e-12))
     rnd = np.empty(0)
     if n_random:
         ridx = random_curricula(pool_idx, steps, b, n_random, np.random.default_rng(seed + 1))
@@ -680,6 +736,8 @@ def design_curriculum(
         "seed": seed,
         "distinct_examples": int(len(np.unique(cur[cur >= 0]))),
         "tests_at_clip_floor": at_floor,
+        "tests_below_data_floor": below_data,
+        "floor_guard": bool(floor_guard),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return DesignResult(batches, best, start_obj, rnd, history, params)

@@ -566,8 +566,9 @@ def design_cmd(
         bool,
         typer.Option(
             "--floor-guard/--no-floor-guard",
-            help="Reject moves that bring more tests to the simulator's lower clip bound (the "
-            "lowest loss the fitting runs showed) than the start has: there it extrapolates.",
+            help="Reject moves that bring more tests below their data floor than the start "
+            "has (usually none): a test's data floor is the lowest final loss any fitting run "
+            "reached for it. Below it the simulator extrapolates.",
         ),
     ] = True,
     objective: Annotated[
@@ -633,7 +634,10 @@ def design_cmd(
     Starts from the best fitting run (or a greedy construction) and descends within a trust
     region around it (--trust: how many slots may change): every round ranks all swap and
     replace moves by adjoint gradients of the objective, simulates the --candidates best
-    exactly and takes the best improvement. The result is never worse than the start.
+    exactly and takes the best improvement. No move may push a test's simulated final loss
+    below the lowest final loss any fitting run reached for it (--floor-guard; tests the
+    start already has there excepted); the search stops when the best-ranked moves would.
+    The result is never worse than the start.
 
     With --interval 0.9 the objective comes with a 90% interval for the real mean final loss
     of the designed curriculum (CV+ over the fitting runs; a designed curriculum is unlike the
@@ -647,6 +651,7 @@ def design_cmd(
         curriculum_text,
         design_curriculum,
         resolve_start,
+        store_final_floor,
     )
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
 
@@ -703,6 +708,7 @@ def design_cmd(
             fold_models=None if cal is None else cal.fold_models,
             consensus=consensus,
             floor_guard=floor_guard,
+            floor=store_final_floor(st, sim, list(sim.test_ids_)) if floor_guard else None,
             progress=progress,
         )
     finally:
