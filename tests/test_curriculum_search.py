@@ -322,18 +322,19 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     assert changed == report["changed_slots"] <= int(0.2 * 30)
     assert f"# start: {rid}" in out.read_text()
     # the data floor comes from the model's fitting runs in the store; no test goes below it
-    from simfluence_cli.analysis.curriculum_design import final_loss_floor, store_final_floor
+    from simfluence_cli.analysis.curriculum_design import final_loss_floor, fitting_runs
     from simfluence_cli.store.saved_models import load_model
 
     sim = load_model(st, "lin")
-    floor = store_final_floor(st, sim)
+    floor = final_loss_floor(fitting_runs(st, sim)[0])
     np.testing.assert_array_equal(floor, final_loss_floor(st.load(ids)))
     s0 = sim.simulate([start])[0, -1]
     assert report["tests_below_data_floor"] == int(np.sum(s0 < floor))
     assert report["floor_guard"] is True
     assert np.sum(sim.simulate([cur])[0, -1] < floor - 1e-9) <= np.sum(s0 < floor)
     sim.run_ids_ = [*sim.run_ids_, "not-in-store"]
-    assert store_final_floor(st, sim) is None  # design then falls back to sim.loss_min_
+    runs, why = fitting_runs(st, sim)  # design then falls back to sim.loss_min_
+    assert runs is None and "1 of the model's fitting runs are not in the store" in why
     # auto falls back to greedy (with a note) when --steps differs; best-run refuses
     r = CliRunner().invoke(app, [*base, "--steps", "7", "-o", str(out)])
     assert r.exit_code == 0 and "greedy construction" in " ".join(r.stderr.split())

@@ -62,8 +62,8 @@ __all__ = [
     "DesignResult",
     "best_run_start",
     "resolve_start",
+    "fitting_runs",
     "final_loss_floor",
-    "store_final_floor",
     "START_CHOICES",
     "design_curriculum",
     "random_curricula",
@@ -205,9 +205,22 @@ def best_run_start(runs, tests: Sequence[str] | None = None) -> tuple[str, list[
 START_CHOICES = ("auto", "best-run", "greedy")
 
 
+def fitting_runs(store, sim):
+    """(runs, None): ``sim``'s fitting runs loaded from ``store`` (once, for the start and the
+    data floor of ``design``), or (None, why) when the model records none or some are not in
+    the store."""
+    ids = list(getattr(sim, "run_ids_", []) or [])
+    if not ids:
+        return None, "the model records no fitting runs"
+    have = set(store.run_ids())
+    missing = [r for r in ids if r not in have]
+    if missing:
+        return None, f"{len(missing)} of the model's fitting runs are not in the store"
+    return store.load(ids), None
+
+
 def resolve_start(
-    store,
-    sim,
+    fitting,
     start: str,
     *,
     steps: int | None = None,
@@ -215,8 +228,8 @@ def resolve_start(
     batch_size: int | None = None,
     tests: Sequence[str] | None = None,
 ) -> tuple[str | None, list[list[str]] | None, str | None]:
-    """The start of ``design``: (run id, curriculum, note) for 'best-run' (the model's fitting
-    run with the lowest real mean final loss over ``tests``, loaded from ``store``), (None,
+    """The start of ``design``: (run id, curriculum, note) for 'best-run' (the fitting run with
+    the lowest real mean final loss over ``tests``; ``fitting`` = :func:`fitting_runs`), (None,
     None, note) for 'greedy'. 'auto' = best-run when that run fits the request (its length is
     ``steps``, its examples are in ``pool``, its batches fit ``batch_size``), else greedy with
     a note saying why; an explicit 'best-run' that does not fit is a UsageError."""
@@ -226,18 +239,8 @@ def resolve_start(
         if steps is None:
             raise UsageError("--start greedy needs --steps")
         return None, None, None
-    ids = list(getattr(sim, "run_ids_", []) or [])
-    have = set(store.run_ids())
-    missing = [r for r in ids if r not in have]
-    why = None
-    if not ids or missing:
-        why = (
-            f"{len(missing)} of the model's fitting runs are not in the store"
-            if ids
-            else "the model records no fitting runs"
-        )
-    else:
-        runs = store.load(ids)
+    runs, why = fitting
+    if runs is not None:
         rid, cur = best_run_start(runs, tests)
         if steps is not None and steps != len(cur):
             why = f"--steps {steps} differs from the best fitting run's {len(cur)} steps"
@@ -484,16 +487,6 @@ def final_loss_floor(runs, tests: Sequence[str] | None = None) -> np.ndarray:
         return low
     pos = {str(t): j for j, t in enumerate(runs.test_ids)}
     return np.array([low[pos[str(t)]] if str(t) in pos else np.nan for t in tests])
-
-
-def store_final_floor(store, sim, tests: Sequence[str] | None = None) -> np.ndarray | None:
-    """:func:`final_loss_floor` of ``sim``'s fitting runs loaded from ``store``, or None when
-    the model records none or some are not in the store (design then falls back to
-    ``sim.loss_min_``, the lowest loss at any step)."""
-    ids = list(getattr(sim, "run_ids_", []) or [])
-    if not ids or set(ids) - set(store.run_ids()):
-        return None
-    return final_loss_floor(store.load(ids), tests)
 
 
 def _data_floor(sim, cols, floor=None) -> np.ndarray:

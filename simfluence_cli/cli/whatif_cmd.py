@@ -650,8 +650,9 @@ def design_cmd(
         OBJECTIVES,
         curriculum_text,
         design_curriculum,
+        final_loss_floor,
+        fitting_runs,
         resolve_start,
-        store_final_floor,
     )
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
 
@@ -666,9 +667,9 @@ def design_cmd(
         from simfluence_cli.store.example_ids import check_known_ids
 
         check_known_ids(st, [(f"--pool {pool}", pool_ids)], known=sim.example_ids_)
+    fitting = fitting_runs(st, sim)  # loaded once: the start and the data floor
     start_run, start_cur, note = resolve_start(
-        st,
-        sim,
+        fitting,
         start,
         steps=steps,
         pool=pool_ids or None,
@@ -708,7 +709,11 @@ def design_cmd(
             fold_models=None if cal is None else cal.fold_models,
             consensus=consensus,
             floor_guard=floor_guard,
-            floor=store_final_floor(st, sim, list(sim.test_ids_)) if floor_guard else None,
+            floor=(
+                final_loss_floor(fitting[0], list(sim.test_ids_))
+                if floor_guard and fitting[0] is not None
+                else None  # design falls back to sim.loss_min_, the lowest loss at any step
+            ),
             progress=progress,
         )
     finally:
