@@ -4,10 +4,11 @@ tracks coverage on the held-out families.
     nice -n 5 .venv/bin/python bench/bench_calibration.py --work /tmp/bench-calib [--reps 3]
 
 1. Builds a store under ``--work`` from ``sample_runs/`` (the four families, as ``make demo``)
-   and fits ``linear`` (``--l2 auto``) on ``fit``.
+   and fits a model (``--method``, default ``linear``; ``auto`` is the CLI's default, which
+   resolves to optimizer-aware on the sample runs) with ``--l2 auto`` on ``fit``.
 2. Times ``simfluence simulate heldout-random-000 --interval 0.9`` as subprocesses, CPU seconds
    (user + sys of the child): uncached (no saved calibration: 8 refits each call), then
-   ``simfluence calibrate -m linear`` once, then cached; the point estimate without
+   ``simfluence calibrate -m <model>`` once, then cached; the point estimate without
    ``--interval`` is the floor. All in the same run, alternating, ``--reps`` times each.
 3. With the saved calibration: 90% coverage per held-out family (all steps / final step,
    mean over runs), how many runs of each family the novelty warning flags, and coverage of
@@ -56,17 +57,21 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument(
+        "--method", default="linear", help="fit --method of the model (auto: the CLI's default)"
+    )
     ns = ap.parse_args(argv)
+    name = ns.method
     store = ns.work / "store"
     shutil.rmtree(ns.work, ignore_errors=True)
     ns.work.mkdir(parents=True)
     s = ["--store", str(store)]
     for fam in FAMILIES:
         _child(["ingest", str(ROOT / "sample_runs" / fam), "--tag", fam, *s, "-q"])
-    fit_cpu, *_ = _child(["fit", *s, "--runs", "fit", "--method", "linear", "--l2", "auto",
-                          "--name", "linear", "-q"])  # fmt: skip
+    fit_cpu, *_ = _child(["fit", *s, "--runs", "fit", "--method", ns.method, "--l2", "auto",
+                          "--name", name, "-q"])  # fmt: skip
     _, _, cur, _ = _child(["curriculum", "heldout-random-000", *s])
-    sim = ["simulate", "-", *s, "-m", "linear", "--init-loss", "run:heldout-random-000",
+    sim = ["simulate", "-", *s, "-m", name, "--init-loss", "run:heldout-random-000",
            "-f", "csv"]  # fmt: skip
     iv = [*sim, "--interval", str(ns.level)]
 
@@ -79,21 +84,21 @@ def main(argv=None) -> int:
         assert b"refitting" in err, err
         times["uncached"].append(c)
         outs["uncached"] = out
-    cal_cpu, _, _, _ = _child(["calibrate", *s, "-m", "linear"])
+    cal_cpu, _, _, _ = _child(["calibrate", *s, "-m", name])
     for _ in range(ns.reps):
         c, _, out, err = _child(iv, cur)
         assert b"refitting" not in err, err
         times["cached"].append(c)
         outs["cached"] = out
     same = outs["cached"] == outs["uncached"]
-    size = sum(f.stat().st_size for f in (store / "models" / "linear").rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in (store / "models" / name).rglob("*") if f.is_file())
 
     from simfluence_cli.analysis.intervals import stored_calibration
     from simfluence_cli.analysis.whatif import run_batches
     from simfluence_cli.store.run_store import RunStore
 
     st = RunStore(store)
-    _, cal, why = stored_calibration(st, "linear")
+    _, cal, why = stored_calibration(st, name)
     assert cal.source == "saved", why
     fam_rows = []
     for fam in FAMILIES[1:]:
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"load average at the end {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1 / 5 / 15 min; "
         "the cores are shared, so wall times are not reported). Store: the four sample "
-        "families, `linear` with `--l2 auto` on `fit` (48 runs x 250 steps, 300 examples, "
+        f"families, `--method {ns.method}` with `--l2 auto` on `fit` (48 runs x 250 steps, 300 examples, "
         f"100 tests; fit {fit_cpu:.1f} CPU s).\n"
     )
     print("## 1. `simulate --interval 0.9`, uncached vs cached\n")
@@ -141,7 +146,7 @@ def main(argv=None) -> int:
             f"{med[k] / med['uncached']:.3f} | {med[k] / med['point']:.2f} |"
         )
     print(
-        f"\n`simfluence calibrate -m linear` (once): {cal_cpu:.2f} CPU s; model directory with "
+        f"\n`simfluence calibrate -m {name}` (once): {cal_cpu:.2f} CPU s; model directory with "
         f"the calibration: {size / 2**20:.1f} MiB. Cached and uncached intervals byte-identical: "
         f"{same}. Speed-up of a cached call: {med['uncached'] / med['cached']:.1f}x; over the "
         f"point estimate it adds {med['cached'] - med['point']:.2f} CPU s.\n"
