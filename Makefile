@@ -27,13 +27,14 @@ demo: install
 	$(SF) ingest sample_runs/heldout-classordered --tag heldout-classordered --store $(DEMO_STORE)
 	$(SF) info --store $(DEMO_STORE) --format table
 	$(SF) fit --store $(DEMO_STORE) --runs fit --method linear --l2 auto --name linear
+	$(SF) fit --store $(DEMO_STORE) --runs fit --name default
 	$(SF) import-scores sample_runs/tracin_scores.csv.gz --store $(DEMO_STORE) --name tracin --scale fit --runs fit --format table
 	$(SF) curriculum heldout-classordered-000 --store $(DEMO_STORE) \
 	  | $(SF) simulate - --store $(DEMO_STORE) --model linear --init-loss run:heldout-classordered-000 \
 	    --tests t000,t001,t002 -o $(DEMO_OUT)/simulated-classordered-000.csv
 	@echo "simulated trajectory (last steps) -> $(DEMO_OUT)/simulated-classordered-000.csv"
 	@tail -n 3 $(DEMO_OUT)/simulated-classordered-000.csv
-	$(SF) eval --store $(DEMO_STORE) --model linear --model tracin --runs heldout-random --format table
+	$(SF) eval --store $(DEMO_STORE) --model default --model linear --model tracin --runs heldout-random --format table
 	$(SF) top --store $(DEMO_STORE) --model linear --test all --k 5 --format table
 
 # the whole suite on both cores; test files stay whole per worker (module fixtures built once)
