@@ -182,3 +182,38 @@ def test_chunks_follow_the_memory_budget():
     assert sizes(20_000, 128_000, 1_000) == {CG_MIN_CHUNK}  # L: the floor
     assert sizes(300, 1_000, 100) == {100}  # small: one chunk
     assert max(sizes(300, 1_000, 100, min_chunks=8)) <= 13  # shared among threads / workers
+
+
+def test_set_l2_gives_the_system_built_for_that_l2():
+    runs, sched, obs = _problem(True, 3)
+    y0, dprev, dy, Mk = obs.losses(np.arange(runs.n_tests), "logodds")
+    s = OAChunkSystem(obs, y0, dprev, dy, Mk, True, 10.0)
+    s.set_l2(0.1)
+    fresh = OAChunkSystem(obs, y0, dprev, dy, Mk, True, 0.1)
+    for got, want in zip(s.solve(1e-10)[:4], fresh.solve(1e-10)[:4]):
+        np.testing.assert_array_equal(got, want)
+    # one l2 per column: each column solves its own system
+    l2 = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
+    s.set_l2(l2)
+    a, B = s.solve(1e-10)[:2]
+    for j, v in enumerate(l2):
+        aj, Bj = OAChunkSystem(obs, y0, dprev, dy, Mk, True, v).solve(1e-10)[:2]
+        np.testing.assert_allclose(a[:, j], aj[:, j], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(B[:, j], Bj[:, j], rtol=1e-7, atol=1e-9)
+
+
+def test_batched_cv_scores_equal_one_config_at_a_time():
+    runs, _, _ = _problem(True, 3)
+    folds = oa._folds(runs.run_ids, 3)
+    cols = np.arange(runs.n_tests)
+    cfgs = [
+        oa.Config(t, ar, 3, l2)
+        for t in ("identity", "log", "logodds")
+        for ar in (False, True)
+        for l2 in (0.01, 1.0, 100.0)
+    ]
+    batched = oa.cv_scores(runs, folds, cfgs, cols, "observed", 0.1, {})
+    one = [oa.cv_scores(runs, folds, [c], cols, "observed", 0.1, {})[0] for c in cfgs]
+    # warm starts along the l2 grid: equal to the CG tolerance (1e-6), not bitwise
+    np.testing.assert_allclose(batched, one, rtol=1e-5)
+    assert np.argmin(batched) == np.argmin(one)

@@ -27,8 +27,8 @@ class OAChunkSystem:
     basis ``Phi`` / ``PhiS`` / ``PhiTS``; y0, dprev, dy, Mk are (obs, k) per-test arrays.
     """
 
-    def __init__(self, obs, y0, dprev, dy, Mk, ar: bool, l2: float):
-        self.obs, self.ar, self.l2 = obs, bool(ar), float(l2)
+    def __init__(self, obs, y0, dprev, dy, Mk, ar: bool, l2):
+        self.obs, self.ar = obs, bool(ar)
         self.n = obs.Z.shape[1]
         # Z^T as a CSC view: its product scatters into the small (n, k) output while reading
         # the tall (obs, k) operand in order, ~4x faster than a CSR Z^T gathering rows of it
@@ -41,17 +41,27 @@ class OAChunkSystem:
         self.p = int(self.ar) + self.H
         self.k = y0.shape[1]
         self.S = self._dense_inverse(Mk) if self.p else None
-        n = self.n
         # 2x2 diagonal blocks of X^T M X + l2 I (block-Jacobi preconditioner)
         My0 = y0 if self.full else Mk * y0
-        daa = obs.Z2T @ (My0 * y0)
-        dab = obs.Z2T @ My0
-        dbb = obs.Z2T @ (np.ones_like(y0) if self.full else Mk)
+        self._diag = (
+            obs.Z2T @ (My0 * y0),
+            obs.Z2T @ My0,
+            obs.Z2T @ (np.ones_like(y0) if self.full else Mk),
+        )
+        self.set_l2(l2)
+        self.rhs = self._XT(self._project(dy, None), None)
+
+    def set_l2(self, l2) -> None:
+        """Switch the penalty (a float or one per column): the rest of the system (dense
+        inverse, right-hand side, preconditioner's data blocks) does not depend on it, so
+        the CV's l2 grid reuses one system."""
+        self.l2 = float(l2) if np.ndim(l2) == 0 else np.asarray(l2, dtype=np.float64)
+        n = self.n
+        daa, dab, dbb = self._diag
         self.empty = np.vstack([daa, dbb]) + self.l2 <= 0  # no observation, no penalty: pin to 0
         shift = self.l2 + self.empty
         self.shift = shift
         self.inv = block_jacobi_2x2(daa + shift[:n], dab, dbb + shift[n:])
-        self.rhs = self._XT(self._project(dy, None), None)
         self._cache = None
 
     # -- the dense block --------------------------------------------------------------------

@@ -465,42 +465,137 @@ def standardised(runs: RunSet) -> tuple[RunSet, np.ndarray]:
 def cv_score(runs: RunSet, folds, cfg: Config, cols, clip, margin, cache, std=None) -> float:
     """Held-out all-steps rollout MSE (loss space) of ``cfg``, K folds grouped by run.
     ``std`` = ``standardised(runs)``, which the identity transform fits (default: computed)."""
-    sse = cnt = 0.0
-    units = cfg.transform == "identity"
+    return cv_scores(runs, folds, [cfg], cols, clip, margin, cache, std)[0]
+
+
+def cv_scores(runs: RunSet, folds, cfgs, cols, clip, margin, cache, std=None) -> list[float]:
+    """``cv_score`` of each of ``cfgs``, the same numbers: configurations that share the
+    design's structure (AR, basis, units) are fitted as the columns of one batched solve
+    (per-column l2 and transform) and rolled out together by transform, which shares each
+    operator application and rollout step across them (the CG columns are independent)."""
+    cfgs = list(cfgs)
+    out = [0.0] * len(cfgs)
+    groups: dict = {}
+    for j, c in enumerate(cfgs):
+        groups.setdefault((c.n_basis, c.ar, c.transform == "identity"), []).append(j)
+    for (n_basis, ar, units), members in groups.items():
+        res = _cv_group(
+            runs,
+            folds,
+            [cfgs[j] for j in members],
+            n_basis,
+            ar,
+            units,
+            cols,
+            clip,
+            margin,
+            cache,
+            std,
+        )
+        for j, v in zip(members, res):
+            out[j] = v
+    return out
+
+
+def _cv_group(runs, folds, cfgs, n_basis, ar, units, cols, clip, margin, cache, std):
+    """``cv_scores`` of configurations sharing (n_basis, ar, units)."""
+    cols = np.asarray(cols, dtype=np.int64)
+    k, G = len(cols), len(cfgs)
+    sse, cnt = np.zeros(G), np.zeros(G)
+    bad_cfg = np.zeros(G, dtype=bool)
     if units and std is None:
         std = standardised(runs)
+    transforms = list(dict.fromkeys(c.transform for c in cfgs))
     for f, fold in enumerate(folds):
         train_ids = [r for r in runs.run_ids if r not in fold]
         train = runs.subset(train_ids)
-        key = (f, cfg.n_basis, units)
+        key = (f, n_basis, units)
         if key not in cache:
             fit_runs = std[0].subset(train_ids) if units else train
             sched = Schedule.from_runs(fit_runs)
-            cache[key] = (sched, Observations(fit_runs, sched, cfg.n_basis), fit_runs)
+            cache[key] = (sched, Observations(fit_runs, sched, n_basis), fit_runs)
         sched, obs, fit_runs = cache[key]
-        a, B, rho, gamma, _ = fit_params(fit_runs, sched, cfg, cols, obs=obs, tol=1e-6)
+        # (not cached across calls: 8 MB per fold and transform, cheaper to rebuild)
+        losses = {tr: obs.losses(cols, tr) for tr in transforms}
+        if not any(v[3].any() for v in losses.values()):
+            raise ModelError(
+                "no losses logged at consecutive steps: the optimizer-aware model fits "
+                "one-step increments; log every step (at least in stretches)"
+            )
+        U_a, U_B, rho, gamma = _solve_configs(obs, cfgs, losses, ar, tol=1e-6)
         if units:
-            B, gamma = B * std[1][cols], gamma * std[1][cols, None]
+            sc = np.tile(std[1][cols], G)
+            U_B, gamma = U_B * sc, gamma * sc[:, None]
         held = [runs[r] for r in fold]
         idx = _index_array(held)
         T = idx.shape[1]
         w = curriculum_weights(sched, idx, _run_lr(held, T))
-        phi = hat_basis(np.arange(1, T + 1), cfg.n_basis, sched.T_ref)
+        phi = hat_basis(np.arange(1, T + 1), n_basis, sched.T_ref)
         lo, hi = _bounds(train, clip, margin)
         if lo is not None:
-            lo, hi = lo[cols], hi[cols]
+            lo, hi = np.tile(lo[cols], G), np.tile(hi[cols], G)
         L0 = np.vstack([r.losses[0, cols] for r in held])
-        traj = rollout(a, B, rho, gamma, idx, w, phi, L0, cfg.transform, lo, hi)
-        for c, r in enumerate(held):
-            sim = traj[c][r.loss_steps][1:]
-            obsL = r.losses[1:, cols]
-            ok = np.isfinite(obsL) & np.isfinite(sim)
-            sse += float(np.sum((sim[ok] - obsL[ok]) ** 2))
-            cnt += float(ok.sum())
-            bad = np.isfinite(obsL) & ~np.isfinite(sim)
-            if bad.any():  # a diverging rollout scores as badly as possible
-                return float("inf")
-    return sse / max(cnt, 1.0)
+        for tr in transforms:
+            g = [i for i, c in enumerate(cfgs) if c.transform == tr]
+            sel = np.concatenate([np.arange(i * k, (i + 1) * k) for i in g])
+            traj = rollout(
+                U_a[:, sel],
+                U_B[:, sel],
+                rho[sel],
+                gamma[sel],
+                idx,
+                w,
+                phi,
+                np.tile(L0, len(g)),
+                tr,
+                None if lo is None else lo[sel],
+                None if hi is None else hi[sel],
+            )
+            for c, r in enumerate(held):
+                sim = traj[c][r.loss_steps][1:]
+                obsL = r.losses[1:, cols]
+                for q, i in enumerate(g):
+                    s_ = sim[:, q * k : (q + 1) * k]
+                    ok = np.isfinite(obsL) & np.isfinite(s_)
+                    sse[i] += float(np.sum((s_[ok] - obsL[ok]) ** 2))
+                    cnt[i] += float(ok.sum())
+                    if (np.isfinite(obsL) & ~np.isfinite(s_)).any():
+                        bad_cfg[i] = True  # a diverging rollout scores as badly as possible
+    return [float("inf") if bad_cfg[i] else sse[i] / max(cnt[i], 1.0) for i in range(G)]
+
+
+#: warm-start each l2 of the CV grid from the neighbouring (larger) l2's solution
+OA_CV_WARM = True
+
+
+def _solve_configs(obs: Observations, cfgs, losses, ar: bool, tol):
+    """(a, B, rho, gamma) of each config's test columns side by side ((n, G k) ...), for
+    configs sharing ``ar`` and the basis; ``losses[transform]`` = ``obs.losses(cols, ...)``.
+    One system per transform and chunk serves every l2 (``OAChunkSystem.set_l2``), solved
+    from the largest l2 down, each warm-started from the previous solution."""
+    k = losses[cfgs[0].transform][0].shape[1]
+    G, n = len(cfgs), obs.Z.shape[1]
+    a, B = np.zeros((n, G * k)), np.zeros((n, G * k))
+    rho, gamma = np.zeros(G * k), np.zeros((G * k, obs.Phi.shape[1]))
+    chunks = plan_chunks(obs, np.arange(k))
+    for tr in dict.fromkeys(c.transform for c in cfgs):
+        order = sorted(
+            (i for i, c in enumerate(cfgs) if c.transform == tr), key=lambda i: -cfgs[i].l2
+        )
+        y0, dprev, dy, Mk = losses[tr]
+        for ch in chunks:
+            system = OAChunkSystem(
+                obs, y0[:, ch], dprev[:, ch], dy[:, ch], Mk[:, ch], ar, cfgs[order[0]].l2
+            )
+            x0 = None
+            for i in order:
+                system.set_l2(cfgs[i].l2)
+                ca, cB, cr, cg, *_ = system.solve(tol, CG_MAXITER, x0=x0)
+                sl = i * k + ch
+                a[:, sl], B[:, sl], rho[sl], gamma[sl] = ca, cB, cr, cg
+                if OA_CV_WARM:
+                    x0 = np.vstack([ca, cB])
+    return a, B, rho, gamma
 
 
 def choose_config(
@@ -513,12 +608,13 @@ def choose_config(
     scores: dict[Config, float] = {}
     std = standardised(runs) if fixed.get("transform") in (None, "identity") else None
 
-    def score(cfg):
-        if cfg not in scores:
-            scores[cfg] = cv_score(runs, folds, cfg, cols, clip, margin, cache, std)
+    def score_all(cfgs):
+        new = [c for c in dict.fromkeys(cfgs) if c not in scores]
+        for c, v in zip(new, cv_scores(runs, folds, new, cols, clip, margin, cache, std)):
+            scores[c] = v
             if progress is not None:
-                progress(cfg, scores[cfg])
-        return scores[cfg]
+                progress(c, v)
+        return [scores[c] for c in cfgs]
 
     cur = Config(
         transform=fixed.get("transform") or "identity",
@@ -539,7 +635,7 @@ def choose_config(
         if fixed.get(name) is not None:
             continue
         cands = [Config(**{**cur.as_dict(), name: v}) for v in options[name]]
-        vals = [score(c) for c in cands]
+        vals = score_all(cands)
         best = min(vals)
         if name == "l2":
             cur = cands[int(np.argmin(vals))]

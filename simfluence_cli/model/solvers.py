@@ -204,7 +204,7 @@ def pcg(
     bnorm = np.linalg.norm(b, axis=0)
     bnorm[bnorm == 0] = 1.0
     cols = np.arange(k)
-    r = b - matvec(x, cols)
+    r = b - matvec(x, cols) if x.any() else b.copy()  # H 0 = 0: no product from a cold start
     iters = np.zeros(k, dtype=np.int64)
     done = np.linalg.norm(r, axis=0) <= tol * bnorm
     act = cols[~done]
