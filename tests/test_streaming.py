@@ -104,6 +104,17 @@ def test_abort_and_failed_save_leave_the_previous_model(tmp_path, runs):
         Simulator().fit(runs, keep_params=False)
 
 
+def test_abort_of_a_new_model_leaves_no_directory(tmp_path, runs):
+    """An interrupted first fit of a name (Ctrl-C, an error) leaves the store as it was: no
+    empty model directory for verify to warn about."""
+    st = RunStore(tmp_path / "s", create=True)
+    w = ParameterWriter(st, "new", runs.example_ids, runs.test_ids, "linear")
+    w(np.arange(3), np.zeros((N, 3)), np.zeros((N, 3)))
+    assert (st.path / "models" / "new").is_dir()
+    w.abort()
+    assert not (st.path / "models" / "new").exists()
+
+
 def test_cli_fit_streams_and_equals_python_fit(tmp_path, runs):
     st = RunStore(tmp_path / "s", create=True)
     st.add_runset(runs, tags=["fit"])

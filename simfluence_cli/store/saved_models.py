@@ -452,6 +452,7 @@ class ParameterWriter:
 
     def __init__(self, store, name: str, example_ids, test_ids, method: str):
         self.dir = model_dir(store, name)
+        self.made_dir = not self.dir.exists()  # a new model: abort removes its directory too
         self.dir.mkdir(parents=True, exist_ok=True)
         self.gen = f"{int(time.time())}-{secrets.token_hex(3)}"
         self.file_name = f"parameters-{self.gen}.parquet"
@@ -513,6 +514,11 @@ class ParameterWriter:
             except Exception:
                 pass
             self.tmp.unlink(missing_ok=True)
+            if self.made_dir:
+                try:
+                    self.dir.rmdir()  # only if still empty: nothing else was written there
+                except OSError:
+                    pass
             self.done = True
 
 
