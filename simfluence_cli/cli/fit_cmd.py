@@ -120,7 +120,8 @@ def fit(
         Method,
         typer.Option(
             "--method",
-            help="auto (default): optimizer-aware (the model records it by that name); "
+            help="auto (default): optimizer-aware when every fitting run logs its test losses "
+            "after every step, else linear (the model records the method it resolved to); "
             "linear: the paper's L_t = alpha(c_t) L_{t-1} + beta(c_t) with alpha = sum of A_i, "
             "beta = sum of "
             "B_i over the batch; additive: alpha fixed at 1 (fits B); multiplicative: beta "
