@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from simfluence_cli.model.optimizer_aware import _FMAX, forward, inverse, rollout
-from simfluence_cli.model.rollout import REMOVAL_BUDGET
+from simfluence_cli.model.rollout import REMOVAL_BUDGET, table_groups
 
 __all__ = ["oa_removal_deltas"]
 
@@ -78,32 +78,25 @@ def oa_removal_deltas(
     if T == 0 or C == 0:
         final[:] = L0
         return deltas, final
-    K = T.bit_length()
-    per_cell = K * T * _TABLES * 8
-    cols_per = int(min(m, max(1, budget // per_cell)))
-    curr_per = int(min(C, max(1, budget // (per_cell * cols_per))))
-    for s in range(0, m, cols_per):
-        cols = np.arange(s, min(m, s + cols_per))
-        for c0 in range(0, C, curr_per):
-            cs = np.arange(c0, min(C, c0 + curr_per))
-            d, f = _group(
-                a[:, cols],
-                B[:, cols],
-                np.asarray(rho)[cols],
-                drift[:, cols],
-                w[cs],
-                idx[cs],
-                L0[cs][:, cols],
-                transform,
-                None if lo is None else np.asarray(lo)[cols],
-                None if hi is None else np.asarray(hi)[cols],
-                neutral,
-                st,
-            )
-            deltas[:, cols] += d
-            final[np.ix_(cs, cols)] = f
-            if progress is not None:
-                progress(len(cs) * len(cols) / (C * m))
+    for cs, cols in table_groups(C, m, T, _TABLES, budget):
+        d, f = _group(
+            a[:, cols],
+            B[:, cols],
+            np.asarray(rho)[cols],
+            drift[:, cols],
+            w[cs],
+            idx[cs],
+            L0[cs][:, cols],
+            transform,
+            None if lo is None else np.asarray(lo)[cols],
+            None if hi is None else np.asarray(hi)[cols],
+            neutral,
+            st,
+        )
+        deltas[:, cols] += d
+        final[np.ix_(cs, cols)] = f
+        if progress is not None:
+            progress(len(cs) * len(cols) / (C * m))
     if stats is not None:
         stats.update(st)
     return deltas, final

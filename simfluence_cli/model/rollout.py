@@ -273,6 +273,20 @@ def _apply(a, b, lo, hi, x, out=None):
     return out
 
 
+def table_groups(C: int, m: int, T: int, tables: int, budget: int):
+    """(curricula, test columns) index groups, test columns outermost, whose composition tables
+    (``tables`` float64 arrays of K = T.bit_length() levels x T steps per curriculum x column:
+    ranges of 1, 2, ..., 2^(K-1) <= T steps) take about ``budget`` bytes each."""
+    per_cell = T.bit_length() * T * tables * 8  # table bytes per curriculum x column
+    cols_per = int(min(m, max(1, budget // per_cell)))
+    curr_per = int(min(C, max(1, budget // (per_cell * cols_per))))
+    return [
+        (np.arange(c, min(C, c + curr_per)), np.arange(s, min(m, s + cols_per)))
+        for s in range(0, m, cols_per)
+        for c in range(0, C, curr_per)
+    ]
+
+
 def removal_deltas(
     A: np.ndarray,
     B: np.ndarray,
@@ -305,16 +319,7 @@ def removal_deltas(
     if T == 0 or C == 0:
         final[:] = L0
         return deltas, final
-    K = T.bit_length()  # levels 0..K-1: ranges of 1, 2, ..., 2^(K-1) <= T steps
-    per_cell = K * T * 4 * 8  # table bytes per curriculum x column
-    cols_per = int(min(m, max(1, budget // per_cell)))
-    curr_per = int(min(C, max(1, budget // (per_cell * cols_per))))
-    groups = [
-        (np.arange(c, min(C, c + curr_per)), np.arange(s, min(m, s + cols_per)))
-        for s in range(0, m, cols_per)
-        for c in range(0, C, curr_per)
-    ]
-    for cs, cols in groups:
+    for cs, cols in table_groups(C, m, T, 4, budget):
         d, f, bad = _removal_group(A, B, idx[cs], L0[cs][:, cols], method, lo, hi, neutral, cols)
         deltas[:, cols] += d
         final[np.ix_(cs, cols)] = f
