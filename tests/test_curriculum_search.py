@@ -117,6 +117,24 @@ def test_curriculum_text_round_trips():
     assert parse_curriculum(text).batches == [["a", "b"], ["c", "d"]]
 
 
+def _store_with_linear_model(path, n_runs: int):
+    """A store at ``path`` with ``n_runs`` synthetic fitting runs (tag 'fit') and a linear
+    model 'lin' fitted on them; returns (store, fitting run ids)."""
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(20, 4, n_runs, 15, 2, method="linear", seed=3)
+    st = RunStore(path, create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    with st.write_lock():
+        save_model(
+            st, "lin", Simulator("linear", l2=0.1).fit(st.load(ids)), runs=ids,
+            data_hash=st.data_hash(ids),
+        )  # fmt: skip
+    return st, ids
+
+
 def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
     import json
 
@@ -124,21 +142,8 @@ def test_cli_design_writes_a_deterministic_curriculum(tmp_path):
 
     from simfluence_cli.cli import app
     from simfluence_cli.io.curriculum import read_curriculum
-    from simfluence_cli.store.run_store import RunStore
-    from simfluence_cli.store.saved_models import save_model
 
-    runs, _, _ = make_runs(20, 4, 4, 15, 2, method="linear", seed=3)
-    st = RunStore(tmp_path / "s", create=True)
-    st.add_runset(runs, tags=["fit"])
-    ids = st.select("fit")
-    with st.write_lock():
-        save_model(
-            st,
-            "lin",
-            Simulator("linear", l2=0.1).fit(st.load(ids)),
-            runs=ids,
-            data_hash=st.data_hash(ids),
-        )
+    st, ids = _store_with_linear_model(tmp_path / "s", 4)
     outs = []
     for k in range(2):
         out, rep = tmp_path / f"d{k}.txt", tmp_path / f"r{k}.json"
@@ -291,21 +296,8 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
 
     from simfluence_cli.cli import app
     from simfluence_cli.io.curriculum import read_curriculum
-    from simfluence_cli.store.run_store import RunStore
-    from simfluence_cli.store.saved_models import save_model
 
-    runs, _, _ = make_runs(20, 4, 6, 15, 2, method="linear", seed=3)
-    st = RunStore(tmp_path / "s", create=True)
-    st.add_runset(runs, tags=["fit"])
-    ids = st.select("fit")
-    with st.write_lock():
-        save_model(
-            st,
-            "lin",
-            Simulator("linear", l2=0.1).fit(st.load(ids)),
-            runs=ids,
-            data_hash=st.data_hash(ids),
-        )
+    st, ids = _store_with_linear_model(tmp_path / "s", 6)
     rid, start = best_run_start(st.load(ids))
     base = ["design", "--store", str(tmp_path / "s"), "-m", "lin", "--iters", "10", "-K", "8"]
     out, rep = tmp_path / "d.txt", tmp_path / "r.json"
