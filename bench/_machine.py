@@ -15,3 +15,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def run_facts(load_key: str = "load", **extra) -> dict:
+    """The facts a benchmark prints first (one JSON line): its command line, CPU model, CPU
+    count, Python version and the load average now (under ``load_key``), then ``extra``."""
+    import os
+    import sys
+    from pathlib import Path
+
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "python": sys.version.split()[0],
+        load_key: [round(x, 2) for x in os.getloadavg()],
+        **extra,
+    }

@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="write the markdown table here too")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from _machine import cpu_model
+    from _machine import run_facts
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -191,15 +191,7 @@ def main(argv=None) -> None:
             str(stores[k]) if x == str(store) else x.replace(str(work), str(works[k])) for x in args
         ]
 
-    facts = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "cpu": cpu_model(),
-        "nproc": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "tree": this,
-        "baseline": a.baseline,
-        "load_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    facts = run_facts("load_start", tree=this, baseline=a.baseline)
     print(json.dumps(facts), flush=True)
     rows = []
     for label, args, target in commands(store, work):

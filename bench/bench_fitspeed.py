@@ -87,21 +87,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="keep the lowest CPU of K fits")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "bench"))
-    from _machine import cpu_model
+    from _machine import run_facts
 
     this = os.environ.get("PYTHONPATH") or str(ROOT)
-    print(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "cpu": cpu_model(),
-                "nproc": os.cpu_count(),
-                "tree": this,
-                "baseline": a.baseline,
-                "load": [round(x, 2) for x in os.getloadavg()],
-            }
-        )
-    )
+    print(json.dumps(run_facts(tree=this, baseline=a.baseline)))
     for regime in a.regimes.split(","):
         for l2s in a.l2.split(","):
             l2 = l2s if l2s == "auto" else float(l2s)

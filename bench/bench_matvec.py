@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,18 +45,9 @@ def main(argv=None):
     ap.add_argument("--regime", default="real")
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args(argv)
-    from _machine import cpu_model
+    from _machine import run_facts
 
-    print(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "cpu": cpu_model(),
-                "nproc": os.cpu_count(),
-                "load": [round(x, 2) for x in os.getloadavg()],
-            }
-        )
-    )
+    print(json.dumps(run_facts()))
     runs, _, _ = make(a.size, a.regime)
     runs = rescaled(runs, loss_scale(runs))  # as the fit standardises
     d = Design(runs)

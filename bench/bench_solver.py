@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_speed
-from _machine import cpu_model
+from _machine import run_facts
 
 from simfluence_cli.model import solvers
 from simfluence_cli.model.normal_equations import Design
@@ -58,17 +58,7 @@ def main(argv=None) -> None:
         "--width", type=int, default=0, help="mixed: chunks of this many tests (0: plan_chunks)"
     )
     a = ap.parse_args(argv)
-    print(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "cpu": cpu_model(),
-                "nproc": os.cpu_count(),
-                "load": [round(x, 2) for x in os.getloadavg()],
-            }
-        ),
-        flush=True,
-    )
+    print(json.dumps(run_facts()), flush=True)
     if a.tests:
         n, m, R, T, b = bench_speed.SIZES[a.size]
         bench_speed.SIZES[a.size] = (n, a.tests, R, T, b)
