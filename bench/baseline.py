@@ -91,8 +91,10 @@ def oa_schur_cg_chunk(obs, y0, dprev, dy, Mk, ar: bool, l2: float, tol, maxiter)
     def X(U):  # (2n, k) -> (O, k)
         return y0 * (obs.Z @ U[:n]) + obs.Z @ U[n:]
 
+    ZT = obs.Z.T.tocsr()  # the CSR transpose the old solver used
+
     def XT(R):  # (O, k) -> (2n, k)
-        return np.vstack([obs.ZT @ (y0 * R), obs.ZT @ R])
+        return np.vstack([ZT @ (y0 * R), ZT @ R])
 
     rhs = XT(project(dy))
     diag = np.vstack([obs.Z2T @ (Mk * y0 * y0), obs.Z2T @ Mk]) + l2

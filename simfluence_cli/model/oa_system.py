@@ -23,8 +23,9 @@ from simfluence_cli.model.solvers import CG_MAXITER, block_jacobi_2x2, pcg
 class OAChunkSystem:
     """Reduced normal equations of one chunk of tests (k columns).
 
-    ``obs`` supplies the sparse ``Z`` (obs x n), ``ZT``, ``Z2T`` (Z squared, transposed) and the
-    basis ``Phi`` / ``PhiS`` / ``PhiTS``; y0, dprev, dy, Mk are (obs, k) per-test arrays.
+    ``obs`` supplies the sparse ``Z`` (obs x n; its transpose is used as a CSC view), ``Z2T``
+    (Z squared, transposed) and the basis ``Phi`` / ``PhiS`` / ``PhiTS``; y0, dprev, dy, Mk are
+    (obs, k) per-test arrays.
     """
 
     def __init__(self, obs, y0, dprev, dy, Mk, ar: bool, l2):

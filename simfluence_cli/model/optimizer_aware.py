@@ -205,7 +205,6 @@ class Observations:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(off, n)
         )
         self.Z.sum_duplicates()
-        self.ZT = self.Z.T.tocsr()
         self.Z2T = self.Z.multiply(self.Z).T.tocsr()
         self.obs_run = np.concatenate(obs_run)
         self.obs_t = np.concatenate(obs_t)
