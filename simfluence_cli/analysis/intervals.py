@@ -24,8 +24,12 @@ How (Barber, Candes, Ramdas & Tibshirani 2021, "jackknife+ / CV+", grouped by ru
    residuals of that quantity. A *change* between two curricula (whatif, top) uses the
    differences of residuals of pairs of held-out fitting runs, ``D_ij = R_i - R_j``: the
    error of a predicted difference between two curricula, estimated from differences between
-   two fitting curricula. Its interval is ``[min_k delta_k - q, max_k delta_k + q]`` where
+   two fitting curricula. Its interval is ``[min_k delta_k - s q, max_k delta_k + s q]`` where
    ``delta_k`` is fold model k's predicted change and ``q`` the level-quantile of ``|D_ij|``.
+   For ``whatif`` (:meth:`Calibration.change`) ``s`` is the edit's scale
+   (:mod:`~simfluence_cli.analysis.curriculum_distance`): how far the edited curriculum is
+   from its base relative to two fitting runs, ``max(d / d_ref) ** (1/3)`` over two
+   occurrence-count distances; 0 for no edit. ``top``'s removal effects keep ``s = 1``.
 
 Cost: K extra fits at a fixed penalty (no penalty search) plus K extra rollouts per query;
 with K = 8 on the demo store (48 runs x 250 steps, 300 examples, 100 tests) about 8 fixed-l2
@@ -44,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli.analysis.curriculum_distance import edit_scale, reference
 from simfluence_cli.analysis.novelty import Novelty
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.runs import RunSet, id_columns
@@ -145,6 +150,8 @@ class Calibration:
     novelty: Novelty | None = None  # how unlike the fitting runs a curriculum is
     key: dict | None = None  # what a saved copy must match (store.calibrations)
     source: str = "computed"  # 'computed' or 'saved'
+    # (2,) mean (window, run) curriculum distance between fitting runs (curriculum_distance)
+    change_reference: np.ndarray | None = None
 
     @property
     def n_folds(self) -> int:
@@ -214,7 +221,8 @@ class Calibration:
         self, base, edited, init_loss, level: float, tests=None, unseen="error", reduce=None
     ):
         """Intervals for ``edited - base`` final losses: (lo, hi) each (C, M) for C edited
-        curricula against one base (or (C,) with ``reduce='mean'``)."""
+        curricula against one base (or (C,) with ``reduce='mean'``). The fitting-pair
+        quantile is scaled by each edit's :func:`edit_scale` (0 for the base itself)."""
         level = check_level(level)
         cols = self._cols(tests)
         curricula = [base, *edited]
@@ -229,6 +237,9 @@ class Calibration:
         n = res.shape[0]
         i, j = np.triu_indices(n, 1)
         q = _quantile_abs(res[i] - res[j], level)  # (...)
+        s = edit_scale(base, edited, self.change_reference).reshape((-1,) + (1,) * np.ndim(q))
+        with np.errstate(invalid="ignore"):
+            q = np.where(s == 0, 0.0, s * q)  # (C, ...); no edit: no error, even if q is inf
         return delta.min(axis=0) - q, delta.max(axis=0) + q
 
     def removal(self, runs: RunSet, example_ids, level: float, tests=None):
@@ -327,6 +338,9 @@ def calibrate(
     fold_models = []
     ex = runs.example_ids
     tests = list(runs.test_ids)
+    curricula = [
+        [[str(ex[q]) for q in r.batch(t)] for t in range(1, r.n_steps + 1)] for r in runs.runs
+    ]
     mtests = set(np.asarray(getattr(model, "test_ids_", tests)).tolist())
     if set(tests) != mtests:
         raise SelectionError("the calibration runs' test examples differ from the model's")
@@ -360,6 +374,7 @@ def calibrate(
         np.asarray(tests, dtype=object),
         time.perf_counter() - t0,
         novelty=Novelty.from_runs(runs),
+        change_reference=reference(curricula, seed),
     )
 
 
@@ -406,6 +421,9 @@ def save_stored(store, name: str, cal: Calibration) -> dict:
         "run_ids": list(cal.run_ids),
         "test_ids": [str(t) for t in cal.test_ids],
         "seconds": round(float(cal.seconds), 3),
+        "change_reference": [float(x) for x in np.asarray(cal.change_reference)]
+        if cal.change_reference is not None
+        else None,
     }
     return save_calibration(store, name, cal.key, cal.fold_models, arrays, meta)
 
@@ -458,6 +476,8 @@ def stored_calibration(
         sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
         return sim, cal, "no saved calibration"
     payload, why = load_calibration(store, name, key)
+    if payload is not None and "change_reference" not in payload["manifest"]:
+        payload, why = None, "the saved calibration predates change-interval scaling"
     if payload is None:
         saved = bool(why)  # one is saved but cannot be used (stale, damaged, unreadable)
         why = why or "no saved calibration"
@@ -480,5 +500,8 @@ def stored_calibration(
         novelty=Novelty(a["novelty"]) if len(a["novelty"]) else None,
         key=key,
         source="saved",
+        change_reference=None
+        if man["change_reference"] is None
+        else np.asarray(man["change_reference"], dtype=np.float64),
     )
     return sim, cal, ""
