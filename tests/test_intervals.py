@@ -231,9 +231,17 @@ def test_cli_whatif_note_reflects_the_scaled_interval(store):
         assert f"edit scale {iv['edit_scale']:.2f}" in r.stderr
         assert ("includes 0" in r.stderr) == bool(mlo[0] <= 0 <= mhi[0])
         assert 0 < iv["edit_scale"]
+        assert ("extrapolated" in r.stderr) == (iv["edit_scale"] > 1)
         widths.append(mhi[0] - mlo[0])
         scales.append(iv["edit_scale"])
     assert scales[0] < scales[1]
+
+
+def test_cli_whatif_warns_when_the_edit_is_larger_than_fitting_run_differences(store):
+    ids = "e0,e1,e2"
+    r = _cli(store, "whatif", "-m", "lin", "--base", "syn-010", "--only", ids, "--interval", "0.9")
+    assert r.exit_code == 0, r.stderr
+    assert "interval is extrapolated and may under-cover" in r.stderr
 
 
 @pytest.mark.slow

@@ -350,6 +350,12 @@ def whatif_cmd(
             + f"; {sure} of {len(tl)} test(s) have a change interval that excludes 0 "
             f"(edit scale {scale:.2f} of two fitting runs' difference; docs/intervals.md)"
         )
+        if scale > 1:
+            warn(
+                f"the edit changes which examples occur more than two fitting runs differ "
+                f"(edit scale {scale:.2f} > 1): its interval is extrapolated and may "
+                "under-cover (docs/intervals.md)"
+            )
         s["interval"] = {
             "level": interval,
             "mean_change_lo": float(mlo[0]),
