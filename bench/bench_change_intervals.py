@@ -23,6 +23,10 @@ on these runs; ``linear``), fitted with ``l2="auto"`` on the 48 fitting runs and
   computed here as the baseline), and ``scaled``, the library's ``Calibration.change``
   (q times the edit's scale, analysis/curriculum_distance.py).
 
+``top --interval`` (SGD): the removal effects of ``--top-examples`` random examples
+(``Calibration.removal``: the example's slots made inert, mean over the bases' curricula),
+against real retraining with those slots contributing a zero gradient to the batch mean.
+
 Reports per family x simulator x edit kind (and all edits, split by scale <= 1 / > 1):
 coverage of the real changes (per test and of the mean over tests), mean interval width,
 share of intervals excluding 0, sign accuracy of the point prediction where the interval
@@ -52,9 +56,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _machine import run_facts
 from bench_plan import _generate_module
 
-from simfluence_cli.analysis.curriculum_distance import edit_scale
+from simfluence_cli.analysis.curriculum_distance import edit_scale, replacement_scale
 from simfluence_cli.analysis.intervals import _quantile_abs, calibrate
-from simfluence_cli.analysis.whatif import Edits, apply_edits, final_losses
+from simfluence_cli.analysis.whatif import NEUTRAL, Edits, apply_edits, final_losses
 from simfluence_cli.model.simulator import Simulator
 from simfluence_cli.store.run_store import RunStore
 
@@ -284,6 +288,82 @@ def run_family(fam: str, ns, gen) -> list[dict]:
     return rows
 
 
+def _neutral_trainer(gen):
+    """Plain-SGD retraining where the placeholder NEUTRAL contributes a zero gradient to the
+    batch mean (the real counterpart of top's removal: the example's slot does nothing)."""
+    ex = gen.Experiment(gen.Config())
+
+    def final(batches) -> np.ndarray:
+        p = {k: v.copy() for k, v in ex.checkpoint.items()}
+        for b in batches:
+            idx = [ex.index[e] for e in b if e != NEUTRAL]
+            if idx:  # sgd_step divides by its batch: scale lr to keep the base's divisor
+                gen.sgd_step(p, ex.Xp[idx], ex.yp[idx], ex.cfg.lr * len(idx) / len(b))
+        return gen.per_example_loss(p, ex.Xt, ex.yt)
+
+    return final
+
+
+def run_top(ns, gen) -> list[dict]:
+    """``top --interval``'s removal effects (Calibration.removal) against real retraining of
+    the first ``--bases`` fitting runs with each of ``--top-examples`` random examples' slots
+    made inert (plain SGD): coverage of the real effect averaged over the runs (what top
+    reports) and of each run's own effect."""
+    store = ns.work / "store-sgd"
+    runs = RunStore(store).load("fit")
+    runs = runs.subset(list(runs.run_ids)[: ns.bases])
+    ex = runs.example_ids
+    curricula = [
+        [[str(ex[q]) for q in r.batch(t)] for t in range(1, r.n_steps + 1)] for r in runs.runs
+    ]
+    final = _cached(_neutral_trainer(gen), ns.work / "retrain-sgd-neutral")
+    rng = np.random.default_rng(1)
+    examples = [str(e) for e in rng.choice(np.asarray(ex, dtype=object), ns.top_examples, False)]
+    real = np.empty((len(examples), len(curricula)))  # mean-over-tests effect per run
+    for j, cur in enumerate(curricula):
+        base = final(cur).mean()
+        for i, e in enumerate(examples):
+            real[i, j] = final([[NEUTRAL if x == e else x for x in b] for b in cur]).mean() - base
+    rows = []
+    full = RunStore(store).load("fit")
+    for method in ns.methods.split(","):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sim = Simulator(method, l2="auto").fit(full)
+            cal = calibrate(sim, full)
+        lo, hi = cal.removal(runs, examples, ns.level)
+        share = np.array([[sum(x == e for b in c for x in b) for e in examples] for c in curricula])
+        share = share / np.array([sum(map(len, c)) for c in curricula])[:, None]
+        sc = replacement_scale(share, cal.change_reference).max(axis=0)  # as removal() does
+        res = np.nanmean(cal.obs_final, axis=1) - np.nanmean(cal.pred_final, axis=1)
+        i, j = np.triu_indices(len(res), 1)
+        q = _quantile_abs(res[i] - res[j], ns.level)
+        plo, phi = lo - (1 - sc) * q, hi + (1 - sc) * q  # the unscaled construction
+        for what, r, rep in (
+            ("mean over runs (top)", real.mean(axis=1), 1),
+            ("each run", real.ravel(), real.shape[1]),
+        ):
+            mid = np.repeat((lo + hi) / 2, rep)
+            old = _stats(r, mid, np.repeat(plo, rep), np.repeat(phi, rep))
+            new = _stats(r, mid, np.repeat(lo, rep), np.repeat(hi, rep))
+            rows.append(
+                {
+                    "simulator": f"{method} ({sim.method})",
+                    "real removal effect": what,
+                    "n": new["n"],
+                    "mean scale": float(sc.mean()),
+                    "mean abs real": float(np.mean(np.abs(r))),
+                    "pairs: cover": old["coverage"],
+                    "width": old["width"],
+                    "excl. 0": old["excl0"],
+                    "scaled: cover": new["coverage"],
+                    "width ": new["width"],
+                    "excl. 0 ": new["excl0"],
+                }
+            )
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/simfluence-bench-change"))
@@ -292,16 +372,27 @@ def main(argv=None) -> int:
     ap.add_argument("--bases", type=int, default=8)
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--dump", action="store_true", help="save the raw arrays under --work")
+    ap.add_argument(
+        "--top-examples",
+        type=int,
+        default=30,
+        help="examples whose removal effect (top --interval) is retrained, SGD only; 0 = skip",
+    )
+    ap.add_argument("--skip-whatif", action="store_true", help="only the top section")
     ns = ap.parse_args(argv)
     ns.work.mkdir(parents=True, exist_ok=True)
     t0 = time.process_time()
     print(json.dumps(run_facts()))
     gen = _generate_module()
     rows = []
-    for fam in ns.families.split(","):
+    for fam in [] if ns.skip_whatif else ns.families.split(","):
         rows += run_family(fam, ns, gen)
-    cols = list(rows[0])
-    print(_md(rows, cols))
+    if rows:
+        print(_md(rows, list(rows[0])))
+    if ns.top_examples and "sgd" in ns.families.split(","):
+        top = run_top(ns, gen)
+        print(f"\n`top --interval {ns.level:g}` removal effects, plain SGD, real retraining:\n")
+        print(_md(top, list(top[0])))
     print(
         f"\nCPU {time.process_time() - t0:.1f} s; load average at end "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"

@@ -14,6 +14,7 @@ from simfluence_cli.analysis.curriculum_distance import (
     distances,
     edit_scale,
     reference,
+    replacement_scale,
 )
 from simfluence_cli.analysis.intervals import calibrate
 from simfluence_cli.analysis.whatif import NEUTRAL
@@ -168,3 +169,43 @@ def test_change_half_width_grows_with_the_edit_and_reaches_the_pair_quantile(cal
     # another fitting run as the "edit": scale about 1
     other = edit_scale(cur, [_batches(runs, 2)], cal.change_reference)[0]
     assert 0.7 < other < 1.4
+
+
+@given(curricula, hs.sampled_from(POOL))
+def test_replacement_scale_is_the_edit_scale_of_a_neutral_removal(cur, e):
+    ref = np.array([0.6, 0.07])
+    share = sum(x == e for b in cur for x in b) / sum(len(b) for b in cur)
+    want = edit_scale(cur, [_replace(cur, [e])], ref)[0]
+    np.testing.assert_allclose(replacement_scale(share, ref), want, rtol=1e-12, atol=0)
+    assert replacement_scale(share, None) == 1.0
+
+
+def test_removal_interval_is_scaled_by_the_examples_share(cal_runs):
+    """top's removal interval: fold effects widened by s q, s the largest replacement scale
+    of the example over the curricula; an example no curriculum holds gets [0, 0]."""
+    from simfluence_cli.analysis.intervals import _quantile_abs
+
+    cal, runs = cal_runs
+    sub = runs.subset(list(runs.run_ids)[:3])
+    ids = [str(e) for e in runs.example_ids[:3]]
+    lo, hi = cal.removal(sub, ids, 0.9)
+    ref = cal.change_reference
+    cal.change_reference = None
+    try:
+        ulo, uhi = cal.removal(sub, ids, 0.9)  # unscaled: the fitting-pair quantile q
+    finally:
+        cal.change_reference = ref
+    res = np.nanmean(cal.obs_final, axis=1) - np.nanmean(cal.pred_final, axis=1)
+    i, j = np.triu_indices(len(res), 1)
+    q = _quantile_abs(res[i] - res[j], 0.9)
+    s = np.zeros(len(ids))
+    for k in range(3):
+        cur = _batches(sub, k)
+        N = sum(len(b) for b in cur)
+        share = np.array([sum(x == e for b in cur for x in b) for e in ids]) / N
+        s = np.maximum(s, replacement_scale(share, ref))
+    np.testing.assert_allclose(lo, ulo + (1 - s) * q, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hi, uhi - (1 - s) * q, rtol=0, atol=1e-12)
+    assert np.all(s > 0)
+    none_lo, none_hi = cal.removal(sub, ["not-an-example"], 0.9)
+    assert none_lo[0] == 0.0 == none_hi[0]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["WINDOWS", "POWER", "distances", "reference", "edit_scale"]
+__all__ = ["WINDOWS", "POWER", "distances", "reference", "edit_scale", "replacement_scale"]
 
 WINDOWS = 10  # windows of steps for the 'window' distance
 POWER = 1.0 / 3.0  # scale = (distance / fitting-pair distance) ** POWER
@@ -91,3 +91,14 @@ def edit_scale(
         return np.ones(len(edited))
     d = np.array([distances(base, x) for x in edited]).reshape(-1, 2)
     return np.max(d / ref, axis=1) ** POWER
+
+
+def replacement_scale(share: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+    """:func:`edit_scale` of edits that replace a ``share`` of a curriculum's occurrences in
+    place by an ID it does not hold (``top``'s removal: an example's slots given to the neutral
+    placeholder): both distances then equal that share, so no curriculum is built."""
+    share = np.asarray(share, dtype=np.float64)
+    ref = None if ref is None else np.asarray(ref, dtype=np.float64)
+    if ref is None or ref.shape != (2,) or not np.all(np.isfinite(ref) & (ref > 0)):
+        return np.ones(share.shape)
+    return (share / ref.min()) ** POWER

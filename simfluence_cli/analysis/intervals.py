@@ -29,7 +29,8 @@ How (Barber, Candes, Ramdas & Tibshirani 2021, "jackknife+ / CV+", grouped by ru
    For ``whatif`` (:meth:`Calibration.change`) ``s`` is the edit's scale
    (:mod:`~simfluence_cli.analysis.curriculum_distance`): how far the edited curriculum is
    from its base relative to two fitting runs, ``max(d / d_ref) ** (1/3)`` over two
-   occurrence-count distances; 0 for no edit. ``top``'s removal effects keep ``s = 1``.
+   occurrence-count distances; 0 for no edit. ``top``'s removal effects use the largest
+   scale of the example's removal over the curricula (:meth:`Calibration.removal`).
 
 Cost: K extra fits at a fixed penalty (no penalty search) plus K extra rollouts per query;
 with K = 8 on the demo store (48 runs x 250 steps, 300 examples, 100 tests) about 8 fixed-l2
@@ -43,12 +44,17 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from simfluence_cli.analysis.curriculum_distance import edit_scale, reference
+from simfluence_cli.analysis.curriculum_distance import (
+    edit_scale,
+    reference,
+    replacement_scale,
+)
 from simfluence_cli.analysis.novelty import Novelty
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.runs import RunSet, id_columns
@@ -247,9 +253,11 @@ class Calibration:
         as ``top`` defines it (final loss with the example's slots given to a neutral
         no-change placeholder minus with it, mean over ``runs``' curricula and over ``tests``;
         positive = helpful). Fold model k's effect is computed like the point estimate; the
-        interval is ``[min_k - q, max_k + q]`` with ``q`` the level-quantile of
-        differences of mean-over-tests final residuals between pairs of fitting runs: the
-        error of a change *in one curriculum* (conservative for a mean over many)."""
+        interval is ``[min_k - s q, max_k + s q]`` with ``q`` the level-quantile of
+        differences of mean-over-tests final residuals between pairs of fitting runs and
+        ``s`` the largest :func:`replacement_scale` of the example's share of a curriculum's
+        occurrences over ``runs``: the error of a change *in one curriculum* (conservative for
+        a mean over many)."""
         from simfluence_cli.analysis.whatif import NEUTRAL
 
         level = check_level(level)
@@ -259,8 +267,12 @@ class Calibration:
         rc = np.asarray([tpos[t] for t in tl], dtype=np.int64)
         ex = runs.example_ids
         eff = np.zeros((self.n_folds, len(example_ids)))
+        scale = np.zeros(len(example_ids))
         for run in runs.runs:
             cur = [[str(ex[q]) for q in run.batch(t)] for t in range(1, run.n_steps + 1)]
+            counts = Counter(e for b in cur for e in b)
+            share = np.array([counts[e] for e in example_ids]) / max(1, sum(counts.values()))
+            scale = np.maximum(scale, replacement_scale(share, self.change_reference))
             L0 = run.losses[0, rc]
             fallback = np.asarray(self.model.init_loss_mean_)[cols]
             L0 = np.where(np.isfinite(L0), L0, fallback)
@@ -273,7 +285,8 @@ class Calibration:
             self.pred_final[:, cols], axis=1
         )
         i, j = np.triu_indices(len(res), 1)
-        q = _quantile_abs(res[i] - res[j], level)
+        with np.errstate(invalid="ignore"):
+            q = np.where(scale == 0, 0.0, scale * _quantile_abs(res[i] - res[j], level))
         return eff.min(axis=0) - q, eff.max(axis=0) + q
 
     def coverage(self, runs: RunSet, level: float, tests=None, unseen="error") -> list[dict]:
