@@ -37,6 +37,7 @@ ORDER = [
     "counterfactual",
     "cv_demo",
     "calibration",
+    "change_intervals",
     "plan",
     "design",
     "fuzz",
@@ -51,6 +52,7 @@ MANUAL = {
 ARGS = {
     "memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"],
     "calibration": ["--work", "/tmp/simfluence-bench-calibration"],
+    "change_intervals": ["--work", "/tmp/simfluence-bench-change"],
     "design": ["--work", "/tmp/simfluence-bench-design"],
 }
 
