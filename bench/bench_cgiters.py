@@ -26,7 +26,8 @@ measured, each against today's solver on the same problem.
   degree-d Chebyshev polynomial of the block-Jacobi-preconditioned operator as preconditioner
   with the exact extreme eigenvalues ("cheb<d>", d - 1 products per application), and a
   two-level preconditioner: block-Jacobi plus an exact coarse solve on aggregates of s
-  co-occurring examples (A and B indicator per aggregate; "coarse<s>", 2 n / s products to set
+  co-occurring examples (A and B indicator per aggregate, "coarse<s>"; or the sums of the
+  examples' 2x2-block eigenvectors, small and large, "coarse<s>_blocks"; 2 n / s products to set
   up; the balancing (BNN) form, whose coarse corrections reuse H Z: no product per iteration).
 """
 
@@ -341,12 +342,23 @@ def bench_precond(a) -> None:
                     outer=it, products=it * deg, err=np.abs(x - xd).max() / np.abs(xd).max()
                 )
             C = H[n:, n:] - np.eye(n)  # E^T E: co-occurrence counts
-            for s in (10, 40):
+            # each example's 2x2 diagonal block: eigenvectors (A, B) of its small and large
+            # eigenvalue (the A/B difference mode and the mean mode), for the "blocks" variant
+            blk = np.stack(
+                [[np.diag(H)[:n], H[idx, n + idx]], [H[idx, n + idx], np.diag(H)[n:]]]
+            ).transpose(2, 0, 1)
+            _, vec = np.linalg.eigh(blk)  # (n, 2, 2): columns small, large
+            for s, kind in ((10, "ind"), (40, "ind"), (10, "blocks")):
                 agg = _aggregates(C, s)
                 na = agg.max() + 1
                 Z = np.zeros((2 * n, 2 * na))
-                Z[np.arange(n), agg] = 1.0
-                Z[n + np.arange(n), na + agg] = 1.0
+                if kind == "ind":  # A and B indicators per aggregate
+                    Z[idx, agg] = 1.0
+                    Z[n + idx, na + agg] = 1.0
+                else:  # per aggregate: the sum of its examples' small / large block modes
+                    for m in range(2):
+                        Z[idx, m * na + agg] = vec[:, 0, m]
+                        Z[n + idx, m * na + agg] = vec[:, 1, m]
                 HZ = H @ Z  # (the set-up products)
                 cZ = sl.cho_factor(Z.T @ HZ)
 
@@ -356,7 +368,7 @@ def bench_precond(a) -> None:
                     return y - Z @ sl.cho_solve(cZ, HZ.T @ y) + q
 
                 x, it = _pcg(H, b, two)
-                res[f"coarse{s}"] = dict(
+                res[f"coarse{s}" + ("" if kind == "ind" else "_blocks")] = dict(
                     products=it, setup_products=2 * int(na),
                     err=np.abs(x - xd).max() / np.abs(xd).max(),
                 )  # fmt: skip
