@@ -22,6 +22,7 @@ ORDER = [
     "speed",
     "matvec",
     "solver",
+    "cgiters",
     "transpose_ab",
     "commands",
     "top",
