@@ -65,7 +65,15 @@ def main() -> None:
     )
     ap.add_argument("--method", choices=["linear", "optimizer-aware"], default="linear")
     ap.add_argument("--numpy-steps", type=int, default=0, help="OA numpy path: first steps only")
+    ap.add_argument(
+        "--calls-ab",
+        type=int,
+        default=0,
+        help="REPS: compiled kernels in ~0.5 s calls vs one call, alternating, REPS times each",
+    )
     a = ap.parse_args()
+    if a.calls_ab:
+        return calls_ab(a)
     if a.method == "optimizer-aware":
         return optimizer_aware(a)
     C, M, T, N, b = a.curricula, a.tests, a.steps, a.examples, a.batch
@@ -243,6 +251,67 @@ def optimizer_aware(a) -> None:
     for th in counts[1:]:
         print(f"OA numba {th} vs {counts[0]} threads bit for bit: ", end="")
         print(np.array_equal(outs["oa", th], outs["oa", counts[0]]))
+
+
+def calls_ab(a) -> None:
+    """The cost of interruptibility: both compiled kernels at the problem size, as many calls
+    of ~CALL_WORK_PER_THREAD gather-adds per thread (the default) vs one call for everything
+    (CALL_WORK_PER_THREAD = 1e18, the code before), alternating in this process, default
+    threads; best and median CPU seconds of each, results compared bit for bit."""
+    import simfluence_cli.model.optimizer_aware as oa
+    from simfluence_cli.model import _kernels
+    from simfluence_cli.model.rollout import rollout
+    from simfluence_cli.model.solvers import default_threads
+
+    C, M, T, N, b = a.curricula, a.tests, a.steps, a.examples, a.batch
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()},")
+    print(f"  numpy {np.__version__}; load average {os.getloadavg()}; threads {default_threads()}")
+    A, B = make_params(N, M, b, seed=0)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, N, (C, T, b))
+    L0 = rng.uniform(1, 3, M)
+    lo, hi = np.zeros(M), np.full(M, 10.0)
+    rho, gamma = rng.uniform(0.0, 0.6, M), rng.normal(0.0, 1e-4, (M, 8))
+    w = np.ones((C, T))
+    phi = oa.hat_basis(np.arange(1, T + 1), 8, T)
+    kernels = {
+        "Linear": lambda: rollout(A, B, idx, L0, "linear", lo, hi, final=True),
+        "OA": lambda: oa.rollout(
+            A - 1 / b, B, rho, gamma, idx, w, phi, L0, "log", lo, hi, final=True
+        ),
+    }
+    os.environ[ro.KERNELS_ENV] = "numba"
+    small = idx[:2, :3]
+    rollout(A, B, small, L0, "linear", lo, hi, final=True)
+    oa.rollout(A - 1 / b, B, rho, gamma, small, w[:2, :3], phi[:3], L0, "log", lo, hi)
+    default = _kernels.CALL_WORK_PER_THREAD
+    modes = {"calls": default, "one call": 10**18}
+    cpu = {(k, md): [] for k in kernels for md in modes}
+    outs = {}
+    for rep in range(a.calls_ab):
+        for k, f in kernels.items():
+            for md, work in modes.items() if rep % 2 == 0 else reversed(modes.items()):
+                _kernels.CALL_WORK_PER_THREAD = work
+                out, wall, c, load = _timed(f)
+                _kernels.CALL_WORK_PER_THREAD = default
+                cpu[k, md].append(c)
+                outs[k, md] = out
+                print(f"  {k} {md}: {wall:.1f} s wall, {c:.1f} s CPU, load {load:.1f}", flush=True)
+    del os.environ[ro.KERNELS_ENV]
+    print("\n| kernel | calls | CPU s best | CPU s median | best ratio to one call | same bits |")
+    print("|---|---|---|---|---|---|")
+    for k in kernels:
+        n_calls = len(_kernels.spans(C, T, b, M, default_threads()))
+        one = min(cpu[k, "one call"])
+        for md in modes:
+            v = cpu[k, md]
+            same = np.array_equal(outs[k, md], outs[k, "one call"])
+            label = f"{n_calls} calls" if md == "calls" else "1 call"
+            print(
+                f"| {k} | {label} | {min(v):.2f} | {np.median(v):.2f} | {min(v) / one:.3f} "
+                f"| {same} |"
+            )
 
 
 if __name__ == "__main__":

@@ -199,6 +199,12 @@ def _oa_kernel(a, B, rho, drift, w, idx, Y0, D0, lo, hi, final, width, span, gro
                 y[j] = Y0[c, s + j]
                 d[j] = D0[c, s + j]
             for t in range(T):
+                if t + PF < T:  # drift[t, block]: 8 KB apart at 1,000 tests, evicted by the
+                    # table's rows between curricula, so loaded ahead like them (1.8x -> 1.2x
+                    # Linear's CPU at 1,000 x 64 x 2,000, one thread)
+                    _prefetch(drift, t + PF, s)
+                    _prefetch(drift, t + PF, s + min(7, k - 1))
+                    _prefetch(drift, t + PF, s + k - 1)
                 if _batch_sum(P, idx, c, t, n, 2 * k, rows, acc):
                     wt = w[c, t]
                     for j in range(k):
@@ -206,15 +212,14 @@ def _oa_kernel(a, B, rho, drift, w, idx, Y0, D0, lo, hi, final, width, span, gro
                         x = yj + (
                             wt * (acc[j] * yj + acc[k + j]) + rho[s + j] * d[j] + drift[t, s + j]
                         )
-                        # np.clip: NaN x stays NaN, a NaN bound gives NaN, x == bound gives it
-                        if x == x:
-                            lj = lo[s + j]
-                            if not x > lj:
-                                x = lj
-                            if x == x:
-                                hj = hi[s + j]
-                                if not x < hj:
-                                    x = hj
+                        # np.clip with array bounds: a NaN bound gives NaN, x == bound gives
+                        # the bound (np.maximum would keep x: another zero sign)
+                        lj = lo[s + j]
+                        if x <= lj or lj != lj:
+                            x = lj
+                        hj = hi[s + j]
+                        if x >= hj or hj != hj:
+                            x = hj
                         d[j] = x - yj
                         y[j] = x
                 if not final:
