@@ -192,16 +192,22 @@ def test_numpy_path_when_numba_forced_but_indices_out_of_its_range(monkeypatch):
     np.testing.assert_array_equal(out, [[1.5, 1.5, 1.5]])
 
 
-def test_small_simulate_does_not_import_numba():
+@pytest.mark.parametrize("kind", ["linear", "optimizer-aware"])
+def test_small_simulate_does_not_import_numba(kind):
     """Demo-sized problems stay on numpy: numba's import alone costs ~0.3-0.5 s."""
+    call = (
+        "rollout(A, B, idx, np.ones(100), 'linear', None, None, final=True)\n"
+        if kind == "linear"
+        else "oa.rollout(A - 0.25, B, np.full(100, 0.3), np.zeros((100, 0)), idx, "
+        "np.ones((48, 250)), np.zeros((250, 0)), np.ones(100), 'log', None, None)\n"
+    )
     code = (
         "import sys, numpy as np\n"
         "from simfluence_cli.model.rollout import rollout\n"
+        "import simfluence_cli.model.optimizer_aware as oa\n"
         "rng = np.random.default_rng(0)\n"
         "A = rng.uniform(0.2, 0.3, (300, 100)); B = rng.normal(0, 0.1, (300, 100))\n"
-        "idx = rng.integers(0, 300, (48, 250, 4))\n"
-        "rollout(A, B, idx, np.ones(100), 'linear', None, None, final=True)\n"
-        "print('numba' in sys.modules)\n"
+        "idx = rng.integers(0, 300, (48, 250, 4))\n" + call + "print('numba' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(ro.KERNELS_ENV, None)
