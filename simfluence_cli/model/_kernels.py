@@ -21,7 +21,6 @@ from numba.extending import intrinsic
 BLOCK_COLS = 16  # test columns per task: its [A | B] table (n x 32 doubles) stays in L2/L3
 PF = 4  # prefetch the rows of the step this many steps ahead
 _FMAX = float(np.finfo(np.float64).max)
-TASKS_PER_THREAD = 4  # at least this many (block x curriculum group) tasks per thread
 # gather-adds per kernel call and thread: ~0.5 s at the kernel's ~1.2e-9 s CPU per gather-add
 # (Ctrl-C is handled between calls)
 CALL_WORK_PER_THREAD = 4 * 10**8
@@ -257,15 +256,18 @@ def spans(C: int, T: int, nb: int, m: int, threads: int) -> list[tuple[int, int,
     """The kernel calls of a rollout, (b0, b1, c0, c1, groups) each: column blocks [b0, b1) x
     curricula [c0, c1) worth about CALL_WORK_PER_THREAD x threads gather-adds (~0.5 s), so
     that Ctrl-C, which Python handles only between calls, interrupts within a call's time.
-    Blocks first: a call's tasks copy only their own blocks' tables (a block x all curricula
-    per call copies each table once, as one call for everything would); curricula are split
-    only when one block of all of them is more than a call. ``groups``: curriculum groups
-    per block, for at least TASKS_PER_THREAD tasks per thread."""
+    Blocks first, a whole number of them per thread: each task is then one block of all the
+    call's curricula and copies its table once, as one call for everything would (curriculum
+    groups, whose tasks copy the same table, cost 4-7 % CPU more at 1,000 x 256 x 2,000);
+    curricula are split only when one block of all of them is more than a call. ``groups``:
+    curriculum groups per block, enough for every thread to have a task."""
     blocks = -(-m // BLOCK_COLS)
     budget = CALL_WORK_PER_THREAD * threads
     per_block = max(1, T * nb * BLOCK_COLS)  # gather-adds of one curriculum x one block
     if C * per_block <= budget:
         nblk, ncur = max(1, budget // (C * per_block)), C
+        if nblk > threads:
+            nblk -= nblk % threads  # whole rounds: no thread idle at the call's end
     else:
         nblk, ncur = 1, max(1, budget // per_block)
     out = []
@@ -273,7 +275,7 @@ def spans(C: int, T: int, nb: int, m: int, threads: int) -> list[tuple[int, int,
         b1 = min(blocks, b0 + nblk)
         for c0 in range(0, C, ncur):
             c1 = min(C, c0 + ncur)
-            groups = max(1, min(c1 - c0, -(-TASKS_PER_THREAD * threads // (b1 - b0))))
+            groups = max(1, min(c1 - c0, -(-threads // (b1 - b0))))
             while (b1 - b0) * groups % threads and groups < c1 - c0:
                 groups += 1  # no thread idle at the call's end while another has a task
             out.append((b0, b1, c0, c1, groups))
