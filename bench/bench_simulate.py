@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_simulate.py                   # the target size
     .venv/bin/python bench/bench_simulate.py --steps 200       # a tenth of the work
     .venv/bin/python bench/bench_simulate.py --skip-previous --numba-threads 2,1
-    .venv/bin/python bench/bench_simulate.py --method optimizer-aware --numba-threads 2,1
+    .venv/bin/python bench/bench_simulate.py --method optimizer-aware --numba-threads 2,1 --numpy-steps 200
+    .venv/bin/python bench/bench_simulate.py --calls-ab 3 --tests 256
 
 
 ``Simulator.simulate(..., return_="final")`` on bench_scale.py's problem (N = 20,000 train

@@ -1,9 +1,13 @@
-"""Compiled rollout kernel (numba, the optional ``fast`` extra): the gather-sum of each batch's
-parameter rows, the recurrence and the clamp fused in one pass, parallel over curricula.
+"""Compiled rollout kernels (numba, the optional ``fast`` extra): the gather-sum of each batch's
+parameter rows, the recurrence and the clamp fused in one pass, parallel over test-column blocks
+x curricula; ``_kernel`` for the Linear / additive / multiplicative models, ``_oa_kernel`` for
+the optimizer-aware one. A rollout is many short calls (``spans``) so that Ctrl-C interrupts it.
 
-Imported only by :func:`simfluence_cli.model.rollout.rollout` for problems large enough to repay
-numba's import and cache load (``use_numba``); same semantics as the numpy path, bit for bit
-(no fast-math: sums in slot order, ``alpha * L + beta`` without fused multiply-add).
+Imported only by :func:`simfluence_cli.model.rollout.rollout` and
+:func:`simfluence_cli.model.optimizer_aware.rollout` for problems large enough to repay numba's
+import and cache load (``use_numba``); same semantics as the numpy paths, bit for bit (no
+fast-math: sums in slot order, products and sums in the numpy expressions' order, without fused
+multiply-add).
 """
 
 from __future__ import annotations
