@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.model.config import TRANSFORMS
 from simfluence_cli.model.oa_system import OAChunkSystem
+from simfluence_cli.model.rollout import kernel_applies, run_compiled
 from simfluence_cli.model.solvers import CG_MAXITER
 from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet
@@ -340,6 +341,7 @@ def rollout(
     *,
     final: bool = False,
     start: tuple[np.ndarray, np.ndarray] | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Roll C curricula x m tests forward.
 
@@ -349,11 +351,12 @@ def rollout(
     Losses are clamped to [lo, hi] (in loss space; applied in transformed space).
     Returns (C, T+1, m) losses or (C, m) final losses. ``start``: the state (y, d) to start
     from instead of (forward(L0), 0), e.g. mid-curriculum (then idx, w, phi from that step).
+    Large problems run the compiled kernel (``model._kernels``; the same choice and the same
+    results, bit for bit, as :func:`simfluence_cli.model.rollout.rollout`'s); ``threads``:
+    its threads (default ``solvers.default_threads``).
     """
     C, T, _ = idx.shape
     m = a.shape[1]
-    Pa = np.vstack([a, np.zeros((1, m))])
-    Pb = np.vstack([B, np.zeros((1, m))])
     drift = phi @ gamma.T if gamma.shape[1] else np.zeros((T, m))  # (T, m)
     L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (C, m))
     y = forward(L0, transform).copy()
@@ -362,6 +365,21 @@ def rollout(
         y[:], d[:] = start
     ylo = None if lo is None else forward(lo, transform)
     yhi = None if hi is None else forward(hi, transform)
+    if kernel_applies(a, idx):
+        from simfluence_cli.model._kernels import rollout_oa_numba
+
+        ends = (np.full(m, -_FMAX), np.full(m, _FMAX)) if ylo is None else (ylo, yhi)
+        args = (a, B, rho, drift, w, idx, y, d, *ends)
+        got = run_compiled(rollout_oa_numba, args, final=final, threads=threads)
+        if got is not None:  # y: the losses are inverse(y), as below
+            if final:
+                return inverse(got, transform)
+            got[:, 0] = L0
+            for c in range(C if transform != "identity" else 0):  # in place, no second array
+                got[c, 1:] = inverse(got[c, 1:], transform)
+            return got
+    Pa = np.vstack([a, np.zeros((1, m))])
+    Pb = np.vstack([B, np.zeros((1, m))])
     out = np.empty((C, m) if final else (C, T + 1, m))
     if not final:
         out[:, 0] = L0

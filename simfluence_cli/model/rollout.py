@@ -71,7 +71,7 @@ def use_numba(work: int) -> bool:
     return work >= NUMBA_MIN_WORK and numba_available()
 
 
-def _kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
+def kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
     """use_numba, and indices the kernel takes (the numpy path alone reads row n as padding
     and raises its IndexError beyond), and, when numba cannot cache the compiled kernel, a
     problem that repays compiling it in this process."""
@@ -83,6 +83,29 @@ def _kernel_applies(A: np.ndarray, idx: np.ndarray) -> bool:
     if kernels_choice() == "numba":
         return True
     return not _kernels.BROKEN and (_kernels.CACHED or work >= NUMBA_MIN_WORK_UNCACHED)
+
+
+def run_compiled(kernel, args, *, final: bool, threads: int | None):
+    """``kernel(*args, final=final, threads=...)`` (a model._kernels rollout), or None after a
+    RuntimeWarning when it failed to compile (then the caller's numpy path; with
+    $SIMFLUENCE_KERNELS=numba the error is raised instead). threads: default_threads()."""
+    from simfluence_cli.model._kernels import KernelUnavailable
+    from simfluence_cli.model.solvers import default_threads
+
+    nthreads = default_threads() if threads is None else max(1, int(threads))
+    try:
+        return kernel(*args, final=final, threads=nthreads)
+    except KernelUnavailable as e:
+        if kernels_choice() == "numba":
+            raise
+        import warnings
+
+        warnings.warn(
+            f"the compiled rollout kernel failed to compile ({e}); using numpy",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def rollout(
@@ -119,23 +142,13 @@ def rollout(
         from simfluence_cli.errors import UsageError
 
         raise UsageError(f"precision must be 'float64' or 'float32', got {precision!r}")
-    if precision == "float64" and _kernel_applies(A, idx):
-        from simfluence_cli.model._kernels import KernelUnavailable, rollout_numba
-        from simfluence_cli.model.solvers import default_threads
+    if precision == "float64" and kernel_applies(A, idx):
+        from simfluence_cli.model._kernels import rollout_numba
 
-        nthreads = default_threads() if threads is None else max(1, int(threads))
-        try:
-            return rollout_numba(A, B, idx, L0, method, lo, hi, final=final, threads=nthreads)
-        except KernelUnavailable as e:
-            if kernels_choice() == "numba":
-                raise
-            import warnings
-
-            warnings.warn(
-                f"the compiled rollout kernel failed to compile ({e}); using numpy",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        args = (A, B, idx, L0, method, lo, hi)
+        got = run_compiled(rollout_numba, args, final=final, threads=threads)
+        if got is not None:
+            return got
     pdt = np.float32 if precision == "float32" else np.float64
     from concurrent.futures import ThreadPoolExecutor
 

@@ -702,7 +702,7 @@ class Simulator:
         lo, hi = self.bounds_
         if lo is not None:
             lo, hi = lo[cols], hi[cols]
-        A, B = self.A_[:, cols], self.B_[:, cols]
+        A, B = self._param_columns(cols)
         if np.any(idx == len(self.example_ids_)):  # 'prior' rows for unseen examples
             a0 = self._prior_multiplier()
             A = np.vstack([A, np.full((1, len(cols)), a0)])
@@ -754,6 +754,14 @@ class Simulator:
         """True when a rollout depends on more than the current loss (AR memory, time basis,
         per-step lr): such models cannot restart a rollout mid-curriculum from a loss alone."""
         return self.method == OPTIMIZER_AWARE
+
+    def _param_columns(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(A_[:, cols], B_[:, cols]), without copying when ``cols`` is every test in order
+        (a copy of both is 320 MB at 20,000 examples x 1,000 tests)."""
+        m = self.A_.shape[1]
+        if len(cols) == m and np.array_equal(cols, np.arange(m)):
+            return self.A_, self.B_
+        return self.A_[:, cols], self.B_[:, cols]
 
     def _test_columns(self, tests: Sequence[str] | None) -> np.ndarray:
         return id_columns(
