@@ -510,10 +510,93 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------- noise floor
+def _final_losses(path: Path) -> np.ndarray:
+    import gzip
+
+    with gzip.open(path, "rt") as fh:
+        last = None
+        for line in fh:
+            if line.strip():
+                last = json.loads(line)
+    return np.array([last["loss"][k] for k in sorted(last["loss"])], dtype=np.float64)
+
+
+def noise_floor(work: Path, cfg: Config, runs: int = 8, log=print) -> dict:
+    """Retrain the first ``runs`` held-out random curricula twice: as they are, and with the
+    batches of two adjacent steps (a seeded position in the middle half of the run) swapped.
+    The per-test final-loss differences between the two measure how far nearly identical
+    curricula's real outcomes differ (the retraining noise floor), against the spread of the
+    real final losses across the random runs themselves (what the mean-trajectory baseline
+    pays at the final step)."""
+    torch = _torch()
+    from torch.utils.data import TensorDataset
+
+    from simfluence_cli.integrations.pytorch import IdDataset, log_runs
+
+    pool, tests, pre, _ = build_split(cfg)
+    model = make_model(cfg)
+    pretrain(model, pre, cfg)
+    xp, xt = encode([x for _, _, x in pool]), encode([x for _, _, x in tests])
+    train_ds = IdDataset(TensorDataset(xp[:, :-1], xp[:, 1:]), ids=[i for i, _, _ in pool])
+    test_ds = TensorDataset(xt[:, :-1], xt[:, 1:])
+    base = [b for b, _ in curricula("heldout-random", pool, cfg)][:runs]
+    swapped = []
+    for k, batches in enumerate(base):
+        t = int(
+            np.random.default_rng([cfg.seed, 9, k]).integers(cfg.steps // 4, 3 * cfg.steps // 4)
+        )
+        c = [list(b) for b in batches]
+        c[t], c[t + 1] = c[t + 1], c[t]
+        swapped.append(c)
+
+    def sched(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k + 1, cfg))
+
+    def optim(params):
+        return torch.optim.AdamW(
+            params, lr=cfg.peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
+        )
+
+    finals = {}
+    for name, cur in (("base", base), ("swapped", swapped)):
+        t0 = time.perf_counter()
+        paths = log_runs(
+            model,
+            train_ds,
+            test_ds,
+            work / name,
+            optimizer_factory=optim,
+            scheduler_factory=sched,
+            curricula=cur,
+            loss_fn=seq_loss,
+            eval_every=cfg.steps,
+            test_ids=[i for i, _, _ in tests],
+            run_prefix=f"lm-noise-{name}",
+            precision=cfg.precision,
+        )
+        finals[name] = np.stack([_final_losses(p) for p in paths])  # runs x tests
+        log(f"{name}: {len(paths)} runs in {time.perf_counter() - t0:.1f} s")
+    d = finals["swapped"] - finals["base"]
+    base_f = finals["base"]
+    return {
+        "runs": runs,
+        "tests": int(base_f.shape[1]),
+        # mean over runs and tests of the squared final-loss change from swapping two steps
+        "swap_two_steps_final_mse": float(np.mean(d**2)),
+        # half of it: the variance one run's final loss has from that perturbation alone
+        "swap_noise_variance": float(np.mean(d**2) / 2),
+        "swap_two_steps_mean_abs": float(np.mean(np.abs(d))),
+        # variance across the random runs of each test's real final loss, averaged over tests
+        "across_run_variance": float(np.mean(np.var(base_f, axis=0, ddof=1))),
+        "base_equals_logged_family": None,
+    }
+
+
 # ------------------------------------------------------------------------------------ main
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("generate", "eval", "-h", "--help"):
+    if not argv or argv[0] not in ("generate", "eval", "noise", "-h", "--help"):
         argv = ["generate", *argv]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -530,7 +613,24 @@ def main(argv=None) -> None:
     e.add_argument("--methods", default="linear", help="comma-separated fit methods")
     e.add_argument("--no-ingest", action="store_true", help="the store already holds the runs")
     e.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+    n = sub.add_parser("noise", help="retraining noise floor: random runs with two steps swapped")
+    n.add_argument("--work", type=Path, required=True, help="directory for the retrained logs")
+    n.add_argument("--runs", type=int, default=8)
+    n.add_argument("--runs-dir", type=Path, default=None, help="the logged family, to check base")
     a = ap.parse_args(argv)
+    if a.cmd == "noise":
+        res = noise_floor(a.work, Config(), a.runs, log=lambda m: print(m, file=sys.stderr))
+        if a.runs_dir is not None:
+            logged = sorted((a.runs_dir / "heldout-random").glob("*.jsonl.gz"))[: a.runs]
+            mine = sorted((a.work / "base").glob("*.jsonl.gz"))
+            res["base_equals_logged_family"] = bool(
+                len(logged) == len(mine)
+                and all(
+                    np.array_equal(_final_losses(x), _final_losses(y)) for x, y in zip(logged, mine)
+                )
+            )
+        print(json.dumps(res, indent=1))
+        return
     if a.cmd == "generate":
         cfg = Config(**SMALL) if a.small else Config()
         over = {f: getattr(a, f) for f in INT_KNOBS if getattr(a, f) is not None}

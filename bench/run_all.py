@@ -22,6 +22,7 @@ ORDER = [
     "speed",
     "matvec",
     "solver",
+    "cgiters",
     "transpose_ab",
     "commands",
     "top",
@@ -37,6 +38,7 @@ ORDER = [
     "counterfactual",
     "cv_demo",
     "calibration",
+    "change_intervals",
     "plan",
     "design",
     "fuzz",
@@ -51,6 +53,7 @@ MANUAL = {
 ARGS = {
     "memory": ["--synthetic", "/tmp/simfluence-bench-memory", "--model", "syn-L", "--fit"],
     "calibration": ["--work", "/tmp/simfluence-bench-calibration"],
+    "change_intervals": ["--work", "/tmp/simfluence-bench-change"],
     "design": ["--work", "/tmp/simfluence-bench-design"],
 }
 

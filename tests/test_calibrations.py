@@ -95,6 +95,28 @@ def test_saved_calibration_round_trips_exactly(store):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(saved.novelty.reference, cal.novelty.reference)
+    np.testing.assert_array_equal(saved.change_reference, cal.change_reference)
+    edited = [b[:-1] for b in cur]
+    for reduce in (None, "mean"):
+        want = cal.change(cur, [edited], run.losses[0], 0.9, reduce=reduce)
+        got = saved.change(cur, [edited], run.losses[0], 0.9, reduce=reduce)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_calibration_saved_before_change_scaling_is_recomputed(store):
+    """A calibration.json without ``change_reference`` (saved by an older simfluence) would
+    give unscaled change intervals: it is recomputed, and the reason is said."""
+    st = RunStore(store)
+    _, cal, _ = stored_calibration(st, "lin")
+    save_stored(st, "lin", cal)
+    path = store / "models" / "lin" / "calibration.json"
+    man = json.loads(path.read_text())
+    del man["change_reference"]
+    path.write_text(json.dumps(man))
+    _, again, why = stored_calibration(st, "lin")
+    assert again.source == "computed" and "predates change-interval scaling" in why
+    np.testing.assert_array_equal(again.change_reference, cal.change_reference)
 
 
 @pytest.mark.parametrize(

@@ -104,14 +104,15 @@ def test_trajectory_intervals_shape_and_step_zero(noisy):
     assert mlo.shape == (1,) and mlo[0] < mhi[0]
 
 
-def test_change_of_identical_curricula_includes_zero(noisy):
+def test_change_of_identical_curricula_is_zero(noisy):
     sim, cal, held = noisy
     ex = held.example_ids
     run = held.runs[1]
     cur = [[str(ex[k]) for k in run.batch(t)] for t in range(1, run.n_steps + 1)]
     lo, hi = cal.change(cur, [cur, cur[:5]], run.losses[0], 0.9)
     assert lo.shape == (2, held.n_tests)
-    assert np.all(lo[0] < 0) and np.all(hi[0] > 0)  # no change: interval straddles 0
+    assert np.all(lo[0] == 0) and np.all(hi[0] == 0)  # no edit: no change, no error
+    assert np.all(lo[1] < hi[1])
     # each fold model's own predicted change lies inside the interval
     short = [fm.simulate([cur[:5]], run.losses[0])[0, -1] for fm in cal.fold_models]
     full = [fm.simulate([cur], run.losses[0])[0, -1] for fm in cal.fold_models]
@@ -193,10 +194,54 @@ def test_cli_whatif_interval_reports_zero(store):
     assert r.exit_code == 0, r.stderr
     rows = _rows(r.stdout)
     assert {"lo_90", "hi_90"} <= set(rows[0])
-    for row in rows:  # no edit: every change is 0 and its interval straddles it
+    for row in rows:  # no edit: every change is 0 and so is its interval
         assert float(row["change"]) == 0.0
-        assert float(row["lo_90"]) < 0 < float(row["hi_90"])
-    assert "includes 0" in r.stderr
+        assert float(row["lo_90"]) == 0 == float(row["hi_90"])
+    assert "does not differ from the base" in r.stderr and "edit scale 0.00" in r.stderr
+
+
+def test_cli_whatif_note_reflects_the_scaled_interval(store):
+    """The note's interval is the library's (scaled) interval of the mean change; a larger
+    edit of the same base gets a larger scale and a wider interval."""
+    import json
+
+    from simfluence_cli.analysis.intervals import stored_calibration
+    from simfluence_cli.analysis.whatif import Edits, apply_edits, run_batches
+    from simfluence_cli.store.run_store import RunStore
+
+    st = RunStore(store / "store")
+    _, cal, _ = stored_calibration(st, "lin")
+    held = st.load("held")
+    base = run_batches(held, "syn-010")
+    L0 = held["syn-010"].losses[0]
+    ids = list(dict.fromkeys(e for b in base for e in b))
+    widths, scales = [], []
+    for k in (1, 6):
+        r = _cli(
+            store, "whatif", "-m", "lin", "--base", "syn-010", "--drop", ",".join(ids[:k]),
+            "--interval", "0.9", "-f", "json",
+        )  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        doc = json.loads(r.stdout)
+        iv = doc["summary"]["interval"]
+        edited = apply_edits(base, Edits(drop=ids[:k]))
+        mlo, mhi = cal.change(base, [edited], L0, 0.9, reduce="mean")
+        assert (iv["mean_change_lo"], iv["mean_change_hi"]) == (float(mlo[0]), float(mhi[0]))
+        assert f"[{mlo[0]:+.4g}, {mhi[0]:+.4g}]" in r.stderr
+        assert f"edit scale {iv['edit_scale']:.2f}" in r.stderr
+        assert ("includes 0" in r.stderr) == bool(mlo[0] <= 0 <= mhi[0])
+        assert 0 < iv["edit_scale"]
+        assert ("extrapolated" in r.stderr) == (iv["edit_scale"] > 1)
+        widths.append(mhi[0] - mlo[0])
+        scales.append(iv["edit_scale"])
+    assert scales[0] < scales[1]
+
+
+def test_cli_whatif_warns_when_the_edit_is_larger_than_fitting_run_differences(store):
+    ids = "e0,e1,e2"
+    r = _cli(store, "whatif", "-m", "lin", "--base", "syn-010", "--only", ids, "--interval", "0.9")
+    assert r.exit_code == 0, r.stderr
+    assert "interval is extrapolated and may under-cover" in r.stderr
 
 
 @pytest.mark.slow

@@ -198,3 +198,20 @@ def test_eval_subcommand_ingests_fits_and_tabulates_every_heldout_family(small, 
     assert any("--method additive --l2 auto" in c for c in shown)
     md = lm.markdown(results)
     assert md.count("| lm-additive |") == 3 and "### heldout-ordered" in md
+
+
+def test_noise_floor_retrains_the_random_runs_and_swapping_two_steps_moves_little(small, tmp_path):
+    out, _ = small
+    res = lm.noise_floor(tmp_path, CFG, runs=2, log=lambda m: None)
+    assert res["runs"] == 2 and res["tests"] == len(
+        read_run(next((out / "fit").glob("*.gz")))[0]["loss"]
+    )
+    # the unperturbed retrains are the logged held-out random runs, final losses equal
+    logged = sorted((out / "heldout-random").glob("*.jsonl.gz"))[:2]
+    mine = sorted((tmp_path / "base").glob("*.jsonl.gz"))
+    assert [lm._final_losses(p).tolist() for p in logged] == [
+        lm._final_losses(p).tolist() for p in mine
+    ]
+    # swapping two steps changes something, and far less than curricula differ across runs
+    assert 0 < res["swap_two_steps_final_mse"] < res["across_run_variance"]
+    assert res["swap_noise_variance"] == pytest.approx(res["swap_two_steps_final_mse"] / 2)

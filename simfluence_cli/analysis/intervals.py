@@ -24,8 +24,13 @@ How (Barber, Candes, Ramdas & Tibshirani 2021, "jackknife+ / CV+", grouped by ru
    residuals of that quantity. A *change* between two curricula (whatif, top) uses the
    differences of residuals of pairs of held-out fitting runs, ``D_ij = R_i - R_j``: the
    error of a predicted difference between two curricula, estimated from differences between
-   two fitting curricula. Its interval is ``[min_k delta_k - q, max_k delta_k + q]`` where
+   two fitting curricula. Its interval is ``[min_k delta_k - s q, max_k delta_k + s q]`` where
    ``delta_k`` is fold model k's predicted change and ``q`` the level-quantile of ``|D_ij|``.
+   For ``whatif`` (:meth:`Calibration.change`) ``s`` is the edit's scale
+   (:mod:`~simfluence_cli.analysis.curriculum_distance`): how far the edited curriculum is
+   from its base relative to two fitting runs, ``max(d / d_ref) ** (1/3)`` over two
+   occurrence-count distances; 0 for no edit. ``top``'s removal effects use the largest
+   scale of the example's removal over the curricula (:meth:`Calibration.removal`).
 
 Cost: K extra fits at a fixed penalty (no penalty search) plus K extra rollouts per query;
 with K = 8 on the demo store (48 runs x 250 steps, 300 examples, 100 tests) about 8 fixed-l2
@@ -39,11 +44,17 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli.analysis.curriculum_distance import (
+    edit_scale,
+    reference,
+    replacement_scale,
+)
 from simfluence_cli.analysis.novelty import Novelty
 from simfluence_cli.errors import SelectionError, UsageError
 from simfluence_cli.runs import RunSet, id_columns
@@ -145,6 +156,8 @@ class Calibration:
     novelty: Novelty | None = None  # how unlike the fitting runs a curriculum is
     key: dict | None = None  # what a saved copy must match (store.calibrations)
     source: str = "computed"  # 'computed' or 'saved'
+    # (2,) mean (window, run) curriculum distance between fitting runs (curriculum_distance)
+    change_reference: np.ndarray | None = None
 
     @property
     def n_folds(self) -> int:
@@ -214,7 +227,8 @@ class Calibration:
         self, base, edited, init_loss, level: float, tests=None, unseen="error", reduce=None
     ):
         """Intervals for ``edited - base`` final losses: (lo, hi) each (C, M) for C edited
-        curricula against one base (or (C,) with ``reduce='mean'``)."""
+        curricula against one base (or (C,) with ``reduce='mean'``). The fitting-pair
+        quantile is scaled by each edit's :func:`edit_scale` (0 for the base itself)."""
         level = check_level(level)
         cols = self._cols(tests)
         curricula = [base, *edited]
@@ -229,6 +243,9 @@ class Calibration:
         n = res.shape[0]
         i, j = np.triu_indices(n, 1)
         q = _quantile_abs(res[i] - res[j], level)  # (...)
+        s = edit_scale(base, edited, self.change_reference).reshape((-1,) + (1,) * np.ndim(q))
+        with np.errstate(invalid="ignore"):
+            q = np.where(s == 0, 0.0, s * q)  # (C, ...); no edit: no error, even if q is inf
         return delta.min(axis=0) - q, delta.max(axis=0) + q
 
     def removal(self, runs: RunSet, example_ids, level: float, tests=None):
@@ -236,9 +253,11 @@ class Calibration:
         as ``top`` defines it (final loss with the example's slots given to a neutral
         no-change placeholder minus with it, mean over ``runs``' curricula and over ``tests``;
         positive = helpful). Fold model k's effect is computed like the point estimate; the
-        interval is ``[min_k - q, max_k + q]`` with ``q`` the level-quantile of
-        differences of mean-over-tests final residuals between pairs of fitting runs: the
-        error of a change *in one curriculum* (conservative for a mean over many)."""
+        interval is ``[min_k - s q, max_k + s q]`` with ``q`` the level-quantile of
+        differences of mean-over-tests final residuals between pairs of fitting runs and
+        ``s`` the largest :func:`replacement_scale` of the example's share of a curriculum's
+        occurrences over ``runs``: the error of a change *in one curriculum* (conservative for
+        a mean over many)."""
         from simfluence_cli.analysis.whatif import NEUTRAL
 
         level = check_level(level)
@@ -248,8 +267,12 @@ class Calibration:
         rc = np.asarray([tpos[t] for t in tl], dtype=np.int64)
         ex = runs.example_ids
         eff = np.zeros((self.n_folds, len(example_ids)))
+        scale = np.zeros(len(example_ids))
         for run in runs.runs:
             cur = [[str(ex[q]) for q in run.batch(t)] for t in range(1, run.n_steps + 1)]
+            counts = Counter(e for b in cur for e in b)
+            share = np.array([counts[e] for e in example_ids]) / max(1, sum(counts.values()))
+            scale = np.maximum(scale, replacement_scale(share, self.change_reference))
             L0 = run.losses[0, rc]
             fallback = np.asarray(self.model.init_loss_mean_)[cols]
             L0 = np.where(np.isfinite(L0), L0, fallback)
@@ -262,7 +285,8 @@ class Calibration:
             self.pred_final[:, cols], axis=1
         )
         i, j = np.triu_indices(len(res), 1)
-        q = _quantile_abs(res[i] - res[j], level)
+        with np.errstate(invalid="ignore"):
+            q = np.where(scale == 0, 0.0, scale * _quantile_abs(res[i] - res[j], level))
         return eff.min(axis=0) - q, eff.max(axis=0) + q
 
     def coverage(self, runs: RunSet, level: float, tests=None, unseen="error") -> list[dict]:
@@ -327,6 +351,9 @@ def calibrate(
     fold_models = []
     ex = runs.example_ids
     tests = list(runs.test_ids)
+    curricula = [
+        [[str(ex[q]) for q in r.batch(t)] for t in range(1, r.n_steps + 1)] for r in runs.runs
+    ]
     mtests = set(np.asarray(getattr(model, "test_ids_", tests)).tolist())
     if set(tests) != mtests:
         raise SelectionError("the calibration runs' test examples differ from the model's")
@@ -360,6 +387,7 @@ def calibrate(
         np.asarray(tests, dtype=object),
         time.perf_counter() - t0,
         novelty=Novelty.from_runs(runs),
+        change_reference=reference(curricula, seed),
     )
 
 
@@ -406,6 +434,9 @@ def save_stored(store, name: str, cal: Calibration) -> dict:
         "run_ids": list(cal.run_ids),
         "test_ids": [str(t) for t in cal.test_ids],
         "seconds": round(float(cal.seconds), 3),
+        "change_reference": [float(x) for x in np.asarray(cal.change_reference)]
+        if cal.change_reference is not None
+        else None,
     }
     return save_calibration(store, name, cal.key, cal.fold_models, arrays, meta)
 
@@ -458,6 +489,8 @@ def stored_calibration(
         sim, cal = calibrate_stored(store, name, folds=folds, seed=seed, progress=progress)
         return sim, cal, "no saved calibration"
     payload, why = load_calibration(store, name, key)
+    if payload is not None and "change_reference" not in payload["manifest"]:
+        payload, why = None, "the saved calibration predates change-interval scaling"
     if payload is None:
         saved = bool(why)  # one is saved but cannot be used (stale, damaged, unreadable)
         why = why or "no saved calibration"
@@ -480,5 +513,8 @@ def stored_calibration(
         novelty=Novelty(a["novelty"]) if len(a["novelty"]) else None,
         key=key,
         source="saved",
+        change_reference=None
+        if man["change_reference"] is None
+        else np.asarray(man["change_reference"], dtype=np.float64),
     )
     return sim, cal, ""

@@ -231,8 +231,9 @@ def whatif_cmd(
     """Simulate a base curriculum and an edited one side by side.
 
     With --interval 0.9: lo_90, hi_90 = a 90% interval for the real change (calibrated on
-    differences between pairs of fitting runs; docs/intervals.md). An interval that includes 0
-    means the simulator cannot tell whether the edit helps or hurts that test example.
+    differences between pairs of fitting runs, scaled by how far the edited curriculum is
+    from the base relative to two fitting runs; docs/intervals.md). An interval that includes
+    0 means the simulator cannot tell whether the edit helps or hurts that test example.
 
     Per test example: base_final and edited_final (simulated loss after the last step) and
     change = edited_final - base_final (negative = the edit lowers the loss, i.e. helps).
@@ -319,6 +320,7 @@ def whatif_cmd(
     doc = {"model": model, "base": desc, "summary": s}
     bounds = None
     if interval is not None and not trajectories:
+        from simfluence_cli.analysis.curriculum_distance import edit_scale
         from simfluence_cli.analysis.intervals import interval_columns
 
         _, cal = calibration_for(st, model, interval)
@@ -329,23 +331,38 @@ def whatif_cmd(
             batches, [res.edited], L0, interval, tests=tl, unseen=unseen.value, reduce="mean"
         )
         bounds = (interval_columns(interval), lo[0], hi[0], float(mlo[0]), float(mhi[0]))
+        scale = float(edit_scale(batches, [res.edited], cal.change_reference)[0])
         sure = int(np.sum((lo[0] > 0) | (hi[0] < 0)))
         zero = mlo[0] <= 0 <= mhi[0]
+        if mlo[0] == mhi[0] == 0:
+            verdict = ": the edited curriculum does not differ from the base"
+        elif zero:
+            verdict = (
+                " includes 0: the simulator cannot tell whether the edit helps or hurts on average"
+            )
+        else:
+            verdict = (
+                " excludes 0: the edit " + ("helps" if mhi[0] < 0 else "hurts") + " on average"
+            )
         info(
             f"{100 * interval:g}% interval of the mean change: [{mlo[0]:+.4g}, {mhi[0]:+.4g}]"
-            + (
-                " includes 0: the simulator cannot tell whether the edit helps or hurts on average"
-                if zero
-                else " excludes 0"
-            )
-            + f"; {sure} of {len(tl)} test(s) have a change interval that excludes 0"
+            + verdict
+            + f"; {sure} of {len(tl)} test(s) have a change interval that excludes 0 "
+            f"(edit scale {scale:.2f} of two fitting runs' difference; docs/intervals.md)"
         )
+        if scale > 1:
+            warn(
+                f"the edit changes which examples occur more than two fitting runs differ "
+                f"(edit scale {scale:.2f} > 1): its interval is extrapolated and may "
+                "under-cover (docs/intervals.md)"
+            )
         s["interval"] = {
             "level": interval,
             "mean_change_lo": float(mlo[0]),
             "mean_change_hi": float(mhi[0]),
             "mean_change_includes_zero": bool(zero),
             "tests_sign_certain": sure,
+            "edit_scale": scale,
         }
     elif interval is not None:
         warn("--interval is not available with --trajectories (use simulate --interval)")
