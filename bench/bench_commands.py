@@ -14,6 +14,12 @@ shared: CPU seconds are the figure to compare with the targets, wall seconds dep
 ``--baseline TREE`` times every command also with ``PYTHONPATH=TREE`` (e.g. a ``git worktree`` of
 main), on its own copy of the same store, alternating baseline and this tree run by run, and
 reports CPU ratios (this tree / baseline) measured under the same load.
+
+``--pycache DIR`` runs the children with bytecode caches under DIR (``PYTHONPYCACHEPREFIX``,
+without ``PYTHONDONTWRITEBYTECODE``), as an installed package runs: with
+``PYTHONDONTWRITEBYTECODE=1`` in the environment (the sessions' sandbox sets it) every command
+compiles the project's ~40 modules from source, ~0.1 s CPU (take ``--repeat`` >= 2: the first
+run of each tree writes its caches).
 """
 
 from __future__ import annotations
@@ -34,11 +40,20 @@ if not Path(SF[0]).exists():  # not installed as a console script: run the packa
     SF = [sys.executable, "-m", "simfluence_cli"]
 
 
+#: environment changes for every child (``--pycache``); None as a value removes the variable
+CHILD_ENV: dict[str, str | None] = {}
+
+
 def run(args: list[str], check: bool = True, tree: str | None = None) -> dict:
     """Run one command as a child; ``tree``: the source tree to import (PYTHONPATH)."""
     env = None
-    if tree is not None:
-        env = {**os.environ, "PYTHONPATH": tree}
+    if tree is not None or CHILD_ENV:
+        env = {**os.environ, **({"PYTHONPATH": tree} if tree is not None else {})}
+        for k, v in CHILD_ENV.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -161,7 +176,13 @@ def main(argv=None) -> None:
     ap.add_argument("--skip", default=None, help="comma-separated labels to leave out (prefix)")
     ap.add_argument("--baseline", default=None, help="source tree to compare with (PYTHONPATH)")
     ap.add_argument("--out", default=None, help="write the markdown table here too")
+    ap.add_argument(
+        "--pycache", default=None, help="bytecode cache directory for the children (as installed)"
+    )
     a = ap.parse_args(argv)
+    if a.pycache:
+        CHILD_ENV.update(PYTHONPYCACHEPREFIX=str(Path(a.pycache).resolve()))
+        CHILD_ENV["PYTHONDONTWRITEBYTECODE"] = None
     sys.path.insert(0, str(Path(__file__).parent))
     from _machine import run_facts
 
@@ -191,7 +212,13 @@ def main(argv=None) -> None:
             str(stores[k]) if x == str(store) else x.replace(str(work), str(works[k])) for x in args
         ]
 
-    facts = run_facts("load_start", tree=this, baseline=a.baseline)
+    facts = run_facts(
+        "load_start",
+        tree=this,
+        baseline=a.baseline,
+        pycache=a.pycache,
+        dont_write_bytecode=bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+    )
     print(json.dumps(facts), flush=True)
     rows = []
     for label, args, target in commands(store, work):

@@ -215,7 +215,9 @@ def test_csc_transpose_is_bit_identical_to_csr_copy(monkeypatch, method, log_eve
 
 
 # l2="auto" on the demo's fitting runs (sample_runs/fit), as computed by main before the CV
-# fits were solved one system per fold on threads: choice and curve must not move
+# fits were solved one system per fold on threads: the choice must not move; the curve moved by
+# <= 6.5e-6 relative when the CV's grid went to one shifted CG sequence per fold (each penalty's
+# solve still meets the CV tolerance 1e-6 on its residual, from another iterate)
 _MAIN_CV = {
     "linear": (1.0, [0.035591747772573554, 0.035589563911738245, 0.03556854794124729,
                      0.035448607156202204, 0.03693452598514816, 0.05567239103340067,
@@ -248,7 +250,7 @@ def test_cv_choice_and_curve_unchanged_on_demo_runs(demo_fit_runs, method):
     l2, curve = _MAIN_CV[method]
     assert sim.l2_ == l2
     got = [c["cv_mse"] for c in sim.cv_curve_]
-    np.testing.assert_allclose(got, curve, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got, curve, rtol=2e-5, atol=0)
 
 
 def test_cv_curve_does_not_depend_on_threads(monkeypatch):

@@ -52,13 +52,13 @@ from simfluence_cli.model.config import (
     resolve_method,
 )
 from simfluence_cli.model.rollout import rollout
+from simfluence_cli.model.shifted_cg import solve_grid
 from simfluence_cli.model.solvers import (
     CG_TOL,
     CV_TOL,
     choose_solver,
     cv_test_subset,
     default_threads,
-    solve_tests,
 )
 from simfluence_cli.model.standardise import loss_scale, rescaled
 from simfluence_cli.runs import RunSet, id_columns, stack_index
@@ -456,13 +456,12 @@ class Simulator:
         tol = max(self._exec.tol, CV_TOL)
 
         def fold_fit(fold, chunk):
-            # one CG system per (fold, chunk): the <= 48 CV tests together, not split into
-            # MIN_CHUNKS pieces (per-column CG, so the same solutions; fewer, wider products)
+            # one system per (fold, chunk): the <= 48 CV tests together, every penalty of the
+            # grid from one shifted CG sequence (model/shifted_cg.py)
             train = [x for x in ids if x not in fold]
-            return solve_tests(
-                design, self.method, grid, theta0, tests=chunk, run_ids=train,
-                solver=self._exec.solver, tol=tol, chunks=[chunk], threads=1,
-            )  # fmt: skip
+            return solve_grid(
+                design, self.method, grid, theta0, chunk, train, solver=self._exec.solver, tol=tol
+            )
 
         # the folds' fits are independent: solve them on threads (sparse products drop the
         # GIL), ``threads`` at a time so at most that many fits' solutions are held at once
