@@ -41,8 +41,10 @@ def main() -> None:
     """Console-script entry point."""
     import sys
 
+    from simfluence_cli.cli._blas import limit_blas_threads
     from simfluence_cli.cli._malloc import tune_malloc
 
+    limit_blas_threads()  # before numpy loads: one BLAS thread (see cli/_blas.py)
     tune_malloc()  # multi-MB temporaries reuse heap blocks (see cli/_malloc.py)
     app_for(sys.argv[1:])()
 

@@ -78,7 +78,12 @@ def oa_removal_deltas(
     if T == 0 or C == 0:
         final[:] = L0
         return deltas, final
-    for cs, cols in table_groups(C, m, T, _TABLES, budget):
+    groups = table_groups(C, m, T, _TABLES, budget)
+    # one table buffer for every group: fresh multi-MB arrays per group are page-faulted
+    # (and zeroed by the kernel) anew, ~15% of top's CPU on the demo store
+    cells = max(len(cs) * len(cols) for cs, cols in groups)
+    buf = np.empty(_TABLES * T.bit_length() * T * cells)
+    for cs, cols in groups:
         d, f = _group(
             a[:, cols],
             B[:, cols],
@@ -92,6 +97,7 @@ def oa_removal_deltas(
             None if hi is None else np.asarray(hi)[cols],
             neutral,
             st,
+            buf,
         )
         deltas[:, cols] += d
         final[np.ix_(cs, cols)] = f
@@ -120,7 +126,7 @@ def _sums(P, rows):
     return acc
 
 
-def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
+def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
     C, T, b = idx.shape
     R, k = a.shape
     K = T.bit_length()
@@ -154,7 +160,7 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
         r = np.broadcast_to(rho, p.shape)
         inside = act & (u > ylo) & (u < yhi)
         clipped = act & ~inside
-        tabs = np.empty((_TABLES, K, C, T, k))
+        tabs = buf[: _TABLES * K * C * T * k].reshape(_TABLES, K, C, T, k)
         m00, m01, m10, m11, q0, q1 = tabs
         m00[0] = np.where(inside, p, np.where(clipped, 0.0, 1.0))
         m01[0] = np.where(inside, r, 0.0)
@@ -203,15 +209,16 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
 
     Mflat = [v.reshape(-1) for v in tabs]  # entry (j, c, p, col) at ((j C + c) T + p) k + col
 
-    def _advance(lanes, p, end, j, cc):
+    def _advance(lanes, p, end, j, rest, cc):
         """Move the differences of ``lanes`` from step ``p`` to ``end`` (per lane), trying
         table entries of level ``j`` first (-1: a single exact step): an entry whose
         certificate holds is applied and the next try is one level up; one that fails is
         tried one level down; at level 0 a failing step is taken exactly (the clipped step
-        from the changed state). All lanes advance together, one entry each per pass."""
+        from the changed state). At ``end`` a lane goes on with the next span of its
+        segment, the lowest bit of ``rest`` (its full entry first, as the items do), until
+        ``rest`` is 0. All lanes advance together, one entry each per pass."""
         g, col = np.divmod(lanes, k)
         c = cc[g]
-        j = np.full(len(lanes), j)
         while len(lanes):
             rem = end - p
             j = np.minimum(j, np.frexp(rem)[1] - 1)  # largest 2^j <= rem
@@ -244,8 +251,16 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
                 EdF[lb] = np.where(on, new - yp, dp) - dF[yi + k]
                 p[ex] += 1
                 j[ex] = 0
-            go = p < end
-            lanes, p, end, j, c, col = (v[go] for v in (lanes, p, end, j, c, col))
+            fin = p >= end
+            nxt = fin & (rest > 0)
+            if nxt.any():  # the lane's next span: level of the lowest bit left
+                r = rest[nxt]
+                low = r & -r
+                end[nxt] = p[nxt] + low
+                j[nxt] = np.frexp(low)[1] - 1
+                rest[nxt] = r - low
+            go = ~fin | nxt
+            lanes, p, end, j, rest, c, col = (v[go] for v in (lanes, p, end, j, rest, c, col))
 
     with np.errstate(over="ignore", invalid="ignore"):
         for rr in range(int(counts[0])):
@@ -268,6 +283,8 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
             nxt = np.where(more, t_o[np.minimum(starts[:nr] + rr + 1, len(t_o) - 1)], T)
             pos = tt + 1
             length = nxt - pos
+            slow = None  # lanes whose certificate failed: walked alone after the levels
+            walk = []
             for j in range(K):
                 sel = np.flatnonzero((length >> j) & 1)
                 if sel.size == 0:
@@ -278,14 +295,30 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st):
                 ok = _certified(q0[j, ci, pi], q1[j, ci, pi], ey, ed)
                 ny = m00[j, ci, pi] * ey + m01[j, ci, pi] * ed
                 nd = m10[j, ci, pi] * ey + m11[j, ci, pi] * ed
-                if ok.all():
+                if slow is None and ok.all():
                     Ey[sel], Ed[sel] = ny, nd
                 else:
-                    Ey[sel] = np.where(ok, ny, ey)
-                    Ed[sel] = np.where(ok, nd, ed)
-                    bi, bc = np.nonzero(~ok)
-                    _advance(sel[bi] * k + bc, pi[bi].copy(), pi[bi] + (1 << j), j - 1, cc)
+                    if slow is None:
+                        slow = np.zeros((nr, k), dtype=bool)
+                    was = slow[sel]
+                    Ey[sel] = np.where(ok & ~was, ny, ey)
+                    Ed[sel] = np.where(ok & ~was, nd, ed)
+                    bi, bc = np.nonzero(~ok & ~was)
+                    if len(bi):  # from here on these lanes go their own way: this span
+                        # from one level down, then the rest of their segment
+                        slow[sel[bi], bc] = True
+                        walk.append(
+                            (
+                                sel[bi] * k + bc,
+                                pi[bi],
+                                pi[bi] + (1 << j),
+                                np.full(len(bi), j - 1),
+                                length[sel[bi]] >> (j + 1) << (j + 1),
+                            )
+                        )
                 pos[sel] += 1 << j
+            if walk:
+                _advance(*(np.concatenate(v) for v in zip(*walk)), cc)
         delta = inverse(y[gc, T] + Ey, transform) - base_final[gc]
     failed |= ~np.isfinite(delta).all(axis=1)
     if failed.any():  # diverging (non-finite) rollouts: roll those again
