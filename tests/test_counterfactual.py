@@ -474,3 +474,36 @@ def test_cli_whatif_edited_curriculum(store_model):
     )
     r = _cli(["whatif", "-m", "lin", "-b", "syn-000", "--edited", "syn-001", "--drop", "e1"], root)
     assert r.exit_code == 2
+
+
+def test_batch_size_note_only_for_batch_sum_models_when_sizes_change():
+    from simfluence_cli.analysis.whatif import batch_size_note
+
+    base = [["e1", "e2"], ["e3", "e4"], ["e5"]]  # an epoch ending in a short batch
+    full = apply_edits(base, Edits(drop=["e5"]))  # keep-steps: every batch full
+    assert [len(b) for b in full] == [2, 2, 2]
+    note = batch_size_note("linear", base, full)
+    assert note is not None and "1 of 3 steps change batch size" in note
+    assert "--mode neutral" in note
+    shrunk = apply_edits(base, Edits(drop=["e5"], mode="shrink"))
+    assert "3 -> 2 steps" in batch_size_note("additive", base, shrunk)
+    # same sizes step by step, the optimizer-aware model (batch means), or neutral placeholders
+    assert batch_size_note("linear", base, [["e2", "e1"], ["e4", "e3"], ["e1"]]) is None
+    assert batch_size_note("optimizer-aware", base, full) is None
+    assert (
+        batch_size_note("linear", base, apply_edits(base, Edits(drop=["e5"], mode="neutral")))
+        is None
+    )
+
+
+def test_cli_whatif_warns_when_a_linear_model_compares_batch_sizes(store_model):
+    root, _, _ = store_model
+    r = _cli(
+        ["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1", "--mode", "shrink"], root
+    )
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "batch sizes differ from the base's" in err and "a linear model sums" in err
+    # the default keep-steps mode on full batches keeps every step's size: no warning
+    k = _cli(["whatif", "--model", "lin", "--base", "syn-000", "--drop", "e1"], root)
+    assert k.exit_code == 0 and "batch sizes differ" not in " ".join(k.stderr.split())

@@ -337,6 +337,37 @@ def whatif(
     )
 
 
+def batch_size_note(method: str, base: Batches, edited: Batches) -> str | None:
+    """A warning when a batch-sum model (``linear``, ``additive``, ``multiplicative``: alpha and
+    beta are *sums* over the batch) compares curricula whose step-by-step batch sizes differ,
+    else None. Such a model reads a larger batch as a stronger update, so part of its predicted
+    change is that artefact, not the examples' effect: e.g. ``keep-steps`` filling a base's short
+    last batches of every epoch, ``shrink``, ``repack``. The optimizer-aware model (batch *mean*)
+    and ``--mode neutral`` (no batch changes size) are free of it."""
+    from simfluence_cli.model.config import LINEAR_METHODS
+
+    if method not in LINEAR_METHODS:
+        return None
+    sb = np.fromiter((len(b) for b in base), dtype=np.int64, count=len(base))
+    se = np.fromiter((len(b) for b in edited), dtype=np.int64, count=len(edited))
+    if len(sb) == len(se) and np.array_equal(sb, se):
+        return None
+    n = len(sb) if len(sb) != len(se) else int(np.sum(sb != se))
+    what = (
+        f"{len(sb)} -> {len(se)} steps"
+        if len(sb) != len(se)
+        else f"{n} of {len(sb)} steps change batch size"
+    )
+    return (
+        f"the edited curriculum's batch sizes differ from the base's ({what}); a {method} model "
+        "sums its parameters over a batch and reads a bigger batch as a stronger update, so part "
+        "of the predicted change is that artefact (on the AdamW sample runs, whose epochs end in "
+        "a short batch, Linear predicted mean changes of ~0.21 where real retraining gave "
+        "0.004-0.018: bench/RESULTS-calibration.md); compare with --mode neutral, or fit the optimizer-aware "
+        "model (batch means)"
+    )
+
+
 # -- inputs shared by the commands ------------------------------------------------------------
 
 

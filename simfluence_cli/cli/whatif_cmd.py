@@ -242,7 +242,7 @@ def whatif_cmd(
     import numpy as np
 
     from simfluence_cli.analysis.curriculum_design import curriculum_text
-    from simfluence_cli.analysis.whatif import NEUTRAL, Edits, whatif
+    from simfluence_cli.analysis.whatif import NEUTRAL, Edits, batch_size_note, whatif
 
     st, sim = _open(store, model, tests)
     edits = Edits(
@@ -292,6 +292,9 @@ def whatif_cmd(
             known=sim.example_ids_,
         )
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
+    note = batch_size_note(sim.method, batches, res.edited)
+    if note is not None:
+        warn(note)
     if edited_spec is not None:
         res.edits = {"edited": edesc}
     s = res.summary()
