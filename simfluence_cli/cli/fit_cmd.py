@@ -266,6 +266,7 @@ def fit(
     execution.validate()
     st = open_store(store)
     chosen = resolve_fit_method(st, requested, st.select(runs))
+    sim.set_params(method=chosen)  # resolved once: fit_model sees the method, not "auto"
     name = check_name(name or chosen)
     with _Progress(None, "fitting") as bar:
 
