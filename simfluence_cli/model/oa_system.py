@@ -151,9 +151,15 @@ class OAChunkSystem:
         ZT = self.ZT
         return np.vstack([ZT @ (y0 * R), ZT @ R])
 
+    def gram(self, V, cols):
+        """X^T M (I - D S D^T M) X V: the reduced operator without the penalty. The dense
+        columns are not penalised, so l2 > 0 enters the reduced system as a pure shift
+        (``matvec`` = ``gram`` + l2 I): what the multi-shift CG of ``solve_path`` needs."""
+        return self._XT(self._project(self._X(V, cols), cols), cols)
+
     def matvec(self, V, cols):
         """(X^T M (I - D S D^T M) X + l2 I) V for the chunk columns ``cols``."""
-        out = self._XT(self._project(self._X(V, cols), cols), cols)
+        out = self.gram(V, cols)
         out += self._parts(cols)[4] * V
         return out
 
@@ -171,6 +177,27 @@ class OAChunkSystem:
             x0 = np.zeros((2 * n, k))
         U, it, conv, rel = pcg(self.matvec, self.rhs, self.precond, x0, tol=tol, maxiter=maxiter)
         self._cache = None
+        return (*self.unpack(U), it, conv, rel)
+
+    def solve_path(self, grid, tol: float, maxiter: int = CG_MAXITER):
+        """(a, B, rho, gamma) of the chunk for every penalty of ``grid`` (grid order), or None
+        when a penalty is <= 0 (then not a shift of one operator: the caller solves each).
+
+        One multi-shift CG sequence on ``gram`` serves the whole grid
+        (``shifted_cg.solve_penalty_path``, shrink target 0); a penalty it leaves unconverged
+        is finished by this system's block-Jacobi PCG (``set_l2`` + ``pcg``: the system's
+        penalty is then that one)."""
+        from simfluence_cli.model.shifted_cg import solve_penalty_path
+
+        view = _ShiftView(self, maxiter)
+        out = solve_penalty_path(view, view, grid, tol)
+        self._cache = None
+        return None if out is None else [self.unpack(U) for U in out]
+
+    def unpack(self, U):
+        """(a (n, k), B (n, k), rho (k,), gamma (k, H)) from the sparse solution U (2n, k):
+        the dense block's v = S D^T M (dy - X u)."""
+        n, k = self.n, self.k
         rho = np.zeros(k)
         gamma = np.zeros((k, self.H))
         if self.p:
@@ -182,4 +209,20 @@ class OAChunkSystem:
                 rho, gamma = v[:, 0], v[:, 1:]
             else:
                 gamma = v
-        return U[:n], U[n:], rho, gamma, it, conv, rel
+        return U[:n], U[n:], rho, gamma
+
+
+class _ShiftView:
+    """An ``OAChunkSystem`` as ``shifted_cg.solve_penalty_path`` reads it: the system (``matvec``
+    = the unshifted ``gram``, ``rhs``, ``k``) and the solver (``theta0`` = 0, the ridge's shrink
+    target; ``solve(l2, x0, tol)`` = the block-Jacobi PCG at that penalty)."""
+
+    def __init__(self, system: OAChunkSystem, maxiter: int):
+        self.system, self.maxiter = system, maxiter
+        self.matvec, self.rhs, self.k = system.gram, system.rhs, system.k
+        self.theta0 = np.zeros(2 * system.n)
+
+    def solve(self, l2: float, x0=None, tol: float = 1e-6):
+        s = self.system
+        s.set_l2(l2)
+        return pcg(s.matvec, s.rhs, s.precond, x0, tol=tol, maxiter=self.maxiter)

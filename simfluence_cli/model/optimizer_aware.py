@@ -587,13 +587,18 @@ def _cv_group(runs, folds, cfgs, n_basis, ar, units, cols, clip, margin, cache, 
 
 #: warm-start each l2 of the CV grid from the neighbouring (larger) l2's solution
 OA_CV_WARM = True
+#: solve a transform's l2 grid (two or more penalties, all > 0) with one multi-shift CG sequence
+#: (``OAChunkSystem.solve_path``) instead of one warm-started PCG per penalty
+OA_CV_SHIFTED = True
 
 
 def _solve_configs(obs: Observations, cfgs, losses, ar: bool, tol):
     """(a, B, rho, gamma) of each config's test columns side by side ((n, G k) ...), for
     configs sharing ``ar`` and the basis; ``losses[transform]`` = ``obs.losses(cols, ...)``.
-    One system per transform and chunk serves every l2 (``OAChunkSystem.set_l2``), solved
-    from the largest l2 down, each warm-started from the previous solution."""
+    One system per transform and chunk serves every l2: a grid of penalties by one multi-shift
+    CG sequence (``OAChunkSystem.solve_path``), else (one penalty, or ``OA_CV_SHIFTED`` off)
+    by ``OAChunkSystem.set_l2`` from the largest l2 down, each warm-started from the previous
+    solution."""
     k = losses[cfgs[0].transform][0].shape[1]
     G, n = len(cfgs), obs.Z.shape[1]
     a, B = np.zeros((n, G * k)), np.zeros((n, G * k))
@@ -608,6 +613,13 @@ def _solve_configs(obs: Observations, cfgs, losses, ar: bool, tol):
             system = OAChunkSystem(
                 obs, y0[:, ch], dprev[:, ch], dy[:, ch], Mk[:, ch], ar, cfgs[order[0]].l2
             )
+            if OA_CV_SHIFTED and len(order) > 1:
+                path = system.solve_path([cfgs[i].l2 for i in order], tol, CG_MAXITER)
+                if path is not None:
+                    for i, (ca, cB, cr, cg) in zip(order, path):
+                        sl = i * k + ch
+                        a[:, sl], B[:, sl], rho[sl], gamma[sl] = ca, cB, cr, cg
+                    continue
             x0 = None
             for i in order:
                 system.set_l2(cfgs[i].l2)

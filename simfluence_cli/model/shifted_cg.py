@@ -130,8 +130,12 @@ def solve_penalty_path(system, solver, grid, tol: float) -> list[np.ndarray] | N
     shifts = np.asarray(grid)[order]
     k = system.k
     cols = np.arange(k)
-    base = system.matvec(np.repeat(theta0, k, axis=1), cols)  # G theta0
-    c = system.rhs - base
+    # G theta0 (a zero target, as the optimizer-aware ridge's, needs no product)
+    c = (
+        system.rhs - system.matvec(np.repeat(theta0, k, axis=1), cols)
+        if theta0.any()
+        else system.rhs
+    )
     bnorm = np.linalg.norm(system.rhs[None] + shifts[:, None, None] * theta0[None], axis=1)
     bnorm[bnorm == 0] = 1.0
     budget = BUDGET_PER_SHIFT * len(shifts)
