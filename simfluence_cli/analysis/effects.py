@@ -26,7 +26,14 @@ from simfluence_cli.analysis.evaluation import example_map
 from simfluence_cli.errors import ModelError, UsageError
 from simfluence_cli.runs import RunSet
 
-__all__ = ["removal_effect", "coefficient_effect", "mean_effect", "top_examples", "MEASURE_HELP"]
+__all__ = [
+    "removal_curricula",
+    "removal_effect",
+    "coefficient_effect",
+    "mean_effect",
+    "top_examples",
+    "MEASURE_HELP",
+]
 
 MEASURE_HELP = {
     "removal": "removal_effect = simulated final loss without the example (slot filled by a "
@@ -40,6 +47,13 @@ _CHUNK_BYTES = 128 * 2**20
 
 def _cols(sim, tests: Sequence[str] | None) -> np.ndarray:
     return sim._test_columns(tests)
+
+
+def removal_curricula(store, run_ids: Sequence[str]) -> RunSet:
+    """The runs ``removal_effect`` (and a calibration's removal intervals) take examples out
+    of: their curricula and only their first logged losses (the L_0 rolled from), not the
+    whole loss trajectories."""
+    return store.load(list(run_ids), loss_steps=1)
 
 
 def removal_effect(

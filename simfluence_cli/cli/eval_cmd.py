@@ -577,7 +577,12 @@ def top_command(
     """
     import numpy as np
 
-    from simfluence_cli.analysis.effects import MEASURE_HELP, mean_effect, top_examples
+    from simfluence_cli.analysis.effects import (
+        MEASURE_HELP,
+        mean_effect,
+        removal_curricula,
+        top_examples,
+    )
     from simfluence_cli.analysis.evaluation import model_record
     from simfluence_cli.io.curriculum import read_id_list
     from simfluence_cli.store.saved_models import StoredModel
@@ -598,7 +603,7 @@ def top_command(
                 f"model {model!r} has no fitting runs in the store to take examples "
                 "out of; pass --runs SELECTOR or --measure coefficient"
             )
-        rs = st.load(ids)
+        rs = removal_curricula(st, ids)
         progress, finish = _progress("removal effects", show_progress())
         per_example = mean_effect(sim, "removal", tests, rs, progress=progress)
         finish()

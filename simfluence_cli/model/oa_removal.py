@@ -207,6 +207,7 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
     yF, dF, saF, sbF = y.reshape(-1), d.reshape(-1), sa.reshape(-1), sb.reshape(-1)
     wF, actF, driftF = w.reshape(-1), active.reshape(-1), drift.reshape(-1)
 
+    rows6 = tabs.reshape(_TABLES, K * C * T, k)  # table i's entry (j, c, p) at row (j C + c) T + p
     Mflat = [v.reshape(-1) for v in tabs]  # entry (j, c, p, col) at ((j C + c) T + p) k + col
 
     def _advance(lanes, p, end, j, rest, cc):
@@ -217,26 +218,44 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
         from the changed state). At ``end`` a lane goes on with the next span of its
         segment, the lowest bit of ``rest`` (its full entry first, as the items do), until
         ``rest`` is 0. All lanes advance together, one entry each per pass."""
+        CTk = C * T * k
         g, col = np.divmod(lanes, k)
         c = cc[g]
-        while len(lanes):
-            rem = end - p
-            j = np.minimum(j, np.frexp(rem)[1] - 1)  # largest 2^j <= rem
+        # one row per lane state (one compress per pass): the lane, its step p, the end of its
+        # span, its level j, the rest of its segment, its curriculum and column, and the base
+        # of its table entries (entry (j, c, p, col) at j C T k + p k + base)
+        S = np.stack([lanes, p, end, j, rest, c, col, c * (T * k) + col])
+        while S.shape[1]:
+            lanes, p, end, j, rest, c, col, base = S
+            np.minimum(j, np.frexp(end - p)[1] - 1, out=j)  # largest 2^j <= the span left
             ex = j < 0
-            t = ~ex
-            if t.any():
-                lt, jt = lanes[t], j[t]
-                fi = ((jt * C + c[t]) * T + p[t]) * k + col[t]
+            some = ex.any()
+            if some:
+                tp = np.flatnonzero(~ex)
+                lt, jt, pt, bt = lanes[tp], j[tp], p[tp], base[tp]
+            else:  # every lane tries a table entry (the common case): no subsets
+                lt, jt, pt, bt = lanes, j, p, base
+            if len(lt):
+                fi = jt * CTk + pt * k + bt
                 ey, ed = EyF[lt], EdF[lt]
                 ok = _certified(Mflat[4][fi], Mflat[5][fi], ey, ed)
-                fo, lo_ = fi[ok], lt[ok]
-                ey, ed = ey[ok], ed[ok]
-                EyF[lo_] = Mflat[0][fo] * ey + Mflat[1][fo] * ed
-                EdF[lo_] = Mflat[2][fo] * ey + Mflat[3][fo] * ed
-                tp = np.flatnonzero(t)
-                p[tp[ok]] += 1 << jt[ok]
-                j[tp] = np.where(ok, jt + 1, jt - 1)
-            if ex.any():  # single steps taken exactly
+                if ok.all():
+                    EyF[lt] = Mflat[0][fi] * ey + Mflat[1][fi] * ed
+                    EdF[lt] = Mflat[2][fi] * ey + Mflat[3][fi] * ed
+                    step, jn = 1 << jt, jt + 1
+                else:
+                    fo, lo_ = fi[ok], lt[ok]
+                    ey, ed = ey[ok], ed[ok]
+                    EyF[lo_] = Mflat[0][fo] * ey + Mflat[1][fo] * ed
+                    EdF[lo_] = Mflat[2][fo] * ey + Mflat[3][fo] * ed
+                    step, jn = np.where(ok, 1 << jt, 0), np.where(ok, jt + 1, jt - 1)
+                if some:
+                    p[tp] += step
+                    j[tp] = jn
+                else:
+                    p += step
+                    j[:] = jn
+            if some:  # single steps taken exactly
                 st["exact_steps"] += int(ex.sum())
                 lb, cb, colb, pb = lanes[ex], c[ex], col[ex], p[ex]
                 yi = (cb * (T + 1) + pb) * k + colb
@@ -260,7 +279,8 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
                 j[nxt] = np.frexp(low)[1] - 1
                 rest[nxt] = r - low
             go = ~fin | nxt
-            lanes, p, end, j, rest, c, col = (v[go] for v in (lanes, p, end, j, rest, c, col))
+            if not go.all():
+                S = S[:, go]
 
     with np.errstate(over="ignore", invalid="ignore"):
         for rr in range(int(counts[0])):
@@ -292,9 +312,11 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
                 # whole items first (contiguous rows of the tables); failing lanes split
                 ci, pi = cc[sel], pos[sel]
                 ey, ed = Ey[sel], Ed[sel]
-                ok = _certified(q0[j, ci, pi], q1[j, ci, pi], ey, ed)
-                ny = m00[j, ci, pi] * ey + m01[j, ci, pi] * ed
-                nd = m10[j, ci, pi] * ey + m11[j, ci, pi] * ed
+                # the six tables' entries (j, ci, pi) in one gather: (6, len(sel), k)
+                e = np.take(rows6, (j * C + ci) * T + pi, axis=1)
+                ok = _certified(e[4], e[5], ey, ed)
+                ny = e[0] * ey + e[1] * ed
+                nd = e[2] * ey + e[3] * ed
                 if slow is None and ok.all():
                     Ey[sel], Ed[sel] = ny, nd
                 else:

@@ -317,10 +317,23 @@ class RunStore:
         pairs = sorted((r, man["runs"][r]["content_hash"]) for r in set(run_ids))
         return sha256_hex(json.dumps(pairs))
 
-    def _read_part(self, man: dict, run_id: str, part: str, columns: list[str]) -> pa.Table:
+    def _read_part(
+        self,
+        man: dict,
+        run_id: str,
+        part: str,
+        columns: list[str],
+        loss_steps: int | None = None,
+        entry: dict | None = None,
+    ) -> pa.Table:
         rel = man["runs"][run_id]["files"][part]
         try:
-            return pq.ParquetFile(self.path / rel).read(columns=columns, use_threads=False)
+            pf = pq.ParquetFile(self.path / rel)
+            if loss_steps is not None:
+                table = _step_prefix(pf, columns, loss_steps, int(entry.get("n_tests", -1)))
+                if table is not None:
+                    return table
+            return pf.read(columns=columns, use_threads=False)
         except FileNotFoundError:
             raise _Retry() from None
         except (OSError, pa.ArrowException) as exc:
@@ -330,19 +343,27 @@ class RunStore:
             ) from None
 
     def load(
-        self, selector: str | Sequence[str] = "all", tests: Sequence[str] | None = None
+        self,
+        selector: str | Sequence[str] = "all",
+        tests: Sequence[str] | None = None,
+        loss_steps: int | None = None,
     ) -> RunSet:
         """Selected runs as one RunSet in the union index space (IDs sorted).
 
         ``tests``: keep only these test IDs' losses (columns in the order given), filtered
         run by run while reading, so the losses of the other tests are never held at once
         (what a Dask worker fitting a shard of tests loads); each must be logged by some run.
+        ``loss_steps``: keep only each run's first ``loss_steps`` logged steps (1: the initial
+        losses ``top`` rolls from), read as a prefix of the step-sorted loss file; curricula,
+        learning rates and the ID spaces are those of the full load.
         """
+        if loss_steps is not None and loss_steps < 1:
+            raise UsageError("loss_steps must be at least 1")
         for attempt in range(3):
             man = self._manifest()
             ids = resolve_selector(selector, {r: e.get("tags", []) for r, e in man["runs"].items()})
             try:
-                runs = self._load(man, ids, tests)
+                runs = self._load(man, ids, tests, loss_steps)
             except _Retry:  # a writer replaced a run between our manifest read and file read
                 time.sleep(0.05 * (attempt + 1))
                 continue
@@ -355,14 +376,22 @@ class RunStore:
             "process replacing runs? retry when it is done"
         )
 
-    def _load(self, man: dict, ids: list[str], tests: Sequence[str] | None = None) -> RunSet:
+    def _load(
+        self,
+        man: dict,
+        ids: list[str],
+        tests: Sequence[str] | None = None,
+        loss_steps: int | None = None,
+    ) -> RunSet:
         wanted = None if tests is None else np.asarray([str(t) for t in tests], dtype=object)
 
         def read(rid: str):
             has_lr = bool(man["runs"][rid].get("has_lr"))
             cols = ["step", "example_id", "lr"] if has_lr else ["step", "example_id"]
             cur = self._read_part(man, rid, "curriculum", cols)
-            los = self._read_part(man, rid, "losses", ["step", "test_id", "loss"])
+            los = self._read_part(
+                man, rid, "losses", ["step", "test_id", "loss"], loss_steps, man["runs"][rid]
+            )
             ex_vals, ex_codes = _dict_column(cur.column("example_id"))
             te_vals, te_codes = _dict_column(los.column("test_id"))
             lstep, loss = np_view(los.column("step")), np_view(los.column("loss"))
@@ -839,6 +868,38 @@ class RunStore:
                     self._write_runs_table(man)
                 except OSError:
                     pass
+
+
+#: rows per batch of a prefix read (``loss_steps``): one batch holds a few logged steps of ~100
+#: tests
+_PREFIX_BATCH = 4096
+
+
+def _step_prefix(pf, columns: list[str], n: int, n_tests: int) -> pa.Table | None:
+    """The rows of a loss file's first ``n`` logged steps, read batch by batch until the step
+    after them; None when the file is not sorted by step or the batches' test-id dictionary
+    is not the run's ``n_tests`` tests (the caller then reads the whole file)."""
+    batches, last, seen = [], None, 0
+    for batch in pf.iter_batches(batch_size=_PREFIX_BATCH, columns=columns, use_threads=False):
+        step = np_view(batch.column("step"))
+        if len(step) and ((last is not None and step[0] < last) or np.any(step[1:] < step[:-1])):
+            return None
+        if len(step):
+            first_new = step[0] != last
+            change = np.flatnonzero(step[1:] != step[:-1]) + 1
+            starts = np.r_[0, change] if first_new else change
+            if seen + len(starts) > n:  # the (n+1)-th step starts in this batch
+                batches.append(batch.slice(0, int(starts[n - seen])))
+                break
+            seen += len(starts)
+            last = step[-1]
+        batches.append(batch)
+    if not batches:
+        return None
+    tid = batches[0].column("test_id")
+    if not pa.types.is_dictionary(tid.type) or len(tid.dictionary) != n_tests:
+        return None
+    return pa.Table.from_batches(batches)
 
 
 def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
