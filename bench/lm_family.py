@@ -333,24 +333,48 @@ def _write_csv(path: Path, header, rows) -> None:
         w.writerows(rows)
 
 
+def _pretrained(cfg: Config):
+    """The split, the pretrained shared checkpoint and its datasets: (pool, tests, pretraining
+    windows, corpus sha256, model, train dataset with example IDs, test dataset)."""
+    _torch()
+    from torch.utils.data import TensorDataset
+
+    from simfluence_cli.integrations.pytorch import IdDataset
+
+    pool, tests, pre, sha = build_split(cfg)
+    model = make_model(cfg)
+    pretrain(model, pre, cfg)
+    xp, xt = encode([x for _, _, x in pool]), encode([x for _, _, x in tests])
+    train_ds = IdDataset(TensorDataset(xp[:, :-1], xp[:, 1:]), ids=[i for i, _, _ in pool])
+    return pool, tests, pre, sha, model, train_ds, TensorDataset(xt[:, :-1], xt[:, 1:])
+
+
+def _fine_tuning(cfg: Config):
+    """(optimizer factory, scheduler factory) of every fine-tuning run: AdamW, warm-up + cosine."""
+    torch = _torch()
+
+    def optim(params):
+        return torch.optim.AdamW(
+            params, lr=cfg.peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
+        )
+
+    def sched(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k + 1, cfg))
+
+    return optim, sched
+
+
 def generate(
     out: Path, cfg: Config, families=tuple(FAMILIES), log=print, command: str | None = None
 ) -> dict:
     """Write every family under ``out``; returns the summary written to ``out/config.json``
     (plus the wall-clock ``seconds``, which the file leaves out so that reruns give the same bytes)."""
     torch = _torch()
-    from torch.utils.data import TensorDataset
-
-    from simfluence_cli.integrations.pytorch import IdDataset, log_runs, per_example_losses
+    from simfluence_cli.integrations.pytorch import log_runs, per_example_losses
 
     t0 = time.perf_counter()
-    pool, tests, pre, sha = build_split(cfg)
-    model = make_model(cfg)
+    pool, tests, pre, sha, model, train_ds, test_ds = _pretrained(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    pretrain(model, pre, cfg)
-    xp, xt = encode([x for _, _, x in pool]), encode([x for _, _, x in tests])
-    train_ds = IdDataset(TensorDataset(xp[:, :-1], xp[:, 1:]), ids=[i for i, _, _ in pool])
-    test_ds = TensorDataset(xt[:, :-1], xt[:, 1:])
     test_ids = [i for i, _, _ in tests]
     l0 = per_example_losses(model, test_ds, seq_loss)
     log(f"pretrained: {n_params} parameters, mean test loss {l0.mean():.4f} nats/char")
@@ -358,13 +382,7 @@ def generate(
     _write_csv(out / "examples.csv", ["example_id", "source", "text"], pool)
     _write_csv(out / "tests.csv", ["test_id", "source", "text"], tests)
 
-    def sched(opt):
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k + 1, cfg))
-
-    def optim(params):
-        return torch.optim.AdamW(
-            params, lr=cfg.peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
-        )
+    optim, sched = _fine_tuning(cfg)
 
     summary = {}
     for fam in families:
@@ -529,17 +547,9 @@ def noise_floor(work: Path, cfg: Config, runs: int = 8, log=print) -> dict:
     curricula's real outcomes differ (the retraining noise floor), against the spread of the
     real final losses across the random runs themselves (what the mean-trajectory baseline
     pays at the final step)."""
-    torch = _torch()
-    from torch.utils.data import TensorDataset
+    from simfluence_cli.integrations.pytorch import log_runs
 
-    from simfluence_cli.integrations.pytorch import IdDataset, log_runs
-
-    pool, tests, pre, _ = build_split(cfg)
-    model = make_model(cfg)
-    pretrain(model, pre, cfg)
-    xp, xt = encode([x for _, _, x in pool]), encode([x for _, _, x in tests])
-    train_ds = IdDataset(TensorDataset(xp[:, :-1], xp[:, 1:]), ids=[i for i, _, _ in pool])
-    test_ds = TensorDataset(xt[:, :-1], xt[:, 1:])
+    pool, tests, _, _, model, train_ds, test_ds = _pretrained(cfg)
     base = [b for b, _ in curricula("heldout-random", pool, cfg)][:runs]
     swapped = []
     for k, batches in enumerate(base):
@@ -550,13 +560,7 @@ def noise_floor(work: Path, cfg: Config, runs: int = 8, log=print) -> dict:
         c[t], c[t + 1] = c[t + 1], c[t]
         swapped.append(c)
 
-    def sched(opt):
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k + 1, cfg))
-
-    def optim(params):
-        return torch.optim.AdamW(
-            params, lr=cfg.peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
-        )
+    optim, sched = _fine_tuning(cfg)
 
     finals = {}
     for name, cur in (("base", base), ("swapped", swapped)):
