@@ -184,9 +184,13 @@ def test_cli_simulate_interval_columns(store):
     assert "no saved calibration; refitting on 8 folds" in r.stderr
 
 
-def test_cli_interval_level_out_of_range_is_usage_error(store):
-    r = _cli(store, "simulate", "-", "-m", "lin", "--interval", "1.5", input="e1 e2\n")
+@pytest.mark.parametrize("level", ["1.5", "0", "1", "-0.1"])
+def test_cli_interval_level_out_of_range_is_usage_error(store, level):
+    # rejected while parsing, before anything is simulated: one wording for every bad level
+    r = _cli(store, "simulate", "-", "-m", "lin", "--interval", level, input="e1 e2\n")
     assert r.exit_code == 2
+    assert "strictly between 0 and 1" in r.stderr and f"got {float(level):g}" in r.stderr
+    assert r.stdout == "" and "simulated" not in r.stderr
 
 
 def test_cli_whatif_interval_reports_zero(store):

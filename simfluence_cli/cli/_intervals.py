@@ -20,10 +20,19 @@ IntervalOpt = Annotated[
         "else refits the model 8 times (needs the fitting runs in the store; says so on "
         "stderr). Calibrated for curricula like the fitting runs: a curriculum unlike them "
         "gets a warning; see docs/intervals.md.",
-        min=0.0,
-        max=1.0,
+        callback=lambda level: _checked_level(level),
     ),
 ]
+
+
+def _checked_level(level: float | None) -> float | None:
+    """Reject a level outside (0, 1) while the command line is parsed, before any work
+    (typer's own ``min``/``max`` admit the end points 0 and 1, which are no coverage)."""
+    if level is not None and not (0.0 < level < 1.0):
+        raise typer.BadParameter(
+            f"must be a coverage level strictly between 0 and 1 (e.g. 0.9), got {level:g}"
+        )
+    return level
 
 
 def calibration_for(st, name: str, level: float):
