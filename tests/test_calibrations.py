@@ -104,6 +104,7 @@ def test_saved_calibration_round_trips_exactly(store):
         np.testing.assert_array_equal(got[1], want[1])
 
 
+@pytest.mark.slow
 def test_calibration_saved_before_change_scaling_is_recomputed(store):
     """A calibration.json without ``change_reference`` (saved by an older simfluence) would
     give unscaled change intervals: it is recomputed, and the reason is said."""
@@ -144,6 +145,7 @@ def test_every_method_round_trips(store, method):
 # ---- CLI: cache hit, staleness ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cache_hit_gives_the_same_intervals_without_refitting(store, monkeypatch):
     cold = _simulate(store)
     assert cold.exit_code == 0, cold.stderr
@@ -165,6 +167,7 @@ def test_cache_hit_gives_the_same_intervals_without_refitting(store, monkeypatch
     assert again.exit_code == 0 and "up to date" in again.stderr
 
 
+@pytest.mark.slow
 def test_fit_calibrate_saves_and_refit_drops_it(store):
     r = cli("fit", "--store", store, "--runs", "fit", "--l2", "0.1", "-n", "lin", "--calibrate")
     assert r.exit_code == 0, r.stderr
@@ -179,6 +182,7 @@ def test_fit_calibrate_saves_and_refit_drops_it(store):
     assert "no saved calibration" in _simulate(store).stderr
 
 
+@pytest.mark.slow
 def test_reingesting_a_fitting_run_makes_it_stale(store):
     assert cli("calibrate", "--store", store, "-m", "lin").exit_code == 0
     st = RunStore(store)
@@ -196,6 +200,7 @@ def test_reingesting_a_fitting_run_makes_it_stale(store):
     assert any("stale calibration" in f["message"] for f in v["findings"])
 
 
+@pytest.mark.slow
 def test_verify_reports_and_repair_removes_a_stray_generation(store):
     assert cli("calibrate", "--store", store, "-m", "lin").exit_code == 0
     d = store / "models" / "lin"
@@ -212,6 +217,7 @@ def test_verify_reports_and_repair_removes_a_stray_generation(store):
     assert cli("verify", "--store", store, "--strict").exit_code == 0
 
 
+@pytest.mark.slow
 def test_damaged_calibration_is_recomputed_not_used(store):
     assert cli("calibrate", "--store", store, "-m", "lin").exit_code == 0
     d = store / "models" / "lin"

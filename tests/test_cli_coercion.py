@@ -69,6 +69,7 @@ def test_every_parameter_gets_the_plain_coercion():
     assert missing == []
 
 
+@pytest.mark.slow
 def test_plain_coercion_equals_typer_on_examples():
     answered = 0
     for cmd_name, p in PARAMS:
@@ -131,6 +132,7 @@ def test_parsing_plain_values_does_not_import_pydantic(tmp_path, argv):
     assert out.stdout.split()[-2:] == ["False", "False"], out.stderr
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", [c.name for c in app.registered_commands])
 def test_one_command_app_answers_like_the_full_app(name):
     from typer.testing import CliRunner

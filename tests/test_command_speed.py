@@ -6,12 +6,19 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from scipy.stats import rankdata
 
 from simfluence_cli.analysis.metrics import average_ranks
+
+
+def rankdata(X, axis):
+    """scipy's ranks, the reference (imported here: scipy.stats costs ~1 s at collection)."""
+    from scipy.stats import rankdata as reference
+
+    return reference(X, axis=axis)
 
 
 def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
@@ -132,6 +139,7 @@ def test_arrow_builders_equal_pa_array(a, strs):
     assert arrow_strings(strs).equals(pa.array(strs, pa.string()))
 
 
+@pytest.mark.slow
 def test_fit_and_save_do_not_import_pandas(tmp_path):
     code = (
         "from simfluence_cli.io.synthetic import make_runs\n"

@@ -168,6 +168,7 @@ print(tuned, libc.mallinfo2().hblkhd >> 20)  # MiB held in separate mmap()ed blo
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_malloc_keeps_multi_mb_blocks_on_the_heap():
     """With the CLI's thresholds a 16 MiB block comes from the heap (reused after free, no

@@ -54,6 +54,7 @@ def test_debug_after_the_subcommand_shows_the_traceback(store):
     assert not isinstance(r.exception, SystemExit)  # raised, not turned into one line
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_shows_no_internal_types_and_lists_choices(name):
     r = cli(name, "--help")

@@ -69,6 +69,7 @@ def test_distances_are_symmetric_and_in_unit_interval(a, b):
     assert d[1] <= d[0] + 1e-12  # coarser counts never differ more than finer ones
 
 
+@pytest.mark.slow
 @given(curricula, hs.integers(0, 2**31 - 1))
 def test_in_place_replacement_distance_is_its_share_and_monotone(cur, seed):
     """Law: replacing m of N occurrences in place by a new ID gives both distances m / N, so

@@ -539,6 +539,7 @@ def test_fuzz_simulate(template, case):
     check_simulate(template, cur, init, must_fail)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize(
     "data",
     [
@@ -570,6 +571,7 @@ def test_unicode_and_whitespace_ids_round_trip(template, tmp_path):
     assert verify_store(store).ok
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize(
     "name,mangle",
     [
@@ -601,6 +603,7 @@ def test_corrupt_compressed_and_parquet_inputs(template, name, mangle):
     assert check_ingest(template, files, True) == 1
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("option", ["--tests", "--init-loss"])
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00garbage", b"t0\n" * 3])
 def test_bad_simulate_option_files(template, tmp_path, option, content):

@@ -246,6 +246,7 @@ BAD_A = {
 }
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", sorted(BAD_A))
 def test_bad_jsonl(tmp_path, store, case):
     text, line, fld, what = BAD_A[case]
@@ -327,6 +328,7 @@ BAD_B = {
 }
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", sorted(BAD_B))
 def test_bad_tables(tmp_path, store, case):
     files, bad, line, fld, what = BAD_B[case]
@@ -384,6 +386,7 @@ BAD_C = {
 }
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", sorted(BAD_C))
 def test_bad_gptdynamics(tmp_path, store, case):
     name, text, line, fld, what = BAD_C[case]
@@ -557,6 +560,7 @@ def test_tables_spill_to_disk_beyond_the_buffer_budget(tmp_path, runs, monkeypat
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", sorted(BAD_B))
 def test_bad_tables_parsed_in_parallel_ranges(tmp_path, store, case, monkeypatch):
     """Large plain CSVs are parsed as concurrent byte ranges: messages keep exact lines."""

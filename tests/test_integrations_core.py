@@ -4,7 +4,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow
 def test_core_modules_do_not_import_torch_or_transformers():
     code = textwrap.dedent("""
         import importlib, pkgutil, sys

@@ -20,6 +20,9 @@ from typer.testing import CliRunner  # noqa: E402
 from simfluence_cli.cli import app  # noqa: E402
 from simfluence_cli.integrations.huggingface import IdCollator, SimfluenceCallback  # noqa: E402
 
+# importing torch (and transformers) takes seconds: the quick loop skips this module
+pytestmark = pytest.mark.slow
+
 N_TRAIN, N_TEST, SEQ, MARK = 10, 4, 6, 5  # token 1 of train example i is MARK + i
 
 

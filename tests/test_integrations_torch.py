@@ -23,6 +23,9 @@ from simfluence_cli.integrations.pytorch import (  # noqa: E402
     per_example_losses,
 )
 
+# importing torch (and transformers) takes seconds: the quick loop skips this module
+pytestmark = pytest.mark.slow
+
 N_TRAIN, N_TEST, D, C = 24, 6, 4, 3
 
 

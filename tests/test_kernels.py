@@ -59,6 +59,7 @@ def problems(draw):
     return A, B, idx, L0, method, lo, hi
 
 
+@pytest.mark.slow
 @needs_numba
 @settings(max_examples=60)
 @given(problems(), st.booleans(), st.sampled_from([1, 2]))
@@ -260,6 +261,7 @@ def test_read_only_package_dir_and_no_cache_dir_does_not_crash(tmp_path):
     assert not list(pkg.rglob("*.nbi"))  # nothing cached in the read-only tree
 
 
+@pytest.mark.slow
 @needs_numba
 def test_kernel_runs_in_a_forked_child_after_the_parent_ran_it():
     """The threading layer is fork-safe (GNU OpenMP would abort the child)."""

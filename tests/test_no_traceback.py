@@ -114,6 +114,7 @@ def _assert_clean(r, name, codes=(1, 2, 130)):
         assert errors or "Usage:" in r.stderr, (name, r.stderr)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_store_that_cannot_be_created(name, fixture_store, tmp_path):
     root, _ = fixture_store
@@ -126,6 +127,7 @@ def test_store_that_cannot_be_created(name, fixture_store, tmp_path):
         _assert_clean(r, name)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_non_utf8_inputs(name, fixture_store, tmp_path):
     root, store = fixture_store

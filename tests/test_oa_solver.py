@@ -202,6 +202,7 @@ def test_set_l2_gives_the_system_built_for_that_l2():
         np.testing.assert_allclose(B[:, j], Bj[:, j], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_batched_cv_scores_equal_one_config_at_a_time():
     runs, _, _ = _problem(True, 3)
     folds = oa._folds(runs.run_ids, 3)

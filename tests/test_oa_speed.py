@@ -53,6 +53,7 @@ def _cli(args, env_extra=None, env_drop=()):
     return body, loaded, blas
 
 
+@pytest.mark.slow
 def test_optimizer_aware_top_design_simulate_import_no_scipy(tmp_path):
     """scipy.sparse is imported to fit only (optimizer_aware.Observations): top (exact removal
     deltas), design and simulate with an optimizer-aware model load none of scipy (~0.2 s)."""
@@ -69,6 +70,7 @@ def test_optimizer_aware_top_design_simulate_import_no_scipy(tmp_path):
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_cli_sets_one_blas_thread_unless_the_user_chose(tmp_path):
     drop = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     _, _, blas = _cli(["--version"], env_drop=drop)
@@ -110,6 +112,7 @@ def test_one_or_two_blas_threads_give_the_same_design_and_top(tmp_path):
 # -- exact removal deltas: one table buffer for all groups, bit for bit the former results -----
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None)
 @given(problems())
 def test_oa_removal_deltas_equal_the_former_implementation_bitwise(p):

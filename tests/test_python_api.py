@@ -93,6 +93,7 @@ def test_init_only_stores_and_fit_validates(runs):
         Simulator().fit(runs, execution=ExecutionOptions(solver="lu"))
 
 
+@pytest.mark.slow
 def test_sklearn_clone(runs):
     base = pytest.importorskip("sklearn.base")
     sim = Simulator("multiplicative", l2=0.3, clip="none", l2_grid=[0.1, 1.0]).fit(runs)

@@ -120,6 +120,7 @@ def test_single_run_with_l2_auto_fits_with_a_warning(runs):
     assert any("at least 2 fitting runs" in m for m in msgs)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("scale", [1e-8, 1e-4, 1.0, 1e2, 1e4])
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_scales_from_1e_8_to_1e4(runs, scale, method):

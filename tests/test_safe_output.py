@@ -66,6 +66,7 @@ HOSTILE_OK = [
 HOSTILE_BAD = ["a\x00b", "a\nb", "tab\there", "", "   ", "a,b"]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("run_id", HOSTILE_OK, ids=lambda s: repr(s[:20]))
 def test_hostile_run_ids_land_inside_the_store(tmp_path, run_id):
     store = tmp_path / "deep" / "s"
@@ -86,6 +87,7 @@ def test_hostile_run_ids_land_inside_the_store(tmp_path, run_id):
     assert not Path("/etc/x").exists()
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("run_id", HOSTILE_BAD, ids=repr)
 def test_unusable_run_ids_are_refused_clearly(tmp_path, run_id):
     store = tmp_path / "s"
@@ -122,6 +124,7 @@ def fitted(tmp_path):
     return store
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize(
     "name",
     ["../../x", "/abs/path", "a/b", "..", ".hidden", "a\x00b", "x" * 65, "-n", "a b", "é"],

@@ -64,6 +64,7 @@ def tiny(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic(tiny, tmp_path):
     assert gen.main(["--out", str(tmp_path), "-q", *TINY_ARGS, *FAMILY_ARGS]) == 0
     a, b = all_files(tiny), all_files(tmp_path)

@@ -83,6 +83,7 @@ def test_id_lists(tmp_path):
         read_id_list(_write_ids(tmp_path / "d.txt", [""]))
 
 
+@pytest.mark.slow
 def test_torch_and_safetensors_matrices(tmp_path):
     torch = pytest.importorskip("torch")
     S, te, ex = _mat(), _ids(M, "t"), _ids(N, "e")

@@ -62,6 +62,7 @@ CASES = {
 }
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("width", [80, 120])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tables_fit_without_cuts(store, name, width):

@@ -209,6 +209,7 @@ def test_not_a_store(tmp_path):
     assert r.exit_code == 1 and "no run store" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize(
     "cmd",
     [
