@@ -35,6 +35,7 @@ ORDER = [
     "dask",
     "accuracy",
     "optimizer_aware",
+    "dad",
     "counterfactual",
     "cv_demo",
     "calibration",
