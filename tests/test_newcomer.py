@@ -1,0 +1,57 @@
+"""Rough edges a new user hits (tests/ for each fix of the "newcomer" pass): error lines that
+name what the user typed, in plain words, and option names that match across commands."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from simfluence_cli.cli import app
+from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.store.run_store import RunStore
+
+
+def cli(*args, input=None):
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return r
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small store with one fitted model 'm' (fitting runs tagged 'fit')."""
+    path = tmp_path_factory.mktemp("newcomer") / "store"
+    rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
+    RunStore(path, create=True).add_runset(rs, tags=["fit"])
+    r = cli("fit", "--store", path, "--l2", "0.1", "-n", "m")
+    assert r.exit_code == 0, r.stderr
+    return path
+
+
+def _one_error_line(r, code=1) -> str:
+    assert r.exit_code == code, (r.exit_code, r.stderr)
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_non_finite_loss_is_named_in_plain_words(tmp_path, suffix):
+    if suffix == "jsonl":
+        lines = [
+            {"step": 0, "batch": [], "loss": {"t0": 1.0}},
+            {"step": 1, "batch": ["e0"], "loss": {"t0": float("nan")}},
+        ]
+        (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        files = [tmp_path / "r.jsonl"]
+    else:
+        (tmp_path / "c.csv").write_text("run,step,example_id\nr,1,e0\n")
+        (tmp_path / "l.csv").write_text("run,step,test_id,loss\nr,0,t0,1.0\nr,1,t0,inf\n")
+        files = [tmp_path / "c.csv", tmp_path / "l.csv"]
+    r = cli("ingest", *files, "--store", tmp_path / "st")
+    line = _one_error_line(r)
+    assert "non-finite loss" in line
+    assert "np.float64" not in line  # numpy's repr is noise to a user
+    assert "non-finite loss nan" in line or "non-finite loss inf" in line
+    assert not (tmp_path / "st" / "manifest.json").exists()
