@@ -2,6 +2,7 @@
 name what the user typed, in plain words, and option names that match across commands."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -55,3 +56,52 @@ def test_non_finite_loss_is_named_in_plain_words(tmp_path, suffix):
     assert "np.float64" not in line  # numpy's repr is noise to a user
     assert "non-finite loss nan" in line or "non-finite loss inf" in line
     assert not (tmp_path / "st" / "manifest.json").exists()
+
+
+def _curriculum(tmp_path):
+    cur = tmp_path / "cur.txt"
+    cur.write_text("e0 e1\ne2 e3\n")
+    return cur
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "{cur}", "-m", "m", "-o", "{bad}/x.csv"],
+        ["design", "-m", "m", "--steps", "2", "-o", "{tmp}/d.txt", "--report", "{bad}/r.json"],
+        ["whatif", "-m", "m", "-b", "{cur}", "--drop", "e0", "--save-edited", "{bad}/e.txt"],
+        ["plan", "-n", "2", "--steps", "2", "-o", "{bad}/plans/"],
+        ["curriculum", "syn-000", "-o", "{bad}/c.txt"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_output_under_a_file_fails_first_naming_the_path(store, tmp_path, args):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    fill = {"cur": _curriculum(tmp_path), "bad": afile, "tmp": tmp_path}
+    args = [a.format(**fill) for a in args]
+    r = cli(*args, "--store", store)
+    line = _one_error_line(r)
+    given = next(a for a in args if a.startswith(str(afile)))
+    assert f"cannot write" in line and given in line, line
+    assert f"{afile} is a file, not a directory" in line, line
+    assert "File exists" not in line
+    # refused before any work: no status line, nothing written beside it
+    assert "simulated" not in r.stderr and "wrote" not in r.stderr, r.stderr
+    assert not (tmp_path / "d.txt").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_in_proc_names_the_path_not_a_temp_file(store, tmp_path):
+    r = cli("simulate", _curriculum(tmp_path), "-m", "m", "--store", store, "-o", "/proc/x.csv")
+    line = _one_error_line(r)
+    assert "cannot write --output /proc/x.csv: cannot create files in /proc" in line, line
+    assert ".tmp" not in line
+
+
+def test_output_into_new_directories_still_works(store, tmp_path):
+    out = tmp_path / "new" / "sub" / "x.csv"
+    r = cli("simulate", _curriculum(tmp_path), "-m", "m", "--store", store, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text().startswith("step,test_id,loss")
+    assert [p.name for p in out.parent.iterdir()] == ["x.csv"]  # no probe file left

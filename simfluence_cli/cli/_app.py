@@ -202,6 +202,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
                         if issubclass(category, SimfluenceWarning)
                         else shown(message, category, *a, **k)
                     )
+                    check_output_paths(kw)
                     return fn(*args, **kw)
             except SimfluenceError as exc:
                 if _state["debug"]:
@@ -222,6 +223,42 @@ def command(name: str | None = None, **kwargs) -> Callable:
         return app.command(name, cls=_Command, **kwargs)(wrapper)
 
     return decorate
+
+
+# parameters that name a file (or, for plan, a directory) the command writes; '-' = stdout
+_OUTPUT_PARAMS = {"output": "--output", "report": "--report", "save_edited": "--save-edited"}
+
+
+def check_output_paths(kw: dict) -> None:
+    """Refuse an output path that cannot be written before any work is done.
+
+    The nearest existing ancestor of the path's directory must be a directory in which a file
+    can be created (a probe file is created and removed at once): a path under a regular file,
+    under /proc or on a read-only file system fails here in one line naming the path given.
+    """
+    import tempfile
+
+    for key, flag in _OUTPUT_PARAMS.items():
+        value = kw.get(key)
+        if value is None or str(value) in ("-", ""):
+            continue
+        parent = Path(value).parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise SimfluenceError(
+                f"cannot write {flag} {value}: {parent} is a file, not a directory; "
+                "choose another path"
+            )
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".simfluence-probe.", dir=parent)
+        except OSError as exc:
+            raise SimfluenceError(
+                f"cannot write {flag} {value}: cannot create files in {parent} "
+                f"({exc.strerror or exc}); choose another path"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def describe_exception(exc: BaseException) -> str:
