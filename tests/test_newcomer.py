@@ -1,6 +1,8 @@
 """Rough edges a new user hits (tests/ for each fix of the "newcomer" pass): error lines that
 name what the user typed, in plain words, and option names that match across commands."""
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -105,3 +107,28 @@ def test_output_into_new_directories_still_works(store, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert out.read_text().startswith("step,test_id,loss")
     assert [p.name for p in out.parent.iterdir()] == ["x.csv"]  # no probe file left
+
+
+def test_top_takes_tests_like_every_other_command(store):
+    """`--tests` (and `-t`) name test examples on simulate/whatif/design/eval/plot; top too."""
+    base = ["top", "--store", store, "-m", "m", "--k", "2", "-f", "csv"]
+    old = cli(*base, "--test", "t0,t1")
+    assert old.exit_code == 0, old.stderr
+    for spelling in (["--tests", "t0,t1"], ["-t", "t0,t1"]):
+        r = cli(*base, *spelling)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == old.stdout
+    other = cli(*base, "--tests", "t2")
+    assert other.exit_code == 0 and other.stdout != old.stdout  # the option is really read
+
+
+@pytest.mark.parametrize("command", ["eval", "plot"])
+def test_tests_has_the_short_form_t_everywhere(store, command):
+    extra = ["--allow-fitting-runs", "-f", "csv"] if command == "eval" else ["--run", "syn-000"]
+    r = cli(command, "--store", store, "-m", "m", *extra, "-t", "t1")
+    assert r.exit_code == 0, r.stderr
+    if command == "eval":
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        assert {row["n_tests"] for row in rows} == {"1"}
+    else:
+        assert "t1" in r.stdout and "t0" not in r.stdout
