@@ -132,3 +132,11 @@ def test_tests_has_the_short_form_t_everywhere(store, command):
         assert {row["n_tests"] for row in rows} == {"1"}
     else:
         assert "t1" in r.stdout and "t0" not in r.stdout
+
+
+def test_ingest_from_stdin_is_a_clear_usage_error(tmp_path):
+    log = '{"step": 0, "batch": [], "loss": {"t0": 1.0}}\n'
+    r = cli("ingest", "-", "--store", tmp_path / "st", input=log)
+    line = _one_error_line(r, code=2)
+    assert "not stdin" in line and "save the log to a file" in line, line
+    assert not (tmp_path / "st").exists()
