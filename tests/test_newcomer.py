@@ -140,3 +140,17 @@ def test_ingest_from_stdin_is_a_clear_usage_error(tmp_path):
     line = _one_error_line(r, code=2)
     assert "not stdin" in line and "save the log to a file" in line, line
     assert not (tmp_path / "st").exists()
+
+
+def test_whatif_unknown_id_is_one_error_without_a_warning_first(store, tmp_path):
+    base = ["whatif", "--store", store, "-m", "m", "-b", "syn-000", "-f", "csv"]
+    r = cli(*base, "--drop", "zz9")
+    line = _one_error_line(r)
+    assert "unknown training example ID(s)" in line and "zz9" in line
+    assert r.stderr.strip().splitlines() == [line], r.stderr  # no warning before the error
+    # a known example that the base never trains on still gets its warning
+    cur = tmp_path / "cur.txt"
+    cur.write_text("e0 e1\ne0 e1\n")
+    r = cli("whatif", "--store", store, "-m", "m", "-b", cur, "--drop", "e5", "-f", "csv")
+    assert r.exit_code == 0, r.stderr
+    assert "none of the 1 example(s) given to --drop occurs in the base" in r.stderr

@@ -269,12 +269,6 @@ def whatif_cmd(
         if edited_spec is not None
         else [("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)]
     )
-    for what, ids in checks:
-        if ids:
-            present = {e for b in batches for e in b}
-            n_in = sum(e in present for e in set(ids))
-            if n_in == 0:
-                warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
     from simfluence_cli.store.example_ids import check_known_ids
 
     if edited_spec is None:
@@ -291,6 +285,13 @@ def whatif_cmd(
             [(f"--base {base}", _flat(batches)), (f"--edited {edited_spec}", _flat(edits))],
             known=sim.example_ids_,
         )
+    # unknown IDs are an error first; then IDs that are known but not in this base
+    for what, ids in checks:
+        if ids:
+            present = {e for b in batches for e in b}
+            n_in = sum(e in present for e in set(ids))
+            if n_in == 0:
+                warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     note = batch_size_note(sim.method, batches, res.edited)
     if note is not None:
