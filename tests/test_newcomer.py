@@ -154,3 +154,14 @@ def test_whatif_unknown_id_is_one_error_without_a_warning_first(store, tmp_path)
     r = cli("whatif", "--store", store, "-m", "m", "-b", cur, "--drop", "e5", "-f", "csv")
     assert r.exit_code == 0, r.stderr
     assert "none of the 1 example(s) given to --drop occurs in the base" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "bad", [["--steps", "0"], ["--steps", "-5"], ["--batch-size", "0"], ["--iters", "-1"]]
+)
+def test_design_bad_counts_are_one_usage_line_before_any_note(store, tmp_path, bad):
+    r = cli("design", "--store", store, "-m", "m", "-o", tmp_path / "d.txt", *bad)
+    line = _one_error_line(r, code=2)
+    assert bad[0] in line, line
+    assert r.stderr.strip().splitlines() == [line], r.stderr  # no "starting from ..." note
+    assert not (tmp_path / "d.txt").exists()

@@ -681,6 +681,13 @@ def design_cmd(
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if report == "-" and output == "-":
         raise UsageError("--report - and -o - both write to stdout; send one to a file")
+    # counts checked before the start is resolved (its note would come before the error)
+    if steps is not None and steps < 1:
+        raise UsageError("--steps must be >= 1")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if candidates < 1 or iters < 0 or n_random < 0:
+        raise UsageError("--candidates must be >= 1, --iters and --random >= 0")
     st, sim = _open(store, model, tests)
     L0 = resolve_init_loss(init_loss, sim, st)
     pool_ids = _ids(pool, "pool example IDs")
