@@ -165,3 +165,22 @@ def test_design_bad_counts_are_one_usage_line_before_any_note(store, tmp_path, b
     assert bad[0] in line, line
     assert r.stderr.strip().splitlines() == [line], r.stderr  # no "starting from ..." note
     assert not (tmp_path / "d.txt").exists()
+
+
+def test_narrow_table_caption_reads_as_sentences():
+    from simfluence_cli.cli._output import build_table
+
+    cols = ["model", "a_long_metric_name", "another_long_metric", "third_metric_here"]
+    cells = [["linear", "0.123456", "0.234567", "0.345678"]]
+    table = build_table(cols, cells, {1, 2, 3}, caption="Means over runs.", width=40)
+    assert ".;" not in table.caption
+    assert table.caption.startswith("Means over runs. Not shown at this width")
+    assert build_table(cols, cells, {1, 2, 3}, caption="x", width=40).caption.startswith("x; not")
+
+
+def test_plan_names_its_directory_once(store, tmp_path):
+    out = tmp_path / "planned"
+    r = cli("plan", "--store", store, "-n", "2", "--steps", "2", "-o", f"{out}/")
+    assert r.exit_code == 0, r.stderr
+    assert f"-> {out}/" in r.stderr and f"{out}//" not in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["plan-000.txt", "plan-001.txt"]
