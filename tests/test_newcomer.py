@@ -184,3 +184,25 @@ def test_plan_names_its_directory_once(store, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert f"-> {out}/" in r.stderr and f"{out}//" not in r.stderr, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["plan-000.txt", "plan-001.txt"]
+
+
+def test_a_stale_model_is_named_once_by_the_commands_that_use_it(tmp_path):
+    path = tmp_path / "store"
+    rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
+    st = RunStore(path, create=True)
+    st.add_runset(rs, tags=["fit"])
+    assert cli("fit", "--store", path, "--l2", "0.1", "-n", "m").exit_code == 0
+    cur = _curriculum(tmp_path)
+    sim = ["simulate", cur, "--store", path, "-m", "m", "-f", "csv"]
+    fresh = cli(*sim)
+    assert fresh.exit_code == 0 and "stale" not in fresh.stderr, fresh.stderr
+    # the same run ids with other content: the model now describes data the store lost
+    other, _, _ = make_runs(6, 3, 3, 8, 2, seed=2)
+    st.add_runset(other.subset([rs.run_ids[0]]), replace=True)
+    for args in (sim, [*sim, "--interval", "0.8"], ["top", "--store", path, "-m", "m"]):
+        r = cli(*args)
+        assert r.exit_code == 0, r.stderr
+        stale = [ln for ln in r.stderr.splitlines() if "model 'm' is stale" in ln]
+        assert len(stale) == 1, r.stderr  # said once, even when the model is loaded twice
+        assert stale[0].startswith("warning:") and "fit --name m --replace" in stale[0]
+    assert cli(*sim).stdout == fresh.stdout  # a warning only: the same numbers as before

@@ -197,11 +197,16 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 with warnings.catch_warnings():
                     shown = warnings.showwarning
                     warnings.simplefilter("always", SimfluenceWarning)
-                    warnings.showwarning = lambda message, category, *a, **k: (
-                        warn(str(message))
-                        if issubclass(category, SimfluenceWarning)
-                        else shown(message, category, *a, **k)
-                    )
+                    said: set[str] = set()  # one line per distinct warning and command
+
+                    def show(message, category, *a, **k):
+                        if not issubclass(category, SimfluenceWarning):
+                            return shown(message, category, *a, **k)
+                        if str(message) not in said:
+                            said.add(str(message))
+                            warn(str(message))
+
+                    warnings.showwarning = show
                     check_output_paths(kw)
                     return fn(*args, **kw)
             except SimfluenceError as exc:
