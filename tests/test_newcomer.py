@@ -206,3 +206,17 @@ def test_a_stale_model_is_named_once_by_the_commands_that_use_it(tmp_path):
         assert len(stale) == 1, r.stderr  # said once, even when the model is loaded twice
         assert stale[0].startswith("warning:") and "fit --name m --replace" in stale[0]
     assert cli(*sim).stdout == fresh.stdout  # a warning only: the same numbers as before
+
+
+def test_help_lists_commands_in_session_order():
+    r = cli("--help")
+    assert r.exit_code == 0
+    listed = [
+        ln.split()[0]
+        for ln in r.stdout.split("Commands:")[1].splitlines()
+        if ln.startswith("  ") and ln.split()
+    ]
+    assert listed[:4] == ["ingest", "info", "fit", "simulate"]
+    from simfluence_cli.cli._app import WORKFLOW_ORDER
+
+    assert listed == list(WORKFLOW_ORDER)  # every command, each once

@@ -25,6 +25,24 @@ from simfluence_cli.cli._coercion import install as install_plain_coercion
 from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+# `simfluence --help` lists the commands in the order a session uses them
+WORKFLOW_ORDER = (
+    "ingest",
+    "info",
+    "fit",
+    "simulate",
+    "curriculum",
+    "eval",
+    "import-scores",
+    "top",
+    "plot",
+    "whatif",
+    "groups",
+    "design",
+    "plan",
+    "calibrate",
+    "verify",
+)
 
 
 class _Group(TyperGroup):
@@ -40,6 +58,12 @@ class _Group(TyperGroup):
         if opt is not None:
             install_plain_coercion(opt)
         return opt
+
+    def list_commands(self, ctx):
+        """Commands in the order of a session (docs' order), not of module imports."""
+        names = super().list_commands(ctx)
+        rank = {n: k for k, n in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
     def parse_args(self, ctx, args):
         end = args.index("--") if "--" in args else len(args)
