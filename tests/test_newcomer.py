@@ -220,3 +220,21 @@ def test_help_lists_commands_in_session_order():
     from simfluence_cli.cli._app import WORKFLOW_ORDER
 
     assert listed == list(WORKFLOW_ORDER)  # every command, each once
+
+
+def test_refit_after_a_data_change_says_the_data_changed(tmp_path):
+    path = tmp_path / "store"
+    rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
+    st = RunStore(path, create=True)
+    st.add_runset(rs, tags=["fit"])
+    fit = ["fit", "--store", path, "--runs", "fit", "--l2", "0.1", "-n", "m"]
+    assert cli(*fit).exit_code == 0
+    other, _, _ = make_runs(6, 3, 3, 8, 2, seed=2)
+    st.add_runset(other.subset([rs.run_ids[0]]), replace=True)
+    line = _one_error_line(cli(*fit))
+    assert "their data has changed since" in line and "--replace" in line, line
+    assert "different configuration" not in line and len(line) < 400, line
+    # a real option change still lists the differing option
+    line = _one_error_line(cli(*fit, "--prior", "zero"))
+    assert "different configuration" in line and '"no-change" -> "zero"' in line
+    assert cli(*fit, "--replace").exit_code == 0

@@ -183,6 +183,14 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
     if replace:
         return None
     diff = config_differences(prev.get("config") or {}, config)
+    old_cfg = prev.get("config") or {}
+    if {k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k)} == {"data_hash"}:
+        raise ConflictError(  # same options and runs: only the runs' content changed
+            f"model {name!r} was fitted with these options on these runs, but their data has "
+            "changed since (a run was re-ingested with --replace; data hash "
+            f"{str(old_cfg.get('data_hash'))[:12]} -> {str(config.get('data_hash'))[:12]}); "
+            "pass --replace to refit it on the current data, or pick another --name"
+        )
     raise ConflictError(
         f"model {name!r} exists with a different configuration ({'; '.join(diff)}); pass "
         f"--replace to overwrite it, or pick another --name. existing: "
@@ -648,7 +656,7 @@ def stale_reason(store, man: dict) -> str | None:
     try:
         current = data_hash(run_ids)
     except SelectionError:
-        return "some of its fitting runs are no longer in the store"
+        return "some of its fitting runs are not in the store (any more)"
     if current != fitted_hash:
         return (
             f"the data of its {len(run_ids)} fitting run(s) changed since it was fitted "
