@@ -238,3 +238,20 @@ def test_refit_after_a_data_change_says_the_data_changed(tmp_path):
     line = _one_error_line(cli(*fit, "--prior", "zero"))
     assert "different configuration" in line and '"no-change" -> "zero"' in line
     assert cli(*fit, "--replace").exit_code == 0
+
+
+def test_info_marks_a_stale_model(tmp_path):
+    path = tmp_path / "store"
+    rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
+    st = RunStore(path, create=True)
+    st.add_runset(rs, tags=["fit"])
+    assert cli("fit", "--store", path, "--l2", "0.1", "-n", "m").exit_code == 0
+    assert cli("fit", "--store", path, "--l2", "0.1", "-n", "k", "--runs", "syn-001").exit_code == 0
+    before = json.loads(cli("info", "--store", path, "--json").stdout)
+    assert before["stale_models"] == {}
+    other, _, _ = make_runs(6, 3, 3, 8, 2, seed=2)
+    st.add_runset(other.subset(["syn-000"]), replace=True)  # m's data changed, k's did not
+    after = json.loads(cli("info", "--store", path, "--json").stdout)
+    assert list(after["stale_models"]) == ["m"] and "changed" in after["stale_models"]["m"]
+    line = next(ln for ln in cli("info", "--store", path).stdout.splitlines() if "models" in ln)
+    assert "m (STALE" in line and "k (intervals" in line, line
