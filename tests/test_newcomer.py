@@ -255,3 +255,25 @@ def test_info_marks_a_stale_model(tmp_path):
     assert list(after["stale_models"]) == ["m"] and "changed" in after["stale_models"]["m"]
     line = next(ln for ln in cli("info", "--store", path).stdout.splitlines() if "models" in ln)
     assert "m (STALE" in line and "k (intervals" in line, line
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["simulate", "-", "-m", "m", "--tests", "@-"], "CURRICULUM and --tests"),
+        (["whatif", "-m", "m", "-b", "-", "--drop", "@-"], "--base and --drop"),
+        (["groups", "-m", "m", "-b", "-", "-g", "g=@-"], "--base and --group"),
+    ],
+    ids=lambda a: a[0] if isinstance(a, list) else None,
+)
+def test_two_inputs_from_stdin_is_a_usage_error(store, args, names):
+    r = cli(*args, "--store", store, input="e0 e1\ne2 e3\n")
+    line = _one_error_line(r, code=2)
+    assert f"{names} both read stdin" in line, line
+
+
+def test_one_input_from_stdin_still_works(store, tmp_path):
+    cur = _curriculum(tmp_path)
+    r = cli("simulate", cur, "-m", "m", "--store", store, "--tests", "@-", "-f", "csv", input="t1\n")
+    assert r.exit_code == 0, r.stderr
+    assert {ln.split(",")[1] for ln in r.stdout.strip().splitlines()[1:]} == {"t1"}

@@ -22,7 +22,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from simfluence_cli.cli._coercion import install as install_plain_coercion
-from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
+from simfluence_cli.errors import SimfluenceError, SimfluenceWarning, UsageError
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
 # `simfluence --help` lists the commands in the order a session uses them
@@ -232,6 +232,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
 
                     warnings.showwarning = show
                     check_output_paths(kw)
+                    check_single_stdin(kw)
                     return fn(*args, **kw)
             except SimfluenceError as exc:
                 if _state["debug"]:
@@ -288,6 +289,41 @@ def check_output_paths(kw: dict) -> None:
             ) from None
         os.close(fd)
         os.unlink(probe)
+
+
+# parameters that may read stdin ('-' or '@-'); one command invocation has one stdin
+_INPUT_PARAMS = (
+    "curriculum",
+    "base",
+    "edited",
+    "init_loss",
+    "tests",
+    "test",
+    "drop",
+    "only",
+    "repeat",
+    "order",
+    "pool",
+    "group",
+)
+
+
+def _reads_stdin(value) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_reads_stdin(v) for v in value)
+    return isinstance(value, str) and (value in ("-", "@-") or value.endswith("=@-"))
+
+
+def check_single_stdin(kw: dict) -> None:
+    """Refuse two inputs that both read stdin (the first would take it all, the second would
+    see nothing and report a confusing empty input)."""
+    readers = [k for k in _INPUT_PARAMS if _reads_stdin(kw.get(k))]
+    if len(readers) > 1:
+        names = [k.upper() if k == "curriculum" else "--" + k.replace("_", "-") for k in readers]
+        raise UsageError(
+            f"{' and '.join(names)} both read stdin ('-' / '@-'); only one input can come "
+            "from stdin: save the other to a file"
+        )
 
 
 def describe_exception(exc: BaseException) -> str:
