@@ -85,7 +85,7 @@ def test_output_under_a_file_fails_first_naming_the_path(store, tmp_path, args):
     r = cli(*args, "--store", store)
     line = _one_error_line(r)
     given = next(a for a in args if a.startswith(str(afile)))
-    assert f"cannot write" in line and given in line, line
+    assert "cannot write" in line and given in line, line
     assert f"{afile} is a file, not a directory" in line, line
     assert "File exists" not in line
     # refused before any work: no status line, nothing written beside it
@@ -274,6 +274,8 @@ def test_two_inputs_from_stdin_is_a_usage_error(store, args, names):
 
 def test_one_input_from_stdin_still_works(store, tmp_path):
     cur = _curriculum(tmp_path)
-    r = cli("simulate", cur, "-m", "m", "--store", store, "--tests", "@-", "-f", "csv", input="t1\n")
+    r = cli(
+        "simulate", cur, "-m", "m", "--store", store, "--tests", "@-", "-f", "csv", input="t1\n"
+    )
     assert r.exit_code == 0, r.stderr
     assert {ln.split(",")[1] for ln in r.stdout.strip().splitlines()[1:]} == {"t1"}
