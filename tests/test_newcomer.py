@@ -279,3 +279,20 @@ def test_one_input_from_stdin_still_works(store, tmp_path):
     )
     assert r.exit_code == 0, r.stderr
     assert {ln.split(",")[1] for ln in r.stdout.strip().splitlines()[1:]} == {"t1"}
+
+
+def test_simulate_with_a_wrong_number_of_initial_losses_says_what_it_expects():
+    from simfluence_cli import Simulator, UsageError
+
+    rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
+    sim = Simulator(l2=0.1).fit(rs)
+    cur = [["e0", "e1"], ["e2", "e3"]]
+    assert sim.simulate([cur], init_loss=[1.0, 2.0, 3.0]).shape == (1, 3, 3)
+    with pytest.raises(UsageError, match=r"init_loss has shape \(2,\); expected \(3,\) shared"):
+        sim.simulate([cur], init_loss=[1.0, 2.0])
+
+
+def test_package_lists_its_lazy_public_names():
+    import simfluence_cli
+
+    assert {"RunStore", "Simulator", "RunLogger", "evaluate_models"} <= set(dir(simfluence_cli))
