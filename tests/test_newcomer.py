@@ -296,3 +296,19 @@ def test_package_lists_its_lazy_public_names():
     import simfluence_cli
 
     assert {"RunStore", "Simulator", "RunLogger", "evaluate_models"} <= set(dir(simfluence_cli))
+
+
+def test_novelty_warning_says_when_p_is_at_its_floor():
+    """A large z next to p = 0.143 reads as a contradiction unless the line says that 0.143
+    is 1/(n+1), the smallest p-value n fitting runs allow."""
+    from simfluence_cli.analysis.novelty import Novelty
+
+    rs, _, _ = make_runs(12, 3, 6, 30, 2, seed=1)
+    novelty = Novelty.from_runs(rs)
+    ids = [f"e{i}" for i in range(12)]
+    fixed_order = [ids[i : i + 2] for i in range(0, 12, 2)] * 5  # the same order every epoch
+    line = novelty.warning([fixed_order])
+    assert line is not None and "p = 0.143, the smallest possible with 6 fitting runs" in line
+    run = rs.runs[0]  # a fitting run's own curriculum is not novel
+    own = [list(rs.example_ids[run.batch(t)]) for t in range(1, run.n_steps + 1)]
+    assert novelty.warning([own]) is None
