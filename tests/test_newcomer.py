@@ -312,3 +312,40 @@ def test_novelty_warning_says_when_p_is_at_its_floor():
     run = rs.runs[0]  # a fitting run's own curriculum is not novel
     own = [list(rs.example_ids[run.batch(t)]) for t in range(1, run.n_steps + 1)]
     assert novelty.warning([own]) is None
+
+
+def test_design_says_why_it_stopped():
+    """A design that changes nothing because the data floor blocks every improving move says
+    so (report "stopped"), instead of an unexplained "0 slots changed"."""
+    import numpy as np
+
+    from simfluence_cli import Simulator
+    from simfluence_cli.analysis.curriculum_design import design_curriculum
+
+    rs, _, _ = make_runs(12, 3, 6, 30, 2, seed=1, noise=0.01)
+    sim = Simulator(l2=0.1).fit(rs)
+    run = rs.runs[0]
+    start = [list(rs.example_ids[run.batch(t)]) for t in range(1, run.n_steps + 1)]
+    L0 = run.losses[0]
+    free = design_curriculum(
+        sim, start=start, init_loss=L0, n_random=0, trust=0.3, floor_guard=False
+    )
+    assert free.params["changed_slots"] > 0  # improving moves exist
+    # the start's own final losses as the floor: every improving move goes below it somewhere
+    own_final = sim.simulate([start], L0)[0, -1]
+    kw = dict(start=start, init_loss=L0, n_random=0, trust=0.3)
+    held = design_curriculum(sim, floor=own_final, **kw)
+    assert held.params["changed_slots"] == 0 and held.params["stopped"] == "data-floor"
+    assert np.isclose(held.objective, held.start_objective)
+    assert free.params["stopped"] in ("iters", "no-moves", "no-improving-move")
+
+
+def test_design_cli_notes_a_floor_stop(store, tmp_path, monkeypatch):
+    from simfluence_cli.analysis import curriculum_design as cd
+
+    monkeypatch.setattr(
+        cd, "_adjoint_search", lambda goal, cur, *a: (cur, None, [0.0], "data-floor")
+    )
+    r = cli("design", "--store", store, "-m", "m", "-o", tmp_path / "d.txt", "--random", "0")
+    assert r.exit_code == 0, r.stderr
+    assert "no move was taken" in r.stderr and "--no-floor-guard" in r.stderr, r.stderr

@@ -793,6 +793,12 @@ def design_cmd(
             f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
         )
     info(msg)
+    if rep.get("stopped") == "data-floor" and rep["changed_slots"] == 0:
+        info(
+            "note: no move was taken: every move that improves the objective would bring more "
+            "tests below their data floor (the lowest final loss any fitting run reached) than "
+            "the start has; there the simulator extrapolates (--no-floor-guard lifts this guard)"
+        )
     if rep["tests_at_clip_floor"]:
         warn(
             f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "
