@@ -349,3 +349,10 @@ def test_design_cli_notes_a_floor_stop(store, tmp_path, monkeypatch):
     r = cli("design", "--store", store, "-m", "m", "-o", tmp_path / "d.txt", "--random", "0")
     assert r.exit_code == 0, r.stderr
     assert "no move was taken" in r.stderr and "--no-floor-guard" in r.stderr, r.stderr
+
+
+def test_at_without_a_file_name_is_a_usage_error(store):
+    r = cli("whatif", "--store", store, "-m", "m", "-b", "syn-000", "--drop", "@")
+    line = _one_error_line(r, code=2)
+    assert "'@' needs a file name" in line and "@-" in line, line
+    assert "Is a directory" not in line
