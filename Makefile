@@ -35,7 +35,7 @@ demo: install
 	@echo "simulated trajectory (last steps) -> $(DEMO_OUT)/simulated-classordered-000.csv"
 	@tail -n 3 $(DEMO_OUT)/simulated-classordered-000.csv
 	$(SF) eval --store $(DEMO_STORE) --model default --model linear --model tracin --runs heldout-random --format table
-	$(SF) top --store $(DEMO_STORE) --model linear --test all --k 5 --format table
+	$(SF) top --store $(DEMO_STORE) --model linear --tests all --k 5 --format table
 
 # the whole suite on both cores; test files stay whole per worker (module fixtures built once)
 test: install

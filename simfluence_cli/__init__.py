@@ -91,6 +91,11 @@ _LAZY = {
 }
 
 
+def __dir__():
+    """The public names too (they load lazily), so completion in a notebook finds them."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

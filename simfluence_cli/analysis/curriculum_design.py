@@ -501,9 +501,10 @@ def _data_floor(sim, cols, floor=None) -> np.ndarray:
 
 
 def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_changes, cfg, progress):
-    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history).
-    ``floor`` (per test, or None): no accepted curriculum has more tests with a final loss
-    below it than ``cur`` has."""
+    """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history,
+    why it stopped: "iters", "no-moves", "no-improving-move" or "data-floor" = improving moves
+    existed but each took more tests below their data floor). ``floor`` (per test, or None):
+    no accepted curriculum has more tests with a final loss below it than ``cur`` has."""
     iters, candidates, consensus = cfg
     n = objective.n
     tol = (
@@ -522,22 +523,27 @@ def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_change
     best = float(obj_k[0])
     history = [best]
     cap = int(below(traj[-1][None])[0]) if floor is not None else None
+    stop = "iters"
     for _it in range(iters):
         eps = 1e-12 * max(1.0, abs(best))
         moves = _adjoint_moves(
             S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, candidates, 128
         )
         if not moves:
+            stop = "no-moves"
             break
         cands = np.stack([_apply(cur, mv) for _, mv in moves])
         first = min(min(_move_steps(mv)) for _, mv in moves)
         F = objective.finals(cands, first)
         fin = F.mean(axis=1)
+        improving = bool(fin.min() < best - eps)
         if cap is not None:  # the data floor: these moves leave what the fitting runs support
             fin[below(F) > cap] = np.inf
         order = np.argsort(fin, kind="stable")
         if fin[order[0]] >= best - eps:
-            break  # no improving move, or the best-ranked ones all leave the data: stop
+            # no improving move, or the best-ranked ones all leave the data: stop
+            stop = "data-floor" if improving else "no-improving-move"
+            break
         # the best move plus further improving moves on other steps, if jointly better
         chosen = [moves[order[0]][1]]
         steps_used = set(_move_steps(chosen[0]))
@@ -570,7 +576,7 @@ def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_change
         history.append(best)
         if progress is not None:
             progress(1)
-    return cur, traj, history
+    return cur, traj, history, stop
 
 
 def design_curriculum(
@@ -688,7 +694,7 @@ def design_curriculum(
         goal = _LinearObjective(sim, models, L0, lo, hi, tests)
     user_floor = floor
     floor = _data_floor(sim, cols, user_floor) if floor_guard else None
-    cur, traj, history = _adjoint_search(
+    cur, traj, history, stop = _adjoint_search(
         goal,
         cur,
         start_idx,
@@ -731,6 +737,7 @@ def design_curriculum(
         "tests_at_clip_floor": at_floor,
         "tests_below_data_floor": below_data,
         "floor_guard": bool(floor_guard),
+        "stopped": stop,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return DesignResult(batches, best, start_obj, rnd, history, params)

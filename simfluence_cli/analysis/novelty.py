@@ -147,9 +147,12 @@ class Novelty:
         k = int(r["flag"].sum())
         if not k:
             return None
+        p = float(np.min(r["p"]))
+        n_ref = int(np.isfinite(self.loo_).sum())
+        floor = f", the smallest possible with {n_ref} fitting runs" if p <= 1 / (n_ref + 1) else ""
         return (
             f"{k} of {len(curricula)} {what}(s) unlike the fitting runs (novelty z = "
-            f"{float(np.nanmax(r['z'])):.1f} > {NOVELTY_Z:g}, p = {float(np.min(r['p'])):.3f}): "
+            f"{float(np.nanmax(r['z'])):.1f} > {NOVELTY_Z:g}, p = {p:.3f}{floor}): "
             "their intervals may under-cover (docs/intervals.md)"
         )
 

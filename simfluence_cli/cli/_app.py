@@ -22,9 +22,27 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from simfluence_cli.cli._coercion import install as install_plain_coercion
-from simfluence_cli.errors import SimfluenceError, SimfluenceWarning
+from simfluence_cli.errors import SimfluenceError, SimfluenceWarning, UsageError
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+# `simfluence --help` lists the commands in the order a session uses them
+WORKFLOW_ORDER = (
+    "ingest",
+    "info",
+    "fit",
+    "simulate",
+    "curriculum",
+    "eval",
+    "import-scores",
+    "top",
+    "plot",
+    "whatif",
+    "groups",
+    "design",
+    "plan",
+    "calibrate",
+    "verify",
+)
 
 
 class _Group(TyperGroup):
@@ -40,6 +58,12 @@ class _Group(TyperGroup):
         if opt is not None:
             install_plain_coercion(opt)
         return opt
+
+    def list_commands(self, ctx):
+        """Commands in the order of a session (docs' order), not of module imports."""
+        names = super().list_commands(ctx)
+        rank = {n: k for k, n in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
     def parse_args(self, ctx, args):
         end = args.index("--") if "--" in args else len(args)
@@ -197,11 +221,18 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 with warnings.catch_warnings():
                     shown = warnings.showwarning
                     warnings.simplefilter("always", SimfluenceWarning)
-                    warnings.showwarning = lambda message, category, *a, **k: (
-                        warn(str(message))
-                        if issubclass(category, SimfluenceWarning)
-                        else shown(message, category, *a, **k)
-                    )
+                    said: set[str] = set()  # one line per distinct warning and command
+
+                    def show(message, category, *a, **k):
+                        if not issubclass(category, SimfluenceWarning):
+                            return shown(message, category, *a, **k)
+                        if str(message) not in said:
+                            said.add(str(message))
+                            warn(str(message))
+
+                    warnings.showwarning = show
+                    check_output_paths(kw)
+                    check_single_stdin(kw)
                     return fn(*args, **kw)
             except SimfluenceError as exc:
                 if _state["debug"]:
@@ -222,6 +253,77 @@ def command(name: str | None = None, **kwargs) -> Callable:
         return app.command(name, cls=_Command, **kwargs)(wrapper)
 
     return decorate
+
+
+# parameters that name a file (or, for plan, a directory) the command writes; '-' = stdout
+_OUTPUT_PARAMS = {"output": "--output", "report": "--report", "save_edited": "--save-edited"}
+
+
+def check_output_paths(kw: dict) -> None:
+    """Refuse an output path that cannot be written before any work is done.
+
+    The nearest existing ancestor of the path's directory must be a directory in which a file
+    can be created (a probe file is created and removed at once): a path under a regular file,
+    under /proc or on a read-only file system fails here in one line naming the path given.
+    """
+    import tempfile
+
+    for key, flag in _OUTPUT_PARAMS.items():
+        value = kw.get(key)
+        if value is None or str(value) in ("-", ""):
+            continue
+        parent = Path(value).parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise SimfluenceError(
+                f"cannot write {flag} {value}: {parent} is a file, not a directory; "
+                "choose another path"
+            )
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".simfluence-probe.", dir=parent)
+        except OSError as exc:
+            raise SimfluenceError(
+                f"cannot write {flag} {value}: cannot create files in {parent} "
+                f"({exc.strerror or exc}); choose another path"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
+
+
+# parameters that may read stdin ('-' or '@-'); one command invocation has one stdin
+_INPUT_PARAMS = (
+    "curriculum",
+    "base",
+    "edited",
+    "init_loss",
+    "tests",
+    "test",
+    "drop",
+    "only",
+    "repeat",
+    "order",
+    "pool",
+    "group",
+)
+
+
+def _reads_stdin(value) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_reads_stdin(v) for v in value)
+    return isinstance(value, str) and (value in ("-", "@-") or value.endswith("=@-"))
+
+
+def check_single_stdin(kw: dict) -> None:
+    """Refuse two inputs that both read stdin (the first would take it all, the second would
+    see nothing and report a confusing empty input)."""
+    readers = [k for k in _INPUT_PARAMS if _reads_stdin(kw.get(k))]
+    if len(readers) > 1:
+        names = [k.upper() if k == "curriculum" else "--" + k.replace("_", "-") for k in readers]
+        raise UsageError(
+            f"{' and '.join(names)} both read stdin ('-' / '@-'); only one input can come "
+            "from stdin: save the other to a file"
+        )
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -201,7 +201,10 @@ def build_table(
     if keep < n:
         dropped = ", ".join(columns[keep:])
         more = f"not shown at this width (see -f csv/json or a wider terminal): {dropped}"
-        caption = f"{caption}; {more}" if caption else more
+        if caption and caption.rstrip().endswith("."):  # a sentence: start a new one
+            caption = f"{caption.rstrip()} {more[0].upper()}{more[1:]}."
+        else:
+            caption = f"{caption}; {more}" if caption else more
         columns, headers = columns[:keep], headers[:keep]
         cells = [r[:keep] for r in cells]
     table = Table(title=title, caption=caption)

@@ -90,6 +90,7 @@ def eval_command(
         str | None,
         typer.Option(
             "--tests",
+            "-t",
             help="Only these test examples: a,b,c or @FILE (default: all the models know).",
         ),
     ] = None,
@@ -533,10 +534,11 @@ def top_command(
     test: Annotated[
         str,
         typer.Option(
+            "--tests",
             "--test",
             "-t",
             help="Test example id, a,b,c / @FILE (averaged), or 'all' (mean over all "
-            "test examples; the default).",
+            "test examples; the default). --test is the same option.",
         ),
     ] = "all",
     store: StoreOpt = DEFAULT_STORE,
@@ -688,7 +690,9 @@ def plot_command(
     tests: Annotated[
         str | None,
         typer.Option(
-            "--tests", help="Test examples a,b,c or @FILE (default: 4 spread over the test ids)."
+            "--tests",
+            "-t",
+            help="Test examples a,b,c or @FILE (default: 4 spread over the test ids).",
         ),
     ] = None,
     output: Annotated[

@@ -198,10 +198,15 @@ def _info_lines(d: dict) -> list[tuple[str, str]]:
         )
     )
     cal = d.get("calibrations") or {}
+    stale = d.get("stale_models") or {}
     rows.append(
         (
             "models",
-            ", ".join(f"{m} (intervals {cal.get(m, 'no')})" for m in d["models"]) or "(none)",
+            ", ".join(
+                f"{m} ({'STALE: refit it; ' if m in stale else ''}intervals {cal.get(m, 'no')})"
+                for m in d["models"]
+            )
+            or "(none)",
         )
     )
     return rows

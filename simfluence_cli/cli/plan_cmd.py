@@ -147,5 +147,5 @@ def plan_cmd(
             write_bytes_atomic(str(out / f"{c.name}.txt"), c.text().encode())
     info(
         f"planned {len(cur)} curricula ({summary}) of {steps} steps x {batch_size} over a pool of "
-        f"{len(ids)} examples, seed {seed}" + ("" if output == "-" else f" -> {output}/")
+        f"{len(ids)} examples, seed {seed}" + ("" if output == "-" else f" -> {out}/")
     )

@@ -269,12 +269,6 @@ def whatif_cmd(
         if edited_spec is not None
         else [("--drop", edits.drop), ("--only", edits.only), ("--repeat", edits.repeat)]
     )
-    for what, ids in checks:
-        if ids:
-            present = {e for b in batches for e in b}
-            n_in = sum(e in present for e in set(ids))
-            if n_in == 0:
-                warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
     from simfluence_cli.store.example_ids import check_known_ids
 
     if edited_spec is None:
@@ -291,6 +285,13 @@ def whatif_cmd(
             [(f"--base {base}", _flat(batches)), (f"--edited {edited_spec}", _flat(edits))],
             known=sim.example_ids_,
         )
+    # unknown IDs are an error first; then IDs that are known but not in this base
+    for what, ids in checks:
+        if ids:
+            present = {e for b in batches for e in b}
+            n_in = sum(e in present for e in set(ids))
+            if n_in == 0:
+                warn(f"none of the {len(set(ids))} example(s) given to {what} occurs in the base")
     res = whatif(sim, batches, edits, L0, unseen=unseen.value)
     note = batch_size_note(sim.method, batches, res.edited)
     if note is not None:
@@ -680,6 +681,13 @@ def design_cmd(
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if report == "-" and output == "-":
         raise UsageError("--report - and -o - both write to stdout; send one to a file")
+    # counts checked before the start is resolved (its note would come before the error)
+    if steps is not None and steps < 1:
+        raise UsageError("--steps must be >= 1")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if candidates < 1 or iters < 0 or n_random < 0:
+        raise UsageError("--candidates must be >= 1, --iters and --random >= 0")
     st, sim = _open(store, model, tests)
     L0 = resolve_init_loss(init_loss, sim, st)
     pool_ids = _ids(pool, "pool example IDs")
@@ -785,6 +793,12 @@ def design_cmd(
             f"{rep['random_best']:.6g}; the design beats {100 * rep['fraction_random_beaten']:.0f}%"
         )
     info(msg)
+    if rep.get("stopped") == "data-floor" and rep["changed_slots"] == 0:
+        info(
+            "note: no move was taken: every move that improves the objective would bring more "
+            "tests below their data floor (the lowest final loss any fitting run reached) than "
+            "the start has; there the simulator extrapolates (--no-floor-guard lifts this guard)"
+        )
     if rep["tests_at_clip_floor"]:
         warn(
             f"{rep['tests_at_clip_floor']} of {rep['tests']} test(s) end at the simulator's lower "

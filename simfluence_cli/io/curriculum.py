@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from simfluence_cli.errors import InputError
+from simfluence_cli.errors import InputError, UsageError
 
 
 @dataclass
@@ -73,6 +73,8 @@ def read_id_list(spec: str, what: str = "IDs") -> list[str]:
     """``a,b,c`` or ``@FILE`` (one ID per line or whitespace-separated; ``@-`` = stdin)."""
     if spec.startswith("@"):
         src = spec[1:]
+        if not src.strip():
+            raise UsageError(f"'@' needs a file name for {what}: @FILE, or @- for stdin")
         try:
             text = sys.stdin.read() if src == "-" else Path(src).read_text()
         except OSError as exc:

@@ -231,7 +231,7 @@ def read_gptdynamics(
         if not np.isfinite(va_a).all():
             i = int(np.argmax(~np.isfinite(va_a)))
             raise InputError(
-                f"non-finite loss {va_a[i]!r} at step {st_a[i]}",
+                f"non-finite loss {float(va_a[i])!r} at step {int(st_a[i])}",
                 path=ll,
                 line=lineno,
                 field="loss_trajectory.loss",

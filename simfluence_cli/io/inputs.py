@@ -165,6 +165,12 @@ def plan_inputs(
     plan = Plan(metric=metric, id_prefix=id_prefix)
     c_loss = loss_file_name(metric)
     for raw in paths:
+        if str(raw) == "-":
+            raise UsageError(
+                "ingest reads log files and directories, not stdin ('-'); save the log to a "
+                "file first (a JSON Lines run is named after its file unless its lines carry "
+                '"run")'
+            )
         p = Path(raw)
         if not p.exists():
             raise InputError(

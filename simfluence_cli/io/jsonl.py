@@ -248,7 +248,7 @@ def read_jsonl(path: Path) -> RunData:
         k = int(np.searchsorted(np.cumsum(counts), i, side="right"))
         tid = te.list[codes[i]]
         return InputError(
-            message.format(loss=loss[i], test=tid),
+            message.format(loss=float(loss[i]), test=tid),
             path=label,
             line=lline[k],
             field=f"loss.{tid}",

@@ -400,7 +400,7 @@ class _TableReader:
             i = _first_flagged(bad, lgid)
             raise self.error(
                 lgid[i],
-                f"non-finite loss {lval[i]!r}",
+                f"non-finite loss {float(lval[i])!r}",
                 "loss",
                 "losses must be finite; drop rows of tests not evaluated",
             )

@@ -693,10 +693,12 @@ class Simulator:
         if init_loss is None:
             init_loss = self.init_loss_mean_[cols]
         L0 = np.asarray(init_loss, dtype=np.float64)
-        L0 = np.broadcast_to(L0, (idx.shape[0], len(cols))) if L0.ndim == 1 else L0
+        if L0.ndim == 1 and L0.shape[0] in (1, len(cols)):  # one loss for all tests, or each
+            L0 = np.broadcast_to(L0, (idx.shape[0], len(cols)))
         if L0.shape != (idx.shape[0], len(cols)):
             raise UsageError(
-                f"init_loss has shape {L0.shape}; expected ({idx.shape[0]}, {len(cols)})"
+                f"init_loss has shape {L0.shape}; expected ({len(cols)},) shared or "
+                f"({idx.shape[0]}, {len(cols)}) per curriculum: one loss per test example"
             )
         lo, hi = self.bounds_
         if lo is not None:

@@ -525,8 +525,23 @@ class RunStore:
             "optimizers": sorted({e["optimizer"] for e in entries.values() if e.get("optimizer")}),
             "models": models,
             "calibrations": self._calibrations(models),
+            "stale_models": self._stale_models(models),
             "updated_at": man.get("updated_at"),
         }
+
+    def _stale_models(self, models: list[str]) -> dict[str, str]:
+        """Per stale model (fitting runs changed or gone): why; fresh models are left out."""
+        from simfluence_cli.store.saved_models import read_manifest, stale_reason
+
+        out = {}
+        for name in models:
+            try:
+                why = stale_reason(self, read_manifest(self, name))
+            except SimfluenceError:
+                continue  # a damaged manifest is verify's to report
+            if why is not None:
+                out[name] = why
+        return out
 
     def _calibrations(self, models: list[str]) -> dict[str, str]:
         """Per model: saved interval calibration 'calibrated', 'stale: <why>' or 'no'."""

@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as replace_field
@@ -37,7 +38,13 @@ import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._version import __version__
-from simfluence_cli.errors import ConflictError, ModelError, UsageError
+from simfluence_cli.errors import (
+    ConflictError,
+    ModelError,
+    SelectionError,
+    SimfluenceWarning,
+    UsageError,
+)
 from simfluence_cli.io._arrow import arrow_numbers, arrow_strings, np_view, read_parquet
 from simfluence_cli.model.config import AUTO_METHOD, OPTIMIZER_AWARE, resolve_method
 from simfluence_cli.model.simulator import (
@@ -176,6 +183,14 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
     if replace:
         return None
     diff = config_differences(prev.get("config") or {}, config)
+    old_cfg = prev.get("config") or {}
+    if {k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k)} == {"data_hash"}:
+        raise ConflictError(  # same options and runs: only the runs' content changed
+            f"model {name!r} was fitted with these options on these runs, but their data has "
+            "changed since (a run was re-ingested with --replace; data hash "
+            f"{str(old_cfg.get('data_hash'))[:12]} -> {str(config.get('data_hash'))[:12]}); "
+            "pass --replace to refit it on the current data, or pick another --name"
+        )
     raise ConflictError(
         f"model {name!r} exists with a different configuration ({'; '.join(diff)}); pass "
         f"--replace to overwrite it, or pick another --name. existing: "
@@ -615,8 +630,39 @@ def load_model(
 
 
 def _load_model(store, name, tests, parameters, manifest) -> Simulator:  # see load_model
-    man = manifest if manifest is not None else read_manifest(store, name)
+    if manifest is None:  # the first read of this model in a command: say if it is stale
+        man = read_manifest(store, name)
+        why = stale_reason(store, man)
+        if why is not None:
+            warnings.warn(
+                f"model {name!r} is stale: {why}; its results describe the old data (refit "
+                f"with `simfluence fit --name {name} --replace`)",
+                SimfluenceWarning,
+                stacklevel=3,
+            )
+    else:
+        man = manifest
     return load_model_files(model_dir(store, name), man, name, tests, parameters)
+
+
+def stale_reason(store, man: dict) -> str | None:
+    """Why a model no longer matches its fitting runs in ``store`` (None when it does, or
+    when it names no fitting runs, e.g. scores imported without --runs)."""
+    cfg = man.get("config") or {}
+    run_ids, fitted_hash = cfg.get("runs") or [], cfg.get("data_hash")
+    data_hash = getattr(store, "data_hash", None)  # a bare directory holder has no runs
+    if not run_ids or not fitted_hash or data_hash is None:
+        return None
+    try:
+        current = data_hash(run_ids)
+    except SelectionError:
+        return "some of its fitting runs are not in the store (any more)"
+    if current != fitted_hash:
+        return (
+            f"the data of its {len(run_ids)} fitting run(s) changed since it was fitted "
+            "(a run was re-ingested with --replace)"
+        )
+    return None
 
 
 def load_model_files(
