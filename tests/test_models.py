@@ -81,7 +81,7 @@ def test_conflicting_refit_is_refused_unless_replace(store, runs):
         save_model(store, "m", other, runs=runs.run_ids, data_hash="h")
     msg = str(err.value)
     assert 'method: "linear" -> "additive"' in msg and "existing:" in msg and "new:" in msg
-    with pytest.raises(ConflictError, match="data_hash"):
+    with pytest.raises(ConflictError, match=r"data has changed since .*h -> changed.*--replace"):
         save_model(store, "m", sim, runs=runs.run_ids, data_hash="changed")
     save_model(store, "m", other, runs=runs.run_ids, data_hash="h", replace=True)
     assert read_manifest(store, "m")["config"]["method"] == "additive"
