@@ -182,9 +182,9 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
         return None if replace else prev
     if replace:
         return None
-    diff = config_differences(prev.get("config") or {}, config)
     old_cfg = prev.get("config") or {}
-    if {k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k)} == {"data_hash"}:
+    diff = config_differences(old_cfg, config)
+    if len(diff) == 1 and diff[0].startswith("data_hash:"):
         raise ConflictError(  # same options and runs: only the runs' content changed
             f"model {name!r} was fitted with these options on these runs, but their data has "
             "changed since (a run was re-ingested with --replace; data hash "
