@@ -1,5 +1,6 @@
-"""Rough edges a new user hits (tests/ for each fix of the "newcomer" pass): error lines that
-name what the user typed, in plain words, and option names that match across commands."""
+"""Rough edges of a first session with the tool: error lines that name what the user typed, in
+plain words, before any work; stale models named by every command; option names that match
+across commands."""
 
 import csv
 import io
