@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from simfluence_cli.io.synthetic import make_runs
 from simfluence_cli.model.simulator import Simulator
@@ -56,6 +57,7 @@ def test_lazy_public_names_still_resolve():
     assert simfluence_cli.Run.__name__ == "Run"
 
 
+@pytest.mark.filterwarnings("ignore:model .* is stale")  # runs never ingested
 def test_manifest_keeps_solver_stats(tmp_path):
     runs, _, _ = make_runs(30, 4, 3, 20, 2, seed=0)
     sim = Simulator(l2=1.0).fit(runs, solver="cg")

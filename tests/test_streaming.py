@@ -30,6 +30,7 @@ def _params_file(st, name):
     return pq.ParquetFile(st.path / "models" / name / man["files"]["parameters"])
 
 
+@pytest.mark.filterwarnings("ignore:model .* is stale")  # the runs are never ingested
 @pytest.mark.parametrize(
     "method,workers,solver,tiny",
     [
