@@ -23,6 +23,7 @@ ORDER = [
     "matvec",
     "solver",
     "cgiters",
+    "cg_tolerance",
     "transpose_ab",
     "commands",
     "top",
