@@ -10,8 +10,9 @@ and the CPU ratio main / this tree of the medians, and whether the results are b
 equal. Sizes:
 
 * demo: the rollouts of the default fit's grouped CV on the demo store (16 held-out runs x
-  250 steps x batch 4, 300 examples, 320 columns = 32 tests x 10 configurations), all steps
-  returned, losses clamped, one row per transform;
+  250 steps x batch 4, 300 examples; all steps returned, losses clamped): the 12 calls of
+  ``simfluence fit`` (``DEMO_FIT_CALLS``: 160 and 32 columns) timed together, and one call of
+  320 columns (32 tests x 10 configurations) per transform;
 * simulate: bench_simulate.py --method optimizer-aware's problem (1,000 curricula x 1,000
   tests, N = 20,000, batch 8, AR, 8 hat functions, log transform, cosine lr, clamp [0, 10],
   final losses) on its first ``--sim-steps`` steps (the loop costs the same every step).
@@ -40,16 +41,17 @@ _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MK
 if not any(v in os.environ for v in _BLAS_VARS):
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-from _machine import cpu_model  # noqa: E402
-from _oa_rollout_reference import rollout_reference  # noqa: E402
+from _machine import cpu_model
+from _oa_rollout_reference import rollout_reference
 
-import simfluence_cli.model.optimizer_aware as oa  # noqa: E402
-from simfluence_cli.io.synthetic import make_params  # noqa: E402
+import simfluence_cli.model.optimizer_aware as oa
+from simfluence_cli.cli._malloc import tune_malloc
+from simfluence_cli.io.synthetic import make_params
 
 
-def demo_problem(transform: str):
-    """(args, kwargs) of one CV rollout at the demo store's size."""
-    C, T, b, n, m = 16, 250, 4, 300, 320
+def demo_problem(transform: str, m: int = 320):
+    """(args, kwargs) of one CV rollout at the demo store's size, ``m`` columns."""
+    C, T, b, n = 16, 250, 4, 300
     rng = np.random.default_rng(0)
     A, B = make_params(n, m, b, seed=0)
     idx = np.stack([rng.permutation(np.resize(rng.permutation(n), T * b)) for _ in range(C)])
@@ -83,18 +85,24 @@ def simulate_problem(steps: int):
     return args, {"final": True}
 
 
-def ab(label: str, args, kwargs, repeat: int) -> tuple:
-    """Alternate main's loop and this tree's; the table row and bit-for-bit equality."""
+#: the default fit's CV rollouts on the demo store (columns, transform), as measured by wrapping
+#: optimizer_aware.rollout in `simfluence fit --store demo-store --runs fit` (16 x 250 x 4 each)
+DEMO_FIT_CALLS = [(160, "identity")] * 3 + [(32, "identity"), (32, "log"), (32, "logodds")] * 3
+
+
+def ab(label: str, problems, repeat: int) -> tuple:
+    """Alternate main's loop and this tree's over ``problems`` ((args, kwargs) each, timed
+    together); the table row and bit-for-bit equality of every result."""
     cpu = {"main": [], "branch": []}
-    outs = {}
+    outs = {"main": [], "branch": []}
     for _ in range(repeat):
         for name, fn in (("main", rollout_reference), ("branch", oa.rollout)):
             c0 = time.process_time()
-            outs[name] = fn(*args, **kwargs)
+            outs[name] = [fn(*args, **kwargs) for args, kwargs in problems]
             cpu[name].append(time.process_time() - c0)
-    same = bool(
-        np.array_equal(outs["main"].view(np.uint64), outs["branch"].view(np.uint64))
-        or np.array_equal(outs["main"], outs["branch"], equal_nan=True)
+    same = all(
+        np.array_equal(x.view(np.uint64), y.view(np.uint64)) or np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(outs["main"], outs["branch"])
     )
     med = {k: statistics.median(v) for k, v in cpu.items()}
     return (
@@ -117,21 +125,26 @@ def main() -> None:
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()},")
     print(f"  numpy {np.__version__}; load average {os.getloadavg()}")
-    print("  OPENBLAS_NUM_THREADS =", os.environ.get("OPENBLAS_NUM_THREADS"))
+    print("  OPENBLAS_NUM_THREADS =", os.environ.get("OPENBLAS_NUM_THREADS"), end="; ")
+    print("malloc thresholds as the CLI's (cli/_malloc.py):", tune_malloc())
     rows = []
+    calls = [demo_problem(tr, m) for m, tr in DEMO_FIT_CALLS]
+    rows.append(ab("demo fit's 12 CV rollouts (3 x 160 + 9 x 32 columns)", calls, a.repeat))
+    print(rows[-1], flush=True)
     for tr in ("identity", "log", "logodds"):
-        args, kw = demo_problem(tr)
-        rows.append(ab(f"demo CV rollout, {tr}", args, kw, a.repeat))
+        rows.append(ab(f"demo CV rollout, 320 columns, {tr}", [demo_problem(tr)], a.repeat))
         print(rows[-1], flush=True)
     if not a.skip_sim:
-        args, kw = simulate_problem(a.sim_steps)
-        rows.append(ab(f"simulate, first {a.sim_steps} steps", args, kw, a.sim_repeat))
+        prob = [simulate_problem(a.sim_steps)]
+        rows.append(ab(f"simulate, first {a.sim_steps} steps", prob, a.sim_repeat))
         print(rows[-1], flush=True)
     print("\n| rollout | main CPU s best / median | branch CPU s best / median "
           "| CPU ratio main / branch (medians) | bit for bit | load |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print("| " + " | ".join(str(v) if not isinstance(v, float) else f"{v:.1f}" for v in r) + " |")
+        print(
+            "| " + " | ".join(str(v) if not isinstance(v, float) else f"{v:.1f}" for v in r) + " |"
+        )
 
 
 if __name__ == "__main__":

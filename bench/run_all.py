@@ -38,6 +38,7 @@ ORDER = [
     "dad",
     "counterfactual",
     "cv_demo",
+    "oa_numpy",
     "calibration",
     "change_intervals",
     "plan",

@@ -183,3 +183,26 @@ def test_out_of_range_indices_raise_index_error_as_before():
             rollout_reference(*args, *rest)
         with pytest.raises(IndexError):
             numpy_rollout(*args, *rest)
+
+
+def test_diverging_rollout_on_threads_warns_nothing():
+    """An unclipped rollout that overflows, in column chunks on two threads: no RuntimeWarning
+    (numpy's error state is per thread) and the losses saturate as before."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    n, m, C, T = 5, 6, 3, 30
+    args = (rng.normal(0, 1e305, (n, m)), rng.normal(0, 1e305, (n, m)), np.full(m, 1.5))
+    args += (np.zeros((m, 0)), rng.integers(0, n, (C, T, 2)), np.ones((C, T)), np.zeros((T, 0)))
+    args += (np.ones(m), "log", None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = numpy_rollout(*args, chunk_cols=1, threads=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(over="warn"):  # what the threads would do
+            _ = args[0] * 1e10
+    assert len(caught) == 1  # such parameters times a loss do overflow
+    want = rollout_reference(*args)
+    assert (want[:, -1] > 1e300).any() and (want[:, -1] == 0).any()  # saturated both ways
+    assert_bitwise(got, want)

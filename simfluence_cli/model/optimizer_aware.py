@@ -434,6 +434,10 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
     spans = [(s, min(m, s + width)) for s in range(0, m, width)]
 
     def run(span):
+        with np.errstate(over="ignore", invalid="ignore"):  # per thread (a context variable)
+            roll(span)
+
+    def roll(span):
         s, e = span
         k = e - s
         Pa = np.zeros((n1, k))
@@ -492,13 +496,12 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
             out[:, s:e] = inverse(Y[0], transform)
 
     threads = default_threads() if threads is None else max(1, int(threads))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if threads == 1 or len(spans) == 1:
-            for sp in spans:
-                run(sp)
-        else:
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(run, spans))
+    if threads == 1 or len(spans) == 1:
+        for sp in spans:
+            run(sp)
+    else:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(run, spans))
     return out
 
 
