@@ -1,7 +1,7 @@
 """The optimizer-aware numpy rollout: main's loop vs this tree's, A/B in one process.
 
     .venv/bin/python bench/bench_oa_numpy.py                       # demo + simulate sizes
-    .venv/bin/python bench/bench_oa_numpy.py --sim-steps 50 --repeat 5
+    .venv/bin/python bench/bench_oa_numpy.py --sim-steps 200 --sim-repeat 2
 
 ``optimizer_aware.rollout`` with SIMFLUENCE_KERNELS=numpy (this tree) against
 ``tests/_oa_rollout_reference.py`` (the numpy loop of main 4213dd6, verbatim), alternating,
@@ -117,7 +117,7 @@ def ab(label: str, problems, repeat: int) -> tuple:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=25)
     ap.add_argument("--sim-steps", type=int, default=40)
     ap.add_argument("--sim-repeat", type=int, default=3)
     ap.add_argument("--skip-sim", action="store_true")
