@@ -39,6 +39,7 @@ ORDER = [
     "dad",
     "counterfactual",
     "cv_demo",
+    "oa_numpy",
     "calibration",
     "change_intervals",
     "plan",

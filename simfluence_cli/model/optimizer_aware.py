@@ -357,7 +357,9 @@ def rollout(
     from instead of (forward(L0), 0), e.g. mid-curriculum (then idx, w, phi from that step).
     Large problems run the compiled kernel (``model._kernels``; the same choice and the same
     results, bit for bit, as :func:`simfluence_cli.model.rollout.rollout`'s); ``threads``:
-    its threads (default ``solvers.default_threads``).
+    its threads (default ``solvers.default_threads``). The numpy path runs on one thread
+    unless ``threads`` is given (its column chunks then share them: at 1,000 curricula x 1,000
+    tests two threads take ~0.7x the wall time for ~1.3x the CPU seconds).
     """
     C, T, _ = idx.shape
     m = a.shape[1]
@@ -382,31 +384,135 @@ def rollout(
             for c in range(C if transform != "identity" else 0):  # in place, no second array
                 got[c, 1:] = inverse(got[c, 1:], transform)
             return got
-    Pa = np.vstack([a, np.zeros((1, m))])
-    Pb = np.vstack([B, np.zeros((1, m))])
+    return _rollout_numpy(a, B, rho, drift, w, idx, y, d, L0, transform, ylo, yhi, final, threads)
+
+
+#: below 64 curricula (where ``model.rollout.chunk_cols`` does not narrow the chunks for cache),
+#: a column chunk holds at least this many curricula x columns: fewer, larger numpy calls per step
+OA_CHUNK_CELLS = 2**15
+#: bytes of batch sums gathered at once (a block of steps; at least one step): ~L2-sized blocks
+#: gather ~2x faster than all steps at once on the demo store's CV rollouts
+OA_GATHER_BYTES = 2**19
+
+
+def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, final, threads):
+    """``rollout``'s numpy path from the transformed state (y0, d0), bit for bit the numpy loop
+    it replaced: per column chunk and block of steps, the batch sums of a and B are gathered
+    for every step of the block at once (slot 0, 1, ... added in order, as
+    ``model.rollout.rollout``), then each step is computed in place, in the order of
+    ``inc = w * (sa * y + sb) + rho * d + drift[t]; new = y + inc``, into a (steps + 1, C,
+    columns) trajectory buffer that is mapped back to losses a block at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from simfluence_cli.model.rollout import chunk_cols
+
+    C, T, nb = idx.shape
+    m = a.shape[1]
+    n1 = a.shape[0] + 1  # the zero row read by -1 (padding)
+    if idx.size and (idx.max() >= n1 or idx.min() < -n1):
+        raise IndexError(f"index {int(idx.max())} is out of bounds for a table of {n1} rows")
+    # checked above, so "wrap" only maps -1 (padding) to the zero row: np.take's default
+    # mode="raise" buffers its output (~2x the cost of the gather)
+    slots = np.ascontiguousarray(idx.transpose(2, 1, 0))  # (b, T, C)
+    active = (idx >= 0).any(axis=2).T  # (T, C)
+    all_active = active.all(axis=1)  # (T,)
+    inactive = ~active[:, :, None]
+    wT = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T)[:, :, None]  # (T, C, 1)
+    # the clamp is np.clip's: its loop over the tests gives the bound on a tie of signed zeros,
+    # as np.maximum / np.minimum (a third of its cost) do in every loop; when the bounds do not
+    # vary along that loop (one test, scalar bounds) np.clip's scalar loop keeps x instead
+    clip_scalar = ylo is not None and (m == 1 or any(np.shape(v)[-1:] != (m,) for v in (ylo, yhi)))
+    rho, ylo, yhi = (
+        v if np.ndim(v) == 0 else np.broadcast_to(v, (m,) if np.ndim(v) == 1 else (C, m))
+        for v in (rho, -_FMAX if ylo is None else ylo, _FMAX if yhi is None else yhi)
+    )
     out = np.empty((C, m) if final else (C, T + 1, m))
     if not final:
         out[:, 0] = L0
-    active = (idx >= 0).any(axis=2)  # (C, T)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(T):
-            ix = idx[:, t, :]
-            sa = Pa[ix].sum(axis=1)
-            sb = Pb[ix].sum(axis=1)
-            inc = w[:, t, None] * (sa * y + sb) + rho * d + drift[t]
-            new = y + inc
-            if ylo is not None:
-                np.clip(new, ylo, yhi, out=new)
-            else:
-                np.clip(new, -_FMAX, _FMAX, out=new)
-            act = active[:, t, None]
-            d = np.where(act, new - y, d)
-            y = np.where(act, new, y)
+    width = chunk_cols(a.shape[0], C)
+    if C < 64:
+        width = max(width, OA_CHUNK_CELLS // max(C, 1))
+    spans = [(s, min(m, s + width)) for s in range(0, m, width)]
+
+    def run(span):
+        with np.errstate(over="ignore", invalid="ignore"):  # per thread (a context variable)
+            roll(span)
+
+    def roll(span):
+        s, e = span
+        k = e - s
+        Pa = np.zeros((n1, k))
+        Pa[:-1] = a[:, s:e]
+        Pb = np.zeros((n1, k))
+        Pb[:-1] = B[:, s:e]
+        steps = max(1, min(T, OA_GATHER_BYTES // max(1, C * k * 8)))
+        sa, sb = np.zeros((steps, C, k)), np.zeros((steps, C, k))  # stay 0 with no batch slots
+        tmp = np.empty((steps, C, k))
+        Y = np.empty((steps + 1, C, k))  # Y[0]: y before the block, Y[i + 1]: after its step i
+        Y[0] = y0[:, s:e]
+        d = np.array(d0[:, s:e], dtype=np.float64)
+        mem = np.empty((C, k))
+        drift_c = np.ascontiguousarray(drift[:, s:e])
+        rho_c, lo_c, hi_c = (
+            v if np.ndim(v) == 0 else np.ascontiguousarray(v[..., s:e]) for v in (rho, ylo, yhi)
+        )
+        if clip_scalar:  # as given: np.clip takes the loop it took on them
+            lo_c, hi_c = (v if np.ndim(v) == 0 else v[..., s:e] for v in (ylo, yhi))
+        for t0 in range(0, T, steps):
+            t1 = min(T, t0 + steps)
+            q = t1 - t0
+            for P, acc in ((Pa, sa), (Pb, sb)) if nb else ():
+                np.take(P, slots[0, t0:t1], axis=0, out=acc[:q], mode="wrap")
+                for j in range(1, nb):
+                    np.take(P, slots[j, t0:t1], axis=0, out=tmp[:q], mode="wrap")
+                    acc[:q] += tmp[:q]
+            for i in range(q):
+                t = t0 + i
+                y, new = Y[i], Y[i + 1]
+                np.multiply(sa[i], y, out=new)
+                new += sb[i]
+                new *= wT[t]
+                np.multiply(rho_c, d, out=mem)
+                new += mem
+                new += drift_c[t]
+                new += y  # y + inc (addition commutes exactly)
+                if clip_scalar:
+                    np.clip(new, lo_c, hi_c, out=new)
+                else:  # = np.clip(new, lo, hi): the bound on a tie, NaN if either is NaN
+                    np.maximum(new, lo_c, out=new)
+                    np.minimum(new, hi_c, out=new)
+                if all_active[t]:
+                    np.subtract(new, y, out=d)
+                else:
+                    np.subtract(new, y, out=mem)
+                    np.copyto(d, mem, where=active[t][:, None])
+                    np.copyto(new, y, where=inactive[t])
+            Y[0] = Y[q]  # the next block starts from this y
             if not final:
-                out[:, t + 1] = inverse(y, transform)
-    if final:
-        out[:] = inverse(y, transform)
+                block = Y[1 : q + 1]
+                if transform != "identity":
+                    _inverse_into(block, transform)
+                out[:, t0 + 1 : t1 + 1, s:e] = block.transpose(1, 0, 2)
+        if final:
+            out[:, s:e] = inverse(Y[0], transform)
+
+    threads = 1 if threads is None else max(1, int(threads))
+    if threads == 1 or len(spans) == 1:
+        for sp in spans:
+            run(sp)
+    else:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(run, spans))
     return out
+
+
+def _inverse_into(v: np.ndarray, transform: str) -> None:
+    """v = inverse(v, transform) in place (the same arithmetic)."""
+    if transform == "log":
+        np.minimum(v, 700.0, out=v)
+        np.exp(v, out=v)
+    else:
+        np.logaddexp(0.0, v, out=v)
 
 
 def curriculum_weights(sched: Schedule, idx: np.ndarray, lr=None) -> np.ndarray:
