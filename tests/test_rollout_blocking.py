@@ -1,7 +1,9 @@
-"""Cache-blocked column chunks of the rollout kernel: narrower only for big tables and many
-curricula, and bit-identical to the unblocked rollout."""
+"""The Linear numpy rollout's gathers: cache-blocked column chunks (narrower only for big tables
+and many curricula, bit-identical to the unblocked rollout), and the index table checked once
+(then gathered with np.take's unbuffered mode="wrap": the same rows as Python indexing)."""
 
 import numpy as np
+import pytest
 
 import simfluence_cli.model.rollout as ro
 
@@ -48,3 +50,26 @@ def test_float32_path_stays_within_1e_7_of_float64():
     f32 = ro.rollout(A, B, idx, L0, "linear", None, None, final=True, precision="float32")
     rel = np.max(np.abs(f32 - f64)) / np.max(np.abs(f64))
     assert 0 < rel < 1e-7
+
+
+def test_indices_read_the_rows_python_indexing_reads_and_out_of_range_raises():
+    rng = np.random.default_rng(3)
+    n, m = 5, 4
+    A, B = rng.uniform(0.2, 0.3, (n, m)), rng.normal(0, 0.1, (n, m))
+    L0 = rng.uniform(1, 2, (2, m))
+    idx = rng.integers(0, n, (2, 6, 3))
+    idx[0, 2, 1] = -1  # padding: the zero row
+    idx[1, 4, :] = -1  # an all-padding step: the loss stays
+    negative = idx.copy()
+    negative[0, 3, 0], negative[1, 1, 2] = -2, -(n + 1)  # rows n - 1 and 0 of the n + 1 rows
+    positive = idx.copy()
+    positive[0, 3, 0], positive[1, 1, 2] = n - 1, 0
+    want = ro.rollout(A, B, positive, L0, "linear", None, None, threads=1)
+    got = ro.rollout(A, B, negative, L0, "linear", None, None, threads=1)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want[1, 5], want[1, 4])  # the all-padding step
+    for bad in (n + 1, -(n + 2)):
+        wrong = idx.copy()
+        wrong[1, 5, 0] = bad
+        with pytest.raises(IndexError):
+            ro.rollout(A, B, wrong, L0, "linear", None, None, threads=1)

@@ -156,6 +156,11 @@ def rollout(
 
     C, T, _ = idx.shape
     m = A.shape[1]
+    n1 = A.shape[0] + 1  # the zero row read by -1 (padding)
+    if idx.size and (idx.max() >= n1 or idx.min() < -n1):
+        raise IndexError(f"index {int(idx.max())} is out of bounds for a table of {n1} rows")
+    # checked above, so "wrap" only maps -1 (padding) to the zero row: np.take's default
+    # mode="raise" buffers its output (~2x the cost of the gather)
     idx = np.ascontiguousarray(idx.transpose(1, 2, 0))  # (T, b, C): one contiguous gather list
     active = (idx >= 0).any(axis=1)  # (T, C)
     all_active = bool(active.all())
@@ -195,9 +200,9 @@ def rollout(
         with np.errstate(over="ignore", invalid="ignore"):  # unclipped rollouts may diverge
             for t in range(T):
                 ix = idx[t]
-                np.take(P, ix[0], axis=0, out=acc)
+                np.take(P, ix[0], axis=0, out=acc, mode="wrap")
                 for j in range(1, ix.shape[0]):
-                    np.take(P, ix[j], axis=0, out=tmp)
+                    np.take(P, ix[j], axis=0, out=tmp, mode="wrap")
                     acc += tmp
                 if additive:
                     np.add(L, acc, out=new)
