@@ -336,6 +336,7 @@ def test_novelty_on_the_sample_families(tmp_path):
         assert nv.score([run_batches(rs, r) for r in rs.run_ids])["flag"].sum() == flagged
 
 
+@pytest.mark.slow
 @given(
     hs.lists(
         hs.lists(hs.integers(0, 12), min_size=1, max_size=4, unique=True), min_size=2, max_size=40

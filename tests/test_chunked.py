@@ -162,6 +162,7 @@ def test_cli_top_chunked_equals_one_chunk(setup, monkeypatch, measure):
         _close(two, one)
 
 
+@pytest.mark.slow
 def test_cli_simulate_chunked_equals_one_chunk(setup, monkeypatch, tmp_path):
     path, st, sim, _ = setup
     run = st.load(list(sim.run_ids_)[:1]).runs[0]

@@ -78,6 +78,7 @@ def test_plain_coercion_equals_typer_on_examples():
     assert answered > 500  # the plain path does answer (ints, floats, strings, paths, choices)
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(
     st.sampled_from(range(len(PARAMS))),
@@ -104,6 +105,7 @@ def test_install_is_idempotent_per_parameter():
     assert install(p) is False  # installed when the command was built
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [

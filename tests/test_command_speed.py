@@ -36,6 +36,7 @@ def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(
     arrays(
@@ -69,6 +70,7 @@ def test_eval_modules_do_not_import_scipy_stats():
     assert _loaded_after(code, ("scipy.stats",)) == []
 
 
+@pytest.mark.slow
 def test_loading_a_model_does_not_import_scipy():
     # the normal equations (scipy.sparse) and the dense solver (scipy.linalg) load when fitting
     code = "import simfluence_cli.store.saved_models, simfluence_cli.model.simulator"
@@ -104,6 +106,7 @@ def test_read_parquet_equals_read_table(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_loading_a_model_imports_neither_pandas_nor_pyarrow_dataset(tmp_path):
     st, sim = _small_store(tmp_path)
     code = (
@@ -155,6 +158,7 @@ def test_fit_and_save_do_not_import_pandas(tmp_path):
     assert _loaded_after(code, ("pandas", "pyarrow.dataset", "pyarrow.compute")) == []
 
 
+@pytest.mark.slow
 def test_verify_and_batch_sizes_import_neither_pandas_nor_pyarrow_compute(tmp_path):
     from simfluence_cli.io.synthetic import make_runs
     from simfluence_cli.model.simulator import Simulator

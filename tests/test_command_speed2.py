@@ -111,6 +111,7 @@ def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
     return out.stdout.split()
 
 
+@pytest.mark.slow
 def test_loading_model_columns_and_store_info_do_not_import_numpy_ma(tmp_path):
     # numpy 2.4's np.unique(x) imports numpy.ma (~0.015 s) to check for a masked array
     from simfluence_cli.io.synthetic import make_runs

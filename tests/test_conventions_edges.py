@@ -76,6 +76,7 @@ def test_validation_messages_have_no_library_prefix(store):
     assert r.exit_code == 2 and "Input should be" not in r.stderr and "must be" in r.stderr
 
 
+@pytest.mark.slow
 def test_every_output_file_prints_one_wrote_line(store, tmp_path):
     cur = tmp_path / "c.txt"
     cur.write_text("e0 e1\ne2 e3\n")

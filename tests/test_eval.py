@@ -183,6 +183,7 @@ def test_eval_breakdowns_and_csv(store):
     assert "mean-trajectory" in res.stdout and "spearman" in res.stdout and "lin " in res.stdout
 
 
+@pytest.mark.slow
 def test_eval_errors(store):
     res = _run(["eval", "--store", str(store), "-m", "nope"])
     assert res.exit_code == 1 and "no model named 'nope'" in res.stderr

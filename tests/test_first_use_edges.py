@@ -187,6 +187,7 @@ def test_plan_names_its_directory_once(store, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["plan-000.txt", "plan-001.txt"]
 
 
+@pytest.mark.slow
 def test_a_stale_model_is_named_once_by_the_commands_that_use_it(tmp_path):
     path = tmp_path / "store"
     rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)
@@ -241,6 +242,7 @@ def test_refit_after_a_data_change_says_the_data_changed(tmp_path):
     assert cli(*fit, "--replace").exit_code == 0
 
 
+@pytest.mark.slow
 def test_info_marks_a_stale_model(tmp_path):
     path = tmp_path / "store"
     rs, _, _ = make_runs(6, 3, 3, 8, 2, seed=1)

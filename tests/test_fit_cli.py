@@ -116,6 +116,7 @@ def test_refit_same_is_noop_and_different_is_refused(store):
     )
 
 
+@pytest.mark.slow
 def test_fit_usage_errors(store, tmp_path):
     for args, code in (
         (["--l2", "-1"], 2),

@@ -74,6 +74,7 @@ def test_numba_kernel_equals_numpy_path(problem, final, threads):
     assert np.isfinite(got).all()
 
 
+@pytest.mark.slow
 @needs_numba
 def test_numba_kernel_nan_in_losses_and_bounds_propagates_like_numpy(monkeypatch):
     rng = np.random.default_rng(3)
@@ -402,6 +403,7 @@ def test_oa_simulate_with_unseen_prior_row_same_on_both_paths(monkeypatch):
     assert np.isnan(got[1, 4:]).all() and np.isfinite(got[1, :4]).all()
 
 
+@pytest.mark.slow
 @given(
     st.integers(1, 300), st.integers(1, 50), st.integers(1, 9), st.integers(1, 200),
     st.integers(1, 4), st.sampled_from([1, 10**3, 10**5, 4 * 10**8]),

@@ -286,6 +286,7 @@ def test_invalid_lr_and_optimizer(tmp_path, bad):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ingest_accepts_lr_and_optimizer(tmp_path):
     """encoding A: "lr" on steps and "optimizer" on step 0 are accepted (and not stored yet)."""
     from typer.testing import CliRunner

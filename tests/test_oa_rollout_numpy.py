@@ -103,6 +103,7 @@ def problems(draw):
     return args, kw, layout
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(problems())
 def test_numpy_rollout_equals_the_former_loop_bitwise(p):

@@ -29,6 +29,7 @@ def _true_rel(s: OAChunkSystem, l2: float, U: np.ndarray) -> np.ndarray:
     return np.linalg.norm(res, axis=0) / np.linalg.norm(s.rhs, axis=0)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ar=st.booleans(),

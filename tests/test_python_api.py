@@ -213,6 +213,7 @@ def test_store_models_mapping(store):
     assert [m["name"] for m in list_models(store)] == ["lin"]  # the old function agrees
 
 
+@pytest.mark.slow
 def test_delete_respects_another_process_write_lock(store, monkeypatch):
     import subprocess
     import sys

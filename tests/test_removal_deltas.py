@@ -24,6 +24,7 @@ def _apply(f, x):
     return min(max(a * x + b, lo), hi)
 
 
+@pytest.mark.slow
 @given(st.data(), finite)
 def test_composition_of_clamped_affine_maps_is_a_clamped_affine_map(data, x):
     """clip(c clip(a x + b, l, h) + d, l2, h2) == clip(a' x + b', l', h') with l' <= h',

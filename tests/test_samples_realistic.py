@@ -42,6 +42,10 @@ def all_files(d: Path):
     }
 
 
+# generating the tiny families and ingesting them takes seconds: not in the quick loop
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module", params=gen.LOOP_FAMILIES)
 def family(request, tmp_path_factory):
     fam = request.param

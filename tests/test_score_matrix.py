@@ -182,6 +182,7 @@ def test_cli_matrix_usage_errors(tmp_path, store_and_scores):
     assert r.exit_code == 2 and "score matrices" in r.output
 
 
+@pytest.mark.slow
 def test_cli_subprocess_one_line_error(tmp_path, store_and_scores):
     store, rs, S_ex = store_and_scores
     np.save(tmp_path / "scores.npy", S_ex.T)

@@ -269,6 +269,7 @@ def _write_lock(root: Path, pid: int):
     )
 
 
+@pytest.mark.slow
 def test_live_lock_blocks_writers(tmp_path, runs):
     root = tmp_path / "s"
     store = RunStore(root, create=True)

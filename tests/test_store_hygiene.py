@@ -95,6 +95,7 @@ def test_reingest_with_replace_leaves_one_generation_of_run_files(store, tmp_pat
     assert on_disk == named
 
 
+@pytest.mark.slow
 def test_strays_after_a_crash_are_reported_and_repaired(store):
     assert cli("fit", "--store", store, "--l2", "0.1", "-n", "m").exit_code == 0
     d = store / "models" / "m"

@@ -82,6 +82,7 @@ def test_numbers_right_aligned_with_four_significant_digits():
     assert _output._fmt_cell(3) == "3"
 
 
+@pytest.mark.slow
 def test_eval_column_names_are_the_same_in_every_format(store):
     csv = cli(
         "eval", "-m", "m", "--store", store, "--runs", "all", "--allow-fitting-runs", "-f", "csv"
@@ -133,6 +134,7 @@ def test_simulate_on_a_terminal_prints_first_and_last_steps(store, tmp_path, mon
     assert len([ln for ln in full.stdout.splitlines() if ln.startswith("│")]) >= 41 * 3
 
 
+@pytest.mark.slow
 def test_whatif_summary_comes_after_the_table(store):
     import os
     import subprocess

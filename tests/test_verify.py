@@ -291,6 +291,7 @@ def test_damaged_model_is_one_line_error_and_replace_fixes_it(store, tmp_path, d
     assert findings(store)[1] == []
 
 
+@pytest.mark.slow
 def test_lost_partition_is_named_and_replace_of_the_same_source_repairs_it(store, runs, tmp_path):
     from simfluence_cli.io.synthetic import write_jsonl
 

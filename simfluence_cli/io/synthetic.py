@@ -141,6 +141,8 @@ def runs_to_tables(runs: RunSet):
     """Encoding B as two pyarrow tables: curriculum (run, step, example_id) and losses."""
     import pyarrow as pa
 
+    from simfluence_cli.io._arrow import arrow_numbers, arrow_strings
+
     cr, cs, ce, lr, ls, lt, lv = [], [], [], [], [], [], []
     for run in runs.runs:
         n = len(run.batch_idx)
@@ -152,20 +154,23 @@ def runs_to_tables(runs: RunSet):
         ls.append(run.loss_steps[k])
         lt.append(runs.test_ids[j])
         lv.append(run.losses[k, j])
-    cur = pa.table(
-        {
-            "run": pa.array(np.concatenate(cr).tolist(), pa.string()),
-            "step": np.concatenate(cs).astype(np.int64),
-            "example_id": pa.array(np.concatenate(ce).tolist(), pa.string()),
-        }
+    # the project's builders: pa.array() / pa.table(dict) import pandas when it is installed
+    cur = pa.Table.from_arrays(
+        [
+            arrow_strings(np.concatenate(cr)),
+            arrow_numbers(np.concatenate(cs).astype(np.int64)),
+            arrow_strings(np.concatenate(ce)),
+        ],
+        names=["run", "step", "example_id"],
     )
-    los = pa.table(
-        {
-            "run": pa.array(np.concatenate(lr).tolist(), pa.string()),
-            "step": np.concatenate(ls).astype(np.int64),
-            "test_id": pa.array(np.concatenate(lt).tolist(), pa.string()),
-            "loss": np.concatenate(lv),
-        }
+    los = pa.Table.from_arrays(
+        [
+            arrow_strings(np.concatenate(lr)),
+            arrow_numbers(np.concatenate(ls).astype(np.int64)),
+            arrow_strings(np.concatenate(lt)),
+            arrow_numbers(np.concatenate(lv)),
+        ],
+        names=["run", "step", "test_id", "loss"],
     )
     return cur, los
 
