@@ -33,7 +33,7 @@ def pytest_ignore_collect(collection_path, config):
 
 
 #: a ``sweep`` test's cases that the quick loop (``-m "not slow"``) runs: every SWEEP_STRIDE-th
-SWEEP_STRIDE = 4
+SWEEP_STRIDE = 8
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
