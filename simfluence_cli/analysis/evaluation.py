@@ -222,7 +222,8 @@ def encode_runs(
             raise ModelError(
                 f"{len(bad)} training example(s) of the evaluated runs were never seen in the "
                 f"model's fitting runs: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; "
-                "choose --unseen prior (no effect beyond the prior) or --unseen skip"
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip "
+                "(unseen='prior' / 'skip' in Python)"
             )
     return idx, [r.n_steps for r in run_list]
 

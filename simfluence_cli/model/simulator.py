@@ -627,7 +627,8 @@ class Simulator:
             raise ModelError(
                 f"{len(uniq)} training example(s) have no fitted parameters (never trained on in "
                 f"the fitting runs): {', '.join(uniq[:10])}{' ...' if len(uniq) > 10 else ''}; "
-                "choose --unseen prior (no effect beyond the prior) or --unseen skip"
+                "choose --unseen prior (no effect beyond the prior) or --unseen skip "
+                "(unseen='prior' / 'skip' in Python)"
             )
         code = dict(zip(vocab, where.tolist()))
         # one flat pass over all IDs, then scattered into (C, T, b): the layout of
