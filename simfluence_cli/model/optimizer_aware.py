@@ -59,13 +59,16 @@ def forward(L: np.ndarray, transform: str) -> np.ndarray:
     raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
 
 
-def inverse(y: np.ndarray, transform: str) -> np.ndarray:
-    """L = f^-1(y)."""
+def inverse(y: np.ndarray, transform: str, out: np.ndarray | None = None) -> np.ndarray:
+    """L = f^-1(y) (into ``out`` when given, which may be ``y`` itself)."""
     if transform == "identity":
-        return y
+        if out is None or out is y:
+            return y
+        np.copyto(out, y)
+        return out
     if transform == "log":
-        return np.exp(np.minimum(y, 700.0))
-    return np.logaddexp(0.0, y)  # softplus = log(1 + e^y)
+        return np.exp(np.minimum(y, 700.0, out=out), out=out)
+    return np.logaddexp(0.0, y, out=out)  # softplus = log(1 + e^y)
 
 
 def hat_basis(steps: np.ndarray, n_basis: int, T_ref: int) -> np.ndarray:
@@ -490,8 +493,7 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
             Y[0] = Y[q]  # the next block starts from this y
             if not final:
                 block = Y[1 : q + 1]
-                if transform != "identity":
-                    _inverse_into(block, transform)
+                inverse(block, transform, out=block)
                 out[:, t0 + 1 : t1 + 1, s:e] = block.transpose(1, 0, 2)
         if final:
             out[:, s:e] = inverse(Y[0], transform)
@@ -504,15 +506,6 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(run, spans))
     return out
-
-
-def _inverse_into(v: np.ndarray, transform: str) -> None:
-    """v = inverse(v, transform) in place (the same arithmetic)."""
-    if transform == "log":
-        np.minimum(v, 700.0, out=v)
-        np.exp(v, out=v)
-    else:
-        np.logaddexp(0.0, v, out=v)
 
 
 def curriculum_weights(sched: Schedule, idx: np.ndarray, lr=None) -> np.ndarray:
