@@ -472,6 +472,9 @@ def test_ctrl_c_interrupts_a_long_compiled_rollout_promptly(kind):
     p = subprocess.Popen(
         [sys.executable, "-c", _LONG_ROLLOUT, kind],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal delivers it, whatever the suite inherited (a background job
+        # starts with SIGINT ignored, and so would every child)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert p.stdout.readline().strip() == "go", p.stderr.read()

@@ -200,7 +200,15 @@ def test_ctrl_c_at_any_moment(fixture_store):
     cmd = SF + ["fit", "--store", str(work), "--l2", "auto", "-n", "m3", "--replace"]
     got = []
     for delay in (0.02, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.5):
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # Ctrl-C as a terminal delivers it, whatever the suite inherited (a background
+            # job starts with SIGINT ignored, and so would every child)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
