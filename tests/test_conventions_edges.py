@@ -4,6 +4,7 @@ top's default test, provenance of imported scores, the l2 auto fallback, packagi
 
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -66,6 +67,41 @@ def test_help_shows_no_internal_types_and_lists_choices(name):
         m = re.match(r"\s+(?:-\w, )?(--(?:format|unseen|method|mode|by|prior|clip))\s+(\S+)", line)
         if m:
             assert m.group(2).startswith("[") and "|" in m.group(2), line
+
+
+@pytest.mark.parametrize(
+    "args, says, command",
+    [
+        (["fitt"], "No such command 'fitt'. Did you mean 'fit'?", "simfluence"),
+        (["fit", "--bogus"], "No such option: --bogus", "simfluence fit"),
+        (
+            ["simulate", "-m", "m", "--interval", "1.5", "-"],
+            "strictly between 0 and 1",
+            "simfluence simulate",
+        ),
+        (["top"], "Missing option '--model' / '-m'", "simfluence top"),
+        (["simulate"], "Missing argument 'CURRICULUM'", "simfluence simulate"),
+        (["--bogus"], "No such option: --bogus", "simfluence"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(store, args, says, command):
+    """Like the tool's own errors: 'error: ... (see ... --help)', exit 2, nothing else."""
+    r = cli(
+        *args[:1], *(["--store", store] if args[0] in ("fit", "simulate", "top") else []), *args[1:]
+    )
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr  # one line
+    assert r.stderr.startswith("error: ") and says in r.stderr, r.stderr
+    assert r.stderr.strip().endswith(f"(see '{command} --help')"), r.stderr
+
+
+def test_usage_error_is_one_line_from_the_installed_command():
+    exe = Path(sys.executable).with_name("simfluence")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "simfluence_entry"]
+    r = subprocess.run([*cmd, "fit", "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: No such option: --bogus")
+    assert r.stderr.endswith(" (see 'simfluence fit --help')\n"), r.stderr
 
 
 def test_validation_messages_have_no_library_prefix(store):

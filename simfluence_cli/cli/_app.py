@@ -70,7 +70,18 @@ class _Group(TyperGroup):
         flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
         if flags:
             args = flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            one_line_usage_error(exc)
+            raise
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:  # an unknown command (with typer's "Did you mean ...?")
+            one_line_usage_error(exc)
+            raise
 
 
 class _Command(TyperCommand):
@@ -111,7 +122,25 @@ class _Command(TyperCommand):
             msg = getattr(exc, "message", None)
             if isinstance(msg, str):
                 exc.message = plain_validation_message(msg)
+            one_line_usage_error(exc)
             raise
+
+
+def one_line_usage_error(exc: BaseException) -> None:
+    """Show a usage error of the command-line parser (click's UsageError: exit code 2, with
+    the context it arose in) as one line on stderr, like every other error of the tool:
+    ``error: <what is wrong> (see 'simfluence fit --help')`` instead of the usage line, a hint
+    line, a blank line and ``Error: ...``. Other exceptions are left alone."""
+    ctx = getattr(exc, "ctx", None)
+    if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+        return
+    fix = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+
+    def show(file=None) -> None:
+        msg = exc.format_message()
+        print(f"error: {msg[:-1] if msg.endswith('.') else msg}{fix}", file=file or sys.stderr)
+
+    exc.show = show
 
 
 _VALIDATOR_PREFIXES = ("Value error, ", "Assertion failed, ", "Input should be ")
