@@ -136,9 +136,13 @@ def one_line_usage_error(exc: BaseException) -> None:
         return
     fix = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
 
-    def show(file=None) -> None:
+    def show(file=None) -> None:  # as the tool's own errors: red on a terminal, NO_COLOR kept
         msg = exc.format_message()
-        print(f"error: {msg[:-1] if msg.endswith('.') else msg}{fix}", file=file or sys.stderr)
+        line = f"error: {msg[:-1] if msg.endswith('.') else msg}{fix}"
+        if file is None or file is sys.stderr:
+            stderr_console().print(line, markup=False, style="red", soft_wrap=True)
+        else:
+            print(line, file=file)
 
     exc.show = show
 
