@@ -405,9 +405,7 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
     ``model.rollout.rollout``), then each step is computed in place, in the order of
     ``inc = w * (sa * y + sb) + rho * d + drift[t]; new = y + inc``, into a (steps + 1, C,
     columns) trajectory buffer that is mapped back to losses a block at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from simfluence_cli.model.rollout import chunk_cols
+    from simfluence_cli.model.rollout import chunk_cols, run_chunks
 
     C, T, nb = idx.shape
     m = a.shape[1]
@@ -498,13 +496,7 @@ def _rollout_numpy(a, B, rho, drift, w, idx, y0, d0, L0, transform, ylo, yhi, fi
         if final:
             out[:, s:e] = inverse(Y[0], transform)
 
-    threads = 1 if threads is None else max(1, int(threads))
-    if threads == 1 or len(spans) == 1:
-        for sp in spans:
-            run(sp)
-    else:
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(run, spans))
+    run_chunks(run, spans, 1 if threads is None else threads)
     return out
 
 

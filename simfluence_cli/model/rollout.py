@@ -150,7 +150,6 @@ def rollout(
         if got is not None:
             return got
     pdt = np.float32 if precision == "float32" else np.float64
-    from concurrent.futures import ThreadPoolExecutor
 
     from simfluence_cli.model.solvers import default_threads
 
@@ -234,14 +233,23 @@ def rollout(
         if final:
             out[:, cols] = L
 
-    threads = default_threads() if threads is None else max(1, int(threads))
+    run_chunks(run, chunks, default_threads() if threads is None else threads)
+    return out
+
+
+def run_chunks(run, chunks: list, threads: int) -> None:
+    """``run(chunk)`` for every column chunk: in this thread, or on ``threads`` threads when
+    there are more chunks than one (the numpy products release the GIL; numpy's error state
+    is per thread, so ``run`` sets its own)."""
+    threads = max(1, int(threads))
     if threads == 1 or len(chunks) == 1:
         for c in chunks:
             run(c)
-    else:
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(run, chunks))
-    return out
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(run, chunks))
 
 
 # -- exact removal deltas ---------------------------------------------------------------------
