@@ -1,8 +1,7 @@
 """An out-of-fold rollout drift correction where the time basis is on (issue 11, LM final-step gap).
 
     .venv/bin/python bench/bench_drift_correction.py [--families plain,momentum,adamw,lm]
-        [--samples DIR] [--lm-runs DIR] [--work DIR] [--json OUT.json]
-        [--out bench/RESULTS-driftcorr.md]
+        [--samples DIR] [--lm-runs DIR] [--work DIR] [--json OUT.json] [--out REPORT.md]
 
 The time basis assumes a drift shared by every curriculum, learnable from the fitting runs. Where
 that assumption is in force (the default's CV chose n_basis > 0; never on plain SGD, where the
@@ -211,6 +210,17 @@ def fit_family(st, fam: str) -> tuple[dict, dict]:
             sup.filter(RuntimeWarning)
             delta = np.nan_to_num(np.nanmean(R, axis=0))
         cv = cv_shrink(fit, R, folds)
+        row = {r: k for k, r in enumerate(fit.run_ids)}
+        F = np.stack([r.losses[-1] for r in fit.runs])
+        fold_bias, mt_shift = [], []
+        for fold in folds:  # a fold's mean final residual; its real mean minus the others'
+            inf = [row[r] for r in fold]
+            rest = np.setdiff1d(np.arange(len(fit.runs)), inf)
+            fold_bias.append(round(float(np.sqrt(np.mean(R[inf, -1].mean(0) ** 2))), 5))
+            shift = F[inf].mean(0) - F[rest].mean(0)
+            mt_shift.append(round(float(np.sqrt(np.mean(shift**2))), 5))
+        means = np.stack([R[[row[r] for r in fold], -1].mean(0) for fold in folds])
+        fold_corr = np.corrcoef(means)[np.triu_indices(len(folds), 1)]
         chosen = {w: choose_shrink(cv, w) for w in ("all", "final")}
         corr.update(
             cpu_seconds=round(time.process_time() - c0, 1),
@@ -219,6 +229,9 @@ def fit_family(st, fam: str) -> tuple[dict, dict]:
             chosen={w: {"s": s, "why": why} for w, (s, why) in chosen.items()},
             delta_final_rms=float(np.sqrt(np.mean(delta[-1] ** 2))),
             delta_final_mean=float(np.mean(delta[-1])),
+            fold_final_bias_rms=fold_bias,
+            fold_mean_shift_rms=mt_shift,
+            fold_bias_corr=[round(float(v), 2) for v in fold_corr],
         )
         models["all-1"] = Corrected(sim, delta, 1.0, "all")
         models["final-1"] = Corrected(sim, delta, 1.0, "final")
@@ -230,9 +243,12 @@ def fit_family(st, fam: str) -> tuple[dict, dict]:
     return models, {"models": notes, "correction": corr}
 
 
-def final_bias(models: dict, held, delta: np.ndarray | None) -> dict:
-    """Per-test bias of the default's final-step error shared by the held-out runs, and how
-    the out-of-fold delta's final step lines up with it (reported, not used)."""
+def final_bias(models: dict, held, delta: np.ndarray | None, fit_final_mean) -> dict:
+    """The default's final-step error on the held-out runs split per test into the bias shared
+    by the runs and the rest, beside the mean trajectory's (reported, not used for a choice):
+    with pred_r = p + e_r and real_r = y + u_r (p, y the means over the held-out runs),
+    MSE = bias^2 + var(e) + var(u) - 2 cov(e, u); the mean trajectory pays its bias^2 + var(u).
+    Also how the out-of-fold delta's final step lines up with the default's bias."""
     sim = models["optimizer-aware"]
     real = np.stack([r.losses[-1] for r in held.runs])
     tests = np.asarray(held.test_ids, dtype=object)
@@ -242,10 +258,16 @@ def final_bias(models: dict, held, delta: np.ndarray | None) -> dict:
     )
     err = pred - real
     bias = err.mean(axis=0)
+    mt_bias = fit_final_mean[cols] - real.mean(axis=0)
+    e, u = pred - pred.mean(axis=0), real - real.mean(axis=0)
     out = {
         "final_mse": float(np.mean(err**2)),
         "bias2": float(np.mean(bias**2)),
+        "pred_spread": float(np.mean(e**2)),
+        "cov_pred_real": float(np.mean(e * u)),
         "real_final_variance": float(real.var(axis=0).mean()),
+        "mt_bias2": float(np.mean(mt_bias**2)),
+        "corr_bias_vs_mt_bias": float(np.corrcoef(bias, mt_bias)[0, 1]),
     }
     if delta is not None:
         T = min(max(r.n_steps for r in held.runs), len(delta) - 1)
@@ -261,12 +283,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None)
     ap.add_argument("--samples", default=None, help="dir of the momentum/adamw families")
     ap.add_argument("--lm-runs", default=None, help="dir of the LM family (bench/lm_runs/)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-driftcorr.md"))
+    ap.add_argument("--out", default=None, help="markdown report (default: stdout)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--render", default=None, help="only re-render OUT from this --json file")
     ns = ap.parse_args(argv)
     if ns.render:
-        Path(ns.out).write_text(render(json.loads(Path(ns.render).read_text())))
+        write_report(render(json.loads(Path(ns.render).read_text())), ns.out)
         return 0
     if ns.samples:
         boa.SAMPLES = Path(ns.samples)
@@ -290,21 +312,29 @@ def main(argv=None) -> int:
         models, info = fit_family(st, fam)
         delta = info["correction"].pop("delta", None)
         fr = {**info, "heldout": {}, "final_bias": {}}
+        fit_final_mean = np.mean([r.losses[-1] for r in st.load("fit").runs], axis=0)
         for h in heldout_sets(fam):
             held = st.load(h)
             rows = evaluate(models, held).summary_rows()
             order = list(models)
             rows.sort(key=lambda row: order.index(row["model"]))
             fr["heldout"][h] = {row["model"]: {k: row[k] for k in METRICS} for row in rows}
-            fr["final_bias"][h] = final_bias(models, held, delta)
+            fr["final_bias"][h] = final_bias(models, held, delta, fit_final_mean)
         res["families"][fam] = fr
         print(json.dumps(fr["heldout"], indent=1), file=sys.stderr)
     res["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if ns.json:
         Path(ns.json).write_text(json.dumps(res, indent=1))
-    Path(ns.out).write_text(render(res))
-    print(f"wrote {ns.out}", file=sys.stderr)
+    write_report(render(res), ns.out)
     return 0
+
+
+def write_report(text: str, out: str | None) -> None:
+    if out is None:
+        print(text)
+    else:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
 
 
 VARIANTS = ("optimizer-aware", "all-1", "final-1", "all-cv", "final-cv")
@@ -380,6 +410,12 @@ def render(res: dict) -> str:
                 f"RMS {c['delta_final_rms']:.4g}; chosen: "
                 + "; ".join(f"{w}: s = {v['s']} ({v['why']})" for w, v in c["chosen"].items())
             )
+            lines.append(
+                "- per CV fold: RMS over tests of the fold's mean final-step residual (out of "
+                f"fold) {c['fold_final_bias_rms']}; of its runs' mean real final loss minus the "
+                f"other folds' {c['fold_mean_shift_rms']}; correlation across tests of the "
+                f"folds' mean final residuals, pairwise {c['fold_bias_corr']}"
+            )
             lines += [
                 "",
                 "| CV on the fitting runs | all-steps MSE | final-step MSE |",
@@ -393,11 +429,16 @@ def render(res: dict) -> str:
             lines += [
                 f"### {fam} / {h}",
                 "",
-                "Default's final-step bias^2 (shared by the held-out runs): "
-                f"{fb['bias2']:.4g} of MSE {fb['final_mse']:.4g}"
+                "Default's final-step MSE split per test (means over the held-out runs): "
+                f"{fb['final_mse']:.4g} = bias^2 {fb['bias2']:.4g} + spread of its predictions "
+                f"{fb['pred_spread']:.4g} + real variance {fb['real_final_variance']:.4g} - "
+                f"2 x covariance {fb['cov_pred_real']:.4g}; the mean trajectory's bias^2 "
+                f"{fb['mt_bias2']:.4g} (the held-out runs' mean final loss minus the fitting "
+                f"runs'), correlation of the two biases across tests "
+                f"{fb['corr_bias_vs_mt_bias']:.2f}"
                 + (
-                    f"; after the fitting runs' delta: {fb['bias2_after_delta']:.4g} (correlation "
-                    f"of the bias with -delta across tests {fb['corr_bias_vs_minus_delta']:.2f})"
+                    f"; bias^2 after the fitting runs' delta: {fb['bias2_after_delta']:.4g} "
+                    f"(correlation of the bias with -delta {fb['corr_bias_vs_minus_delta']:.2f})"
                     if "bias2_after_delta" in fb
                     else ""
                 ),
