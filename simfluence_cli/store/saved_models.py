@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
-from simfluence_cli._version import __version__
+from simfluence_cli._version import __version__, environment
 from simfluence_cli.errors import (
     ConflictError,
     ModelError,
@@ -259,6 +259,8 @@ def _save_model(
         # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
         "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
         "tool_version": __version__,
+        # the packages the fit ran with (differs between machines, never between runs)
+        "environment": environment(),
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
         **({"optimizer_aware": oa} if oa is not None else {}),
