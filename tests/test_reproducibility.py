@@ -1,5 +1,6 @@
 """Same inputs, same bytes: results that must not depend on thread counts, paths or run order."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,46 @@ def test_saved_model_records_the_packages_it_was_fitted_with(tmp_path):
     assert env["numpy"] == np.__version__ and env["scipy"] == scipy.__version__
     assert env["pyarrow"] == pa.__version__ and env["simfluence"] == man["tool_version"]
     assert env["python"].count(".") == 2 and "numba" in env
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """A store with runs tagged fit / held and a fitted linear model named 'lin'."""
+    from simfluence_cli import RunStore, Simulator
+    from simfluence_cli.io.synthetic import make_runs
+
+    runs = make_runs(8, 3, 6, 20, 2, seed=1, noise=0.01)[0]
+    path = tmp_path_factory.mktemp("repro") / "store"
+    store = RunStore(path, create=True)
+    store.add_runset(runs.subset(runs.run_ids[:4]), tags=["fit"])
+    store.add_runset(runs.subset(runs.run_ids[4:]), tags=["held"])
+    store.models.fit("lin", Simulator(l2=1.0), runs="fit")
+    return path
+
+
+def _cli(args, cwd):
+    """stdout of the CLI run in-process from directory ``cwd``."""
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        res = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(old)
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["eval", "-m", "lin", "--runs", "held", "-f", "json"], ["info", "--json"]]
+)
+def test_json_output_is_the_same_for_relative_and_absolute_store_paths(small_store, args):
+    """The JSON documents name the store by its resolved path, not as typed."""
+    absolute = _cli([*args, "--store", str(small_store)], cwd=small_store.parent.parent)
+    relative = _cli([*args, "--store", "store"], cwd=small_store.parent)
+    dotted = _cli([*args, "--store", "../../store"], cwd=small_store / "models")
+    assert absolute == relative == dotted
+    assert json.loads(absolute)["store"] == str(small_store.resolve())
