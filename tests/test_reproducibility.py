@@ -103,3 +103,14 @@ def test_json_output_is_the_same_for_relative_and_absolute_store_paths(small_sto
     dotted = _cli([*args, "--store", "../../store"], cwd=small_store / "models")
     assert absolute == relative == dotted
     assert json.loads(absolute)["store"] == str(small_store.resolve())
+
+
+def test_planned_curricula_record_their_seed(tmp_path):
+    """Each file `plan` writes says in its header line which --seed produced it, and the same
+    seed gives the same bytes."""
+    args = ["plan", "--pool", "a,b,c,d,e,f", "--steps", "4", "--batch-size", "2", "-n", "3"]
+    seven = _cli([*args, "--seed", "7"], cwd=tmp_path)
+    heads = [line for line in seven.splitlines() if line.startswith("#")]
+    assert len(heads) == 3 and all(h.endswith("; seed 7") for h in heads)
+    assert _cli([*args, "--seed", "7"], cwd=tmp_path) == seven
+    assert _cli([*args, "--seed", "8"], cwd=tmp_path) != seven
