@@ -114,3 +114,16 @@ def test_planned_curricula_record_their_seed(tmp_path):
     assert len(heads) == 3 and all(h.endswith("; seed 7") for h in heads)
     assert _cli([*args, "--seed", "7"], cwd=tmp_path) == seven
     assert _cli([*args, "--seed", "8"], cwd=tmp_path) != seven
+
+
+@pytest.mark.parametrize("ext", ["svg", "pdf", "png"])
+def test_plot_files_are_the_same_bytes_when_drawn_again(small_store, tmp_path, ext):
+    """`plot -o` writes no creation date and no random SVG element ids."""
+    pytest.importorskip("matplotlib")
+    import time
+
+    args = ["plot", "--store", str(small_store), "-m", "lin", "--run", "syn-004"]
+    _cli([*args, "-o", str(tmp_path / f"a.{ext}")], cwd=tmp_path)
+    time.sleep(1.1)  # a recorded date would now differ in its seconds
+    _cli([*args, "-o", str(tmp_path / f"b.{ext}")], cwd=tmp_path)
+    assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()

@@ -104,8 +104,14 @@ def plot_file(
     fig.suptitle(f"run {tr.run_id}: observed vs simulated test loss", fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if nrow == 1 else 0.04, 1, 1))
 
+    # no creation date and fixed SVG element ids: the same plot is the same bytes
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+
     def write(fh):
-        fig.savefig(fh, format=fmt, dpi=120)
+        from matplotlib import rc_context
+
+        with rc_context({"svg.hashsalt": "simfluence"}):
+            fig.savefig(fh, format=fmt, dpi=120, metadata=metadata)
 
     write_atomic(path, write)
 
