@@ -127,3 +127,35 @@ def test_plot_files_are_the_same_bytes_when_drawn_again(small_store, tmp_path, e
     time.sleep(1.1)  # a recorded date would now differ in its seconds
     _cli([*args, "-o", str(tmp_path / f"b.{ext}")], cwd=tmp_path)
     assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+
+
+def test_import_scores_identifies_the_score_file_by_content_not_path(small_store, tmp_path):
+    """The same score file given by another path (relative, copied) is the same import: "up to
+    date", not a different configuration; a model whose config still names the path (older
+    manifests) compares the same way."""
+    import numpy as np
+    import pandas as pd
+
+    from simfluence_cli import RunStore
+
+    store = RunStore(small_store)
+    runs = store.load("fit")
+    rng = np.random.default_rng(0)
+    rows = [(t, e, float(rng.normal())) for t in runs.test_ids for e in runs.example_ids]
+    (tmp_path / "a").mkdir()
+    pd.DataFrame(rows, columns=["test_id", "example_id", "score"]).to_csv(
+        tmp_path / "a" / "scores.csv", index=False
+    )
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "copy.csv").write_bytes((tmp_path / "a" / "scores.csv").read_bytes())
+    args = ["import-scores", "--store", str(small_store), "--name", "tr", "--runs", "fit"]
+    _cli([*args, str(tmp_path / "a" / "scores.csv")], cwd=tmp_path)
+    mf = small_store / "models" / "tr" / "model.json"
+    first = mf.read_bytes()
+    _cli([*args, "scores.csv"], cwd=tmp_path / "a")
+    _cli([*args, "copy.csv"], cwd=tmp_path / "b")
+    assert mf.read_bytes() == first  # up to date: not re-imported, not refused
+    man = json.loads(first)
+    man["config"]["source"] = man["source"]  # as manifests before this change wrote it
+    mf.write_text(json.dumps(man))
+    _cli([*args, "copy.csv"], cwd=tmp_path / "b")
