@@ -159,3 +159,78 @@ def test_import_scores_identifies_the_score_file_by_content_not_path(small_store
     man["config"]["source"] = man["source"]  # as manifests before this change wrote it
     mf.write_text(json.dumps(man))
     _cli([*args, "copy.csv"], cwd=tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    """A store with 13 test examples and linear and optimizer-aware models."""
+    from simfluence_cli import RunStore, Simulator
+    from simfluence_cli.io.synthetic import make_runs
+
+    runs = make_runs(10, 13, 6, 24, 2, seed=2, noise=0.02)[0]
+    store = RunStore(tmp_path_factory.mktemp("wide") / "store", create=True)
+    store.add_runset(runs, tags=["fit"])
+    store.models.fit("lin", Simulator(l2=1.0), runs="fit")
+    store.models.fit("oa", Simulator(method="optimizer-aware", l2=1.0), runs="fit")
+    return store
+
+
+@pytest.mark.parametrize("model", ["lin", "oa"])
+@pytest.mark.parametrize("measure", ["removal", "coefficient"])
+def test_mean_effect_does_not_depend_on_the_test_chunk_size(
+    wide_store, monkeypatch, model, measure
+):
+    """`top --tests all` (docs/scaling.md: results do not depend on $SIMFLUENCE_TEST_CHUNK):
+    the mean over tests is the same to the bit for chunks of 1, 4, 5 and all 13 tests."""
+    import numpy as np
+
+    from simfluence_cli import StoredModel
+    from simfluence_cli.analysis.effects import mean_effect
+
+    # small composition-table budgets: the curricula are grouped 2 by 2 for 13 test columns
+    # and all together for 1, as on a large store
+    monkeypatch.setattr("simfluence_cli.model.rollout.REMOVAL_BUDGET", 100_000)
+    monkeypatch.setattr("simfluence_cli.model.oa_removal.OA_REMOVAL_BUDGET", 300_000)
+    runs = wide_store.load("fit")
+    values = {}
+    for size in ("1", "4", "5", "13"):
+        monkeypatch.setenv("SIMFLUENCE_TEST_CHUNK", size)
+        values[size] = mean_effect(StoredModel(wide_store, model), measure, runs=runs)
+    for size in ("1", "4", "5"):
+        np.testing.assert_array_equal(values[size], values["13"])
+
+
+def test_removal_deltas_do_not_depend_on_how_curricula_are_grouped():
+    """The exact removal paths work on groups of curricula x test columns sized by a memory
+    budget (the number of columns sets the grouping); the per-test sums over curricula are the
+    same to the bit for any grouping, for the paper's recurrence and the optimizer-aware one."""
+    import numpy as np
+
+    from simfluence_cli.model.oa_removal import oa_removal_deltas
+    from simfluence_cli.model.rollout import removal_deltas
+
+    rng = np.random.default_rng(5)
+    R, m, C, T, b = 12, 5, 9, 40, 3
+    A = rng.uniform(0.2, 0.45, (R, m))
+    B = rng.normal(0, 0.05, (R, m))
+    A[-1], B[-1] = 1 / b, 0.0  # neutral row
+    idx = rng.integers(0, R - 1, (C, T, b))
+    L0 = rng.uniform(1, 3, (C, m))
+    lo, hi = np.full(m, 0.2), np.full(m, 3.5)
+    cell = T.bit_length() * T * 8  # bytes per curriculum x column and table
+    lin = [
+        removal_deltas(A, B, idx, L0, "linear", lo, hi, R - 1, budget=4 * cell * m * c)[0]
+        for c in (1, 2, 4, C)
+    ]
+    a, rho, drift = A - 1 / b, np.full(m, 0.3), rng.normal(0, 0.01, (T, m))
+    w = np.full((C, T), 0.5)
+    oa = [
+        oa_removal_deltas(
+            a, B, rho, drift, w, idx, L0, "log", lo, hi, R - 1, budget=6 * cell * m * c
+        )[0]
+        for c in (1, 2, 4, C)
+    ]
+    for got in (lin, oa):
+        assert np.abs(got[-1]).max() > 0
+        for d in got[:-1]:
+            np.testing.assert_array_equal(d, got[-1])
