@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simfluence_cli.errors import SelectionError
+from simfluence_cli.errors import RunNotFoundError, SelectionError
 
 __all__ = ["Run", "RunSet"]
 
@@ -135,7 +135,10 @@ class RunSet:
         for r in self.runs:
             if r.run_id == run_id:
                 return r
-        raise KeyError(run_id)
+        shown = ", ".join(self.run_ids[:5]) + (", ..." if len(self.runs) > 5 else "")
+        raise RunNotFoundError(
+            f"no run {run_id!r} in this RunSet of {len(self.runs)} run(s) ({shown or 'none'})"
+        )
 
     def subset(self, run_ids: Sequence[str]) -> RunSet:
         """The same index space restricted to some runs (order as given)."""

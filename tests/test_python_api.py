@@ -14,7 +14,9 @@ from simfluence_cli.errors import (
     ConflictError,
     InputError,
     ModelError,
+    ModelNotFoundError,
     NotFittedError,
+    RunNotFoundError,
     SelectionError,
     UsageError,
 )
@@ -211,6 +213,25 @@ def test_store_models_mapping(store):
     with pytest.raises(ModelError, match="available: lin"):
         models.delete("add")
     assert [m["name"] for m in list_models(store)] == ["lin"]  # the old function agrees
+
+
+def test_missing_model_or_run_is_a_documented_error_and_a_key_error(store, runs):
+    """A notebook catches a bad name with the documented tree (ModelError / SelectionError),
+    while store.models and RunSet still behave as mappings (KeyError, .get)."""
+    store.models.fit("lin", Simulator(l2=0.1), runs="fit")
+    for call in (lambda: store.models["nope"], lambda: store.models.__delitem__("nope")):
+        with pytest.raises(ModelNotFoundError, match="no model named 'nope'.*available: lin") as e:
+            call()
+        assert isinstance(e.value, ModelError) and isinstance(e.value, KeyError)
+        assert str(e.value).startswith("no model named")  # the message, not a quoted repr
+    with pytest.raises(ModelError, match="no model named"):
+        load_model(store, "nope")
+    assert store.models.get("nope") is None
+    with pytest.raises(RunNotFoundError, match="no run 'nope' in this RunSet of 6 run") as e:
+        runs["nope"]
+    assert isinstance(e.value, SelectionError) and isinstance(e.value, KeyError)
+    assert simfluence_cli.ModelNotFoundError is ModelNotFoundError
+    assert simfluence_cli.RunNotFoundError is RunNotFoundError
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from simfluence_cli._version import __version__
 from simfluence_cli.errors import (
     ConflictError,
     ModelError,
+    ModelNotFoundError,
     SelectionError,
     SimfluenceWarning,
     UsageError,
@@ -107,7 +108,7 @@ def read_manifest(store, name: str) -> dict:
     mf = model_dir(store, name) / "model.json"
     if not mf.is_file():
         names = [m["name"] for m in list_models(store)]
-        raise ModelError(
+        raise ModelNotFoundError(
             f"no model named {name!r} in {store.path}; "
             + (
                 f"available: {', '.join(names)}"
@@ -1007,14 +1008,25 @@ class ModelRegistry:
         )
 
     def __getitem__(self, name: str) -> Simulator:
+        """The fitted model; a missing name is a :class:`ModelNotFoundError` (a ModelError
+        and a KeyError) naming the available ones."""
         if name not in self:
-            raise KeyError(name)
+            self._missing(name)
         return load_model(self.store, name)
 
     def __delitem__(self, name: str) -> None:
         if name not in self:
-            raise KeyError(name)
+            self._missing(name)
         self.delete(name)
+
+    def _missing(self, name) -> None:
+        if not isinstance(name, str):
+            raise ModelNotFoundError(f"model names are strings, got {name!r}")
+        names = list(self)
+        raise ModelNotFoundError(
+            f"no model named {name!r} in {self.store.path}; "
+            + (f"available: {', '.join(names)}" if names else "fit one with store.models.fit")
+        )
 
     def keys(self) -> list[str]:
         return list(self)
