@@ -234,6 +234,20 @@ def test_missing_model_or_run_is_a_documented_error_and_a_key_error(store, runs)
     assert simfluence_cli.RunNotFoundError is RunNotFoundError
 
 
+def test_a_string_where_a_curriculum_or_batch_belongs_is_a_usage_error(store):
+    """Iterating a string would read its characters as example IDs ('unseen e, 0, 1')."""
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    cur = [["e0", "e1"], ["e2", "e3"]]
+    assert sim.simulate([cur]).shape == (1, 3, 5)
+    for bad, where in ((cur, "'e0' where a batch"), (["e0"], "'e0' where a curriculum")):
+        with pytest.raises(
+            UsageError, match=f"got the string {where} belongs.*pass \\[curriculum\\]"
+        ):
+            sim.simulate(bad)
+        with pytest.raises(UsageError, match="got the string"):
+            sim.encode(bad)
+
+
 @pytest.mark.slow
 def test_delete_respects_another_process_write_lock(store, monkeypatch):
     import subprocess

@@ -796,5 +796,19 @@ def map_examples(model_ids, counts, ids, unseen: str = "error") -> np.ndarray:
 
 
 def _batches(cur):
-    """A curriculum as a list of batches (accepts Curriculum objects)."""
-    return cur.batches if hasattr(cur, "batches") else cur
+    """A curriculum as a list of batches (accepts Curriculum objects).
+
+    A string where a curriculum or a batch belongs is a UsageError: iterating it would read
+    its characters as example IDs (the usual slip is one curriculum passed where a list of
+    curricula is expected)."""
+    batches = cur.batches if hasattr(cur, "batches") else cur
+    where, bad = ("curriculum", batches) if isinstance(batches, str) else ("batch", None)
+    if bad is None:
+        bad = next((b for b in batches if isinstance(b, str)), None)
+    if bad is not None:
+        raise UsageError(
+            "curricula must be a list of curricula, each a list of batches (lists of example "
+            f"IDs), e.g. [[['e000', 'e001'], ['e002', 'e003']]]; got the string {bad!r} where a "
+            f"{where} belongs; for one curriculum pass [curriculum]"
+        )
+    return batches
