@@ -1,0 +1,54 @@
+"""A researcher's notebook session: command outputs read back with pandas / json, library
+result objects shown in a cell, plots as figures, what a saved result records about itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from simfluence_cli.cli import app
+from simfluence_cli.io.synthetic import make_runs
+from simfluence_cli.model.simulator import Simulator
+from simfluence_cli.store.run_store import RunStore
+
+
+def cli(*args, input=None):
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return r
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small store: 4 fitting runs (tag fit), 2 held-out runs (tag held), a model 'lin'."""
+    path = tmp_path_factory.mktemp("nb") / "store"
+    rs, _, _ = make_runs(10, 5, 6, 12, 2, seed=1, noise=0.01)
+    st = RunStore(path, create=True)
+    st.add_runset(rs.subset(rs.run_ids[:4]), tags=["fit"])
+    st.add_runset(rs.subset(rs.run_ids[4:]), tags=["held"])
+    st.models.fit("lin", Simulator(l2=0.1), runs="fit")
+    return st
+
+
+def test_info_summary_honours_json_format_and_refuses_row_formats(store, tmp_path):
+    """`info -f json` / `-o x.json` wrote the text summary into the file; csv did too."""
+    ref = json.loads(cli("info", "--store", store.path, "--json").stdout)
+    assert ref["runs"] == 6
+    assert json.loads(cli("info", "--store", store.path, "-f", "json").stdout) == ref
+    out = tmp_path / "info.json"
+    assert cli("info", "--store", store.path, "-o", out).exit_code == 0
+    assert json.loads(out.read_text()) == ref
+    for args in (
+        ["-f", "csv"],
+        ["-f", "parquet", "-o", tmp_path / "x"],
+        ["-o", tmp_path / "i.csv"],
+    ):
+        r = cli("info", "--store", store.path, *args)
+        assert r.exit_code == 2 and "use --format json" in r.output and "--list" in r.output
+    assert not (tmp_path / "i.csv").exists()
+    text = cli("info", "--store", store.path).stdout  # a pipe, no format asked: the text
+    assert text.startswith(f"store: {store.path}\nruns: 6\n")
+    listed = cli("info", "--store", store.path, "--list", "-f", "csv").stdout.splitlines()
+    assert listed[0].startswith("run,tags,steps") and len(listed) == 7
