@@ -52,3 +52,29 @@ def test_info_summary_honours_json_format_and_refuses_row_formats(store, tmp_pat
     assert text.startswith(f"store: {store.path}\nruns: 6\n")
     listed = cli("info", "--store", store.path, "--list", "-f", "csv").stdout.splitlines()
     assert listed[0].startswith("run,tags,steps") and len(listed) == 7
+
+
+def test_json_outputs_hold_null_never_the_invalid_token_nan(tmp_path):
+    """JSON has no NaN: a non-finite number anywhere in a document (not only in its rows)
+    is null, so strict readers (jq, JSON.parse, json.loads(parse_constant=...)) accept it."""
+    import numpy as np
+
+    from simfluence_cli.cli._output import Format, render_object, render_rows
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON token {c}"))
+
+    doc = {"a": float("nan"), "b": [np.float64("inf"), 1.5], "c": {"d": (np.nan,)}, "e": "x"}
+    render_object(doc, str(tmp_path / "o.json"))
+    assert strict((tmp_path / "o.json").read_text()) == {
+        "a": None,
+        "b": [None, 1.5],
+        "c": {"d": [None]},
+        "e": "x",
+    }
+    rows = [{"x": np.nan, "tags": [1.0, float("nan")]}]
+    render_rows(rows, ["x", "tags"], Format.json, str(tmp_path / "r.json"), document=doc)
+    got = strict((tmp_path / "r.json").read_text())
+    assert got["results"] == [{"x": None, "tags": [1.0, None]}] and got["a"] is None
+    render_rows(rows, ["x", "tags"], Format.jsonl, str(tmp_path / "r.jsonl"))
+    assert strict((tmp_path / "r.jsonl").read_text()) == {"x": None, "tags": [1.0, None]}

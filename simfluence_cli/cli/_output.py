@@ -69,6 +69,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _json_clean(v: Any) -> Any:
+    """``v`` with every non-finite float (nested in dicts, lists, tuples, numpy scalars) as
+    None: JSON has no NaN, and ``json.dumps`` would write the invalid token ``NaN``."""
+    if isinstance(v, dict):
+        return {k: _json_clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_clean(x) for x in v]
+    if getattr(v, "ndim", 0):  # a numpy array
+        return _json_clean(v.tolist())
+    return _jsonable(v) if isinstance(v, float) or hasattr(v, "item") else v
+
+
 def _cell(v: Any) -> str:
     v = _jsonable(v)
     if v is None:
@@ -133,17 +145,22 @@ def render_rows(
             (wq if any("\r" in v for v in cells) else w).writerow(cells)
         text = buf.getvalue()
     elif fmt is Format.jsonl:
-        text = "".join(json.dumps({c: _jsonable(r.get(c)) for c in columns}) + "\n" for r in rows)
+        text = "".join(
+            json.dumps(_json_clean({c: r.get(c) for c in columns}), allow_nan=False) + "\n"
+            for r in rows
+        )
     else:
-        recs = [{c: _jsonable(r.get(c)) for c in columns} for r in rows]
+        recs = [{c: r.get(c) for c in columns} for r in rows]
         obj: Any = recs if document is None else {**document, "results": recs}
-        text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
+        text = json.dumps(_json_clean(obj), indent=2, default=_jsonable, allow_nan=False) + "\n"
     emit_text(text, output)
 
 
 def render_object(obj: dict, output: str = "-") -> None:
     """Print one JSON object (for --json reports)."""
-    emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
+    emit_text(
+        json.dumps(_json_clean(obj), indent=2, default=_jsonable, allow_nan=False) + "\n", output
+    )
 
 
 SIG_DIGITS = 4  # significant digits of floats in terminal tables (csv/json keep full precision)
