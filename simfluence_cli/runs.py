@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import RunNotFoundError, SelectionError
 
 __all__ = ["Run", "RunSet"]
@@ -26,6 +27,8 @@ __all__ = ["Run", "RunSet"]
 @dataclass(eq=False)
 class Run:
     """One run: a CSR-encoded curriculum and a (logged steps x tests) loss matrix."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     run_id: str
     batch_ptr: np.ndarray  # int64 (T+1,): step t's batch is batch_idx[batch_ptr[t-1]:batch_ptr[t]]

@@ -78,3 +78,38 @@ def test_json_outputs_hold_null_never_the_invalid_token_nan(tmp_path):
     assert got["results"] == [{"x": None, "tags": [1.0, None]}] and got["a"] is None
     render_rows(rows, ["x", "tags"], Format.jsonl, str(tmp_path / "r.jsonl"))
     assert strict((tmp_path / "r.jsonl").read_text()) == {"x": None, "tags": [1.0, None]}
+
+
+def test_result_objects_show_a_short_summary_in_a_cell(store):
+    """Showing a result in a notebook cell printed every array in full (an eval result of the
+    demo store: 295,000 characters); now: scalars, array shapes, list sizes."""
+    from simfluence_cli import StoredModel, evaluate_models
+    from simfluence_cli.analysis.curriculum_design import design_curriculum
+    from simfluence_cli.analysis.groups import group_effects
+    from simfluence_cli.analysis.plots import trajectories
+    from simfluence_cli.analysis.whatif import Edits, run_batches, whatif
+
+    held = store.load("held")
+    rid = held.run_ids[0]
+    base, L0 = run_batches(held, rid), held[rid].losses[0]
+    sim = store.models["lin"]
+    shown = {
+        "WhatIf": whatif(sim, base, Edits(drop=["e1"]), L0),
+        "DesignResult": design_curriculum(sim, 5, init_loss=L0),
+        "GroupEffects": group_effects(sim, base, {"g": ["e1", "e2"]}, L0),
+        "Trajectories": trajectories(sim, "lin", held, rid, ["t0"]),
+        "StoreEvaluation": evaluate_models(store, ["lin"]),
+        "Run": held[rid],
+        "FitResult": store.models.fit("lin", Simulator(l2=0.1), runs="fit"),
+        "StoredModel": StoredModel(store, "lin"),
+    }
+    for name, obj in shown.items():
+        r = repr(obj)
+        assert r.startswith(f"{name}(") and len(r) < 400, (name, len(r), r)
+        assert "\n" not in r and "...," not in r, r  # no numpy array print-out
+    assert "trajectories=array(2, 13, 5) float64" in repr(shown["WhatIf"])
+    assert "losses=array(13, 5) float64" in repr(shown["Run"])
+    assert "results=[3 items]" in repr(shown["StoreEvaluation"].evaluation)
+    assert "'lin' in " in repr(shown["StoredModel"]) and "10 examples x 5 tests" in repr(
+        shown["StoredModel"]
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.runs import Run, RunSet, stack_index
@@ -71,6 +72,8 @@ _ROLL_BYTES = 256 * 2**20
 class ModelEval:
     """One model's (or baseline's) results on the evaluated runs."""
 
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
+
     name: str
     kind: str
     per_run: list[dict]
@@ -80,6 +83,7 @@ class ModelEval:
 
 @dataclass
 class Evaluation:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     run_ids: list[str]
     test_ids: np.ndarray
     results: list[ModelEval]
@@ -399,6 +403,8 @@ class StoreEvaluation:
     ``selection_warnings``: about which runs were evaluated (left-out or in-sample fitting
     runs); ``evaluation.warnings``: about the metrics. ``fitting_runs_evaluated``: evaluated runs
     some model was fitted on (in-sample: optimistic numbers)."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     evaluation: Evaluation
     records: list[dict]

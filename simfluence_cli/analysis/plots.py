@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli._atomic import write_atomic
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.evaluation import rollout_runs
 from simfluence_cli.errors import MissingExtraError, SelectionError, UsageError
 from simfluence_cli.runs import RunSet
@@ -21,6 +22,7 @@ _BARS = "▁▂▃▄▅▆▇█"
 
 @dataclass
 class Trajectories:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     run_id: str
     model: str
     test_ids: list[str]

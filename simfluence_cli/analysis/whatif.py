@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.choices import MODES, NEUTRAL, ORDERS
 from simfluence_cli.errors import SelectionError, UsageError
 
@@ -263,6 +264,8 @@ def final_losses(
 @dataclass
 class WhatIf:
     """Base and edited curricula simulated together; ``change = edited - base`` final loss."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     test_ids: np.ndarray
     base: Batches

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
+from simfluence_cli._repr import summary_repr
 from simfluence_cli._version import __version__
 from simfluence_cli.errors import (
     ConflictError,
@@ -592,6 +593,13 @@ class StoredModel:
         self.store, self.name = store, name
         self.meta = load_model(store, name, tests=tests, parameters=False)
 
+    def __repr__(self) -> str:
+        m = self.meta
+        return (
+            f"StoredModel({self.name!r} in {self.store.path}: {m!r}, "
+            f"{len(m.example_ids_)} examples x {len(m.test_ids_)} tests, parameters per chunk)"
+        )
+
     def __getattr__(self, attr):
         if attr in ("meta", "store", "name"):
             raise AttributeError(attr)
@@ -864,6 +872,8 @@ def _json_safe(d: dict) -> dict:
 class FitResult:
     """What :func:`fit_model` did. ``up_to_date``: a model of this name with the same
     configuration and data existed and was left as it is (``simulator`` is then None)."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     name: str
     manifest: dict
