@@ -1,8 +1,9 @@
 """Evaluate simulators on runs: roll each model from every run's observed L_0 through the run's
-curriculum and compare with the observed losses (definitions in :mod:`simfluence_cli.metrics`).
+curriculum and compare with the observed losses (definitions in
+:mod:`simfluence_cli.analysis.metrics`).
 
 Works with anything that has the Simulator's ``simulate(idx, init_loss, tests=...)`` interface
-(fitted :class:`~simfluence_cli.simulator.Simulator`, imported scores, the baselines).
+(fitted :class:`~simfluence_cli.model.simulator.Simulator`, imported scores, the baselines).
 """
 
 from __future__ import annotations
@@ -328,8 +329,8 @@ def evaluate(
 
 
 def model_chunks(model, tests: np.ndarray):
-    """(test ids, model) pieces: a :class:`~simfluence_cli.models.StoredModel` loads its
-    parameters one chunk of test examples at a time; anything else is one piece."""
+    """(test ids, model) pieces: a :class:`~simfluence_cli.store.saved_models.StoredModel`
+    loads its parameters one chunk of test examples at a time; anything else is one piece."""
     if hasattr(model, "chunks"):
         yield from model.chunks(list(tests))
     else:

@@ -1,6 +1,7 @@
 """``whatif``, ``groups`` and ``design``: counterfactual curricula and curriculum search.
 
-Thin layer over :mod:`simfluence_cli.counterfactual` and :mod:`simfluence_cli.curriculum_search`.
+Thin layer over :mod:`simfluence_cli.analysis.whatif`, :mod:`simfluence_cli.analysis.groups`
+and :mod:`simfluence_cli.analysis.curriculum_design`.
 """
 
 from __future__ import annotations

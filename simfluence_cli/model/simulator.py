@@ -265,7 +265,8 @@ class Simulator:
 
         ``param_sink(test_indices, A_chunk, B_chunk)`` (each (n_examples, k)) receives the
         parameters of each chunk of test examples as soon as it is solved (in any order of
-        tests; e.g. :class:`~simfluence_cli.models.ParameterWriter` streams them to Parquet).
+        tests; e.g. :class:`~simfluence_cli.store.saved_models.ParameterWriter` streams them
+        to Parquet).
         ``keep_params=False`` (with a sink) does not keep ``A_``/``B_`` (set to None), so the
         whole n_examples x n_tests matrix is never in memory.
         """
@@ -676,7 +677,7 @@ class Simulator:
         rounding per step), the recurrence stays float64 (see :func:`simfluence_cli.model.rollout.rollout`).
 
         curricula: list of curricula (each a list of batches of example IDs, or a
-        :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
+        :class:`~simfluence_cli.io.curriculum.Curriculum`), or an index array (C, T, b) from
         :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned with ``tests``
         (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
         Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
