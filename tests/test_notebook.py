@@ -113,3 +113,36 @@ def test_result_objects_show_a_short_summary_in_a_cell(store):
     assert "'lin' in " in repr(shown["StoredModel"]) and "10 examples x 5 tests" in repr(
         shown["StoredModel"]
     )
+
+
+def test_parameter_files_state_the_meaning_of_their_method(store):
+    """An optimizer-aware model's parameter file said 'A: multiplier: alpha(c_t) = sum of A
+    over the batch', the paper's meaning; its A is a deviation from no change (0)."""
+    import pyarrow.parquet as pq
+
+    store.models.fit("oa", Simulator("optimizer-aware", l2=0.1), runs="fit")
+    meanings = {}
+    for name in ("lin", "oa"):
+        man = store.models.manifest(name)
+        path = store.path / "models" / name / man["files"]["parameters"]
+        meanings[name] = json.loads(pq.read_schema(path).metadata[b"simfluence.columns"])
+    assert meanings["lin"]["A"].startswith("multiplier: alpha(c_t) = sum of A over the batch")
+    assert meanings["oa"]["A"].startswith("a_i: coefficient on the previous transformed loss")
+    assert "0 = no change" in meanings["oa"]["A"] and "negative B lowers" in meanings["oa"]["B"]
+    assert store.models["oa"].method == "optimizer-aware"  # the file still loads
+
+
+def test_a_model_json_is_enough_to_refit_the_model_bit_for_bit(store):
+    """docs/store-format.md: config + runs in model.json reproduce the stored parameters."""
+    import numpy as np
+
+    from simfluence_cli import SimulatorConfig
+
+    store.models.fit("auto", Simulator(l2="auto"), runs="fit")
+    man = store.models.manifest("auto")
+    cfg = SimulatorConfig.from_json(man["config"])
+    again = Simulator.from_config(cfg).fit(store.load(man["config"]["runs"]))
+    stored = store.models["auto"]
+    assert again.l2_ == stored.l2_ == man["l2"]
+    np.testing.assert_array_equal(again.A_, stored.A_)
+    np.testing.assert_array_equal(again.B_, stored.B_)

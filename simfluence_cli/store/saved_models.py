@@ -60,7 +60,7 @@ from simfluence_cli.store.format import (
     CALIBRATION_MANIFEST,
     MODEL_FILE_PREFIXES,
     MODEL_FORMAT,
-    PARAM_COLUMNS,
+    param_columns,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -391,7 +391,7 @@ def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
     write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
-def _param_schema() -> pa.Schema:
+def _param_schema(method: str) -> pa.Schema:
     return pa.schema(
         [
             ("test_id", pa.dictionary(pa.int32(), pa.string())),
@@ -401,7 +401,7 @@ def _param_schema() -> pa.Schema:
         ],
         metadata={
             b"simfluence.model_format": str(MODEL_FORMAT).encode(),
-            b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode(),
+            b"simfluence.columns": json.dumps(param_columns(method)).encode(),
         },
     )
 
@@ -440,7 +440,7 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
     additive = sim.method == "additive"
     ex_dict = arrow_strings(sim.example_ids_.tolist())
     te_dict = arrow_strings(sim.test_ids_.tolist())
-    schema = _param_schema()
+    schema = _param_schema(sim.method)
     per_group = _tests_per_group(n)
 
     def write(fh):
@@ -478,7 +478,7 @@ class ParameterWriter:
         self.additive = method == "additive"
         self.ex_dict = arrow_strings(example_ids)
         self.te_dict = arrow_strings(test_ids)
-        self.schema = _param_schema()
+        self.schema = _param_schema(method)
         self.per_group = _tests_per_group(self.n)
         self.pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.next = 0  # first test not written yet
