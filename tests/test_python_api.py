@@ -106,6 +106,16 @@ def test_sklearn_clone(runs):
     np.testing.assert_array_equal(twin.fit(runs).A_, sim.A_)
 
 
+def test_sklearn_check_is_fitted(store):
+    """check_is_fitted raised AttributeError ('no attribute __sklearn_tags__') either way."""
+    validation = pytest.importorskip("sklearn.utils.validation")
+    with pytest.raises(validation.NotFittedError):
+        validation.check_is_fitted(Simulator())
+    validation.check_is_fitted(Simulator(l2=0.1).fit(store.load("fit")))
+    fit_model(store, "lin", Simulator(l2=0.1), "fit")
+    validation.check_is_fitted(load_model(store, "lin", parameters=False))  # loaded = fitted
+
+
 def test_execution_options_do_not_change_the_fit(runs):
     seen = []
     a = Simulator(l2=0.1).fit(runs)

@@ -581,6 +581,17 @@ class Simulator:
         return np.maximum(lo - self.clip_margin * span, 0.0), hi + self.clip_margin * span
 
     # -- simulation ------------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        """For ``sklearn.utils.validation.check_is_fitted``: fitted (or loaded) or not."""
+        return hasattr(self, "example_ids_") and hasattr(self, "test_ids_")
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (called by scikit-learn only, which is then installed):
+        a Simulator is fitted on runs, not on (X, y)."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
+
     def _check_fitted(self, parameters: bool = False) -> None:
         """NotFittedError unless fitted (and, with ``parameters``, holding A_ and B_)."""
         if not hasattr(self, "example_ids_") or not hasattr(self, "test_ids_"):
