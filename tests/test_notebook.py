@@ -146,3 +146,47 @@ def test_a_model_json_is_enough_to_refit_the_model_bit_for_bit(store):
     assert again.l2_ == stored.l2_ == man["l2"]
     np.testing.assert_array_equal(again.A_, stored.A_)
     np.testing.assert_array_equal(again.B_, stored.B_)
+
+
+def test_outputs_record_what_produced_them(store, tmp_path):
+    """A Parquet output carries the command, every option (defaults too), the model's fit
+    (data hash, fit time, parameter generation) and the versions; a designed curriculum's
+    header names the fit and the version that designed it."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "sim.parquet"
+    cur = tmp_path / "cur.txt"
+    cur.write_text("e0 e1\ne2 e3\n")
+    r = cli("simulate", cur, "--store", store.path, "-m", "lin", "--tests", "t0", "-o", out)
+    assert r.exit_code == 0, r.output
+    prov = json.loads(pq.read_schema(out).metadata[b"simfluence.provenance"])
+    man = store.models.manifest("lin")
+    assert prov["command"] == "simfluence simulate"
+    assert prov["options"]["tests"] == "t0" and prov["options"]["unseen"] == "error"
+    assert prov["models"]["lin"] == {
+        "kind": "simfluence",
+        "method": "linear",
+        "data_hash": man["config"]["data_hash"],
+        "fitted_at": man["fitted_at"],
+        "parameters": man["files"]["parameters"],
+    }
+    assert set(prov["versions"]) == {"simfluence", "python", "numpy", "scipy", "pyarrow"}
+    assert pq.read_table(out).num_rows == 3  # steps 0..2 x one test: the data is unchanged
+    top = tmp_path / "top.parquet"
+    assert (
+        cli("top", "--store", store.path, "-m", "lin", "--tests", "all", "-o", top).exit_code == 0
+    )
+    meta = pq.read_schema(top).metadata
+    prov = json.loads(meta[b"simfluence.provenance"])
+    assert prov["command"] == "simfluence top" and prov["options"]["measure"] == "removal"
+    assert prov["models"]["lin"]["data_hash"] == man["config"]["data_hash"]
+    assert b"column:removal_effect" in meta  # the column meanings stay
+    designed = tmp_path / "d.txt"
+    r = cli("design", "--store", store.path, "-m", "lin", "--steps", "3", "-o", designed)
+    assert r.exit_code == 0, r.output
+    head = dict(
+        line[2:].split(": ", 1) for line in designed.read_text().splitlines()[1:] if line[:1] == "#"
+    )
+    assert head["model_fitted_at"] == man["fitted_at"]
+    assert head["model_data_hash"] == man["config"]["data_hash"]
+    assert head["init_loss"] == "mean" and head["simfluence_version"]

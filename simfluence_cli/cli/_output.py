@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.cli._app import stdout_console, wrote
+from simfluence_cli.cli._app import provenance, stdout_console, wrote
 from simfluence_cli.errors import UsageError
 
 
@@ -127,8 +127,9 @@ def render_rows(
         import pyarrow.parquet as pq
 
         tbl = pa.Table.from_pylist([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
-        if column_help:
-            tbl = tbl.replace_schema_metadata({f"column:{k}": v for k, v in column_help.items()})
+        meta = {f"column:{k}": v for k, v in (column_help or {}).items()}
+        meta["simfluence.provenance"] = json.dumps(_json_clean(provenance()))
+        tbl = tbl.replace_schema_metadata(meta)
         buf = io.BytesIO()
         pq.write_table(tbl, buf)
         _emit_bytes(buf.getvalue(), output)
