@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simfluence_cli._repr import summary_repr
-from simfluence_cli.errors import RunNotFoundError, SelectionError
+from simfluence_cli.errors import RunNotFoundError, SelectionError, UsageError
 
 __all__ = ["Run", "RunSet"]
 
@@ -80,6 +80,8 @@ def id_columns(
     ``{ids}`` names the first 10 of them."""
     if wanted is None:
         return np.arange(len(known))
+    if isinstance(wanted, str):  # its characters would be read as IDs
+        raise UsageError(f"expected a list of IDs, got the string {wanted!r}; pass [{wanted!r}]")
     pos = {t: j for j, t in enumerate(known)}
     bad = [t for t in wanted if t not in pos]
     if bad:

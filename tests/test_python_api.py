@@ -373,3 +373,19 @@ def test_public_names_resolve():
         assert getattr(simfluence_cli, name) is not None
     assert simfluence_cli.fit_model is fit_model
     assert simfluence_cli.NotFittedError is NotFittedError
+
+
+def test_a_string_where_a_list_of_ids_belongs_is_a_usage_error(store):
+    """tests='t0' asked for tests 't' and '0'; Edits(drop='e1') dropped 'e' and '1' (nothing:
+    a silent no-op)."""
+    from simfluence_cli.analysis.whatif import Edits
+
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    cur = [["e0", "e1"], ["e2", "e3"]]
+    assert sim.simulate([cur], tests=["t0"]).shape == (1, 3, 1)
+    with pytest.raises(UsageError, match=r"got the string 't0'; pass \['t0'\]"):
+        sim.simulate([cur], tests="t0")
+    for field in ("drop", "only", "repeat"):
+        with pytest.raises(UsageError, match=rf"got the string 'e1'; pass {field}=\['e1'\]"):
+            Edits(**{field: "e1"})
+    assert Edits(drop=["e1"]).describe()["drop"] == 1

@@ -80,6 +80,13 @@ class Edits:
     order_scope: str = "epoch"  # for an ID-list order: sort each epoch ('epoch') or the whole run
 
     def __post_init__(self):
+        for name in ("drop", "only", "repeat"):
+            ids = getattr(self, name)
+            if isinstance(ids, str):  # its characters would be read as IDs: a silent no-op
+                raise UsageError(
+                    f"Edits({name}=...) takes a list of example IDs, got the string {ids!r}; "
+                    f"pass {name}=[{ids!r}]"
+                )
         if self.mode not in MODES:
             raise UsageError(f"unknown edit mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.order_scope not in ("epoch", "run"):
