@@ -389,3 +389,23 @@ def test_a_string_where_a_list_of_ids_belongs_is_a_usage_error(store):
         with pytest.raises(UsageError, match=rf"got the string 'e1'; pass {field}=\['e1'\]"):
             Edits(**{field: "e1"})
     assert Edits(drop=["e1"]).describe()["drop"] == 1
+
+
+def test_whatif_warns_about_edit_ids_nobody_knows(store):
+    """whatif(..., Edits(drop=['e99'])) with a typo'd ID gave change 0 without a word (the CLI
+    checks IDs against the store; the library had no check)."""
+    from simfluence_cli.analysis.whatif import Edits, whatif
+    from simfluence_cli.errors import SimfluenceWarning
+
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    base = [["e0", "e1"], ["e2", "e3"]]
+    with pytest.warns(
+        SimfluenceWarning, match="neither the base curriculum nor the model knows: e99"
+    ):
+        w = whatif(sim, base, Edits(drop=["e1", "e99"]), None)
+    assert w.edits["drop"] == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SimfluenceWarning)
+        whatif(sim, base, Edits(drop=["e9"]), None)  # known to the model, not in base: no warning
