@@ -190,3 +190,16 @@ def test_outputs_record_what_produced_them(store, tmp_path):
     assert head["model_fitted_at"] == man["fitted_at"]
     assert head["model_data_hash"] == man["config"]["data_hash"]
     assert head["init_loss"] == "mean" and head["simfluence_version"]
+
+
+def test_a_model_json_records_the_library_versions_of_its_fit(store):
+    """tool_version alone did not say which numpy / scipy solved the fit."""
+    import platform
+
+    import numpy
+    import scipy
+
+    store.models.fit("versioned", Simulator(l2=0.2), runs="fit")
+    got = store.models.manifest("versioned")["versions"]
+    assert got["numpy"] == numpy.__version__ and got["scipy"] == scipy.__version__
+    assert got["python"] == platform.python_version() and "pyarrow" in got

@@ -297,14 +297,9 @@ def provenance() -> dict:
     (defaults included), the store, each named model's kind, method, data hash, fit time and
     parameter generation, and the versions of simfluence, Python and the numeric libraries."""
     import json
-    import platform
     from datetime import UTC, datetime
 
-    import numpy
-    import pyarrow
-    import scipy
-
-    from simfluence_cli._version import __version__
+    from simfluence_cli._version import versions
 
     cmd, kw = _state.get("invocation") or ("", {})
     options = {
@@ -317,13 +312,7 @@ def provenance() -> dict:
         "command": f"simfluence {cmd}".strip(),
         "options": options,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "simfluence": __version__,
-            "python": platform.python_version(),
-            "numpy": numpy.__version__,
-            "scipy": scipy.__version__,
-            "pyarrow": pyarrow.__version__,
-        },
+        "versions": versions(),
     }
     names = kw.get("model") or kw.get("models") or []
     names = [names] if isinstance(names, str) else list(names)

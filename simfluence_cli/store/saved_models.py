@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli._repr import summary_repr
-from simfluence_cli._version import __version__
+from simfluence_cli._version import __version__, versions
 from simfluence_cli.errors import (
     ConflictError,
     ModelError,
@@ -261,6 +261,7 @@ def _save_model(
         # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
         "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
         "tool_version": __version__,
+        "versions": versions(),  # simfluence, Python, numpy, scipy, pyarrow
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
         **({"optimizer_aware": oa} if oa is not None else {}),
