@@ -51,6 +51,7 @@ class Run:
 
     @property
     def batch_sizes(self) -> np.ndarray:
+        """(T,) the size of each step's batch."""
         return np.diff(self.batch_ptr)
 
     def initial_loss(self) -> np.ndarray:
@@ -114,14 +115,17 @@ class RunSet:
 
     @property
     def n_examples(self) -> int:
+        """Training examples in the index space (columns of every run's batches)."""
         return len(self.example_ids)
 
     @property
     def n_tests(self) -> int:
+        """Test examples (columns of every run's loss matrix)."""
         return len(self.test_ids)
 
     @property
     def run_ids(self) -> list[str]:
+        """The runs' ids, in order."""
         return [r.run_id for r in self.runs]
 
     def __len__(self) -> int:

@@ -409,3 +409,22 @@ def test_whatif_warns_about_edit_ids_nobody_knows(store):
     with warnings.catch_warnings():
         warnings.simplefilter("error", SimfluenceWarning)
         whatif(sim, base, Edits(drop=["e9"]), None)  # known to the model, not in base: no warning
+
+
+def test_public_methods_say_what_they_do():
+    """help() in a notebook: every public method and property of the exported classes has a
+    docstring (RunStore.run_ids, RunSet.n_tests, ModelRegistry.get, ... had none)."""
+    import inspect
+
+    missing = []
+    for name in simfluence_cli.__all__:
+        cls = getattr(simfluence_cli, name)
+        if not inspect.isclass(cls) or issubclass(cls, BaseException | Warning):
+            continue
+        for attr, member in vars(cls).items():
+            if attr.startswith("_") or not (callable(member) or isinstance(member, property)):
+                continue
+            func = member.__func__ if isinstance(member, classmethod | staticmethod) else member
+            if not (inspect.getdoc(func) or "").strip():
+                missing.append(f"{name}.{attr}")
+    assert not missing, missing

@@ -39,7 +39,8 @@ class Trajectories:
 
 
 def pick_tests(runs: RunSet, model, tests: Sequence[str] | None, n: int = 4) -> list[str]:
-    """The given tests, or ``n`` spread over the range of final losses of the run set's tests."""
+    """The given tests, or ``n`` spread evenly over the test ids (in their order) that both
+    the model and the runs know."""
     known = set(getattr(model, "test_ids_", runs.test_ids).tolist()) & set(runs.test_ids.tolist())
     if tests:
         bad = [t for t in tests if t not in known]

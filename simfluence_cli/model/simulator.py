@@ -93,6 +93,7 @@ class ExecutionOptions:
     progress: Callable[[float], None] | None = None
 
     def validate(self) -> ExecutionOptions:
+        """Self, after checking the solver and workers (a bad value is a UsageError)."""
         choose_solver(self.solver, 1)  # UsageError on an unknown solver
         if not (isinstance(self.workers, int | np.integer) and self.workers >= 1):
             raise UsageError(f"workers must be an integer >= 1, got {self.workers!r}")
@@ -175,6 +176,7 @@ class Simulator:
 
     @classmethod
     def from_config(cls, config: SimulatorConfig) -> Simulator:
+        """An unfitted Simulator with ``config``'s parameters (the inverse of :attr:`config`)."""
         p = {f.name: getattr(config, f.name) for f in fields(config)}
         return cls(**p)
 

@@ -1040,9 +1040,11 @@ class ModelRegistry:
         )
 
     def keys(self) -> list[str]:
+        """The model names, sorted."""
         return list(self)
 
     def get(self, name: str, default=None):
+        """The fitted model ``name`` (parameters loaded), or ``default`` when there is none."""
         return self[name] if name in self else default
 
     def load(self, name: str, tests: list[str] | None = None, parameters: bool = True):
@@ -1050,6 +1052,7 @@ class ModelRegistry:
         return load_model(self.store, name, tests=tests, parameters=parameters)
 
     def open(self, name: str, tests: list[str] | None = None) -> StoredModel:
+        """A :class:`StoredModel`: metadata now, parameters one chunk of tests at a time."""
         return StoredModel(self.store, name, tests=tests)
 
     def list(self) -> list[dict]:
@@ -1074,6 +1077,7 @@ class ModelRegistry:
         return out
 
     def manifest(self, name: str) -> dict:
+        """The model's ``model.json`` as a dict (docs/store-format.md)."""
         return read_manifest(self.store, name)
 
     def fit(
