@@ -428,3 +428,27 @@ def test_public_methods_say_what_they_do():
             if not (inspect.getdoc(func) or "").strip():
                 missing.append(f"{name}.{attr}")
     assert not missing, missing
+
+
+def test_store_models_save_keeps_a_fit_made_in_the_session(store, runs):
+    """A simulator fitted in a notebook could be saved only by refitting (store.models.fit) or
+    by save_model with a hand-made data hash and lock."""
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    res = store.models.save("mine", sim)
+    assert not res.up_to_date and res.manifest["config"]["runs"] == sorted(sim.run_ids_)
+    back = store.models["mine"]
+    np.testing.assert_array_equal(back.A_, sim.A_)
+    refit = store.models.fit("mine", Simulator(l2=0.1), runs="fit")  # same config and data
+    assert refit.up_to_date  # save recorded the data hash fit_model computes
+    with pytest.raises(ConflictError):
+        store.models.save("mine", Simulator(l2=0.5).fit(store.load("fit")))
+    import dataclasses
+
+    fit4 = runs.subset(runs.run_ids[:4])  # the same run ids, other content (a copy)
+    moved = [dataclasses.replace(fit4.runs[0], losses=fit4.runs[0].losses + 1.0), *fit4.runs[1:]]
+    other = RunSet(fit4.example_ids, fit4.test_ids, moved)
+    with pytest.raises(ModelError, match="not fitted on the runs"):
+        store.models.save("other", Simulator(l2=0.1).fit(other))
+    with pytest.raises(NotFittedError):
+        store.models.save("x", Simulator())
+    assert "other" not in store.models and "x" not in store.models

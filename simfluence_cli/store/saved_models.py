@@ -1076,6 +1076,45 @@ class ModelRegistry:
             )
         return out
 
+    def save(self, name: str, simulator: Simulator, *, replace: bool = False) -> FitResult:
+        """Save a Simulator fitted in this session (``Simulator(...).fit(store.load(SEL))``)
+        as ``name`` without refitting; :meth:`fit` fits and saves in one step.
+
+        Its fitting runs (``run_ids_``) must be in the store as they were fitted: the model
+        records the store's data hash of them, so a simulator whose ids or mean step-0 losses
+        differ from those runs' (fitted on other data) is a ModelError. Under the write lock;
+        an existing model of that name with another configuration is a ConflictError unless
+        ``replace`` (one with the same configuration is overwritten by this fit)."""
+        simulator._check_fitted(parameters=True)
+        check_name(name)
+        ids = list(simulator.run_ids_)
+        if not ids:
+            raise ModelError("this Simulator records no fitting runs; fit it on store.load(...)")
+        with self.store.write_lock():
+            data_hash = self.store.data_hash(ids)  # SelectionError when a run is not stored
+            first = self.store.load(ids, loss_steps=1)  # curricula and step-0 losses only
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # tests absent from some runs
+                L0 = np.nanmean(np.vstack([r.losses[0] for r in first.runs]), axis=0)
+            same = (
+                np.array_equal(first.example_ids, simulator.example_ids_)
+                and np.array_equal(first.test_ids, simulator.test_ids_)
+                and np.allclose(L0, simulator.init_loss_mean_, rtol=1e-12, equal_nan=True)
+            )
+            if not same:
+                raise ModelError(
+                    f"this Simulator was not fitted on the runs {', '.join(ids[:3])}"
+                    f"{', ...' if len(ids) > 3 else ''} as {self.store.path} holds them (its "
+                    "example ids, test ids or mean step-0 losses differ); fit and save with "
+                    f"store.models.fit({name!r}, Simulator(...), runs=...)"
+                )
+            man = save_model(
+                self.store, name, simulator, runs=ids, data_hash=data_hash, replace=replace
+            )
+        return FitResult(
+            name, man, False, ids, simulator, len(simulator.example_ids_), len(simulator.test_ids_)
+        )
+
     def manifest(self, name: str) -> dict:
         """The model's ``model.json`` as a dict (docs/store-format.md)."""
         return read_manifest(self.store, name)
