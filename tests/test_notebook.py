@@ -203,3 +203,21 @@ def test_a_model_json_records_the_library_versions_of_its_fit(store):
     got = store.models.manifest("versioned")["versions"]
     assert got["numpy"] == numpy.__version__ and got["scipy"] == scipy.__version__
     assert got["python"] == platform.python_version() and "pyarrow" in got
+
+
+def test_info_list_keeps_tags_a_list_where_the_format_has_lists(store, tmp_path):
+    """`info --list -f jsonl` gave tags as the text 'fit,extra', unlike runs.parquet's list."""
+    import pandas as pd
+
+    held = store.load("held")
+    store = RunStore(tmp_path / "tagged", create=True)  # the shared store stays as it is
+    store.add_runset(held.subset(["syn-004"]), tags=["fit"])
+    store.add_runset(held.subset(["syn-005"]), tags=["held", "extra"])
+    jsonl = cli("info", "--store", store.path, "--list", "-f", "jsonl").stdout
+    rows = {r["run"]: r["tags"] for r in map(json.loads, jsonl.splitlines())}
+    assert rows["syn-005"] == ["extra", "held"] and rows["syn-004"] == ["fit", "held"]
+    out = tmp_path / "runs.parquet"
+    assert cli("info", "--store", store.path, "--list", "-o", out).exit_code == 0
+    assert list(pd.read_parquet(out).set_index("run").loc["syn-005", "tags"]) == ["extra", "held"]
+    csv = cli("info", "--store", store.path, "--list", "-f", "csv").stdout
+    assert '"extra,held"' in csv or "extra,held" in csv  # one text cell, quoted by csv

@@ -256,11 +256,13 @@ def info_cmd(
             "source",
             "ingested_at",
         ]
-        rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
+        chosen = resolve_format(fmt, output)
+        flat = chosen in (Format.csv, Format.table)  # a cell is text: "a,b"; else a list
+        rows = [{**r, "tags": ",".join(r["tags"]) if flat else list(r["tags"])} for r in rs.runs()]
         render_rows(
             rows,
             cols,
-            resolve_format(fmt, output),
+            chosen,
             output,
             title=f"runs in {store}",
             table_columns=cols[:8],
