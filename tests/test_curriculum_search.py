@@ -307,7 +307,9 @@ def test_cli_design_starts_from_the_best_fitting_run(tmp_path):
     assert r.exit_code == 0, r.stderr
     report = json.loads(rep.read_text())
     assert report["start_run"] == rid and report["steps"] == 15
-    assert report["fold_models"] > 0 and report["interval"]["lo"] <= report["interval"]["hi"]
+    # 6 fitting runs are too few for a finite 90% upper end: JSON has no Infinity, so null
+    assert report["fold_models"] > 0 and report["interval"]["hi"] is None
+    assert np.isfinite(report["interval"]["lo"])
     assert report["design"] <= report["start_objective"]
     cur = read_curriculum(str(out)).batches
     changed = sum(x != y for a, b in zip(cur, start) for x, y in zip(a, b))

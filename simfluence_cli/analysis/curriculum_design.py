@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.model.adjoint import final_loss_adjoint
 from simfluence_cli.model.config import OPTIMIZER_AWARE
@@ -77,6 +78,7 @@ _SIM_BYTES = 256 * 2**20
 
 @dataclass
 class DesignResult:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     batches: list[list[str]]
     objective: float
     start_objective: float  # the start's (greedy or given curriculum) simulated objective

@@ -162,9 +162,9 @@ def mean_effect(
 ) -> np.ndarray:
     """(n_examples,) ``removal`` or ``coefficient`` effect averaged over ``tests`` (None = all).
 
-    A :class:`~simfluence_cli.models.StoredModel` is used one chunk of test examples at a time
-    (sums over each chunk's tests, divided by their number at the end), so the whole
-    N_train x N_test parameter matrix is never in memory; a Simulator is one chunk.
+    A :class:`~simfluence_cli.store.saved_models.StoredModel` is used one chunk of test
+    examples at a time (sums over each chunk's tests, divided by their number at the end), so
+    the whole N_train x N_test parameter matrix is never in memory; a Simulator is one chunk.
     """
     from simfluence_cli.analysis.evaluation import model_chunks
 

@@ -567,9 +567,13 @@ def _write_long(
             import pyarrow.parquet as pq
 
             from simfluence_cli._atomic import write_atomic
+            from simfluence_cli.cli._app import provenance
 
             table = table.replace_schema_metadata(
-                {b"simfluence.columns": json.dumps(helps).encode()}
+                {
+                    b"simfluence.columns": json.dumps(helps).encode(),
+                    b"simfluence.provenance": json.dumps(provenance()).encode(),
+                }
             )
             if output == "-":
                 if sys.stdout.isatty():
