@@ -73,7 +73,9 @@ class Recorder(TrainerCallback):
         self.current = []
 
 
-def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, **kw):
+def make_trainer(
+    tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, eval_dataset=None, **kw
+):
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=2,
@@ -91,7 +93,13 @@ def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), s
         remove_unused_columns=remove_unused,
         **kw,
     )
-    return Trainer(model=model, args=args, train_dataset=train, callbacks=list(callbacks))
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        callbacks=list(callbacks),
+    )
 
 
 def read_log(path):
@@ -191,7 +199,37 @@ def test_missing_ids_is_a_clear_error(tmp_path):
     no_ids = [{k: v for k, v in f.items() if k != "example_id"} for f in train]
     trainer = make_trainer(tmp_path, model, no_ids, 1)
     SimfluenceCallback(tmp_path / "runs" / "x.jsonl.gz", test).attach(trainer)
-    with pytest.raises(KeyError, match="example_id"):
+    # the collator lets ID-less batches through (evaluation data); the model's pre-hook stops
+    # the first training batch without IDs
+    with pytest.raises(RuntimeError, match="reached the model without 'example_id'"):
         trainer.train()
     assert not (tmp_path / "runs" / "x.jsonl.gz").exists()
     assert IdCollator()([train[0]])["example_id"] == ["e0"]
+
+
+@pytest.mark.parametrize("eval_has_ids", [False, True])
+def test_trainer_evaluation_runs_beside_the_callback(tmp_path, eval_has_ids):
+    """Trainer's own evaluation (eval_dataset + eval_strategy) goes through the same wrapped
+    collator: eval features need no example ID, and the logged training steps are unchanged."""
+    train, test = make_data()
+    model = make_model()
+    rec = Recorder(model)
+    evalset = [dict(f, example_id=f"v{j}") for j, f in enumerate(test)] if eval_has_ids else test
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        train,
+        2,
+        callbacks=[rec],
+        eval_dataset=evalset,
+        eval_strategy="steps",
+        eval_steps=2,
+    )
+    path = tmp_path / "runs" / "ev-000.jsonl.gz"
+    SimfluenceCallback(path, test, eval_every=3).attach(trainer)
+    trainer.train()
+    assert sum("eval_loss" in h for h in trainer.state.log_history) == 3  # steps 2, 4, 6
+    assert [ln["batch"] for ln in read_log(path)[1:]] == rec.steps
+    assert "example_id" not in IdCollator()(test[:2])  # no IDs at all: collated as they are
+    with pytest.raises(KeyError, match="example_id"):
+        IdCollator()([train[0], test[0]])  # some with, some without: refused

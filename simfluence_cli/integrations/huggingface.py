@@ -65,6 +65,10 @@ class IdCollator:
     Each feature's ``id_key`` entry is taken out before ``collator`` (default
     ``transformers.default_data_collator``) collates the rest; the batch then gets
     ``batch[id_key] = [id, ...]`` (a plain list, which Trainer moves to the device unchanged).
+    A batch in which *no* feature has the field (Trainer's evaluation and prediction batches,
+    which go through the same collator) is collated as it is; a batch in which only some do is
+    refused. A training batch without IDs is stopped where it reaches the model
+    (:class:`SimfluenceCallback`'s forward pre-hook).
     """
 
     def __init__(self, collator: Callable | None = None, id_key: str = ID_KEY):
@@ -72,12 +76,14 @@ class IdCollator:
         self.id_key = id_key
 
     def __call__(self, features):
+        if not any(isinstance(f, Mapping) and self.id_key in f for f in features):
+            return self.collator(features)  # evaluation / prediction data: no IDs to carry
         ids, rest = [], []
         for f in features:
             if not isinstance(f, Mapping) or self.id_key not in f:
                 raise KeyError(
-                    f"IdCollator: a training example has no {self.id_key!r} field "
-                    "(give every training example an ID)"
+                    f"IdCollator: a batch mixes examples with and without a {self.id_key!r} "
+                    "field (give every training example an ID)"
                 )
             ids.append(_plain_id(f[self.id_key]))
             rest.append({k: v for k, v in f.items() if k != self.id_key})
