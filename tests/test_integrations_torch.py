@@ -254,3 +254,65 @@ def test_log_runs_same_checkpoint_deterministic_and_ingestible(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["added"] == ["run-000", "run-001", "run-002"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def train_with_checkpoints(path, ckpt_path, *, stop_after=None, resume=False):
+    """An everyday resumable loop: AdamW + warm-up, gradient accumulation 2, a checkpoint (model,
+    optimizer, scheduler, RNG, position, log state) every 3 optimizer steps; resumed mid-epoch by
+    skipping the batches of the epoch already trained. ``stop_after``: interrupt after that step."""
+    train, test = make_data()
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, 0.2, total_iters=4)
+    ds = IdDataset(train, TRAIN_IDS)
+    start_epoch, skip, state = 0, 0, None
+    if resume:
+        ck = torch.load(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        torch.set_rng_state(ck["rng"])
+        start_epoch, skip, state = ck["epoch"], ck["micro"], ck["log"]
+    with TorchRunLogger(path, model, test, optimizer=opt, eval_every=2, resume=state) as log:
+        for epoch in range(start_epoch, 2):
+            g = torch.Generator().manual_seed(100 + epoch)
+            loader = DataLoader(ds, batch_size=5, shuffle=True, generator=g)  # 5 micro-batches
+            for i, ((x, y), ids) in enumerate(loader):
+                if epoch == start_epoch and i < skip:
+                    continue
+                (F.cross_entropy(model(x), y) / 2).backward()
+                log.add(ids)
+                if (i + 1) % 2 == 0 or i + 1 == len(loader):
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad()
+                    t = log.step()
+                    if t % 3 == 0:
+                        ck = dict(model=model.state_dict(), opt=opt.state_dict(), epoch=epoch)
+                        ck.update(sched=sched.state_dict(), rng=torch.get_rng_state())
+                        torch.save(dict(ck, micro=i + 1, log=log.state_dict()), ckpt_path)
+                    if t == stop_after:
+                        raise Interrupted
+    return read_log(path)
+
+
+def test_interrupted_run_resumed_from_checkpoint_logs_as_if_uninterrupted(tmp_path):
+    full = train_with_checkpoints(tmp_path / "full.jsonl", tmp_path / "full.pt")
+    assert len(full) == 1 + 2 * 3  # 3 optimizer steps per epoch (2 + 2 + 1 micro-batches)
+    cut, ckpt = tmp_path / "cut.jsonl", tmp_path / "cut.pt"
+    with pytest.raises(Interrupted):
+        train_with_checkpoints(cut, ckpt, stop_after=5)  # checkpoint at step 3, mid-epoch 2
+    assert not cut.exists()
+    resumed = train_with_checkpoints(cut, ckpt, resume=True)
+    # the same steps, batches and rates; the step-4/5 work lost with the interruption is redone once
+    assert [ln["step"] for ln in resumed] == list(range(7))
+    assert [ln["batch"] for ln in resumed] == [ln["batch"] for ln in full]
+    assert [ln.get("lr") for ln in resumed] == [ln.get("lr") for ln in full]
+    for a, b in zip(resumed, full):
+        assert a.keys() == b.keys()
+        if "loss" in a:
+            assert list(a["loss"].values()) == pytest.approx(list(b["loss"].values()), rel=1e-5)

@@ -250,6 +250,10 @@ class TorchRunLogger(CommitOnExit):
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
 
+    Resuming from a checkpoint: save :meth:`state_dict` with the model and optimizer, and in the
+    resumed process pass it as ``resume=``; step 0 is then not re-evaluated and the log continues
+    after the checkpoint's step (steps trained after the checkpoint and lost are not logged twice).
+
     The rates are kept in :attr:`lrs` (one per step). They are written as ``"lr"`` in each line.
     """
 
@@ -269,10 +273,12 @@ class TorchRunLogger(CommitOnExit):
         device=None,
         forward: Callable | None = None,
         id_key: str = ID_KEY,
+        resume: Mapping | None = None,
     ):
         if eval_every < 0:
             raise ValueError("eval_every must be >= 0")
         self.path = Path(path)
+        self.resume = resume
         self.model = model
         self.optimizer = optimizer
         self.eval_every = int(eval_every)
@@ -295,9 +301,17 @@ class TorchRunLogger(CommitOnExit):
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TorchRunLogger:
-        self.log = RunLogger(self.path, **self._logger_kw)
+        state = self.resume
+        self.log = RunLogger(
+            self.path, **self._logger_kw, resume=None if state is None else state.get("log", state)
+        )
         try:
-            self.log.initial(self.evaluate())
+            if state is None:
+                self.log.initial(self.evaluate())
+            else:
+                self.steps = self.log.last_step
+                self.lrs = list(state.get("lrs", []))
+                self._pending = list(state.get("pending", []))
             if self.optimizer is not None:
                 self._hook = self.optimizer.register_step_pre_hook(self._on_optimizer_step)
         except BaseException:
@@ -321,6 +335,13 @@ class TorchRunLogger(CommitOnExit):
         self._remove_hook()
         if self.log is not None:
             self.log.abort()
+
+    def state_dict(self) -> dict:
+        """The log so far (plain lists and strings), to save with a training checkpoint and pass
+        back as ``TorchRunLogger(..., resume=state)`` when training resumes from it."""
+        if self.log is None:
+            raise RuntimeError("TorchRunLogger.state_dict() outside its `with` block")
+        return {"log": self.log.state_dict(), "lrs": list(self.lrs), "pending": list(self._pending)}
 
     # ------------------------------------------------------------------ logging
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:

@@ -19,6 +19,11 @@ The file appears atomically when the logger closes: lines stream to a temp file 
 target, which is moved into place by ``os.replace``. If the ``with`` block raises (or
 :meth:`RunLogger.abort` is called), no file is left behind.
 
+Interrupted training that resumes from a checkpoint: save :meth:`RunLogger.state_dict` with the
+checkpoint and pass it back as ``RunLogger(path, ..., resume=state)`` in the resumed process; the
+log continues after the checkpoint's step, so steps trained after the checkpoint and lost with the
+interruption are not in the log (the training redoes them).
+
 >>> with RunLogger("runs/r1.jsonl.gz", test_ids=["t0", "t1"]) as log:   # doctest: +SKIP
 ...     log.initial([2.31, 1.87])
 ...     log.step(["e17", "e203", "e5", "e88"], [2.28, 1.90])
@@ -64,6 +69,11 @@ def _as_id(x, path: str, field: str) -> str:
     )
 
 
+def _list_or(x):
+    """``x`` as a list if it is a list or tuple (state loaded from JSON has lists), else ``x``."""
+    return list(x) if isinstance(x, (list, tuple)) else x
+
+
 class CommitOnExit:
     """The loggers' ``with`` protocol: leaving the block commits the log (``close()``); an
     exception in it discards the log (``abort()``) and propagates."""
@@ -99,6 +109,9 @@ class RunLogger(CommitOnExit):
     optimizer:
         Optional free-form description of the optimizer (e.g. ``"AdamW(betas=(0.9, 0.999))"``),
         written once, as ``"optimizer"`` on the step-0 line.
+    resume:
+        A :meth:`state_dict` saved with a training checkpoint: the log starts with the steps it
+        holds (0..k) and continues at step k + 1. Its run id and test IDs must be this logger's.
     """
 
     def __init__(
@@ -109,6 +122,7 @@ class RunLogger(CommitOnExit):
         test_ids: Iterable | None = None,
         precision: int | None = None,
         optimizer: str | None = None,
+        resume: Mapping | None = None,
     ):
         self.path = Path(path)
         if optimizer is not None and (not isinstance(optimizer, str) or not optimizer):
@@ -143,7 +157,9 @@ class RunLogger(CommitOnExit):
             self._known = set(ids)
         self._run_suffix = "" if self.run_id is None else f', "run": {json.dumps(self.run_id)}'
         self.last_step: int | None = None  # last step written; None before initial()
+        self._lines: list[str] = []  # every line written, for state_dict()
         self.closed = False
+        resume_lines = None if resume is None else self._check_resume(resume)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
@@ -159,6 +175,47 @@ class RunLogger(CommitOnExit):
         else:
             self._gz = None
             self._fh = self._raw
+        if resume_lines:
+            for line in resume_lines:
+                self._fh.write(line.encode("utf-8"))
+            self._lines = list(resume_lines)
+            self.last_step = len(resume_lines) - 1
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict:
+        """This log so far, to save with a training checkpoint and resume from
+        (``RunLogger(..., resume=state)``): plain lists and strings (``torch.save``, JSON)."""
+        return {
+            "simfluence_run_log": 1,
+            "path": str(self.path),
+            "run_id": self.run_id,
+            "test_ids": self.test_ids,
+            "lines": list(self._lines),
+        }
+
+    def _check_resume(self, state) -> list[str]:
+        """The lines of a :meth:`state_dict` to resume from, checked against this logger."""
+        path = str(self.path)
+        if not isinstance(state, Mapping) or state.get("simfluence_run_log") != 1:
+            raise RunLogError(
+                "resume= is not a RunLogger.state_dict()",
+                path=path,
+                field="resume",
+                hint="pass the state_dict() saved with the checkpoint",
+            )
+        lines = state.get("lines")
+        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+            raise RunLogError("resume= has no list of lines", path=path, field="resume")
+        for name, mine in (("run_id", self.run_id), ("test_ids", self.test_ids)):
+            theirs = state.get(name)
+            if theirs is not None and mine is not None and _list_or(theirs) != _list_or(mine):
+                raise RunLogError(
+                    f"resume= was saved with other {name} than this logger's",
+                    path=path,
+                    field="resume",
+                    hint=f"resume with the {name} the run started with",
+                )
+        return lines
 
     # ------------------------------------------------------------------ writing
     def initial(self, losses) -> None:
@@ -331,6 +388,7 @@ class RunLogger(CommitOnExit):
             line += f', "loss": {{{loss}}}'
         line += self._run_suffix + "}\n"
         self._fh.write(line.encode("utf-8"))
+        self._lines.append(line)
         self.last_step = step
 
     # ------------------------------------------------------------------ lifecycle
