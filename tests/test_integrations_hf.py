@@ -76,7 +76,7 @@ class Recorder(TrainerCallback):
 def make_trainer(
     tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, eval_dataset=None, **kw
 ):
-    args = TrainingArguments(
+    args = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=2,
         gradient_accumulation_steps=ga,
@@ -91,8 +91,8 @@ def make_trainer(
         disable_tqdm=True,
         seed=seed,
         remove_unused_columns=remove_unused,
-        **kw,
     )
+    args = TrainingArguments(**(args | kw))
     return Trainer(
         model=model,
         args=args,
@@ -233,3 +233,44 @@ def test_trainer_evaluation_runs_beside_the_callback(tmp_path, eval_has_ids):
     assert "example_id" not in IdCollator()(test[:2])  # no IDs at all: collated as they are
     with pytest.raises(KeyError, match="example_id"):
         IdCollator()([train[0], test[0]])  # some with, some without: refused
+
+
+class Interrupt(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt  # killed after checkpoint-2 was saved
+
+
+def test_resume_from_checkpoint_continues_the_log(tmp_path):
+    """trainer.train(resume_from_checkpoint=True) with a fresh callback on the same path writes
+    the log an uninterrupted run writes; a checkpoint saved without the callback is refused."""
+    train, test = make_data()
+    kw = dict(save_strategy="steps", save_steps=2)
+    runs = tmp_path / "runs"
+    full = make_trainer(tmp_path / "a", make_model(), train, 2, **kw)
+    SimfluenceCallback(runs / "full.jsonl.gz", test, eval_every=2).attach(full)
+    full.train()
+    cut = make_trainer(tmp_path / "b", make_model(), train, 2, callbacks=[Interrupt()], **kw)
+    SimfluenceCallback(runs / "cut.jsonl.gz", test, eval_every=2).attach(cut)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    assert not (runs / "cut.jsonl.gz").exists()
+    resumed = make_trainer(tmp_path / "b", make_model(), train, 2, **kw)
+    cb = SimfluenceCallback(runs / "cut.jsonl.gz", test, eval_every=2).attach(resumed)
+    resumed.train(resume_from_checkpoint=True)  # the last checkpoint: checkpoint-2
+    a, b = read_log(runs / "full.jsonl.gz"), read_log(runs / "cut.jsonl.gz")
+    assert [ln["step"] for ln in b] == list(range(7))
+    assert [ln["batch"] for ln in b] == [ln["batch"] for ln in a]
+    assert [ln.get("lr") for ln in b] == pytest.approx([ln.get("lr") for ln in a])
+    assert [("loss" in ln) for ln in b] == [("loss" in ln) for ln in a]
+    for x, y in zip(a, b):
+        if "loss" in x:
+            assert list(y["loss"].values()) == pytest.approx(list(x["loss"].values()), rel=1e-4)
+    assert cb.batches == [ln["batch"] for ln in a[1:]] and len(cb.lrs) == 6
+    # a checkpoint without the callback's log: one clear error, no file
+    (tmp_path / "b" / "out" / "checkpoint-4" / "simfluence-log-cut.json").unlink()
+    again = make_trainer(tmp_path / "b", make_model(), train, 2, **kw)
+    SimfluenceCallback(runs / "again.jsonl.gz", test).attach(again)
+    with pytest.raises(RuntimeError, match="resuming at step 4 .* no simfluence-log-again.json"):
+        again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    assert not (runs / "again.jsonl.gz").exists()

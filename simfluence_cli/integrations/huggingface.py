@@ -29,12 +29,18 @@ has its columns removed before any collator runs: pass ``remove_unused_columns=F
 (the callback raises a clear error otherwise).
 
 If ``trainer.train()`` raises, :meth:`attach` makes sure the log is discarded (no file).
-Resuming from a checkpoint is refused (a run log must start at step 0).
+
+Resuming: every checkpoint Trainer saves gets the log so far (``simfluence-log-<file stem>.json``
+in the ``checkpoint-N`` directory); ``trainer.train(resume_from_checkpoint=...)`` with a fresh
+callback on the same path continues that log after step N, so the file is the one an
+uninterrupted run writes (Trainer restores the data order and skips the batches already trained).
+A checkpoint saved without the callback is refused (a run log must start at step 0).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -190,6 +196,7 @@ class SimfluenceCallback(TrainerCallback):
         self._pending: list = []
         self._lr = None
         self._hook = None
+        self._resume_dir = None
 
     # ------------------------------------------------------------------ wiring
     def attach(self, trainer) -> SimfluenceCallback:
@@ -202,6 +209,8 @@ class SimfluenceCallback(TrainerCallback):
 
         @functools.wraps(train)
         def train_and_abort_on_error(*args, **kwargs):
+            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+            self._resume_dir = resume if isinstance(resume, (str, os.PathLike)) else None
             try:
                 return train(*args, **kwargs)
             except BaseException:
@@ -248,12 +257,43 @@ class SimfluenceCallback(TrainerCallback):
         return args, kwargs
 
     # ------------------------------------------------------------------ events
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if state.global_step != 0:
+    @property
+    def _state_name(self) -> str:
+        """The file, in each checkpoint directory, that holds the log up to that checkpoint."""
+        stem = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
+        return f"simfluence-log-{stem}.json"
+
+    def _resume_state(self, args, state) -> dict:
+        """The log state saved with the checkpoint training resumes from (step ``global_step``)."""
+        ckpt = self._resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        f = Path(ckpt) / self._state_name
+        if not f.is_file():
             raise RuntimeError(
-                "SimfluenceCallback: resuming from a checkpoint is not supported "
-                "(a run log starts at step 0)"
+                f"SimfluenceCallback: resuming at step {state.global_step} from {ckpt}, which has "
+                f"no {self._state_name} (saved by a SimfluenceCallback logging to {self.path.name}); "
+                "a run log must start at step 0: train from the start with the callback attached"
             )
+        saved = json.loads(f.read_text(encoding="utf-8"))
+        n = len(saved.get("lines", [])) - 1
+        if n != state.global_step:
+            raise RuntimeError(
+                f"SimfluenceCallback: {f} holds the log up to step {n}, but training resumes at "
+                f"step {state.global_step}; resume from the checkpoint that file was saved with"
+            )
+        return saved
+
+    def on_save(self, args, state, control, **kwargs):
+        # After Trainer has written checkpoint-N: keep the log so far beside it, for resuming.
+        if self.log is None or self.log.closed or not args.should_save:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            tmp = ckpt / f".{self._state_name}.tmp"
+            tmp.write_text(json.dumps(self.log.state_dict()), encoding="utf-8")
+            os.replace(tmp, ckpt / self._state_name)
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        resume = self._resume_state(args, state) if state.global_step != 0 else None
         if model is None:
             raise RuntimeError("SimfluenceCallback: the Trainer passed no model to on_train_begin")
         # Trainer's RemoveColumnsCollator drops fields that model.forward does not take: keep the IDs.
@@ -276,9 +316,14 @@ class SimfluenceCallback(TrainerCallback):
                 )
         self._model = model
         self._pending, self.lrs, self.batches, self._lr = [], [], [], None
-        self.log = RunLogger(self.path, **self._logger_kw)
+        self.log = RunLogger(self.path, **self._logger_kw, resume=resume)
         try:
-            self.log.initial(self.evaluate(model))
+            if resume is None:
+                self.log.initial(self.evaluate(model))
+            else:  # the steps before the checkpoint, as logged then
+                done = [json.loads(line) for line in resume["lines"][1:]]
+                self.lrs = [d.get("lr") for d in done]
+                self.batches = [d["batch"] for d in done]
             self._hook = model.register_forward_pre_hook(self._forward_pre_hook, with_kwargs=True)
         except BaseException:
             self.abort()
