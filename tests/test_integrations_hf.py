@@ -274,3 +274,13 @@ def test_resume_from_checkpoint_continues_the_log(tmp_path):
     with pytest.raises(RuntimeError, match="resuming at step 4 .* no simfluence-log-again.json"):
         again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
     assert not (runs / "again.jsonl.gz").exists()
+
+
+def test_last_step_evaluated_with_max_steps(tmp_path):
+    """max_steps that eval_every does not divide: the last step still gets test losses."""
+    train, test = make_data()
+    trainer = make_trainer(tmp_path, make_model(), train, 1, max_steps=5)
+    path = tmp_path / "runs" / "ms-000.jsonl.gz"
+    SimfluenceCallback(path, test, eval_every=2).attach(trainer)
+    trainer.train()
+    assert [("loss" in ln) for ln in read_log(path)] == [True, False, True, False, True, True]

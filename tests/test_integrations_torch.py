@@ -22,6 +22,7 @@ from simfluence_cli.integrations.pytorch import (  # noqa: E402
     log_runs,
     per_example_losses,
 )
+from simfluence_cli.io.run_logger import RunLogError  # noqa: E402
 
 # importing torch (and transformers) takes seconds: the quick loop skips this module
 pytestmark = pytest.mark.slow
@@ -230,7 +231,8 @@ def test_log_runs_same_checkpoint_deterministic_and_ingestible(tmp_path):
         assert len(r) == 1 + 2 * 5  # 24 examples / 5 per batch = 5 steps per epoch
         ep1 = [e for ln in r[1:6] for e in ln["batch"]]
         assert sorted(ep1) == TRAIN_IDS  # every example once per epoch
-        assert r[9]["loss"] != r[0]["loss"] and "loss" not in r[10]  # eval_every=3
+        assert r[9]["loss"] != r[0]["loss"] and "loss" not in r[8]  # eval_every=3
+        assert "loss" in r[10]  # and the last step
     # explicit curricula
     cur = [[[0, 1, 2], [3, 4, 5]], [[5, 4, 3], [2, 1, 0]]]
     c = log_runs(
@@ -316,3 +318,28 @@ def test_interrupted_run_resumed_from_checkpoint_logs_as_if_uninterrupted(tmp_pa
         assert a.keys() == b.keys()
         if "loss" in a:
             assert list(a["loss"].values()) == pytest.approx(list(b["loss"].values()), rel=1e-5)
+
+
+def test_last_step_always_evaluated(tmp_path):
+    """eval_every that does not divide the number of steps: the last step is evaluated when the
+    block ends, with the final model, so final-step metrics get a real final loss."""
+    train, test = make_data()
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(IdDataset(train, TRAIN_IDS), batch_size=5)  # 5 steps, the last of 4
+    with TorchRunLogger(tmp_path / "r.jsonl", model, test, optimizer=opt, eval_every=2) as log:
+        for (x, y), ids in loader:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            log.step(ids)
+        with pytest.raises(RunLogError, match="field 'batch': empty batch at step 6; pass"):
+            log.step([])  # e.g. log.step() with accumulation but no log.add()
+    lines = read_log(tmp_path / "r.jsonl")
+    assert [("loss" in ln) for ln in lines] == [True, False, True, False, True, True]
+    assert [len(ln["batch"]) for ln in lines] == [0, 5, 5, 5, 5, 4]
+    final = per_example_losses(model, test, F.cross_entropy)
+    assert list(lines[-1]["loss"].values()) == final.tolist()
+    with TorchRunLogger(tmp_path / "never.jsonl", model, test, eval_every=0) as log:
+        log.step(["e00"], lr=0.1)  # eval_every=0: step 0 only, as before
+    assert "loss" not in read_log(tmp_path / "never.jsonl")[-1]

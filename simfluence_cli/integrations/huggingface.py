@@ -15,8 +15,8 @@ Give every training example an ``"example_id"`` field and attach one callback::
 What it records, per *optimizer* step (``state.global_step``): the IDs of every example that went
 into the step (with gradient accumulation, the union of its micro-batches), the learning rate
 ``optimizer.param_groups[0]["lr"]`` read right after ``optimizer.step()`` (before the scheduler
-moves it), and the per-example test losses every ``eval_every`` steps; step 0 holds the losses
-of the starting checkpoint.
+moves it), and the per-example test losses every ``eval_every`` steps and at the last step
+(``state.max_steps``); step 0 holds the losses of the starting checkpoint.
 
 How the IDs get there: :meth:`SimfluenceCallback.attach` wraps the trainer's data collator in an
 :class:`IdCollator`, which collates the other fields as before and passes the IDs along as a list
@@ -148,7 +148,8 @@ class SimfluenceCallback(TrainerCallback):
     test_ids:
         Test example IDs; default: the test features' ``id_key`` values if present, else t0, t1, ...
     eval_every:
-        Evaluate the test set every k optimizer steps (step 0 always); 0 = only step 0.
+        Evaluate the test set every k optimizer steps (step 0 always, and the last step);
+        0 = only step 0.
     loss_fn:
         ``loss_fn(outputs, batch) -> tensor (batch,)``; default :func:`per_example_loss` on
         ``outputs.logits`` and ``batch["labels"]`` (shifted for ``*ForCausalLM`` models).
@@ -347,7 +348,7 @@ class SimfluenceCallback(TrainerCallback):
         lr, self._lr = self._lr, None
         t = state.global_step
         losses = None
-        if self.eval_every and t % self.eval_every == 0:
+        if self.eval_every and (t % self.eval_every == 0 or t == state.max_steps):
             losses = self.evaluate(model if model is not None else self._model)
         try:
             self.log.step(ids, losses, step=t, lr=None if lr is None else float(lr))

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from simfluence_cli import RunLogger
-from simfluence_cli.io.run_logger import CommitOnExit
+from simfluence_cli.io.run_logger import CommitOnExit, RunLogError, _as_id
 
 __all__ = [
     "IdDataset",
@@ -245,7 +245,9 @@ class TorchRunLogger(CommitOnExit):
     logged for a step is ``optimizer.param_groups[0]["lr"]`` read by a step pre-hook at the moment
     ``optimizer.step()`` runs, so it is the rate actually used whether the scheduler is stepped
     before or after :meth:`step`. Test losses are evaluated every ``eval_every`` steps (0 = never
-    after step 0). If the block raises, or :meth:`abort` is called, no file is written.
+    after step 0) and after the last step, when the ``with`` block ends (so the final losses are
+    logged whatever ``eval_every`` divides). If the block raises, or :meth:`abort` is called, no
+    file is written.
 
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
@@ -296,6 +298,7 @@ class TorchRunLogger(CommitOnExit):
         self.lrs: list[float | None] = []
         self.steps = 0
         self._pending: list = []
+        self._held: tuple[list, float | None] | None = None  # last step, written by the next one
         self._lr_seen: list[float] = []
         self._hook = None
 
@@ -309,9 +312,11 @@ class TorchRunLogger(CommitOnExit):
             if state is None:
                 self.log.initial(self.evaluate())
             else:
-                self.steps = self.log.last_step
                 self.lrs = list(state.get("lrs", []))
                 self._pending = list(state.get("pending", []))
+                held = state.get("held")
+                self._held = None if held is None else (list(held[0]), held[1])
+                self.steps = self.log.last_step + (held is not None)
             if self.optimizer is not None:
                 self._hook = self.optimizer.register_step_pre_hook(self._on_optimizer_step)
         except BaseException:
@@ -325,10 +330,24 @@ class TorchRunLogger(CommitOnExit):
             self._hook = None
 
     def close(self) -> None:
-        """Write the file (atomically)."""
+        """Evaluate the last step if it was not, and write the file (atomically)."""
         self._remove_hook()
-        if self.log is not None:
-            self.log.close()
+        if self.log is None:
+            return
+        if self._held is not None and not self.log.closed:
+            try:
+                self._write_held(self.evaluate())
+            except BaseException:
+                self.abort()
+                raise
+        self.log.close()
+
+    def _write_held(self, losses=None) -> None:
+        """Write the step held back (the last one, if it had no evaluation)."""
+        if self._held is not None:
+            batch, lr = self._held
+            self._held = None
+            self.log.step(batch, losses, lr=lr)
 
     def abort(self) -> None:
         """Stop without writing a file."""
@@ -341,7 +360,12 @@ class TorchRunLogger(CommitOnExit):
         back as ``TorchRunLogger(..., resume=state)`` when training resumes from it."""
         if self.log is None:
             raise RuntimeError("TorchRunLogger.state_dict() outside its `with` block")
-        return {"log": self.log.state_dict(), "lrs": list(self.lrs), "pending": list(self._pending)}
+        return {
+            "log": self.log.state_dict(),
+            "lrs": list(self.lrs),
+            "pending": list(self._pending),
+            "held": None if self._held is None else [list(self._held[0]), self._held[1]],
+        }
 
     # ------------------------------------------------------------------ logging
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -378,6 +402,14 @@ class TorchRunLogger(CommitOnExit):
             raise RuntimeError("TorchRunLogger.step() outside its `with` block")
         batch = self._ids(ids) if ids is not None else self._pending
         self._pending = []
+        t = self.steps + 1
+        if not batch:
+            raise RunLogError(
+                f"empty batch at step {t}",
+                path=str(self.path),
+                field="batch",
+                hint="pass the step's IDs to log.step(ids), or each micro-batch's to log.add(ids)",
+            )
         if lr is None and self.optimizer is not None:
             if len(self._lr_seen) != 1:
                 raise RuntimeError(
@@ -386,10 +418,15 @@ class TorchRunLogger(CommitOnExit):
                 )
             lr = self._lr_seen[0]
         self._lr_seen = []
-        t = self.steps + 1
+        batch = [_as_id(e, str(self.path), "batch") for e in batch]
+        lr = None if lr is None else float(lr)
         if losses is None and self.eval_every and t % self.eval_every == 0:
             losses = self.evaluate()
-        self.log.step(batch, losses, lr=None if lr is None else float(lr))
+        self._write_held()
+        if losses is None and self.eval_every:
+            self._held = (batch, lr)  # evaluated on close() if it is the last step
+        else:
+            self.log.step(batch, losses, lr=lr)
         self.steps = t
         self.lrs.append(lr)
         return t
