@@ -343,3 +343,35 @@ def test_last_step_always_evaluated(tmp_path):
     with TorchRunLogger(tmp_path / "never.jsonl", model, test, eval_every=0) as log:
         log.step(["e00"], lr=0.1)  # eval_every=0: step 0 only, as before
     assert "loss" not in read_log(tmp_path / "never.jsonl")[-1]
+
+
+def test_steps_a_grad_scaler_skipped_are_dropped(tmp_path):
+    """fp16 autocast + GradScaler: steps with inf gradients never reach optimizer.step(); with
+    scaler= the log holds exactly the steps that updated the model (without it: one clear error)."""
+    train, test = make_data()
+    loader = DataLoader(IdDataset(train, TRAIN_IDS), batch_size=4)
+
+    def run(path, scaler_kw):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=1)
+        stepped, current = [], []
+        opt.register_step_pre_hook(lambda *a: stepped.append(current))
+        with TorchRunLogger(path, model, test, optimizer=opt, **scaler_kw(scaler)) as log:
+            for (x, y), ids in loader:
+                current = list(ids)
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = F.cross_entropy(model(x), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+                log.step(ids)
+        return stepped, log
+
+    stepped, log = run(tmp_path / "s.jsonl", lambda sc: {"scaler": sc})
+    assert 0 < log.skipped == 6 - len(stepped) < 6, log.skipped  # some steps skipped, not all
+    assert [ln["batch"] for ln in read_log(tmp_path / "s.jsonl")[1:]] == stepped
+    with pytest.raises(RuntimeError, match="ran 0 times .* scaler=scaler"):
+        run(tmp_path / "n.jsonl", lambda sc: {})
+    assert not (tmp_path / "n.jsonl").exists()

@@ -252,6 +252,11 @@ class TorchRunLogger(CommitOnExit):
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
 
+    A step whose update did not happen (a ``torch.amp.GradScaler`` found inf/NaN gradients and
+    skipped ``optimizer.step()``) trained on nothing: pass ``scaler=`` and :meth:`step` drops it
+    by itself (the scaler lowered its scale and the optimizer did not step), or call
+    :meth:`skip` instead of :meth:`step` for it.
+
     Resuming from a checkpoint: save :meth:`state_dict` with the model and optimizer, and in the
     resumed process pass it as ``resume=``; step 0 is then not re-evaluated and the log continues
     after the checkpoint's step (steps trained after the checkpoint and lost are not logged twice).
@@ -276,11 +281,15 @@ class TorchRunLogger(CommitOnExit):
         forward: Callable | None = None,
         id_key: str = ID_KEY,
         resume: Mapping | None = None,
+        scaler=None,
     ):
         if eval_every < 0:
             raise ValueError("eval_every must be >= 0")
         self.path = Path(path)
         self.resume = resume
+        self.scaler = scaler
+        self._scale = None if scaler is None else scaler.get_scale()
+        self.skipped = 0  # steps dropped because the optimizer skipped them
         self.model = model
         self.optimizer = optimizer
         self.eval_every = int(eval_every)
@@ -375,6 +384,12 @@ class TorchRunLogger(CommitOnExit):
         """Per-example losses of the model on the test data now."""
         return per_example_losses(self.model, self.test_data, **self._eval_kw)
 
+    def skip(self) -> None:
+        """Drop the current step: its update did not happen (e.g. a GradScaler skipped
+        ``optimizer.step()``), so its micro-batch IDs from :meth:`add` are discarded."""
+        self._pending, self._lr_seen = [], []
+        self.skipped += 1
+
     def add(self, ids) -> None:
         """Add a micro-batch's IDs (or the collated batch itself) to the current step."""
         self._pending.extend(self._ids(ids))
@@ -400,6 +415,13 @@ class TorchRunLogger(CommitOnExit):
         overrides the evaluation). Returns the step number."""
         if self.log is None:
             raise RuntimeError("TorchRunLogger.step() outside its `with` block")
+        if self.scaler is not None and self.optimizer is not None and not self._lr_seen:
+            scale, self._scale = self._scale, self.scaler.get_scale()
+            if scale is not None and self._scale < scale:  # inf/NaN gradients: no update
+                self.skip()
+                return self.steps
+        elif self.scaler is not None:
+            self._scale = self.scaler.get_scale()
         batch = self._ids(ids) if ids is not None else self._pending
         self._pending = []
         t = self.steps + 1
@@ -413,8 +435,10 @@ class TorchRunLogger(CommitOnExit):
         if lr is None and self.optimizer is not None:
             if len(self._lr_seen) != 1:
                 raise RuntimeError(
-                    f"optimizer.step() ran {len(self._lr_seen)} times since the last log.step(); "
-                    "call log.step() exactly once after each optimizer.step()"
+                    f"{self.path}: optimizer.step() ran {len(self._lr_seen)} times since the last "
+                    "log.step(); call log.step() exactly once after each optimizer.step() (with "
+                    "gradient accumulation: log.add(ids) per micro-batch); for a step a GradScaler "
+                    "skipped, pass TorchRunLogger(..., scaler=scaler) or call log.skip()"
                 )
             lr = self._lr_seen[0]
         self._lr_seen = []
