@@ -375,3 +375,17 @@ def test_steps_a_grad_scaler_skipped_are_dropped(tmp_path):
     with pytest.raises(RuntimeError, match="ran 0 times .* scaler=scaler"):
         run(tmp_path / "n.jsonl", lambda sc: {})
     assert not (tmp_path / "n.jsonl").exists()
+
+
+def test_shuffled_test_loader_is_refused(tmp_path):
+    """A shuffled test DataLoader would pair each evaluation's losses with other test ids."""
+    _, test = make_data()
+    model = make_model()
+    shuffled = DataLoader(test, batch_size=2, shuffle=True)
+    with pytest.raises(ValueError, match="test DataLoader shuffles"):
+        TorchRunLogger(tmp_path / "r.jsonl", model, shuffled)
+    with pytest.raises(ValueError, match="shuffle=False"):
+        per_example_losses(model, shuffled)
+    ordered = per_example_losses(model, DataLoader(test, batch_size=2))
+    np.testing.assert_array_equal(ordered, per_example_losses(model, test))
+    assert not (tmp_path / "r.jsonl").exists()

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from simfluence_cli import RunLogger
 from simfluence_cli.io.run_logger import CommitOnExit, RunLogError, _as_id
@@ -197,6 +197,7 @@ def per_example_losses(
     device = _model_device(model) if device is None else torch.device(device)
     if not isinstance(data, DataLoader):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    _check_test_loader(data)
     was_training = model.training
     model.eval()
     out = []
@@ -221,6 +222,17 @@ def per_example_losses(
     if not out:
         raise ValueError("per_example_losses: the test data is empty")
     return torch.cat(out).numpy()
+
+
+def _check_test_loader(loader: DataLoader) -> None:
+    """A test DataLoader must give every test example once, in order: refuse shuffling."""
+    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+    if isinstance(sampler, RandomSampler):
+        raise ValueError(
+            "the test DataLoader shuffles (shuffle=True / RandomSampler): each evaluation would "
+            "pair the losses with other test ids; pass the test dataset itself or a DataLoader "
+            "with shuffle=False"
+        )
 
 
 def _batch_len(batch) -> int | None:
@@ -296,6 +308,7 @@ class TorchRunLogger(CommitOnExit):
         self.id_key = id_key
         self._eval_kw = dict(loss_fn=loss_fn, batch_size=batch_size, device=device, forward=forward)
         if isinstance(test_data, DataLoader):
+            _check_test_loader(test_data)
             self.test_data = test_data
         else:
             self.test_data = DataLoader(test_data, batch_size=batch_size, shuffle=False)
