@@ -284,3 +284,30 @@ def test_last_step_evaluated_with_max_steps(tmp_path):
     SimfluenceCallback(path, test, eval_every=2).attach(trainer)
     trainer.train()
     assert [("loss" in ln) for ln in read_log(path)] == [True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "GPT2ForCausalLM-like"])
+def test_causal_lm_test_losses_are_the_models_own(tmp_path, arch):
+    """The per-example test loss of a causal LM predicts token t+1 from position t, as the
+    model's own loss does, whatever the class is called (GPT2LMHeadModel has no ForCausalLM)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class GPT2ForCausalLM(GPT2LMHeadModel):
+        pass
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(cfg) if arch == "GPT2LMHeadModel" else GPT2ForCausalLM(cfg)
+    g = torch.Generator().manual_seed(2)
+    test = [{"input_ids": torch.randint(0, 32, (SEQ,), generator=g)} for _ in range(3)]
+    for f in test:
+        f["labels"] = f["input_ids"].clone()
+    cb = SimfluenceCallback(tmp_path / "lm.jsonl.gz", test)
+    got = cb.evaluate(model)
+    model.eval()
+    with torch.no_grad():
+        own = [
+            float(model(input_ids=f["input_ids"][None], labels=f["labels"][None]).loss)
+            for f in test
+        ]
+    assert got.tolist() == pytest.approx(own, rel=1e-5)

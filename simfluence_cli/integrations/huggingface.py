@@ -131,8 +131,20 @@ def per_example_loss(
     raise ValueError(f"per_example_loss: logits of shape {tuple(logits.shape)}; pass loss_fn=")
 
 
+def _causal_lm_names() -> frozenset:
+    """Class names of the causal LMs transformers knows (GPT2LMHeadModel is one: its name does
+    not end in ForCausalLM)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - very old transformers
+        return frozenset()
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def _is_causal(model) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+    """Whether the model predicts token t+1 from position t (its loss shifts the labels)."""
+    name = type(model).__name__
+    return name.endswith("ForCausalLM") or name in _causal_lm_names()
 
 
 class SimfluenceCallback(TrainerCallback):
@@ -152,7 +164,8 @@ class SimfluenceCallback(TrainerCallback):
         0 = only step 0.
     loss_fn:
         ``loss_fn(outputs, batch) -> tensor (batch,)``; default :func:`per_example_loss` on
-        ``outputs.logits`` and ``batch["labels"]`` (shifted for ``*ForCausalLM`` models).
+        ``outputs.logits`` and ``batch["labels"]`` (shifted for causal LMs: ``*ForCausalLM``,
+        ``GPT2LMHeadModel`` and every other class transformers maps as a causal LM).
     """
 
     def __init__(
