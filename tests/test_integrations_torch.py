@@ -333,8 +333,9 @@ def test_last_step_always_evaluated(tmp_path):
             opt.step()
             opt.zero_grad()
             log.step(ids)
+        opt.step()
         with pytest.raises(RunLogError, match="field 'batch': empty batch at step 6; pass"):
-            log.step([])  # e.g. log.step() with accumulation but no log.add()
+            log.step()  # e.g. with accumulation but no log.add()
     lines = read_log(tmp_path / "r.jsonl")
     assert [("loss" in ln) for ln in lines] == [True, False, True, False, True, True]
     assert [len(ln["batch"]) for ln in lines] == [0, 5, 5, 5, 5, 4]
@@ -389,3 +390,36 @@ def test_shuffled_test_loader_is_refused(tmp_path):
     ordered = per_example_losses(model, DataLoader(test, batch_size=2))
     np.testing.assert_array_equal(ordered, per_example_losses(model, test))
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("zero_at_epoch_start", [True, False])
+def test_accumulation_leftovers_follow_the_gradients(tmp_path, zero_at_epoch_start):
+    """Accumulation over 2 micro-batches, stepping only on full groups: the micro-batch left at
+    an epoch's end joins the next step if its gradient survives, and is dropped if
+    optimizer.zero_grad() clears it first (a common loop zeroes at each epoch start)."""
+    train, test = make_data()
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(IdDataset(train, TRAIN_IDS), batch_size=5)  # 5 micro-batches, last of 4
+    truth, in_grad = [], []  # the examples whose gradients each optimizer.step() used
+    with TorchRunLogger(tmp_path / "r.jsonl", model, test, optimizer=opt, eval_every=0) as log:
+        for _epoch in range(2):
+            if zero_at_epoch_start:
+                opt.zero_grad()
+                in_grad = []
+            for i, ((x, y), ids) in enumerate(loader):
+                (F.cross_entropy(model(x), y) / 2).backward()
+                log.add(ids)
+                in_grad += list(ids)
+                if (i + 1) % 2 == 0:
+                    opt.step()
+                    opt.zero_grad()  # before log.step(): the step already used the gradients
+                    log.step()
+                    truth.append(in_grad)
+                    in_grad = []
+    assert [ln["batch"] for ln in read_log(tmp_path / "r.jsonl")[1:]] == truth
+    assert [len(b) for b in truth] == (
+        [10, 10, 10, 10] if zero_at_epoch_start else [10, 10, 14, 10]
+    )
+    assert log.discarded == (4 if zero_at_epoch_start else 0)
+    assert "zero_grad" not in vars(opt)  # the optimizer is left as it was

@@ -263,6 +263,10 @@ class TorchRunLogger(CommitOnExit):
 
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
+    Micro-batches whose gradients ``optimizer.zero_grad()`` clears before any ``optimizer.step()``
+    used them (left over at an epoch's end, zeroed when the next epoch starts) trained nothing:
+    their IDs are dropped (counted in :attr:`discarded`); left over without zeroing, their
+    gradients and IDs join the next step.
 
     A step whose update did not happen (a ``torch.amp.GradScaler`` found inf/NaN gradients and
     skipped ``optimizer.step()``) trained on nothing: pass ``scaler=`` and :meth:`step` drops it
@@ -302,6 +306,7 @@ class TorchRunLogger(CommitOnExit):
         self.scaler = scaler
         self._scale = None if scaler is None else scaler.get_scale()
         self.skipped = 0  # steps dropped because the optimizer skipped them
+        self.discarded = 0  # IDs from add() whose gradients were zeroed before any step used them
         self.model = model
         self.optimizer = optimizer
         self.eval_every = int(eval_every)
@@ -341,6 +346,7 @@ class TorchRunLogger(CommitOnExit):
                 self.steps = self.log.last_step + (held is not None)
             if self.optimizer is not None:
                 self._hook = self.optimizer.register_step_pre_hook(self._on_optimizer_step)
+                self._watch_zero_grad()
         except BaseException:
             self.abort()
             raise
@@ -350,6 +356,21 @@ class TorchRunLogger(CommitOnExit):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self.optimizer is not None and "zero_grad" in vars(self.optimizer):
+            del self.optimizer.zero_grad  # the class's method again
+
+    def _watch_zero_grad(self) -> None:
+        """Wrap this optimizer's ``zero_grad`` (the instance only): gradients zeroed before any
+        ``optimizer.step()`` used them take their micro-batches' IDs out of the current step."""
+        zero_grad = self.optimizer.zero_grad
+
+        def zero_grad_and_forget(*args, **kwargs):
+            if self._pending and not self._lr_seen:
+                self.discarded += len(self._pending)
+                self._pending = []
+            return zero_grad(*args, **kwargs)
+
+        self.optimizer.zero_grad = zero_grad_and_forget
 
     def close(self) -> None:
         """Evaluate the last step if it was not, and write the file (atomically)."""
@@ -438,13 +459,6 @@ class TorchRunLogger(CommitOnExit):
         batch = self._ids(ids) if ids is not None else self._pending
         self._pending = []
         t = self.steps + 1
-        if not batch:
-            raise RunLogError(
-                f"empty batch at step {t}",
-                path=str(self.path),
-                field="batch",
-                hint="pass the step's IDs to log.step(ids), or each micro-batch's to log.add(ids)",
-            )
         if lr is None and self.optimizer is not None:
             if len(self._lr_seen) != 1:
                 raise RuntimeError(
@@ -454,6 +468,13 @@ class TorchRunLogger(CommitOnExit):
                     "skipped, pass TorchRunLogger(..., scaler=scaler) or call log.skip()"
                 )
             lr = self._lr_seen[0]
+        if not batch:
+            raise RunLogError(
+                f"empty batch at step {t}",
+                path=str(self.path),
+                field="batch",
+                hint="pass the step's IDs to log.step(ids), or each micro-batch's to log.add(ids)",
+            )
         self._lr_seen = []
         batch = [_as_id(e, str(self.path), "batch") for e in batch]
         lr = None if lr is None else float(lr)
