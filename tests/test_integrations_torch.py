@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -423,3 +424,26 @@ def test_accumulation_leftovers_follow_the_gradients(tmp_path, zero_at_epoch_sta
     )
     assert log.discarded == (4 if zero_at_epoch_start else 0)
     assert "zero_grad" not in vars(opt)  # the optimizer is left as it was
+
+
+def test_resumed_without_log_state_warns(tmp_path):
+    """An optimizer with state (loaded from a checkpoint, or reused from another run) means
+    step 0 is not the shared fresh start: one warning names both fixes."""
+    from simfluence_cli.errors import SimfluenceWarning
+
+    train, test = make_data()
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    (x, y), ids = next(iter(DataLoader(IdDataset(train, TRAIN_IDS), batch_size=4)))
+    F.cross_entropy(model(x), y).backward()
+    opt.step()  # as if loaded from a checkpoint
+    with pytest.warns(SimfluenceWarning, match="optimizer already has state .* resume="):
+        with TorchRunLogger(tmp_path / "r.jsonl", model, test, optimizer=opt) as log:
+            opt.step()
+            log.step(ids)
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with TorchRunLogger(tmp_path / "f.jsonl", model, test, optimizer=fresh) as log:
+            fresh.step()
+            log.step(ids)

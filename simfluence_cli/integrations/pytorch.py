@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from simfluence_cli import RunLogger
+from simfluence_cli.errors import SimfluenceWarning
 from simfluence_cli.io.run_logger import CommitOnExit, RunLogError, _as_id
 
 __all__ = [
@@ -337,6 +339,15 @@ class TorchRunLogger(CommitOnExit):
         )
         try:
             if state is None:
+                if self.optimizer is not None and len(self.optimizer.state):
+                    warnings.warn(
+                        f"{self.path}: the optimizer already has state (it stepped before, or was "
+                        "loaded from a checkpoint), so step 0 is not a fresh start: give each run a "
+                        "new optimizer; to continue a logged run after an interruption, pass "
+                        "resume=<log.state_dict() saved with the checkpoint>",
+                        SimfluenceWarning,
+                        stacklevel=2,
+                    )
                 self.log.initial(self.evaluate())
             else:
                 self.lrs = list(state.get("lrs", []))
