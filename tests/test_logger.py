@@ -325,6 +325,7 @@ def test_resume_from_state_dict_continues_after_the_checkpoint(tmp_path):
         log.initial([2.0, 1.0])
         for batch, losses in steps:
             log.step(batch, losses, lr=0.1)
+            assert len(log.state_dict()["lines"]) == log.last_step + 1  # read back, mid-stream
     first = RunLogger(tmp_path / "cut.jsonl.gz", test_ids=["t0", "t1"], optimizer="sgd")
     first.initial([2.0, 1.0])
     for batch, losses in steps[:3]:

@@ -37,6 +37,7 @@ import json
 import numbers
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -157,7 +158,6 @@ class RunLogger(CommitOnExit):
             self._known = set(ids)
         self._run_suffix = "" if self.run_id is None else f', "run": {json.dumps(self.run_id)}'
         self.last_step: int | None = None  # last step written; None before initial()
-        self._lines: list[str] = []  # every line written, for state_dict()
         self.closed = False
         resume_lines = None if resume is None else self._check_resume(resume)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,21 +176,27 @@ class RunLogger(CommitOnExit):
             self._gz = None
             self._fh = self._raw
         if resume_lines:
-            for line in resume_lines:
-                self._fh.write(line.encode("utf-8"))
-            self._lines = list(resume_lines)
+            self._fh.write("".join(resume_lines).encode("utf-8"))
             self.last_step = len(resume_lines) - 1
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
         """This log so far, to save with a training checkpoint and resume from
-        (``RunLogger(..., resume=state)``): plain lists and strings (``torch.save``, JSON)."""
+        (``RunLogger(..., resume=state)``): plain lists and strings (``torch.save``, JSON).
+        The lines are read back from the file being written (not kept in memory); with gzip,
+        the stream is sync-flushed first, which changes its bytes but not its content."""
+        self._check_open()
+        self._fh.flush()  # GzipFile: Z_SYNC_FLUSH, so everything written so far decompresses
+        self._raw.flush()
+        data = Path(self._tmp).read_bytes()
+        if self._gz is not None:
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
         return {
             "simfluence_run_log": 1,
             "path": str(self.path),
             "run_id": self.run_id,
             "test_ids": self.test_ids,
-            "lines": list(self._lines),
+            "lines": data.decode("utf-8").splitlines(keepends=True),
         }
 
     def _check_resume(self, state) -> list[str]:
@@ -388,7 +394,6 @@ class RunLogger(CommitOnExit):
             line += f', "loss": {{{loss}}}'
         line += self._run_suffix + "}\n"
         self._fh.write(line.encode("utf-8"))
-        self._lines.append(line)
         self.last_step = step
 
     # ------------------------------------------------------------------ lifecycle
