@@ -3,7 +3,8 @@
 - :class:`IdDataset` attaches an example ID to every item (wrap *before* ``Subset``).
 - :func:`per_example_losses` evaluates the per-example test loss (no grad, eval mode restored).
 - :class:`TorchRunLogger` logs, per optimizer step, the batch IDs, the learning rate the optimizer
-  actually used, and the test losses every ``eval_every`` steps (step 0 = starting checkpoint).
+  actually used, and the test losses every ``eval_every`` steps and after the last one (step 0 =
+  starting checkpoint); ``state_dict()`` / ``resume=`` continue a log after a restart.
 - :func:`log_runs` trains N seeded curricula from one checkpoint and writes one log per run.
 
 Usage in your own loop::
