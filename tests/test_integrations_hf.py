@@ -311,3 +311,19 @@ def test_causal_lm_test_losses_are_the_models_own(tmp_path, arch):
             for f in test
         ]
     assert got.tolist() == pytest.approx(own, rel=1e-5)
+
+
+def test_model_object_reused_for_the_next_run_warns(tmp_path):
+    """A notebook loop that builds a new Trainer per run around the same, already trained model
+    object: the second run's step 0 is the first run's end, which one warning says."""
+    from simfluence_cli.errors import SimfluenceWarning
+
+    train, test = make_data()
+    model = make_model()
+    first = make_trainer(tmp_path, model, train, 1, learning_rate=1e-2)
+    SimfluenceCallback(tmp_path / "runs" / "a.jsonl.gz", test).attach(first)
+    first.train()
+    again = make_trainer(tmp_path, model, train, 1, seed=8)
+    SimfluenceCallback(tmp_path / "runs" / "b.jsonl.gz", test).attach(again)
+    with pytest.warns(SimfluenceWarning, match="started an earlier logged run"):
+        again.train()

@@ -342,7 +342,7 @@ def test_last_step_always_evaluated(tmp_path):
     assert [len(ln["batch"]) for ln in lines] == [0, 5, 5, 5, 5, 4]
     final = per_example_losses(model, test, F.cross_entropy)
     assert list(lines[-1]["loss"].values()) == final.tolist()
-    with TorchRunLogger(tmp_path / "never.jsonl", model, test, eval_every=0) as log:
+    with TorchRunLogger(tmp_path / "never.jsonl", make_model(), test, eval_every=0) as log:
         log.step(["e00"], lr=0.1)  # eval_every=0: step 0 only, as before
     assert "loss" not in read_log(tmp_path / "never.jsonl")[-1]
 
@@ -441,9 +441,39 @@ def test_resumed_without_log_state_warns(tmp_path):
         with TorchRunLogger(tmp_path / "r.jsonl", model, test, optimizer=opt) as log:
             opt.step()
             log.step(ids)
+    model = make_model()
     fresh = torch.optim.AdamW(model.parameters(), lr=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with TorchRunLogger(tmp_path / "f.jsonl", model, test, optimizer=fresh) as log:
             fresh.step()
             log.step(ids)
+
+
+def test_model_reused_without_reloading_its_start_warns(tmp_path):
+    """Run 2 trained on run 1's model object without reloading the starting weights starts from
+    run 1's end: one warning; reloading them (rule 1) gives none."""
+    from simfluence_cli.errors import SimfluenceWarning
+
+    train, test = make_data()
+    model = make_model()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(k):
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        with TorchRunLogger(tmp_path / f"r{k}.jsonl", model, test, optimizer=opt) as log:
+            for (x, y), ids in DataLoader(IdDataset(train, TRAIN_IDS), batch_size=8):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                log.step(ids)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(0)
+        model.load_state_dict(init)
+        run(1)  # reloaded: the same start
+    with pytest.warns(SimfluenceWarning, match="started an earlier logged run.*load_state_dict"):
+        run(2)  # not reloaded: starts where run 1 ended
+    assert read_log(tmp_path / "r0.jsonl")[0] == read_log(tmp_path / "r1.jsonl")[0]
+    assert read_log(tmp_path / "r2.jsonl")[0] != read_log(tmp_path / "r0.jsonl")[0]

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback, default_data_collator
 
 from simfluence_cli import RunLogger
+from simfluence_cli.integrations._same_start import check_same_start
 
 __all__ = ["IdCollator", "SimfluenceCallback", "per_example_loss"]
 
@@ -333,7 +334,9 @@ class SimfluenceCallback(TrainerCallback):
         self.log = RunLogger(self.path, **self._logger_kw, resume=resume)
         try:
             if resume is None:
-                self.log.initial(self.evaluate(model))
+                initial = self.evaluate(model)
+                check_same_start(model, self.test_ids, initial, str(self.path))
+                self.log.initial(initial)
             else:  # the steps before the checkpoint, as logged then
                 done = [json.loads(line) for line in resume["lines"][1:]]
                 self.lrs = [d.get("lr") for d in done]

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from simfluence_cli import RunLogger
 from simfluence_cli.errors import SimfluenceWarning
+from simfluence_cli.integrations._same_start import check_same_start
 from simfluence_cli.io.run_logger import CommitOnExit, RunLogError, _as_id
 
 __all__ = [
@@ -349,7 +350,9 @@ class TorchRunLogger(CommitOnExit):
                         SimfluenceWarning,
                         stacklevel=2,
                     )
-                self.log.initial(self.evaluate())
+                initial = self.evaluate()
+                check_same_start(self.model, self.test_ids, initial, str(self.path))
+                self.log.initial(initial)
             else:
                 self.lrs = list(state.get("lrs", []))
                 self._pending = list(state.get("pending", []))
