@@ -44,24 +44,6 @@ def test_score_scale_does_not_depend_on_blas_threads():
     assert one == two
 
 
-def test_saved_model_records_the_packages_it_was_fitted_with(tmp_path):
-    """model.json names the Python and numeric package versions beside tool_version."""
-    import numpy as np
-    import pyarrow as pa
-    import scipy
-
-    from simfluence_cli import RunStore, Simulator
-    from simfluence_cli.io.synthetic import make_runs
-
-    store = RunStore(tmp_path / "store", create=True)
-    store.add_runset(make_runs(6, 3, 4, 12, 2, seed=0)[0], tags=["fit"])
-    man = store.models.fit("m", Simulator(l2=1.0), runs="fit").manifest
-    env = man["environment"]
-    assert env["numpy"] == np.__version__ and env["scipy"] == scipy.__version__
-    assert env["pyarrow"] == pa.__version__ and env["simfluence"] == man["tool_version"]
-    assert env["python"].count(".") == 2 and "numba" in env
-
-
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
     """A store with runs tagged fit / held and a fitted linear model named 'lin'."""

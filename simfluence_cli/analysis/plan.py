@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import UsageError
 
 __all__ = ["KINDS", "DEFAULT_MIX", "PlannedCurriculum", "plan_curricula", "parse_mix"]
@@ -42,6 +43,7 @@ N_RANDOM_BLOCKS = 10
 
 @dataclass
 class PlannedCurriculum:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     name: str
     kind: str
     batches: list[list[str]]
