@@ -45,6 +45,7 @@ ORDER = [
     "change_intervals",
     "plan",
     "design",
+    "repro",
     "fuzz",
     "crash",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -423,7 +424,8 @@ class StoreEvaluation:
         """The JSON document ``simfluence eval --format json`` wraps the rows in."""
         ev = self.evaluation
         return {
-            "store": str(store_path),
+            # resolved: --store s and --store /abs/s (or from another directory) give one document
+            "store": str(Path(store_path).resolve()),
             "by": by,
             "runs": list(ev.run_ids),
             "n_tests": int(len(ev.test_ids)),

@@ -125,8 +125,14 @@ def plot_file(
         raise UsageError(f"-o must end in .png, .svg or .pdf, got {path.name!r}")
     fig = plot_figure(tr, extra)
 
+    # no creation date and fixed SVG element ids: the same plot is the same bytes
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+
     def write(fh):
-        fig.savefig(fh, format=fmt, dpi=120)
+        from matplotlib import rc_context
+
+        with rc_context({"svg.hashsalt": "simfluence"}):
+            fig.savefig(fh, format=fmt, dpi=120, metadata=metadata)
 
     write_atomic(path, write)
 

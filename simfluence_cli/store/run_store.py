@@ -510,7 +510,7 @@ class RunStore:
             else []
         )
         return {
-            "store": str(self.path),
+            "store": str(self.path.resolve()),  # the same whether given relative or absolute
             "format": man.get("format", STORE_FORMAT),
             "runs": len(entries),
             "tags": self.tags(),

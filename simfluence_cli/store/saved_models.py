@@ -145,8 +145,9 @@ def model_config(
         **sim.config.to_json(),
         "runs": list(runs),
         "data_hash": data_hash,
-        # imported scores: the file and the import options are part of what identifies them
-        **{k: extra[k] for k in ("source", "source_sha256", "import") if extra and k in extra},
+        # imported scores: the score file's content (sha256) and the import options identify
+        # them; the file's path is provenance, kept outside the config (manifest "source")
+        **{k: extra[k] for k in ("source_sha256", "import") if extra and k in extra},
     }
 
 
@@ -162,6 +163,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
             else:
                 out.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+#: keys older manifests kept in ``config`` that say where an input was, not what it held
+PROVENANCE_KEYS = ("source",)
 
 
 def check_existing(store, name: str, config: dict, replace: bool = False) -> dict | None:
@@ -180,11 +185,11 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
         if replace:  # a damaged model is what --replace is for
             return None
         raise
-    if prev.get("config") == config:
+    old_cfg = {k: v for k, v in (prev.get("config") or {}).items() if k not in PROVENANCE_KEYS}
+    if old_cfg == config:
         return None if replace else prev
     if replace:
         return None
-    old_cfg = prev.get("config") or {}
     diff = config_differences(old_cfg, config)
     if len(diff) == 1 and diff[0].startswith("data_hash:"):
         raise ConflictError(  # same options and runs: only the runs' content changed
