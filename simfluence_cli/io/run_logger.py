@@ -46,8 +46,28 @@ class RunLogError(InputError, ValueError):
     """Invalid data passed to :class:`RunLogger` (also a ``ValueError``)."""
 
 
+def _unwrap(x):
+    """An array-like from another framework as numpy: an object with only ``__jax_array__``
+    is converted by it, and a 0-d array (numpy, JAX, or anything with ``__array__``) becomes its
+    numpy scalar. Python numbers, strings and everything else are returned unchanged."""
+    if isinstance(x, (str, bytes, numbers.Number)):
+        return x
+    if not hasattr(x, "__array__") and hasattr(x, "__jax_array__"):
+        x = x.__jax_array__()
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+        try:
+            a = np.asarray(x)
+        except Exception:  # not convertible: the caller's type check names it
+            return x
+        if a.ndim == 0:
+            return a[()]
+    return x
+
+
 def _as_id(x, path: str, field: str) -> str:
-    """IDs are written as strings; ints (Python or numpy) are converted, other types refused."""
+    """IDs are written as strings; ints (Python or numpy, or 0-d integer arrays of any framework)
+    are converted, other types refused."""
+    x = _unwrap(x)
     if isinstance(x, str):
         if not x:
             raise RunLogError(
@@ -62,6 +82,23 @@ def _as_id(x, path: str, field: str) -> str:
         field=field,
         hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)",
     )
+
+
+def _as_real(x) -> float | None:
+    """A real number as a Python float: Python/numpy reals, 0-d float or integer arrays of any
+    framework (JAX, torch, numpy; bfloat16 included); ``None`` for anything else (bools, strings,
+    complex numbers, arrays of more than one value)."""
+    x = _unwrap(x)
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        return None
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, np.generic) and not isinstance(x, (np.complexfloating, np.flexible)):
+        try:  # extension float types (ml_dtypes' bfloat16, float8) are not numbers.Real
+            return float(x)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 class CommitOnExit:
@@ -185,6 +222,11 @@ class RunLogger(CommitOnExit):
         the simulator needs every step's batch, so call this once per optimizer step.
         ``lr``: the learning rate this step's update used (e.g. ``sched.get_last_lr()[0]``
         before ``sched.step()``), written as ``"lr"``; a finite number >= 0.
+
+        IDs, ``step`` and ``lr`` may be 0-d arrays of any framework (JAX, torch, numpy; e.g. an
+        optax schedule's value), and ``batch`` / ``losses`` arrays: each is converted on the host
+        here, which waits for a JAX value to be computed
+        (:class:`simfluence_cli.integrations.jax.JaxRunLogger` batches those transfers).
         """
         self._check_open()
         if self.last_step is None:
@@ -196,6 +238,7 @@ class RunLogger(CommitOnExit):
             )
         expected = self.last_step + 1
         if step is not None:
+            step = _unwrap(step)
             if not isinstance(step, numbers.Integral) or isinstance(step, bool):
                 raise RunLogError(
                     f"step must be an integer, got {step!r}", path=str(self.path), field="step"
@@ -221,7 +264,9 @@ class RunLogger(CommitOnExit):
                 path=str(self.path),
                 field="batch",
             )
-        if hasattr(batch, "tolist"):
+        if not hasattr(batch, "tolist") and hasattr(batch, "__jax_array__"):
+            batch = batch.__jax_array__()
+        if hasattr(batch, "tolist"):  # numpy / JAX / torch arrays: one transfer, Python ints
             batch = batch.tolist()
         ids = [_as_id(e, str(self.path), "batch") for e in batch]
         if not ids:
@@ -233,18 +278,14 @@ class RunLogger(CommitOnExit):
             )
         lr_text = None
         if lr is not None:
-            if (
-                not isinstance(lr, numbers.Real)
-                or isinstance(lr, (bool, np.bool_))
-                or not np.isfinite(float(lr))
-                or float(lr) < 0
-            ):
+            value = _as_real(lr)
+            if value is None or not np.isfinite(value) or value < 0:
                 raise RunLogError(
                     f"step {expected}: lr must be a finite number >= 0, got {lr!r}",
                     path=str(self.path),
                     field="lr",
                 )
-            lr_text = repr(float(lr))
+            lr_text = repr(value)
         self._write(expected, ids, losses, lr_text)
         return expected
 
@@ -266,7 +307,7 @@ class RunLogger(CommitOnExit):
                         hint="losses must be keyed by the test_ids given to RunLogger",
                     )
             try:
-                vals = np.array([float(v) for v in losses.values()], dtype=np.float64)
+                vals = np.array([float(_unwrap(v)) for v in losses.values()], dtype=np.float64)
             except (TypeError, ValueError):
                 raise RunLogError(
                     f"step {step}: loss values must be numbers", path=path, field="loss"
@@ -280,6 +321,8 @@ class RunLogger(CommitOnExit):
                     field="loss",
                     hint="pass test_ids=[...] to RunLogger, or give losses as {test_id: loss}",
                 )
+            if not hasattr(losses, "__array__") and hasattr(losses, "__jax_array__"):
+                losses = losses.__jax_array__()
             try:
                 vals = np.asarray(losses, dtype=np.float64)
             except (TypeError, ValueError):
