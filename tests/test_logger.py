@@ -384,7 +384,13 @@ def test_device_arrays_as_ids_lr_step_and_losses(tmp_path):
         log.step([FakeDeviceArray(6)], {"7": FakeDeviceArray(0.75, np.float32)})
     assert read_lines(path) == [
         {"step": 0, "batch": [], "loss": {"7": 2.5, "9": 2.25}, "run": "3"},
-        {"step": 1, "batch": ["4", "11", "2"], "lr": 0.25, "loss": {"7": 2.0, "9": 1.5}, "run": "3"},
+        {
+            "step": 1,
+            "batch": ["4", "11", "2"],
+            "lr": 0.25,
+            "loss": {"7": 2.0, "9": 1.5},
+            "run": "3",
+        },
         {"step": 2, "batch": ["4", "11", "2"], "lr": 0.125, "run": "3"},
         {"step": 3, "batch": ["5"], "lr": 0.5, "loss": {"7": 1.0, "9": 0.5}, "run": "3"},
         {"step": 4, "batch": ["6"], "loss": {"7": 0.75}, "run": "3"},
