@@ -40,17 +40,57 @@ from simfluence_cli.io.run_logger import CommitOnExit, RunLogError
 __all__ = ["JaxRunLogger", "learning_rate"]
 
 
-def _states(tree):
-    """Every node of an optax state tree (namedtuples, tuples, lists, dicts), depth first."""
-    yield tree
+def _nodes(tree, path=()):
+    """Every node of an optax state tree (namedtuples, tuples, lists, dicts) with its path
+    (indices / keys from the root), depth first."""
+    yield path, tree
     if isinstance(tree, Mapping):
-        children = tree.values()
+        items = tree.items()
     elif isinstance(tree, (tuple, list)):
-        children = tree
+        items = enumerate(tree)
     else:
         return
-    for child in children:
-        yield from _states(child)
+    for key, child in items:
+        yield from _nodes(child, (*path, key))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _lr_reader(opt_state, schedule: Callable | None = None) -> Callable:
+    """A function ``opt_state -> learning rate of the latest update`` for states shaped like this
+    one (the tree is searched once; see :func:`learning_rate`)."""
+    found = [
+        path
+        for path, s in _nodes(opt_state)
+        if isinstance(getattr(s, "hyperparams", None), Mapping) and "learning_rate" in s.hyperparams
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            f"learning_rate: {len(found)} inject_hyperparams states with a learning_rate in "
+            "opt_state; pass lr= to log.step() yourself"
+        )
+    if found:
+        path = found[0]
+        return lambda state: _at(state, path).hyperparams["learning_rate"]
+    if schedule is not None:
+        counts = [
+            path
+            for path, s in _nodes(opt_state)
+            if type(s).__name__ == "ScaleByScheduleState" and hasattr(s, "count")
+        ]
+        if len(counts) == 1:
+            path = counts[0]
+            return lambda state: schedule(_at(state, path).count - 1)
+        what = "no ScaleByScheduleState" if not counts else f"{len(counts)} ScaleByScheduleStates"
+        raise ValueError(f"learning_rate: {what} in opt_state to evaluate the schedule at")
+    raise ValueError(
+        "learning_rate: opt_state holds no learning rate; build the optimizer with "
+        "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule), or pass schedule="
+    )
 
 
 def learning_rate(opt_state, schedule: Callable | None = None):
@@ -65,32 +105,7 @@ def learning_rate(opt_state, schedule: Callable | None = None):
 
     Returns the value as the state holds it (a device scalar: no host sync here).
     """
-    found = [
-        s.hyperparams["learning_rate"]
-        for s in _states(opt_state)
-        if isinstance(getattr(s, "hyperparams", None), Mapping) and "learning_rate" in s.hyperparams
-    ]
-    if len(found) > 1:
-        raise ValueError(
-            f"learning_rate: {len(found)} inject_hyperparams states with a learning_rate in "
-            "opt_state; pass lr= to log.step() yourself"
-        )
-    if found:
-        return found[0]
-    if schedule is not None:
-        counts = [
-            s.count
-            for s in _states(opt_state)
-            if type(s).__name__ == "ScaleByScheduleState" and hasattr(s, "count")
-        ]
-        if len(counts) == 1:
-            return schedule(counts[0] - 1)
-        what = "no ScaleByScheduleState" if not counts else f"{len(counts)} ScaleByScheduleStates"
-        raise ValueError(f"learning_rate: {what} in opt_state to evaluate the schedule at")
-    raise ValueError(
-        "learning_rate: opt_state holds no learning rate; build the optimizer with "
-        "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule), or pass schedule="
-    )
+    return _lr_reader(opt_state, schedule)(opt_state)
 
 
 class _Micro(list):
@@ -129,6 +144,10 @@ def _to_host(x):
     return np.asarray(x) if hasattr(x, "__array__") else x
 
 
+def _no_reader(state):
+    raise LookupError("no learning-rate reader yet")
+
+
 class JaxRunLogger(CommitOnExit):
     """Log one JAX training run as encoding A, moving values to the host in blocks.
 
@@ -161,6 +180,7 @@ class JaxRunLogger(CommitOnExit):
         self.last_step: int | None = None  # last step queued; None before initial()
         self._pending: list[tuple] = []  # (step, batch, losses, lr), device values as given
         self._micro: list = []
+        self._read_lr: Callable = _no_reader
 
     def __enter__(self) -> JaxRunLogger:
         return self
@@ -214,7 +234,11 @@ class JaxRunLogger(CommitOnExit):
             )
         self._micro = []
         if lr is None and opt_state is not None:
-            lr = learning_rate(opt_state, self.schedule)
+            try:  # the state tree is searched once; searched again if its shape changed
+                lr = self._read_lr(opt_state)
+            except (LookupError, TypeError, AttributeError):
+                self._read_lr = _lr_reader(opt_state, self.schedule)
+                lr = self._read_lr(opt_state)
         self.last_step += 1
         self._pending.append((self.last_step, ids, losses, lr))
         self._maybe_flush()

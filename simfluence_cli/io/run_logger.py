@@ -190,8 +190,12 @@ class RunLogger(CommitOnExit):
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual mode
         if self.path.name.endswith(".gz"):
-            # filename="" and mtime=0 keep the bytes a pure function of the content.
-            self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+            # filename="" and mtime=0 keep the bytes a pure function of the content. Level 6
+            # (gzip's and zlib's default) instead of GzipFile's 9: on a run of 87 steps x 100
+            # float32 test losses, 16 ms instead of 44 ms of compression for a 3% larger file.
+            self._gz = gzip.GzipFile(
+                filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6
+            )
             self._fh = self._gz
         else:
             self._gz = None
