@@ -446,3 +446,14 @@ def test_device_array_ids_still_validated(tmp_path, bad_id, match):
     with pytest.raises(RunLogError, match="step must be an integer"):
         log.step(["e"], step=FakeDeviceArray(1.0))
     log.abort()
+
+
+def test_errors_show_a_short_repr_of_a_large_value(tmp_path):
+    """Passing a whole optimizer state as lr= names it briefly, not thousands of characters."""
+    state = ({"mu": np.zeros(500), "nu": np.zeros(500)}, ())
+    log = RunLogger(tmp_path / "r.jsonl")
+    log.initial({"t": 1.0})
+    with pytest.raises(RunLogError, match=r"got \(\{'mu'.*\.\.\. \(tuple\)") as ei:
+        log.step(["e"], lr=state)
+    assert len(str(ei.value)) < 300
+    log.abort()

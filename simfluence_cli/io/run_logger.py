@@ -46,6 +46,12 @@ class RunLogError(InputError, ValueError):
     """Invalid data passed to :class:`RunLogger` (also a ``ValueError``)."""
 
 
+def _short(x) -> str:
+    """repr(x), shortened (an optimizer state passed as lr= would fill the screen)."""
+    text = repr(x)
+    return text if len(text) <= 80 else text[:60] + f"... ({type(x).__name__})"
+
+
 def _unwrap(x):
     """An array-like from another framework as numpy: an object with only ``__jax_array__``
     is converted by it, and a 0-d array (numpy, JAX, or anything with ``__array__``) becomes its
@@ -77,7 +83,7 @@ def _as_id(x, path: str, field: str) -> str:
     if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
         return str(int(x))
     raise RunLogError(
-        f"ID {x!r} has type {type(x).__name__}",
+        f"ID {_short(x)} has type {type(x).__name__}",
         path=path,
         field=field,
         hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)",
@@ -245,7 +251,7 @@ class RunLogger(CommitOnExit):
             step = _unwrap(step)
             if not isinstance(step, numbers.Integral) or isinstance(step, bool):
                 raise RunLogError(
-                    f"step must be an integer, got {step!r}", path=str(self.path), field="step"
+                    f"step must be an integer, got {_short(step)}", path=str(self.path), field="step"
                 )
             if int(step) == 0:
                 raise RunLogError(
@@ -285,7 +291,7 @@ class RunLogger(CommitOnExit):
             value = _as_real(lr)
             if value is None or not np.isfinite(value) or value < 0:
                 raise RunLogError(
-                    f"step {expected}: lr must be a finite number >= 0, got {lr!r}",
+                    f"step {expected}: lr must be a finite number >= 0, got {_short(lr)}",
                     path=str(self.path),
                     field="lr",
                 )

@@ -120,8 +120,9 @@ def fit_warnings(runs, sim) -> list[str]:
 
 
 BATCH_SIZE_ADVICE = (
-    "log with DataLoader(drop_last=True) so every step has a full batch, or use a method that "
-    "normalises by batch size (see `simfluence fit --help`)"
+    "log only full batches (PyTorch: DataLoader(drop_last=True); a loop slicing a permutation: "
+    "range(0, n - b + 1, b)), or use a method that normalises by batch size "
+    "(see `simfluence fit --help`)"
 )
 
 
