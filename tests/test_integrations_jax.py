@@ -216,6 +216,36 @@ def test_step_reads_lr_from_opt_state(tmp_path):
     assert [r.get("lr") for r in read_lines(path)] == [None, pytest.approx(0.1), 0.5, 0.7]
 
 
+def test_steps_are_checked_against_the_updates_the_state_applied(tmp_path):
+    """Logging a step where optax.MultiSteps applied no update (e.g. at an epoch end), or from a
+    state that is not fresh, is an error naming the step; one step per update passes."""
+
+    def multi(mini, grad_steps):
+        inner = InjectHyperparamsState(grad_steps, {"learning_rate": 0.1}, ())
+        return MultiStepsState(mini, grad_steps, inner, 0)
+
+    ok = tmp_path / "ok.jsonl"
+    with JaxRunLogger(ok, test_ids=["t"]) as log:
+        log.initial([1.0])
+        for t in (1, 2):
+            log.add([2 * t])
+            log.add([2 * t + 1])
+            log.step(opt_state=multi(0, t))
+    assert [r["batch"] for r in read_lines(ok)[1:]] == [["2", "3"], ["4", "5"]]
+
+    bad = tmp_path / "bad.jsonl"
+    with pytest.raises(RunLogError, match=r"step 2: the optimizer state has applied 1 update"):
+        with JaxRunLogger(bad, test_ids=["t"], flush_every=1) as log:
+            log.initial([1.0])
+            log.step([1, 2], opt_state=multi(0, 1))
+            log.step([3], opt_state=multi(1, 1))  # a micro-batch, no update: step 2 is wrong
+    with pytest.raises(RunLogError, match=r"step 1: .* applied 5 update"):
+        with JaxRunLogger(bad, test_ids=["t"], schedule=schedule) as log:  # a reused state
+            log.initial([1.0])
+            log.step([1], opt_state=(ScaleByAdamState(5, 0, 0), ScaleByScheduleState(5)))
+    assert not bad.exists()
+
+
 # ---- against real jax / optax (skipped when they are not installed)
 
 
@@ -286,3 +316,29 @@ def test_jitted_loop_with_bfloat16_losses_and_int32_ids(tmp_path):
     assert [r["lr"] for r in rows[1:]] == pytest.approx(lrs, rel=1e-6)
     assert rows[1]["lr"] == float(np.float32(0.1))  # the 1st update used schedule(0), in float32
     assert all(np.float32(v) == np.float32(jnp.bfloat16(v)) for v in rows[-1]["loss"].values())
+
+
+@pytest.mark.slow
+def test_multisteps_logged_at_epoch_ends_is_caught():
+    """With 3 micro-batches per epoch and k = 2, optax applies updates across epoch boundaries:
+    logging a step at every epoch end (a natural mistake) is refused."""
+    jnp = pytest.importorskip("jax.numpy")
+    optax = pytest.importorskip("optax")
+    import tempfile
+    from pathlib import Path
+
+    opt = optax.MultiSteps(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), 2)
+    params = {"w": jnp.ones(2)}
+    grads = {"w": jnp.ones(2)}
+    state = opt.init(params)
+    path = Path(tempfile.mkdtemp()) / "r.jsonl"
+    with pytest.raises(RunLogError, match="step 2: the optimizer state has applied 1 update"):
+        with JaxRunLogger(path, test_ids=["t"]) as log:
+            log.initial([1.0])
+            for epoch in range(2):
+                for k in range(3):
+                    _, state = opt.update(grads, state, params)
+                    log.add([3 * epoch + k])
+                    if k % 2 == 1 or k == 2:  # every 2nd micro-batch, and the epoch's last
+                        log.step(opt_state=state)
+    assert not path.exists()

@@ -60,6 +60,23 @@ def _at(tree, path):
     return tree
 
 
+def _has_field(node, field: str) -> bool:
+    """A namedtuple field (``hasattr`` would also see ``tuple.count``, a method)."""
+    return field in getattr(type(node), "_fields", ())
+
+
+def _field_reader(path, type_name: str, field: str) -> Callable:
+    """``state -> field of the node at path``; LookupError if that node is not a type_name."""
+
+    def read(state):
+        node = _at(state, path)
+        if type(node).__name__ != type_name:
+            raise LookupError(f"no {type_name} at {path}")
+        return getattr(node, field)
+
+    return read
+
+
 def _lr_reader(opt_state, schedule: Callable | None = None) -> Callable:
     """A function ``opt_state -> learning rate of the latest update`` for states shaped like this
     one (the tree is searched once; see :func:`learning_rate`)."""
@@ -74,23 +91,39 @@ def _lr_reader(opt_state, schedule: Callable | None = None) -> Callable:
             "opt_state; pass lr= to log.step() yourself"
         )
     if found:
-        path = found[0]
-        return lambda state: _at(state, path).hyperparams["learning_rate"]
+        name = type(_at(opt_state, found[0])).__name__
+        hyperparams = _field_reader(found[0], name, "hyperparams")
+        return lambda state: hyperparams(state)["learning_rate"]
     if schedule is not None:
         counts = [
             path
             for path, s in _nodes(opt_state)
-            if type(s).__name__ == "ScaleByScheduleState" and hasattr(s, "count")
+            if type(s).__name__ == "ScaleByScheduleState" and _has_field(s, "count")
         ]
         if len(counts) == 1:
-            path = counts[0]
-            return lambda state: schedule(_at(state, path).count - 1)
+            count = _field_reader(counts[0], "ScaleByScheduleState", "count")
+            return lambda state: schedule(count(state) - 1)
         what = "no ScaleByScheduleState" if not counts else f"{len(counts)} ScaleByScheduleStates"
         raise ValueError(f"learning_rate: {what} in opt_state to evaluate the schedule at")
     raise ValueError(
         "learning_rate: opt_state holds no learning rate; build the optimizer with "
         "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule), or pass schedule="
     )
+
+
+def _updates_reader(opt_state) -> Callable | None:
+    """A function ``opt_state -> number of updates applied`` (``MultiStepsState.gradient_step``,
+    else an inject_hyperparams or ``ScaleBy...State`` count), or None if the state has none."""
+    nodes = list(_nodes(opt_state))
+    for test, field in (
+        (lambda s: type(s).__name__ == "MultiStepsState", "gradient_step"),
+        (lambda s: isinstance(getattr(s, "hyperparams", None), Mapping), "count"),
+        (lambda s: type(s).__name__.startswith("ScaleBy"), "count"),
+    ):
+        for path, s in nodes:
+            if test(s) and _has_field(s, field):
+                return _field_reader(path, type(s).__name__, field)
+    return None
 
 
 def learning_rate(opt_state, schedule: Callable | None = None):
@@ -181,6 +214,7 @@ class JaxRunLogger(CommitOnExit):
         self._pending: list[tuple] = []  # (step, batch, losses, lr), device values as given
         self._micro: list = []
         self._read_lr: Callable = _no_reader
+        self._read_updates: Callable | None = _no_reader
 
     def __enter__(self) -> JaxRunLogger:
         return self
@@ -194,7 +228,7 @@ class JaxRunLogger(CommitOnExit):
             )
         if losses is None:
             raise RunLogError("step 0 needs the initial losses", path=str(self.path), field="loss")
-        self._pending.append((0, None, losses, None))
+        self._pending.append((0, None, losses, None, None))
         self.last_step = 0
         self._maybe_flush()
 
@@ -208,7 +242,9 @@ class JaxRunLogger(CommitOnExit):
         ``ids``: the example IDs of the step's batch (an int array, a list); default: the IDs
         given to :meth:`add` since the last step. ``losses``: the test losses after the update,
         or ``None``. ``lr``: the learning rate the update used; or pass the updated
-        ``opt_state`` to read it with :func:`learning_rate`.
+        ``opt_state`` to read it with :func:`learning_rate`. With ``opt_state`` the step is also
+        checked (when its block is written) against the number of updates the state has applied
+        (``MultiStepsState.gradient_step`` or the optimizer's ``count``): step t must be update t.
         """
         self._check_open()
         if self.last_step is None:
@@ -239,8 +275,15 @@ class JaxRunLogger(CommitOnExit):
             except (LookupError, TypeError, AttributeError):
                 self._read_lr = _lr_reader(opt_state, self.schedule)
                 lr = self._read_lr(opt_state)
+        updates = None
+        if opt_state is not None:
+            try:
+                updates = None if self._read_updates is None else self._read_updates(opt_state)
+            except (LookupError, TypeError, AttributeError):
+                self._read_updates = _updates_reader(opt_state)
+                updates = None if self._read_updates is None else self._read_updates(opt_state)
         self.last_step += 1
-        self._pending.append((self.last_step, ids, losses, lr))
+        self._pending.append((self.last_step, ids, losses, lr, updates))
         self._maybe_flush()
         return self.last_step
 
@@ -253,7 +296,17 @@ class JaxRunLogger(CommitOnExit):
         pending, self._pending = self._pending, []
         try:
             _start_transfers([item[1:] for item in pending])
-            for step, ids, losses, lr in pending:
+            for step, ids, losses, lr, updates in pending:
+                if updates is not None and int(np.asarray(_to_host(updates))) != step:
+                    raise RunLogError(
+                        f"step {step}: the optimizer state has applied "
+                        f"{int(np.asarray(_to_host(updates)))} update(s)",
+                        path=str(self.path),
+                        field="step",
+                        hint="call step() once per applied update with the opt_state it returned, "
+                        "starting from a fresh opt.init() (optax.MultiSteps applies an update "
+                        "every k-th micro-batch, counted across epochs)",
+                    )
                 losses = _to_host(losses)
                 if step == 0:
                     self.log.initial(losses)
