@@ -251,7 +251,9 @@ class RunLogger(CommitOnExit):
             step = _unwrap(step)
             if not isinstance(step, numbers.Integral) or isinstance(step, bool):
                 raise RunLogError(
-                    f"step must be an integer, got {_short(step)}", path=str(self.path), field="step"
+                    f"step must be an integer, got {_short(step)}",
+                    path=str(self.path),
+                    field="step",
                 )
             if int(step) == 0:
                 raise RunLogError(
