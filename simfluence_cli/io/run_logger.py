@@ -73,6 +73,10 @@ def _unwrap(x):
 def _as_id(x, path: str, field: str) -> str:
     """IDs are written as strings; ints (Python or numpy, or 0-d integer arrays of any framework)
     are converted, other types refused."""
+    if type(x) is str and x:  # the common case first: no array protocol to look for
+        return x
+    if type(x) is int:
+        return str(x)
     x = _unwrap(x)
     if isinstance(x, str):
         if not x:
