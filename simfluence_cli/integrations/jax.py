@@ -21,7 +21,9 @@ Usage in a jitted loop (``optax.inject_hyperparams`` keeps the learning rate in 
             log.step(idx, test_losses(params), opt_state=opt_state)   # lr read from opt_state
 
 With ``optax.MultiSteps`` (gradient accumulation) call ``log.add(idx)`` per micro-batch and
-``log.step(losses=..., opt_state=...)`` once per real update (every k-th micro-batch).
+``log.step(losses=..., opt_state=...)`` once per real update (every k-th micro-batch, counted
+across epochs). Given ``opt_state``, every logged step is checked against the number of updates
+the state has applied, which catches a step logged where no update happened, or a reused state.
 
 Nothing here imports jax: values are handled through the array protocols (``__array__``,
 ``copy_to_host_async``), so the module needs no extra beyond the jax you train with.
