@@ -30,6 +30,7 @@ ORDER = [
     "simulate",
     "prior_clip",
     "sparse_logging",
+    "jax_logging",
     "scale",
     "memory",
     "oa_scale",

@@ -5,12 +5,15 @@ with this interpreter, and ``console`` blocks command by command (``$ cmd``; an 
 shown output starts with ``error:`` must fail, every other one must succeed). Each block runs in
 its own copy of a working directory holding ``demo-store/`` and ``sample_runs/``, so blocks cannot
 depend on each other. A block whose info string says ``no-test (reason)`` is skipped with that
-reason (e.g. commands for a Dask cluster); everything else must run. docs/cli-reference.md is
+reason (e.g. commands for a Dask cluster); a block whose info string says ``requires=a,b`` is
+skipped when one of those modules is not installed (jax is not in the ``dev`` extra); everything
+else must run. docs/cli-reference.md is
 checked to be what ``docs/cli_reference.py`` generates from the commands' ``--help``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -102,6 +105,10 @@ def test_documented_example_runs(lang, info, body, demo_dir, tmp_path):
     if "no-test" in info:
         reason = info.split("no-test", 1)[1].strip(" ()") or "marked no-test"
         pytest.skip(reason)
+    needs = re.search(r"\brequires=([\w.,-]+)", info)
+    for module in needs.group(1).split(",") if needs else ():
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}, which is not installed")
     work = _work(demo_dir, tmp_path)
     env = _env(work)
     if lang == "python":

@@ -1,4 +1,5 @@
-"""The core package never imports torch or transformers (they are optional extras)."""
+"""The core package never imports torch, transformers or jax (they are optional); the JAX helper
+module itself imports no jax (it works on whatever arrays it is given)."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_core_modules_do_not_import_torch_or_transformers():
+def test_core_modules_do_not_import_torch_transformers_or_jax():
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
         import simfluence_cli, simfluence_cli.integrations
@@ -20,7 +21,9 @@ def test_core_modules_do_not_import_torch_or_transformers():
                 importlib.import_module(m.name)
             except ImportError as e:  # a module needing another optional extra
                 assert "torch" not in str(e) and "transformers" not in str(e), (m.name, e)
-        bad = sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "transformers"))
+        import simfluence_cli.integrations.jax  # walked above too: no jax, no optax
+        banned = ("torch", "transformers", "jax", "jaxlib", "optax")
+        bad = sorted(k for k in sys.modules if k.split(".")[0] in banned)
         assert not bad, bad[:5]
         print("ok")
     """)

@@ -349,3 +349,145 @@ def test_resume_from_state_dict_continues_after_the_checkpoint(tmp_path):
     with pytest.raises(RunLogError, match="not a RunLogger.state_dict"):
         RunLogger(tmp_path / "x.jsonl", resume={"lines": []})
     assert not (tmp_path / "x.jsonl").exists()
+
+
+class FakeDeviceArray:
+    """Duck-types a JAX array without jax: ``__array__`` / ``__jax_array__``, ``tolist``, 0-d
+    elements on iteration, ``__float__`` / ``__int__`` / ``__index__``; not a ``numbers.Number``
+    (as JAX arrays are not)."""
+
+    def __init__(self, values, dtype=None):
+        self._a = np.asarray(values, dtype=dtype)
+        self.shape, self.ndim, self.dtype = self._a.shape, self._a.ndim, self._a.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+    def __jax_array__(self):
+        return self
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (FakeDeviceArray(v) for v in self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        return int(self._a)
+
+    def __repr__(self):
+        return f"Array({self._a!r})"
+
+
+class OnlyJaxArrayProtocol:
+    """An object convertible only by ``__jax_array__`` (e.g. a wrapped parameter / variable)."""
+
+    def __init__(self, values, dtype=None):
+        self._inner = FakeDeviceArray(values, dtype)
+
+    def __jax_array__(self):
+        return self._inner
+
+
+def bfloat16_round(x: float) -> float:
+    """x rounded to bfloat16 (8 significant bits), as float32 holds it."""
+    bits = np.array([x], dtype=np.float32).view(np.uint32)
+    return float(((bits + 0x8000) & 0xFFFF0000).view(np.float32)[0])
+
+
+def test_device_arrays_as_ids_lr_step_and_losses(tmp_path):
+    """JAX-style values (0-d int32 IDs, 0-d float32 lr from a schedule, a 0-d step, test ids as
+    an int array, losses as an array) are written as their Python values."""
+    path = tmp_path / "r.jsonl"
+    test_ids = FakeDeviceArray([7, 9], dtype=np.int32)
+    with RunLogger(path, test_ids=test_ids, run_id=FakeDeviceArray(3, np.int32)) as log:
+        log.initial(FakeDeviceArray([2.5, 2.25], np.float32))
+        ids = FakeDeviceArray([4, 11, 2], np.int32)
+        log.step(list(ids), FakeDeviceArray([2.0, 1.5], np.float32), lr=FakeDeviceArray(0.25))
+        log.step(ids, None, step=FakeDeviceArray(2, np.int32), lr=np.array(0.125))
+        log.step(OnlyJaxArrayProtocol([5]), OnlyJaxArrayProtocol([1.0, 0.5]), lr=np.float32(0.5))
+        log.step([FakeDeviceArray(6)], {"7": FakeDeviceArray(0.75, np.float32)})
+    assert read_lines(path) == [
+        {"step": 0, "batch": [], "loss": {"7": 2.5, "9": 2.25}, "run": "3"},
+        {
+            "step": 1,
+            "batch": ["4", "11", "2"],
+            "lr": 0.25,
+            "loss": {"7": 2.0, "9": 1.5},
+            "run": "3",
+        },
+        {"step": 2, "batch": ["4", "11", "2"], "lr": 0.125, "run": "3"},
+        {"step": 3, "batch": ["5"], "lr": 0.5, "loss": {"7": 1.0, "9": 0.5}, "run": "3"},
+        {"step": 4, "batch": ["6"], "loss": {"7": 0.75}, "run": "3"},
+    ]
+
+
+def test_bfloat16_like_scalars_are_written_at_their_value(tmp_path):
+    """A bfloat16 loss or lr (held as float32 after rounding, as JAX returns it) is written exactly."""
+    lr, loss = bfloat16_round(0.1), bfloat16_round(2.3)
+    assert lr != 0.1 and loss != 2.3  # the rounding is visible
+    path = tmp_path / "r.jsonl"
+    with RunLogger(path, test_ids=["t"]) as log:
+        log.initial([FakeDeviceArray(loss, np.float32)])
+        log.step(["e"], FakeDeviceArray([loss], np.float32), lr=FakeDeviceArray(lr, np.float32))
+    rows = read_lines(path)
+    assert rows[0]["loss"] == {"t": loss} and rows[1]["loss"] == {"t": loss}
+    assert rows[1]["lr"] == lr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        FakeDeviceArray([0.1, 0.2]),  # not a scalar
+        FakeDeviceArray(True),
+        FakeDeviceArray(-0.5),
+        FakeDeviceArray(np.nan),
+        np.array(1 + 2j),
+        np.array("0.1"),
+    ],
+    ids=["vector", "bool", "negative", "nan", "complex", "string"],
+)
+def test_device_array_lr_still_validated(tmp_path, bad):
+    log = RunLogger(tmp_path / "r.jsonl")
+    log.initial({"t": 1.0})
+    with pytest.raises(RunLogError, match="lr must be a finite number"):
+        log.step(["e"], lr=bad)
+    log.abort()
+
+
+@pytest.mark.parametrize(
+    "bad_id, match",
+    [
+        (FakeDeviceArray(1.5), "type float"),
+        (FakeDeviceArray(True), "type bool"),
+        (FakeDeviceArray([1, 2]), "type FakeDeviceArray"),
+    ],
+)
+def test_device_array_ids_still_validated(tmp_path, bad_id, match):
+    log = RunLogger(tmp_path / "r.jsonl")
+    log.initial({"t": 1.0})
+    with pytest.raises(RunLogError, match=match):
+        log.step([bad_id])
+    with pytest.raises(RunLogError, match="step must be an integer"):
+        log.step(["e"], step=FakeDeviceArray(1.0))
+    log.abort()
+
+
+def test_errors_show_a_short_repr_of_a_large_value(tmp_path):
+    """Passing a whole optimizer state as lr= names it briefly, not thousands of characters."""
+    state = ({"mu": np.zeros(500), "nu": np.zeros(500)}, ())
+    log = RunLogger(tmp_path / "r.jsonl")
+    log.initial({"t": 1.0})
+    with pytest.raises(RunLogError, match=r"got \(\{'mu'.*\.\.\. \(tuple\)") as ei:
+        log.step(["e"], lr=state)
+    assert len(str(ei.value)) < 300
+    log.abort()

@@ -7,6 +7,9 @@ Nothing here is imported by ``import simfluence_cli``; each submodule needs its 
   :func:`~simfluence_cli.integrations.pytorch.log_runs` (N runs from one checkpoint).
 - :mod:`simfluence_cli.integrations.huggingface` (``pip install 'simfluence-cli[transformers]'``): a
   ``transformers.Trainer`` callback.
+- :mod:`simfluence_cli.integrations.jax` (no extra: it imports no jax itself): a run logger for
+  JAX / Optax loops that moves device values to the host in blocks, and the learning rate an
+  optax update used.
 
 This package module itself imports neither torch nor transformers.
 """

@@ -52,8 +52,38 @@ class RunLogError(InputError, ValueError):
     """Invalid data passed to :class:`RunLogger` (also a ``ValueError``)."""
 
 
+def _short(x) -> str:
+    """repr(x), shortened (an optimizer state passed as lr= would fill the screen)."""
+    text = repr(x)
+    return text if len(text) <= 80 else text[:60] + f"... ({type(x).__name__})"
+
+
+def _unwrap(x):
+    """An array-like from another framework as numpy: an object with only ``__jax_array__``
+    is converted by it, and a 0-d array (numpy, JAX, or anything with ``__array__``) becomes its
+    numpy scalar. Python numbers, strings and everything else are returned unchanged."""
+    if isinstance(x, (str, bytes, numbers.Number)):
+        return x
+    if not hasattr(x, "__array__") and hasattr(x, "__jax_array__"):
+        x = x.__jax_array__()
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+        try:
+            a = np.asarray(x)
+        except Exception:  # not convertible: the caller's type check names it
+            return x
+        if a.ndim == 0:
+            return a[()]
+    return x
+
+
 def _as_id(x, path: str, field: str) -> str:
-    """IDs are written as strings; ints (Python or numpy) are converted, other types refused."""
+    """IDs are written as strings; ints (Python or numpy, or 0-d integer arrays of any framework)
+    are converted, other types refused."""
+    if type(x) is str and x:  # the common case first: no array protocol to look for
+        return x
+    if type(x) is int:
+        return str(x)
+    x = _unwrap(x)
     if isinstance(x, str):
         if not x:
             raise RunLogError(
@@ -63,7 +93,7 @@ def _as_id(x, path: str, field: str) -> str:
     if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
         return str(int(x))
     raise RunLogError(
-        f"ID {x!r} has type {type(x).__name__}",
+        f"ID {_short(x)} has type {type(x).__name__}",
         path=path,
         field=field,
         hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)",
@@ -73,6 +103,23 @@ def _as_id(x, path: str, field: str) -> str:
 def _list_or(x):
     """``x`` as a list if it is a list or tuple (state loaded from JSON has lists), else ``x``."""
     return list(x) if isinstance(x, (list, tuple)) else x
+
+
+def _as_real(x) -> float | None:
+    """A real number as a Python float: Python/numpy reals, 0-d float or integer arrays of any
+    framework (JAX, torch, numpy; bfloat16 included); ``None`` for anything else (bools, strings,
+    complex numbers, arrays of more than one value)."""
+    x = _unwrap(x)
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        return None
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, np.generic) and not isinstance(x, (np.complexfloating, np.flexible)):
+        try:  # extension float types (ml_dtypes' bfloat16, float8) are not numbers.Real
+            return float(x)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 class CommitOnExit:
@@ -169,8 +216,12 @@ class RunLogger(CommitOnExit):
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual mode
         if self.path.name.endswith(".gz"):
-            # filename="" and mtime=0 keep the bytes a pure function of the content.
-            self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+            # filename="" and mtime=0 keep the bytes a pure function of the content. Level 6
+            # (gzip's and zlib's default) instead of GzipFile's 9: on a run of 87 steps x 100
+            # float32 test losses, 16 ms instead of 44 ms of compression for a 3% larger file.
+            self._gz = gzip.GzipFile(
+                filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6
+            )
             self._fh = self._gz
         else:
             self._gz = None
@@ -248,6 +299,11 @@ class RunLogger(CommitOnExit):
         the simulator needs every step's batch, so call this once per optimizer step.
         ``lr``: the learning rate this step's update used (e.g. ``sched.get_last_lr()[0]``
         before ``sched.step()``), written as ``"lr"``; a finite number >= 0.
+
+        IDs, ``step`` and ``lr`` may be 0-d arrays of any framework (JAX, torch, numpy; e.g. an
+        optax schedule's value), and ``batch`` / ``losses`` arrays: each is converted on the host
+        here, which waits for a JAX value to be computed
+        (:class:`simfluence_cli.integrations.jax.JaxRunLogger` batches those transfers).
         """
         self._check_open()
         if self.last_step is None:
@@ -259,9 +315,12 @@ class RunLogger(CommitOnExit):
             )
         expected = self.last_step + 1
         if step is not None:
+            step = _unwrap(step)
             if not isinstance(step, numbers.Integral) or isinstance(step, bool):
                 raise RunLogError(
-                    f"step must be an integer, got {step!r}", path=str(self.path), field="step"
+                    f"step must be an integer, got {_short(step)}",
+                    path=str(self.path),
+                    field="step",
                 )
             if int(step) == 0:
                 raise RunLogError(
@@ -284,7 +343,9 @@ class RunLogger(CommitOnExit):
                 path=str(self.path),
                 field="batch",
             )
-        if hasattr(batch, "tolist"):
+        if not hasattr(batch, "tolist") and hasattr(batch, "__jax_array__"):
+            batch = batch.__jax_array__()
+        if hasattr(batch, "tolist"):  # numpy / JAX / torch arrays: one transfer, Python ints
             batch = batch.tolist()
         ids = [_as_id(e, str(self.path), "batch") for e in batch]
         if not ids:
@@ -296,18 +357,14 @@ class RunLogger(CommitOnExit):
             )
         lr_text = None
         if lr is not None:
-            if (
-                not isinstance(lr, numbers.Real)
-                or isinstance(lr, (bool, np.bool_))
-                or not np.isfinite(float(lr))
-                or float(lr) < 0
-            ):
+            value = _as_real(lr)
+            if value is None or not np.isfinite(value) or value < 0:
                 raise RunLogError(
-                    f"step {expected}: lr must be a finite number >= 0, got {lr!r}",
+                    f"step {expected}: lr must be a finite number >= 0, got {_short(lr)}",
                     path=str(self.path),
                     field="lr",
                 )
-            lr_text = repr(float(lr))
+            lr_text = repr(value)
         self._write(expected, ids, losses, lr_text)
         return expected
 
@@ -329,7 +386,7 @@ class RunLogger(CommitOnExit):
                         hint="losses must be keyed by the test_ids given to RunLogger",
                     )
             try:
-                vals = np.array([float(v) for v in losses.values()], dtype=np.float64)
+                vals = np.array([float(_unwrap(v)) for v in losses.values()], dtype=np.float64)
             except (TypeError, ValueError):
                 raise RunLogError(
                     f"step {step}: loss values must be numbers", path=path, field="loss"
@@ -343,6 +400,8 @@ class RunLogger(CommitOnExit):
                     field="loss",
                     hint="pass test_ids=[...] to RunLogger, or give losses as {test_id: loss}",
                 )
+            if not hasattr(losses, "__array__") and hasattr(losses, "__jax_array__"):
+                losses = losses.__jax_array__()
             try:
                 vals = np.asarray(losses, dtype=np.float64)
             except (TypeError, ValueError):

@@ -122,7 +122,8 @@ def fit_warnings(runs, sim) -> list[str]:
 BATCH_SIZE_ADVICE = (
     "the optimizer-aware method (what `simfluence fit` fits by default when every step logs "
     "its test losses) averages over the batch and is not affected (`simfluence fit --help`); "
-    "else log with DataLoader(drop_last=True) so every step has a full batch"
+    "else log only full batches (PyTorch: DataLoader(drop_last=True); a loop slicing a "
+    "permutation: range(0, n - b + 1, b))"
 )
 
 
