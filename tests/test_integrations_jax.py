@@ -115,6 +115,37 @@ def test_micro_batches_are_one_step(tmp_path):
     assert [r["batch"] for r in read_lines(path)] == [[], ["1", "2", "e9", "3", "4"], ["5"]]
 
 
+def test_resume_from_state_dict_continues_after_the_checkpoint(tmp_path):
+    """A run resumed from a checkpoint's state_dict() (queued steps written first) gives the
+    uninterrupted file; a step trained after the checkpoint and lost is not in it."""
+    events = []
+    steps = [([t, t + 1], [2.0 - 0.1 * t, 1.0 + 0.01 * t]) for t in range(1, 7)]
+
+    def dev(v, dtype=np.float64):
+        return CountingDeviceArray(v, events, dtype)
+
+    def logger(path, resume=None):
+        return JaxRunLogger(path, test_ids=["t0", "t1"], flush_every=4, resume=resume)
+
+    with logger(tmp_path / "full.jsonl.gz") as log:
+        log.initial(dev([2.0, 1.0]))
+        for ids, losses in steps:
+            log.step(dev(ids, np.int32), dev(losses), lr=0.1)
+    first = logger(tmp_path / "cut.jsonl.gz")
+    first.initial(dev([2.0, 1.0]))
+    for ids, losses in steps[:3]:
+        first.step(dev(ids, np.int32), dev(losses), lr=0.1)
+    state = json.loads(json.dumps(first.state_dict()))  # steps 0-3, though 4 were queued
+    assert len(state["lines"]) == 4
+    first.step(dev([99], np.int32), dev([9.0, 9.0]), lr=0.1)  # after the checkpoint, then lost
+    first.abort()
+    with logger(tmp_path / "cut.jsonl.gz", resume=state) as log:
+        assert log.last_step == 3
+        for ids, losses in steps[3:]:
+            assert log.step(dev(ids, np.int32), dev(losses), lr=0.1) == ids[0]
+    assert read_lines(tmp_path / "cut.jsonl.gz") == read_lines(tmp_path / "full.jsonl.gz")
+
+
 @pytest.mark.parametrize(
     "action, match",
     [

@@ -203,16 +203,18 @@ class JaxRunLogger(CommitOnExit):
         optimizer: str | None = None,
         schedule: Callable | None = None,
         flush_every: int = 256,
+        resume: Mapping | None = None,
     ):
         if not isinstance(flush_every, int) or isinstance(flush_every, bool) or flush_every < 1:
             raise ValueError(f"flush_every must be an integer >= 1, got {flush_every!r}")
         self.log = RunLogger(
-            path, run_id, test_ids=test_ids, precision=precision, optimizer=optimizer
+            path, run_id, test_ids=test_ids, precision=precision, optimizer=optimizer, resume=resume
         )
         self.path = self.log.path
         self.schedule = schedule
         self.flush_every = flush_every
-        self.last_step: int | None = None  # last step queued; None before initial()
+        # last step queued; None before initial(); a resumed log continues after its last step
+        self.last_step: int | None = self.log.last_step
         self._pending: list[tuple] = []  # (step, batch, losses, lr), device values as given
         self._micro: list = []
         self._read_lr: Callable = _no_reader
@@ -288,6 +290,13 @@ class JaxRunLogger(CommitOnExit):
         self._pending.append((self.last_step, ids, losses, lr, updates))
         self._maybe_flush()
         return self.last_step
+
+    def state_dict(self) -> dict:
+        """The log so far (queued steps written first), to save with a training checkpoint and
+        resume from: ``JaxRunLogger(path, ..., resume=state)`` continues after its last step, as
+        :meth:`simfluence_cli.RunLogger.state_dict` (plain lists and strings)."""
+        self.flush()
+        return self.log.state_dict()
 
     def _maybe_flush(self) -> None:
         if len(self._pending) >= self.flush_every:
