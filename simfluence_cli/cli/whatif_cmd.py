@@ -712,9 +712,9 @@ def design_cmd(
     progress = None
     bar = None
     if show_progress():
-        from rich.progress import Progress
+        from simfluence_cli.cli._progress import new_progress
 
-        bar = Progress(console=stderr_console(), transient=True)
+        bar = new_progress(stderr_console())
         bar.start()
         task = bar.add_task("local search", total=iters)
         progress = lambda k: bar.advance(task, k)  # noqa: E731
