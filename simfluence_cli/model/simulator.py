@@ -488,9 +488,9 @@ class Simulator:
             if threads == 1:
                 yield from (fold_fit(folds[f], chunks[c]) for f, c in jobs)
                 return
-            from concurrent.futures import ThreadPoolExecutor
+            from simfluence_cli._pool import thread_pool
 
-            with ThreadPoolExecutor(threads) as ex:
+            with thread_pool(threads) as ex:
                 for s in range(0, len(jobs), threads):
                     batch = jobs[s : s + threads]
                     yield from ex.map(lambda j: fold_fit(folds[j[0]], chunks[j[1]]), batch)
