@@ -43,6 +43,7 @@ def test_eta_seconds():
     assert eta_seconds(None, 1, 10) is None
     assert eta_seconds(100.0, 0, 10) is None
     assert eta_seconds(1.0, 5, 10) is None  # too early to say
+    assert eta_seconds(60.0, 0.001, 1.0) is None  # too little done to say
     assert eta_seconds(30.0, 3, 12) == pytest.approx(90.0)
     assert eta_seconds(30.0, 12, 12) == 0.0
     assert eta_seconds(30.0, 3, None) is None

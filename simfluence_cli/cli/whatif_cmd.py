@@ -494,7 +494,21 @@ def groups_cmd(
         f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
         f"group removal(s), up to {members} single removals)"
     )
-    res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen.value)
+    from simfluence_cli.cli._progress import fraction_bar
+
+    progress, finish = fraction_bar("removals", show_progress(), stderr_console)
+    try:
+        res = group_effects(
+            sim,
+            batches,
+            groups,
+            L0,
+            mode=_check_mode(mode),
+            unseen=unseen.value,
+            progress=progress,
+        )
+    finally:
+        finish()
     f = resolve_format(fmt, output)
     doc = {
         "model": model,
