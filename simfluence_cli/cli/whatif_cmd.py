@@ -757,11 +757,13 @@ def design_cmd(
                 else None  # design falls back to sim.loss_min_, the lowest loss at any step
             ),
             progress=progress,
+            keep_on_interrupt=True,  # a Ctrl-C in the search keeps the best curriculum so far
         )
     finally:
         if bar is not None:
             bar.stop()
     rep = {"model": model, **res.report(), "start_run": start_run}
+    interrupted = rep.get("stopped") == "interrupted"
     if cal is not None:
         novelty_warning(cal, [res.batches], "designed curriculum")
         mlo, mhi = cal.final([res.batches], L0, interval, tests=list(sim.test_ids_), reduce="mean")
@@ -780,6 +782,8 @@ def design_cmd(
         "tests": rep["tests"],
         "max_uses": rep["max_uses"],
     }
+    if interrupted:
+        header["stopped"] = f"interrupted (Ctrl-C) after {rep['moves_accepted']} move(s)"
     if interval is not None:
         header[f"interval_{100 * interval:g}"] = (
             f"[{rep['interval']['lo']:.6g}, {rep['interval']['hi']:.6g}]"
@@ -823,3 +827,10 @@ def design_cmd(
         from simfluence_cli.cli._output import render_object
 
         render_object(rep, report)
+    if interrupted:
+        info(
+            f"interrupted after {rep['moves_accepted']} accepted move(s) of at most {iters} "
+            f"round(s): {'stdout' if output == '-' else output} holds the best curriculum found "
+            "so far"
+        )
+        raise typer.Exit(130)
