@@ -37,6 +37,7 @@ ORDER = [
     "accuracy",
     "optimizer_aware",
     "dad",
+    "drift_correction",
     "counterfactual",
     "cv_demo",
     "oa_numpy",
@@ -44,6 +45,7 @@ ORDER = [
     "change_intervals",
     "plan",
     "design",
+    "repro",
     "fuzz",
     "crash",
 ]

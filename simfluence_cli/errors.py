@@ -3,12 +3,14 @@
     SimfluenceError            exit code 1 unless stated
     +-- InputError             a log/curriculum/score file is malformed (names file, line/row, field, fix)
     +-- SelectionError         a run selector, test list or ID matched nothing usable
+    |   +-- RunNotFoundError   ``runset["id"]``: no such run (also a KeyError)
     +-- StoreError             the store cannot be read or written
     |   +-- StoreLockedError   another process holds the store's write lock
     |   +-- StoreVersionError  the store was written by a newer format version
     |   +-- ConflictError      a run id / model name exists with different content (use --replace)
     +-- ModelError             a fitted model is missing, incompatible or cannot answer
     |   +-- NotFittedError     a Simulator used before fit (or loaded without parameters)
+    |   +-- ModelNotFoundError no model of that name in the store (also a KeyError)
     +-- MissingExtraError      an optional extra (e.g. matplotlib) is not installed
     +-- UsageError             exit code 2: options that contradict each other or are malformed
 
@@ -27,6 +29,8 @@ __all__ = [
     "ConflictError",
     "ModelError",
     "NotFittedError",
+    "ModelNotFoundError",
+    "RunNotFoundError",
     "MissingExtraError",
     "UsageError",
     "SimfluenceWarning",
@@ -63,6 +67,13 @@ class SelectionError(SimfluenceError):
     """A selector or ID list matched nothing usable."""
 
 
+class RunNotFoundError(SelectionError, KeyError):
+    """No run with that id (``runset["id"]``); a KeyError too, as mappings raise."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return Exception.__str__(self)
+
+
 class StoreError(SimfluenceError):
     """The store cannot be read or written."""
 
@@ -85,6 +96,14 @@ class ModelError(SimfluenceError):
 
 class NotFittedError(ModelError):
     """A Simulator method needs a fitted model (or its parameters) and has none."""
+
+
+class ModelNotFoundError(ModelError, KeyError):
+    """No model of that name in the store (``store.models["x"]``, ``load_model``); a KeyError
+    too, so ``store.models`` behaves like a mapping."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return Exception.__str__(self)
 
 
 class MissingExtraError(SimfluenceError):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simfluence_cli.errors import SelectionError
+from simfluence_cli._repr import summary_repr
+from simfluence_cli.errors import RunNotFoundError, SelectionError, UsageError
 
 __all__ = ["Run", "RunSet"]
 
@@ -26,6 +27,8 @@ __all__ = ["Run", "RunSet"]
 @dataclass(eq=False)
 class Run:
     """One run: a CSR-encoded curriculum and a (logged steps x tests) loss matrix."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     run_id: str
     batch_ptr: np.ndarray  # int64 (T+1,): step t's batch is batch_idx[batch_ptr[t-1]:batch_ptr[t]]
@@ -48,6 +51,7 @@ class Run:
 
     @property
     def batch_sizes(self) -> np.ndarray:
+        """(T,) the size of each step's batch."""
         return np.diff(self.batch_ptr)
 
     def initial_loss(self) -> np.ndarray:
@@ -77,6 +81,8 @@ def id_columns(
     ``{ids}`` names the first 10 of them."""
     if wanted is None:
         return np.arange(len(known))
+    if isinstance(wanted, str):  # its characters would be read as IDs
+        raise UsageError(f"expected a list of IDs, got the string {wanted!r}; pass [{wanted!r}]")
     pos = {t: j for j, t in enumerate(known)}
     bad = [t for t in wanted if t not in pos]
     if bad:
@@ -109,14 +115,17 @@ class RunSet:
 
     @property
     def n_examples(self) -> int:
+        """Training examples in the index space (columns of every run's batches)."""
         return len(self.example_ids)
 
     @property
     def n_tests(self) -> int:
+        """Test examples (columns of every run's loss matrix)."""
         return len(self.test_ids)
 
     @property
     def run_ids(self) -> list[str]:
+        """The runs' ids, in order."""
         return [r.run_id for r in self.runs]
 
     def __len__(self) -> int:
@@ -135,7 +144,10 @@ class RunSet:
         for r in self.runs:
             if r.run_id == run_id:
                 return r
-        raise KeyError(run_id)
+        shown = ", ".join(self.run_ids[:5]) + (", ..." if len(self.runs) > 5 else "")
+        raise RunNotFoundError(
+            f"no run {run_id!r} in this RunSet of {len(self.runs)} run(s) ({shown or 'none'})"
+        )
 
     def subset(self, run_ids: Sequence[str]) -> RunSet:
         """The same index space restricted to some runs (order as given)."""

@@ -29,6 +29,9 @@ def test_batch_size_warning_counts_and_advises():
     msg = batch_size_warning([[4, 4, 2], [4, 4, 2], [4, 4, 4]])
     assert "2 of 9 steps" in msg and "usual 4" in msg and "2 of 3 run(s) vary within" in msg
     assert "drop_last=True" in msg and "simfluence fit --help" in msg and "k/4" in msg
+    # the advice names the default method, which averages over the batch (bucketed batches)
+    assert "batch-sum methods (linear, additive, multiplicative)" in msg
+    assert "optimizer-aware method (what `simfluence fit` fits by default" in msg
 
 
 @pytest.fixture

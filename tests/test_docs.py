@@ -134,3 +134,28 @@ def test_cli_reference_is_current():
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dotted_references_to_the_package_resolve():
+    """Every ``simfluence_cli.a.b`` named in a docstring, comment or doc page is a module or
+    an attribute of one (docstrings named modules that had moved: simfluence_cli.models,
+    simfluence_cli.curriculum, simfluence_cli.evaluation, ...)."""
+    import importlib
+
+    files = [*ROOT.glob("simfluence_cli/**/*.py"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    broken = []
+    for f in files:
+        for no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+            for ref in re.findall(r"\bsimfluence_cli(?:\.[A-Za-z_]\w*)+", line):
+                parts = ref.split(".")
+                for i in range(len(parts), 0, -1):  # the longest importable prefix
+                    try:
+                        obj = importlib.import_module(".".join(parts[:i]))
+                    except ImportError:
+                        continue
+                    for attr in parts[i:]:
+                        obj = getattr(obj, attr, None)
+                    break
+                if obj is None:
+                    broken.append(f"{f.relative_to(ROOT)}:{no}: {ref}")
+    assert not broken, "\n".join(broken)

@@ -78,6 +78,11 @@ def test_default_method_auto_is_linear_when_losses_are_not_logged_every_step(tmp
     assert res.exit_code == 0, res.stderr
     man = json.loads(res.stdout)
     assert man["name"] == "linear" and man["config"]["method"] == "linear"
+    # one note says why: which runs lack a loss at some steps, and what to log instead
+    assert (
+        "note: method auto is linear here: 4 of 4 fitting run(s) log test losses at only some "
+        "steps (e.g. syn-000: 11 of 31); the optimizer-aware method needs a loss after every step"
+    ) in " ".join(res.stderr.split())
     # the library resolves "auto" the same way from the runs themselves
     assert Simulator("auto", l2=0.1).fit(sparse).method == "linear"
     every, _, _ = make_runs(12, 3, 4, 30, 2, seed=0, noise=0.002)

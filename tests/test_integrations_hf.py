@@ -73,8 +73,10 @@ class Recorder(TrainerCallback):
         self.current = []
 
 
-def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, **kw):
-    args = TrainingArguments(
+def make_trainer(
+    tmp_path, model, train, ga, remove_unused=True, callbacks=(), seed=7, eval_dataset=None, **kw
+):
+    args = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=2,
         gradient_accumulation_steps=ga,
@@ -89,9 +91,15 @@ def make_trainer(tmp_path, model, train, ga, remove_unused=True, callbacks=(), s
         disable_tqdm=True,
         seed=seed,
         remove_unused_columns=remove_unused,
-        **kw,
     )
-    return Trainer(model=model, args=args, train_dataset=train, callbacks=list(callbacks))
+    args = TrainingArguments(**(args | kw))
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        callbacks=list(callbacks),
+    )
 
 
 def read_log(path):
@@ -191,7 +199,131 @@ def test_missing_ids_is_a_clear_error(tmp_path):
     no_ids = [{k: v for k, v in f.items() if k != "example_id"} for f in train]
     trainer = make_trainer(tmp_path, model, no_ids, 1)
     SimfluenceCallback(tmp_path / "runs" / "x.jsonl.gz", test).attach(trainer)
-    with pytest.raises(KeyError, match="example_id"):
+    # the collator lets ID-less batches through (evaluation data); the model's pre-hook stops
+    # the first training batch without IDs
+    with pytest.raises(RuntimeError, match="reached the model without 'example_id'"):
         trainer.train()
     assert not (tmp_path / "runs" / "x.jsonl.gz").exists()
     assert IdCollator()([train[0]])["example_id"] == ["e0"]
+
+
+@pytest.mark.parametrize("eval_has_ids", [False, True])
+def test_trainer_evaluation_runs_beside_the_callback(tmp_path, eval_has_ids):
+    """Trainer's own evaluation (eval_dataset + eval_strategy) goes through the same wrapped
+    collator: eval features need no example ID, and the logged training steps are unchanged."""
+    train, test = make_data()
+    model = make_model()
+    rec = Recorder(model)
+    evalset = [dict(f, example_id=f"v{j}") for j, f in enumerate(test)] if eval_has_ids else test
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        train,
+        2,
+        callbacks=[rec],
+        eval_dataset=evalset,
+        eval_strategy="steps",
+        eval_steps=2,
+    )
+    path = tmp_path / "runs" / "ev-000.jsonl.gz"
+    SimfluenceCallback(path, test, eval_every=3).attach(trainer)
+    trainer.train()
+    assert sum("eval_loss" in h for h in trainer.state.log_history) == 3  # steps 2, 4, 6
+    assert [ln["batch"] for ln in read_log(path)[1:]] == rec.steps
+    assert "example_id" not in IdCollator()(test[:2])  # no IDs at all: collated as they are
+    with pytest.raises(KeyError, match="example_id"):
+        IdCollator()([train[0], test[0]])  # some with, some without: refused
+
+
+class Interrupt(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt  # killed after checkpoint-2 was saved
+
+
+def test_resume_from_checkpoint_continues_the_log(tmp_path):
+    """trainer.train(resume_from_checkpoint=True) with a fresh callback on the same path writes
+    the log an uninterrupted run writes; a checkpoint saved without the callback is refused."""
+    train, test = make_data()
+    kw = dict(save_strategy="steps", save_steps=2)
+    runs = tmp_path / "runs"
+    full = make_trainer(tmp_path / "a", make_model(), train, 2, **kw)
+    SimfluenceCallback(runs / "full.jsonl.gz", test, eval_every=2).attach(full)
+    full.train()
+    cut = make_trainer(tmp_path / "b", make_model(), train, 2, callbacks=[Interrupt()], **kw)
+    SimfluenceCallback(runs / "cut.jsonl.gz", test, eval_every=2).attach(cut)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    assert not (runs / "cut.jsonl.gz").exists()
+    resumed = make_trainer(tmp_path / "b", make_model(), train, 2, **kw)
+    cb = SimfluenceCallback(runs / "cut.jsonl.gz", test, eval_every=2).attach(resumed)
+    resumed.train(resume_from_checkpoint=True)  # the last checkpoint: checkpoint-2
+    a, b = read_log(runs / "full.jsonl.gz"), read_log(runs / "cut.jsonl.gz")
+    assert [ln["step"] for ln in b] == list(range(7))
+    assert [ln["batch"] for ln in b] == [ln["batch"] for ln in a]
+    assert [ln.get("lr") for ln in b] == pytest.approx([ln.get("lr") for ln in a])
+    assert [("loss" in ln) for ln in b] == [("loss" in ln) for ln in a]
+    for x, y in zip(a, b):
+        if "loss" in x:
+            assert list(y["loss"].values()) == pytest.approx(list(x["loss"].values()), rel=1e-4)
+    assert cb.batches == [ln["batch"] for ln in a[1:]] and len(cb.lrs) == 6
+    # a checkpoint without the callback's log: one clear error, no file
+    (tmp_path / "b" / "out" / "checkpoint-4" / "simfluence-log-cut.json").unlink()
+    again = make_trainer(tmp_path / "b", make_model(), train, 2, **kw)
+    SimfluenceCallback(runs / "again.jsonl.gz", test).attach(again)
+    with pytest.raises(RuntimeError, match="resuming at step 4 .* no simfluence-log-again.json"):
+        again.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-4"))
+    assert not (runs / "again.jsonl.gz").exists()
+
+
+def test_last_step_evaluated_with_max_steps(tmp_path):
+    """max_steps that eval_every does not divide: the last step still gets test losses."""
+    train, test = make_data()
+    trainer = make_trainer(tmp_path, make_model(), train, 1, max_steps=5)
+    path = tmp_path / "runs" / "ms-000.jsonl.gz"
+    SimfluenceCallback(path, test, eval_every=2).attach(trainer)
+    trainer.train()
+    assert [("loss" in ln) for ln in read_log(path)] == [True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "GPT2ForCausalLM-like"])
+def test_causal_lm_test_losses_are_the_models_own(tmp_path, arch):
+    """The per-example test loss of a causal LM predicts token t+1 from position t, as the
+    model's own loss does, whatever the class is called (GPT2LMHeadModel has no ForCausalLM)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class GPT2ForCausalLM(GPT2LMHeadModel):
+        pass
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(cfg) if arch == "GPT2LMHeadModel" else GPT2ForCausalLM(cfg)
+    g = torch.Generator().manual_seed(2)
+    test = [{"input_ids": torch.randint(0, 32, (SEQ,), generator=g)} for _ in range(3)]
+    for f in test:
+        f["labels"] = f["input_ids"].clone()
+    cb = SimfluenceCallback(tmp_path / "lm.jsonl.gz", test)
+    got = cb.evaluate(model)
+    model.eval()
+    with torch.no_grad():
+        own = [
+            float(model(input_ids=f["input_ids"][None], labels=f["labels"][None]).loss)
+            for f in test
+        ]
+    assert got.tolist() == pytest.approx(own, rel=1e-5)
+
+
+def test_model_object_reused_for_the_next_run_warns(tmp_path):
+    """A notebook loop that builds a new Trainer per run around the same, already trained model
+    object: the second run's step 0 is the first run's end, which one warning says."""
+    from simfluence_cli.errors import SimfluenceWarning
+
+    train, test = make_data()
+    model = make_model()
+    first = make_trainer(tmp_path, model, train, 1, learning_rate=1e-2)
+    SimfluenceCallback(tmp_path / "runs" / "a.jsonl.gz", test).attach(first)
+    first.train()
+    again = make_trainer(tmp_path, model, train, 1, seed=8)
+    SimfluenceCallback(tmp_path / "runs" / "b.jsonl.gz", test).attach(again)
+    with pytest.warns(SimfluenceWarning, match="started an earlier logged run"):
+        again.train()

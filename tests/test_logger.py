@@ -315,3 +315,37 @@ def test_ingest_accepts_lr_and_optimizer(tmp_path):
         d = json.loads(info.stdout)
         out[name] = (d["loss_rows"], d["curriculum_rows"], d["steps"], cur.stdout)
     assert out["with"] == out["without"] and out["with"][:2] == (8, 7)
+
+
+def test_resume_from_state_dict_continues_after_the_checkpoint(tmp_path):
+    """An interrupted run resumed from a checkpoint's state_dict() gives the uninterrupted file;
+    the steps trained after the checkpoint and lost with the interruption are not in it."""
+    steps = [([f"e{t}", f"e{t + 1}"], [2.0 - 0.1 * t, 1.0 + 0.01 * t]) for t in range(1, 7)]
+    with RunLogger(tmp_path / "full.jsonl.gz", test_ids=["t0", "t1"], optimizer="sgd") as log:
+        log.initial([2.0, 1.0])
+        for batch, losses in steps:
+            log.step(batch, losses, lr=0.1)
+            assert len(log.state_dict()["lines"]) == log.last_step + 1  # read back, mid-stream
+    first = RunLogger(tmp_path / "cut.jsonl.gz", test_ids=["t0", "t1"], optimizer="sgd")
+    first.initial([2.0, 1.0])
+    for batch, losses in steps[:3]:
+        first.step(batch, losses, lr=0.1)
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint holds (plain data)
+    first.step(["lost"], [9.0, 9.0], lr=0.1)  # trained after the checkpoint, then interrupted
+    first.abort()
+    with RunLogger(tmp_path / "cut.jsonl.gz", test_ids=["t0", "t1"], resume=state) as log:
+        assert log.last_step == 3
+        with pytest.raises(RunLogError, match="initial"):
+            log.initial([2.0, 1.0])
+        for batch, losses in steps[3:]:
+            assert log.step(batch, losses, lr=0.1) == int(batch[0][1:])
+    with (
+        gzip.open(tmp_path / "full.jsonl.gz", "rt") as a,
+        gzip.open(tmp_path / "cut.jsonl.gz", "rt") as b,
+    ):
+        assert a.read() == b.read()
+    with pytest.raises(RunLogError, match="field 'resume': resume= was saved with other test_ids"):
+        RunLogger(tmp_path / "x.jsonl", test_ids=["t0", "t9"], resume=state)
+    with pytest.raises(RunLogError, match="not a RunLogger.state_dict"):
+        RunLogger(tmp_path / "x.jsonl", resume={"lines": []})
+    assert not (tmp_path / "x.jsonl").exists()

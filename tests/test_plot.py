@@ -129,3 +129,28 @@ def test_cli_plot_file_and_errors(setup, tmp_path):
         ],
     )
     assert r.exit_code == 2
+
+
+def test_plot_figure_returns_the_figure_the_file_shows(setup, tmp_path):
+    """A notebook gets a matplotlib Figure (shown inline, restyled, saved by the user)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from simfluence_cli.analysis.plots import plot_figure
+
+    rs, sim, _ = setup
+    tr = trajectories(sim, "lin", rs, "syn-004", ["t0", "t1", "t3"])
+    fig = plot_figure(tr, extra={"baseline": tr.observed * 0 + 1.0})
+    assert isinstance(fig, Figure)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert [ax.get_title() for ax in shown] == ["test t0", "test t1", "test t3"]
+    lines = shown[0].get_lines()
+    assert [ln.get_label() for ln in lines] == ["observed", "simulated (lin)", "baseline"]
+    np.testing.assert_array_equal(lines[1].get_ydata(), tr.simulated[:, 0])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "observed",
+        "simulated (lin)",
+        "baseline",
+    ]
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,9 @@ from simfluence_cli.errors import (
     ConflictError,
     InputError,
     ModelError,
+    ModelNotFoundError,
     NotFittedError,
+    RunNotFoundError,
     SelectionError,
     UsageError,
 )
@@ -102,6 +104,16 @@ def test_sklearn_clone(runs):
     assert twin.get_params() == sim.get_params()
     assert not hasattr(twin, "A_")  # unfitted
     np.testing.assert_array_equal(twin.fit(runs).A_, sim.A_)
+
+
+def test_sklearn_check_is_fitted(store):
+    """check_is_fitted raised AttributeError ('no attribute __sklearn_tags__') either way."""
+    validation = pytest.importorskip("sklearn.utils.validation")
+    with pytest.raises(validation.NotFittedError):
+        validation.check_is_fitted(Simulator())
+    validation.check_is_fitted(Simulator(l2=0.1).fit(store.load("fit")))
+    fit_model(store, "lin", Simulator(l2=0.1), "fit")
+    validation.check_is_fitted(load_model(store, "lin", parameters=False))  # loaded = fitted
 
 
 def test_execution_options_do_not_change_the_fit(runs):
@@ -211,6 +223,39 @@ def test_store_models_mapping(store):
     with pytest.raises(ModelError, match="available: lin"):
         models.delete("add")
     assert [m["name"] for m in list_models(store)] == ["lin"]  # the old function agrees
+
+
+def test_missing_model_or_run_is_a_documented_error_and_a_key_error(store, runs):
+    """A notebook catches a bad name with the documented tree (ModelError / SelectionError),
+    while store.models and RunSet still behave as mappings (KeyError, .get)."""
+    store.models.fit("lin", Simulator(l2=0.1), runs="fit")
+    for call in (lambda: store.models["nope"], lambda: store.models.__delitem__("nope")):
+        with pytest.raises(ModelNotFoundError, match="no model named 'nope'.*available: lin") as e:
+            call()
+        assert isinstance(e.value, ModelError) and isinstance(e.value, KeyError)
+        assert str(e.value).startswith("no model named")  # the message, not a quoted repr
+    with pytest.raises(ModelError, match="no model named"):
+        load_model(store, "nope")
+    assert store.models.get("nope") is None
+    with pytest.raises(RunNotFoundError, match="no run 'nope' in this RunSet of 6 run") as e:
+        runs["nope"]
+    assert isinstance(e.value, SelectionError) and isinstance(e.value, KeyError)
+    assert simfluence_cli.ModelNotFoundError is ModelNotFoundError
+    assert simfluence_cli.RunNotFoundError is RunNotFoundError
+
+
+def test_a_string_where_a_curriculum_or_batch_belongs_is_a_usage_error(store):
+    """Iterating a string would read its characters as example IDs ('unseen e, 0, 1')."""
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    cur = [["e0", "e1"], ["e2", "e3"]]
+    assert sim.simulate([cur]).shape == (1, 3, 5)
+    for bad, where in ((cur, "'e0' where a batch"), (["e0"], "'e0' where a curriculum")):
+        with pytest.raises(
+            UsageError, match=f"got the string {where} belongs.*pass \\[curriculum\\]"
+        ):
+            sim.simulate(bad)
+        with pytest.raises(UsageError, match="got the string"):
+            sim.encode(bad)
 
 
 @pytest.mark.slow
@@ -328,3 +373,82 @@ def test_public_names_resolve():
         assert getattr(simfluence_cli, name) is not None
     assert simfluence_cli.fit_model is fit_model
     assert simfluence_cli.NotFittedError is NotFittedError
+
+
+def test_a_string_where_a_list_of_ids_belongs_is_a_usage_error(store):
+    """tests='t0' asked for tests 't' and '0'; Edits(drop='e1') dropped 'e' and '1' (nothing:
+    a silent no-op)."""
+    from simfluence_cli.analysis.whatif import Edits
+
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    cur = [["e0", "e1"], ["e2", "e3"]]
+    assert sim.simulate([cur], tests=["t0"]).shape == (1, 3, 1)
+    with pytest.raises(UsageError, match=r"got the string 't0'; pass \['t0'\]"):
+        sim.simulate([cur], tests="t0")
+    for field in ("drop", "only", "repeat"):
+        with pytest.raises(UsageError, match=rf"got the string 'e1'; pass {field}=\['e1'\]"):
+            Edits(**{field: "e1"})
+    assert Edits(drop=["e1"]).describe()["drop"] == 1
+
+
+def test_whatif_warns_about_edit_ids_nobody_knows(store):
+    """whatif(..., Edits(drop=['e99'])) with a typo'd ID gave change 0 without a word (the CLI
+    checks IDs against the store; the library had no check)."""
+    from simfluence_cli.analysis.whatif import Edits, whatif
+    from simfluence_cli.errors import SimfluenceWarning
+
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    base = [["e0", "e1"], ["e2", "e3"]]
+    with pytest.warns(
+        SimfluenceWarning, match="neither the base curriculum nor the model knows: e99"
+    ):
+        w = whatif(sim, base, Edits(drop=["e1", "e99"]), None)
+    assert w.edits["drop"] == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SimfluenceWarning)
+        whatif(sim, base, Edits(drop=["e9"]), None)  # known to the model, not in base: no warning
+
+
+def test_public_methods_say_what_they_do():
+    """help() in a notebook: every public method and property of the exported classes has a
+    docstring (RunStore.run_ids, RunSet.n_tests, ModelRegistry.get, ... had none)."""
+    import inspect
+
+    missing = []
+    for name in simfluence_cli.__all__:
+        cls = getattr(simfluence_cli, name)
+        if not inspect.isclass(cls) or issubclass(cls, BaseException | Warning):
+            continue
+        for attr, member in vars(cls).items():
+            if attr.startswith("_") or not (callable(member) or isinstance(member, property)):
+                continue
+            func = member.__func__ if isinstance(member, classmethod | staticmethod) else member
+            if not (inspect.getdoc(func) or "").strip():
+                missing.append(f"{name}.{attr}")
+    assert not missing, missing
+
+
+def test_store_models_save_keeps_a_fit_made_in_the_session(store, runs):
+    """A simulator fitted in a notebook could be saved only by refitting (store.models.fit) or
+    by save_model with a hand-made data hash and lock."""
+    sim = Simulator(l2=0.1).fit(store.load("fit"))
+    res = store.models.save("mine", sim)
+    assert not res.up_to_date and res.manifest["config"]["runs"] == sorted(sim.run_ids_)
+    back = store.models["mine"]
+    np.testing.assert_array_equal(back.A_, sim.A_)
+    refit = store.models.fit("mine", Simulator(l2=0.1), runs="fit")  # same config and data
+    assert refit.up_to_date  # save recorded the data hash fit_model computes
+    with pytest.raises(ConflictError):
+        store.models.save("mine", Simulator(l2=0.5).fit(store.load("fit")))
+    import dataclasses
+
+    fit4 = runs.subset(runs.run_ids[:4])  # the same run ids, other content (a copy)
+    moved = [dataclasses.replace(fit4.runs[0], losses=fit4.runs[0].losses + 1.0), *fit4.runs[1:]]
+    other = RunSet(fit4.example_ids, fit4.test_ids, moved)
+    with pytest.raises(ModelError, match="not fitted on the runs"):
+        store.models.save("other", Simulator(l2=0.1).fit(other))
+    with pytest.raises(NotFittedError):
+        store.models.save("x", Simulator())
+    assert "other" not in store.models and "x" not in store.models

@@ -152,7 +152,8 @@ def test_cli_import_scores_then_eval(tmp_path, additive_runs):
     man = json.loads((store / "models" / "tracin" / "model.json").read_text())
     assert man["config"]["kind"] == "tracin-scores" and man["config"]["method"] == "additive"
     assert man["scale"] == pytest.approx(TRUE_SCALE) and man["scale_mode"] == "fit"
-    assert man["config"]["source"] == str(src) and len(man["config"]["runs"]) == 4
+    assert man["source"] == str(src) and len(man["config"]["runs"]) == 4
+    assert "source" not in man["config"]  # the content hash identifies the file, not its path
     sim = load_model(st, "tracin")
     order = [int(e[1:]) for e in sim.example_ids_]
     np.testing.assert_allclose(-sim.B_ / TRUE_SCALE, S[order], rtol=1e-9)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.model.adjoint import final_loss_adjoint
 from simfluence_cli.model.config import OPTIMIZER_AWARE
@@ -77,6 +78,7 @@ _SIM_BYTES = 256 * 2**20
 
 @dataclass
 class DesignResult:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     batches: list[list[str]]
     objective: float
     start_objective: float  # the start's (greedy or given curriculum) simulated objective
@@ -248,6 +250,12 @@ def resolve_start(
             why = "the best fitting run uses examples outside --pool"
         elif batch_size is not None and max(len(b) for b in cur) > batch_size:
             why = f"the best fitting run has batches larger than --batch-size {batch_size}"
+        elif any(len(set(b)) != len(b) for b in cur):  # e.g. WeightedRandomSampler(replacement)
+            t = next(t for t, b in enumerate(cur, 1) if len(set(b)) != len(b))
+            why = (
+                f"the best fitting run {rid} repeats an example within a batch (step {t}), and "
+                "design's batches hold distinct examples"
+            )
         else:
             real = float(np.nanmin(_mean_final_losses(runs, tests)))  # the start run's
             return rid, cur, f"starting from fitting run {rid} (real mean final loss {real:.6g})"

@@ -162,9 +162,11 @@ def mean_effect(
 ) -> np.ndarray:
     """(n_examples,) ``removal`` or ``coefficient`` effect averaged over ``tests`` (None = all).
 
-    A :class:`~simfluence_cli.models.StoredModel` is used one chunk of test examples at a time
-    (sums over each chunk's tests, divided by their number at the end), so the whole
-    N_train x N_test parameter matrix is never in memory; a Simulator is one chunk.
+    A :class:`~simfluence_cli.store.saved_models.StoredModel` is used one chunk of test
+    examples at a time (its tests' effects added to a running total one test at a time, in
+    test order, so the result is the same to the bit for any chunk size; divided by their
+    number at the end), so the whole N_train x N_test parameter matrix is never in memory; a
+    Simulator is one chunk.
     """
     from simfluence_cli.analysis.evaluation import model_chunks
 
@@ -179,7 +181,8 @@ def mean_effect(
             eff = coefficient_effect(sim, chunk)
         else:
             raise UsageError("--measure must be removal or coefficient")
-        total += eff.sum(axis=1)
+        for j in range(eff.shape[1]):  # not eff.sum(axis=1): its grouping follows the chunks
+            total += eff[:, j]
         sim = eff = None  # free this chunk's parameters before the next one is loaded
     return total / len(names)
 

@@ -1,17 +1,20 @@
 """Evaluate simulators on runs: roll each model from every run's observed L_0 through the run's
-curriculum and compare with the observed losses (definitions in :mod:`simfluence_cli.metrics`).
+curriculum and compare with the observed losses (definitions in
+:mod:`simfluence_cli.analysis.metrics`).
 
 Works with anything that has the Simulator's ``simulate(idx, init_loss, tests=...)`` interface
-(fitted :class:`~simfluence_cli.simulator.Simulator`, imported scores, the baselines).
+(fitted :class:`~simfluence_cli.model.simulator.Simulator`, imported scores, the baselines).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.metrics import run_errors, run_errors_from_parts, summarise_runs
 from simfluence_cli.errors import ModelError, SelectionError, UsageError
 from simfluence_cli.runs import Run, RunSet, stack_index
@@ -71,6 +74,8 @@ _ROLL_BYTES = 256 * 2**20
 class ModelEval:
     """One model's (or baseline's) results on the evaluated runs."""
 
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
+
     name: str
     kind: str
     per_run: list[dict]
@@ -80,6 +85,7 @@ class ModelEval:
 
 @dataclass
 class Evaluation:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     run_ids: list[str]
     test_ids: np.ndarray
     results: list[ModelEval]
@@ -324,8 +330,8 @@ def evaluate(
 
 
 def model_chunks(model, tests: np.ndarray):
-    """(test ids, model) pieces: a :class:`~simfluence_cli.models.StoredModel` loads its
-    parameters one chunk of test examples at a time; anything else is one piece."""
+    """(test ids, model) pieces: a :class:`~simfluence_cli.store.saved_models.StoredModel`
+    loads its parameters one chunk of test examples at a time; anything else is one piece."""
     if hasattr(model, "chunks"):
         yield from model.chunks(list(tests))
     else:
@@ -400,6 +406,8 @@ class StoreEvaluation:
     runs); ``evaluation.warnings``: about the metrics. ``fitting_runs_evaluated``: evaluated runs
     some model was fitted on (in-sample: optimistic numbers)."""
 
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
+
     evaluation: Evaluation
     records: list[dict]
     run_ids: list[str]
@@ -416,7 +424,8 @@ class StoreEvaluation:
         """The JSON document ``simfluence eval --format json`` wraps the rows in."""
         ev = self.evaluation
         return {
-            "store": str(store_path),
+            # resolved: --store s and --store /abs/s (or from another directory) give one document
+            "store": str(Path(store_path).resolve()),
             "by": by,
             "runs": list(ev.run_ids),
             "n_tests": int(len(ev.test_ids)),

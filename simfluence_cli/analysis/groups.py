@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.whatif import (
     MODES,
     Batches,
@@ -24,6 +25,8 @@ from simfluence_cli.errors import InputError, SelectionError, UsageError
 @dataclass
 class GroupEffects:
     """Removal effects (edited - base final loss, per test) of whole groups and of members."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     test_ids: np.ndarray
     groups: dict[str, list[str]]

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.curriculum_distance import (
     edit_scale,
     reference,
@@ -141,6 +142,8 @@ def _quantile_abs(d: np.ndarray, level: float) -> np.ndarray:
 @dataclass
 class Calibration:
     """Fold models and out-of-fold residuals of a model's fitting runs (see module doc)."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     model: object
     fold_models: list

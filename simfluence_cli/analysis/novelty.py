@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
+
 __all__ = ["FEATURES", "NOVELTY_RATIO", "NOVELTY_Z", "Novelty", "features", "features_of_batches"]
 
 NOVELTY_Z = 4.0
@@ -106,6 +108,8 @@ def _z(F: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 @dataclass
 class Novelty:
     """Features of the fitting runs (n, 2) and their leave-one-run-out novelty scores."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     reference: np.ndarray
 

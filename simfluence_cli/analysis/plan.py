@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import UsageError
 
 __all__ = ["KINDS", "DEFAULT_MIX", "PlannedCurriculum", "plan_curricula", "parse_mix"]
@@ -42,13 +43,17 @@ N_RANDOM_BLOCKS = 10
 
 @dataclass
 class PlannedCurriculum:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     name: str
     kind: str
     batches: list[list[str]]
     detail: str
+    seed: int | None = None  # the plan's --seed (recorded in the file's header line)
 
     def text(self) -> str:
         head = f"# {self.name}: {self.kind} ({self.detail}); {len(self.batches)} steps"
+        if self.seed is not None:
+            head += f"; seed {self.seed}"
         return head + "\n" + "\n".join(" ".join(b) for b in self.batches) + "\n"
 
 
@@ -187,7 +192,7 @@ def plan_curricula(
         batches = _chunk(stream, batch_size, steps)
         out.append(
             PlannedCurriculum(
-                f"{prefix}-{k:03d}", kind, [[pool[i] for i in b] for b in batches], detail
+                f"{prefix}-{k:03d}", kind, [[pool[i] for i in b] for b in batches], detail, seed
             )
         )
     return out

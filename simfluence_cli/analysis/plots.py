@@ -10,17 +10,26 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli._atomic import write_atomic
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.evaluation import rollout_runs
 from simfluence_cli.errors import MissingExtraError, SelectionError, UsageError
 from simfluence_cli.runs import RunSet
 
-__all__ = ["Trajectories", "trajectories", "plot_file", "sparklines", "pick_tests"]
+__all__ = [
+    "Trajectories",
+    "trajectories",
+    "plot_figure",
+    "plot_file",
+    "sparklines",
+    "pick_tests",
+]
 
 _BARS = "▁▂▃▄▅▆▇█"
 
 
 @dataclass
 class Trajectories:
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
     run_id: str
     model: str
     test_ids: list[str]
@@ -30,7 +39,8 @@ class Trajectories:
 
 
 def pick_tests(runs: RunSet, model, tests: Sequence[str] | None, n: int = 4) -> list[str]:
-    """The given tests, or ``n`` spread over the range of final losses of the run set's tests."""
+    """The given tests, or ``n`` spread evenly over the test ids (in their order) that both
+    the model and the runs know."""
     known = set(getattr(model, "test_ids_", runs.test_ids).tolist()) & set(runs.test_ids.tolist())
     if tests:
         bad = [t for t in tests if t not in known]
@@ -59,20 +69,19 @@ def trajectories(model, name: str, runs: RunSet, run_id: str, tests: Sequence[st
     return Trajectories(run_id, name, list(tests), run.loss_steps, run.losses[:, cols], sim)
 
 
-def plot_file(
-    tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] | None = None
-) -> None:
-    """Write a PNG/SVG: one panel per test example, observed (dots) vs simulated (line)."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("png", "svg", "pdf"):
-        raise UsageError(f"-o must end in .png, .svg or .pdf, got {path.name!r}")
+def plot_figure(tr: Trajectories, extra: dict[str, np.ndarray] | None = None):
+    """A matplotlib ``Figure``: one panel per test example, observed (dots) vs simulated
+    (line), each of ``extra`` (name -> (K, m) losses at ``tr.steps``, e.g. a baseline) dashed.
+
+    A bare Figure, no pyplot: it shows inline when it is a notebook cell's value, and
+    ``fig.savefig(...)`` writes it. Needs matplotlib (``pip install 'simfluence-cli[plot]'``).
+    """
     try:  # a bare Figure on the Agg canvas: no pyplot, no global backend switch
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingExtraError(
-            "plotting to a file needs matplotlib: "
+            "plotting needs matplotlib: "
             "pip install 'simfluence-cli[plot]' "
             "(or omit -o for a terminal quick look)"
         ) from None
@@ -103,9 +112,27 @@ def plot_file(
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(f"run {tr.run_id}: observed vs simulated test loss", fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if nrow == 1 else 0.04, 1, 1))
+    return fig
+
+
+def plot_file(
+    tr: Trajectories, path: str | Path, extra: dict[str, np.ndarray] | None = None
+) -> None:
+    """Write :func:`plot_figure` to a PNG/SVG/PDF (atomically)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg", "pdf"):
+        raise UsageError(f"-o must end in .png, .svg or .pdf, got {path.name!r}")
+    fig = plot_figure(tr, extra)
+
+    # no creation date and fixed SVG element ids: the same plot is the same bytes
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
 
     def write(fh):
-        fig.savefig(fh, format=fmt, dpi=120)
+        from matplotlib import rc_context
+
+        with rc_context({"svg.hashsalt": "simfluence"}):
+            fig.savefig(fh, format=fmt, dpi=120, metadata=metadata)
 
     write_atomic(path, write)
 

@@ -52,14 +52,16 @@ Effects are ``edited - base`` simulated final losses: negative = the edit lowers
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.analysis.choices import MODES, NEUTRAL, ORDERS
-from simfluence_cli.errors import SelectionError, UsageError
+from simfluence_cli.errors import SelectionError, SimfluenceWarning, UsageError
 
 _SIM_BYTES = 256 * 2**20  # memory for one chunk of simulated trajectories
 
@@ -79,6 +81,13 @@ class Edits:
     order_scope: str = "epoch"  # for an ID-list order: sort each epoch ('epoch') or the whole run
 
     def __post_init__(self):
+        for name in ("drop", "only", "repeat"):
+            ids = getattr(self, name)
+            if isinstance(ids, str):  # its characters would be read as IDs: a silent no-op
+                raise UsageError(
+                    f"Edits({name}=...) takes a list of example IDs, got the string {ids!r}; "
+                    f"pass {name}=[{ids!r}]"
+                )
         if self.mode not in MODES:
             raise UsageError(f"unknown edit mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.order_scope not in ("epoch", "run"):
@@ -325,6 +334,8 @@ def removal_finals(
 class WhatIf:
     """Base and edited curricula simulated together; ``change = edited - base`` final loss."""
 
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
+
     test_ids: np.ndarray
     base: Batches
     edited: Batches
@@ -384,6 +395,7 @@ def whatif(
     base = [list(map(str, b)) for b in base]
     edits = {}
     if isinstance(edited, Edits):
+        _warn_unknown_ids(sim, base, edited)
         edits = edited.describe()
         edited = apply_edits(base, edited)
     edited = [list(map(str, b)) for b in edited]
@@ -396,6 +408,26 @@ def whatif(
     return WhatIf(
         test_ids, base, edited, traj, traj[0, len(base)].copy(), traj[1, len(edited)].copy(), edits
     )
+
+
+def _warn_unknown_ids(sim, base: Batches, edits: Edits) -> None:
+    """A SimfluenceWarning for IDs in ``edits`` that neither ``base`` nor the model knows: they
+    change nothing, which is rarely what was meant (a typo)."""
+    named = [*(edits.drop or ()), *(edits.only or ()), *(edits.repeat or ())]
+    if edits.order is not None and not isinstance(edits.order, str):
+        named += list(edits.order)
+    if not named:
+        return
+    known = {e for b in base for e in b} | {str(e) for e in getattr(sim, "example_ids_", ())}
+    unknown = sorted({str(e) for e in named} - known)
+    if unknown:
+        warnings.warn(
+            f"the edits name {len(unknown)} example ID(s) that neither the base curriculum nor "
+            f"the model knows: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}; "
+            "they change nothing (a typo?)",
+            SimfluenceWarning,
+            stacklevel=3,
+        )
 
 
 def batch_size_note(method: str, base: Batches, edited: Batches) -> str | None:

@@ -281,7 +281,11 @@ def command(name: str | None = None, **kwargs) -> Callable:
                     warnings.showwarning = show
                     check_output_paths(kw)
                     check_single_stdin(kw)
-                    return fn(*args, **kw)
+                    _state["invocation"] = (name or fn.__name__, dict(kw))
+                    try:
+                        return fn(*args, **kw)
+                    finally:
+                        _state.pop("invocation", None)
             except SimfluenceError as exc:
                 if _state["debug"]:
                     raise
@@ -302,6 +306,50 @@ def command(name: str | None = None, **kwargs) -> Callable:
         return app.command(name, cls=_Command, **kwargs)(wrapper)
 
     return decorate
+
+
+def provenance() -> dict:
+    """What produced an output, to save beside it: the command and every option's value
+    (defaults included), the store, each named model's kind, method, data hash, fit time and
+    parameter generation, and the versions of simfluence, Python and the numeric libraries."""
+    import json
+    from datetime import UTC, datetime
+
+    from simfluence_cli._version import versions
+
+    cmd, kw = _state.get("invocation") or ("", {})
+    options = {
+        k: (v if v is None or isinstance(v, bool | int | float | str) else str(v))
+        if not isinstance(v, list | tuple)
+        else [str(x) for x in v]
+        for k, v in kw.items()
+    }
+    out = {
+        "command": f"simfluence {cmd}".strip(),
+        "options": options,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    names = kw.get("model") or kw.get("models") or []
+    names = [names] if isinstance(names, str) else list(names)
+    store = kw.get("store")
+    models = {}
+    for n in names if store is not None else []:
+        try:
+            man = json.loads((Path(store) / "models" / str(n) / "model.json").read_text())
+        except (OSError, ValueError):
+            continue
+        cfg = man.get("config") or {}
+        models[str(n)] = {
+            "kind": cfg.get("kind"),
+            "method": cfg.get("method"),
+            "data_hash": cfg.get("data_hash"),
+            "fitted_at": man.get("fitted_at"),
+            "parameters": (man.get("files") or {}).get("parameters"),
+        }
+    if models:
+        out["models"] = models
+    return out
 
 
 # parameters that name a file (or, for plan, a directory) the command writes; '-' = stdout

@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from simfluence_cli._atomic import write_bytes_atomic
-from simfluence_cli.cli._app import stdout_console, wrote
+from simfluence_cli.cli._app import provenance, stdout_console, wrote
 from simfluence_cli.errors import UsageError
 
 
@@ -67,6 +67,18 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _json_clean(v: Any) -> Any:
+    """``v`` with every non-finite float (nested in dicts, lists, tuples, numpy scalars) as
+    None: JSON has no NaN, and ``json.dumps`` would write the invalid token ``NaN``."""
+    if isinstance(v, dict):
+        return {k: _json_clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_clean(x) for x in v]
+    if getattr(v, "ndim", 0):  # a numpy array
+        return _json_clean(v.tolist())
+    return _jsonable(v) if isinstance(v, float) or hasattr(v, "item") else v
 
 
 def _cell(v: Any) -> str:
@@ -115,8 +127,9 @@ def render_rows(
         import pyarrow.parquet as pq
 
         tbl = pa.Table.from_pylist([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
-        if column_help:
-            tbl = tbl.replace_schema_metadata({f"column:{k}": v for k, v in column_help.items()})
+        meta = {f"column:{k}": v for k, v in (column_help or {}).items()}
+        meta["simfluence.provenance"] = json.dumps(_json_clean(provenance()))
+        tbl = tbl.replace_schema_metadata(meta)
         buf = io.BytesIO()
         pq.write_table(tbl, buf)
         _emit_bytes(buf.getvalue(), output)
@@ -133,17 +146,22 @@ def render_rows(
             (wq if any("\r" in v for v in cells) else w).writerow(cells)
         text = buf.getvalue()
     elif fmt is Format.jsonl:
-        text = "".join(json.dumps({c: _jsonable(r.get(c)) for c in columns}) + "\n" for r in rows)
+        text = "".join(
+            json.dumps(_json_clean({c: r.get(c) for c in columns}), allow_nan=False) + "\n"
+            for r in rows
+        )
     else:
-        recs = [{c: _jsonable(r.get(c)) for c in columns} for r in rows]
+        recs = [{c: r.get(c) for c in columns} for r in rows]
         obj: Any = recs if document is None else {**document, "results": recs}
-        text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
+        text = json.dumps(_json_clean(obj), indent=2, default=_jsonable, allow_nan=False) + "\n"
     emit_text(text, output)
 
 
 def render_object(obj: dict, output: str = "-") -> None:
     """Print one JSON object (for --json reports)."""
-    emit_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", output)
+    emit_text(
+        json.dumps(_json_clean(obj), indent=2, default=_jsonable, allow_nan=False) + "\n", output
+    )
 
 
 SIG_DIGITS = 4  # significant digits of floats in terminal tables (csv/json keep full precision)

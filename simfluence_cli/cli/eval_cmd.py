@@ -1,6 +1,6 @@
 """``simfluence eval``, ``import-scores``, ``top`` and ``plot``: thin wrappers over
-:mod:`simfluence_cli.evaluation`, :mod:`~simfluence_cli.scores`, :mod:`~simfluence_cli.influence`
-and :mod:`~simfluence_cli.plot`."""
+:mod:`simfluence_cli.analysis.evaluation`, :mod:`~simfluence_cli.model.external_scores`,
+:mod:`~simfluence_cli.analysis.effects` and :mod:`~simfluence_cli.analysis.plots`."""
 
 from __future__ import annotations
 

@@ -68,6 +68,18 @@ LOSS_HELP = {
 }
 
 
+def _why_not_optimizer_aware(store, run_ids) -> str:
+    """The note saying why ``--method auto`` fell back to linear: runs without a loss at every step."""
+    ids = set(run_ids)
+    sparse = [e for e in store.runs() if e["run"] in ids and e["loss_steps"] != e["steps"] + 1]
+    e = sparse[0]
+    return (
+        f"note: method auto is linear here: {len(sparse)} of {len(ids)} fitting run(s) log test "
+        f"losses at only some steps (e.g. {e['run']}: {e['loss_steps']} of {e['steps'] + 1}); the "
+        "optimizer-aware method needs a loss after every step (log with eval_every=1)"
+    )
+
+
 def _parse_l2(text: str) -> float | str:
     if text.strip().lower() == "auto":
         return "auto"
@@ -265,7 +277,10 @@ def fit(
     replace_field(sim.config, method=resolve_method(requested)).validate()  # usage: exit 2
     execution.validate()
     st = open_store(store)
-    chosen = resolve_fit_method(st, requested, st.select(runs))
+    selected = st.select(runs)
+    chosen = resolve_fit_method(st, requested, selected)
+    if requested == "auto" and chosen != "optimizer-aware":
+        info(_why_not_optimizer_aware(st, selected))
     sim.set_params(method=chosen)  # resolved once: fit_model sees the method, not "auto"
     name = check_name(name or chosen)
     with _Progress(None, "fitting") as bar:
@@ -569,9 +584,13 @@ def _write_long(
             import pyarrow.parquet as pq
 
             from simfluence_cli._atomic import write_atomic
+            from simfluence_cli.cli._app import provenance
 
             table = table.replace_schema_metadata(
-                {b"simfluence.columns": json.dumps(helps).encode()}
+                {
+                    b"simfluence.columns": json.dumps(helps).encode(),
+                    b"simfluence.provenance": json.dumps(provenance()).encode(),
+                }
             )
             if output == "-":
                 if sys.stdout.isatty():

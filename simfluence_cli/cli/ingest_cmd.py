@@ -22,12 +22,14 @@ from simfluence_cli.cli._app import (
     wrote,
 )
 from simfluence_cli.cli._output import (
+    Format,
     FormatOpt,
     OutputOpt,
     render_object,
     render_rows,
     resolve_format,
 )
+from simfluence_cli.errors import UsageError
 
 
 class InputFormat(str, Enum):
@@ -234,6 +236,9 @@ def info_cmd(
 
     Coverage = how often each training example occurs across all curricula (min/median/max
     and coefficient of variation; CV 0 = every example seen equally often).
+
+    The summary is text, or one JSON object with --json, --format json or -o FILE.json; the
+    row formats (csv, jsonl, parquet) need --list.
     """
     rs = open_store(store)
     if list_runs:
@@ -251,11 +256,13 @@ def info_cmd(
             "source",
             "ingested_at",
         ]
-        rows = [{**r, "tags": ",".join(r["tags"])} for r in rs.runs()]
+        chosen = resolve_format(fmt, output)
+        flat = chosen in (Format.csv, Format.table)  # a cell is text: "a,b"; else a list
+        rows = [{**r, "tags": ",".join(r["tags"]) if flat else list(r["tags"])} for r in rs.runs()]
         render_rows(
             rows,
             cols,
-            resolve_format(fmt, output),
+            chosen,
             output,
             title=f"runs in {store}",
             table_columns=cols[:8],
@@ -266,9 +273,16 @@ def info_cmd(
         )
         return
     d = rs.info()
-    if json_out:
+    chosen = resolve_format(fmt, output) if fmt is not None or output != "-" else None
+    if json_out or chosen is Format.json:
         render_object(d, output)
         return
+    asked_rows = fmt is not None or Path(output).suffix.lower().lstrip(".") == chosen
+    if chosen in (Format.csv, Format.jsonl, Format.parquet) and asked_rows:
+        raise UsageError(
+            f"info's summary is one object, not rows: use --format json (or --json), or "
+            f"--list for one row per run in {chosen.value}"
+        )
     lines = _info_lines(d)
     if sys.stdout.isatty() and output == "-":
         from rich.table import Table

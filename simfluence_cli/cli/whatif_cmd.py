@@ -1,6 +1,7 @@
 """``whatif``, ``groups`` and ``design``: counterfactual curricula and curriculum search.
 
-Thin layer over :mod:`simfluence_cli.counterfactual` and :mod:`simfluence_cli.curriculum_search`.
+Thin layer over :mod:`simfluence_cli.analysis.whatif`, :mod:`simfluence_cli.analysis.groups`
+and :mod:`simfluence_cli.analysis.curriculum_design`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from simfluence_cli.cli._app import (
     command,
     info,
     open_store,
+    provenance,
     show_progress,
     stderr_console,
     warn,
@@ -781,7 +783,13 @@ def design_cmd(
         "pool": rep["pool"],
         "tests": rep["tests"],
         "max_uses": rep["max_uses"],
+        "init_loss": " ".join(str(init_loss).split()),  # one line, whatever the path holds
     }
+    prov = provenance()  # enough to tell later which fit and which version designed this
+    made_by = (prov.get("models") or {}).get(model) or {}
+    header["model_fitted_at"] = made_by.get("fitted_at")
+    header["model_data_hash"] = made_by.get("data_hash")
+    header["simfluence_version"] = prov["versions"]["simfluence"]
     if interrupted:
         header["stopped"] = f"interrupted (Ctrl-C) after {rep['moves_accepted']} move(s)"
     if interval is not None:

@@ -15,8 +15,8 @@ Give every training example an ``"example_id"`` field and attach one callback::
 What it records, per *optimizer* step (``state.global_step``): the IDs of every example that went
 into the step (with gradient accumulation, the union of its micro-batches), the learning rate
 ``optimizer.param_groups[0]["lr"]`` read right after ``optimizer.step()`` (before the scheduler
-moves it), and the per-example test losses every ``eval_every`` steps; step 0 holds the losses
-of the starting checkpoint.
+moves it), and the per-example test losses every ``eval_every`` steps and at the last step
+(``state.max_steps``); step 0 holds the losses of the starting checkpoint.
 
 How the IDs get there: :meth:`SimfluenceCallback.attach` wraps the trainer's data collator in an
 :class:`IdCollator`, which collates the other fields as before and passes the IDs along as a list
@@ -29,12 +29,18 @@ has its columns removed before any collator runs: pass ``remove_unused_columns=F
 (the callback raises a clear error otherwise).
 
 If ``trainer.train()`` raises, :meth:`attach` makes sure the log is discarded (no file).
-Resuming from a checkpoint is refused (a run log must start at step 0).
+
+Resuming: every checkpoint Trainer saves gets the log so far (``simfluence-log-<file stem>.json``
+in the ``checkpoint-N`` directory); ``trainer.train(resume_from_checkpoint=...)`` with a fresh
+callback on the same path continues that log after step N, so the file is the one an
+uninterrupted run writes (Trainer restores the data order and skips the batches already trained).
+A checkpoint saved without the callback is refused (a run log must start at step 0).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -45,6 +51,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback, default_data_collator
 
 from simfluence_cli import RunLogger
+from simfluence_cli.integrations._same_start import check_same_start
 
 __all__ = ["IdCollator", "SimfluenceCallback", "per_example_loss"]
 
@@ -65,6 +72,10 @@ class IdCollator:
     Each feature's ``id_key`` entry is taken out before ``collator`` (default
     ``transformers.default_data_collator``) collates the rest; the batch then gets
     ``batch[id_key] = [id, ...]`` (a plain list, which Trainer moves to the device unchanged).
+    A batch in which *no* feature has the field (Trainer's evaluation and prediction batches,
+    which go through the same collator) is collated as it is; a batch in which only some do is
+    refused. A training batch without IDs is stopped where it reaches the model
+    (:class:`SimfluenceCallback`'s forward pre-hook).
     """
 
     def __init__(self, collator: Callable | None = None, id_key: str = ID_KEY):
@@ -72,12 +83,14 @@ class IdCollator:
         self.id_key = id_key
 
     def __call__(self, features):
+        if not any(isinstance(f, Mapping) and self.id_key in f for f in features):
+            return self.collator(features)  # evaluation / prediction data: no IDs to carry
         ids, rest = [], []
         for f in features:
             if not isinstance(f, Mapping) or self.id_key not in f:
                 raise KeyError(
-                    f"IdCollator: a training example has no {self.id_key!r} field "
-                    "(give every training example an ID)"
+                    f"IdCollator: a batch mixes examples with and without a {self.id_key!r} "
+                    "field (give every training example an ID)"
                 )
             ids.append(_plain_id(f[self.id_key]))
             rest.append({k: v for k, v in f.items() if k != self.id_key})
@@ -119,8 +132,20 @@ def per_example_loss(
     raise ValueError(f"per_example_loss: logits of shape {tuple(logits.shape)}; pass loss_fn=")
 
 
+def _causal_lm_names() -> frozenset:
+    """Class names of the causal LMs transformers knows (GPT2LMHeadModel is one: its name does
+    not end in ForCausalLM)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - very old transformers
+        return frozenset()
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def _is_causal(model) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+    """Whether the model predicts token t+1 from position t (its loss shifts the labels)."""
+    name = type(model).__name__
+    return name.endswith("ForCausalLM") or name in _causal_lm_names()
 
 
 class SimfluenceCallback(TrainerCallback):
@@ -136,10 +161,12 @@ class SimfluenceCallback(TrainerCallback):
     test_ids:
         Test example IDs; default: the test features' ``id_key`` values if present, else t0, t1, ...
     eval_every:
-        Evaluate the test set every k optimizer steps (step 0 always); 0 = only step 0.
+        Evaluate the test set every k optimizer steps (step 0 always, and the last step);
+        0 = only step 0.
     loss_fn:
         ``loss_fn(outputs, batch) -> tensor (batch,)``; default :func:`per_example_loss` on
-        ``outputs.logits`` and ``batch["labels"]`` (shifted for ``*ForCausalLM`` models).
+        ``outputs.logits`` and ``batch["labels"]`` (shifted for causal LMs: ``*ForCausalLM``,
+        ``GPT2LMHeadModel`` and every other class transformers maps as a causal LM).
     """
 
     def __init__(
@@ -184,6 +211,7 @@ class SimfluenceCallback(TrainerCallback):
         self._pending: list = []
         self._lr = None
         self._hook = None
+        self._resume_dir = None
 
     # ------------------------------------------------------------------ wiring
     def attach(self, trainer) -> SimfluenceCallback:
@@ -196,6 +224,8 @@ class SimfluenceCallback(TrainerCallback):
 
         @functools.wraps(train)
         def train_and_abort_on_error(*args, **kwargs):
+            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+            self._resume_dir = resume if isinstance(resume, (str, os.PathLike)) else None
             try:
                 return train(*args, **kwargs)
             except BaseException:
@@ -242,12 +272,43 @@ class SimfluenceCallback(TrainerCallback):
         return args, kwargs
 
     # ------------------------------------------------------------------ events
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if state.global_step != 0:
+    @property
+    def _state_name(self) -> str:
+        """The file, in each checkpoint directory, that holds the log up to that checkpoint."""
+        stem = self.path.name.removesuffix(".gz").removesuffix(".jsonl")
+        return f"simfluence-log-{stem}.json"
+
+    def _resume_state(self, args, state) -> dict:
+        """The log state saved with the checkpoint training resumes from (step ``global_step``)."""
+        ckpt = self._resume_dir or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        f = Path(ckpt) / self._state_name
+        if not f.is_file():
             raise RuntimeError(
-                "SimfluenceCallback: resuming from a checkpoint is not supported "
-                "(a run log starts at step 0)"
+                f"SimfluenceCallback: resuming at step {state.global_step} from {ckpt}, which has "
+                f"no {self._state_name} (saved by a SimfluenceCallback logging to {self.path.name}); "
+                "a run log must start at step 0: train from the start with the callback attached"
             )
+        saved = json.loads(f.read_text(encoding="utf-8"))
+        n = len(saved.get("lines", [])) - 1
+        if n != state.global_step:
+            raise RuntimeError(
+                f"SimfluenceCallback: {f} holds the log up to step {n}, but training resumes at "
+                f"step {state.global_step}; resume from the checkpoint that file was saved with"
+            )
+        return saved
+
+    def on_save(self, args, state, control, **kwargs):
+        # After Trainer has written checkpoint-N: keep the log so far beside it, for resuming.
+        if self.log is None or self.log.closed or not args.should_save:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            tmp = ckpt / f".{self._state_name}.tmp"
+            tmp.write_text(json.dumps(self.log.state_dict()), encoding="utf-8")
+            os.replace(tmp, ckpt / self._state_name)
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        resume = self._resume_state(args, state) if state.global_step != 0 else None
         if model is None:
             raise RuntimeError("SimfluenceCallback: the Trainer passed no model to on_train_begin")
         # Trainer's RemoveColumnsCollator drops fields that model.forward does not take: keep the IDs.
@@ -270,9 +331,16 @@ class SimfluenceCallback(TrainerCallback):
                 )
         self._model = model
         self._pending, self.lrs, self.batches, self._lr = [], [], [], None
-        self.log = RunLogger(self.path, **self._logger_kw)
+        self.log = RunLogger(self.path, **self._logger_kw, resume=resume)
         try:
-            self.log.initial(self.evaluate(model))
+            if resume is None:
+                initial = self.evaluate(model)
+                check_same_start(model, self.test_ids, initial, str(self.path))
+                self.log.initial(initial)
+            else:  # the steps before the checkpoint, as logged then
+                done = [json.loads(line) for line in resume["lines"][1:]]
+                self.lrs = [d.get("lr") for d in done]
+                self.batches = [d["batch"] for d in done]
             self._hook = model.register_forward_pre_hook(self._forward_pre_hook, with_kwargs=True)
         except BaseException:
             self.abort()
@@ -296,7 +364,7 @@ class SimfluenceCallback(TrainerCallback):
         lr, self._lr = self._lr, None
         t = state.global_step
         losses = None
-        if self.eval_every and t % self.eval_every == 0:
+        if self.eval_every and (t % self.eval_every == 0 or t == state.max_steps):
             losses = self.evaluate(model if model is not None else self._model)
         try:
             self.log.step(ids, losses, step=t, lr=None if lr is None else float(lr))

@@ -3,7 +3,8 @@
 - :class:`IdDataset` attaches an example ID to every item (wrap *before* ``Subset``).
 - :func:`per_example_losses` evaluates the per-example test loss (no grad, eval mode restored).
 - :class:`TorchRunLogger` logs, per optimizer step, the batch IDs, the learning rate the optimizer
-  actually used, and the test losses every ``eval_every`` steps (step 0 = starting checkpoint).
+  actually used, and the test losses every ``eval_every`` steps and after the last one (step 0 =
+  starting checkpoint); ``state_dict()`` / ``resume=`` continue a log after a restart.
 - :func:`log_runs` trains N seeded curricula from one checkpoint and writes one log per run.
 
 Usage in your own loop::
@@ -40,16 +41,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from simfluence_cli import RunLogger
-from simfluence_cli.io.run_logger import CommitOnExit
+from simfluence_cli.errors import SimfluenceWarning
+from simfluence_cli.integrations._same_start import check_same_start
+from simfluence_cli.io.run_logger import CommitOnExit, RunLogError, _as_id
 
 __all__ = [
     "IdDataset",
@@ -197,6 +201,7 @@ def per_example_losses(
     device = _model_device(model) if device is None else torch.device(device)
     if not isinstance(data, DataLoader):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    _check_test_loader(data)
     was_training = model.training
     model.eval()
     out = []
@@ -223,6 +228,17 @@ def per_example_losses(
     return torch.cat(out).numpy()
 
 
+def _check_test_loader(loader: DataLoader) -> None:
+    """A test DataLoader must give every test example once, in order: refuse shuffling."""
+    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+    if isinstance(sampler, RandomSampler):
+        raise ValueError(
+            "the test DataLoader shuffles (shuffle=True / RandomSampler): each evaluation would "
+            "pair the losses with other test ids; pass the test dataset itself or a DataLoader "
+            "with shuffle=False"
+        )
+
+
 def _batch_len(batch) -> int | None:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
@@ -245,10 +261,25 @@ class TorchRunLogger(CommitOnExit):
     logged for a step is ``optimizer.param_groups[0]["lr"]`` read by a step pre-hook at the moment
     ``optimizer.step()`` runs, so it is the rate actually used whether the scheduler is stepped
     before or after :meth:`step`. Test losses are evaluated every ``eval_every`` steps (0 = never
-    after step 0). If the block raises, or :meth:`abort` is called, no file is written.
+    after step 0) and after the last step, when the ``with`` block ends (so the final losses are
+    logged whatever ``eval_every`` divides). If the block raises, or :meth:`abort` is called, no
+    file is written.
 
     With gradient accumulation call :meth:`add` with each micro-batch's IDs and :meth:`step` with
     no IDs after ``optimizer.step()``: the step's batch is the union of its micro-batches.
+    Micro-batches whose gradients ``optimizer.zero_grad()`` clears before any ``optimizer.step()``
+    used them (left over at an epoch's end, zeroed when the next epoch starts) trained nothing:
+    their IDs are dropped (counted in :attr:`discarded`); left over without zeroing, their
+    gradients and IDs join the next step.
+
+    A step whose update did not happen (a ``torch.amp.GradScaler`` found inf/NaN gradients and
+    skipped ``optimizer.step()``) trained on nothing: pass ``scaler=`` and :meth:`step` drops it
+    by itself (the scaler lowered its scale and the optimizer did not step), or call
+    :meth:`skip` instead of :meth:`step` for it.
+
+    Resuming from a checkpoint: save :meth:`state_dict` with the model and optimizer, and in the
+    resumed process pass it as ``resume=``; step 0 is then not re-evaluated and the log continues
+    after the checkpoint's step (steps trained after the checkpoint and lost are not logged twice).
 
     The rates are kept in :attr:`lrs` (one per step). They are written as ``"lr"`` in each line.
     """
@@ -269,16 +300,24 @@ class TorchRunLogger(CommitOnExit):
         device=None,
         forward: Callable | None = None,
         id_key: str = ID_KEY,
+        resume: Mapping | None = None,
+        scaler=None,
     ):
         if eval_every < 0:
             raise ValueError("eval_every must be >= 0")
         self.path = Path(path)
+        self.resume = resume
+        self.scaler = scaler
+        self._scale = None if scaler is None else scaler.get_scale()
+        self.skipped = 0  # steps dropped because the optimizer skipped them
+        self.discarded = 0  # IDs from add() whose gradients were zeroed before any step used them
         self.model = model
         self.optimizer = optimizer
         self.eval_every = int(eval_every)
         self.id_key = id_key
         self._eval_kw = dict(loss_fn=loss_fn, batch_size=batch_size, device=device, forward=forward)
         if isinstance(test_data, DataLoader):
+            _check_test_loader(test_data)
             self.test_data = test_data
         else:
             self.test_data = DataLoader(test_data, batch_size=batch_size, shuffle=False)
@@ -290,16 +329,39 @@ class TorchRunLogger(CommitOnExit):
         self.lrs: list[float | None] = []
         self.steps = 0
         self._pending: list = []
+        self._held: tuple[list, float | None] | None = None  # last step, written by the next one
         self._lr_seen: list[float] = []
         self._hook = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TorchRunLogger:
-        self.log = RunLogger(self.path, **self._logger_kw)
+        state = self.resume
+        self.log = RunLogger(
+            self.path, **self._logger_kw, resume=None if state is None else state.get("log", state)
+        )
         try:
-            self.log.initial(self.evaluate())
+            if state is None:
+                if self.optimizer is not None and len(self.optimizer.state):
+                    warnings.warn(
+                        f"{self.path}: the optimizer already has state (it stepped before, or was "
+                        "loaded from a checkpoint), so step 0 is not a fresh start: give each run a "
+                        "new optimizer; to continue a logged run after an interruption, pass "
+                        "resume=<log.state_dict() saved with the checkpoint>",
+                        SimfluenceWarning,
+                        stacklevel=2,
+                    )
+                initial = self.evaluate()
+                check_same_start(self.model, self.test_ids, initial, str(self.path))
+                self.log.initial(initial)
+            else:
+                self.lrs = list(state.get("lrs", []))
+                self._pending = list(state.get("pending", []))
+                held = state.get("held")
+                self._held = None if held is None else (list(held[0]), held[1])
+                self.steps = self.log.last_step + (held is not None)
             if self.optimizer is not None:
                 self._hook = self.optimizer.register_step_pre_hook(self._on_optimizer_step)
+                self._watch_zero_grad()
         except BaseException:
             self.abort()
             raise
@@ -309,18 +371,59 @@ class TorchRunLogger(CommitOnExit):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self.optimizer is not None and "zero_grad" in vars(self.optimizer):
+            del self.optimizer.zero_grad  # the class's method again
+
+    def _watch_zero_grad(self) -> None:
+        """Wrap this optimizer's ``zero_grad`` (the instance only): gradients zeroed before any
+        ``optimizer.step()`` used them take their micro-batches' IDs out of the current step."""
+        zero_grad = self.optimizer.zero_grad
+
+        def zero_grad_and_forget(*args, **kwargs):
+            if self._pending and not self._lr_seen:
+                self.discarded += len(self._pending)
+                self._pending = []
+            return zero_grad(*args, **kwargs)
+
+        self.optimizer.zero_grad = zero_grad_and_forget
 
     def close(self) -> None:
-        """Write the file (atomically)."""
+        """Evaluate the last step if it was not, and write the file (atomically)."""
         self._remove_hook()
-        if self.log is not None:
-            self.log.close()
+        if self.log is None:
+            return
+        if self._held is not None and not self.log.closed:
+            try:
+                self._write_held(self.evaluate())
+            except BaseException:
+                self.abort()
+                raise
+        self.log.close()
+
+    def _write_held(self, losses=None) -> None:
+        """Write the step held back (the last one, if it had no evaluation)."""
+        if self._held is not None:
+            batch, lr = self._held
+            self._held = None
+            self.log.step(batch, losses, lr=lr)
 
     def abort(self) -> None:
         """Stop without writing a file."""
         self._remove_hook()
         if self.log is not None:
             self.log.abort()
+
+    def state_dict(self) -> dict:
+        """The log so far (plain lists and strings), to save with a training checkpoint and pass
+        back as ``TorchRunLogger(..., resume=state)`` when training resumes from it."""
+        if self.log is None:
+            raise RuntimeError("TorchRunLogger.state_dict() outside its `with` block")
+        return {
+            "log": self.log.state_dict(),
+            "lrs": list(self.lrs),
+            "pending": list(self._pending),
+            "held": None if self._held is None else [list(self._held[0]), self._held[1]],
+        }
 
     # ------------------------------------------------------------------ logging
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -329,6 +432,12 @@ class TorchRunLogger(CommitOnExit):
     def evaluate(self) -> np.ndarray:
         """Per-example losses of the model on the test data now."""
         return per_example_losses(self.model, self.test_data, **self._eval_kw)
+
+    def skip(self) -> None:
+        """Drop the current step: its update did not happen (e.g. a GradScaler skipped
+        ``optimizer.step()``), so its micro-batch IDs from :meth:`add` are discarded."""
+        self._pending, self._lr_seen = [], []
+        self.skipped += 1
 
     def add(self, ids) -> None:
         """Add a micro-batch's IDs (or the collated batch itself) to the current step."""
@@ -355,20 +464,42 @@ class TorchRunLogger(CommitOnExit):
         overrides the evaluation). Returns the step number."""
         if self.log is None:
             raise RuntimeError("TorchRunLogger.step() outside its `with` block")
+        if self.scaler is not None and self.optimizer is not None and not self._lr_seen:
+            scale, self._scale = self._scale, self.scaler.get_scale()
+            if scale is not None and self._scale < scale:  # inf/NaN gradients: no update
+                self.skip()
+                return self.steps
+        elif self.scaler is not None:
+            self._scale = self.scaler.get_scale()
         batch = self._ids(ids) if ids is not None else self._pending
         self._pending = []
+        t = self.steps + 1
         if lr is None and self.optimizer is not None:
             if len(self._lr_seen) != 1:
                 raise RuntimeError(
-                    f"optimizer.step() ran {len(self._lr_seen)} times since the last log.step(); "
-                    "call log.step() exactly once after each optimizer.step()"
+                    f"{self.path}: optimizer.step() ran {len(self._lr_seen)} times since the last "
+                    "log.step(); call log.step() exactly once after each optimizer.step() (with "
+                    "gradient accumulation: log.add(ids) per micro-batch); for a step a GradScaler "
+                    "skipped, pass TorchRunLogger(..., scaler=scaler) or call log.skip()"
                 )
             lr = self._lr_seen[0]
+        if not batch:
+            raise RunLogError(
+                f"empty batch at step {t}",
+                path=str(self.path),
+                field="batch",
+                hint="pass the step's IDs to log.step(ids), or each micro-batch's to log.add(ids)",
+            )
         self._lr_seen = []
-        t = self.steps + 1
+        batch = [_as_id(e, str(self.path), "batch") for e in batch]
+        lr = None if lr is None else float(lr)
         if losses is None and self.eval_every and t % self.eval_every == 0:
             losses = self.evaluate()
-        self.log.step(batch, losses, lr=None if lr is None else float(lr))
+        self._write_held()
+        if losses is None and self.eval_every:
+            self._held = (batch, lr)  # evaluated on close() if it is the last step
+        else:
+            self.log.step(batch, losses, lr=lr)
         self.steps = t
         self.lrs.append(lr)
         return t

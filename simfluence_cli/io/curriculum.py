@@ -9,12 +9,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from simfluence_cli._repr import summary_repr
 from simfluence_cli.errors import InputError, UsageError
 
 
 @dataclass
 class Curriculum:
     """Batches of example IDs, with the source line of each step for error messages."""
+
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
 
     batches: list[list[str]]
     lines: list[int]

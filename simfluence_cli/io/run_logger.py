@@ -19,6 +19,11 @@ The file appears atomically when the logger closes: lines stream to a temp file 
 target, which is moved into place by ``os.replace``. If the ``with`` block raises (or
 :meth:`RunLogger.abort` is called), no file is left behind.
 
+Interrupted training that resumes from a checkpoint: save :meth:`RunLogger.state_dict` with the
+checkpoint and pass it back as ``RunLogger(path, ..., resume=state)`` in the resumed process; the
+log continues after the checkpoint's step, so steps trained after the checkpoint and lost with the
+interruption are not in the log (the training redoes them).
+
 >>> with RunLogger("runs/r1.jsonl.gz", test_ids=["t0", "t1"]) as log:   # doctest: +SKIP
 ...     log.initial([2.31, 1.87])
 ...     log.step(["e17", "e203", "e5", "e88"], [2.28, 1.90])
@@ -32,6 +37,7 @@ import json
 import numbers
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -62,6 +68,11 @@ def _as_id(x, path: str, field: str) -> str:
         field=field,
         hint="IDs must be strings or integers (call .tolist() on tensors/arrays of ints)",
     )
+
+
+def _list_or(x):
+    """``x`` as a list if it is a list or tuple (state loaded from JSON has lists), else ``x``."""
+    return list(x) if isinstance(x, (list, tuple)) else x
 
 
 class CommitOnExit:
@@ -99,6 +110,9 @@ class RunLogger(CommitOnExit):
     optimizer:
         Optional free-form description of the optimizer (e.g. ``"AdamW(betas=(0.9, 0.999))"``),
         written once, as ``"optimizer"`` on the step-0 line.
+    resume:
+        A :meth:`state_dict` saved with a training checkpoint: the log starts with the steps it
+        holds (0..k) and continues at step k + 1. Its run id and test IDs must be this logger's.
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class RunLogger(CommitOnExit):
         test_ids: Iterable | None = None,
         precision: int | None = None,
         optimizer: str | None = None,
+        resume: Mapping | None = None,
     ):
         self.path = Path(path)
         if optimizer is not None and (not isinstance(optimizer, str) or not optimizer):
@@ -144,6 +159,7 @@ class RunLogger(CommitOnExit):
         self._run_suffix = "" if self.run_id is None else f', "run": {json.dumps(self.run_id)}'
         self.last_step: int | None = None  # last step written; None before initial()
         self.closed = False
+        resume_lines = None if resume is None else self._check_resume(resume)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
@@ -159,6 +175,53 @@ class RunLogger(CommitOnExit):
         else:
             self._gz = None
             self._fh = self._raw
+        if resume_lines:
+            self._fh.write("".join(resume_lines).encode("utf-8"))
+            self.last_step = len(resume_lines) - 1
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict:
+        """This log so far, to save with a training checkpoint and resume from
+        (``RunLogger(..., resume=state)``): plain lists and strings (``torch.save``, JSON).
+        The lines are read back from the file being written (not kept in memory); with gzip,
+        the stream is sync-flushed first, which changes its bytes but not its content."""
+        self._check_open()
+        self._fh.flush()  # GzipFile: Z_SYNC_FLUSH, so everything written so far decompresses
+        self._raw.flush()
+        data = Path(self._tmp).read_bytes()
+        if self._gz is not None:
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+        return {
+            "simfluence_run_log": 1,
+            "path": str(self.path),
+            "run_id": self.run_id,
+            "test_ids": self.test_ids,
+            "lines": data.decode("utf-8").splitlines(keepends=True),
+        }
+
+    def _check_resume(self, state) -> list[str]:
+        """The lines of a :meth:`state_dict` to resume from, checked against this logger."""
+        path = str(self.path)
+        if not isinstance(state, Mapping) or state.get("simfluence_run_log") != 1:
+            raise RunLogError(
+                "resume= is not a RunLogger.state_dict()",
+                path=path,
+                field="resume",
+                hint="pass the state_dict() saved with the checkpoint",
+            )
+        lines = state.get("lines")
+        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+            raise RunLogError("resume= has no list of lines", path=path, field="resume")
+        for name, mine in (("run_id", self.run_id), ("test_ids", self.test_ids)):
+            theirs = state.get(name)
+            if theirs is not None and mine is not None and _list_or(theirs) != _list_or(mine):
+                raise RunLogError(
+                    f"resume= was saved with other {name} than this logger's",
+                    path=path,
+                    field="resume",
+                    hint=f"resume with the {name} the run started with",
+                )
+        return lines
 
     # ------------------------------------------------------------------ writing
     def initial(self, losses) -> None:

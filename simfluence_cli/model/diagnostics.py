@@ -120,8 +120,9 @@ def fit_warnings(runs, sim) -> list[str]:
 
 
 BATCH_SIZE_ADVICE = (
-    "log with DataLoader(drop_last=True) so every step has a full batch, or use a method that "
-    "normalises by batch size (see `simfluence fit --help`)"
+    "the optimizer-aware method (what `simfluence fit` fits by default when every step logs "
+    "its test losses) averages over the batch and is not affected (`simfluence fit --help`); "
+    "else log with DataLoader(drop_last=True) so every step has a full batch"
 )
 
 
@@ -150,8 +151,9 @@ def batch_size_warning(sizes, what: str = "the runs") -> str | None:
         f"{', ...' if len(vals) > 6 else ''}; {within} of {len(arrays)} run(s) vary within "
         f"the run, {smaller} step(s) are smaller"
         + (", e.g. a DataLoader's short last batch). The " if smaller else "). The ")
-        + "simulator sums A_i and B_i over the batch, so a step of k examples moves the loss "
-        f"by about k/{b} of a full step (a half batch roughly halves it): {BATCH_SIZE_ADVICE}"
+        + "batch-sum methods (linear, additive, multiplicative) add A_i and B_i over the "
+        f"batch, so a step of k examples moves the loss by about k/{b} of a full step (a half "
+        f"batch roughly halves it); {BATCH_SIZE_ADVICE}"
     )
 
 

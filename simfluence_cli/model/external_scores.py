@@ -68,9 +68,11 @@ def fit_scale(
             y = L[1:] - L[0]
         ok = np.isfinite(y)
         Xo, yo = X[ok], y[ok]
-        sxy += float(Xo @ yo)
-        sxx += float(Xo @ Xo)
-        syy += float(yo @ yo)
+        # numpy's pairwise sums, not BLAS dot products: a multi-threaded BLAS splits a long
+        # dot product across threads, so its last bits would depend on the thread count
+        sxy += float(np.sum(Xo * yo))
+        sxx += float(np.sum(Xo * Xo))
+        syy += float(np.sum(yo * yo))
         n += int(ok.sum())
     if sxx == 0:
         raise SelectionError(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from simfluence_cli.model.optimizer_aware import _FMAX, forward, inverse, rollout
-from simfluence_cli.model.rollout import REMOVAL_BUDGET, table_groups
+from simfluence_cli.model.rollout import REMOVAL_BUDGET, add_by_curriculum, table_groups
 
 __all__ = ["oa_removal_deltas"]
 
@@ -99,7 +99,7 @@ def oa_removal_deltas(
             st,
             buf,
         )
-        deltas[:, cols] += d
+        add_by_curriculum(deltas, cols, *d)
         final[np.ix_(cs, cols)] = f
         if progress is not None:
             progress(len(cs) * len(cols) / (C * m))
@@ -181,7 +181,6 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
             q0[j, :, :n] = np.maximum(f[4], g[4] * np.abs(f[0]) + g[5] * np.abs(f[2]))
             q1[j, :, :n] = np.maximum(f[5], g[4] * np.abs(f[1]) + g[5] * np.abs(f[3]))
     base_final = inverse(y[:, T], transform)
-    deltas = np.zeros((R, k))
     bad = ~(np.isfinite(y).all(axis=(1, 2)) & np.isfinite(d).all(axis=(1, 2)))
     # occurrences: unique (curriculum, example, step), sorted in that order
     c_, t_, j_ = np.nonzero(idx >= 0)
@@ -189,7 +188,8 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
     keep = e_ != neutral
     key = np.unique((c_[keep] * R + e_[keep]) * T + t_[keep])
     if key.size == 0:
-        return deltas, base_final
+        none = np.zeros(0, dtype=np.int64)
+        return (none, none, np.zeros((0, k))), base_final
     t_o, ce = key % T, key // T
     starts = np.flatnonzero(np.r_[True, ce[1:] != ce[:-1]])
     counts = np.diff(np.r_[starts, len(ce)])
@@ -350,10 +350,7 @@ def _group(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, st, buf):
             a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, gc[fi], ge[fi]
         )
         delta[fi] -= base_final[gc[fi]]
-    o = np.argsort(ge, kind="stable")
-    uniq, first = np.unique(ge[o], return_index=True)
-    deltas[uniq] += np.add.reduceat(delta[o], first, axis=0)
-    return deltas, base_final
+    return (gc, ge, delta), base_final
 
 
 def _rerolled(a, B, rho, drift, w, idx, L0, transform, lo, hi, neutral, cc, ee, chunk=256):

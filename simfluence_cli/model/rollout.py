@@ -346,13 +346,17 @@ def removal_deltas(
         final[:] = L0
         return deltas, final
     for cs, cols in table_groups(C, m, T, 4, budget):
-        d, f, bad = _removal_group(A, B, idx[cs], L0[cs][:, cols], method, lo, hi, neutral, cols)
-        deltas[:, cols] += d
+        gc, ge, delta, f, bad = _removal_group(
+            A, B, idx[cs], L0[cs][:, cols], method, lo, hi, neutral, cols
+        )
         final[np.ix_(cs, cols)] = f
         for c in np.flatnonzero(bad):  # overflowing tables: roll each removal again
             d, f = _reroll_deltas(A, B, idx[cs[c]], L0[cs[c]][cols], method, lo, hi, neutral, cols)
-            deltas[:, cols] += d
+            ex = np.unique(idx[cs[c]][(idx[cs[c]] >= 0) & (idx[cs[c]] != neutral)])
+            gc, ge = np.r_[gc, np.full(len(ex), c)], np.r_[ge, ex]
+            delta = np.concatenate([delta, d[ex]])
             final[cs[c], cols] = f
+        add_by_curriculum(deltas, cols, gc, ge, delta)
         if progress is not None:
             progress(len(cs) * len(cols) / (C * m))
     return deltas, final
@@ -410,7 +414,6 @@ def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
         n = T - (1 << (K - 1)) + 1
         bad = ~np.isfinite(x).all(axis=(1, 2))
         bad |= ~(np.isfinite(ta[K - 1, :, :n]) & np.isfinite(tb[K - 1, :, :n])).all(axis=(1, 2))
-    deltas = np.zeros((R, k))
     final = x[:, T].copy()
     # occurrences: unique (curriculum, example, step), sorted in that order
     c_, t_, j_ = np.nonzero(idx >= 0)
@@ -418,7 +421,8 @@ def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
     keep = (e_ != neutral) & ~bad[c_]
     key = np.unique((c_[keep] * R + e_[keep]) * T + t_[keep])
     if key.size == 0:
-        return deltas, final, bad
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, np.zeros((0, k)), final, bad
     t_o, ce = key % T, key // T
     starts = np.flatnonzero(np.r_[True, ce[1:] != ce[:-1]])
     counts = np.diff(np.r_[starts, len(ce)])
@@ -461,11 +465,24 @@ def _removal_group(A, B, idx, L0, method, lo, hi, neutral, cols):
                 ci, pi = cc[sel], pos[sel]
                 v[sel] = _apply(ta[j, ci, pi], tb[j, ci, pi], tl[j, ci, pi], th[j, ci, pi], v[sel])
                 pos[sel] += 1 << j
-    delta = V - final[gc]
-    o = np.argsort(ge, kind="stable")
-    uniq, first = np.unique(ge[o], return_index=True)
-    deltas[uniq] += np.add.reduceat(delta[o], first, axis=0)
-    return deltas, final, bad
+    return gc, ge, V - final[gc], final, bad
+
+
+def add_by_curriculum(deltas, cols, gc, ge, delta) -> None:
+    """``deltas[ge[i], cols] += delta[i]`` (one entry per curriculum ``gc[i]`` and example
+    ``ge[i]`` of a group), one curriculum at a time in ascending order. Groups come in
+    ascending curriculum order for each block of columns, so every example's sum over the
+    curricula is rounded the same way however the curricula are grouped; the grouping follows
+    the number of test columns (``table_groups``), so ``top``'s removal effects are the same
+    to the bit for any ``$SIMFLUENCE_TEST_CHUNK``."""
+    if len(gc) == 0:
+        return
+    view = deltas[:, int(cols[0]) : int(cols[-1]) + 1]  # cols: consecutive columns
+    o = np.lexsort((ge, gc))
+    gc, ge, delta = gc[o], ge[o], delta[o]
+    cut = np.flatnonzero(np.r_[True, gc[1:] != gc[:-1], True])
+    for s, e in zip(cut[:-1], cut[1:]):  # an example occurs once per curriculum here
+        view[ge[s:e]] += delta[s:e]
 
 
 def _reroll_deltas(A, B, idx, L0, method, lo, hi, neutral, cols):

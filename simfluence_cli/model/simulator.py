@@ -93,6 +93,7 @@ class ExecutionOptions:
     progress: Callable[[float], None] | None = None
 
     def validate(self) -> ExecutionOptions:
+        """Self, after checking the solver and workers (a bad value is a UsageError)."""
         choose_solver(self.solver, 1)  # UsageError on an unknown solver
         if not (isinstance(self.workers, int | np.integer) and self.workers >= 1):
             raise UsageError(f"workers must be an integer >= 1, got {self.workers!r}")
@@ -175,6 +176,7 @@ class Simulator:
 
     @classmethod
     def from_config(cls, config: SimulatorConfig) -> Simulator:
+        """An unfitted Simulator with ``config``'s parameters (the inverse of :attr:`config`)."""
         p = {f.name: getattr(config, f.name) for f in fields(config)}
         return cls(**p)
 
@@ -265,7 +267,8 @@ class Simulator:
 
         ``param_sink(test_indices, A_chunk, B_chunk)`` (each (n_examples, k)) receives the
         parameters of each chunk of test examples as soon as it is solved (in any order of
-        tests; e.g. :class:`~simfluence_cli.models.ParameterWriter` streams them to Parquet).
+        tests; e.g. :class:`~simfluence_cli.store.saved_models.ParameterWriter` streams them
+        to Parquet).
         ``keep_params=False`` (with a sink) does not keep ``A_``/``B_`` (set to None), so the
         whole n_examples x n_tests matrix is never in memory.
         """
@@ -596,6 +599,17 @@ class Simulator:
         return np.maximum(lo - self.clip_margin * span, 0.0), hi + self.clip_margin * span
 
     # -- simulation ------------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        """For ``sklearn.utils.validation.check_is_fitted``: fitted (or loaded) or not."""
+        return hasattr(self, "example_ids_") and hasattr(self, "test_ids_")
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (called by scikit-learn only, which is then installed):
+        a Simulator is fitted on runs, not on (X, y)."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
+
     def _check_fitted(self, parameters: bool = False) -> None:
         """NotFittedError unless fitted (and, with ``parameters``, holding A_ and B_)."""
         if not hasattr(self, "example_ids_") or not hasattr(self, "test_ids_"):
@@ -692,7 +706,7 @@ class Simulator:
         rounding per step), the recurrence stays float64 (see :func:`simfluence_cli.model.rollout.rollout`).
 
         curricula: list of curricula (each a list of batches of example IDs, or a
-        :class:`~simfluence_cli.curriculum.Curriculum`), or an index array (C, T, b) from
+        :class:`~simfluence_cli.io.curriculum.Curriculum`), or an index array (C, T, b) from
         :meth:`encode`. init_loss: (M,) shared or (C, M) per curriculum, aligned with ``tests``
         (default: all of ``test_ids_``); None = the mean observed step-0 loss of the fitting runs.
         Returns (C, T+1, M) losses, step 0 first; steps past a shorter curriculum's end are NaN.
@@ -812,5 +826,19 @@ def map_examples(model_ids, counts, ids, unseen: str = "error") -> np.ndarray:
 
 
 def _batches(cur):
-    """A curriculum as a list of batches (accepts Curriculum objects)."""
-    return cur.batches if hasattr(cur, "batches") else cur
+    """A curriculum as a list of batches (accepts Curriculum objects).
+
+    A string where a curriculum or a batch belongs is a UsageError: iterating it would read
+    its characters as example IDs (the usual slip is one curriculum passed where a list of
+    curricula is expected)."""
+    batches = cur.batches if hasattr(cur, "batches") else cur
+    where, bad = ("curriculum", batches) if isinstance(batches, str) else ("batch", None)
+    if bad is None:
+        bad = next((b for b in batches if isinstance(b, str)), None)
+    if bad is not None:
+        raise UsageError(
+            "curricula must be a list of curricula, each a list of batches (lists of example "
+            f"IDs), e.g. [[['e000', 'e001'], ['e002', 'e003']]]; got the string {bad!r} where a "
+            f"{where} belongs; for one curriculum pass [curriculum]"
+        )
+    return batches

@@ -122,6 +122,23 @@ PARAM_COLUMNS = {
 }
 
 
+#: the same columns of an optimizer-aware model (docs/optimizer-aware.md), whose A is not a
+#: multiplier summed over the batch but a deviation from "no change" (0) in the increment
+PARAM_COLUMNS_OPTIMIZER_AWARE = {
+    **PARAM_COLUMNS,
+    "A": "a_i: coefficient on the previous transformed loss y_{t-1} in the increment "
+    "y_t - y_{t-1} = w_t sum over the batch of (a_i y_{t-1} + B_i) + rho (y_{t-1} - y_{t-2}) "
+    "+ drift, w_t = (lr_t / lr_ref) (b_ref / |batch|); 0 = no change (docs/optimizer-aware.md)",
+    "B": "B_i: offset in that increment, in units of the transformed loss y (model.json: "
+    "optimizer_aware.chosen.transform); negative B lowers the test loss",
+}
+
+
+def param_columns(method: str) -> dict[str, str]:
+    """The meanings of a parameter file's columns for a model of ``method``."""
+    return PARAM_COLUMNS_OPTIMIZER_AWARE if method == "optimizer-aware" else PARAM_COLUMNS
+
+
 MODEL_FILE_PREFIXES = ("parameters-", "tests-", "examples-")
 
 

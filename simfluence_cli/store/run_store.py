@@ -294,9 +294,11 @@ class RunStore:
         ]
 
     def run_ids(self) -> list[str]:
+        """Every run id in the store, sorted."""
         return sorted(self._manifest()["runs"])
 
     def tags(self) -> dict[str, int]:
+        """Each tag and how many runs carry it."""
         counts: dict[str, int] = {}
         for e in self._manifest()["runs"].values():
             for t in e.get("tags", []):
@@ -508,7 +510,7 @@ class RunStore:
             else []
         )
         return {
-            "store": str(self.path),
+            "store": str(self.path.resolve()),  # the same whether given relative or absolute
             "format": man.get("format", STORE_FORMAT),
             "runs": len(entries),
             "tags": self.tags(),

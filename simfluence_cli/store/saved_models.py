@@ -37,10 +37,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
-from simfluence_cli._version import __version__
+from simfluence_cli._repr import summary_repr
+from simfluence_cli._version import __version__, versions
 from simfluence_cli.errors import (
     ConflictError,
     ModelError,
+    ModelNotFoundError,
     SelectionError,
     SimfluenceWarning,
     UsageError,
@@ -58,7 +60,7 @@ from simfluence_cli.store.format import (
     CALIBRATION_MANIFEST,
     MODEL_FILE_PREFIXES,
     MODEL_FORMAT,
-    PARAM_COLUMNS,
+    param_columns,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -107,7 +109,7 @@ def read_manifest(store, name: str) -> dict:
     mf = model_dir(store, name) / "model.json"
     if not mf.is_file():
         names = [m["name"] for m in list_models(store)]
-        raise ModelError(
+        raise ModelNotFoundError(
             f"no model named {name!r} in {store.path}; "
             + (
                 f"available: {', '.join(names)}"
@@ -143,8 +145,9 @@ def model_config(
         **sim.config.to_json(),
         "runs": list(runs),
         "data_hash": data_hash,
-        # imported scores: the file and the import options are part of what identifies them
-        **{k: extra[k] for k in ("source", "source_sha256", "import") if extra and k in extra},
+        # imported scores: the score file's content (sha256) and the import options identify
+        # them; the file's path is provenance, kept outside the config (manifest "source")
+        **{k: extra[k] for k in ("source_sha256", "import") if extra and k in extra},
     }
 
 
@@ -160,6 +163,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
             else:
                 out.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+#: keys older manifests kept in ``config`` that say where an input was, not what it held
+PROVENANCE_KEYS = ("source",)
 
 
 def check_existing(store, name: str, config: dict, replace: bool = False) -> dict | None:
@@ -178,11 +185,11 @@ def check_existing(store, name: str, config: dict, replace: bool = False) -> dic
         if replace:  # a damaged model is what --replace is for
             return None
         raise
-    if prev.get("config") == config:
+    old_cfg = {k: v for k, v in (prev.get("config") or {}).items() if k not in PROVENANCE_KEYS}
+    if old_cfg == config:
         return None if replace else prev
     if replace:
         return None
-    old_cfg = prev.get("config") or {}
     diff = config_differences(old_cfg, config)
     if len(diff) == 1 and diff[0].startswith("data_hash:"):
         raise ConflictError(  # same options and runs: only the runs' content changed
@@ -259,6 +266,7 @@ def _save_model(
         # how the fit was solved: solver kind, chunks, CG iterations (max / mean per system)
         "solver_stats": _json_safe(getattr(sim, "solver_stats_", None) or {}),
         "tool_version": __version__,
+        "versions": versions(),  # simfluence, Python, numpy, scipy, pyarrow
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
         **({"optimizer_aware": oa} if oa is not None else {}),
@@ -389,7 +397,7 @@ def _write_table(path: Path, table: pa.Table, meanings: dict[str, str]) -> None:
     write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
-def _param_schema() -> pa.Schema:
+def _param_schema(method: str) -> pa.Schema:
     return pa.schema(
         [
             ("test_id", pa.dictionary(pa.int32(), pa.string())),
@@ -399,7 +407,7 @@ def _param_schema() -> pa.Schema:
         ],
         metadata={
             b"simfluence.model_format": str(MODEL_FORMAT).encode(),
-            b"simfluence.columns": json.dumps(PARAM_COLUMNS).encode(),
+            b"simfluence.columns": json.dumps(param_columns(method)).encode(),
         },
     )
 
@@ -438,7 +446,7 @@ def _write_parameters(path: Path, sim: Simulator) -> None:
     additive = sim.method == "additive"
     ex_dict = arrow_strings(sim.example_ids_.tolist())
     te_dict = arrow_strings(sim.test_ids_.tolist())
-    schema = _param_schema()
+    schema = _param_schema(sim.method)
     per_group = _tests_per_group(n)
 
     def write(fh):
@@ -476,7 +484,7 @@ class ParameterWriter:
         self.additive = method == "additive"
         self.ex_dict = arrow_strings(example_ids)
         self.te_dict = arrow_strings(test_ids)
-        self.schema = _param_schema()
+        self.schema = _param_schema(method)
         self.per_group = _tests_per_group(self.n)
         self.pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.next = 0  # first test not written yet
@@ -590,6 +598,13 @@ class StoredModel:
     def __init__(self, store, name: str, tests: list[str] | None = None):
         self.store, self.name = store, name
         self.meta = load_model(store, name, tests=tests, parameters=False)
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (
+            f"StoredModel({self.name!r} in {self.store.path}: {m!r}, "
+            f"{len(m.example_ids_)} examples x {len(m.test_ids_)} tests, parameters per chunk)"
+        )
 
     def __getattr__(self, attr):
         if attr in ("meta", "store", "name"):
@@ -864,6 +879,8 @@ class FitResult:
     """What :func:`fit_model` did. ``up_to_date``: a model of this name with the same
     configuration and data existed and was left as it is (``simulator`` is then None)."""
 
+    __repr__ = summary_repr  # scalars, shapes and sizes, not whole arrays
+
     name: str
     manifest: dict
     up_to_date: bool
@@ -1007,19 +1024,32 @@ class ModelRegistry:
         )
 
     def __getitem__(self, name: str) -> Simulator:
+        """The fitted model; a missing name is a :class:`ModelNotFoundError` (a ModelError
+        and a KeyError) naming the available ones."""
         if name not in self:
-            raise KeyError(name)
+            self._missing(name)
         return load_model(self.store, name)
 
     def __delitem__(self, name: str) -> None:
         if name not in self:
-            raise KeyError(name)
+            self._missing(name)
         self.delete(name)
 
+    def _missing(self, name) -> None:
+        if not isinstance(name, str):
+            raise ModelNotFoundError(f"model names are strings, got {name!r}")
+        names = list(self)
+        raise ModelNotFoundError(
+            f"no model named {name!r} in {self.store.path}; "
+            + (f"available: {', '.join(names)}" if names else "fit one with store.models.fit")
+        )
+
     def keys(self) -> list[str]:
+        """The model names, sorted."""
         return list(self)
 
     def get(self, name: str, default=None):
+        """The fitted model ``name`` (parameters loaded), or ``default`` when there is none."""
         return self[name] if name in self else default
 
     def load(self, name: str, tests: list[str] | None = None, parameters: bool = True):
@@ -1027,6 +1057,7 @@ class ModelRegistry:
         return load_model(self.store, name, tests=tests, parameters=parameters)
 
     def open(self, name: str, tests: list[str] | None = None) -> StoredModel:
+        """A :class:`StoredModel`: metadata now, parameters one chunk of tests at a time."""
         return StoredModel(self.store, name, tests=tests)
 
     def list(self) -> list[dict]:
@@ -1050,7 +1081,47 @@ class ModelRegistry:
             )
         return out
 
+    def save(self, name: str, simulator: Simulator, *, replace: bool = False) -> FitResult:
+        """Save a Simulator fitted in this session (``Simulator(...).fit(store.load(SEL))``)
+        as ``name`` without refitting; :meth:`fit` fits and saves in one step.
+
+        Its fitting runs (``run_ids_``) must be in the store as they were fitted: the model
+        records the store's data hash of them, so a simulator whose ids or mean step-0 losses
+        differ from those runs' (fitted on other data) is a ModelError. Under the write lock;
+        an existing model of that name with another configuration is a ConflictError unless
+        ``replace`` (one with the same configuration is overwritten by this fit)."""
+        simulator._check_fitted(parameters=True)
+        check_name(name)
+        ids = list(simulator.run_ids_)
+        if not ids:
+            raise ModelError("this Simulator records no fitting runs; fit it on store.load(...)")
+        with self.store.write_lock():
+            data_hash = self.store.data_hash(ids)  # SelectionError when a run is not stored
+            first = self.store.load(ids, loss_steps=1)  # curricula and step-0 losses only
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # tests absent from some runs
+                L0 = np.nanmean(np.vstack([r.losses[0] for r in first.runs]), axis=0)
+            same = (
+                np.array_equal(first.example_ids, simulator.example_ids_)
+                and np.array_equal(first.test_ids, simulator.test_ids_)
+                and np.allclose(L0, simulator.init_loss_mean_, rtol=1e-12, equal_nan=True)
+            )
+            if not same:
+                raise ModelError(
+                    f"this Simulator was not fitted on the runs {', '.join(ids[:3])}"
+                    f"{', ...' if len(ids) > 3 else ''} as {self.store.path} holds them (its "
+                    "example ids, test ids or mean step-0 losses differ); fit and save with "
+                    f"store.models.fit({name!r}, Simulator(...), runs=...)"
+                )
+            man = save_model(
+                self.store, name, simulator, runs=ids, data_hash=data_hash, replace=replace
+            )
+        return FitResult(
+            name, man, False, ids, simulator, len(simulator.example_ids_), len(simulator.test_ids_)
+        )
+
     def manifest(self, name: str) -> dict:
+        """The model's ``model.json`` as a dict (docs/store-format.md)."""
         return read_manifest(self.store, name)
 
     def fit(
