@@ -55,6 +55,7 @@ MANUAL = {
     "fitspeed": "needs --baseline TREE (an older checkout to time in the same run)",
     "linear_numpy": "needs --baseline TREE (an older checkout to time in the same run)",
     "test_loop": "needs --baseline TREE (an older checkout to time in the same run)",
+    "groups": "needs --baseline TREE (an older checkout to time in the same run)",
     "design_interval": "needs --store with planned fitting runs (docs/plan.md)",
 }
 # arguments for scripts whose defaults expect data made by an earlier run, or a work folder

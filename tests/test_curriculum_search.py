@@ -523,6 +523,69 @@ def test_oa_design_descends_by_ranked_moves_inside_the_trust_region():
     assert res2.objective <= res2.start_objective
 
 
+def _interrupt_after(rounds: int):
+    seen = []
+
+    def progress(k):
+        seen.append(k)
+        if len(seen) == rounds:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_ctrl_c_keeps_the_best_curriculum_so_far_when_asked():
+    runs, _, _ = make_runs(40, 8, 8, 30, 4, method="linear", seed=2, noise=0.0)
+    sim = Simulator("linear", l2=0.01).fit(runs)
+    kw = dict(seed=1, iters=60, candidates=32, n_random=40)
+    res = design_curriculum(sim, 30, progress=_interrupt_after(3), keep_on_interrupt=True, **kw)
+    assert res.params["stopped"] == "interrupted"
+    assert res.params["moves_accepted"] == 3
+    assert res.objective < res.start_objective  # three accepted moves, each an improvement
+    assert res.objective == pytest.approx(res.history[-1], rel=1e-12)
+    assert res.objective == pytest.approx(sim.simulate([res.batches])[0, -1].mean(), rel=1e-10)
+    assert "random_mean" not in res.report()  # no comparison: the user is waiting
+    with pytest.raises(KeyboardInterrupt):  # the library default: Ctrl-C raises
+        design_curriculum(sim, 30, progress=_interrupt_after(3), **kw)
+
+
+def test_cli_design_ctrl_c_writes_the_best_so_far_and_exits_130(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import simfluence_cli.analysis.curriculum_design as cd
+    from simfluence_cli.cli import app
+    from simfluence_cli.store.run_store import RunStore
+    from simfluence_cli.store.saved_models import save_model
+
+    runs, _, _ = make_runs(40, 8, 6, 30, 4, method="linear", seed=2, noise=0.001)
+    st = RunStore(tmp_path / "store", create=True)
+    st.add_runset(runs, tags=["fit"])
+    ids = st.select("fit")
+    with st.write_lock():
+        save_model(
+            st, "lin", Simulator("linear", l2=0.01).fit(st.load(ids)), runs=ids,
+            data_hash=st.data_hash(ids),
+        )  # fmt: skip
+    real, calls = cd._adjoint_moves, []
+
+    def moves_then_ctrl_c(*a, **k):  # Ctrl-C in the third round
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cd, "_adjoint_moves", moves_then_ctrl_c)
+    out = tmp_path / "designed.txt"
+    s = str(tmp_path / "store")
+    args = ["design", "--store", s, "-m", "lin", "--no-floor-guard", "-o", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 130, r.stderr
+    assert "interrupted after 2 accepted move(s)" in r.stderr and "Traceback" not in r.stderr
+    text = out.read_text()
+    assert "# stopped: interrupted (Ctrl-C) after 2 move(s)" in text
+    assert len(parse_curriculum(text).batches) == 30
+
+
 def test_design_start_with_repeated_examples_falls_back_with_a_reason():
     """A best fitting run that repeats an example within a batch (a sampler drawing with
     replacement) cannot start design's search (distinct examples per batch): 'auto' says why

@@ -508,11 +508,15 @@ def _data_floor(sim, cols, floor=None) -> np.ndarray:
     return np.where(np.isfinite(lo), lo, -np.inf)
 
 
-def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_changes, cfg, progress):
+def _adjoint_search(
+    objective, cur, start, floor, pool_idx, max_uses, max_changes, cfg, progress, keep=False
+):
     """Descent by exactly ranked moves (module docstring, step 3). Returns (cur, traj, history,
     why it stopped: "iters", "no-moves", "no-improving-move" or "data-floor" = improving moves
-    existed but each took more tests below their data floor). ``floor`` (per test, or None):
-    no accepted curriculum has more tests with a final loss below it than ``cur`` has."""
+    existed but each took more tests below their data floor; "interrupted" = Ctrl-C with
+    ``keep``: ``cur`` is the last accepted curriculum, ``traj`` may be stale). ``floor`` (per
+    test, or None): no accepted curriculum has more tests with a final loss below it than
+    ``cur`` has."""
     iters, candidates, consensus = cfg
     n = objective.n
     tol = (
@@ -532,58 +536,63 @@ def _adjoint_search(objective, cur, start, floor, pool_idx, max_uses, max_change
     history = [best]
     cap = int(below(traj[-1][None])[0]) if floor is not None else None
     stop = "iters"
-    for _it in range(iters):
-        eps = 1e-12 * max(1.0, abs(best))
-        moves = _adjoint_moves(
-            S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, candidates, 128
-        )
-        if not moves:
-            stop = "no-moves"
-            break
-        cands = np.stack([_apply(cur, mv) for _, mv in moves])
-        first = min(min(_move_steps(mv)) for _, mv in moves)
-        F = objective.finals(cands, first)
-        fin = F.mean(axis=1)
-        improving = bool(fin.min() < best - eps)
-        if cap is not None:  # the data floor: these moves leave what the fitting runs support
-            fin[below(F) > cap] = np.inf
-        order = np.argsort(fin, kind="stable")
-        if fin[order[0]] >= best - eps:
-            # no improving move, or the best-ranked ones all leave the data: stop
-            stop = "data-floor" if improving else "no-improving-move"
-            break
-        # the best move plus further improving moves on other steps, if jointly better
-        chosen = [moves[order[0]][1]]
-        steps_used = set(_move_steps(chosen[0]))
-        combo = _apply(cur, chosen[0])
-        for o in order[1:]:
-            if fin[o] >= best:
+    try:
+        for _it in range(iters):
+            eps = 1e-12 * max(1.0, abs(best))
+            moves = _adjoint_moves(
+                S, Sf, cur, start, pool_idx, max_uses, max_changes, consensus, candidates, 128
+            )
+            if not moves:
+                stop = "no-moves"
                 break
-            mv = moves[o][1]
-            if steps_used & _move_steps(mv):
-                continue
-            trial = _apply(combo, mv)
-            u = _uses(trial, n)
-            if u.max() > max_uses or int((trial != start).sum()) > max_changes:
-                continue
-            combo = trial
-            chosen.append(mv)
-            steps_used |= _move_steps(mv)
-        nxt = cands[order[0]]
-        if len(chosen) > 1:
-            tc, oc, _, _ = objective.evaluate(combo, grads=False)
-            if (
-                oc[0] < fin[order[0]]
-                and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)
-                and (cap is None or below(tc[-1][None])[0] <= cap)
-            ):
-                nxt = combo
-        traj, obj_k, S, Sf = objective.evaluate(nxt)
-        cur = nxt
-        best = float(obj_k[0])
-        history.append(best)
-        if progress is not None:
-            progress(1)
+            cands = np.stack([_apply(cur, mv) for _, mv in moves])
+            first = min(min(_move_steps(mv)) for _, mv in moves)
+            F = objective.finals(cands, first)
+            fin = F.mean(axis=1)
+            improving = bool(fin.min() < best - eps)
+            if cap is not None:  # the data floor: these moves leave what the fitting runs support
+                fin[below(F) > cap] = np.inf
+            order = np.argsort(fin, kind="stable")
+            if fin[order[0]] >= best - eps:
+                # no improving move, or the best-ranked ones all leave the data: stop
+                stop = "data-floor" if improving else "no-improving-move"
+                break
+            # the best move plus further improving moves on other steps, if jointly better
+            chosen = [moves[order[0]][1]]
+            steps_used = set(_move_steps(chosen[0]))
+            combo = _apply(cur, chosen[0])
+            for o in order[1:]:
+                if fin[o] >= best:
+                    break
+                mv = moves[o][1]
+                if steps_used & _move_steps(mv):
+                    continue
+                trial = _apply(combo, mv)
+                u = _uses(trial, n)
+                if u.max() > max_uses or int((trial != start).sum()) > max_changes:
+                    continue
+                combo = trial
+                chosen.append(mv)
+                steps_used |= _move_steps(mv)
+            nxt = cands[order[0]]
+            if len(chosen) > 1:
+                tc, oc, _, _ = objective.evaluate(combo, grads=False)
+                if (
+                    oc[0] < fin[order[0]]
+                    and (not multi or np.mean(oc[1:] < obj_k[1:]) > consensus)
+                    and (cap is None or below(tc[-1][None])[0] <= cap)
+                ):
+                    nxt = combo
+            traj, obj_k, S, Sf = objective.evaluate(nxt)
+            cur = nxt
+            best = float(obj_k[0])
+            history.append(best)
+            if progress is not None:
+                progress(1)
+    except KeyboardInterrupt:
+        if not keep:
+            raise
+        stop = "interrupted"  # cur, history: the last accepted curriculum and its objective
     return cur, traj, history, stop
 
 
@@ -608,6 +617,7 @@ def design_curriculum(
     floor_guard: bool = True,
     floor: np.ndarray | None = None,
     progress=None,
+    keep_on_interrupt: bool = False,
 ) -> DesignResult:
     """Start (``start`` curriculum, else greedy) + trust-region descent; see the module doc.
 
@@ -616,7 +626,9 @@ def design_curriculum(
     majority (> ``consensus``) must agree that a move helps (first order). ``floor_guard``: no
     move may bring more tests below their data floor (``floor``, per chosen test: the lowest
     final loss of the fitting runs, :func:`final_loss_floor`; default ``sim.loss_min_``) than
-    the start has; see the module doc."""
+    the start has; see the module doc. ``keep_on_interrupt``: a Ctrl-C during the local search
+    stops it and returns the best curriculum so far (``params["stopped"] == "interrupted"``, no
+    random comparison) instead of raising KeyboardInterrupt."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
@@ -712,7 +724,10 @@ def design_curriculum(
         max_changes,
         (iters, candidates, consensus),
         progress,
+        keep=keep_on_interrupt,
     )
+    if stop == "interrupted":
+        n_random = 0  # the user is waiting: no comparison with random curricula
     traj = sim.simulate(cur[None], L0, tests=tests)[0]
     best = float(traj[-1].mean())
     at_floor = 0 if lo is None else int(np.sum(traj[-1] <= lo + 1e-12))

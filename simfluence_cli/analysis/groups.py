@@ -10,7 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from simfluence_cli._repr import summary_repr
-from simfluence_cli.analysis.whatif import MODES, Batches, drop_examples, final_losses
+from simfluence_cli.analysis.whatif import (
+    MODES,
+    Batches,
+    drop_examples,
+    final_losses,
+    removal_finals,
+)
 from simfluence_cli.errors import InputError, SelectionError, UsageError
 
 # -- group effects ----------------------------------------------------------------------------
@@ -99,8 +105,23 @@ def group_effects(
     members = sorted({e for v in groups.values() for e in v if e in in_base})
     curricula: list[Batches] = [base]
     curricula += [drop_examples(base, v, mode) for v in groups.values()]
-    curricula += [drop_examples(base, [e], mode) for e in members]
+    head = len(curricula)
+    share = head / (head + len(members))  # of the progress: whole curricula vs removals
     fin = final_losses(sim, curricula, init_loss, tests=tests, unseen=unseen, chunk=chunk)
+    if progress is not None:
+        progress(share)
+    rest = None if progress is None else (lambda x: progress(x * (1 - share)))
+    singles = None
+    if mode == "keep-steps" and chunk is None:  # one example removed: index arrays, final step
+        singles = removal_finals(
+            sim, base, members, init_loss, tests=tests, unseen=unseen, progress=rest
+        )
+    if singles is None:
+        removed = [drop_examples(base, [e], mode) for e in members]
+        singles = final_losses(sim, removed, init_loss, tests=tests, unseen=unseen, chunk=chunk)
+        if rest is not None:
+            rest(1.0)
+    fin = np.vstack([fin, singles])
     base_final = fin[0]
     G = len(groups)
     gfx = fin[1 : 1 + G] - base_final

@@ -269,6 +269,67 @@ def final_losses(
     return out
 
 
+#: memory for one chunk of removal curricula as index arrays (``removal_finals``)
+_INDEX_BYTES = 64 * 2**20
+
+
+def removal_finals(
+    sim,
+    base: Sequence[Sequence[str]],
+    examples: Sequence[str],
+    init_loss: np.ndarray,
+    tests: Sequence[str] | None = None,
+    unseen: str = "error",
+    progress=None,
+) -> np.ndarray | None:
+    """Final losses (len(examples), M) of ``base`` with each example dropped (keep-steps mode):
+    ``final_losses(sim, [drop_examples(base, [e]) for e in examples], ...)``, built as index
+    arrays from the base's (no ID lists per curriculum, no re-encoding) and rolled to the final
+    step only, in chunks of ``_INDEX_BYTES``. ``progress(x)`` gets the fraction of examples
+    done. None when this does not apply (batches of unequal size, an example absent from the
+    base, IDs encoded to a shared or skipped row): use ``final_losses`` then."""
+    T = len(base)
+    if T == 0 or not len(examples):
+        return None
+    b = batch_size_of(base)
+    if any(len(batch) != b for batch in base) or NEUTRAL in {e for batch in base for e in batch}:
+        return None
+    idx = sim.encode([base], unseen=unseen)[0]
+    if idx.shape != (T, b) or np.any(idx < 0) or np.any(idx >= len(sim.example_ids_)):
+        return None  # skipped IDs repacked, or unseen IDs sharing the prior row
+    flat = idx.reshape(-1)
+    code = dict(zip((str(e) for batch in base for e in batch), flat.tolist()))
+    if any(str(e) not in code for e in examples):
+        return None
+    M = len(tests) if tests is not None else len(sim.test_ids_)
+    L0 = np.asarray(init_loss, dtype=np.float64)
+    if L0.ndim != 1:
+        return None
+    out = np.empty((len(examples), M))
+    from simfluence_cli.model.rollout import NUMBA_MIN_WORK
+
+    # chunks big enough for the compiled rollout (when installed), small enough for the memory
+    # budget and for a progress bar that moves
+    step = max(1, min(_INDEX_BYTES // (T * b * 8), -(-2 * NUMBA_MIN_WORK // (T * b * M))))
+    for s in range(0, len(examples), step):
+        part = examples[s : s + step]
+        arr = np.empty((len(part), T, b), dtype=np.int64)
+        empty = []
+        for i, e in enumerate(part):
+            stream = flat[flat != code[str(e)]]
+            if len(stream) == 0:  # the base held only this example: the empty curriculum
+                empty.append(i)
+                arr[i] = flat.reshape(T, b)  # placeholder, overwritten below
+                continue
+            arr[i] = np.resize(stream, T * b).reshape(T, b)  # the cycled stream, as _cycle
+        out[s : s + len(part)] = sim.simulate(arr, L0, tests=tests, return_="final")
+        for i in empty:
+            out[s + i] = L0
+        if progress is not None:
+            progress(len(part) / len(examples))
+    return out
+
+
 @dataclass
 class WhatIf:
     """Base and edited curricula simulated together; ``change = edited - base`` final loss."""

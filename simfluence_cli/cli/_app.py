@@ -7,6 +7,7 @@ tracebacks only with ``--debug`` (or ``SIMFLUENCE_DEBUG=1``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -244,6 +245,20 @@ def _main_options(
     _state["quiet"] = quiet
 
 
+def _exit_if_threads_busy(code: int) -> None:
+    """Exit now when worker threads are still running after an interrupt: the store is already
+    as before (every with-block has unwound: locks released, temp files removed) and their
+    results are dropped, but interpreter shutdown would join them (minutes for a fold fit)."""
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 def command(name: str | None = None, **kwargs) -> Callable:
     """Register a CLI command whose SimfluenceErrors become one stderr line and an exit code."""
 
@@ -278,6 +293,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
                 stderr_console().print("interrupted", markup=False)
+                _exit_if_threads_busy(130)
                 raise typer.Exit(130) from None
             except Exception as exc:  # environment problems and bugs: one line, never a traceback
                 if _state["debug"] or type(exc).__module__.startswith(("typer", "click")):

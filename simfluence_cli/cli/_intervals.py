@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from simfluence_cli.cli._app import info, warn
+from simfluence_cli.cli._app import info, show_progress, stderr_console, warn
 
 IntervalOpt = Annotated[
     float | None,
@@ -41,10 +41,34 @@ def calibration_for(st, name: str, level: float):
     from simfluence_cli.analysis.intervals import check_level, stored_calibration
 
     check_level(level)
-    sim, cal, why = stored_calibration(
-        st, name, on_compute=lambda why, saved: _say_computing(name, why, saved)
-    )
+    bar = _FoldBar()
+
+    def computing(why: str, saved: bool) -> None:
+        _say_computing(name, why, saved)
+        bar.start()
+
+    try:
+        sim, cal, why = stored_calibration(st, name, on_compute=computing, progress=bar)
+    finally:
+        bar.finish()
     return sim, cal
+
+
+class _FoldBar:
+    """A progress bar over the calibration's fold refits (minutes each on a large store),
+    started when the refits start; ``bar(done, total)`` is the calibration's progress hook."""
+
+    def __init__(self):
+        self.advance, self.finish = None, lambda: None
+
+    def start(self) -> None:
+        from simfluence_cli.cli._progress import fraction_bar
+
+        self.advance, self.finish = fraction_bar("refitting folds", show_progress(), stderr_console)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.advance is not None:
+            self.advance(1 / total)
 
 
 def _say_computing(name: str, why: str, saved: bool) -> None:
@@ -62,13 +86,19 @@ def save_calibration_for(st, name: str, force: bool = False) -> None:
     one is saved, unless ``force``); one status line on stderr."""
     from simfluence_cli.analysis.intervals import DEFAULT_FOLDS, calibrate_and_save
 
+    bar = _FoldBar()
+
     def starting(status: str, why: str) -> None:
         info(
             f"calibrating {name!r} ({'stale: ' + why if status == 'stale' else 'none saved'}): "
             f"refitting on {DEFAULT_FOLDS} folds of its fitting runs"
         )
+        bar.start()
 
-    cal, man = calibrate_and_save(st, name, force=force, on_start=starting)
+    try:
+        cal, man = calibrate_and_save(st, name, force=force, on_start=starting, progress=bar)
+    finally:
+        bar.finish()
     if cal is None:
         info(f"calibration of {name!r} is up to date; pass --force to recompute it")
         return

@@ -672,14 +672,9 @@ def top_command(
 
 
 def _progress(label: str, enabled: bool):
-    if not enabled:
-        return None, lambda: None
-    from rich.progress import Progress
+    from simfluence_cli.cli._progress import fraction_bar
 
-    bar = Progress(console=stderr_console(), transient=True)
-    bar.start()
-    task = bar.add_task(label, total=1.0)
-    return (lambda x: bar.advance(task, x)), bar.stop
+    return fraction_bar(label, enabled, stderr_console)
 
 
 @command("plot")

@@ -102,9 +102,9 @@ class _Progress:
 
     def start(self, total: float) -> None:
         if show_progress() and self.bar is None:
-            from rich.progress import Progress
+            from simfluence_cli.cli._progress import new_progress
 
-            self.bar = Progress(console=stderr_console(), transient=True)
+            self.bar = new_progress(stderr_console())
             self.task = self.bar.add_task(self.label, total=total)
             if self.entered:
                 self.bar.__enter__()
@@ -286,12 +286,14 @@ def fit(
     with _Progress(None, "fitting") as bar:
 
         def start(rs):
+            total = sim.progress_total(rs)  # twice the tests when the fit cross-validates
+            what = "choices" if chosen == "optimizer-aware" else "l2"
             info(
                 f"fitting {chosen} on {len(rs)} run(s): {rs.n_examples} training x "
                 f"{rs.n_tests} test examples"
-                + (" (l2 by cross-validation)" if sim.l2 == "auto" else "")
+                + (f" ({what} by cross-validation)" if total > rs.n_tests else "")
             )
-            bar.start(rs.n_tests * (2 if sim.l2 == "auto" else 1))
+            bar.start(total)
             return bar
 
         res = fit_model(st, name, sim, runs, replace=replace, execution=execution, on_start=start)

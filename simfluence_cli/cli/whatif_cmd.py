@@ -496,7 +496,21 @@ def groups_cmd(
         f"{desc}: simulating {1 + len(groups) + members} curricula (base, {len(groups)} "
         f"group removal(s), up to {members} single removals)"
     )
-    res = group_effects(sim, batches, groups, L0, mode=_check_mode(mode), unseen=unseen.value)
+    from simfluence_cli.cli._progress import fraction_bar
+
+    progress, finish = fraction_bar("removals", show_progress(), stderr_console)
+    try:
+        res = group_effects(
+            sim,
+            batches,
+            groups,
+            L0,
+            mode=_check_mode(mode),
+            unseen=unseen.value,
+            progress=progress,
+        )
+    finally:
+        finish()
     f = resolve_format(fmt, output)
     doc = {
         "model": model,
@@ -714,9 +728,9 @@ def design_cmd(
     progress = None
     bar = None
     if show_progress():
-        from rich.progress import Progress
+        from simfluence_cli.cli._progress import new_progress
 
-        bar = Progress(console=stderr_console(), transient=True)
+        bar = new_progress(stderr_console())
         bar.start()
         task = bar.add_task("local search", total=iters)
         progress = lambda k: bar.advance(task, k)  # noqa: E731
@@ -745,11 +759,13 @@ def design_cmd(
                 else None  # design falls back to sim.loss_min_, the lowest loss at any step
             ),
             progress=progress,
+            keep_on_interrupt=True,  # a Ctrl-C in the search keeps the best curriculum so far
         )
     finally:
         if bar is not None:
             bar.stop()
     rep = {"model": model, **res.report(), "start_run": start_run}
+    interrupted = rep.get("stopped") == "interrupted"
     if cal is not None:
         novelty_warning(cal, [res.batches], "designed curriculum")
         mlo, mhi = cal.final([res.batches], L0, interval, tests=list(sim.test_ids_), reduce="mean")
@@ -774,6 +790,8 @@ def design_cmd(
     header["model_fitted_at"] = made_by.get("fitted_at")
     header["model_data_hash"] = made_by.get("data_hash")
     header["simfluence_version"] = prov["versions"]["simfluence"]
+    if interrupted:
+        header["stopped"] = f"interrupted (Ctrl-C) after {rep['moves_accepted']} move(s)"
     if interval is not None:
         header[f"interval_{100 * interval:g}"] = (
             f"[{rep['interval']['lo']:.6g}, {rep['interval']['hi']:.6g}]"
@@ -817,3 +835,10 @@ def design_cmd(
         from simfluence_cli.cli._output import render_object
 
         render_object(rep, report)
+    if interrupted:
+        info(
+            f"interrupted after {rep['moves_accepted']} accepted move(s) of at most {iters} "
+            f"round(s): {'stdout' if output == '-' else output} holds the best curriculum found "
+            "so far"
+        )
+        raise typer.Exit(130)

@@ -580,11 +580,15 @@ def cv_score(runs: RunSet, folds, cfg: Config, cols, clip, margin, cache, std=No
     return cv_scores(runs, folds, [cfg], cols, clip, margin, cache, std)[0]
 
 
-def cv_scores(runs: RunSet, folds, cfgs, cols, clip, margin, cache, std=None) -> list[float]:
+def cv_scores(
+    runs: RunSet, folds, cfgs, cols, clip, margin, cache, std=None, progress=None
+) -> list[float]:
     """``cv_score`` of each of ``cfgs``, the same numbers: configurations that share the
     design's structure (AR, basis, units) are fitted as the columns of one batched solve
     (per-column l2 and transform) and rolled out together by transform, which shares each
-    operator application and rollout step across them (the CG columns are independent)."""
+    operator application and rollout step across them (the CG columns are independent).
+    ``progress(x)`` is called after each fold with the configurations it finished (x = the
+    group's configurations / folds; they add up to ``len(cfgs)``)."""
     cfgs = list(cfgs)
     out = [0.0] * len(cfgs)
     groups: dict = {}
@@ -603,13 +607,14 @@ def cv_scores(runs: RunSet, folds, cfgs, cols, clip, margin, cache, std=None) ->
             margin,
             cache,
             std,
+            progress,
         )
         for j, v in zip(members, res):
             out[j] = v
     return out
 
 
-def _cv_group(runs, folds, cfgs, n_basis, ar, units, cols, clip, margin, cache, std):
+def _cv_group(runs, folds, cfgs, n_basis, ar, units, cols, clip, margin, cache, std, progress):
     """``cv_scores`` of configurations sharing (n_basis, ar, units)."""
     cols = np.asarray(cols, dtype=np.int64)
     k, G = len(cols), len(cfgs)
@@ -673,6 +678,8 @@ def _cv_group(runs, folds, cfgs, n_basis, ar, units, cols, clip, margin, cache, 
                     cnt[i] += float(ok.sum())
                     if (np.isfinite(obsL) & ~np.isfinite(s_)).any():
                         bad_cfg[i] = True  # a diverging rollout scores as badly as possible
+        if progress is not None:
+            progress(G / len(folds))
     return [float("inf") if bad_cfg[i] else sse[i] / max(cnt[i], 1.0) for i in range(G)]
 
 
@@ -726,18 +733,35 @@ def choose_config(
     runs: RunSet, fixed: dict, k_folds: int, clip: str, margin: float, cols, progress=None
 ) -> tuple[Config, list[dict], list[list[str]]]:
     """Coordinate-wise CV search over the options not fixed by the user (one pass:
-    l2, AR, basis, transform, l2 again). Returns (config, curve of every scored config, folds)."""
+    l2, AR, basis, transform, l2 again). Returns (config, curve of every scored config, folds).
+    ``progress(x)`` receives the fraction of the search just done (x adds up to 1): the unit is
+    one configuration's fold, out of an upper bound of the configurations scored (the first
+    searched option's candidates, then each later one's minus the current, already scored)."""
     folds = _folds(runs.run_ids, min(k_folds, len(runs)))
     cache: dict = {}
     scores: dict[Config, float] = {}
     std = standardised(runs) if fixed.get("transform") in (None, "identity") else None
+    options = {
+        "l2": OA_L2_GRID,
+        "ar": (False, True),
+        "n_basis": BASIS_CHOICES,
+        "transform": TRANSFORMS,
+    }
+    order = ["l2", "ar", "n_basis", "transform", "l2"]
+    searched = [len(options[name]) for name in order if fixed.get(name) is None]
+    bound = float(searched[0] + sum(c - 1 for c in searched[1:])) if searched else 1.0
+    done = [0.0]
+
+    def tick(x: float) -> None:
+        x = min(x, bound - done[0])  # never past the bound
+        done[0] += x
+        if progress is not None and x > 0:
+            progress(x / bound)
 
     def score_all(cfgs):
         new = [c for c in dict.fromkeys(cfgs) if c not in scores]
-        for c, v in zip(new, cv_scores(runs, folds, new, cols, clip, margin, cache, std)):
+        for c, v in zip(new, cv_scores(runs, folds, new, cols, clip, margin, cache, std, tick)):
             scores[c] = v
-            if progress is not None:
-                progress(c, v)
         return [scores[c] for c in cfgs]
 
     cur = Config(
@@ -748,13 +772,6 @@ def choose_config(
     )
     # candidates simplest first: an option is switched on (or a transform other than the
     # identity taken) only when it lowers the CV error by more than CV_MARGIN (relative)
-    options = {
-        "l2": OA_L2_GRID,
-        "ar": (False, True),
-        "n_basis": BASIS_CHOICES,
-        "transform": TRANSFORMS,
-    }
-    order = ["l2", "ar", "n_basis", "transform", "l2"]
     for name in order:
         if fixed.get(name) is not None:
             continue
@@ -765,6 +782,8 @@ def choose_config(
             cur = cands[int(np.argmin(vals))]
         else:
             cur = next(c for c, v in zip(cands, vals) if v <= best * (1 + CV_MARGIN))
+    if searched:
+        tick(bound)  # what the bound counted but the search did not need
     if not scores:
         return cur, [], folds
     curve = [{**c.as_dict(), "cv_mse": v} for c, v in scores.items()]
@@ -812,6 +831,37 @@ class FitTask:
         return tests, np.vstack([a, B, rho[None], gamma.T]), st
 
 
+def fixed_choices(sim, runs: RunSet, sched: Schedule, n_runs: int | None = None) -> dict:
+    """The choices of ``sim`` the fit does not cross-validate on ``runs`` ({name: value}; None =
+    chosen by CV): the user's, the time basis off without an lr schedule, and every choice
+    at its default with fewer than 2 runs (``n_runs`` overrides ``len(runs)``)."""
+    fixed = {
+        "transform": None if sim.transform == "auto" else sim.transform,
+        "ar": None if sim.ar == "auto" else bool(sim.ar),
+        "n_basis": None if sim.time_basis == "auto" else int(sim.time_basis),
+        "l2": None if sim.l2 == "auto" else float(sim.l2),
+    }
+    if fixed["n_basis"] is None and not sched.lr_varies():
+        # no lr schedule (constant or unlogged lr): the loss drift of the fitting runs comes
+        # from what their curricula trained on, which the per-example terms model and which
+        # differs between curricula; a time basis would hard-code the fitting curricula's
+        # drift (CV on reshuffled fitting runs cannot see the harm on e.g. class-ordered ones)
+        fixed["n_basis"] = 0
+    if (len(runs) if n_runs is None else n_runs) < 2:
+        fixed = {
+            "transform": fixed["transform"] or "identity",
+            "ar": True if fixed["ar"] is None else fixed["ar"],
+            "n_basis": BASIS_CHOICES[-1] if fixed["n_basis"] is None else fixed["n_basis"],
+            "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
+        }
+    return fixed
+
+
+def cross_validates(sim, runs: RunSet) -> bool:
+    """Whether fitting ``sim`` (optimizer-aware) on ``runs`` runs the CV of its choices."""
+    return any(v is None for v in fixed_choices(sim, runs, Schedule.from_runs(runs)).values())
+
+
 def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = True) -> None:
     """Fit ``sim`` (a Simulator with method optimizer-aware) on ``runs``: CV for the choices
     left "auto", then the final fit on all tests. Sets A_ (= a), B_, ar_ (m,), basis_ (m, H),
@@ -819,34 +869,20 @@ def fit_simulator(sim, runs: RunSet, *, param_sink=None, keep_params: bool = Tru
     from simfluence_cli.model.sharding import fit_chunks
     from simfluence_cli.model.solvers import MIN_CHUNKS, cv_test_subset
 
-    fixed = {
-        "transform": None if sim.transform == "auto" else sim.transform,
-        "ar": None if sim.ar == "auto" else bool(sim.ar),
-        "n_basis": None if sim.time_basis == "auto" else int(sim.time_basis),
-        "l2": None if sim.l2 == "auto" else float(sim.l2),
-    }
     sched = Schedule.from_runs(runs)
-    if fixed["n_basis"] is None and not sched.lr_varies():
-        # no lr schedule (constant or unlogged lr): the loss drift of the fitting runs comes
-        # from what their curricula trained on, which the per-example terms model and which
-        # differs between curricula; a time basis would hard-code the fitting curricula's
-        # drift (CV on reshuffled fitting runs cannot see the harm on e.g. class-ordered ones)
-        fixed["n_basis"] = 0
-    if len(runs) < 2 and any(v is None for v in fixed.values()):
+    fixed = fixed_choices(sim, runs, sched)
+    if len(runs) < 2 and any(v is None for v in fixed_choices(sim, runs, sched, 2).values()):
         sim.warnings_.append(
             "optimizer-aware: cross-validation needs at least 2 fitting runs; the unset "
             "choices use identity transform, AR on, 8 basis functions (with an lr schedule), "
             "l2 = 1"
         )
-        fixed = {
-            "transform": fixed["transform"] or "identity",
-            "ar": True if fixed["ar"] is None else fixed["ar"],
-            "n_basis": BASIS_CHOICES[-1] if fixed["n_basis"] is None else fixed["n_basis"],
-            "l2": 1.0 if fixed["l2"] is None else fixed["l2"],
-        }
     cols = cv_test_subset(runs.n_tests, OA_CV_TESTS)
     k = min(sim.cv_folds, OA_CV_FOLDS)
-    cfg, curve, folds = choose_config(runs, fixed, k, sim.clip, sim.clip_margin, cols)
+    m = runs.n_tests
+    cfg, curve, folds = choose_config(
+        runs, fixed, k, sim.clip, sim.clip_margin, cols, progress=lambda x: sim._tick(x * m)
+    )
     n, m = runs.n_examples, runs.n_tests
     scale = np.ones(m)
     if cfg.transform == "identity":  # fit L / s per test; B and gamma scaled back below

@@ -246,9 +246,9 @@ def run_chunks(run, chunks: list, threads: int) -> None:
         for c in chunks:
             run(c)
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from simfluence_cli._pool import thread_pool
 
-    with ThreadPoolExecutor(threads) as ex:
+    with thread_pool(threads) as ex:
         list(ex.map(run, chunks))
 
 

@@ -346,9 +346,9 @@ def fit_chunks(
     if threads == 1 or len(chunks) == 1:
         done = (task([c]) for c in chunks)
         return _gather_shards(done, n_rows, m, sink, progress, stats, threads=1, shards=len(chunks))
-    from concurrent.futures import ThreadPoolExecutor
+    from simfluence_cli._pool import thread_pool
 
-    with ThreadPoolExecutor(threads) as ex:
+    with thread_pool(threads) as ex:
         futs = [ex.submit(task, [c]) for c in chunks]
         done = (f.result() for f in as_completed(futs))
         return _gather_shards(

@@ -394,6 +394,22 @@ class Simulator:
         if msg:
             self.warnings_.append(msg)
 
+    def progress_total(self, runs: RunSet) -> int:
+        """What the ``progress(k)`` calls of fitting this simulator on ``runs`` add up to: the
+        tests once for the final fit, and once more for the cross-validation when the fit runs
+        one (``l2='auto'`` with >= 2 runs; optimizer-aware: any choice left to CV)."""
+        method = self.method
+        if method == AUTO_METHOD:
+            every = all(len(r.loss_steps) == r.n_steps + 1 for r in runs.runs)
+            method = resolve_method(AUTO_METHOD, every)
+        if method == OPTIMIZER_AWARE:
+            from simfluence_cli.model.optimizer_aware import cross_validates
+
+            cv = len(runs) >= 2 and cross_validates(self, runs)
+        else:
+            cv = self.l2 == "auto" and len(runs) >= 2
+        return runs.n_tests * (2 if cv else 1)
+
     def _tick(self, k: int) -> None:
         progress = getattr(self, "_exec", ExecutionOptions()).progress
         if progress is not None:
@@ -475,9 +491,9 @@ class Simulator:
             if threads == 1:
                 yield from (fold_fit(folds[f], chunks[c]) for f, c in jobs)
                 return
-            from concurrent.futures import ThreadPoolExecutor
+            from simfluence_cli._pool import thread_pool
 
-            with ThreadPoolExecutor(threads) as ex:
+            with thread_pool(threads) as ex:
                 for s in range(0, len(jobs), threads):
                     batch = jobs[s : s + threads]
                     yield from ex.map(lambda j: fold_fit(folds[j[0]], chunks[j[1]]), batch)

@@ -474,8 +474,7 @@ def solve_tests(
     tests are solved on ``threads`` threads (default: the usable CPUs). ``chunks`` (from
     :func:`plan_chunks`) overrides the chunking; their concatenation must equal ``tests``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
+    from simfluence_cli._pool import thread_pool
     from simfluence_cli.model.normal_equations import SparseDesign
 
     P = design.n_params(method)
@@ -545,7 +544,7 @@ def solve_tests(
             if progress is not None:
                 progress(len(chunk))
     else:
-        with ThreadPoolExecutor(threads) as ex:
+        with thread_pool(threads) as ex:
             futs = {ex.submit(run, o, c): (o, len(c)) for o, c in zip(offsets, chunks)}
             from concurrent.futures import as_completed
 

@@ -82,17 +82,39 @@ def _break_if_stale(store: Path, lock: Path) -> bool:
         os.close(fd)  # releases the flock
 
 
-def _describe(holder: dict | None, lock: Path) -> str:
+def _held_for(since: str | None) -> str:
+    """' (N min ago)' for an ISO time, '' when it cannot be read."""
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(str(since))).total_seconds()
+    except (TypeError, ValueError):
+        return ""
+    if age < 0:
+        return ""
+    return f" ({age:.0f} s ago)" if age < 120 else f" ({age / 60:.0f} min ago)"
+
+
+def _describe(holder: dict | None, lock: Path, waited: float | None = None) -> str:
     holder = holder or {}
     who = f"PID {holder.get('pid', '?')}"
     if holder.get("host"):
         who += f" on {holder['host']}"
     extra = f" ({holder['command']})" if holder.get("command") else ""
-    since = f" since {holder['since']}" if holder.get("since") else ""
+    since = f" since {holder['since']}{_held_for(holder['since'])}" if holder.get("since") else ""
+    waited_s = "" if waited is None else f"; waited {waited:g} s"
     return (
-        f"store is locked by {who}{extra}{since}; wait for it to finish and retry, "
-        f"or, if that process is gone, remove {lock}"
+        f"store is locked by {who}{extra}{since}{waited_s}; wait for it to finish and retry "
+        "(SIMFLUENCE_LOCK_TIMEOUT=SECONDS makes a writer wait up to that long: a fit of a large "
+        f"store holds the lock for minutes), or, if that process is gone, remove {lock}"
     )
+
+
+def _command_line() -> str:
+    """The holder's command as the user typed it: ``simfluence fit ...`` also for ``python -m
+    simfluence_cli`` (whose argv[0] is the package's __main__.py)."""
+    first = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if first == "__main__.py":
+        first = "simfluence"
+    return " ".join([first, *sys.argv[1:4]])
 
 
 @contextlib.contextmanager
@@ -120,9 +142,7 @@ def write_lock(store: str | os.PathLike, timeout: float | None = None):
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": " ".join(
-                os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:4])
-            ),
+            "command": _command_line(),
         }
     ).encode()
     deadline = time.monotonic() + timeout
@@ -136,7 +156,7 @@ def write_lock(store: str | os.PathLike, timeout: float | None = None):
             if _break_if_stale(store, lock):
                 continue
             if time.monotonic() >= deadline:
-                raise StoreLockedError(_describe(_read(lock), lock)) from None
+                raise StoreLockedError(_describe(_read(lock), lock, timeout)) from None
             time.sleep(0.1)
             continue
         except OSError as exc:  # read-only store: EACCES / EPERM / EROFS
