@@ -347,7 +347,7 @@ def test_design_cli_notes_a_floor_stop(store, tmp_path, monkeypatch):
     from simfluence_cli.analysis import curriculum_design as cd
 
     monkeypatch.setattr(
-        cd, "_adjoint_search", lambda goal, cur, *a: (cur, None, [0.0], "data-floor")
+        cd, "_adjoint_search", lambda goal, cur, *a, **kw: (cur, None, [0.0], "data-floor")
     )
     r = cli("design", "--store", store, "-m", "m", "-o", tmp_path / "d.txt", "--random", "0")
     assert r.exit_code == 0, r.stderr
