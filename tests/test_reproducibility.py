@@ -216,3 +216,35 @@ def test_removal_deltas_do_not_depend_on_how_curricula_are_grouped():
         assert np.abs(got[-1]).max() > 0
         for d in got[:-1]:
             np.testing.assert_array_equal(d, got[-1])
+
+
+def test_parquet_outputs_are_the_same_bytes_with_source_date_epoch(small_store, tmp_path):
+    """$SOURCE_DATE_EPOCH fixes the provenance's created_at, so a Parquet output written twice is
+    the same bytes; without it created_at is the time of writing; a bad value is one usage line."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from simfluence_cli.cli import app
+
+    cur = tmp_path / "cur.txt"
+    cur.write_text("e0 e1\ne2 e3\n")
+
+    def write(name, **env):
+        out = tmp_path / name
+        args = ["simulate", str(cur), "--store", str(small_store), "-m", "lin", "-o", str(out)]
+        res = CliRunner().invoke(app, args, env=env)
+        return res, out
+
+    r1, a = write("a.parquet", SOURCE_DATE_EPOCH="1700000000")
+    first = a.read_bytes()
+    r2, _ = write("a.parquet", SOURCE_DATE_EPOCH="1700000000")
+    assert r1.exit_code == r2.exit_code == 0, r1.output
+    assert a.read_bytes() == first
+    prov = json.loads(pq.read_schema(a).metadata[b"simfluence.provenance"])
+    assert prov["created_at"] == "2023-11-14T22:13:20+00:00"
+    res, c = write("c.parquet", SOURCE_DATE_EPOCH="")
+    assert res.exit_code == 0, res.output
+    stamp = json.loads(pq.read_schema(c).metadata[b"simfluence.provenance"])["created_at"]
+    assert stamp.startswith("20") and stamp != prov["created_at"]
+    res, _ = write("d.parquet", SOURCE_DATE_EPOCH="yesterday")
+    assert res.exit_code == 2 and "SOURCE_DATE_EPOCH must be Unix seconds" in res.stderr

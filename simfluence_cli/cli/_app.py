@@ -308,12 +308,26 @@ def command(name: str | None = None, **kwargs) -> Callable:
     return decorate
 
 
+def _created_at() -> str:
+    """The time an output is written (UTC, ISO 8601), or $SOURCE_DATE_EPOCH (the reproducible-
+    builds convention: Unix seconds) when set, so the output's bytes do not depend on when."""
+    from datetime import UTC, datetime
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    try:
+        when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH must be Unix seconds (an integer), got {epoch!r}"
+        ) from None
+    return when.isoformat(timespec="seconds")
+
+
 def provenance() -> dict:
     """What produced an output, to save beside it: the command and every option's value
     (defaults included), the store, each named model's kind, method, data hash, fit time and
     parameter generation, and the versions of simfluence, Python and the numeric libraries."""
     import json
-    from datetime import UTC, datetime
 
     from simfluence_cli._version import versions
 
@@ -327,7 +341,7 @@ def provenance() -> dict:
     out = {
         "command": f"simfluence {cmd}".strip(),
         "options": options,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": _created_at(),
         "versions": versions(),
     }
     names = kw.get("model") or kw.get("models") or []
