@@ -121,7 +121,7 @@ def test_every_output_file_prints_one_wrote_line(store, tmp_path):
         ("top", "--store", store, "-m", "m"),
         ("simulate", cur, "--store", store, "-m", "m"),
         ("curriculum", "syn-000", "--store", store),
-        ("info", "--store", store),
+        ("info", "--store", store, "--list"),
         ("whatif", "--store", store, "-m", "m", "-b", cur, "--drop", "e0"),
         ("groups", "--store", store, "-m", "m", "-b", cur, "-g", "a=e0"),
         ("design", "--store", store, "-m", "m", "--steps", "3"),
