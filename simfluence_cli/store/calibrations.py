@@ -132,8 +132,9 @@ def save_calibration(
         now = calibration_key(store, name, key["folds"], key["seed"])
         if now != key:
             raise ConflictError(
-                f"model {name!r} or its fitting runs changed while it was being calibrated; "
-                "the calibration was not saved"
+                f"model {name!r} or its fitting runs changed while it was being calibrated "
+                f"({_why_stale({'key': key}, now)}); the calibration was not saved and the "
+                f"store is unchanged: rerun `simfluence calibrate --model {name}`"
             )
         gen = f"{CALIBRATION_DIR_PREFIX}{int(time.time())}-{secrets.token_hex(3)}"
         g = d / gen
