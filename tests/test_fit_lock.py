@@ -124,6 +124,7 @@ def test_ingest_succeeds_while_a_fit_computes_and_the_fit_commits(store, tmp_pat
     assert code == 0, err
     man = json.loads((st / "models" / "m" / "model.json").read_text())
     assert set(man["config"]["runs"]) == base  # the runs it read, not the ones added since
+    assert set(RunStore(st).run_ids()) == base | more
     assert man["config"]["data_hash"] == RunStore(st).data_hash(sorted(base))
     assert not (st / _staging.STAGING_DIR).exists()
     rep = verify_store(st)
@@ -249,3 +250,20 @@ def test_a_running_fits_staging_survives_verify_repair(store, tmp_path):
     assert code == 0, err
     rep = verify_store(st)
     assert rep.ok and not rep.findings, [f.line() for f in rep.findings]
+
+
+def test_worker_loads_refuse_runs_changed_since_the_snapshot(store, tmp_path):
+    """Dask workers reload the runs from the store (StoreSource): they must fit the snapshot
+    the coordinator read, or fail, never fit other content."""
+    from simfluence_cli.errors import StoreError
+
+    st, base = store
+    rs = RunStore(st).load("fit")
+    ids = list(rs.run_ids)
+    assert rs.source.data_hash == RunStore(st).data_hash(ids)
+    assert rs.source.load(ids).source.data_hash == rs.source.data_hash  # unchanged: loads
+    other, _, _ = make_runs(20, 6, 1, 20, 4, seed=9, noise=0.01)
+    other.runs[0].run_id = ids[0]
+    RunStore(st).add_runset(other, replace=True)
+    with pytest.raises(StoreError, match="changed while this computation ran"):
+        rs.source.load(ids)
