@@ -267,3 +267,21 @@ def test_worker_loads_refuse_runs_changed_since_the_snapshot(store, tmp_path):
     RunStore(st).add_runset(other, replace=True)
     with pytest.raises(StoreError, match="changed while this computation ran"):
         rs.source.load(ids)
+
+
+def test_calibrate_computes_without_the_lock_and_refuses_when_its_runs_changed(store, tmp_path):
+    st, base = store
+    assert run(cli(*FIT, "--store", st)).returncode == 0
+    cal = Held(tmp_path, "calibrate", "-m", "m", "--store", st)  # held in the first fold refit
+    assert not (st / _lock.LOCK_NAME).exists()
+    victim = sorted(base)[2]
+    other, _, _ = make_runs(20, 6, 1, 20, 4, seed=9, noise=0.01)
+    other.runs[0].run_id = victim
+    write_jsonl(other, tmp_path / "other")
+    assert run(cli("ingest", tmp_path / "other", "--store", st, "--replace")).returncode == 0
+    code, err = cal.release()
+    assert code == 1 and "the calibration was not saved" in err, err
+    assert "rerun `simfluence calibrate --model m`" in err
+    assert not (st / "models" / "m" / "calibration.json").exists()
+    assert not list((st / "models" / "m").glob("calibration-*"))
+    assert not (st / _staging.STAGING_DIR).exists()

@@ -928,12 +928,15 @@ def fit_model(
 ) -> FitResult:
     """Fit ``simulator`` on the store's ``runs`` (a selector or run ids) and save it as ``name``.
 
-    Under the store's write lock: the data hash of the selected runs is compared with an
-    existing model of that name. Same configuration and data: nothing is refitted
-    (``up_to_date=True``) unless ``replace``; a different one is a ConflictError unless
-    ``replace``. Parameters stream into the model's next parameter file as test chunks are
-    solved (the training x test matrix is never in memory; ``simulator.A_`` stays None);
-    the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
+    The data hash of the selected runs is compared with an existing model of that name. Same
+    configuration and data: nothing is refitted (``up_to_date=True``) unless ``replace``; a
+    different one is a ConflictError unless ``replace``. The runs are read as one snapshot
+    and the fit computes WITHOUT the store's write lock; parameters stream into a staging
+    file as test chunks are solved (the training x test matrix is never in memory;
+    ``simulator.A_`` stays None). The lock is taken only to commit: :func:`check_snapshot`
+    (a fitting run changed meanwhile: ConflictError, nothing saved) and
+    :func:`check_model_unchanged` (another command saved ``name`` meanwhile), then the
+    parameter file is moved into the model directory and the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
     before fitting and may return a ``progress(k)`` callback (k = tests solved; twice the
     tests with ``l2='auto'``). ``execution``: solver, workers, dask (the progress callback
     from ``on_start`` takes precedence over ``execution.progress``). A simulator with method
