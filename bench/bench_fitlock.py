@@ -56,11 +56,14 @@ def lock_pid(store: Path) -> int | None:
         return None
 
 
-def one_fit(tree: Path, store: Path, extra: Path, fit_args: list[str]) -> dict:
+def one_fit(tree: Path, store: Path, extra: Path, fit_args: list[str], what="fit") -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1"}
     env.pop("SIMFLUENCE_LOCK_TIMEOUT", None)
     cmd = [sys.executable, "-m", "simfluence_cli", "fit", "--store", str(store), "--runs", "fit"]
     cmd += [*fit_args, "--name", "m", "--replace"]
+    if what == "calibrate":
+        cmd = [sys.executable, "-m", "simfluence_cli", "calibrate", "--store", str(store)]
+        cmd += ["-m", "m", "--force"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     # cwd outside any checkout: `python -m` puts the cwd first on sys.path, before PYTHONPATH
@@ -98,6 +101,7 @@ def one_fit(tree: Path, store: Path, extra: Path, fit_args: list[str]) -> dict:
     used = subprocess.run([sys.executable, "-c", probe], env=env, cwd="/", capture_output=True)
     assert used.stdout.decode().startswith(str(tree)), used.stdout
     out = {
+        "command": what,
         "tree": str(tree),
         "fit_wall_s": round(end - t0, 2),
         "lock_held_s": round(held, 3),
@@ -121,6 +125,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="demo,M")
     ap.add_argument("--fit-args", default="", help="extra fit options, e.g. '--l2 1'")
     ap.add_argument("--work", default=None)
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also time `calibrate -m m --force` after each tree's fit (same ingest probe)",
+    )
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="sf-fitlock-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,6 +144,15 @@ def main() -> None:
             r = {"size": size, **one_fit(tree, store, extra, args.fit_args.split())}
             print(json.dumps(r), flush=True)
             rows.append(r)
+            if args.calibrate:
+                extra_cal = work / f"extra-cal-{size}"
+                if not extra_cal.exists():  # another run id (the file name): the first is in
+                    extra_cal.mkdir()
+                    for f in extra.iterdir():
+                        shutil.copy(f, extra_cal / f.name.replace("extra-run", "extra-run-2"))
+                r = {"size": size, **one_fit(tree, store, extra_cal, [], "calibrate")}
+                print(json.dumps(r), flush=True)
+                rows.append(r)
     print(json.dumps(rows))
 
 
