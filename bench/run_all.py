@@ -49,6 +49,7 @@ ORDER = [
     "repro",
     "fuzz",
     "crash",
+    "fitlock",
 ]
 # scripts that compare against data or a tree only the user can name: run them by hand
 MANUAL = {

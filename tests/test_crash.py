@@ -1,7 +1,9 @@
 """Crash safety: SIGKILL `ingest` and `fit` (real subprocesses) at random moments.
 
 Kills land at a random moment while the command holds the write lock (ingest reads, validates
-and writes under it; fit loads, fits and saves under it), i.e. in the phase that can corrupt.
+and writes under it; fit and import-scores commit under it), i.e. in the phase that can
+corrupt, and for fit also anywhere in its run (it computes without the lock, streaming its
+parameters into ``.staging/``, which the next write removes).
 
 After every kill: the store opens (``RunStore(path).info()``), ``verify`` finds no error
 (leftovers of the interrupted write are at most warnings), the runs are either all those of
@@ -166,9 +168,17 @@ def test_sigkill_fit_at_random_moments(setup, tmp_path):
     store, new, base_ids, _ = setup
     cmd = cli("fit", "--store", store, "--l2", "1", "--name", "m", "--replace")
     full = locked_time(cmd, store)  # a first complete fit: later kills interrupt a refit
+    t0 = time.perf_counter()
+    run_to_completion(cmd)
+    wall = time.perf_counter() - t0
     rng = random.Random(7)
-    for _ in range(4):
-        kill_after_lock(cmd, store, rng.uniform(0.0, 1.0) * full)
+    # the fit computes without the lock (staging its parameters) and locks only to commit:
+    # kills anywhere in the run, and kills in the commit
+    for delay in [rng.uniform(0.3, 1.0) * wall for _ in range(4)] + [None] * 2:
+        if delay is None:
+            kill_after_lock(cmd, store, rng.uniform(0.0, 1.0) * full)
+        else:
+            kill_at(cmd, delay)
         check_after_kill(store, [base_ids])
         assert [m["name"] for m in list_models(RunStore(store))] == ["m"]
     run_to_completion(cmd)

@@ -296,14 +296,38 @@ KIND = "tracin-scores"
 
 
 def _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace) -> dict:
-    """Read (``read_table()``), scale and save a score table as an additive model (write lock
-    held)."""
+    """Read (``read_table()``), scale and save a score table as an additive model.
+
+    Reads the table and a snapshot of the runs and fits the scale WITHOUT the write lock;
+    takes it only to commit, after checking that the runs are still what was read and that no
+    other command saved model ``name`` meanwhile (saved_models.check_snapshot,
+    check_model_unchanged). Returns the manifest (with ``_up_to_date`` when a model with this
+    very configuration was saved meanwhile and is kept)."""
+    from simfluence_cli.store import _staging
+    from simfluence_cli.store.saved_models import model_state
+
+    before = model_state(st, name)
+    probe = _staging.new_entry(st.path, "import")  # a read-only store fails before any work
+    _staging.remove(probe)
+    rs = st.load(run_ids) if run_ids else None
+    if rs is not None:
+        data_hash = rs.source.data_hash  # of exactly the runs read
+    return _import_computed(
+        st, read_table, name, rs, run_ids, runs, data_hash, identity, replace, before
+    )
+
+
+def _import_computed(st, read_table, name, rs, run_ids, runs, data_hash, identity, replace, before):
     from simfluence_cli.model.external_scores import fit_scale, scores_simulator
-    from simfluence_cli.store.saved_models import save_model
+    from simfluence_cli.store.saved_models import (
+        check_model_unchanged,
+        check_snapshot,
+        model_config,
+        save_model,
+    )
 
     request = identity["import"]
     table = read_table()
-    rs = st.load(run_ids) if run_ids else None
     fit_info = None
     if request["scale"] == "fit":
         sim0 = scores_simulator(table, 1.0, rs)
@@ -332,17 +356,24 @@ def _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, rep
         "score_convention": "score = predicted decrease of the test loss from one update "
         "containing the example; B = -scale * score",
     }
-    man = save_model(
-        st,
-        name,
-        sim,
-        runs=run_ids,
-        data_hash=data_hash,
-        selector=runs,
-        kind=KIND,
-        replace=replace,
-        extra=extra,
-    )
+    with st.write_lock():
+        if rs is not None:
+            check_snapshot(st, name, dict(rs.source.pins), "import")
+        config = model_config(sim, run_ids, data_hash, KIND, extra)
+        same = check_model_unchanged(st, name, before, config, replace, "import")
+        if same is not None:
+            return {**same, "_up_to_date": True}
+        man = save_model(
+            st,
+            name,
+            sim,
+            runs=run_ids,
+            data_hash=data_hash,
+            selector=runs,
+            kind=KIND,
+            replace=replace,
+            extra=extra,
+        )
     info(
         f"saved model {name!r}: additive, B = -{value:.6g} * score, {len(sim.test_ids_)} test "
         f"examples x {len(sim.example_ids_)} training examples ({table.n_missing} pair(s) missing "
@@ -492,16 +523,16 @@ def import_scores_command(
         return read_score_matrix(file, tids, eids, layout=layout.value, key=key)
 
     config = model_config(scores_base(bool(run_ids)), run_ids, data_hash, KIND, identity)
-    with st.write_lock():
-        prev = check_existing(st, name, config, replace=replace)
-        if prev is not None:
-            info(
-                f"model {name!r} is up to date (same score file, options and runs, imported "
-                f"{prev.get('fitted_at')}); pass --replace to import again"
-            )
-            man = prev
-        else:
-            man = _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace)
+    prev = check_existing(st, name, config, replace=replace)  # no lock: only the commit takes it
+    if prev is None:
+        man = _import_scores(st, read_table, name, run_ids, runs, data_hash, identity, replace)
+        prev = man if man.get("_up_to_date") else None
+    if prev is not None:
+        info(
+            f"model {name!r} is up to date (same score file, options and runs, imported "
+            f"{prev.get('fitted_at')}); pass --replace to import again"
+        )
+        man = prev
     sim_scale = man.get("scale")
     fit_info = man.get("scale_fit") or {}
     row = {

@@ -103,8 +103,9 @@ def _describe(holder: dict | None, lock: Path, waited: float | None = None) -> s
     waited_s = "" if waited is None else f"; waited {waited:g} s"
     return (
         f"store is locked by {who}{extra}{since}{waited_s}; wait for it to finish and retry "
-        "(SIMFLUENCE_LOCK_TIMEOUT=SECONDS makes a writer wait up to that long: a fit of a large "
-        f"store holds the lock for minutes), or, if that process is gone, remove {lock}"
+        "(SIMFLUENCE_LOCK_TIMEOUT=SECONDS makes a writer wait up to that long; fits, "
+        "imports and calibrations hold the lock only to commit, an ingest for as long as it "
+        f"reads and writes its runs), or, if that process is gone, remove {lock}"
     )
 
 

@@ -18,6 +18,7 @@ content makes it stale.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ import numpy as np
 
 from simfluence_cli._atomic import write_atomic, write_bytes_atomic
 from simfluence_cli.errors import ConflictError, SimfluenceError
+from simfluence_cli.store import _staging
 from simfluence_cli.store.format import (
     CALIBRATION_ARRAY_MEANINGS,
     CALIBRATION_ARRAYS,
@@ -123,21 +125,18 @@ def calibration_status(store, name: str, folds: int, seed: int) -> tuple[str, st
 def save_calibration(
     store, name: str, key: dict, fold_models: list, arrays: dict, meta: dict
 ) -> dict:
-    """Write a calibration of model ``name`` (takes the store's write lock). ``key``: from
+    """Write a calibration of model ``name``: its files into a staging directory without the
+    lock, then, under the store's write lock, the commit. ``key``: from
     :func:`calibration_key` when the calibration started; if the model or its runs changed
     since, nothing is written (ConflictError). ``arrays``: the float arrays of
     ``CALIBRATION_ARRAY_MEANINGS``; ``meta``: JSON-safe extras (run_ids, test_ids, seconds)."""
     d = model_dir(store, name)
-    with store.write_lock():
-        now = calibration_key(store, name, key["folds"], key["seed"])
-        if now != key:
-            raise ConflictError(
-                f"model {name!r} or its fitting runs changed while it was being calibrated; "
-                "the calibration was not saved"
-            )
-        gen = f"{CALIBRATION_DIR_PREFIX}{int(time.time())}-{secrets.token_hex(3)}"
-        g = d / gen
-        g.mkdir(parents=True)
+    gen = f"{CALIBRATION_DIR_PREFIX}{int(time.time())}-{secrets.token_hex(3)}"
+    staging = _staging.new_entry(store.path, "calibrate")  # a read-only store fails here
+    try:
+        # the fold models and arrays are written without the lock, into this process's staging
+        g = staging / gen
+        g.mkdir()
         write_atomic(
             g / CALIBRATION_ARRAYS,
             lambda fh: np.savez(
@@ -168,11 +167,22 @@ def save_calibration(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **meta,
         }
-        write_bytes_atomic(
-            d / CALIBRATION_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode()
-        )
-        for p in stray_calibrations(d):
-            remove_tree(p)
+        with store.write_lock():  # the commit: check the key, move the generation in, commit
+            now = calibration_key(store, name, key["folds"], key["seed"])
+            if now != key:
+                raise ConflictError(
+                    f"model {name!r} or its fitting runs changed while it was being calibrated "
+                    f"({_why_stale({'key': key}, now)}); the calibration was not saved and the "
+                    f"store is unchanged: rerun `simfluence calibrate --model {name}`"
+                )
+            os.replace(g, d / gen)
+            write_bytes_atomic(
+                d / CALIBRATION_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode()
+            )
+            for p in stray_calibrations(d):
+                remove_tree(p)
+    finally:
+        _staging.remove(staging)
     return manifest
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_cli.errors import StoreError, StoreVersionError
-from simfluence_cli.store import _lock
+from simfluence_cli.store import _lock, _staging
 from simfluence_cli.store.format import (
     _PART_FILE,
     CALIBRATION_ARRAYS,
@@ -126,6 +126,7 @@ def _verify_once(store) -> VerifyReport:
         if _check_run(store, rid, entry, rep, named):
             good[rid] = entry
     _check_leftovers(root, named, rep)
+    _check_staging(root, rep)
     _check_runs_table(root, man, rep)
     _check_lock(root, rep)
     _check_models(store, man, good, rep)
@@ -178,6 +179,16 @@ def _check_leftovers(root: Path, named: set[str], rep: VerifyReport) -> None:
                 "temporary file of an interrupted write",
                 "`simfluence verify --repair` (or the next ingest) removes it",
             )
+
+
+def _check_staging(root: Path, rep: VerifyReport) -> None:
+    for p in _staging.leftovers(root):
+        rep.add(
+            WARNING,
+            f"{_staging.STAGING_DIR}/{p.name}",
+            "files of an interrupted fit or import (its process is gone; hidden, never read)",
+            "`simfluence verify --repair` (or the next write) removes it",
+        )
 
 
 def _check_runs_table(root: Path, man: dict, rep: VerifyReport) -> None:

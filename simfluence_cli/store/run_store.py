@@ -50,7 +50,7 @@ from simfluence_cli.io._arrow import _dict_column, np_view
 from simfluence_cli.io._arrow import arrow_numbers as _num
 from simfluence_cli.io._arrow import arrow_strings as _str
 from simfluence_cli.runs import Run, RunSet
-from simfluence_cli.store import _lock
+from simfluence_cli.store import _lock, _staging
 from simfluence_cli.store.format import (
     _PART_FILE,
     CURRICULUM_COLUMNS,
@@ -183,16 +183,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def hash_content_pairs(pairs: Iterable[tuple[str, str]]) -> str:
+    """The data hash of (run id, content hash) pairs (order-independent): what
+    :meth:`RunStore.data_hash` returns and models record."""
+    return sha256_hex(json.dumps(sorted(set((str(r), str(h)) for r, h in pairs))))
+
+
 @dataclass(frozen=True)
 class StoreSource:
     """A picklable recipe for the runs of a store path: Dask workers call ``load(run_ids)``
-    on a shared file system instead of receiving the runs themselves."""
+    on a shared file system instead of receiving the runs themselves.
+
+    ``pins``: the (run id, content hash) pairs of the runs as they were loaded (the snapshot
+    a fit computes on without the write lock); a worker whose load finds another content
+    raises StoreError instead of fitting other data. ``data_hash``: their data hash."""
 
     path: str
+    pins: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    data_hash: str = ""
 
     def load(self, run_ids: Sequence[str], tests: Sequence[str] | None = None) -> RunSet:
         """The runs; with ``tests`` (test IDs) only those loss columns, in that order."""
-        return RunStore(self.path).load(list(run_ids), tests=tests)
+        store = RunStore(self.path)
+        runs = store.load(list(run_ids), tests=tests)
+        if self.pins:
+            pinned = dict(self.pins)
+            now = dict(runs.source.pins)
+            changed = sorted(r for r in run_ids if r in pinned and now.get(r) != pinned[r])
+            if changed:
+                raise StoreError(
+                    f"run(s) {', '.join(map(repr, changed[:5]))} in {self.path} changed while "
+                    "this computation ran (re-ingested with other content): nothing was "
+                    "saved; rerun the command"
+                )
+        return runs
 
 
 class RunStore:
@@ -316,8 +340,7 @@ class RunStore:
         missing = [r for r in run_ids if r not in man["runs"]]
         if missing:
             raise SelectionError(f"no run(s) {', '.join(map(repr, missing[:5]))} in {self.path}")
-        pairs = sorted((r, man["runs"][r]["content_hash"]) for r in set(run_ids))
-        return sha256_hex(json.dumps(pairs))
+        return hash_content_pairs((r, man["runs"][r]["content_hash"]) for r in run_ids)
 
     def _read_part(
         self,
@@ -369,7 +392,10 @@ class RunStore:
             except _Retry:  # a writer replaced a run between our manifest read and file read
                 time.sleep(0.05 * (attempt + 1))
                 continue
-            runs.source = StoreSource(str(self.path))  # Dask workers load the same runs
+            pins = tuple((r, man["runs"][r]["content_hash"]) for r in runs.run_ids)
+            # Dask workers load the same runs (and refuse other content); the data hash is of
+            # exactly the manifest these files were read from
+            runs.source = StoreSource(str(self.path), pins, hash_content_pairs(pins))
             return runs
         raise StoreError(
             f"{self.path}: run files named by the manifest are missing (check the "
@@ -860,6 +886,7 @@ class RunStore:
 
     def _cleanup(self, man: dict) -> None:
         """Delete leftovers of interrupted writes (call with the lock held)."""
+        _staging.clean(self.path)  # staging of killed fits / imports (never a live one's)
         named = {rel for e in man["runs"].values() for rel in e["files"].values()}
         for part in PARTS:
             d = self.path / part

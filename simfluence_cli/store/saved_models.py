@@ -55,6 +55,7 @@ from simfluence_cli.model.simulator import (
     SimulatorConfig,
 )
 from simfluence_cli.runs import RunSet
+from simfluence_cli.store import _staging
 from simfluence_cli.store.format import (
     CALIBRATION_DIR_PREFIX,
     CALIBRATION_MANIFEST,
@@ -275,6 +276,7 @@ def _save_model(
     write_bytes_atomic(d / "model.json", (json.dumps(manifest, indent=2) + "\n").encode())
     for f in stray_files(d, manifest):  # committed: older generations, interrupted writes
         f.unlink(missing_ok=True)
+    _staging.clean(store.path)  # staging left by killed fits / imports (never a live one)
     drop_calibration(d)  # a saved calibration belongs to the previous fit
     return manifest
 
@@ -470,16 +472,28 @@ class ParameterWriter:
     written as row groups of whole tests in test order (the layout :func:`save_model` writes),
     each as soon as every earlier test is written, into a hidden temp file in the model
     directory (fsynced and renamed by ``save_model`` before the manifest, the commit point).
-    Call with the store's write lock held (for the whole fit). :meth:`abort` removes the temp.
+    :meth:`abort` removes the temp.
+
+    ``staging``: a staging directory of this process (``store/_staging.py``): the temp file is
+    written there, so the fit can run without the store's write lock (other writers leave a
+    live process's staging alone); the model directory is made only when :meth:`commit`
+    (under the lock) moves the file into it. Without it, call with the lock held for the
+    whole fit: the temp file is then written in the model directory.
     """
 
-    def __init__(self, store, name: str, example_ids, test_ids, method: str):
+    def __init__(
+        self, store, name: str, example_ids, test_ids, method: str, staging: Path | None = None
+    ):
         self.dir = model_dir(store, name)
-        self.made_dir = not self.dir.exists()  # a new model: abort removes its directory too
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.staging = staging
+        self.made_dir = staging is None and not self.dir.exists()  # abort removes it too
+        if staging is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.gen = f"{int(time.time())}-{secrets.token_hex(3)}"
         self.file_name = f"parameters-{self.gen}.parquet"
-        self.tmp = self.dir / f".{self.file_name}.{secrets.token_hex(4)}.tmp"
+        self.tmp = (self.dir if staging is None else staging) / (
+            f".{self.file_name}.{secrets.token_hex(4)}.tmp"
+        )
         self.n, self.m = len(example_ids), len(test_ids)
         self.additive = method == "additive"
         self.ex_dict = arrow_strings(example_ids)
@@ -525,6 +539,7 @@ class ParameterWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.chmod(self.tmp, 0o666 & ~_umask())
+        self.dir.mkdir(parents=True, exist_ok=True)
         os.replace(self.tmp, self.dir / self.file_name)
         self.done = True
         return self.file_name
@@ -913,12 +928,15 @@ def fit_model(
 ) -> FitResult:
     """Fit ``simulator`` on the store's ``runs`` (a selector or run ids) and save it as ``name``.
 
-    Under the store's write lock: the data hash of the selected runs is compared with an
-    existing model of that name. Same configuration and data: nothing is refitted
-    (``up_to_date=True``) unless ``replace``; a different one is a ConflictError unless
-    ``replace``. Parameters stream into the model's next parameter file as test chunks are
-    solved (the training x test matrix is never in memory; ``simulator.A_`` stays None);
-    the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
+    The data hash of the selected runs is compared with an existing model of that name. Same
+    configuration and data: nothing is refitted (``up_to_date=True``) unless ``replace``; a
+    different one is a ConflictError unless ``replace``. The runs are read as one snapshot
+    and the fit computes WITHOUT the store's write lock; parameters stream into a staging
+    file as test chunks are solved (the training x test matrix is never in memory;
+    ``simulator.A_`` stays None). The lock is taken only to commit: :func:`check_snapshot`
+    (a fitting run changed meanwhile: ConflictError, nothing saved) and
+    :func:`check_model_unchanged` (another command saved ``name`` meanwhile), then the
+    parameter file is moved into the model directory and the manifest commits last. ``on_start(runset)`` is called with the loaded runs just
     before fitting and may return a ``progress(k)`` callback (k = tests solved; twice the
     tests with ``l2='auto'``). ``execution``: solver, workers, dask (the progress callback
     from ``on_start`` takes precedence over ``execution.progress``). A simulator with method
@@ -934,32 +952,123 @@ def fit_model(
     if auto:
         simulator.set_params(method=resolve_fit_method(store, AUTO_METHOD, ids))
     selector = runs if isinstance(runs, str) else None
-    with store.write_lock():
-        data_hash = store.data_hash(ids)
-        prev = check_existing(store, name, model_config(simulator, ids, data_hash), replace=replace)
-        if prev is not None:
-            return FitResult(name, prev, True, list(ids))
+    # no lock while reading and computing: the runs are read as one snapshot (one manifest),
+    # the fit computes on it, and the lock is taken only to commit (check_snapshot)
+    data_hash = store.data_hash(ids)
+    prev = check_existing(store, name, model_config(simulator, ids, data_hash), replace=replace)
+    if prev is not None:
+        return FitResult(name, prev, True, list(ids))
+    before = model_state(store, name)
+    staging = _staging.new_entry(store.path, "fit")  # a read-only store fails here
+    writer = None
+    try:
         rs = store.load(ids)
+        pins, data_hash = dict(rs.source.pins), rs.source.data_hash
         progress = on_start(rs) if on_start is not None else None
         if progress is not None:
             execution = replace_field(execution, progress=progress)
-        writer = ParameterWriter(store, name, rs.example_ids, rs.test_ids, simulator.method)
-        try:
-            simulator.fit(rs, param_sink=writer, keep_params=False, execution=execution)
-        except BaseException:
-            writer.abort()
-            raise
-        man = save_model(
-            store,
-            name,
-            simulator,
-            runs=ids,
-            data_hash=data_hash,
-            selector=selector,
-            replace=replace,
-            parameters=writer,
+        writer = ParameterWriter(
+            store, name, rs.example_ids, rs.test_ids, simulator.method, staging=staging
         )
+        simulator.fit(rs, param_sink=writer, keep_params=False, execution=execution)
+        with store.write_lock():
+            check_snapshot(store, name, pins, "fit")
+            config = model_config(simulator, ids, data_hash)
+            same = check_model_unchanged(store, name, before, config, replace, "fit")
+            if same is not None:
+                return FitResult(name, same, True, list(ids))
+            man = save_model(
+                store,
+                name,
+                simulator,
+                runs=ids,
+                data_hash=data_hash,
+                selector=selector,
+                replace=replace,
+                parameters=writer,
+            )
+    finally:
+        if writer is not None:
+            writer.abort()  # no-op once committed
+        _staging.remove(staging)
     return FitResult(name, man, False, list(ids), simulator, rs.n_examples, rs.n_tests)
+
+
+def model_state(store, name: str) -> tuple | None:
+    """What identifies the committed model ``name`` now: (parameters file, fitted_at), None
+    when there is none. A computation records it when it starts and compares at commit."""
+    mf = model_dir(store, name) / "model.json"
+    try:
+        man = json.loads(mf.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ("unreadable",)
+    files = man.get("files") if isinstance(man, dict) else None
+    return (
+        files.get("parameters") if isinstance(files, dict) else None,
+        man.get("fitted_at") if isinstance(man, dict) else None,
+    )
+
+
+def check_snapshot(store, name: str, pins: dict[str, str], what: str = "fit") -> None:
+    """Refuse to commit model ``name`` (ConflictError, one line) when the runs a computation
+    read (``pins``: run id -> content hash, from ``RunSet.source.pins``) are not what the store
+    holds now: a model recording that data hash would lie. Call with the write lock held.
+    Other runs ingested or replaced meanwhile do not matter."""
+    runs = store._manifest()["runs"]
+    changed = []
+    for rid, h in sorted(pins.items()):
+        now = runs.get(rid)
+        if now is None:
+            changed.append(f"{rid!r} is no longer in the store")
+        elif now.get("content_hash") != h:
+            changed.append(
+                f"{rid!r} was re-ingested with other content ({h[:12]} -> "
+                f"{str(now.get('content_hash'))[:12]})"
+            )
+    if changed:
+        raise ConflictError(
+            f"model {name!r} not saved: {len(changed)} of its {len(pins)} fitting run(s) "
+            f"changed while the {what} computed ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}); the store is unchanged: rerun the {what}"
+        )
+
+
+def check_model_unchanged(
+    store, name: str, before: tuple | None, config: dict, replace: bool, what: str = "fit"
+) -> dict | None:
+    """At commit (write lock held): did another command save model ``name`` while this
+    computation ran (its state differs from ``before``, :func:`model_state` at the start)?
+
+    The rule: the later commit never silently replaces the newer model. With ``replace`` it
+    does, with a warning naming the model it overwrites (the last ``--replace`` to commit
+    wins). Without, the model saved meanwhile is kept: when it has this very configuration
+    and data it is returned (the result is the same: nothing to save), otherwise a
+    ConflictError says so. None: go ahead and save (also when the model was deleted
+    meanwhile)."""
+    now = model_state(store, name)
+    if now is None or now == before:
+        return None
+    when = now[1] if len(now) > 1 and now[1] else "just now"
+    if replace:
+        warnings.warn(
+            f"model {name!r} was saved by another command (fitted {when}) while this {what} "
+            "computed; it is overwritten by this one (--replace: the last to commit wins)",
+            SimfluenceWarning,
+            stacklevel=2,
+        )
+        return None
+    try:
+        prev = check_existing(store, name, config, replace=False)
+    except (ConflictError, ModelError):
+        raise ConflictError(
+            f"model {name!r} not saved: another command saved a model of that name (fitted "
+            f"{when}) with another configuration or data while this {what} computed; it is "
+            f"kept and the store is unchanged: rerun the {what} with --replace to overwrite "
+            "it, or with another --name"
+        ) from None
+    return prev
 
 
 def simulate_chunks(
