@@ -424,10 +424,9 @@ def _check_ids(cur, sim, st, unseen: str, prefix: str = "") -> None:
 
 @command("simulate")
 def simulate(
-    curricula: Annotated[
+    curriculum: Annotated[
         list[str],
         typer.Argument(
-            metavar="CURRICULUM...",
             help="Curriculum text files ('-' = stdin): one line per training step with the "
             "batch's example IDs separated by whitespace; blank lines and '#' comments are "
             "ignored. Several files, directories (their *.txt files) or a stream of several "
@@ -490,7 +489,7 @@ def simulate(
 
     explicit = fmt is not None
     fmt = resolve_format(fmt, output)
-    curs = read_curricula(curricula)
+    curs = read_curricula(curriculum)
     st = open_store(store)
     name = model or _default_model(st)
     test_ids = read_id_list(tests, "test IDs") if tests else None

@@ -125,6 +125,8 @@ def read_curricula(sources: list[str]) -> list[Curriculum]:
     """The curricula of files, directories (their ``*.txt`` files, sorted by name) and ``-``
     (stdin), each named: a file holding one curriculum by its stem (stdin: by its header, else
     ``stdin``), a stream holding several by their headers. Duplicate names raise UsageError."""
+    if list(sources).count("-") > 1:
+        raise UsageError("'-' (stdin) given more than once: stdin can be read only once")
     out: list[Curriculum] = []
     for src in sources:
         if src != "-" and Path(src).is_dir():
