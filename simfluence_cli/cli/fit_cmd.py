@@ -718,20 +718,30 @@ def _write_long_many(
         )
     M = len(tests)
     test_dict = arrow_strings(tests)
+    name_dict = arrow_strings(curriculum_names)
+    name_code = {n: k for k, n in enumerate(curriculum_names)}
 
     def table(cur, traj, extra):
+        """One curriculum's rows; curriculum and test_id dictionary-encoded (as Parquet keeps
+        them; CSV casts them to strings)."""
         T1 = traj.shape[0]
         codes = np.tile(np.arange(M, dtype=np.int32), T1)
+        which = np.full(T1 * M, name_code[cur.name], dtype=np.int32)
         return pa.Table.from_arrays(
             [
-                pa.array(np.full(T1 * M, cur.name, dtype=object), pa.string()),
+                pa.DictionaryArray.from_arrays(arrow_numbers(which), name_dict),
                 arrow_numbers(np.repeat(np.arange(T1, dtype=np.int64), M)),
-                pa.DictionaryArray.from_arrays(arrow_numbers(codes), test_dict).cast(pa.string()),
+                pa.DictionaryArray.from_arrays(arrow_numbers(codes), test_dict),
                 arrow_numbers(traj.reshape(-1)),
             ]
             + [arrow_numbers(np.ascontiguousarray(v).reshape(-1)) for v in extra.values()],
             names=names,
         )
+
+    as_strings = pa.schema(
+        [("curriculum", pa.string()), ("step", pa.int64()), ("test_id", pa.string())]
+        + [(c, pa.float64()) for c in names[3:]]
+    )
 
     special = set(',"\r\n')
     if fmt is Format.parquet:
@@ -777,7 +787,7 @@ def _write_long_many(
             fh.write((",".join(names) + "\n").encode())
             options = pcsv.WriteOptions(include_header=False, quoting_style="none")
             for item in rolled:
-                pcsv.write_csv(table(*item), fh, options)
+                pcsv.write_csv(table(*item).cast(as_strings), fh, options)
                 advance()
 
         if output == "-":
