@@ -244,3 +244,21 @@ def test_real_process_with_several_files(fitted, tmp_path):
     assert [(r["curriculum"], r["step"]) for r in rows[::3]] == [
         ("a", "0"), ("a", "1"), ("a", "2"), ("b", "0"), ("b", "1"), ("b", "2"), ("b", "3"),
     ]  # fmt: skip
+
+
+def test_terminal_summary_is_one_row_per_curriculum(fitted, tmp_path, monkeypatch):
+    import simfluence_cli.cli.fit_cmd as fc
+    from simfluence_cli.cli._output import Format
+
+    a, b = _write(tmp_path, "a", 2), _write(tmp_path, "b", 5)
+    rows = _rows(invoke("simulate", a, b, "-s", fitted.path, "-f", "csv").stdout)
+    monkeypatch.setattr(fc, "resolve_format", lambda fmt, output="-": Format.table)  # a TTY
+    res = invoke("simulate", a, b, "-s", fitted.path)
+    assert res.exit_code == 0, res.stderr
+    body = [ln for ln in res.stdout.splitlines() if ln.startswith("│")]
+    assert len(body) == 2 and "summary of 27 rows" in res.stderr
+    for line, (name, steps) in zip(body, (("a", 2), ("b", 5))):
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        final = [float(r["loss"]) for r in rows if r["curriculum"] == name and r["step"] == str(steps)]
+        assert cells[:2] == [name, str(steps)]
+        assert float(cells[2]) == pytest.approx(np.mean(final), rel=1e-3)
