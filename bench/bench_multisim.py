@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _machine import run_facts  # noqa: E402
+from _machine import run_facts
 
 SF = [sys.executable, "-m", "simfluence_cli"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -45,7 +45,9 @@ def run(args: list[str]) -> dict:
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
-        raise SystemExit(f"simfluence {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        raise SystemExit(
+            f"simfluence {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        )
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     return {"wall": wall, "cpu": cpu, "load": load}
 
@@ -105,9 +107,7 @@ def main() -> None:
             r = run(["simulate", str(f), *common, "-o", str(out / f"{f.stem}.{args.format}")])
             loop["wall"] += r["wall"]
             loop["cpu"] += r["cpu"]
-        one = run(
-            ["simulate", *map(str, files), *common, "-o", str(out / f"all.{args.format}")]
-        )
+        one = run(["simulate", *map(str, files), *common, "-o", str(out / f"all.{args.format}")])
         for key, r in ((f"{args.n} calls", loop), ("1 call", one)):
             if key not in best or r["cpu"] < best[key]["cpu"]:
                 best[key] = r

@@ -259,6 +259,8 @@ def test_terminal_summary_is_one_row_per_curriculum(fitted, tmp_path, monkeypatc
     assert len(body) == 2 and "summary of 27 rows" in res.stderr
     for line, (name, steps) in zip(body, (("a", 2), ("b", 5))):
         cells = [c.strip() for c in line.strip("│").split("│")]
-        final = [float(r["loss"]) for r in rows if r["curriculum"] == name and r["step"] == str(steps)]
+        final = [
+            float(r["loss"]) for r in rows if r["curriculum"] == name and r["step"] == str(steps)
+        ]
         assert cells[:2] == [name, str(steps)]
         assert float(cells[2]) == pytest.approx(np.mean(final), rel=1e-3)
