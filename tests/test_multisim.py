@@ -264,3 +264,27 @@ def test_terminal_summary_is_one_row_per_curriculum(fitted, tmp_path, monkeypatc
         ]
         assert cells[:2] == [name, str(steps)]
         assert float(cells[2]) == pytest.approx(np.mean(final), rel=1e-3)
+
+
+def test_reader_closing_the_pipe_ends_quietly(fitted, tmp_path):
+    """`simulate ... | head`: the reader stops early; exit 0 with no error line, like one curriculum."""
+    stream = "".join(
+        f"# c-{k}: x\n" + "".join(f"e{(k + s) % 12} e{(k + 2 * s + 1) % 12}\n" for s in range(100))
+        for k in range(200)
+    )  # 200 x 101 x 3 rows: far more than a pipe holds
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simfluence_cli", "simulate", "-", "-s", str(fitted.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    proc.stdin.write(stream.encode())
+    proc.stdin.close()
+    assert proc.stdout.readline() == b"curriculum,step,test_id,loss\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err

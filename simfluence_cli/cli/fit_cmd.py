@@ -786,13 +786,20 @@ def _write_long_many(
         def write(fh):
             fh.write((",".join(names) + "\n").encode())
             options = pcsv.WriteOptions(include_header=False, quoting_style="none")
-            for item in rolled:
-                pcsv.write_csv(table(*item).cast(as_strings), fh, options)
+            for item in rolled:  # one curriculum at a time, written as one block (like one)
+                buf = io.BytesIO()
+                pcsv.write_csv(table(*item).cast(as_strings), buf, options)
+                fh.write(buf.getvalue())
                 advance()
 
         if output == "-":
-            write(sys.stdout.buffer)
-            sys.stdout.flush()
+            try:
+                write(sys.stdout.buffer)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader stopped (`| head`): end quietly, as one does
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             from simfluence_cli._atomic import write_atomic
 
