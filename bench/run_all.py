@@ -28,6 +28,7 @@ ORDER = [
     "commands",
     "top",
     "simulate",
+    "multisim",
     "prior_clip",
     "sparse_logging",
     "jax_logging",

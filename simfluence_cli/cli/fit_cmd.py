@@ -395,7 +395,7 @@ def _where(cur, ids) -> str:
     return shown + (f" and {len(locs) - 10} more" if len(locs) > 10 else "")
 
 
-def _check_ids(cur, sim, st, unseen: str) -> None:
+def _check_ids(cur, sim, st, unseen: str, prefix: str = "") -> None:
     from simfluence_cli.store.example_ids import check_known_ids
 
     missing = sim.unseen_ids([cur.batches])
@@ -417,7 +417,7 @@ def _check_ids(cur, sim, st, unseen: str) -> None:
             "contain them"
         )
     warn(
-        f"{len(missing)} example(s) without fitted parameters, handled by --unseen {unseen}: "
+        f"{prefix}{len(missing)} example(s) without fitted parameters, handled by --unseen {unseen}: "
         f"{_where(cur, missing)}"
     )
 
@@ -425,10 +425,14 @@ def _check_ids(cur, sim, st, unseen: str) -> None:
 @command("simulate")
 def simulate(
     curriculum: Annotated[
-        str,
+        list[str],
         typer.Argument(
-            help="Curriculum text file ('-' = stdin): one line per training step with the batch's "
-            "example IDs separated by whitespace; blank lines and '#' comments are ignored."
+            help="Curriculum text files ('-' = stdin): one line per training step with the "
+            "batch's example IDs separated by whitespace; blank lines and '#' comments are "
+            "ignored. Several files, directories (their *.txt files) or a stream of several "
+            "curricula (each after a '# NAME: ...' header line, as `simfluence plan` prints) are "
+            "simulated in one batched rollout, with a curriculum column (the file's stem or the "
+            "header's NAME).",
         ),
     ],
     store: StoreOpt = DEFAULT_STORE,
@@ -449,11 +453,20 @@ def simulate(
         typer.Option(
             "--init-loss",
             help="Step-0 losses: mean (mean over the fitting runs), run:RUN (that "
-            "run's step-0 losses) or FILE (CSV test_id,loss).",
+            "run's step-0 losses) or FILE (CSV test_id,loss); the same for every curriculum, "
+            "unless it holds {curriculum}, replaced by each curriculum's name (e.g. "
+            "'run:{curriculum}' for curricula named after runs).",
         ),
     ] = "mean",
     unseen: UnseenOpt = Unseen.error,
     interval: IntervalOpt = None,
+    name_column: Annotated[
+        bool,
+        typer.Option(
+            "--name-column",
+            help="Add the curriculum column also for a single curriculum (several always have it).",
+        ),
+    ] = False,
     fmt: FormatOpt = None,
     output: OutputOpt = "-",
 ) -> None:
@@ -464,40 +477,33 @@ def simulate(
 
     Rolls L_t = alpha(c_t) L_{t-1} + beta(c_t) forward from step 0 (the initial loss) with a
     fitted model; losses are clamped by the model's --clip safeguard.
+
+    Several curricula (simulate a.txt b.txt, simulate DIR, simfluence plan | simulate -): one
+    batched rollout, long form curriculum,step,test_id,loss (each curriculum's own steps).
     """
     import numpy as np
 
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
-    from simfluence_cli.io.curriculum import read_curriculum, read_id_list
+    from simfluence_cli.io.curriculum import read_curricula, read_id_list
     from simfluence_cli.store.saved_models import StoredModel, simulate_chunks
 
     explicit = fmt is not None
     fmt = resolve_format(fmt, output)
-    cur = read_curriculum(curriculum)
+    curs = read_curricula(curriculum)
     st = open_store(store)
     name = model or _default_model(st)
     test_ids = read_id_list(tests, "test IDs") if tests else None
     sim = StoredModel(st, name, tests=test_ids)  # parameters loaded one test chunk at a time
-    _check_ids(cur, sim, st, unseen.value)
-    L0 = resolve_init_loss(init_loss, sim, st)
-    from simfluence_cli.model.diagnostics import batch_size_warning
-
-    varying = not sim.normalises_batch_size and batch_size_warning(
-        [[len(b) for b in cur.batches]], cur.source
-    )
-    if varying:
-        warn(varying)
-    sizes = {len(b) for b in cur.batches}
-    if (
-        sim.method != "additive"  # additive: alpha = 1 whatever the batch size
-        and not sim.normalises_batch_size
-        and len(sizes) == 1
-        and sizes != {int(round(sim.batch_size_))}
-    ):
-        warn(
-            f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
-            f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
+    if len(curs) > 1 or name_column:
+        _simulate_many(
+            curs, sim, st, name, init_loss, unseen.value, interval, fmt, explicit, output
         )
+        return
+    cur = curs[0]
+    _check_ids(cur, sim, st, unseen.value)
+    L0 = resolve_init_loss(init_loss.replace("{curriculum}", cur.name or ""), sim, st)
+    for msg in _batch_warnings(cur, sim):
+        warn(msg)
     traj = simulate_chunks(sim, [cur.batches], L0, unseen=unseen.value)[0]  # (T+1, M)
     lo, hi = sim.bounds_
     clamped = 0 if lo is None else int(np.sum((traj[1:] <= lo) | (traj[1:] >= hi)))
@@ -541,6 +547,283 @@ def simulate(
     _write_long(
         traj, list(sim.test_ids_), fmt, output, title=f"simulated loss ({name})", extra=extra
     )
+
+
+def _batch_warnings(cur, sim) -> list[str]:
+    """The batch-size warnings of one curriculum (varying sizes, or one size unlike the fit's)."""
+    from simfluence_cli.model.diagnostics import batch_size_warning
+
+    out = []
+    varying = not sim.normalises_batch_size and batch_size_warning(
+        [[len(b) for b in cur.batches]], cur.source
+    )
+    if varying:
+        out.append(varying)
+    sizes = {len(b) for b in cur.batches}
+    if (
+        sim.method != "additive"  # additive: alpha = 1 whatever the batch size
+        and not sim.normalises_batch_size
+        and len(sizes) == 1
+        and sizes != {int(round(sim.batch_size_))}
+    ):
+        out.append(
+            f"curriculum batch sizes {sorted(sizes)} differ from the fitting runs' "
+            f"({sim.batch_size_:g}): alpha is a sum over the batch, so other sizes scale it"
+        )
+    return out
+
+
+#: bytes of (C, T+1, M) float64 trajectories (and interval bounds) rolled out at once by a
+#: multi-curriculum `simulate`; more curricula are rolled in groups of this size
+SIMULATE_GROUP_BYTES = 256 * 2**20
+
+
+def _curriculum_groups(lengths: list[int], M: int, arrays: int) -> list[range]:
+    """Consecutive index ranges of curricula whose ``arrays`` (C, T+1, M) float64 arrays fit
+    in :data:`SIMULATE_GROUP_BYTES` (at least one curriculum per group)."""
+    groups, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_i = max(longest, n)
+        if i > start and (i - start + 1) * (longest_i + 1) * M * 8 * arrays > SIMULATE_GROUP_BYTES:
+            groups.append(range(start, i))
+            start, longest_i = i, n
+        longest = longest_i
+    groups.append(range(start, len(lengths)))
+    return groups
+
+
+def _simulate_many(curs, sim, st, name, init_loss, unseen, interval, fmt, explicit, output):
+    """`simulate` of several curricula: one batched rollout per memory-sized group of them,
+    written as long form with a leading curriculum column."""
+    import numpy as np
+
+    from simfluence_cli.analysis.initial_losses import resolve_init_loss
+    from simfluence_cli.store.saved_models import simulate_chunks
+
+    seen_warnings: set[str] = set()
+    for cur in curs:
+        _check_ids(cur, sim, st, unseen, prefix=f"{cur.name}: ")
+        for msg in _batch_warnings(cur, sim):
+            if msg not in seen_warnings:
+                seen_warnings.add(msg)
+                warn(f"{cur.name}: {msg}")
+    M = len(sim.test_ids_)
+    if "{curriculum}" in init_loss:  # one step-0 loss vector per curriculum
+        L0 = np.stack(
+            [resolve_init_loss(init_loss.replace("{curriculum}", c.name), sim, st) for c in curs]
+        )
+    else:
+        L0 = resolve_init_loss(init_loss, sim, st)
+    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (len(curs), M))
+    cal = cols = None
+    if interval is not None:
+        from simfluence_cli.analysis.intervals import interval_columns
+
+        _, cal = calibration_for(st, name, interval)
+        novelty_warning(cal, [c.batches for c in curs])
+        cols = interval_columns(interval)
+    groups = _curriculum_groups([len(c) for c in curs], M, 1 if cal is None else 3)
+    lo, hi = sim.bounds_
+    clamped = [0]
+
+    def rolled():
+        """(curriculum, its (T+1, M) trajectory, extra columns) in input order."""
+        for g in groups:
+            batches = [curs[i].batches for i in g]
+            traj = simulate_chunks(sim, batches, L0[g.start : g.stop], unseen=unseen)
+            if cal is not None:
+                lo_b, hi_b = cal.trajectory(
+                    batches,
+                    L0[g.start : g.stop],
+                    interval,
+                    tests=list(sim.test_ids_),
+                    unseen=unseen,
+                )
+            for k, i in enumerate(g):
+                T1 = len(curs[i]) + 1  # its own steps, not the group's NaN padding
+                t = traj[k, :T1]
+                if lo is not None:
+                    clamped[0] += int(np.sum((t[1:] <= lo) | (t[1:] >= hi)))
+                extra = {} if cal is None else {cols[0]: lo_b[k, :T1], cols[1]: hi_b[k, :T1]}
+                yield curs[i], t, extra
+
+    def summary():
+        info(
+            f"simulated {len(curs)} curricula ({sum(len(c) for c in curs):,} steps) x {M} "
+            f"test(s) with model {name!r} ({sim.method}, clip {sim.clip}"
+            + (f": {clamped[0]} value(s) at a bound" if lo is not None else "")
+            + ")"
+        )
+
+    advance, stop = _curricula_bar(len(curs))
+    tests = [str(t) for t in sim.test_ids_]
+    try:
+        if fmt is Format.table and not explicit and output == "-":
+            # a terminal without -f: one row per curriculum (its final losses), not C x T x M
+            rows = []
+            for cur, t, _ in rolled():
+                rows.append(
+                    {"curriculum": cur.name, "steps": len(cur), "mean final": float(np.mean(t[-1]))}
+                    | dict(zip(tests[:SHOWN_TESTS], t[-1, :SHOWN_TESTS].tolist()))
+                )
+                advance()
+            stop()
+            render_rows(
+                rows,
+                ["curriculum", "steps", "mean final", *tests[:SHOWN_TESTS]],
+                fmt,
+                title=f"simulated final loss ({name}): {len(curs)} curricula"
+                + (f", {SHOWN_TESTS} of {len(tests)} tests" if len(tests) > SHOWN_TESTS else ""),
+            )
+            summary()
+            info(
+                f"summary of {sum(len(c) + 1 for c in curs) * M:,} rows; all of them: "
+                "-f csv|json|parquet or -o FILE (-f table prints them all)"
+            )
+            return
+        _write_long_many(rolled(), [c.name for c in curs], tests, fmt, output, cols, advance, stop)
+    finally:
+        stop()
+    summary()
+
+
+def _curricula_bar(total: int):
+    """(advance(), stop()) of a progress bar over curricula (stderr, on a terminal only)."""
+    from simfluence_cli.cli._progress import fraction_bar
+
+    step, stop = fraction_bar("simulating curricula", show_progress(), stderr_console)
+    if step is None:
+        return (lambda: None), stop
+    return (lambda: step(1.0 / total)), stop
+
+
+def _write_long_many(
+    rolled, curriculum_names, tests, fmt, output, interval_cols, advance, stop
+) -> None:
+    """Long form curriculum,step,test_id,loss[,lo,hi] of ``rolled`` ((curriculum, (T+1, M)
+    trajectory, extra) items); CSV and Parquet streamed one curriculum at a time."""
+    import numpy as np
+    import pyarrow as pa
+
+    from simfluence_cli.io._arrow import arrow_numbers, arrow_strings
+
+    extra_names = list(interval_cols or ())
+    names = ["curriculum", "step", "test_id", "loss", *extra_names]
+    helps = {"curriculum": "the curriculum (file stem or header name)"} | dict(LOSS_HELP)
+    for c in extra_names:
+        pct = c.split("_", 1)[1].replace("_", ".")
+        helps[c] = (
+            f"{'lower' if c.startswith('lo') else 'upper'} end of the {pct}% prediction "
+            "interval for the real loss (CV+ over the fitting runs)"
+        )
+    M = len(tests)
+    test_dict = arrow_strings(tests)
+    name_dict = arrow_strings(curriculum_names)
+    name_code = {n: k for k, n in enumerate(curriculum_names)}
+
+    def table(cur, traj, extra):
+        """One curriculum's rows; curriculum and test_id dictionary-encoded (as Parquet keeps
+        them; CSV casts them to strings)."""
+        T1 = traj.shape[0]
+        codes = np.tile(np.arange(M, dtype=np.int32), T1)
+        which = np.full(T1 * M, name_code[cur.name], dtype=np.int32)
+        return pa.Table.from_arrays(
+            [
+                pa.DictionaryArray.from_arrays(arrow_numbers(which), name_dict),
+                arrow_numbers(np.repeat(np.arange(T1, dtype=np.int64), M)),
+                pa.DictionaryArray.from_arrays(arrow_numbers(codes), test_dict),
+                arrow_numbers(traj.reshape(-1)),
+            ]
+            + [arrow_numbers(np.ascontiguousarray(v).reshape(-1)) for v in extra.values()],
+            names=names,
+        )
+
+    as_strings = pa.schema(
+        [("curriculum", pa.string()), ("step", pa.int64()), ("test_id", pa.string())]
+        + [(c, pa.float64()) for c in names[3:]]
+    )
+
+    special = set(',"\r\n')
+    if fmt is Format.parquet:
+        import json
+
+        import pyarrow.parquet as pq
+
+        from simfluence_cli._atomic import write_atomic
+        from simfluence_cli.cli._app import provenance
+
+        if output == "-" and sys.stdout.isatty():
+            raise UsageError("refusing to write binary Parquet to a terminal; use -o FILE.parquet")
+        meta = {
+            b"simfluence.columns": json.dumps(helps).encode(),
+            b"simfluence.provenance": json.dumps(provenance()).encode(),
+        }
+
+        def write(fh):
+            writer = None
+            for item in rolled:
+                t = table(*item)
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, t.schema.with_metadata(meta))
+                writer.write_table(t)
+                advance()
+            writer.close()
+
+        if output == "-":
+            buf = io.BytesIO()
+            write(buf)
+            stop()
+            sys.stdout.buffer.write(buf.getvalue())
+            sys.stdout.flush()
+        else:
+            write_atomic(output, write)
+            stop()
+            wrote(output)
+        return
+    if fmt is Format.csv and not any(set(t) & special for t in tests + curriculum_names):
+        import pyarrow.csv as pcsv
+
+        def write(fh):
+            fh.write((",".join(names) + "\n").encode())
+            options = pcsv.WriteOptions(include_header=False, quoting_style="none")
+            for item in rolled:  # one curriculum at a time, written as one block (like one)
+                buf = io.BytesIO()
+                pcsv.write_csv(table(*item).cast(as_strings), buf, options)
+                fh.write(buf.getvalue())
+                advance()
+
+        if output == "-":
+            try:
+                write(sys.stdout.buffer)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader stopped (`| head`): end quietly, as one does
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            from simfluence_cli._atomic import write_atomic
+
+            write_atomic(output, write)
+            stop()
+            wrote(output)
+        return
+    rows = []
+    for cur, traj, extra in rolled:
+        T1 = traj.shape[0]
+        for s_ in range(T1):
+            for j in range(M):
+                row = {
+                    "curriculum": cur.name,
+                    "step": s_,
+                    "test_id": tests[j],
+                    "loss": float(traj[s_, j]),
+                }
+                for k, v in extra.items():
+                    row[k] = float(v[s_, j])
+                rows.append(row)
+        advance()
+    stop()
+    render_rows(rows, names, fmt, output, title="simulated loss", column_help=helps)
 
 
 HEAD_STEPS = 3  # steps shown at each end by `simulate` on a terminal without -f
