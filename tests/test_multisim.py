@@ -158,7 +158,6 @@ def test_name_column_for_one_and_formats(fitted, tmp_path):
 
 
 def test_batched_in_groups_not_one_call_per_curriculum(fitted, tmp_path, monkeypatch):
-    import simfluence_cli.cli.fit_cmd as fc
     import simfluence_cli.store.saved_models as sm
 
     paths = [_write(tmp_path, f"c{k}", 3 + k) for k in range(5)]
@@ -174,7 +173,7 @@ def test_batched_in_groups_not_one_call_per_curriculum(fitted, tmp_path, monkeyp
     assert invoke("simulate", *paths, "-s", fitted.path, "-f", "csv").stdout == whole
     assert calls == [5]  # one batched rollout
     calls.clear()
-    monkeypatch.setattr(fc, "SIMULATE_GROUP_BYTES", 2 * 8 * 3 * 8)  # 2 curricula of <= 7 steps
+    monkeypatch.setattr(sm, "SIMULATE_GROUP_BYTES", 2 * 8 * 3 * 8)  # 2 curricula of <= 7 steps
     assert invoke("simulate", *paths, "-s", fitted.path, "-f", "csv").stdout == whole
     assert calls == [2, 2, 1]  # memory-sized groups (3+4, 5+6, 7 steps), same numbers
 

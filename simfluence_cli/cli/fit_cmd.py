@@ -573,32 +573,13 @@ def _batch_warnings(cur, sim) -> list[str]:
     return out
 
 
-#: bytes of (C, T+1, M) float64 trajectories (and interval bounds) rolled out at once by a
-#: multi-curriculum `simulate`; more curricula are rolled in groups of this size
-SIMULATE_GROUP_BYTES = 256 * 2**20
-
-
-def _curriculum_groups(lengths: list[int], M: int, arrays: int) -> list[range]:
-    """Consecutive index ranges of curricula whose ``arrays`` (C, T+1, M) float64 arrays fit
-    in :data:`SIMULATE_GROUP_BYTES` (at least one curriculum per group)."""
-    groups, start, longest = [], 0, 0
-    for i, n in enumerate(lengths):
-        longest_i = max(longest, n)
-        if i > start and (i - start + 1) * (longest_i + 1) * M * 8 * arrays > SIMULATE_GROUP_BYTES:
-            groups.append(range(start, i))
-            start, longest_i = i, n
-        longest = longest_i
-    groups.append(range(start, len(lengths)))
-    return groups
-
-
 def _simulate_many(curs, sim, st, name, init_loss, unseen, interval, fmt, explicit, output):
     """`simulate` of several curricula: one batched rollout per memory-sized group of them,
     written as long form with a leading curriculum column."""
     import numpy as np
 
     from simfluence_cli.analysis.initial_losses import resolve_init_loss
-    from simfluence_cli.store.saved_models import simulate_chunks
+    from simfluence_cli.store.saved_models import simulate_groups
 
     seen_warnings: set[str] = set()
     for cur in curs:
@@ -622,16 +603,15 @@ def _simulate_many(curs, sim, st, name, init_loss, unseen, interval, fmt, explic
         _, cal = calibration_for(st, name, interval)
         novelty_warning(cal, [c.batches for c in curs])
         cols = interval_columns(interval)
-    groups = _curriculum_groups([len(c) for c in curs], M, 1 if cal is None else 3)
     lo, hi = sim.bounds_
     clamped = [0]
 
     def rolled():
         """(curriculum, its (T+1, M) trajectory, extra columns) in input order."""
-        for g in groups:
-            batches = [curs[i].batches for i in g]
-            traj = simulate_chunks(sim, batches, L0[g.start : g.stop], unseen=unseen)
+        arrays = 1 if cal is None else 3
+        for g, traj in simulate_groups(sim, curs, L0, unseen=unseen, arrays=arrays):
             if cal is not None:
+                batches = [curs[i].batches for i in g]
                 lo_b, hi_b = cal.trajectory(
                     batches,
                     L0[g.start : g.stop],
@@ -697,6 +677,18 @@ def _curricula_bar(total: int):
     return (lambda: step(1.0 / total)), stop
 
 
+def _long_helps(interval_cols) -> dict[str, str]:
+    """Meanings of the long-form columns: step, test_id, loss and interval bounds (lo_90, ...)."""
+    helps = dict(LOSS_HELP)
+    for c in interval_cols:
+        pct = c.split("_", 1)[1].replace("_", ".")
+        helps[c] = (
+            f"{'lower' if c.startswith('lo') else 'upper'} end of the {pct}% prediction "
+            "interval for the real loss (CV+ over the fitting runs)"
+        )
+    return helps
+
+
 def _write_long_many(
     rolled, curriculum_names, tests, fmt, output, interval_cols, advance, stop
 ) -> None:
@@ -709,13 +701,7 @@ def _write_long_many(
 
     extra_names = list(interval_cols or ())
     names = ["curriculum", "step", "test_id", "loss", *extra_names]
-    helps = {"curriculum": "the curriculum (file stem or header name)"} | dict(LOSS_HELP)
-    for c in extra_names:
-        pct = c.split("_", 1)[1].replace("_", ".")
-        helps[c] = (
-            f"{'lower' if c.startswith('lo') else 'upper'} end of the {pct}% prediction "
-            "interval for the real loss (CV+ over the fitting runs)"
-        )
+    helps = {"curriculum": "the curriculum (file stem or header name)"} | _long_helps(extra_names)
     M = len(tests)
     test_dict = arrow_strings(tests)
     name_dict = arrow_strings(curriculum_names)
@@ -808,19 +794,15 @@ def _write_long_many(
             wrote(output)
         return
     rows = []
-    for cur, traj, extra in rolled:
+    for cur, traj, extra in rolled:  # json/jsonl/table: rows built from flat arrays
         T1 = traj.shape[0]
-        for s_ in range(T1):
-            for j in range(M):
-                row = {
-                    "curriculum": cur.name,
-                    "step": s_,
-                    "test_id": tests[j],
-                    "loss": float(traj[s_, j]),
-                }
-                for k, v in extra.items():
-                    row[k] = float(v[s_, j])
-                rows.append(row)
+        steps, loss = np.repeat(np.arange(T1), M).tolist(), traj.reshape(-1).tolist()
+        flat = {k: np.ascontiguousarray(v).reshape(-1).tolist() for k, v in extra.items()}
+        rows += [
+            {"curriculum": cur.name, "step": steps[i], "test_id": tests[i % M], "loss": loss[i]}
+            | {k: a[i] for k, a in flat.items()}
+            for i in range(T1 * M)
+        ]
         advance()
     stop()
     render_rows(rows, names, fmt, output, title="simulated loss", column_help=helps)
@@ -839,13 +821,7 @@ def _write_long(
     import pyarrow as pa
 
     extra = dict(extra or {})
-    helps = dict(LOSS_HELP)
-    for c in extra:
-        pct = c.split("_", 1)[1].replace("_", ".")
-        helps[c] = (
-            f"{'lower' if c.startswith('lo') else 'upper'} end of the {pct}% prediction "
-            "interval for the real loss (CV+ over the fitting runs)"
-        )
+    helps = _long_helps(extra)
     names = ["step", "test_id", "loss", *extra]
 
     T1, M = traj.shape

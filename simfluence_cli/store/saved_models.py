@@ -1071,6 +1071,41 @@ def check_model_unchanged(
     return prev
 
 
+#: bytes of (C, T+1, M) float64 trajectories (and interval bounds) rolled out at once by
+#: :func:`simulate_groups`; more curricula are rolled in groups of this size
+SIMULATE_GROUP_BYTES = 256 * 2**20
+
+
+def curriculum_groups(lengths: Sequence[int], M: int, arrays: int = 1) -> list[range]:
+    """Consecutive index ranges of curricula whose ``arrays`` (C, T+1, M) float64 arrays fit
+    in :data:`SIMULATE_GROUP_BYTES` (at least one curriculum per group)."""
+    groups, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_i = max(longest, n)
+        if i > start and (i - start + 1) * (longest_i + 1) * M * 8 * arrays > SIMULATE_GROUP_BYTES:
+            groups.append(range(start, i))
+            start, longest_i = i, n
+        longest = longest_i
+    groups.append(range(start, len(lengths)))
+    return groups
+
+
+def simulate_groups(model, curricula, init_loss=None, *, unseen: str = "error", arrays: int = 1):
+    """:func:`simulate_chunks` of many curricula, one batched rollout per memory-sized group
+    (:func:`curriculum_groups`; ``arrays``: (C, T+1, M) arrays the caller keeps per group, e.g.
+    3 with interval bounds). ``init_loss``: (M,) or (C, M). Yields (group as a range of
+    curriculum indices, its (len(group), T+1, M) trajectories) in input order."""
+    batches = [c.batches if hasattr(c, "batches") else c for c in curricula]
+    M = len(model.test_ids_)
+    L0 = model.init_loss_mean_ if init_loss is None else init_loss
+    L0 = np.broadcast_to(np.asarray(L0, dtype=np.float64), (len(batches), M))
+    for g in curriculum_groups([len(b) for b in batches], M, arrays):
+        yield (
+            g,
+            simulate_chunks(model, batches[g.start : g.stop], L0[g.start : g.stop], unseen=unseen),
+        )
+
+
 def simulate_chunks(
     model,
     curricula,
